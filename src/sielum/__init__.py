@@ -1,0 +1,1 @@
+"""Sielum: enrollment tokens exchanged for device certificates, then mTLS."""

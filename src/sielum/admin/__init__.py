@@ -1,0 +1,1 @@
+"""AdminService: enrollment tokens and devices, managed by admins over mTLS."""

@@ -1,0 +1,1 @@
+"""AgentService: what an enrolled device calls with its certificate (heartbeat, renewal)."""

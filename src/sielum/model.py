@@ -1,0 +1,78 @@
+"""Plain values shared by every layer: tokens, devices and audit events as frozen dataclasses."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class TokenState(enum.Enum):
+    ACTIVE = "active"
+    EXPIRED = "expired"
+    EXHAUSTED = "exhausted"
+    REVOKED = "revoked"
+
+
+class DeviceState(enum.Enum):
+    ACTIVE = "active"
+    EXPIRED = "expired"
+    REVOKED = "revoked"
+
+
+@dataclass(frozen=True)
+class Token:
+    """An enrollment token as stored: never the secret, only its hash."""
+
+    id: str
+    label: str
+    secret_hash: bytes
+    max_uses: int | None
+    uses: int
+    expires_at: datetime | None
+    created_at: datetime
+    created_by: str
+    revoked_at: datetime | None = None
+    last_used_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Device:
+    """An enrolled device and its current certificate."""
+
+    id: str
+    hostname: str
+    token_id: str
+    public_key_sha256: str
+    serial: str
+    certificate_pem: str
+    not_after: datetime
+    enrolled_at: datetime
+    peer: str
+    facts: Mapping[str, str] = field(default_factory=dict)
+    last_seen_at: datetime | None = None
+    revoked_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class AuditEvent:
+    """One line of the audit trail: who did what to which resource, from where, when."""
+
+    at: datetime
+    actor: str
+    action: str
+    resource: str
+    peer: str = ""
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Page(Generic[T]):
+    """A page of a listing and the cursor of the next one ("" on the last page)."""
+
+    items: tuple[T, ...]
+    next_cursor: str
