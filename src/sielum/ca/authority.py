@@ -1,0 +1,149 @@
+"""The signer: holds the CA certificate and key in memory, issues device and admin certificates."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from sielum.ca import profile
+from sielum.errors import InvalidArgumentError
+
+CA_CERT_FILE = "ca.pem"
+CA_KEY_FILE = "ca.key"
+PASSPHRASE_ENV = "SIELUM_CA_PASSPHRASE"  # noqa: S105 - the variable's name, not a secret
+
+
+@dataclass(frozen=True)
+class IssuedCertificate:
+    """A certificate just signed, with the values the store records about it."""
+
+    certificate_pem: str
+    serial: str
+    not_after: datetime
+    public_key_sha256: str
+
+
+class CertificateAuthority:
+    """Signs device and admin certificates with the CA key.
+
+    Safe to call from many threads at once without a lock: each signature builds its
+    own certificate builder, and cryptography's private keys are immutable and make a
+    fresh OpenSSL signing context per call (guarded by test_sign_device_concurrently).
+    """
+
+    def __init__(
+        self,
+        certificate: x509.Certificate,
+        key: ec.EllipticCurvePrivateKey,
+        *,
+        device_ttl: timedelta = profile.DEFAULT_DEVICE_TTL,
+    ) -> None:
+        if device_ttl <= timedelta(0):
+            raise InvalidArgumentError("device certificate lifetime must be positive")
+        profile.require_p256(key.public_key(), what="CA key")
+        if key.public_key() != certificate.public_key():
+            raise InvalidArgumentError("CA key does not belong to the CA certificate")
+        self.certificate = certificate
+        self.certificate_pem = certificate.public_bytes(serialization.Encoding.PEM).decode("ascii")
+        self.fingerprint = profile.fingerprint(certificate)
+        self.device_ttl = device_ttl
+        self._key = key
+
+    def __repr__(self) -> str:
+        return f"CertificateAuthority(fingerprint={self.fingerprint!r})"
+
+    def sign_device(
+        self, csr: x509.CertificateSigningRequest, device_id: str, now: datetime
+    ) -> IssuedCertificate:
+        """A device certificate for the CSR's key; the CSR is checked again, whoever parsed it."""
+        public_key = profile.check_csr(csr)
+        certificate = profile.device_certificate(
+            public_key=public_key,
+            device_id=device_id,
+            ca_certificate=self.certificate,
+            ca_key=self._key,
+            serial=profile.random_serial(),
+            now=now,
+            ttl=self.device_ttl,
+        )
+        return _issued(certificate)
+
+    def sign_admin(
+        self, public_key: ec.EllipticCurvePublicKey, name: str, now: datetime
+    ) -> IssuedCertificate:
+        """An admin client certificate for the given key."""
+        certificate = profile.admin_certificate(
+            public_key=public_key,
+            name=name,
+            ca_certificate=self.certificate,
+            ca_key=self._key,
+            serial=profile.random_serial(),
+            now=now,
+        )
+        return _issued(certificate)
+
+    @classmethod
+    def load(
+        cls,
+        data_dir: Path,
+        *,
+        passphrase: bytes | None,
+        device_ttl: timedelta = profile.DEFAULT_DEVICE_TTL,
+    ) -> CertificateAuthority:
+        """Reads <data_dir>/ca.pem and ca.key; each failure says what to do about it."""
+        certificate = load_ca_certificate(data_dir)
+        key_path = data_dir / CA_KEY_FILE
+        key_pem = _read_data_file(data_dir, key_path)
+        encrypted = b"ENCRYPTED" in key_pem
+        if encrypted and passphrase is None:
+            raise InvalidArgumentError(f"CA key is encrypted: set {PASSPHRASE_ENV}")
+        if not encrypted and passphrase is not None:
+            # Refused rather than ignored: the operator believes the key is protected.
+            raise InvalidArgumentError(
+                f"{PASSPHRASE_ENV} is set but the CA key {key_path} is not encrypted; unset it"
+            )
+        try:
+            key = serialization.load_pem_private_key(key_pem, password=passphrase)
+        except ValueError:
+            if encrypted:
+                raise InvalidArgumentError(
+                    f"CA key passphrase is wrong ({PASSPHRASE_ENV})"
+                ) from None
+            raise InvalidArgumentError(f"{key_path} is not a PEM private key") from None
+        except TypeError:
+            raise InvalidArgumentError(f"{key_path} is not a PEM private key") from None
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise InvalidArgumentError(f"CA key {key_path} must be ECDSA P-256")
+        return cls(certificate, key, device_ttl=device_ttl)
+
+
+def load_ca_certificate(data_dir: Path) -> x509.Certificate:
+    """Reads <data_dir>/ca.pem alone: enough for `sielum-server fingerprint`, no passphrase."""
+    path = data_dir / CA_CERT_FILE
+    try:
+        return x509.load_pem_x509_certificate(_read_data_file(data_dir, path))
+    except ValueError:
+        raise InvalidArgumentError(f"{path} is not a PEM certificate") from None
+
+
+def _read_data_file(data_dir: Path, path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise InvalidArgumentError(
+            f"{path} not found: run `sielum-server init --data-dir {data_dir}` first"
+        ) from None
+
+
+def _issued(certificate: x509.Certificate) -> IssuedCertificate:
+    return IssuedCertificate(
+        certificate_pem=certificate.public_bytes(serialization.Encoding.PEM).decode("ascii"),
+        serial=format(certificate.serial_number, "x"),
+        not_after=certificate.not_valid_after_utc,
+        public_key_sha256=profile.public_key_sha256(certificate.public_key()),
+    )
