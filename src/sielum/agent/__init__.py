@@ -1,1 +1,1 @@
-"""AgentService: what an enrolled device calls with its certificate (heartbeat, renewal)."""
+"""The agent on the endpoint: pins the CA, makes its key, enrolls, heartbeats, renews."""

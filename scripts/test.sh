@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs Sielum with its test tools and runs every check: lint, types, generated
+# code, buf lint, and the whole pytest suite on SQLite and PostgreSQL.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/bootstrap.sh --test
+
+if ! pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; then
+  echo "==> starting PostgreSQL"
+  pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -1)" main start || true
+  for _ in $(seq 1 30); do pg_isready -h 127.0.0.1 -p 5432 -q && break; sleep 1; done
+fi
+
+echo "==> ruff"
+.venv/bin/ruff check src tests bench
+.venv/bin/ruff format --check src tests bench
+echo "==> mypy"
+.venv/bin/mypy
+echo "==> buf lint"
+node_modules/.bin/buf lint
+echo "==> pytest"
+exec .venv/bin/pytest "$@"

@@ -1,0 +1,172 @@
+"""Admin decisions: create, read, list and revoke enrollment tokens and devices."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+
+from sielum import tokens
+from sielum.clock import Clock
+from sielum.errors import InvalidArgumentError, NotFoundError
+from sielum.model import AuditEvent, Device, Page, Token, TokenState
+from sielum.server.logs import log_event
+from sielum.store.store import Store
+
+log = logging.getLogger("sielum.admin")
+
+MAX_LABEL = 200
+MAX_USES_LIMIT = 1_000_000_000
+MAX_PAGE_SIZE = 1000
+
+
+@dataclass(frozen=True)
+class Caller:
+    """The admin making the call, and from where."""
+
+    name: str
+    peer: str
+
+
+@dataclass(frozen=True)
+class NewToken:
+    token: Token
+    secret: tokens.Secret
+
+
+def _check_label(label: str) -> str:
+    text = label.strip()
+    if not text:
+        raise InvalidArgumentError("label is required")
+    if len(text) > MAX_LABEL:
+        raise InvalidArgumentError(f"label is longer than {MAX_LABEL} characters")
+    if any(not c.isprintable() for c in text):
+        raise InvalidArgumentError("label contains control characters")
+    return text
+
+
+def _check_id(kind: str, value: str) -> str:
+    text = value.strip()
+    if not text:
+        raise InvalidArgumentError(f"{kind} id is required")
+    if len(text) > 64:
+        raise NotFoundError(f"{kind} not found")
+    return text
+
+
+def _check_page_size(page_size: int) -> int:
+    if page_size < 0:
+        raise InvalidArgumentError("page_size must not be negative")
+    return min(page_size or 100, MAX_PAGE_SIZE)
+
+
+class Administration:
+    """The AdminService's decisions; the servicer only converts protobuf."""
+
+    def __init__(self, store: Store, clock: Clock) -> None:
+        self._store = store
+        self._clock = clock
+
+    def now(self) -> datetime:
+        return self._clock.now()
+
+    def create_token(
+        self,
+        caller: Caller,
+        *,
+        label: str,
+        max_uses: int | None,
+        expires_at: datetime | None,
+    ) -> NewToken:
+        now = self._clock.now()
+        label = _check_label(label)
+        if max_uses is not None and not 1 <= max_uses <= MAX_USES_LIMIT:
+            raise InvalidArgumentError(
+                f"max_uses must be between 1 and {MAX_USES_LIMIT}, or unset for unlimited"
+            )
+        if expires_at is not None and expires_at <= now:
+            raise InvalidArgumentError("expires_at must be in the future")
+        token_id = tokens.new_token_id()
+        secret = tokens.make_secret(token_id)
+        token = Token(
+            id=token_id,
+            label=label,
+            secret_hash=tokens.hash_secret(tokens.parse_secret(secret.reveal())),
+            max_uses=max_uses,
+            uses=0,
+            expires_at=expires_at,
+            created_at=now,
+            created_by=caller.name,
+        )
+        stored = self._store.create_token(
+            token,
+            AuditEvent(
+                at=now,
+                actor=f"admin/{caller.name}",
+                action="token.create",
+                resource=f"token/{token_id}",
+                peer=caller.peer,
+                detail=f"max_uses={max_uses} expires_at={expires_at or 'never'}",
+            ),
+        )
+        log_event(
+            log, "token.create", admin=caller.name, token=token_id, peer=caller.peer, outcome="ok"
+        )
+        return NewToken(stored, secret)
+
+    def get_token(self, token_id: str) -> Token:
+        return self._store.get_token(_check_id("enrollment token", token_id))
+
+    def list_tokens(self, *, state: TokenState | None, page_size: int, cursor: str) -> Page[Token]:
+        return self._store.list_tokens(
+            now=self._clock.now(), state=state, page_size=_check_page_size(page_size), cursor=cursor
+        )
+
+    def revoke_token(self, caller: Caller, token_id: str) -> Token:
+        now = self._clock.now()
+        token = self._store.revoke_token(
+            _check_id("enrollment token", token_id),
+            now,
+            AuditEvent(
+                at=now,
+                actor=f"admin/{caller.name}",
+                action="token.revoke",
+                resource=f"token/{token_id}",
+                peer=caller.peer,
+            ),
+        )
+        log_event(
+            log, "token.revoke", admin=caller.name, token=token_id, peer=caller.peer, outcome="ok"
+        )
+        return token
+
+    def get_device(self, device_id: str) -> Device:
+        return self._store.get_device(_check_id("device", device_id))
+
+    def list_devices(self, *, token_id: str, page_size: int, cursor: str) -> Page[Device]:
+        return self._store.list_devices(
+            token_id=token_id.strip(), page_size=_check_page_size(page_size), cursor=cursor
+        )
+
+    def revoke_device(self, caller: Caller, device_id: str) -> Device:
+        now = self._clock.now()
+        device = self._store.revoke_device(
+            _check_id("device", device_id),
+            now,
+            AuditEvent(
+                at=now,
+                actor=f"admin/{caller.name}",
+                action="device.revoke",
+                resource=f"device/{device_id}",
+                peer=caller.peer,
+            ),
+        )
+        log_event(
+            log,
+            "device.revoke",
+            admin=caller.name,
+            device=device_id,
+            peer=caller.peer,
+            outcome="ok",
+        )
+        return device

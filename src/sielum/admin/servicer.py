@@ -1,0 +1,142 @@
+"""AdminService over gRPC: protobuf in, plain values to Administration, protobuf out."""
+
+from __future__ import annotations
+
+import grpc
+
+from sielum import tokens
+from sielum.admin.service import Administration, Caller
+from sielum.admin.v1 import admin_pb2, admin_pb2_grpc
+from sielum.devices import policy as devices
+from sielum.model import Device, DeviceState, Token, TokenState
+from sielum.server.auth import require_identity
+from sielum.server.pb import from_timestamp, peer_host, to_timestamp
+
+_TOKEN_STATES = {
+    TokenState.ACTIVE: admin_pb2.TOKEN_STATE_ACTIVE,
+    TokenState.EXPIRED: admin_pb2.TOKEN_STATE_EXPIRED,
+    TokenState.EXHAUSTED: admin_pb2.TOKEN_STATE_EXHAUSTED,
+    TokenState.REVOKED: admin_pb2.TOKEN_STATE_REVOKED,
+}
+_STATE_FILTERS = {number: state for state, number in _TOKEN_STATES.items()}
+_DEVICE_STATES = {
+    DeviceState.ACTIVE: admin_pb2.DEVICE_STATE_ACTIVE,
+    DeviceState.EXPIRED: admin_pb2.DEVICE_STATE_EXPIRED,
+    DeviceState.REVOKED: admin_pb2.DEVICE_STATE_REVOKED,
+}
+
+
+def token_to_proto(token: Token, state: TokenState) -> admin_pb2.EnrollmentToken:
+    message = admin_pb2.EnrollmentToken(
+        id=token.id,
+        label=token.label,
+        uses=token.uses,
+        state=_TOKEN_STATES[state],
+        created_at=to_timestamp(token.created_at),
+        created_by=token.created_by,
+    )
+    if token.max_uses is not None:
+        message.max_uses = token.max_uses
+    if token.expires_at is not None:
+        message.expires_at.CopyFrom(to_timestamp(token.expires_at))
+    if token.revoked_at is not None:
+        message.revoked_at.CopyFrom(to_timestamp(token.revoked_at))
+    if token.last_used_at is not None:
+        message.last_used_at.CopyFrom(to_timestamp(token.last_used_at))
+    return message
+
+
+def device_to_proto(device: Device, state: DeviceState) -> admin_pb2.Device:
+    message = admin_pb2.Device(
+        id=device.id,
+        hostname=device.hostname,
+        token_id=device.token_id,
+        serial=device.serial,
+        not_after=to_timestamp(device.not_after),
+        enrolled_at=to_timestamp(device.enrolled_at),
+        state=_DEVICE_STATES[state],
+        peer=device.peer,
+        facts=dict(device.facts),
+    )
+    if device.last_seen_at is not None:
+        message.last_seen_at.CopyFrom(to_timestamp(device.last_seen_at))
+    if device.revoked_at is not None:
+        message.revoked_at.CopyFrom(to_timestamp(device.revoked_at))
+    return message
+
+
+class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
+    def __init__(self, administration: Administration) -> None:
+        self._admin = administration
+
+    def _caller(self, context: grpc.ServicerContext) -> Caller:
+        return Caller(name=require_identity(context).name, peer=peer_host(context.peer()))
+
+    def _token(self, token: Token) -> admin_pb2.EnrollmentToken:
+        return token_to_proto(token, tokens.state_of(token, self._admin.now()))
+
+    def _device(self, device: Device) -> admin_pb2.Device:
+        return device_to_proto(device, devices.device_state(device, self._admin.now()))
+
+    def CreateEnrollmentToken(
+        self, request: admin_pb2.CreateEnrollmentTokenRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.CreateEnrollmentTokenResponse:
+        created = self._admin.create_token(
+            self._caller(context),
+            label=request.label,
+            max_uses=request.max_uses if request.HasField("max_uses") else None,
+            expires_at=from_timestamp(request.expires_at, "expires_at")
+            if request.HasField("expires_at")
+            else None,
+        )
+        return admin_pb2.CreateEnrollmentTokenResponse(
+            token=self._token(created.token), secret=created.secret.reveal()
+        )
+
+    def GetEnrollmentToken(
+        self, request: admin_pb2.GetEnrollmentTokenRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.GetEnrollmentTokenResponse:
+        return admin_pb2.GetEnrollmentTokenResponse(
+            token=self._token(self._admin.get_token(request.id))
+        )
+
+    def ListEnrollmentTokens(
+        self, request: admin_pb2.ListEnrollmentTokensRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.ListEnrollmentTokensResponse:
+        page = self._admin.list_tokens(
+            state=_STATE_FILTERS.get(request.state),
+            page_size=request.page_size,
+            cursor=request.page_token,
+        )
+        return admin_pb2.ListEnrollmentTokensResponse(
+            tokens=[self._token(token) for token in page.items],
+            next_page_token=page.next_cursor,
+        )
+
+    def RevokeEnrollmentToken(
+        self, request: admin_pb2.RevokeEnrollmentTokenRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.RevokeEnrollmentTokenResponse:
+        token = self._admin.revoke_token(self._caller(context), request.id)
+        return admin_pb2.RevokeEnrollmentTokenResponse(token=self._token(token))
+
+    def ListDevices(
+        self, request: admin_pb2.ListDevicesRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.ListDevicesResponse:
+        page = self._admin.list_devices(
+            token_id=request.token_id, page_size=request.page_size, cursor=request.page_token
+        )
+        return admin_pb2.ListDevicesResponse(
+            devices=[self._device(device) for device in page.items],
+            next_page_token=page.next_cursor,
+        )
+
+    def GetDevice(
+        self, request: admin_pb2.GetDeviceRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.GetDeviceResponse:
+        return admin_pb2.GetDeviceResponse(device=self._device(self._admin.get_device(request.id)))
+
+    def RevokeDevice(
+        self, request: admin_pb2.RevokeDeviceRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.RevokeDeviceResponse:
+        device = self._admin.revoke_device(self._caller(context), request.id)
+        return admin_pb2.RevokeDeviceResponse(device=self._device(device))

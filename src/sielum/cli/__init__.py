@@ -1,0 +1,1 @@
+"""Console scripts: sielum-server, sielum-agent and sielum-admin."""

@@ -1,0 +1,1 @@
+"""Enrolled devices on the server: device policy, and AgentService (heartbeat, renewal)."""

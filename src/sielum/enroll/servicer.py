@@ -1,0 +1,35 @@
+"""EnrollService over gRPC: protobuf in, plain values to the Enroller, protobuf out."""
+
+from __future__ import annotations
+
+import grpc
+
+from sielum.enroll.service import Enroller, EnrollmentRequest
+from sielum.enroll.v1 import enroll_pb2, enroll_pb2_grpc
+from sielum.server.pb import peer_host, to_timestamp
+
+
+class EnrollServicer(enroll_pb2_grpc.EnrollServiceServicer):
+    def __init__(self, enroller: Enroller, api_endpoint: str) -> None:
+        self._enroller = enroller
+        self._api_endpoint = api_endpoint
+
+    def Enroll(
+        self, request: enroll_pb2.EnrollRequest, context: grpc.ServicerContext
+    ) -> enroll_pb2.EnrollResponse:
+        result = self._enroller.enroll(
+            EnrollmentRequest(
+                token=request.token,
+                csr_pem=request.csr_pem,
+                hostname=request.hostname,
+                facts=dict(request.facts),
+                peer=peer_host(context.peer()),
+            )
+        )
+        return enroll_pb2.EnrollResponse(
+            device_id=result.device.id,
+            certificate_pem=result.device.certificate_pem,
+            ca_certificate_pem=result.ca_certificate_pem,
+            not_after=to_timestamp(result.device.not_after),
+            api_endpoint=self._api_endpoint,
+        )

@@ -1,0 +1,1 @@
+"""Server wiring: one grpc.server on two ports, the interceptor, logging and start-up."""

@@ -1,0 +1,199 @@
+"""Start-up: wires store, CA, services and interceptor into one grpc.server on two ports."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from concurrent import futures
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
+
+from sielum.admin.service import Administration
+from sielum.admin.servicer import AdminServicer
+from sielum.admin.v1 import admin_pb2, admin_pb2_grpc
+from sielum.agent.v1 import agent_pb2, agent_pb2_grpc
+from sielum.ca.authority import CertificateAuthority
+from sielum.ca.datadir import load_server_credentials
+from sielum.ca.profile import DEFAULT_DEVICE_TTL
+from sielum.clock import Clock, SystemClock
+from sielum.devices.service import DeviceService
+from sielum.devices.servicer import AgentServicer
+from sielum.enroll.ratelimit import FailureLimit, FailureLimiter
+from sielum.enroll.service import Enroller
+from sielum.enroll.servicer import EnrollServicer
+from sielum.enroll.v1 import enroll_pb2, enroll_pb2_grpc
+from sielum.server.auth import METHOD_ROLES, ServerInterceptor
+from sielum.server.logs import log_event
+from sielum.store.store import Store
+
+log = logging.getLogger("sielum.server")
+
+MAX_MESSAGE_BYTES = 256 * 1024
+SERVICE_NAMES = (
+    enroll_pb2.DESCRIPTOR.services_by_name["EnrollService"].full_name,
+    admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
+    agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name,
+)
+_REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    data_dir: Path
+    enroll_addr: str = "127.0.0.1:8443"
+    api_addr: str = "127.0.0.1:8444"
+    database_url: str = ""  # empty: sqlite:///<data_dir>/sielum.db
+    device_ttl: timedelta = DEFAULT_DEVICE_TTL
+    advertise_api: str = ""  # empty: derived from api_addr
+    threads: int = 32
+    failure_limit: FailureLimit = field(default_factory=FailureLimit)
+    ca_passphrase: bytes | None = None
+
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir.resolve() / 'sielum.db'}"
+
+
+def advertised_api_endpoint(api_addr: str, advertise: str, bound_port: int) -> str:
+    """What EnrollResponse.api_endpoint says.
+
+    ':port' tells the agent "the host you enrolled with, on this port".
+    """
+    if advertise:
+        return advertise
+    host = api_addr.rsplit(":", 1)[0].strip("[]")
+    if host in ("", "0.0.0.0", "::", "*"):  # noqa: S104 - recognizing a wildcard, not binding one
+        return f":{bound_port}"
+    if ":" in host:
+        return f"[{host}]:{bound_port}"
+    return f"{host}:{bound_port}"
+
+
+def _reflection_v1_handler(servicer: Any) -> grpc.GenericRpcHandler:
+    """Serves grpc.reflection.v1 with the v1alpha servicer: the two are wire-identical.
+
+    grpcio-reflection only registers v1alpha; clients try v1 first and fall back
+    on UNIMPLEMENTED, and serving both spares them the round trip.
+    """
+    return grpc.method_handlers_generic_handler(
+        _REFLECTION_V1,
+        {
+            "ServerReflectionInfo": grpc.stream_stream_rpc_method_handler(
+                servicer.ServerReflectionInfo,
+                request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+                response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
+            )
+        },
+    )
+
+
+class SielumServer:
+    """A running server. Build with start(); stop() finishes calls in flight."""
+
+    def __init__(self, config: ServerConfig, clock: Clock | None = None) -> None:
+        self.config = config
+        self.clock: Clock = clock or SystemClock()
+        # The CA first: a missing data dir is best explained as "run init".
+        self.ca = CertificateAuthority.load(
+            config.data_dir, passphrase=config.ca_passphrase, device_ttl=config.device_ttl
+        )
+        self.store = Store.open(config.resolved_database_url())
+        server_key, server_chain, ca_pem = load_server_credentials(config.data_dir)
+        device_service = DeviceService(self.store, self.ca, self.clock)
+        self.grpc_server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=config.threads, thread_name_prefix="rpc"),
+            interceptors=[ServerInterceptor(METHOD_ROLES, device_service.check_may_call)],
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", 4 * 1024 * 1024),
+                ("grpc.so_reuseport", 1),
+            ],
+        )
+        enroll_creds = grpc.ssl_server_credentials(
+            [(server_key, server_chain)], root_certificates=None, require_client_auth=False
+        )
+        api_creds = grpc.ssl_server_credentials(
+            [(server_key, server_chain)], root_certificates=ca_pem, require_client_auth=True
+        )
+        self.enroll_port = self.grpc_server.add_secure_port(config.enroll_addr, enroll_creds)
+        self.api_port = self.grpc_server.add_secure_port(config.api_addr, api_creds)
+        if not self.enroll_port or not self.api_port:
+            raise OSError(f"cannot listen on {config.enroll_addr} and {config.api_addr}")
+        self.api_endpoint = advertised_api_endpoint(
+            config.api_addr, config.advertise_api, self.api_port
+        )
+
+        limiter = FailureLimiter(config.failure_limit)
+        enroll_pb2_grpc.add_EnrollServiceServicer_to_server(
+            EnrollServicer(Enroller(self.store, self.ca, self.clock, limiter), self.api_endpoint),
+            self.grpc_server,
+        )
+        admin_pb2_grpc.add_AdminServiceServicer_to_server(
+            AdminServicer(Administration(self.store, self.clock)), self.grpc_server
+        )
+        agent_pb2_grpc.add_AgentServiceServicer_to_server(
+            AgentServicer(device_service), self.grpc_server
+        )
+        self.health = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
+        reflected = (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME, _REFLECTION_V1)
+        reflection_servicer = reflection.ReflectionServicer(reflected)
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+            reflection_servicer, self.grpc_server
+        )
+        self.grpc_server.add_generic_rpc_handlers((_reflection_v1_handler(reflection_servicer),))
+        self._stopped = threading.Event()
+
+    def start(self) -> SielumServer:
+        self.grpc_server.start()
+        for name in ("", *SERVICE_NAMES):
+            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log_event(
+            log,
+            "serving",
+            enroll=f"{self.config.enroll_addr.rsplit(':', 1)[0]}:{self.enroll_port}",
+            api=f"{self.config.api_addr.rsplit(':', 1)[0]}:{self.api_port}",
+            database=_redact_url(self.config.resolved_database_url()),
+            fingerprint=self.ca.fingerprint,
+        )
+        return self
+
+    def stop(self, grace: float = 10.0) -> None:
+        """Refuse new calls, let calls in flight finish within grace seconds, then close."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        self.health.enter_graceful_shutdown()
+        self.grpc_server.stop(grace).wait()
+        self.store.close()
+        log_event(log, "stopped")
+
+    def wait(self) -> None:
+        self.grpc_server.wait_for_termination()
+
+
+def _redact_url(url: str) -> str:
+    """A database URL fit for a log line: any password is replaced."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    credentials, _, host = rest.rpartition("@")
+    user = credentials.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}" if ":" in credentials else f"{scheme}://{user}@{host}"
+
+
+def iter_services() -> Iterator[Any]:
+    """Every service descriptor this server registers (for the authorization-table test)."""
+    yield from (
+        enroll_pb2.DESCRIPTOR.services_by_name["EnrollService"],
+        admin_pb2.DESCRIPTOR.services_by_name["AdminService"],
+        agent_pb2.DESCRIPTOR.services_by_name["AgentService"],
+        health_pb2.DESCRIPTOR.services_by_name["Health"],
+        reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"],
+    )

@@ -1,0 +1,237 @@
+"""Opens the database a URL names: SQLite in WAL mode, or a pooled PostgreSQL that reconnects."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from typing import Any, cast
+from urllib.parse import parse_qs, urlsplit, urlunsplit
+
+import peewee
+from playhouse.pool import MaxConnectionsExceeded, PooledPostgresqlDatabase
+
+from sielum.errors import InvalidArgumentError
+
+try:
+    import psycopg2
+except ImportError:  # pragma: no cover - psycopg2-binary is a declared dependency
+    psycopg2 = None
+
+log = logging.getLogger("sielum.store")
+
+# busy_timeout comes first: switching a fresh file to WAL takes a lock, and two
+# processes starting at once must wait for each other rather than fail
+# (tests/store/test_migrations.py::test_processes_migrating_at_once).
+SQLITE_PRAGMAS = (
+    ("busy_timeout", 10000),
+    ("journal_mode", "wal"),
+    ("foreign_keys", 1),
+    ("synchronous", "normal"),
+)
+SQLITE_TIMEOUT_SECONDS = 10
+
+PG_CONNECT_TIMEOUT_SECONDS = 5
+PG_POOL_SIZE = 32
+PG_POOL_WAIT_SECONDS = 10
+PG_POOL_RECYCLE_SECONDS = 300
+_PG_DEFAULTS: dict[str, object] = {
+    "connect_timeout": PG_CONNECT_TIMEOUT_SECONDS,
+    "application_name": "sielum",
+    # Keepalives notice a server host that vanished without closing the socket,
+    # so a call fails in about a minute instead of hanging on a dead connection.
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+}
+
+# SQLite result codes (low byte) that mean "not now" rather than "bug".
+_SQLITE_BUSY = 5
+_SQLITE_LOCKED = 6
+_SQLITE_IOERR = 10
+_SQLITE_FULL = 13
+_SQLITE_CANTOPEN = 14
+_SQLITE_UNAVAILABLE = {_SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_IOERR, _SQLITE_FULL, _SQLITE_CANTOPEN}
+
+_URL_HELP = "use sqlite:///PATH (sqlite:////abs/path.db) or postgresql://USER@HOST[:PORT]/DBNAME"
+
+
+class ReconnectingPostgresqlDatabase(PooledPostgresqlDatabase):  # type: ignore[misc]
+    """A connection pool that replaces connections the server dropped (a restart, a failover).
+
+    When a statement outside a transaction, or the BEGIN of one, fails because the
+    connection is gone, the idle connections are dropped too (they went to the
+    same server) and the statement runs once more on a fresh connection. Nothing
+    inside a transaction is retried: the caller sees the error and may retry the
+    whole transaction. Store runs every write in a transaction, so a retried
+    statement is always a read or a BEGIN.
+    """
+
+    def _is_closed(self, conn: Any) -> bool:
+        # peewee's default pings the server on every checkout while it holds the
+        # pool lock; a dropped connection is found on first use instead.
+        return bool(conn.closed) or conn.get_transaction_status() == _pg_txn_unknown()
+
+    def execute_sql(self, sql: str, params: Any = None) -> Any:
+        return self._retry_if_gone(super().execute_sql, sql, params)
+
+    def begin(self, *args: Any, **kwargs: Any) -> Any:
+        return self._retry_if_gone(super().begin, *args, **kwargs)
+
+    def _retry_if_gone(self, statement: Any, *args: Any, **kwargs: Any) -> Any:
+        had_connection = not self.is_closed()
+        try:
+            return statement(*args, **kwargs)
+        except (peewee.OperationalError, peewee.InterfaceError) as exc:
+            conn = self._state.conn
+            lost = had_connection and (conn is None or bool(conn.closed))
+            if self.in_transaction() or not lost:
+                raise
+            log.warning("lost the PostgreSQL connection (%s); reconnecting", describe_error(exc))
+            # close() forgets the thread's open connection_context()s; keep them,
+            # so the caller's context still finds itself when it exits.
+            contexts = list(self._state.ctx)
+            try:
+                self.close()  # the pool sees the connection is dead and discards it
+                self.close_idle()
+                self.connect()
+            finally:
+                self._state.ctx[:] = contexts
+            return statement(*args, **kwargs)
+
+
+def _pg_txn_unknown() -> int:
+    if psycopg2 is None:  # pragma: no cover
+        return 4
+    return int(psycopg2.extensions.TRANSACTION_STATUS_UNKNOWN)
+
+
+def connect(url: str) -> peewee.Database:
+    """The database for a --database URL; raises InvalidArgumentError for anything else.
+
+    sqlite:///PATH takes everything after the third slash as the path, so
+    sqlite:///sielum.db is relative and sqlite:////var/lib/sielum/sielum.db is
+    absolute. postgresql:// (or postgres://) URLs go to libpq as they are, with a
+    connect timeout and keepalives added unless the URL sets them. No error
+    message repeats the URL, which may carry a password.
+    """
+    scheme, sep, _ = url.partition("://")
+    if not sep:
+        raise InvalidArgumentError(f"database URL is not a URL: {_URL_HELP}")
+    scheme = scheme.lower()
+    if scheme == "sqlite":
+        return _connect_sqlite(url)
+    if scheme in ("postgresql", "postgres"):
+        return _connect_postgresql(url)
+    raise InvalidArgumentError(f"database URL has an unsupported scheme: {_URL_HELP}")
+
+
+def _connect_sqlite(url: str) -> peewee.SqliteDatabase:
+    prefix = "sqlite:///"
+    if not url.lower().startswith(prefix):
+        raise InvalidArgumentError(f"SQLite database URL must start with sqlite:///: {_URL_HELP}")
+    path = url[len(prefix) :]
+    if not path or path.startswith(":memory:") or path.startswith("file:"):
+        # An in-memory database would be a different, empty one in every thread.
+        raise InvalidArgumentError(f"SQLite database URL must name a file: {_URL_HELP}")
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise InvalidArgumentError(f"directory for the SQLite database does not exist: {directory}")
+    return peewee.SqliteDatabase(
+        path,
+        pragmas=list(SQLITE_PRAGMAS),
+        timeout=SQLITE_TIMEOUT_SECONDS,
+    )
+
+
+def _connect_postgresql(url: str) -> ReconnectingPostgresqlDatabase:
+    try:
+        parts = urlsplit(url)
+        query = parse_qs(parts.query, keep_blank_values=True)
+        if "," not in parts.netloc:  # libpq allows host1:port1,host2:port2; urlsplit does not
+            _ = parts.port
+    except ValueError:
+        raise InvalidArgumentError(f"PostgreSQL database URL is malformed: {_URL_HELP}") from None
+    if not parts.path.strip("/") and "dbname" not in query:
+        raise InvalidArgumentError(f"PostgreSQL database URL names no database: {_URL_HELP}")
+    dsn = urlunsplit(("postgresql", parts.netloc, parts.path, parts.query, parts.fragment))
+    options = {key: value for key, value in _PG_DEFAULTS.items() if key not in query}
+    return ReconnectingPostgresqlDatabase(
+        dsn,
+        max_connections=PG_POOL_SIZE,
+        timeout=PG_POOL_WAIT_SECONDS,
+        stale_timeout=PG_POOL_RECYCLE_SECONDS,
+        **options,
+    )
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced by ***, for a log line."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<malformed database URL>"
+    if parts.password is None:
+        return url
+    userinfo, _, hostinfo = parts.netloc.rpartition("@")
+    user = userinfo.partition(":")[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{hostinfo}"))
+
+
+def execute(db: peewee.Database, sql: str, params: Sequence[object] = ()) -> Any:
+    """db.execute_sql, typed (peewee's stubs leave it untyped); returns the cursor."""
+    return cast(Any, db).execute_sql(sql, params)
+
+
+def is_sqlite(db: peewee.Database) -> bool:
+    return isinstance(db, peewee.SqliteDatabase)
+
+
+def write_transaction(db: peewee.Database) -> AbstractContextManager[Any]:
+    """A transaction that will write: BEGIN IMMEDIATE on SQLite, plain BEGIN on PostgreSQL.
+
+    On SQLite a deferred transaction that reads and then writes has to upgrade its
+    lock, and two such transactions deadlock (one gets SQLITE_BUSY at once,
+    whatever the busy timeout); taking the write lock up front makes them queue.
+    """
+    if is_sqlite(db):
+        return db.atomic("IMMEDIATE")
+    return db.atomic()
+
+
+def _driver_error(exc: BaseException) -> BaseException | None:
+    """The driver's exception that peewee wrapped, if any."""
+    if exc.args and isinstance(exc.args[0], BaseException):
+        return exc.args[0]
+    return exc.__context__
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """True when the error means the database cannot be reached or is locked, not a bug."""
+    if isinstance(exc, MaxConnectionsExceeded):
+        return True
+    if not isinstance(exc, peewee.OperationalError | peewee.InterfaceError):
+        return False
+    cause = _driver_error(exc)
+    if isinstance(cause, sqlite3.Error):
+        if isinstance(exc, peewee.InterfaceError):
+            return False  # sqlite3.InterfaceError: a value it cannot bind, i.e. our bug
+        code = getattr(cause, "sqlite_errorcode", None)
+        return code is not None and (code & 0xFF) in _SQLITE_UNAVAILABLE
+    if psycopg2 is not None and isinstance(cause, psycopg2.Error):
+        # psycopg2 raises OperationalError for connection trouble, shutdowns,
+        # lock and serialization conflicts and resource limits; programming
+        # errors are ProgrammingError, IntegrityError, DataError.
+        return True
+    # peewee's own "connection not open" style errors.
+    return isinstance(exc, peewee.InterfaceError)
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line naming a database error, for the log: its driver class and first message line."""
+    cause = _driver_error(exc) or exc
+    lines = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {lines[0]}" if lines else type(cause).__name__

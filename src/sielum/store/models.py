@@ -1,0 +1,127 @@
+"""Peewee models of the store's tables, bound per database; they never leave sielum.store."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import peewee
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def to_micros(value: datetime) -> int:
+    """An aware datetime as integer microseconds since the Unix epoch (exact, no float)."""
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError("the store takes only timezone-aware datetimes")
+    return (value - EPOCH) // _MICROSECOND
+
+
+def from_micros(value: int) -> datetime:
+    return EPOCH + timedelta(microseconds=value)
+
+
+class UtcMicrosField(peewee.BigIntegerField):
+    """A point in time as a BIGINT of microseconds since 1970-01-01 UTC.
+
+    One representation on both backends, so `expires_at > now` in SQL compares
+    integers exactly as Python compares the datetimes, to the microsecond
+    (tests/store/test_store.py::test_expiry_boundary_is_exact).
+    """
+
+    def db_value(self, value: Any) -> Any:
+        if isinstance(value, datetime):
+            return to_micros(value)
+        return value
+
+    def python_value(self, value: Any) -> datetime | None:
+        if value is None:
+            return None
+        return from_micros(int(value))
+
+
+@dataclass(frozen=True)
+class Tables:
+    """The model classes bound to one database (one Store, one set of classes)."""
+
+    token: Any
+    device: Any
+    audit_event: Any
+    schema_version: Any
+
+    def all(self) -> tuple[Any, ...]:
+        return (self.token, self.device, self.audit_event, self.schema_version)
+
+
+def bind_tables(db: peewee.Database) -> Tables:
+    """Model classes for db. Built per database because several stores may live in one process.
+
+    The DDL lives in migrations.py; test_migrations.py checks that these models
+    and the migrated schema have the same columns.
+    """
+
+    class _Base(peewee.Model):
+        class Meta:
+            database = db
+
+    class TokenRow(_Base):
+        seq = peewee.BigAutoField()
+        id = peewee.TextField(unique=True)
+        label = peewee.TextField()
+        secret_hash = peewee.BlobField()
+        max_uses = peewee.IntegerField(null=True)
+        uses = peewee.IntegerField(default=0)
+        expires_at = UtcMicrosField(null=True)
+        created_at = UtcMicrosField()
+        created_by = peewee.TextField()
+        revoked_at = UtcMicrosField(null=True)
+        last_used_at = UtcMicrosField(null=True)
+
+        class Meta:
+            table_name = "token"
+
+    class DeviceRow(_Base):
+        seq = peewee.BigAutoField()
+        id = peewee.TextField(unique=True)
+        hostname = peewee.TextField()
+        token_id = peewee.TextField(index=True)  # REFERENCES token(id) in the DDL
+        public_key_sha256 = peewee.TextField(unique=True)
+        serial = peewee.TextField()
+        certificate_pem = peewee.TextField()
+        not_after = UtcMicrosField()
+        enrolled_at = UtcMicrosField()
+        last_seen_at = UtcMicrosField(null=True)
+        revoked_at = UtcMicrosField(null=True)
+        peer = peewee.TextField()
+        facts = peewee.TextField(default="{}")  # JSON object of strings
+
+        class Meta:
+            table_name = "device"
+
+    class AuditEventRow(_Base):
+        seq = peewee.BigAutoField()
+        at = UtcMicrosField()
+        actor = peewee.TextField()
+        action = peewee.TextField()
+        resource = peewee.TextField(index=True)
+        peer = peewee.TextField(default="")
+        detail = peewee.TextField(default="")
+
+        class Meta:
+            table_name = "audit_event"
+
+    class SchemaVersionRow(_Base):
+        id = peewee.IntegerField(primary_key=True)
+        version = peewee.IntegerField()
+
+        class Meta:
+            table_name = "schema_version"
+
+    return Tables(
+        token=TokenRow,
+        device=DeviceRow,
+        audit_event=AuditEventRow,
+        schema_version=SchemaVersionRow,
+    )

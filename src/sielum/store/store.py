@@ -1,0 +1,504 @@
+"""The Store: tokens, devices and the audit trail in SQL, in and out as sielum.model dataclasses."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import functools
+import json
+import logging
+import re
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from typing import Any, Concatenate, ParamSpec, TypeVar
+
+import peewee
+from playhouse.pool import MaxConnectionsExceeded, PooledDatabase
+
+from sielum.errors import (
+    AlreadyExistsError,
+    InvalidArgumentError,
+    NotFoundError,
+    PermissionDeniedError,
+    TokenUnusableError,
+    UnavailableError,
+)
+from sielum.model import AuditEvent, Device, Page, Token, TokenState
+from sielum.store import migrations
+from sielum.store.database import (
+    connect,
+    describe_error,
+    execute,
+    is_sqlite,
+    is_unavailable,
+    write_transaction,
+)
+from sielum.store.models import Tables, bind_tables, to_micros
+
+log = logging.getLogger("sielum.store")
+
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 1000
+
+_TOKEN_NOT_FOUND = "enrollment token not found"  # noqa: S105 - a message, not a secret
+_DEVICE_NOT_FOUND = "device not found"
+_KEY_ENROLLED = "this public key is already enrolled"
+_CURSOR = re.compile(r"^(tokens|devices):([1-9][0-9]{0,18})$")
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _guarded(method: Callable[Concatenate[Store, P], R]) -> Callable[Concatenate[Store, P], R]:
+    """Run a Store method on a connection and turn "database unreachable" into UnavailableError.
+
+    Other database errors are bugs and propagate as they are. The cause is
+    logged (the driver's message never holds a password); the client gets only
+    the generic message.
+    """
+
+    def wrapper(store: Store, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            with store._connection():
+                return method(store, *args, **kwargs)
+        except (peewee.OperationalError, peewee.InterfaceError, MaxConnectionsExceeded) as exc:
+            if not is_unavailable(exc):
+                raise
+            log.warning("database unavailable in %s: %s", method.__name__, describe_error(exc))
+            raise UnavailableError("database unavailable, try again") from exc
+
+    functools.update_wrapper(wrapper, method)
+    return wrapper
+
+
+class Store:
+    """All storage of Sielum. Safe to call from many threads at once.
+
+    On SQLite each thread keeps its own connection; on PostgreSQL each call
+    borrows one from the pool and gives it back. Every write is one
+    transaction, so a call either happens entirely or not at all.
+    """
+
+    def __init__(self, db: peewee.Database) -> None:
+        self.db = db
+        self._t: Tables = bind_tables(db)
+        self._pooled = isinstance(db, PooledDatabase)
+
+    @classmethod
+    def open(cls, url: str) -> Store:
+        """Connect to url and migrate the schema forward."""
+        store = cls(connect(url))
+        try:
+            store.migrate()
+        except BaseException:
+            store.close()
+            raise
+        return store
+
+    def _connection(self) -> contextlib.AbstractContextManager[Any]:
+        if self._pooled:
+            return self.db.connection_context()
+        # SQLite: the thread's connection stays open between calls (peewee opens
+        # it on first use); opening a file and setting pragmas per call would cost.
+        return contextlib.nullcontext()
+
+    @_guarded
+    def migrate(self) -> int:
+        return migrations.migrate(self.db)
+
+    def close(self) -> None:
+        """Close the connections: all of a pool's, or the calling thread's SQLite connection."""
+        if isinstance(self.db, PooledDatabase):
+            self.db.close_all()
+        else:
+            self.db.close()
+
+    @_guarded
+    def check_integrity(self) -> list[str]:
+        """Problems found, one line each; empty when the database is sound."""
+        problems: list[str] = []
+        if is_sqlite(self.db):
+            rows = execute(self.db, "PRAGMA integrity_check").fetchall()
+            problems += [f"sqlite: {r[0]}" for r in rows if r[0] != "ok"]
+            for table, rowid, parent, _ in execute(self.db, "PRAGMA foreign_key_check"):
+                problems.append(f"{table} row {rowid} refers to a missing {parent}")
+        version = migrations.current_version(self.db)
+        if version != migrations.LATEST_VERSION:
+            problems.append(
+                f"schema version is {version}, this Sielum expects {migrations.LATEST_VERSION}"
+            )
+            return problems
+        # One statement, so PostgreSQL reads uses and the device count from one snapshot.
+        cursor = execute(
+            self.db,
+            "SELECT t.id, t.uses, t.max_uses, COALESCE(d.n, 0)"
+            " FROM token t LEFT JOIN"
+            " (SELECT token_id, COUNT(*) AS n FROM device GROUP BY token_id) d"
+            " ON d.token_id = t.id"
+            " WHERE t.uses <> COALESCE(d.n, 0)"
+            " OR (t.max_uses IS NOT NULL AND t.uses > t.max_uses)"
+            " ORDER BY t.seq",
+        )
+        for token_id, uses, max_uses, devices in cursor.fetchall():
+            if uses != devices:
+                problems.append(
+                    f"token {token_id}: uses is {uses} but {devices} devices enrolled with it"
+                )
+            if max_uses is not None and uses > max_uses:
+                problems.append(f"token {token_id}: uses {uses} exceeds max_uses {max_uses}")
+        cursor = execute(
+            self.db,
+            "SELECT d.id, d.token_id FROM device d LEFT JOIN token t ON t.id = d.token_id"
+            " WHERE t.id IS NULL ORDER BY d.seq",
+        )
+        for device_id, token_id in cursor.fetchall():
+            problems.append(f"device {device_id}: its token {token_id} does not exist")
+        return problems
+
+    # Tokens
+
+    @_guarded
+    def create_token(self, token: Token, audit: AuditEvent) -> Token:
+        if token.uses != 0:
+            raise ValueError("a new enrollment token starts with uses = 0")
+        if token.max_uses is not None and token.max_uses < 0:
+            raise InvalidArgumentError("max_uses must not be negative")
+        T = self._t.token
+        try:
+            with write_transaction(self.db):
+                T.insert(**_token_row(token)).execute()
+                self._insert_audit(audit)
+                row = T.get(T.id == token.id)
+        except peewee.IntegrityError as exc:
+            raise AlreadyExistsError("an enrollment token with this id already exists") from exc
+        return _token(row)
+
+    @_guarded
+    def get_token(self, token_id: str) -> Token:
+        T = self._t.token
+        row = T.get_or_none(T.id == token_id)
+        if row is None:
+            raise NotFoundError(_TOKEN_NOT_FOUND)
+        return _token(row)
+
+    @_guarded
+    def list_tokens(
+        self,
+        *,
+        now: datetime,
+        state: TokenState | None = None,
+        page_size: int = DEFAULT_PAGE_SIZE,
+        cursor: str = "",
+    ) -> Page[Token]:
+        """Tokens newest first; with state, only those token_state() puts in that state at now."""
+        T = self._t.token
+        size = _page_size(page_size)
+        query = T.select()
+        after = _decode_cursor(cursor, "tokens")
+        if after is not None:
+            query = query.where(T.seq < after)
+        if state is not None:
+            query = query.where(token_state_condition(T, state, now))
+        rows = list(query.order_by(T.seq.desc()).limit(size + 1))
+        return _page([_token(r) for r in rows[:size]], rows, size, "tokens")
+
+    @_guarded
+    def revoke_token(self, token_id: str, now: datetime, audit: AuditEvent) -> Token:
+        """Revoke; revoking again keeps the first revoked_at. Devices are not touched."""
+        T = self._t.token
+        with write_transaction(self.db):
+            T.update(revoked_at=now).where((T.id == token_id) & T.revoked_at.is_null()).execute()
+            row = T.get_or_none(T.id == token_id)
+            if row is None:
+                raise NotFoundError(_TOKEN_NOT_FOUND)
+            self._insert_audit(audit)
+        return _token(row)
+
+    # Enrollment
+
+    @_guarded
+    def find_device_by_key(self, public_key_sha256: str) -> Device | None:
+        D = self._t.device
+        row = D.get_or_none(D.public_key_sha256 == public_key_sha256)
+        return None if row is None else _device(row)
+
+    @_guarded
+    def enroll_device(self, device: Device, now: datetime, audit: AuditEvent) -> Device:
+        """Consume one use of device.token_id and record the device, in one transaction.
+
+        The conditional UPDATE is the whole guarantee that a token with max_uses N
+        yields at most N devices: PostgreSQL re-checks its WHERE against the row
+        as the previous writer committed it, SQLite runs writers one at a time
+        (tests/store/test_store.py::test_concurrent_enrollment_respects_max_uses).
+        """
+        T, D = self._t.token, self._t.device
+        try:
+            with write_transaction(self.db):
+                consumed = (
+                    T.update(uses=T.uses + 1, last_used_at=now)
+                    .where(
+                        (T.id == device.token_id) & token_state_condition(T, TokenState.ACTIVE, now)
+                    )
+                    .execute()
+                )
+                if consumed == 0:
+                    raise TokenUnusableError("enrollment token cannot be used")
+                D.insert(**_device_row(device)).execute()
+                self._insert_audit(audit)
+                row = D.get(D.id == device.id)
+        except peewee.IntegrityError as exc:
+            # The transaction rolled back, so the use was not consumed.
+            raise AlreadyExistsError(_KEY_ENROLLED) from exc
+        return _device(row)
+
+    # Devices
+
+    @_guarded
+    def get_device(self, device_id: str) -> Device:
+        D = self._t.device
+        row = D.get_or_none(D.id == device_id)
+        if row is None:
+            raise NotFoundError(_DEVICE_NOT_FOUND)
+        return _device(row)
+
+    @_guarded
+    def list_devices(
+        self, *, token_id: str = "", page_size: int = DEFAULT_PAGE_SIZE, cursor: str = ""
+    ) -> Page[Device]:
+        """Devices newest first, all or those enrolled with token_id."""
+        D = self._t.device
+        size = _page_size(page_size)
+        query = D.select()
+        after = _decode_cursor(cursor, "devices")
+        if after is not None:
+            query = query.where(D.seq < after)
+        if token_id:
+            query = query.where(D.token_id == token_id)
+        rows = list(query.order_by(D.seq.desc()).limit(size + 1))
+        return _page([_device(r) for r in rows[:size]], rows, size, "devices")
+
+    @_guarded
+    def revoke_device(self, device_id: str, now: datetime, audit: AuditEvent) -> Device:
+        """Revoke; revoking again keeps the first revoked_at."""
+        D = self._t.device
+        with write_transaction(self.db):
+            D.update(revoked_at=now).where((D.id == device_id) & D.revoked_at.is_null()).execute()
+            row = D.get_or_none(D.id == device_id)
+            if row is None:
+                raise NotFoundError(_DEVICE_NOT_FOUND)
+            self._insert_audit(audit)
+        return _device(row)
+
+    @_guarded
+    def touch_device(self, device_id: str, now: datetime) -> Device:
+        """Record that the device was heard from at now."""
+        D = self._t.device
+        with write_transaction(self.db):
+            if D.update(last_seen_at=now).where(D.id == device_id).execute() == 0:
+                raise NotFoundError(_DEVICE_NOT_FOUND)
+            row = D.get(D.id == device_id)
+        return _device(row)
+
+    @_guarded
+    def renew_device(
+        self,
+        device_id: str,
+        *,
+        public_key_sha256: str,
+        serial: str,
+        certificate_pem: str,
+        not_after: datetime,
+        now: datetime,
+        audit: AuditEvent,
+    ) -> Device:
+        """Swap in the device's new key and certificate; last_seen_at becomes now.
+
+        The UPDATE itself requires the device not to be revoked, so a revocation
+        that commits first is never undone by a renewal racing it.
+        """
+        D = self._t.device
+        try:
+            with write_transaction(self.db):
+                renewed = (
+                    D.update(
+                        public_key_sha256=public_key_sha256,
+                        serial=serial,
+                        certificate_pem=certificate_pem,
+                        not_after=not_after,
+                        last_seen_at=now,
+                    )
+                    .where((D.id == device_id) & D.revoked_at.is_null())
+                    .execute()
+                )
+                if renewed == 0:
+                    if D.get_or_none(D.id == device_id) is None:
+                        raise NotFoundError(_DEVICE_NOT_FOUND)
+                    raise PermissionDeniedError("device has been revoked")
+                self._insert_audit(audit)
+                row = D.get(D.id == device_id)
+        except peewee.IntegrityError as exc:
+            raise AlreadyExistsError(_KEY_ENROLLED) from exc
+        return _device(row)
+
+    # Audit trail
+
+    @_guarded
+    def record(self, event: AuditEvent) -> None:
+        with write_transaction(self.db):
+            self._insert_audit(event)
+
+    @_guarded
+    def list_audit(self, *, resource: str = "", limit: int = DEFAULT_PAGE_SIZE) -> list[AuditEvent]:
+        """The newest events first, all or those about one resource (e.g. "token/<id>")."""
+        A = self._t.audit_event
+        query = A.select()
+        if resource:
+            query = query.where(A.resource == resource)
+        rows = query.order_by(A.seq.desc()).limit(_page_size(limit))
+        return [
+            AuditEvent(
+                at=r.at,
+                actor=r.actor,
+                action=r.action,
+                resource=r.resource,
+                peer=r.peer,
+                detail=r.detail,
+            )
+            for r in rows
+        ]
+
+    def _insert_audit(self, event: AuditEvent) -> None:
+        self._t.audit_event.insert(
+            at=event.at,
+            actor=event.actor,
+            action=event.action,
+            resource=event.resource,
+            peer=event.peer,
+            detail=event.detail,
+        ).execute()
+
+
+def token_state_condition(T: Any, state: TokenState, now: datetime) -> Any:
+    """SQL that holds exactly when tokens.token_state() gives state at now.
+
+    First match wins, as there: Revoked > Expired > Exhausted > Active, and
+    expires_at == now is expired
+    (tests/store/test_store.py::test_state_filter_agrees_with_token_state).
+    """
+    to_micros(now)  # rejects a naive now here rather than deep inside peewee
+    not_revoked = T.revoked_at.is_null()
+    expired = T.expires_at.is_null(False) & (T.expires_at <= now)
+    not_expired = T.expires_at.is_null() | (T.expires_at > now)
+    exhausted = T.max_uses.is_null(False) & (T.uses >= T.max_uses)
+    uses_left = T.max_uses.is_null() | (T.uses < T.max_uses)
+    if state is TokenState.REVOKED:
+        return T.revoked_at.is_null(False)
+    if state is TokenState.EXPIRED:
+        return not_revoked & expired
+    if state is TokenState.EXHAUSTED:
+        return not_revoked & not_expired & exhausted
+    return not_revoked & not_expired & uses_left
+
+
+def _page_size(requested: int) -> int:
+    if requested <= 0:
+        return DEFAULT_PAGE_SIZE
+    return min(requested, MAX_PAGE_SIZE)
+
+
+def _encode_cursor(kind: str, seq: int) -> str:
+    return base64.urlsafe_b64encode(f"{kind}:{seq}".encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str, kind: str) -> int | None:
+    """The seq a cursor points after, None for the first page; InvalidArgumentError if forged."""
+    if not cursor:
+        return None
+    try:
+        raw = base64.b64decode(cursor + "=" * (-len(cursor) % 4), altchars=b"-_", validate=True)
+        match = _CURSOR.match(raw.decode("ascii"))
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        match = None
+    if match is None or match.group(1) != kind:
+        raise InvalidArgumentError("page_token is invalid")
+    return int(match.group(2))
+
+
+def _page(items: list[R], rows: list[Any], size: int, kind: str) -> Page[R]:
+    more = len(rows) > size
+    next_cursor = _encode_cursor(kind, rows[size - 1].seq) if more else ""
+    return Page(items=tuple(items), next_cursor=next_cursor)
+
+
+def _token_row(token: Token) -> dict[str, Any]:
+    return {
+        "id": token.id,
+        "label": token.label,
+        "secret_hash": bytes(token.secret_hash),
+        "max_uses": token.max_uses,
+        "uses": token.uses,
+        "expires_at": token.expires_at,
+        "created_at": token.created_at,
+        "created_by": token.created_by,
+        "revoked_at": token.revoked_at,
+        "last_used_at": token.last_used_at,
+    }
+
+
+def _token(row: Any) -> Token:
+    return Token(
+        id=row.id,
+        label=row.label,
+        secret_hash=bytes(row.secret_hash),  # psycopg2 hands BYTEA back as memoryview
+        max_uses=row.max_uses,
+        uses=row.uses,
+        expires_at=row.expires_at,
+        created_at=row.created_at,
+        created_by=row.created_by,
+        revoked_at=row.revoked_at,
+        last_used_at=row.last_used_at,
+    )
+
+
+def _device_row(device: Device) -> dict[str, Any]:
+    return {
+        "id": device.id,
+        "hostname": device.hostname,
+        "token_id": device.token_id,
+        "public_key_sha256": device.public_key_sha256,
+        "serial": device.serial,
+        "certificate_pem": device.certificate_pem,
+        "not_after": device.not_after,
+        "enrolled_at": device.enrolled_at,
+        "last_seen_at": device.last_seen_at,
+        "revoked_at": device.revoked_at,
+        "peer": device.peer,
+        "facts": _facts_json(device.facts),
+    }
+
+
+def _facts_json(facts: Mapping[str, str]) -> str:
+    return json.dumps(dict(facts), sort_keys=True, separators=(",", ":"))
+
+
+def _facts(text: str) -> dict[str, str]:
+    value = json.loads(text or "{}")
+    return {str(k): str(v) for k, v in value.items()}
+
+
+def _device(row: Any) -> Device:
+    return Device(
+        id=row.id,
+        hostname=row.hostname,
+        token_id=row.token_id,
+        public_key_sha256=row.public_key_sha256,
+        serial=row.serial,
+        certificate_pem=row.certificate_pem,
+        not_after=row.not_after,
+        enrolled_at=row.enrolled_at,
+        peer=row.peer,
+        facts=_facts(row.facts),
+        last_seen_at=row.last_seen_at,
+        revoked_at=row.revoked_at,
+    )

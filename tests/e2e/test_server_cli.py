@@ -1,0 +1,159 @@
+"""sielum-server as a real process: init, serve, a token over the API, an Enroll, SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import signal
+import stat
+import subprocess
+from pathlib import Path
+
+import grpc
+
+from sielum.admin.v1 import admin_pb2, admin_pb2_grpc
+from sielum.enroll.v1 import enroll_pb2, enroll_pb2_grpc
+
+from ..rpc.conftest import make_csr, make_key
+from .conftest import ServerProcess, run, start_server
+
+
+def _admin_stub(server: ServerProcess) -> admin_pb2_grpc.AdminServiceStub:
+    admin = server.data_dir / "admin"
+    creds = grpc.ssl_channel_credentials(
+        root_certificates=(server.data_dir / "ca.pem").read_bytes(),
+        private_key=(admin / "admin.key").read_bytes(),
+        certificate_chain=(admin / "admin.pem").read_bytes(),
+    )
+    return admin_pb2_grpc.AdminServiceStub(
+        grpc.secure_channel(f"localhost:{server.api_port}", creds)
+    )
+
+
+def test_init_serve_enroll_and_sigterm(tmp_path: Path, server_factory: list[ServerProcess]) -> None:
+    data_dir = tmp_path / "data"
+    init = run("sielum-server", "init", "--data-dir", str(data_dir), "--san", "enroll.example.test")
+    assert init.returncode == 0, init.stderr
+    fingerprint = run("sielum-server", "fingerprint", "--data-dir", str(data_dir))
+    assert fingerprint.returncode == 0
+    assert fingerprint.stdout.strip().startswith("sha256:")
+    assert f"CA fingerprint: {fingerprint.stdout.strip()}" in init.stdout
+    openssl = subprocess.run(
+        ["openssl", "x509", "-noout", "-fingerprint", "-sha256", "-in", str(data_dir / "ca.pem")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert (
+        openssl.stdout.split("=", 1)[1].strip().replace(":", "").lower()
+        == fingerprint.stdout.strip()[7:]
+    )
+    assert stat.S_IMODE((data_dir / "ca.key").stat().st_mode) == 0o600
+
+    again = run("sielum-server", "init", "--data-dir", str(data_dir))
+    assert again.returncode != 0
+    assert "refusing to overwrite" in again.stderr
+
+    server = start_server(data_dir, "--log-format", "json")
+    server_factory.append(server)
+    created = _admin_stub(server).CreateEnrollmentToken(
+        admin_pb2.CreateEnrollmentTokenRequest(label="e2e", max_uses=3), timeout=10
+    )
+    key = make_key()
+    enroll = enroll_pb2_grpc.EnrollServiceStub(
+        grpc.secure_channel(
+            f"localhost:{server.enroll_port}",
+            grpc.ssl_channel_credentials(root_certificates=(data_dir / "ca.pem").read_bytes()),
+        )
+    )
+    response = enroll.Enroll(
+        enroll_pb2.EnrollRequest(token=created.secret, csr_pem=make_csr(key), hostname="e2e-host"),
+        timeout=10,
+    )
+    devices = _admin_stub(server).ListDevices(admin_pb2.ListDevicesRequest(), timeout=10)
+    assert [d.id for d in devices.devices] == [response.device_id]
+
+    assert server.stop(signal.SIGTERM) == 0
+    log_lines = [json.loads(line) for line in server.log.splitlines() if line.startswith("{")]
+    events = [entry["event"] for entry in log_lines]
+    assert "serving" in events and "stopped" in events
+    enrolled = [e for e in log_lines if e["event"] == "enroll"]
+    assert enrolled and enrolled[0]["outcome"] == "ok"
+    assert enrolled[0]["device"] == response.device_id
+    assert enrolled[0]["token"] == created.token.id
+    assert created.secret not in server.log
+    random_part = created.secret.split("_")[2]
+    assert random_part[:20] not in server.log
+
+
+def test_issue_admin_cert_makes_a_working_admin(
+    tmp_path: Path, server_factory: list[ServerProcess]
+) -> None:
+    data_dir = tmp_path / "data"
+    assert run("sielum-server", "init", "--data-dir", str(data_dir)).returncode == 0
+    out = tmp_path / "alice"
+    issued = run(
+        "sielum-server",
+        "issue-admin-cert",
+        "--data-dir",
+        str(data_dir),
+        "--name",
+        "alice",
+        "--out",
+        str(out),
+    )
+    assert issued.returncode == 0, issued.stderr
+    server = start_server(data_dir)
+    server_factory.append(server)
+    creds = grpc.ssl_channel_credentials(
+        root_certificates=(out / "ca.pem").read_bytes(),
+        private_key=(out / "admin.key").read_bytes(),
+        certificate_chain=(out / "admin.pem").read_bytes(),
+    )
+    stub = admin_pb2_grpc.AdminServiceStub(
+        grpc.secure_channel(f"localhost:{server.api_port}", creds)
+    )
+    created = stub.CreateEnrollmentToken(
+        admin_pb2.CreateEnrollmentTokenRequest(label="by alice"), timeout=10
+    )
+    assert created.token.created_by == "alice"
+    assert server.stop() == 0
+
+
+def test_serve_fails_clearly_without_init(tmp_path: Path) -> None:
+    result = run("sielum-server", "serve", "--data-dir", str(tmp_path / "missing"))
+    assert result.returncode != 0
+    assert "sielum-server init" in result.stderr
+
+
+def test_encrypted_ca_needs_the_passphrase(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    env = {"SIELUM_CA_PASSPHRASE": "correct horse"}
+    assert run("sielum-server", "init", "--data-dir", str(data_dir), env=env).returncode == 0
+    assert b"ENCRYPTED" in (data_dir / "ca.key").read_bytes()
+    out = tmp_path / "bob"
+    missing = run(
+        "sielum-server",
+        "issue-admin-cert",
+        "--data-dir",
+        str(data_dir),
+        "--name",
+        "bob",
+        "--out",
+        str(out),
+        env={"SIELUM_CA_PASSPHRASE": ""},
+    )
+    assert missing.returncode != 0
+    assert "SIELUM_CA_PASSPHRASE" in missing.stderr
+    ok = run(
+        "sielum-server",
+        "issue-admin-cert",
+        "--data-dir",
+        str(data_dir),
+        "--name",
+        "bob",
+        "--out",
+        str(out),
+        env=env,
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert "correct horse" not in ok.stdout + ok.stderr
