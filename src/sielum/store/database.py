@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
+import time
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from typing import Any, cast
@@ -140,11 +141,34 @@ def _connect_sqlite(url: str) -> peewee.SqliteDatabase:
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise InvalidArgumentError(f"directory for the SQLite database does not exist: {directory}")
-    return peewee.SqliteDatabase(
+    return WalSqliteDatabase(
         path,
         pragmas=list(SQLITE_PRAGMAS),
         timeout=SQLITE_TIMEOUT_SECONDS,
     )
+
+
+class WalSqliteDatabase(peewee.SqliteDatabase):  # type: ignore[misc]
+    """SQLite whose connections retry the switch to WAL while another connection makes it.
+
+    SQLite answers "database is locked" at once, without its busy handler, when
+    several connections switch a fresh file to WAL at the same moment; the mode
+    is persistent, so a short retry finds it done (tests/store/test_migrations.py
+    ::test_threads_migrating_at_once).
+    """
+
+    def _set_pragmas(self, conn: sqlite3.Connection) -> None:
+        deadline = time.monotonic() + SQLITE_TIMEOUT_SECONDS
+        delay = 0.005
+        while True:
+            try:
+                super()._set_pragmas(conn)
+                return
+            except sqlite3.OperationalError as error:
+                if "locked" not in str(error) or time.monotonic() > deadline:
+                    raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.2)
 
 
 def _connect_postgresql(url: str) -> ReconnectingPostgresqlDatabase:
