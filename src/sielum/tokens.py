@@ -101,7 +101,7 @@ def parse_secret(text: str) -> ParsedToken:
             "enrollment token is malformed: expected slm_<16 chars>_<39 chars> in lowercase base32"
         )
     token_id, random_part, check = match.groups()
-    if not hmac.compare_digest(check, _checksum(candidate[: -CHECK_CHARS])):
+    if not hmac.compare_digest(check, _checksum(candidate[:-CHECK_CHARS])):
         raise InvalidArgumentError("enrollment token checksum does not match: it was mistyped")
     return ParsedToken(id=token_id, random=Secret(random_part))
 

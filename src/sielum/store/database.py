@@ -148,7 +148,7 @@ def _connect_sqlite(url: str) -> peewee.SqliteDatabase:
     )
 
 
-class WalSqliteDatabase(peewee.SqliteDatabase):  # type: ignore[misc]
+class WalSqliteDatabase(peewee.SqliteDatabase):
     """SQLite whose connections retry the switch to WAL while another connection makes it.
 
     SQLite answers "database is locked" at once, without its busy handler, when
@@ -162,7 +162,7 @@ class WalSqliteDatabase(peewee.SqliteDatabase):  # type: ignore[misc]
         delay = 0.005
         while True:
             try:
-                super()._set_pragmas(conn)
+                super()._set_pragmas(conn)  # type: ignore[misc]
                 return
             except sqlite3.OperationalError as error:
                 if "locked" not in str(error) or time.monotonic() > deadline:
