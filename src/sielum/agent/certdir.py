@@ -1,0 +1,342 @@
+"""The agent's cert dir on disk: device.key, device.pem, ca.pem, agent.json, written atomically."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from sielum.agent.errors import CertDirError, NotEnrolledError
+
+KEY_FILE = "device.key"
+CERT_FILE = "device.pem"
+CA_FILE = "ca.pem"
+STATE_FILE = "agent.json"
+# A key made for an enrollment whose answer has not been stored yet. It is kept
+# until the enrollment completes, so that a rerun after a lost answer sends the
+# same key and the server returns the same device without spending another use.
+PENDING_KEY_FILE = "enroll.key.pending"
+# A renewal in progress: the new key, then the new certificate. Both are in place
+# before either real file is touched, so an interrupted swap can be finished.
+RENEW_KEY_FILE = "renew.key.pending"
+RENEW_CERT_FILE = "renew.pem.pending"
+LOCK_FILE = ".lock"
+
+PRIVATE_MODE = 0o600
+PUBLIC_MODE = 0o644
+DIR_MODE = 0o700
+STATE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class AgentState:
+    """agent.json: what the agent needs to call the API after enrollment."""
+
+    device_id: str
+    api_endpoint: str  # host:port of AgentService, resolved at enrollment
+    server: str  # the enroll URL the agent was given
+    enrolled_at: datetime
+    ca_fingerprint: str
+
+    def to_json(self) -> bytes:
+        document = {
+            "version": STATE_VERSION,
+            "device_id": self.device_id,
+            "api_endpoint": self.api_endpoint,
+            "server": self.server,
+            "enrolled_at": self.enrolled_at.isoformat().replace("+00:00", "Z"),
+            "ca_fingerprint": self.ca_fingerprint,
+        }
+        return (json.dumps(document, indent=2) + "\n").encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> AgentState:
+        document = json.loads(data)
+        if not isinstance(document, dict):
+            raise ValueError("agent.json is not a JSON object")
+        return cls(
+            device_id=str(document["device_id"]),
+            api_endpoint=str(document["api_endpoint"]),
+            server=str(document["server"]),
+            enrolled_at=datetime.fromisoformat(str(document["enrolled_at"])),
+            ca_fingerprint=str(document.get("ca_fingerprint", "")),
+        )
+
+
+@dataclass(frozen=True)
+class StoredEnrollment:
+    """A complete, consistent enrollment read back from the cert dir."""
+
+    state: AgentState
+    key: ec.EllipticCurvePrivateKey
+    key_pem: bytes
+    certificate: x509.Certificate
+    certificate_pem: bytes
+    ca: x509.Certificate
+    ca_pem: bytes
+
+
+def private_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    # Unencrypted: the agent runs unattended; the file mode is the protection.
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def same_key(key: ec.EllipticCurvePrivateKey, certificate: x509.Certificate) -> bool:
+    spki = serialization.PublicFormat.SubjectPublicKeyInfo
+    ours = key.public_key().public_bytes(serialization.Encoding.DER, spki)
+    theirs = certificate.public_key().public_bytes(serialization.Encoding.DER, spki)
+    return ours == theirs
+
+
+class CertDir:
+    """One agent's directory. Callers hold lock() around every read-modify-write."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def path(self, name: str) -> Path:
+        return self.root / name
+
+    def is_enrolled(self) -> bool:
+        # agent.json is written last: its presence is what "enrolled" means.
+        return self.path(STATE_FILE).exists()
+
+    def prepare(self) -> None:
+        """Creates the directory (0700) if needed and proves it is writable, before any dialling."""
+        try:
+            self.root.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+        except FileExistsError:
+            raise CertDirError(f"cert dir {self.root} exists and is not a directory") from None
+        except OSError as error:
+            raise CertDirError(f"cannot create cert dir {self.root}: {_why(error)}") from None
+        if not self.root.is_dir():
+            raise CertDirError(f"cert dir {self.root} exists and is not a directory")
+        probe = self.path(f".probe.{secrets.token_hex(4)}")
+        try:
+            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_MODE)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as error:
+            raise CertDirError(f"cert dir {self.root} is not writable: {_why(error)}") from None
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """An exclusive lock, so two agent runs never interleave their writes."""
+        try:
+            fd = os.open(self.path(LOCK_FILE), os.O_RDWR | os.O_CREAT, PRIVATE_MODE)
+        except OSError as error:
+            raise CertDirError(f"cannot lock cert dir {self.root}: {_why(error)}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    # --- enrollment -------------------------------------------------------------
+
+    def pending_key(self) -> ec.EllipticCurvePrivateKey | None:
+        """The key of an enrollment that did not finish, if there is a usable one."""
+        path = self.path(PENDING_KEY_FILE)
+        if not path.exists() and not self.is_enrolled() and self.path(KEY_FILE).exists():
+            # A run stopped after moving the key into place but before agent.json:
+            # that key may be enrolled already, so it is the one to retry with.
+            self._rename(KEY_FILE, PENDING_KEY_FILE)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as error:
+            raise CertDirError(f"cannot read {path}: {_why(error)}") from None
+        try:
+            key = serialization.load_pem_private_key(data, password=None)
+        except (ValueError, TypeError):
+            key = None
+        if isinstance(key, ec.EllipticCurvePrivateKey) and isinstance(key.curve, ec.SECP256R1):
+            return key
+        # A damaged leftover is no use to a retry; a fresh key replaces it.
+        self.discard(PENDING_KEY_FILE)
+        return None
+
+    def write_pending_key(self, key: ec.EllipticCurvePrivateKey) -> None:
+        self._write(PENDING_KEY_FILE, private_pem(key), PRIVATE_MODE)
+
+    def save_enrollment(self, state: AgentState, certificate_pem: bytes, ca_pem: bytes) -> None:
+        """Moves the pending key into place beside its certificate, then writes agent.json.
+
+        Order matters: agent.json goes last, so a crash before it leaves a cert dir
+        that is "not enrolled", and the pending key (or device.key) is reused on the
+        next run, which the server answers with the same device.
+        """
+        if not self.path(PENDING_KEY_FILE).exists():
+            raise CertDirError(f"{self.path(PENDING_KEY_FILE)} vanished during enrollment")
+        self._write(CERT_FILE, certificate_pem, PUBLIC_MODE)
+        self._write(CA_FILE, ca_pem, PUBLIC_MODE)
+        self._rename(PENDING_KEY_FILE, KEY_FILE)
+        self._write(STATE_FILE, state.to_json(), PUBLIC_MODE)
+
+    # --- renewal ----------------------------------------------------------------
+
+    def stage_renewal_key(self, key: ec.EllipticCurvePrivateKey) -> None:
+        self.discard(RENEW_CERT_FILE)
+        self._write(RENEW_KEY_FILE, private_pem(key), PRIVATE_MODE)
+
+    def commit_renewal(self, certificate_pem: bytes) -> None:
+        """Swaps in the staged key and its certificate.
+
+        The new certificate is on disk before the key is replaced, and load() finishes
+        a swap that stopped between the two renames (tests/unit/test_agent_certdir.py),
+        so the pair on disk is always one that works.
+        """
+        self._write(RENEW_CERT_FILE, certificate_pem, PUBLIC_MODE)
+        self._rename(RENEW_KEY_FILE, KEY_FILE)
+        self._rename(RENEW_CERT_FILE, CERT_FILE)
+
+    def discard_renewal(self) -> None:
+        self.discard(RENEW_KEY_FILE)
+        self.discard(RENEW_CERT_FILE)
+
+    # --- reading ----------------------------------------------------------------
+
+    def load_locked(self) -> StoredEnrollment:
+        """load() under the lock; a missing directory is "not enrolled", not a lock failure."""
+        self.require_dir()
+        with self.lock():
+            return self.load()
+
+    def require_dir(self) -> None:
+        if not self.root.is_dir():
+            raise NotEnrolledError(
+                f"{self.root} holds no enrollment: run `sielum-agent enroll --cert-dir {self.root}`"
+            )
+
+    def load(self) -> StoredEnrollment:
+        """Reads and cross-checks the enrollment; finishes an interrupted renewal first."""
+        self.require_dir()
+        state_path = self.path(STATE_FILE)
+        try:
+            state = AgentState.from_json(state_path.read_bytes())
+        except FileNotFoundError:
+            raise NotEnrolledError(
+                f"{self.root} holds no enrollment (no {STATE_FILE}): "
+                f"run `sielum-agent enroll --cert-dir {self.root}`"
+            ) from None
+        except OSError as error:
+            raise CertDirError(f"cannot read {state_path}: {_why(error)}") from None
+        except (ValueError, KeyError):
+            raise CertDirError(
+                f"{state_path} is damaged: re-enroll with `sielum-agent enroll --force`"
+            ) from None
+
+        key_pem, key = self._read_key(KEY_FILE)
+        certificate_pem, certificate = self._read_certificate(CERT_FILE)
+        if not same_key(key, certificate):
+            certificate_pem, certificate = self._finish_interrupted_renewal(key)
+        ca_pem, ca = self._read_certificate(CA_FILE)
+        return StoredEnrollment(state, key, key_pem, certificate, certificate_pem, ca, ca_pem)
+
+    def _finish_interrupted_renewal(
+        self, key: ec.EllipticCurvePrivateKey
+    ) -> tuple[bytes, x509.Certificate]:
+        if self.path(RENEW_CERT_FILE).exists():
+            pem, staged = self._read_certificate(RENEW_CERT_FILE)
+            if same_key(key, staged):
+                self._rename(RENEW_CERT_FILE, CERT_FILE)
+                return pem, staged
+        raise CertDirError(
+            f"{self.path(KEY_FILE)} does not match {self.path(CERT_FILE)}: "
+            "re-enroll with `sielum-agent enroll --force`"
+        )
+
+    def _read_key(self, name: str) -> tuple[bytes, ec.EllipticCurvePrivateKey]:
+        path = self.path(name)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise CertDirError(f"{path} is missing: re-enroll with --force") from None
+        except OSError as error:
+            raise CertDirError(f"cannot read {path}: {_why(error)}") from None
+        try:
+            key = serialization.load_pem_private_key(data, password=None)
+        except (ValueError, TypeError):
+            raise CertDirError(f"{path} is not a readable private key") from None
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise CertDirError(f"{path} is not an ECDSA key")
+        return data, key
+
+    def _read_certificate(self, name: str) -> tuple[bytes, x509.Certificate]:
+        path = self.path(name)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise CertDirError(f"{path} is missing: re-enroll with --force") from None
+        except OSError as error:
+            raise CertDirError(f"cannot read {path}: {_why(error)}") from None
+        try:
+            return data, x509.load_pem_x509_certificate(data)
+        except ValueError:
+            raise CertDirError(f"{path} is not a readable PEM certificate") from None
+
+    # --- atomic file operations -------------------------------------------------
+
+    def _write(self, name: str, data: bytes, mode: int) -> None:
+        """Temp file beside the target, created with its final mode, fsync, rename, dir fsync."""
+        target = self.path(name)
+        tmp = self.path(f".{name}.{secrets.token_hex(6)}.tmp")
+        try:
+            # The file is born with its final mode, so a key is never readable by
+            # others, not even between open() and chmod().
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+            try:
+                os.fchmod(fd, mode)  # the umask may have narrowed a public file's mode
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, target)
+            self._sync_dir()
+        except OSError as error:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise CertDirError(f"cannot write {target}: {_why(error)}") from None
+
+    def _rename(self, source: str, target: str) -> None:
+        try:
+            os.replace(self.path(source), self.path(target))
+            self._sync_dir()
+        except OSError as error:
+            raise CertDirError(f"cannot write {self.path(target)}: {_why(error)}") from None
+
+    def discard(self, name: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.path(name).unlink()
+
+    def _sync_dir(self) -> None:
+        # A rename is durable only once the directory entry itself is on disk.
+        fd = os.open(self.root, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _why(error: OSError) -> str:
+    if error.errno == errno.EROFS:
+        return "read-only file system"
+    return (error.strerror or str(error)).lower()

@@ -1,0 +1,357 @@
+"""The agent's flows: enroll with a token, report status by Heartbeat, renew the certificate."""
+
+from __future__ import annotations
+
+import hmac
+import platform
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib import metadata
+from typing import TypeVar
+
+import grpc
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from sielum.agent import pinning
+from sielum.agent.address import ServerAddress, parse_server, resolve_api_endpoint
+from sielum.agent.certdir import AgentState, CertDir, StoredEnrollment, same_key
+from sielum.agent.errors import (
+    AgentError,
+    AlreadyEnrolledError,
+    DeviceRefusedError,
+    NotEnrolledError,
+    ServerAnswerError,
+    ServerUnreachableError,
+    TokenRefusedError,
+)
+from sielum.agent.v1 import agent_pb2, agent_pb2_grpc
+from sielum.ca.profile import fingerprint, role_of
+from sielum.enroll.v1 import enroll_pb2, enroll_pb2_grpc
+from sielum.tokens import Secret
+
+DEFAULT_TIMEOUT = 30.0
+_Reply = TypeVar("_Reply")
+
+
+@dataclass(frozen=True)
+class EnrollOptions:
+    server: ServerAddress
+    token: Secret
+    pin: bytes
+    cert_dir: CertDir
+    force: bool = False
+    hostname: str = field(default_factory=platform.node)
+    facts: Mapping[str, str] = field(default_factory=lambda: default_facts())
+    timeout: float = DEFAULT_TIMEOUT
+
+
+@dataclass(frozen=True)
+class EnrollResult:
+    device_id: str
+    api_endpoint: str
+    not_after: datetime
+
+
+@dataclass(frozen=True)
+class Status:
+    device_id: str
+    api_endpoint: str
+    server_time: datetime
+    not_after: datetime
+    renew_after: datetime
+
+    @property
+    def renewal_due(self) -> bool:
+        return self.server_time >= self.renew_after
+
+
+@dataclass(frozen=True)
+class RenewResult:
+    device_id: str
+    not_after: datetime
+    serial: str
+
+
+def default_facts() -> dict[str, str]:
+    """What an operator wants to see about an endpoint in `sielum-admin devices get`."""
+    try:
+        version = metadata.version("sielum")
+    except metadata.PackageNotFoundError:
+        version = "unknown"
+    facts = {
+        "os": platform.system().lower(),
+        "os.release": platform.release(),
+        "arch": platform.machine(),
+        "agent.version": version,
+    }
+    return {key: value[:1024] for key, value in facts.items() if value}
+
+
+def make_key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def make_csr(key: ec.EllipticCurvePrivateKey) -> str:
+    # The server copies nothing from the CSR but the key, so the subject is a placeholder.
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sielum-agent")]))
+        .sign(key, hashes.SHA256())
+    )
+    return csr.public_bytes(serialization.Encoding.PEM).decode("ascii")
+
+
+def check_issued(
+    certificate_pem: str,
+    ca_pem: str,
+    *,
+    pin: bytes,
+    key: ec.EllipticCurvePrivateKey,
+    device_id: str,
+    now: datetime | None = None,
+) -> tuple[x509.Certificate, x509.Certificate]:
+    """Checks the server's answer: CA equals the pin, certificate chains to it, carries our key.
+
+    Returns (certificate, ca). Raises ServerAnswerError; nothing is written before this passes.
+    """
+    now = now if now is not None else datetime.now(UTC)
+    try:
+        ca = x509.load_pem_x509_certificate(ca_pem.encode("ascii"))
+        certificate = x509.load_pem_x509_certificate(certificate_pem.encode("ascii"))
+    except (ValueError, UnicodeEncodeError):
+        raise ServerAnswerError(
+            "the server's answer holds a certificate that cannot be parsed"
+        ) from None
+    if not hmac.compare_digest(pinning.sha256_der(ca), pin):
+        raise ServerAnswerError(
+            f"the server answered with a CA ({fingerprint(ca)}) other than the pinned one; "
+            "nothing was written"
+        )
+    try:
+        certificate.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature):
+        raise ServerAnswerError(
+            "the certificate the server sent is not signed by the pinned CA; nothing was written"
+        ) from None
+    if not same_key(key, certificate):
+        raise ServerAnswerError(
+            "the certificate the server sent is not for this agent's key; nothing was written"
+        )
+    if role_of(certificate) != ("device", device_id):
+        raise ServerAnswerError(
+            f"the certificate the server sent does not name device {device_id}; nothing was written"
+        )
+    skew = pinning.CLOCK_SKEW
+    if now + skew < certificate.not_valid_before_utc or certificate.not_valid_after_utc <= now:
+        raise ServerAnswerError(
+            "the certificate the server sent is not valid now "
+            f"({certificate.not_valid_before_utc:%Y-%m-%dT%H:%M:%SZ} to "
+            f"{certificate.not_valid_after_utc:%Y-%m-%dT%H:%M:%SZ}); check this machine's clock"
+        )
+    return certificate, ca
+
+
+def enroll(options: EnrollOptions) -> EnrollResult:
+    """DESIGN.md's enrollment, step by step: pin, key, Enroll, check, write."""
+    cert_dir = options.cert_dir
+    # The cert dir is checked before the server is dialled: a token use spent on a
+    # certificate that cannot be stored would be a use wasted.
+    cert_dir.prepare()
+    with cert_dir.lock():
+        if cert_dir.is_enrolled() and not options.force:
+            raise AlreadyEnrolledError(
+                f"{cert_dir.root} already holds an enrollment; it was kept "
+                "(pass --force to enroll again with a new key)"
+            )
+        pinned = pinning.probe(options.server, options.pin, timeout=options.timeout)
+        ca_pem = pinned.ca.public_bytes(serialization.Encoding.PEM)
+
+        key = cert_dir.pending_key()
+        retried_key = key is not None
+        if key is None:
+            key = make_key()
+            cert_dir.write_pending_key(key)
+        try:
+            reply = _call_enroll(options, ca_pem, key)
+        except _KeyTakenError:
+            if not retried_key:
+                raise ServerAnswerError(
+                    "the server says this new key is enrolled already; try again"
+                ) from None
+            # The leftover key belongs to an enrollment under another token: it is
+            # of no use to this one, so start over with a fresh key.
+            key = make_key()
+            cert_dir.write_pending_key(key)
+            reply = _call_enroll(options, ca_pem, key)
+
+        certificate, _ = check_issued(
+            reply.certificate_pem,
+            reply.ca_certificate_pem,
+            pin=options.pin,
+            key=key,
+            device_id=reply.device_id,
+        )
+        try:
+            api = resolve_api_endpoint(reply.api_endpoint, options.server)
+        except ValueError as error:
+            raise ServerAnswerError(f"the server's answer is unusable: {error}") from None
+        state = AgentState(
+            device_id=reply.device_id,
+            api_endpoint=api.target,
+            server=options.server.url,
+            enrolled_at=datetime.now(UTC),
+            ca_fingerprint=fingerprint(pinned.ca),
+        )
+        cert_dir.save_enrollment(state, reply.certificate_pem.encode("ascii"), ca_pem)
+        return EnrollResult(
+            device_id=reply.device_id,
+            api_endpoint=api.target,
+            not_after=certificate.not_valid_after_utc,
+        )
+
+
+class _KeyTakenError(Exception):
+    """ALREADY_EXISTS: the key is enrolled as another device."""
+
+
+def _call_enroll(
+    options: EnrollOptions, ca_pem: bytes, key: ec.EllipticCurvePrivateKey
+) -> enroll_pb2.EnrollResponse:
+    request = enroll_pb2.EnrollRequest(
+        token=options.token.reveal(),
+        csr_pem=make_csr(key),
+        hostname=options.hostname,
+        facts=dict(options.facts),
+    )
+    # The only root is the pinned CA: whatever answers on this second connection
+    # must hold a certificate from it for this very host name.
+    credentials = grpc.ssl_channel_credentials(root_certificates=ca_pem)
+    with grpc.secure_channel(options.server.target, credentials) as channel:
+        stub = enroll_pb2_grpc.EnrollServiceStub(channel)
+        try:
+            reply: enroll_pb2.EnrollResponse = stub.Enroll(request, timeout=options.timeout)
+        except grpc.RpcError as error:
+            code, details = _status(error)
+            if code is grpc.StatusCode.ALREADY_EXISTS:
+                raise _KeyTakenError from None
+            if code is grpc.StatusCode.UNAUTHENTICATED:
+                raise TokenRefusedError(
+                    f"token refused: {details or 'enrollment token is invalid'}"
+                ) from None
+            if code is grpc.StatusCode.PERMISSION_DENIED:
+                raise TokenRefusedError(f"token refused: {details}") from None
+            raise _common_error(code, details, options.server.target) from None
+    return reply
+
+
+def status(cert_dir: CertDir, timeout: float = DEFAULT_TIMEOUT) -> Status:
+    """Heartbeat over mTLS with the stored certificate."""
+    stored = cert_dir.load_locked()
+    _check_not_expired(stored)
+    reply = _call_agent(
+        stored, lambda stub: stub.Heartbeat(agent_pb2.HeartbeatRequest(), timeout=timeout)
+    )
+    if reply.device_id != stored.state.device_id:
+        raise ServerAnswerError(
+            f"the server knows this certificate as device {reply.device_id}, "
+            f"not {stored.state.device_id}"
+        )
+    return Status(
+        device_id=reply.device_id,
+        api_endpoint=stored.state.api_endpoint,
+        server_time=_datetime(reply.server_time),
+        not_after=_datetime(reply.not_after),
+        renew_after=_datetime(reply.renew_after),
+    )
+
+
+def renew(cert_dir: CertDir, timeout: float = DEFAULT_TIMEOUT) -> RenewResult:
+    """New key, RenewCertificate, check, swap; the old key and certificate stay on any failure."""
+    cert_dir.require_dir()
+    with cert_dir.lock():
+        stored = cert_dir.load()
+        _check_not_expired(stored)
+        key = make_key()
+        cert_dir.stage_renewal_key(key)
+        try:
+            request = agent_pb2.RenewCertificateRequest(csr_pem=make_csr(key))
+            reply = _call_agent(
+                stored, lambda stub: stub.RenewCertificate(request, timeout=timeout)
+            )
+            certificate, _ = check_issued(
+                reply.certificate_pem,
+                reply.ca_certificate_pem,
+                pin=pinning.sha256_der(stored.ca),
+                key=key,
+                device_id=stored.state.device_id,
+            )
+            cert_dir.commit_renewal(reply.certificate_pem.encode("ascii"))
+        except BaseException:
+            cert_dir.discard_renewal()
+            raise
+    return RenewResult(
+        device_id=stored.state.device_id,
+        not_after=certificate.not_valid_after_utc,
+        serial=format(certificate.serial_number, "x"),
+    )
+
+
+def _check_not_expired(stored: StoredEnrollment) -> None:
+    not_after = stored.certificate.not_valid_after_utc
+    if not_after <= datetime.now(UTC):
+        raise DeviceRefusedError(
+            f"the device certificate expired at {not_after:%Y-%m-%dT%H:%M:%SZ}: "
+            "enroll again with a new token and --force"
+        )
+
+
+def _call_agent(
+    stored: StoredEnrollment, call: Callable[[agent_pb2_grpc.AgentServiceStub], _Reply]
+) -> _Reply:
+    try:
+        api = parse_server(stored.state.api_endpoint)
+    except AgentError:
+        raise NotEnrolledError(
+            f"agent.json names an unusable API endpoint {stored.state.api_endpoint!r}"
+        ) from None
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=stored.ca_pem,
+        private_key=stored.key_pem,
+        certificate_chain=stored.certificate_pem,
+    )
+    with grpc.secure_channel(api.target, credentials) as channel:
+        try:
+            return call(agent_pb2_grpc.AgentServiceStub(channel))
+        except grpc.RpcError as error:
+            code, details = _status(error)
+            if code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
+                raise DeviceRefusedError(f"the server refused this device: {details}") from None
+            raise _common_error(code, details, api.target) from None
+
+
+def _status(error: grpc.RpcError) -> tuple[grpc.StatusCode, str]:
+    code = error.code() if isinstance(error, grpc.Call) else grpc.StatusCode.UNKNOWN
+    details = error.details() if isinstance(error, grpc.Call) else ""
+    # One line on stderr: gRPC's transport details can span several.
+    return code, re.sub(r"\s+", " ", details or "").strip()
+
+
+def _common_error(code: grpc.StatusCode, details: str, target: str) -> AgentError:
+    if code is grpc.StatusCode.UNAVAILABLE:
+        return ServerUnreachableError(f"cannot reach {target}: {details or 'unavailable'}")
+    if code is grpc.StatusCode.DEADLINE_EXCEEDED:
+        return ServerUnreachableError(f"{target} did not answer in time")
+    if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return ServerAnswerError(f"the server is refusing this address for now: {details}")
+    return ServerAnswerError(f"the server refused the request ({code.name}): {details}")
+
+
+def _datetime(stamp: Timestamp) -> datetime:
+    return stamp.ToDatetime(tzinfo=UTC)

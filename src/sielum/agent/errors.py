@@ -1,0 +1,81 @@
+"""The agent's failures: one class per thing an operator must tell apart, each with an exit code."""
+
+from __future__ import annotations
+
+# Exit codes are a public contract: scripts and configuration management branch
+# on them. They are listed in `sielum-agent --help` and in docs/clients.md, and
+# tests/e2e/test_agent_cli.py asserts each one.
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_PIN_MISMATCH = 3
+EXIT_TOKEN_REFUSED = 4
+EXIT_UNREACHABLE = 5
+EXIT_CERT_DIR = 6
+EXIT_ALREADY_ENROLLED = 7
+EXIT_NOT_ENROLLED = 8
+EXIT_DEVICE_REFUSED = 9
+
+
+class AgentError(Exception):
+    """Base of every agent failure; the message is one line, safe to print, never a secret."""
+
+    exit_code = EXIT_FAILED
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class UsageError(AgentError):
+    """A flag or input is malformed: --server, --ca-fingerprint, a mistyped token."""
+
+    exit_code = EXIT_USAGE
+
+
+class PinMismatchError(AgentError):
+    """The server could not prove it holds a certificate from the pinned CA: nothing was sent."""
+
+    exit_code = EXIT_PIN_MISMATCH
+
+
+class TokenRefusedError(AgentError):
+    """The server refused the token: invalid, expired, exhausted or revoked."""
+
+    exit_code = EXIT_TOKEN_REFUSED
+
+
+class ServerUnreachableError(AgentError):
+    """No connection (refused, timed out, name not found, TLS handshake failed)."""
+
+    exit_code = EXIT_UNREACHABLE
+
+
+class CertDirError(AgentError):
+    """The cert dir cannot be created, written or read."""
+
+    exit_code = EXIT_CERT_DIR
+
+
+class AlreadyEnrolledError(AgentError):
+    """The cert dir holds an enrollment already and --force was not given."""
+
+    exit_code = EXIT_ALREADY_ENROLLED
+
+
+class NotEnrolledError(AgentError):
+    """status or renew on a cert dir without a (complete) enrollment."""
+
+    exit_code = EXIT_NOT_ENROLLED
+
+
+class DeviceRefusedError(AgentError):
+    """The server refused this device's certificate: revoked or unknown."""
+
+    exit_code = EXIT_DEVICE_REFUSED
+
+
+class ServerAnswerError(AgentError):
+    """The server answered, but with an error or with something that fails our checks."""
+
+    exit_code = EXIT_FAILED

@@ -1,0 +1,262 @@
+"""sielum-agent: enroll this machine with a token, then report status and renew over mTLS."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import NoReturn
+
+from sielum.agent import errors
+from sielum.agent.address import parse_server
+from sielum.agent.certdir import CertDir
+from sielum.agent.enrollment import DEFAULT_TIMEOUT, EnrollOptions, enroll, renew, status
+from sielum.agent.errors import AgentError, UsageError
+from sielum.ca.profile import parse_fingerprint
+from sielum.errors import InvalidArgumentError
+from sielum.tokens import Secret, parse_secret
+
+PROG = "sielum-agent"
+TOKEN_ENV = "SIELUM_ENROLLMENT_TOKEN"  # noqa: S105 - the variable's name, not a secret
+DEFAULT_CERT_DIR = "/etc/sielum"
+
+_DESCRIPTION = """\
+Sielum agent: exchanges an enrollment token for a device certificate, once, then
+talks to the Sielum API over mutual TLS with it.
+
+  enroll    pin the CA, make a key, enroll with the token, store the certificate
+  status    heartbeat with the stored certificate; says when renewal is due
+  renew     new key and certificate; the old ones stay if anything fails
+"""
+
+_EXIT_CODES = f"""\
+exit codes:
+  {errors.EXIT_OK}  success
+  {errors.EXIT_FAILED}  the server failed the request or sent an answer that fails our checks
+  {errors.EXIT_USAGE}  bad arguments: --server, --ca-fingerprint, or a malformed/mistyped token
+  {errors.EXIT_PIN_MISMATCH}  CA fingerprint mismatch: the server is not the pinned one
+  {errors.EXIT_TOKEN_REFUSED}  token refused: invalid, expired, exhausted or revoked
+  {errors.EXIT_UNREACHABLE}  server unreachable (refused, timed out, name not found, TLS failed)
+  {errors.EXIT_CERT_DIR}  cert dir cannot be created, written or read
+  {errors.EXIT_ALREADY_ENROLLED}  already enrolled: the cert dir holds an enrollment (see --force)
+  {errors.EXIT_NOT_ENROLLED}  not enrolled: status/renew found no enrollment in the cert dir
+  {errors.EXIT_DEVICE_REFUSED}  device refused: revoked, unknown, or its certificate expired
+
+Every failure prints one line on stderr. The token is never printed.
+"""
+
+_ENROLL_EPILOG = f"""\
+The token is read from --token, --token-file PATH ('-' for stdin) or the
+{TOKEN_ENV} environment variable, in that order. Prefer the last two: a
+command line is visible to every user of the machine. Surrounding whitespace is
+ignored; a token that fails its checksum is refused before the server is dialled.
+
+--server accepts https://HOST, https://HOST:PORT (default port 443), HOST:PORT,
+and IPv6 in brackets: https://[2001:db8::1]:8443.
+
+--ca-fingerprint accepts sha256:<hex> (sielum-server fingerprint), bare hex, and
+the AB:CD:... form of `openssl x509 -noout -fingerprint -sha256 -in ca.pem`.
+
+{_EXIT_CODES}"""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors and the usage exit code of the table."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(errors.EXIT_USAGE, f"{PROG}: {message} (see {self.prog} --help)\n")
+
+
+def _timeout(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value <= 3600:
+        raise argparse.ArgumentTypeError("timeout must be between 0 and 3600 seconds")
+    return value
+
+
+def read_token(args: argparse.Namespace) -> Secret:
+    """The token from --token, --token-file or the environment; checked, never echoed."""
+    if args.token is not None:
+        text = args.token
+    elif args.token_file is not None:
+        try:
+            if args.token_file == "-":  # noqa: S105 - stdin, not a password
+                text = sys.stdin.read()
+            else:
+                text = Path(args.token_file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            reason = getattr(error, "strerror", None) or "not UTF-8 text"
+            raise UsageError(f"cannot read --token-file {args.token_file}: {reason}") from None
+    elif os.environ.get(TOKEN_ENV, "").strip():
+        text = os.environ[TOKEN_ENV]
+    else:
+        raise UsageError(
+            f"no enrollment token: set {TOKEN_ENV}, or pass --token-file PATH or --token"
+        )
+    try:
+        parse_secret(text)
+    except InvalidArgumentError as error:
+        raise UsageError(error.message) from None
+    return Secret(text.strip())
+
+
+def _when(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _cmd_enroll(args: argparse.Namespace) -> int:
+    server = parse_server(args.server)
+    try:
+        pin = parse_fingerprint(args.ca_fingerprint)
+    except InvalidArgumentError as error:
+        raise UsageError(f"--ca-fingerprint: {error.message}") from None
+    token = read_token(args)
+    options = EnrollOptions(
+        server=server,
+        token=token,
+        pin=pin,
+        cert_dir=CertDir(Path(args.cert_dir)),
+        force=args.force,
+        timeout=args.timeout,
+        **({"hostname": args.hostname} if args.hostname else {}),
+    )
+    result = enroll(options)
+    print(f"enrolled as device {result.device_id}")
+    print(f"  cert dir:    {args.cert_dir}")
+    print(f"  certificate: expires {_when(result.not_after)}")
+    print(f"  api:         {result.api_endpoint}")
+    return errors.EXIT_OK
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    report = status(CertDir(Path(args.cert_dir)), timeout=args.timeout)
+    if args.json:
+        document = {
+            "deviceId": report.device_id,
+            "server": report.api_endpoint,
+            "serverTime": _when(report.server_time),
+            "notAfter": _when(report.not_after),
+            "renewAfter": _when(report.renew_after),
+            "renewalDue": report.renewal_due,
+        }
+        print(json.dumps(document, indent=2))
+        return errors.EXIT_OK
+    days_left = (report.not_after - report.server_time).days
+    print(f"device:      {report.device_id}")
+    print(f"server:      {report.api_endpoint}")
+    print(f"certificate: expires {_when(report.not_after)} ({days_left} days left)")
+    if report.renewal_due:
+        print(f"renewal:     due since {_when(report.renew_after)}: run `{PROG} renew`")
+    else:
+        print(f"renewal:     not due until {_when(report.renew_after)}")
+    return errors.EXIT_OK
+
+
+def _cmd_renew(args: argparse.Namespace) -> int:
+    result = renew(CertDir(Path(args.cert_dir)), timeout=args.timeout)
+    print(f"renewed the certificate of device {result.device_id}")
+    print(f"  serial:      {result.serial}")
+    print(f"  certificate: expires {_when(result.not_after)}")
+    return errors.EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog=PROG,
+        description=_DESCRIPTION,
+        epilog=_EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def common(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument(
+            "--cert-dir",
+            default=DEFAULT_CERT_DIR,
+            metavar="DIR",
+            help="where device.key, device.pem, ca.pem and agent.json live (default %(default)s)",
+        )
+        sub.add_argument(
+            "--timeout",
+            type=_timeout,
+            default=DEFAULT_TIMEOUT,
+            metavar="SECONDS",
+            help="give up on the server after this long (default %(default)g)",
+        )
+
+    enroll_cmd = commands.add_parser(
+        "enroll",
+        help="exchange an enrollment token for a device certificate",
+        description="Pin the CA from the server's TLS chain, make a P-256 key, enroll, store.",
+        epilog=_ENROLL_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    enroll_cmd.add_argument(
+        "--server", required=True, metavar="URL", help="the enroll port: https://HOST[:PORT]"
+    )
+    enroll_cmd.add_argument(
+        "--ca-fingerprint",
+        required=True,
+        metavar="FP",
+        help="SHA-256 fingerprint of the Sielum CA (sielum-server fingerprint)",
+    )
+    source = enroll_cmd.add_mutually_exclusive_group()
+    source.add_argument(
+        "--token", metavar="TOKEN", help=f"the token itself (visible in ps; prefer {TOKEN_ENV})"
+    )
+    source.add_argument(
+        "--token-file", metavar="PATH", help="read the token from this file ('-' for stdin)"
+    )
+    enroll_cmd.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an existing enrollment in the cert dir (with a new key)",
+    )
+    enroll_cmd.add_argument(
+        "--hostname", default="", metavar="NAME", help="name shown to admins (default: this host)"
+    )
+    common(enroll_cmd)
+    enroll_cmd.set_defaults(run=_cmd_enroll)
+
+    status_cmd = commands.add_parser(
+        "status",
+        help="heartbeat over mTLS; print device id, server, expiry, renewal",
+        epilog=_EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    status_cmd.add_argument("--json", action="store_true", help="print JSON for scripts")
+    common(status_cmd)
+    status_cmd.set_defaults(run=_cmd_status)
+
+    renew_cmd = commands.add_parser(
+        "renew",
+        help="new key and certificate, swapped in atomically",
+        epilog=_EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    common(renew_cmd)
+    renew_cmd.set_defaults(run=_cmd_renew)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args))
+    except AgentError as error:
+        print(f"{PROG}: {error.message}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,208 @@
+"""An outside gRPC client: buf curl uses reflection, makes a token, enrolls an openssl CSR."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from ..conftest import openssl_verify
+from .conftest import ServerProcess, init_data_dir, start_server
+
+BUF = Path(__file__).resolve().parents[2] / "node_modules" / ".bin" / "buf"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    if not BUF.exists():
+        pytest.skip(f"{BUF} is missing: run `npm ci` (package.json pins @bufbuild/buf)")
+    process = start_server(init_data_dir(tmp_path_factory.mktemp("buf-curl")))
+    yield process
+    process.stop()
+
+
+def buf_curl(tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BUF), "curl", "--protocol", "grpc", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        # buf keeps a cache; a temp one keeps the test from writing to $HOME.
+        env={**os.environ, "BUF_CACHE_DIR": str(tmp / "buf-cache")},
+    )
+
+
+def _tls(server: ServerProcess, *, admin: bool) -> list[str]:
+    args = ["--cacert", str(server.data_dir / "ca.pem")]
+    if admin:
+        bundle = server.data_dir / "admin"
+        args += ["--cert", str(bundle / "admin.pem"), "--key", str(bundle / "admin.key")]
+    return args
+
+
+def test_reflection_lists_the_services_on_both_ports(server: ServerProcess, tmp_path: Path) -> None:
+    enroll = buf_curl(
+        tmp_path,
+        *_tls(server, admin=False),
+        "--list-services",
+        f"https://127.0.0.1:{server.enroll_port}",
+    )
+    assert enroll.returncode == 0, enroll.stderr
+    # The API port asks for a client certificate during the TLS handshake itself.
+    api = buf_curl(
+        tmp_path,
+        *_tls(server, admin=True),
+        "--list-services",
+        f"https://127.0.0.1:{server.api_port}",
+    )
+    assert api.returncode == 0, api.stderr
+    for listing in (enroll.stdout, api.stdout):
+        services = set(listing.split())
+        assert {
+            "sielum.enroll.v1.EnrollService",
+            "sielum.admin.v1.AdminService",
+            "sielum.agent.v1.AgentService",
+            "grpc.health.v1.Health",
+        } <= services, listing
+
+
+def test_token_and_enrollment_with_buf_curl_and_openssl(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    created = buf_curl(
+        tmp_path,
+        *_tls(server, admin=True),
+        "-d",
+        '{"label": "buf curl", "maxUses": "1"}',
+        f"https://127.0.0.1:{server.api_port}/sielum.admin.v1.AdminService/CreateEnrollmentToken",
+    )
+    assert created.returncode == 0, created.stderr
+    reply = json.loads(created.stdout)
+    assert reply["token"]["label"] == "buf curl"
+    assert reply["token"]["maxUses"] == "1"
+    secret = reply["secret"]
+
+    key, csr = tmp_path / "device.key", tmp_path / "device.csr"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-subj",
+            "/CN=buf-host",
+            "-out",
+            str(csr),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    body = tmp_path / "enroll.json"
+    body.write_text(
+        json.dumps(
+            {
+                "token": secret,
+                "csrPem": csr.read_text(),
+                "hostname": "buf-host",
+                "facts": {"client": "buf"},
+            }
+        )
+    )
+    enrolled = buf_curl(
+        tmp_path,
+        *_tls(server, admin=False),
+        "-d",
+        f"@{body}",
+        f"https://127.0.0.1:{server.enroll_port}/sielum.enroll.v1.EnrollService/Enroll",
+    )
+    assert enrolled.returncode == 0, enrolled.stderr
+    answer = json.loads(enrolled.stdout)
+    assert set(answer) == {
+        "deviceId",
+        "certificatePem",
+        "caCertificatePem",
+        "notAfter",
+        "apiEndpoint",
+    }
+    assert answer["apiEndpoint"] == f"127.0.0.1:{server.api_port}"
+    assert answer["caCertificatePem"] == (server.data_dir / "ca.pem").read_text()
+
+    certificate_path = tmp_path / "device.pem"
+    certificate_path.write_text(answer["certificatePem"])
+    verify = openssl_verify(server.data_dir / "ca.pem", certificate_path)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert verify.stdout.strip() == f"{certificate_path}: OK"
+    certificate = x509.load_pem_x509_certificate(certificate_path.read_bytes())
+    private_key = serialization.load_pem_private_key(key.read_bytes(), password=None)
+    assert certificate.public_key() == private_key.public_key()
+
+    # Sending the same request again is a retry after a lost answer: the same device,
+    # no second use. A new key on the used-up token is refused, saying why.
+    again = buf_curl(
+        tmp_path,
+        *_tls(server, admin=False),
+        "-d",
+        f"@{body}",
+        f"https://127.0.0.1:{server.enroll_port}/sielum.enroll.v1.EnrollService/Enroll",
+    )
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["deviceId"] == answer["deviceId"]
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            str(tmp_path / "other.key"),
+            "-subj",
+            "/CN=other",
+            "-out",
+            str(csr),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    body.write_text(json.dumps({"token": secret, "csrPem": csr.read_text()}))
+    refused = buf_curl(
+        tmp_path,
+        *_tls(server, admin=False),
+        "-d",
+        f"@{body}",
+        f"https://127.0.0.1:{server.enroll_port}/sielum.enroll.v1.EnrollService/Enroll",
+    )
+    # buf exits with the gRPC status code shifted left by three: PERMISSION_DENIED is 7.
+    assert refused.returncode == 7 << 3, refused.stderr
+    assert "permission_denied" in refused.stderr.lower()
+    assert "exhausted" in refused.stderr
+
+    # The openssl key and the issued certificate are a working device identity.
+    beat = buf_curl(
+        tmp_path,
+        "--cacert",
+        str(server.data_dir / "ca.pem"),
+        "--cert",
+        str(certificate_path),
+        "--key",
+        str(key),
+        f"https://127.0.0.1:{server.api_port}/sielum.agent.v1.AgentService/Heartbeat",
+    )
+    assert beat.returncode == 0, beat.stderr
+    assert json.loads(beat.stdout)["deviceId"] == answer["deviceId"]

@@ -1,0 +1,237 @@
+"""The agent's cert dir: modes, atomic writes, retry keys, finishing an interrupted renewal."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from sielum.agent.certdir import (
+    AgentState,
+    CertDir,
+    private_pem,
+)
+from sielum.agent.enrollment import check_issued
+from sielum.agent.errors import CertDirError, NotEnrolledError, ServerAnswerError
+from sielum.agent.pinning import sha256_der
+from sielum.ca import profile
+
+NOW = datetime.now(UTC)
+
+
+class Ca:
+    def __init__(self) -> None:
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        self.certificate = profile.self_signed_ca_certificate(key=self.key, now=NOW)
+        self.pem = self.certificate.public_bytes(serialization.Encoding.PEM)
+
+    def issue(self, key: ec.EllipticCurvePrivateKey, device_id: str = "dev-1") -> bytes:
+        certificate = profile.device_certificate(
+            public_key=key.public_key(),
+            device_id=device_id,
+            ca_certificate=self.certificate,
+            ca_key=self.key,
+            serial=profile.random_serial(),
+            now=NOW,
+            ttl=timedelta(days=90),
+        )
+        return certificate.public_bytes(serialization.Encoding.PEM)
+
+
+@pytest.fixture(scope="module")
+def ca() -> Ca:
+    return Ca()
+
+
+@pytest.fixture
+def umask() -> Iterator[None]:
+    # A strict umask must not make the public files unreadable, nor loosen the key.
+    old = os.umask(0o077)
+    yield
+    os.umask(old)
+
+
+def _state() -> AgentState:
+    return AgentState(
+        device_id="dev-1",
+        api_endpoint="127.0.0.1:8444",
+        server="https://127.0.0.1:8443",
+        enrolled_at=NOW,
+        ca_fingerprint="sha256:" + "00" * 32,
+    )
+
+
+def _enrolled(tmp_path: Path, ca: Ca) -> tuple[CertDir, ec.EllipticCurvePrivateKey]:
+    cert_dir = CertDir(tmp_path / "agent")
+    cert_dir.prepare()
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert_dir.write_pending_key(key)
+    cert_dir.save_enrollment(_state(), ca.issue(key), ca.pem)
+    return cert_dir, key
+
+
+def _files(cert_dir: CertDir) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in cert_dir.root.iterdir()}
+
+
+def test_enrollment_files_and_modes(tmp_path: Path, ca: Ca, umask: None) -> None:
+    cert_dir, key = _enrolled(tmp_path, ca)
+    root = cert_dir.root
+    assert sorted(p.name for p in root.iterdir()) == [
+        "agent.json",
+        "ca.pem",
+        "device.key",
+        "device.pem",
+    ]
+    assert root.stat().st_mode & 0o777 == 0o700
+    assert (root / "device.key").stat().st_mode & 0o777 == 0o600
+    for name in ("device.pem", "ca.pem", "agent.json"):
+        assert (root / name).stat().st_mode & 0o777 == 0o644, name
+    assert json.loads((root / "agent.json").read_text()) == {
+        "version": 1,
+        "device_id": "dev-1",
+        "api_endpoint": "127.0.0.1:8444",
+        "server": "https://127.0.0.1:8443",
+        "enrolled_at": NOW.isoformat().replace("+00:00", "Z"),
+        "ca_fingerprint": "sha256:" + "00" * 32,
+    }
+    stored = cert_dir.load_locked()
+    assert stored.state == _state()
+    assert stored.key_pem == private_pem(key)
+
+
+def test_pending_key_is_reused_by_a_rerun(tmp_path: Path) -> None:
+    cert_dir = CertDir(tmp_path)
+    assert cert_dir.pending_key() is None
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert_dir.write_pending_key(key)
+    assert (tmp_path / "enroll.key.pending").stat().st_mode & 0o777 == 0o600
+    again = cert_dir.pending_key()
+    assert again is not None and again.private_numbers() == key.private_numbers()
+
+
+def test_a_damaged_pending_key_is_replaced(tmp_path: Path) -> None:
+    (tmp_path / "enroll.key.pending").write_bytes(b"-----BEGIN PRIVATE KEY-----\ngarbage\n")
+    assert CertDir(tmp_path).pending_key() is None
+    assert not (tmp_path / "enroll.key.pending").exists()
+
+
+def test_a_key_moved_in_place_before_agent_json_is_retried(tmp_path: Path, ca: Ca) -> None:
+    cert_dir, key = _enrolled(tmp_path, ca)
+    (cert_dir.root / "agent.json").unlink()  # the crash came just before agent.json
+    retried = cert_dir.pending_key()
+    assert retried is not None and retried.private_numbers() == key.private_numbers()
+
+
+def test_an_enrolled_key_is_never_taken_for_a_retry(tmp_path: Path, ca: Ca) -> None:
+    cert_dir, _ = _enrolled(tmp_path, ca)
+    assert cert_dir.pending_key() is None  # --force makes a fresh key
+    assert (cert_dir.root / "device.key").exists()
+
+
+def test_renewal_swaps_key_and_certificate(tmp_path: Path, ca: Ca) -> None:
+    cert_dir, _ = _enrolled(tmp_path, ca)
+    new_key = ec.generate_private_key(ec.SECP256R1())
+    cert_dir.stage_renewal_key(new_key)
+    new_pem = ca.issue(new_key)
+    cert_dir.commit_renewal(new_pem)
+    stored = cert_dir.load_locked()
+    assert stored.key_pem == private_pem(new_key)
+    assert stored.certificate_pem == new_pem
+    assert sorted(_files(cert_dir)) == [".lock", "agent.json", "ca.pem", "device.key", "device.pem"]
+
+
+def test_a_failed_renewal_keeps_the_old_files(tmp_path: Path, ca: Ca) -> None:
+    cert_dir, _ = _enrolled(tmp_path, ca)
+    before = _files(cert_dir)
+    cert_dir.stage_renewal_key(ec.generate_private_key(ec.SECP256R1()))
+    cert_dir.discard_renewal()
+    assert _files(cert_dir) == before
+
+
+def test_an_interrupted_swap_is_finished_on_load(tmp_path: Path, ca: Ca) -> None:
+    cert_dir, _ = _enrolled(tmp_path, ca)
+    root = cert_dir.root
+    new_key = ec.generate_private_key(ec.SECP256R1())
+    new_pem = ca.issue(new_key)
+    # The state commit_renewal leaves if it stops between its two renames.
+    (root / "renew.pem.pending").write_bytes(new_pem)
+    (root / "device.key").write_bytes(private_pem(new_key))
+    stored = cert_dir.load_locked()
+    assert stored.certificate_pem == new_pem
+    assert (root / "device.pem").read_bytes() == new_pem
+    assert not (root / "renew.pem.pending").exists()
+
+
+def test_fail_key_and_certificate_that_do_not_match(tmp_path: Path, ca: Ca) -> None:
+    cert_dir, _ = _enrolled(tmp_path, ca)
+    (cert_dir.root / "device.pem").write_bytes(ca.issue(ec.generate_private_key(ec.SECP256R1())))
+    with pytest.raises(CertDirError) as caught:
+        cert_dir.load_locked()
+    assert caught.value.message == (
+        f"{cert_dir.root / 'device.key'} does not match {cert_dir.root / 'device.pem'}: "
+        "re-enroll with `sielum-agent enroll --force`"
+    )
+
+
+def test_fail_not_enrolled(tmp_path: Path) -> None:
+    with pytest.raises(NotEnrolledError, match="holds no enrollment"):
+        CertDir(tmp_path / "missing").load_locked()
+    with pytest.raises(NotEnrolledError, match=r"holds no enrollment \(no agent.json\)"):
+        CertDir(tmp_path).load_locked()
+
+
+def test_fail_damaged_agent_json(tmp_path: Path, ca: Ca) -> None:
+    cert_dir, _ = _enrolled(tmp_path, ca)
+    (cert_dir.root / "agent.json").write_text("{not json")
+    with pytest.raises(CertDirError, match=r"agent\.json is damaged"):
+        cert_dir.load_locked()
+
+
+def test_fail_prepare_under_a_file(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    with pytest.raises(CertDirError, match=r"cannot create cert dir .*: not a directory"):
+        CertDir(tmp_path / "file" / "agent").prepare()
+    with pytest.raises(CertDirError, match="exists and is not a directory"):
+        CertDir(tmp_path / "file").prepare()
+
+
+# --- checking the server's answer ------------------------------------------------------
+
+
+def test_check_issued_accepts_a_good_answer(ca: Ca) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    certificate, issuer = check_issued(
+        ca.issue(key).decode(),
+        ca.pem.decode(),
+        pin=sha256_der(ca.certificate),
+        key=key,
+        device_id="dev-1",
+    )
+    assert issuer == ca.certificate
+    assert isinstance(certificate, x509.Certificate)
+
+
+def test_fail_check_issued(ca: Ca) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    other = Ca()
+    pin = sha256_der(ca.certificate)
+    cases = [
+        (ca.issue(key), other.pem, "answered with a CA"),
+        (other.issue(key), ca.pem, "not signed by the pinned CA"),
+        (ca.issue(ec.generate_private_key(ec.SECP256R1())), ca.pem, "not for this agent's key"),
+        (ca.issue(key, "dev-2"), ca.pem, "does not name device dev-1"),
+        (b"not a certificate", ca.pem, "cannot be parsed"),
+    ]
+    for certificate_pem, ca_pem, message in cases:
+        with pytest.raises(ServerAnswerError, match=message):
+            check_issued(
+                certificate_pem.decode(), ca_pem.decode(), pin=pin, key=key, device_id="dev-1"
+            )
