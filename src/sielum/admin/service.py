@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
 from sielum import tokens
+from sielum.ca.profile import validate_name
 from sielum.clock import Clock
 from sielum.errors import InvalidArgumentError, NotFoundError
 from sielum.model import AuditEvent, Device, Page, Token, TokenState
@@ -45,13 +47,35 @@ def _check_label(label: str) -> str:
     return text
 
 
-def _check_id(kind: str, value: str) -> str:
+def _check_id(kind: str, value: str, well_formed: Callable[[str], bool]) -> str:
+    """The id, stripped; an id that cannot exist is not found without asking the database.
+
+    Asking anyway would hand the driver whatever the caller sent: PostgreSQL
+    refuses a string with a NUL byte, which would surface as INTERNAL
+    (tests/robust/test_hostile_input.py::test_fail_bogus_ids).
+    """
     text = value.strip()
     if not text:
         raise InvalidArgumentError(f"{kind} id is required")
-    if len(text) > 64:
+    if not well_formed(text):
         raise NotFoundError(f"{kind} not found")
     return text
+
+
+def _is_device_id(text: str) -> bool:
+    try:
+        validate_name(text, what="device id")
+    except InvalidArgumentError:
+        return False
+    return True
+
+
+def _check_token_id(value: str) -> str:
+    return _check_id("enrollment token", value, tokens.is_token_id)
+
+
+def _check_device_id(value: str) -> str:
+    return _check_id("device", value, _is_device_id)
 
 
 def _check_page_size(page_size: int) -> int:
@@ -115,7 +139,7 @@ class Administration:
         return NewToken(stored, secret)
 
     def get_token(self, token_id: str) -> Token:
-        return self._store.get_token(_check_id("enrollment token", token_id))
+        return self._store.get_token(_check_token_id(token_id))
 
     def list_tokens(self, *, state: TokenState | None, page_size: int, cursor: str) -> Page[Token]:
         return self._store.list_tokens(
@@ -125,7 +149,7 @@ class Administration:
     def revoke_token(self, caller: Caller, token_id: str) -> Token:
         now = self._clock.now()
         token = self._store.revoke_token(
-            _check_id("enrollment token", token_id),
+            _check_token_id(token_id),
             now,
             AuditEvent(
                 at=now,
@@ -141,17 +165,22 @@ class Administration:
         return token
 
     def get_device(self, device_id: str) -> Device:
-        return self._store.get_device(_check_id("device", device_id))
+        return self._store.get_device(_check_device_id(device_id))
 
     def list_devices(self, *, token_id: str, page_size: int, cursor: str) -> Page[Device]:
+        token_filter = token_id.strip()
+        if token_filter and not tokens.is_token_id(token_filter):
+            raise InvalidArgumentError(
+                f"token_id is not an enrollment token id ({tokens.ID_CHARS} characters of a-z, 2-7)"
+            )
         return self._store.list_devices(
-            token_id=token_id.strip(), page_size=_check_page_size(page_size), cursor=cursor
+            token_id=token_filter, page_size=_check_page_size(page_size), cursor=cursor
         )
 
     def revoke_device(self, caller: Caller, device_id: str) -> Device:
         now = self._clock.now()
         device = self._store.revoke_device(
-            _check_id("device", device_id),
+            _check_device_id(device_id),
             now,
             AuditEvent(
                 at=now,

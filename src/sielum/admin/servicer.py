@@ -8,6 +8,7 @@ from sielum import tokens
 from sielum.admin.service import Administration, Caller
 from sielum.admin.v1 import admin_pb2, admin_pb2_grpc
 from sielum.devices import policy as devices
+from sielum.errors import InvalidArgumentError
 from sielum.model import Device, DeviceState, Token, TokenState
 from sielum.server.auth import require_identity
 from sielum.server.pb import from_timestamp, peer_host, to_timestamp
@@ -24,6 +25,18 @@ _DEVICE_STATES = {
     DeviceState.EXPIRED: admin_pb2.DEVICE_STATE_EXPIRED,
     DeviceState.REVOKED: admin_pb2.DEVICE_STATE_REVOKED,
 }
+
+
+def _state_filter(number: admin_pb2.TokenState.ValueType) -> TokenState | None:
+    """The state to list; unspecified lists all, and a number no state has is refused."""
+    if number == admin_pb2.TOKEN_STATE_UNSPECIFIED:
+        return None
+    state = _STATE_FILTERS.get(number)
+    if state is None:
+        # An open proto3 enum lets any number through; ignoring it would list
+        # every token to a caller who asked for some.
+        raise InvalidArgumentError(f"state {number} is not a token state")
+    return state
 
 
 def token_to_proto(token: Token, state: TokenState) -> admin_pb2.EnrollmentToken:
@@ -104,7 +117,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self, request: admin_pb2.ListEnrollmentTokensRequest, context: grpc.ServicerContext
     ) -> admin_pb2.ListEnrollmentTokensResponse:
         page = self._admin.list_tokens(
-            state=_STATE_FILTERS.get(request.state),
+            state=_state_filter(request.state),
             page_size=request.page_size,
             cursor=request.page_token,
         )

@@ -58,10 +58,20 @@ class CertificateAuthority:
         return f"CertificateAuthority(fingerprint={self.fingerprint!r})"
 
     def sign_device(
-        self, csr: x509.CertificateSigningRequest, device_id: str, now: datetime
+        self,
+        csr: x509.CertificateSigningRequest | profile.CheckedCsr,
+        device_id: str,
+        now: datetime,
     ) -> IssuedCertificate:
-        """A device certificate for the CSR's key; the CSR is checked again, whoever parsed it."""
-        public_key = profile.check_csr(csr)
+        """A device certificate for the CSR's key.
+
+        A plain CSR is checked again, whoever parsed it; a CheckedCsr from
+        profile.load_checked_csr already was.
+        """
+        if isinstance(csr, profile.CheckedCsr):
+            public_key = csr.public_key
+        else:
+            public_key = profile.check_csr(csr)
         certificate = profile.device_certificate(
             public_key=public_key,
             device_id=device_id,

@@ -54,7 +54,12 @@ class FailureLimiter:
         with self._lock:
             now = self._monotonic()
             level = self._level(peer, now)
-            self._buckets[peer] = (max(0.0, level - 1.0), now)
+            # No floor at zero: failures that passed check() together, in parallel,
+            # are all paid for, so guessing on many connections at once buys no
+            # more attempts over time than guessing on one. The debt is at most
+            # the number of calls one peer had in flight at once
+            # (tests/robust/test_ratelimit.py::test_parallel_failures_are_all_paid_for).
+            self._buckets[peer] = (level - 1.0, now)
             self._buckets.move_to_end(peer)
             while len(self._buckets) > self._limit.max_peers:
                 self._buckets.popitem(last=False)

@@ -11,7 +11,7 @@ from types import MappingProxyType
 
 from sielum import tokens
 from sielum.ca.authority import CertificateAuthority
-from sielum.ca.profile import load_csr, public_key_sha256
+from sielum.ca.profile import load_checked_csr, public_key_sha256
 from sielum.clock import Clock
 from sielum.enroll.ratelimit import FailureLimiter
 from sielum.errors import (
@@ -40,12 +40,11 @@ _INVALID_TOKEN = "enrollment token is invalid"  # noqa: S105 - a message, not a 
 _DUMMY_HASH = bytes(32)
 
 # Failures that count against a peer's limit: guesses and garbage, not outages.
-_COUNTED_FAILURES = (
-    InvalidArgumentError,
-    UnauthenticatedError,
-    PermissionDeniedError,
-    AlreadyExistsError,
-)
+# Only failures before the secret has been verified count: a caller that holds a
+# valid secret is not guessing, and a whole office behind one NAT address that
+# outnumbers its token's max uses must not lock itself out of its next token
+# (tests/robust/test_ratelimit.py::test_ok_refusals_after_a_valid_secret_are_not_counted).
+_COUNTED_FAILURES = (InvalidArgumentError, UnauthenticatedError)
 
 
 @dataclass(frozen=True)
@@ -62,6 +61,13 @@ class Enrollment:
     device: Device
     ca_certificate_pem: str
     retried: bool
+
+
+@dataclass
+class _Progress:
+    """How far one enrollment got: the token id once its secret has been verified."""
+
+    token_id: str = ""
 
 
 def _check_hostname(hostname: str) -> str:
@@ -83,6 +89,10 @@ def _check_facts(facts: Mapping[str, str]) -> Mapping[str, str]:
             )
         if len(value) > MAX_FACT_VALUE:
             raise InvalidArgumentError(f"fact {key!r} is longer than {MAX_FACT_VALUE} characters")
+        # As for the hostname: an admin reads facts in a terminal, where control
+        # characters could rewrite what is shown.
+        if any(not c.isprintable() for c in value):
+            raise InvalidArgumentError(f"fact {key!r} contains control characters")
     return MappingProxyType(dict(sorted(facts.items())))
 
 
@@ -99,11 +109,11 @@ class Enroller:
 
     def enroll(self, request: EnrollmentRequest) -> Enrollment:
         self._limiter.check(request.peer)
-        token_id = ""
+        progress = _Progress()
         try:
-            token_id, result = self._enroll(request)
+            result = self._enroll(request, progress)
         except SielumError as error:
-            if isinstance(error, _COUNTED_FAILURES):
+            if not progress.token_id and isinstance(error, _COUNTED_FAILURES):
                 self._limiter.record_failure(request.peer)
             log_event(
                 log,
@@ -111,7 +121,7 @@ class Enroller:
                 level=logging.WARNING,
                 outcome=error.code.name.lower(),
                 reason=error.message,
-                token=token_id,
+                token=progress.token_id,
                 peer=request.peer,
             )
             raise
@@ -140,16 +150,18 @@ class Enroller:
             raise UnauthenticatedError(_INVALID_TOKEN)
         return token
 
-    def _enroll(self, request: EnrollmentRequest) -> tuple[str, Enrollment]:
+    def _enroll(self, request: EnrollmentRequest, progress: _Progress) -> Enrollment:
         hostname = _check_hostname(request.hostname)
         facts = _check_facts(request.facts)
         token = self._authenticate(request.token)
-        csr = load_csr(request.csr_pem)
-        key_hash = public_key_sha256(csr.public_key())
+        progress.token_id = token.id
+        # Checked once here; sign_device takes the CheckedCsr without verifying again.
+        csr = load_checked_csr(request.csr_pem)
+        key_hash = public_key_sha256(csr.public_key)
 
         existing = self._store.find_device_by_key(key_hash)
         if existing is not None:
-            return token.id, self._retry(existing, token)
+            return self._retry(existing, token)
 
         now = self._clock.now()
         tokens.check_usable(token, now)
@@ -180,8 +192,14 @@ class Enroller:
         try:
             stored = self._store.enroll_device(device, now, audit)
         except TokenUnusableError:
-            # Another enrollment took the last use (or an admin revoked) between
-            # our check and the UPDATE: say which, from the token as it is now.
+            # The same agent may have won with this very key in a parallel call
+            # that took the token's last use: that is its device, not a refusal
+            # (tests/robust/test_concurrency.py::test_ok_same_agent_retrying_in_parallel).
+            winner = self._store.find_device_by_key(key_hash)
+            if winner is not None:
+                return self._retry(winner, token)
+            # Otherwise another enrollment took the last use (or an admin revoked)
+            # between our check and the UPDATE: say which, from the token as it is now.
             tokens.check_usable(self._store.get_token(token.id), now)
             raise
         except AlreadyExistsError:
@@ -189,8 +207,8 @@ class Enroller:
             winner = self._store.find_device_by_key(key_hash)
             if winner is None:
                 raise
-            return token.id, self._retry(winner, token)
-        return token.id, Enrollment(stored, self._ca.certificate_pem, retried=False)
+            return self._retry(winner, token)
+        return Enrollment(stored, self._ca.certificate_pem, retried=False)
 
     def _retry(self, existing: Device, token: Token) -> Enrollment:
         """The agent lost our answer and asks again with the same key: same device, no new use."""

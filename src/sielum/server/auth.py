@@ -147,12 +147,59 @@ def _a(role: Role) -> str:
     return f"an {role.value}" if role.value[0] in "aeiou" else f"a {role.value}"
 
 
+Deserializer = Callable[[bytes], Any]
+
+
+def _message_name(deserializer: Deserializer) -> str:
+    """'sielum.enroll.v1.EnrollRequest' for EnrollRequest.FromString, else a plain word."""
+    message_class = getattr(deserializer, "__self__", None)
+    descriptor = getattr(message_class, "DESCRIPTOR", None)
+    return str(getattr(descriptor, "full_name", "protobuf"))
+
+
+def _parser(
+    deserializer: Deserializer | None, context_method: str
+) -> Callable[[Any, grpc.ServicerContext], Any]:
+    """Parses a request after authorization, refusing bytes that are no such message.
+
+    grpc's own deserialization answers INTERNAL ("Exception deserializing
+    request!") to bytes that are not the request message, e.g. a string field
+    that is not UTF-8; a malformed request is the caller's mistake, so it gets
+    INVALID_ARGUMENT (tests/robust/test_hostile_input.py::test_fail_random_bytes_on_the_wire).
+    """
+    if deserializer is None:
+        return lambda raw, context: raw
+    refusal = f"request is not a valid {_message_name(deserializer)} message"
+
+    def parse(raw: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            return deserializer(raw)
+        except Exception:
+            log_event(
+                log,
+                "malformed request",
+                level=logging.WARNING,
+                method=context_method,
+                peer=peer_host(context.peer()),
+            )
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, refusal)
+
+    return parse
+
+
 def _wrap(
     handler: grpc.RpcMethodHandler[Any, Any],
     method: str,
     authorize: Callable[[grpc.ServicerContext], None],
 ) -> grpc.RpcMethodHandler[Any, Any]:
     ours = method.startswith("/sielum.")
+    parse = _parser(handler.request_deserializer, method)
+    streaming_requests = handler.stream_unary is not None or handler.stream_stream is not None
+
+    def parse_request(request: Any, context: grpc.ServicerContext) -> Any:
+        if streaming_requests:
+            return (parse(raw, context) for raw in request)
+        return parse(request, context)
 
     def guard(behavior: Callable[[Any, grpc.ServicerContext], Any]) -> Callable[..., Any]:
         def guarded(request: Any, context: grpc.ServicerContext) -> Any:
@@ -167,6 +214,7 @@ def _wrap(
                     reason=error.message,
                 )
                 context.abort(error.code, error.message)
+            request = parse_request(request, context)
             if not ours:
                 return behavior(request, context)
             try:
@@ -184,24 +232,24 @@ def _wrap(
     if handler.unary_unary is not None:
         return grpc.unary_unary_rpc_method_handler(
             guard(handler.unary_unary),
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=None,
             response_serializer=handler.response_serializer,
         )
     if handler.unary_stream is not None:
         return grpc.unary_stream_rpc_method_handler(
             guard(handler.unary_stream),
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=None,
             response_serializer=handler.response_serializer,
         )
     if handler.stream_unary is not None:
         return grpc.stream_unary_rpc_method_handler(
             guard(handler.stream_unary),
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=None,
             response_serializer=handler.response_serializer,
         )
     assert handler.stream_stream is not None, "a handler has one of the four behaviours"
     return grpc.stream_stream_rpc_method_handler(
         guard(handler.stream_stream),
-        request_deserializer=handler.request_deserializer,
+        request_deserializer=None,
         response_serializer=handler.response_serializer,
     )

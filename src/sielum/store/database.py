@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sqlite3
+import threading
 import time
-from collections.abc import Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Iterator, Sequence
 from typing import Any, cast
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 import peewee
 from playhouse.pool import MaxConnectionsExceeded, PooledPostgresqlDatabase
 
-from sielum.errors import InvalidArgumentError
+from sielum.errors import InvalidArgumentError, UnavailableError
 
 try:
     import psycopg2
@@ -155,7 +156,18 @@ class WalSqliteDatabase(peewee.SqliteDatabase):
     several connections switch a fresh file to WAL at the same moment; the mode
     is persistent, so a short retry finds it done (tests/store/test_migrations.py
     ::test_threads_migrating_at_once).
+
+    Writers of this process also queue on write_lock before asking SQLite for its
+    own (see write_transaction): SQLite's busy handler polls with sleeps of 1, 2,
+    5, ... up to 100 ms, so under a burst of enrollments a writer could sleep there
+    for a second while the lock sat idle (32 enrollments in flight: p99 230-340 ms,
+    max over 1 s; with write_lock p99 70-110 ms, max under 200 ms: bench/RESULTS.md).
+    A thread waiting on write_lock wakes as the writer before it commits.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.write_lock = threading.RLock()  # reentrant: a write may nest in another
 
     def _set_pragmas(self, conn: sqlite3.Connection) -> None:
         deadline = time.monotonic() + SQLITE_TIMEOUT_SECONDS
@@ -214,16 +226,31 @@ def is_sqlite(db: peewee.Database) -> bool:
     return isinstance(db, peewee.SqliteDatabase)
 
 
-def write_transaction(db: peewee.Database) -> AbstractContextManager[Any]:
+@contextlib.contextmanager
+def write_transaction(db: peewee.Database) -> Iterator[Any]:
     """A transaction that will write: BEGIN IMMEDIATE on SQLite, plain BEGIN on PostgreSQL.
 
     On SQLite a deferred transaction that reads and then writes has to upgrade its
     lock, and two such transactions deadlock (one gets SQLITE_BUSY at once,
     whatever the busy timeout); taking the write lock up front makes them queue.
     """
-    if is_sqlite(db):
-        return db.atomic("IMMEDIATE")
-    return db.atomic()
+    if not is_sqlite(db):
+        with db.atomic() as transaction:
+            yield transaction
+        return
+    lock = getattr(db, "write_lock", None)
+    if lock is None:
+        with db.atomic("IMMEDIATE") as transaction:
+            yield transaction
+        return
+    if not lock.acquire(timeout=SQLITE_TIMEOUT_SECONDS):
+        log.warning("SQLite write lock not free after %d s", SQLITE_TIMEOUT_SECONDS)
+        raise UnavailableError("database unavailable, try again")
+    try:
+        with db.atomic("IMMEDIATE") as transaction:
+            yield transaction
+    finally:
+        lock.release()
 
 
 def _driver_error(exc: BaseException) -> BaseException | None:

@@ -5,15 +5,18 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import dataclasses
 import functools
 import json
 import logging
 import re
-from collections.abc import Callable, Mapping
-from datetime import datetime
+import sqlite3
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import peewee
+import psycopg2
 from playhouse.pool import MaxConnectionsExceeded, PooledDatabase
 
 from sielum.errors import (
@@ -34,7 +37,7 @@ from sielum.store.database import (
     is_unavailable,
     write_transaction,
 )
-from sielum.store.models import Tables, bind_tables, to_micros
+from sielum.store.models import Tables, bind_tables, from_micros, to_micros
 
 log = logging.getLogger("sielum.store")
 
@@ -44,10 +47,18 @@ MAX_PAGE_SIZE = 1000
 _TOKEN_NOT_FOUND = "enrollment token not found"  # noqa: S105 - a message, not a secret
 _DEVICE_NOT_FOUND = "device not found"
 _KEY_ENROLLED = "this public key is already enrolled"
+_MAX_SEQ = 2**63 - 1
 _CURSOR = re.compile(r"^(tokens|devices):([1-9][0-9]{0,18})$")
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+# The drivers' errors that mean "connection trouble", when they escape peewee unwrapped.
+_RAW_DRIVER_ERRORS: tuple[type[BaseException], ...] = (
+    sqlite3.OperationalError,
+    psycopg2.OperationalError,
+    psycopg2.InterfaceError,
+)
 
 
 def _guarded(method: Callable[Concatenate[Store, P], R]) -> Callable[Concatenate[Store, P], R]:
@@ -67,6 +78,18 @@ def _guarded(method: Callable[Concatenate[Store, P], R]) -> Callable[Concatenate
                 raise
             log.warning("database unavailable in %s: %s", method.__name__, describe_error(exc))
             raise UnavailableError("database unavailable, try again") from exc
+        except _RAW_DRIVER_ERRORS as exc:
+            # peewee wraps the driver's errors only while a statement executes; reading
+            # the rows afterwards raises the driver's own, e.g. psycopg2's "cursor
+            # already closed" when the connection died in between (seen with
+            # PostgreSQL unreachable). Judged as if peewee had wrapped them
+            # (tests/robust/test_crashes.py::test_ok_connection_lost_while_reading_rows).
+            wrapped = peewee.OperationalError(exc)
+            wrapped.__context__ = exc  # where peewee's own wrapping leaves the cause
+            if not is_unavailable(wrapped):
+                raise
+            log.warning("database unavailable in %s: %s", method.__name__, describe_error(wrapped))
+            raise UnavailableError("database unavailable, try again") from exc
 
     functools.update_wrapper(wrapper, method)
     return wrapper
@@ -84,6 +107,7 @@ class Store:
         self.db = db
         self._t: Tables = bind_tables(db)
         self._pooled = isinstance(db, PooledDatabase)
+        self._sql = _EnrollmentSql.build(db, self._t)
 
     @classmethod
     def open(cls, url: str) -> Store:
@@ -176,11 +200,10 @@ class Store:
 
     @_guarded
     def get_token(self, token_id: str) -> Token:
-        T = self._t.token
-        row = T.get_or_none(T.id == token_id)
+        row = execute(self.db, self._sql.select_token, (token_id,)).fetchone()
         if row is None:
             raise NotFoundError(_TOKEN_NOT_FOUND)
-        return _token(row)
+        return _token_from_tuple(row)
 
     @_guarded
     def list_tokens(
@@ -219,9 +242,8 @@ class Store:
 
     @_guarded
     def find_device_by_key(self, public_key_sha256: str) -> Device | None:
-        D = self._t.device
-        row = D.get_or_none(D.public_key_sha256 == public_key_sha256)
-        return None if row is None else _device(row)
+        row = execute(self.db, self._sql.select_device_by_key, (public_key_sha256,)).fetchone()
+        return None if row is None else _device_from_tuple(row)
 
     @_guarded
     def enroll_device(self, device: Device, now: datetime, audit: AuditEvent) -> Device:
@@ -232,25 +254,21 @@ class Store:
         as the previous writer committed it, SQLite runs writers one at a time
         (tests/store/test_store.py::test_concurrent_enrollment_respects_max_uses).
         """
-        T, D = self._t.token, self._t.device
+        sql = self._sql
+        facts = _facts_json(device.facts)
         try:
             with write_transaction(self.db):
-                consumed = (
-                    T.update(uses=T.uses + 1, last_used_at=now)
-                    .where(
-                        (T.id == device.token_id) & token_state_condition(T, TokenState.ACTIVE, now)
-                    )
-                    .execute()
-                )
-                if consumed == 0:
+                consumed = execute(self.db, sql.consume_use, sql.consume_use_params(device, now))
+                if consumed.rowcount == 0:
                     raise TokenUnusableError("enrollment token cannot be used")
-                D.insert(**_device_row(device)).execute()
-                self._insert_audit(audit)
-                row = D.get(D.id == device.id)
+                execute(self.db, sql.insert_device, _device_values(device, facts))
+                execute(self.db, sql.insert_audit, _audit_values(audit))
         except peewee.IntegrityError as exc:
             # The transaction rolled back, so the use was not consumed.
             raise AlreadyExistsError(_KEY_ENROLLED) from exc
-        return _device(row)
+        # Every column was written from device, so reading the row back would
+        # only return it again; facts as the store gives them everywhere else.
+        return dataclasses.replace(device, facts=_facts(facts))
 
     # Devices
 
@@ -401,6 +419,150 @@ def token_state_condition(T: Any, state: TokenState, now: datetime) -> Any:
     return not_revoked & not_expired & uses_left
 
 
+_TOKEN_COLUMNS = (
+    "id", "label", "secret_hash", "max_uses", "uses", "expires_at", "created_at", "created_by",
+    "revoked_at", "last_used_at",
+)  # fmt: skip
+_DEVICE_COLUMNS = (
+    "id", "hostname", "token_id", "public_key_sha256", "serial", "certificate_pem", "not_after",
+    "enrolled_at", "last_seen_at", "revoked_at", "peer", "facts",
+)  # fmt: skip
+_AUDIT_COLUMNS = ("at", "actor", "action", "resource", "peer", "detail")
+# Stand-ins compiled into the consume-use UPDATE, replaced by real values per call.
+_TOKEN_ID_SLOT = "\x00token-id"  # noqa: S105 - a placeholder, not a secret
+_NOW_SLOT = datetime(2999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
+
+
+def _columns(names: Sequence[str]) -> str:
+    return ", ".join(f'"{name}"' for name in names)
+
+
+@dataclasses.dataclass(frozen=True)
+class _EnrollmentSql:
+    """The enrollment path's statements, made once per Store.
+
+    peewee builds a query's SQL anew on every call, and on the enrollment path that
+    cost more CPU than the database itself (bench/profile_enroll.py, bench/RESULTS.md);
+    these are built once and only their parameters change per call.
+    """
+
+    select_token: str
+    select_device_by_key: str
+    consume_use: str
+    consume_use_template: tuple[object, ...]
+    insert_device: str
+    insert_audit: str
+
+    @classmethod
+    def build(cls, db: peewee.Database, tables: Tables) -> _EnrollmentSql:
+        T, p = tables.token, db.param
+        # The UPDATE comes from token_state_condition itself, so the SQL that
+        # consumes a use and the state every list shows cannot drift apart.
+        usable = token_state_condition(T, TokenState.ACTIVE, _NOW_SLOT)
+        consume_sql, template = (
+            T.update(uses=T.uses + 1, last_used_at=_NOW_SLOT)
+            .where((T.id == _TOKEN_ID_SLOT) & usable)
+            .sql()
+        )
+        # Only constant column names are formatted in; every value is a parameter.
+        token_columns, device_columns = _columns(_TOKEN_COLUMNS), _columns(_DEVICE_COLUMNS)
+        device_values = ", ".join([p] * len(_DEVICE_COLUMNS))
+        audit_values = ", ".join([p] * len(_AUDIT_COLUMNS))
+        return cls(
+            select_token=f"SELECT {token_columns} FROM token WHERE id = {p}",  # noqa: S608
+            select_device_by_key=(
+                f"SELECT {device_columns} FROM device WHERE public_key_sha256 = {p}"  # noqa: S608
+            ),
+            consume_use=consume_sql,
+            consume_use_template=tuple(template),
+            insert_device=f"INSERT INTO device ({device_columns}) VALUES ({device_values})",  # noqa: S608
+            insert_audit=(
+                f"INSERT INTO audit_event ({_columns(_AUDIT_COLUMNS)}) VALUES ({audit_values})"  # noqa: S608
+            ),
+        )
+
+    def consume_use_params(self, device: Device, now: datetime) -> list[object]:
+        now_micros, slot_micros = to_micros(now), to_micros(_NOW_SLOT)
+        return [
+            device.token_id
+            if value == _TOKEN_ID_SLOT
+            else now_micros
+            if value == slot_micros
+            else value
+            for value in self.consume_use_template
+        ]
+
+
+def _micros(value: datetime | None) -> int | None:
+    return None if value is None else to_micros(value)
+
+
+def _time(value: int | None) -> datetime | None:
+    return None if value is None else from_micros(int(value))
+
+
+def _device_values(device: Device, facts_json: str) -> tuple[object, ...]:
+    return (
+        device.id,
+        device.hostname,
+        device.token_id,
+        device.public_key_sha256,
+        device.serial,
+        device.certificate_pem,
+        to_micros(device.not_after),
+        to_micros(device.enrolled_at),
+        _micros(device.last_seen_at),
+        _micros(device.revoked_at),
+        device.peer,
+        facts_json,
+    )
+
+
+def _audit_values(event: AuditEvent) -> tuple[object, ...]:
+    return (
+        to_micros(event.at),
+        event.actor,
+        event.action,
+        event.resource,
+        event.peer,
+        event.detail,
+    )
+
+
+def _token_from_tuple(row: Sequence[Any]) -> Token:
+    """A Token from a row of _TOKEN_COLUMNS."""
+    return Token(
+        id=row[0],
+        label=row[1],
+        secret_hash=bytes(row[2]),  # psycopg2 hands BYTEA back as memoryview
+        max_uses=row[3],
+        uses=row[4],
+        expires_at=_time(row[5]),
+        created_at=from_micros(int(row[6])),
+        created_by=row[7],
+        revoked_at=_time(row[8]),
+        last_used_at=_time(row[9]),
+    )
+
+
+def _device_from_tuple(row: Sequence[Any]) -> Device:
+    """A Device from a row of _DEVICE_COLUMNS."""
+    return Device(
+        id=row[0],
+        hostname=row[1],
+        token_id=row[2],
+        public_key_sha256=row[3],
+        serial=row[4],
+        certificate_pem=row[5],
+        not_after=from_micros(int(row[6])),
+        enrolled_at=from_micros(int(row[7])),
+        last_seen_at=_time(row[8]),
+        revoked_at=_time(row[9]),
+        peer=row[10],
+        facts=_facts(row[11]),
+    )
+
+
 def _page_size(requested: int) -> int:
     if requested <= 0:
         return DEFAULT_PAGE_SIZE
@@ -420,7 +582,9 @@ def _decode_cursor(cursor: str, kind: str) -> int | None:
         match = _CURSOR.match(raw.decode("ascii"))
     except (binascii.Error, UnicodeDecodeError, ValueError):
         match = None
-    if match is None or match.group(1) != kind:
+    # A seq beyond BIGINT cannot come from us; SQLite would fail to bind it (INTERNAL)
+    # (tests/robust/test_hostile_input.py::test_admin_list_calls_with_hostile_paging).
+    if match is None or match.group(1) != kind or int(match.group(2)) > _MAX_SEQ:
         raise InvalidArgumentError("page_token is invalid")
     return int(match.group(2))
 

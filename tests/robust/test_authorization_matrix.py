@@ -1,0 +1,235 @@
+"""Every method of every service x every kind of caller x both ports: the expected outcome."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from cryptography.hazmat.primitives import serialization
+from google.protobuf import message_factory
+
+from sielum.admin.v1 import admin_pb2
+from sielum.agent.v1 import agent_pb2
+from sielum.ca.authority import CertificateAuthority
+from sielum.ca.datadir import init_data_dir
+from sielum.ca.profile import admin_certificate, random_serial
+from sielum.enroll.ratelimit import FailureLimit
+from sielum.enroll.v1 import enroll_pb2
+from sielum.server.app import iter_services
+from sielum.server.auth import METHOD_ROLES, Role
+from tests.rpc.conftest import Harness, key_pem, make_csr, make_key, start_harness
+
+IDENTITIES = ("none", "admin", "device", "revoked-device", "expired", "foreign-ca")
+PORTS = ("enroll", "api")
+_REFLECTION_V1 = "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"
+_REFLECTION_V1ALPHA = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
+_HEALTH_LIST = "/grpc.health.v1.Health/List"
+
+
+def _descriptors() -> dict[str, Any]:
+    """Full method name -> method descriptor, for every service the server registers."""
+    found = {
+        f"/{service.full_name}/{method.name}": method
+        for service in iter_services()
+        for method in service.methods
+    }
+    # v1 reflection is served by the v1alpha servicer (wire-identical messages).
+    found[_REFLECTION_V1] = found[_REFLECTION_V1ALPHA]
+    return found
+
+
+DESCRIPTORS = _descriptors()
+
+
+def test_the_matrix_covers_every_method() -> None:
+    """Every method the server registers has a role, so it is in the matrix below."""
+    assert set(DESCRIPTORS) <= set(METHOD_ROLES)
+    assert set(METHOD_ROLES) <= set(DESCRIPTORS)
+
+
+@dataclass
+class World:
+    harness: Harness
+    credentials: dict[str, tuple[bytes, bytes] | None]  # identity -> (key PEM, chain PEM)
+    channels: dict[tuple[str, str], grpc.Channel]
+    token_id: str
+    open_secret: str
+    device_id: str
+    spare_token_id: str
+    spare_device_id: str
+
+    def channel(self, port: str, identity: str) -> grpc.Channel:
+        if (port, identity) not in self.channels:
+            pair = self.credentials[identity]
+            key, chain = pair if pair is not None else (None, None)
+            target = self.harness.enroll_target if port == "enroll" else self.harness.api_target
+            self.channels[(port, identity)] = grpc.secure_channel(
+                target,
+                grpc.ssl_channel_credentials(
+                    root_certificates=self.harness.ca_pem, private_key=key, certificate_chain=chain
+                ),
+            )
+        return self.channels[(port, identity)]
+
+
+def _expired_admin(data_dir: Path) -> tuple[bytes, bytes]:
+    """An admin certificate from the right CA whose validity ended a year ago."""
+    ca = CertificateAuthority.load(data_dir, passphrase=None)
+    ca_key = serialization.load_pem_private_key((data_dir / "ca.key").read_bytes(), None)
+    key = make_key()
+    certificate = admin_certificate(
+        public_key=key.public_key(),
+        name="expired-admin",
+        ca_certificate=ca.certificate,
+        ca_key=ca_key,  # type: ignore[arg-type]
+        serial=random_serial(),
+        now=datetime.now(UTC) - timedelta(days=400),
+        ttl=timedelta(days=30),
+    )
+    return key_pem(key), certificate.public_bytes(serialization.Encoding.PEM)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    tmp = tmp_path_factory.mktemp("matrix")
+    h = start_harness(tmp, failure_limit=FailureLimit(burst=0))
+    try:
+        token = h.create_token(label="matrix")
+        open_token = h.create_token(label="matrix-open")
+        device, device_key = h.enroll(token.secret)
+        revoked, revoked_key = h.enroll(token.secret)
+        spare, _ = h.enroll(token.secret)
+        h.admin().RevokeDevice(admin_pb2.RevokeDeviceRequest(id=revoked.device_id), timeout=10)
+        foreign = tmp / "foreign"
+        init_data_dir(foreign)
+        admin_dir = h.data_dir / "admin"
+        yield World(
+            harness=h,
+            credentials={
+                "none": None,
+                "admin": (
+                    (admin_dir / "admin.key").read_bytes(),
+                    (admin_dir / "admin.pem").read_bytes(),
+                ),
+                "device": (key_pem(device_key), device.certificate_pem.encode()),
+                "revoked-device": (key_pem(revoked_key), revoked.certificate_pem.encode()),
+                "expired": _expired_admin(h.data_dir),
+                "foreign-ca": (
+                    (foreign / "admin" / "admin.key").read_bytes(),
+                    (foreign / "admin" / "admin.pem").read_bytes(),
+                ),
+            },
+            channels={},
+            token_id=token.token.id,
+            open_secret=open_token.secret,
+            device_id=device.device_id,
+            spare_token_id=h.create_token(label="spare").token.id,
+            spare_device_id=spare.device_id,
+        )
+    finally:
+        h.server.stop(grace=1)
+
+
+def _request(method: str, world: World) -> Any:
+    """A request that succeeds when the caller is allowed to make it."""
+    name = method.rsplit("/", 1)[1]
+    requests: dict[str, Callable[[], Any]] = {
+        "Enroll": lambda: enroll_pb2.EnrollRequest(
+            token=world.open_secret, csr_pem=make_csr(make_key()), hostname="matrix"
+        ),
+        "CreateEnrollmentToken": lambda: admin_pb2.CreateEnrollmentTokenRequest(label="matrix"),
+        "GetEnrollmentToken": lambda: admin_pb2.GetEnrollmentTokenRequest(id=world.token_id),
+        "ListEnrollmentTokens": admin_pb2.ListEnrollmentTokensRequest,
+        "RevokeEnrollmentToken": lambda: admin_pb2.RevokeEnrollmentTokenRequest(
+            id=world.spare_token_id
+        ),
+        "ListDevices": admin_pb2.ListDevicesRequest,
+        "GetDevice": lambda: admin_pb2.GetDeviceRequest(id=world.device_id),
+        "RevokeDevice": lambda: admin_pb2.RevokeDeviceRequest(id=world.spare_device_id),
+        "Heartbeat": agent_pb2.HeartbeatRequest,
+        "RenewCertificate": lambda: agent_pb2.RenewCertificateRequest(csr_pem=make_csr(make_key())),
+    }
+    if name in requests:
+        return requests[name]()
+    descriptor = DESCRIPTORS[method]
+    request = message_factory.GetMessageClass(descriptor.input_type)()
+    if name == "ServerReflectionInfo":
+        request.list_services = ""
+    return request
+
+
+def _call(channel: grpc.Channel, method: str, request: Any) -> None:
+    """One call of any shape; returns when the first reply arrives, raises RpcError else."""
+    descriptor = DESCRIPTORS[method]
+    reply_class = message_factory.GetMessageClass(descriptor.output_type)
+    shape = dict(
+        request_serializer=type(request).SerializeToString,
+        response_deserializer=reply_class.FromString,
+    )
+    if not descriptor.client_streaming and not descriptor.server_streaming:
+        channel.unary_unary(method, **shape)(request, timeout=10)
+    elif not descriptor.client_streaming:
+        stream = channel.unary_stream(method, **shape)(request, timeout=10)
+        next(stream)
+        stream.cancel()
+    else:
+        stream = channel.stream_stream(method, **shape)(iter([request]), timeout=10)
+        next(stream)
+        stream.cancel()
+
+
+def _a(role: Role) -> str:
+    return "an admin" if role is Role.ADMIN else "a device"
+
+
+def expected(method: str, port: str, identity: str) -> tuple[str, str | None]:
+    """(status code name, details) the caller must get; details None: grpc's own text."""
+    role = METHOD_ROLES[method]
+    if port == "enroll":
+        # The enroll port asks for no client certificate, so none reaches the server.
+        identity = "none"
+    elif identity in ("none", "expired", "foreign-ca"):
+        # mTLS: the handshake fails before any method is looked at.
+        return "UNAVAILABLE", None
+    if method == _HEALTH_LIST:
+        # In health.proto, but grpcio-health's servicer does not implement it.
+        return "UNIMPLEMENTED", "Method not implemented!"
+    if role is Role.PUBLIC:
+        return "OK", ""
+    if identity == "none":
+        return (
+            "PERMISSION_DENIED",
+            f"{method} needs {_a(role)} client certificate from the Sielum CA",
+        )
+    caller = "admin" if identity == "admin" else "device"
+    if role.value != caller:
+        return "PERMISSION_DENIED", f"{method} needs {_a(role)} certificate; this one is {caller}"
+    if identity == "revoked-device":
+        return "PERMISSION_DENIED", "device has been revoked"
+    return "OK", ""
+
+
+@pytest.mark.parametrize(
+    ("method", "port", "identity"),
+    list(itertools.product(sorted(METHOD_ROLES), PORTS, IDENTITIES)),
+)
+def test_authorization(world: World, method: str, port: str, identity: str) -> None:
+    want_code, want_details = expected(method, port, identity)
+    try:
+        _call(world.channel(port, identity), method, _request(method, world))
+    except grpc.RpcError as error:
+        got = (error.code().name, error.details())  # type: ignore[attr-defined]
+    else:
+        got = ("OK", "")
+    assert got[0] == want_code, got
+    if want_details is not None:
+        assert got[1] == want_details
+    else:
+        # grpc's own words for a refused handshake: the connection closed on it.
+        assert "failed to connect" in got[1] or "Socket closed" in got[1], got
