@@ -11,14 +11,25 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from sielum.ca.authority import PASSPHRASE_ENV, CertificateAuthority, load_ca_certificate
 from sielum.ca.datadir import init_data_dir, write_admin_bundle
 from sielum.ca.profile import DEFAULT_DEVICE_TTL, fingerprint
 from sielum.cli.durations import parse_duration
 from sielum.enroll.ratelimit import FailureLimit
-from sielum.errors import SielumError
-from sielum.server.logs import configure_logging
+from sielum.errors import InvalidArgumentError, SielumError
+from sielum.server.logs import configure_logging, log_event
+from sielum.server.workers import (
+    Supervisor,
+    default_workers,
+    reserve_port,
+    signal_ready,
+    worker_command,
+)
+
+if TYPE_CHECKING:
+    from sielum.server.app import ServerConfig
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
@@ -67,11 +78,10 @@ def _cmd_issue_admin_cert(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_serve(args: argparse.Namespace) -> int:
-    from sielum.server.app import ServerConfig, SielumServer
+def _server_config(args: argparse.Namespace) -> ServerConfig:
+    from sielum.server.app import ServerConfig
 
-    configure_logging(args.log_format)
-    config = ServerConfig(
+    return ServerConfig(
         data_dir=Path(args.data_dir),
         enroll_addr=args.enroll_addr,
         api_addr=args.api_addr,
@@ -83,8 +93,21 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             burst=args.enroll_failure_burst, rate_per_second=args.enroll_failure_rate
         ),
         ca_passphrase=_passphrase(),
+        worker_index=args.worker_index,
     )
-    server = SielumServer(config).start()
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    configure_logging(args.log_format)
+    if args.workers < 1:
+        raise InvalidArgumentError("--workers must be at least 1")
+    if args.workers > 1 and args.worker_index is None:
+        return _supervise(args)
+    from sielum.server.app import SielumServer
+
+    server = SielumServer(_server_config(args)).start()
+    if args.ready_fd is not None:
+        signal_ready(args.ready_fd)
     stop_requested = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -95,10 +118,54 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    supervisor = os.getppid() if args.worker_index is not None else None
     while not stop_requested.wait(1.0):
-        pass
+        if supervisor is not None and os.getppid() != supervisor:
+            # The supervisor died without telling us (SIGKILL): a worker nobody
+            # watches would hold the port forever, so it stops as on SIGTERM.
+            logging.getLogger("sielum.server").warning("supervisor gone: stopping")
+            break
     server.stop(grace=args.grace)
     return 0
+
+
+def _supervise(args: argparse.Namespace) -> int:
+    """Check what every worker would (CA, database schema) once, then run the workers."""
+    from sielum.store.store import Store
+
+    # Not through ServerConfig: that would import grpc into the supervisor, which
+    # needs none of it.
+    data_dir = Path(args.data_dir)
+    CertificateAuthority.load(data_dir, passphrase=_passphrase(), device_ttl=args.device_cert_ttl)
+    database_url = args.database or os.environ.get("SIELUM_DATABASE_URL", "")
+    # Migrating here, once, spares the workers from queueing on the migration lock.
+    Store.open(database_url or f"sqlite:///{data_dir.resolve() / 'sielum.db'}").close()
+    enroll_addr, enroll_holder = reserve_port(args.enroll_addr)
+    api_addr, api_holder = reserve_port(args.api_addr)
+    argv = list(args.argv)
+
+    def command(index: int, ready_fd: int) -> list[str]:
+        return worker_command(
+            argv,
+            [
+                "--enroll-addr", enroll_addr, "--api-addr", api_addr, "--workers", "1",
+                "--worker-index", str(index), "--ready-fd", str(ready_fd),
+            ],
+        )  # fmt: skip
+
+    log_event(
+        logging.getLogger("sielum.server"),
+        "starting workers",
+        workers=args.workers,
+        enroll=enroll_addr,
+        api=api_addr,
+    )
+    try:
+        return Supervisor(count=args.workers, command=command, grace=args.grace).run()
+    finally:
+        for holder in (enroll_holder, api_holder):
+            if holder is not None:
+                holder.close()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -159,8 +226,22 @@ def build_parser() -> argparse.ArgumentParser:
         "with a wildcard host, the host the agent enrolled with)",
     )
     serve.add_argument(
-        "--threads", type=int, default=32, help="RPC worker threads (default %(default)s)"
+        "--workers",
+        type=int,
+        default=default_workers(),
+        metavar="N",
+        help="server processes sharing the ports through SO_REUSEPORT (default: one per "
+        "core, here %(default)s); each keeps its own --enroll-failure-burst counts",
     )
+    serve.add_argument(
+        "--threads",
+        type=int,
+        default=16,
+        help="RPC threads per server process (default %(default)s)",
+    )
+    # Set by the supervisor on the workers it starts; not for people.
+    serve.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
+    serve.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
     serve.add_argument(
         "--enroll-failure-burst",
         type=int,
@@ -206,7 +287,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     try:
         return int(args.run(args))
     except SielumError as error:

@@ -52,9 +52,10 @@ class ServerConfig:
     database_url: str = ""  # empty: sqlite:///<data_dir>/sielum.db
     device_ttl: timedelta = DEFAULT_DEVICE_TTL
     advertise_api: str = ""  # empty: derived from api_addr
-    threads: int = 32
+    threads: int = 16  # more only adds GIL convoys (bench/RESULTS.md)
     failure_limit: FailureLimit = field(default_factory=FailureLimit)
     ca_passphrase: bytes | None = None
+    worker_index: int | None = None  # set in the workers of `serve --workers N`
 
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir.resolve() / 'sielum.db'}"
@@ -142,7 +143,9 @@ class SielumServer:
         )
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
-        reflected = (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME, _REFLECTION_V1)
+        # grpc.reflection.v1 is served (below) but not listed: its descriptor is not in
+        # the pool, and listing it would break `buf curl --list-methods`.
+        reflected = (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME)
         reflection_servicer = reflection.ReflectionServicer(reflected)
         reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
             reflection_servicer, self.grpc_server
@@ -161,6 +164,7 @@ class SielumServer:
             api=f"{self.config.api_addr.rsplit(':', 1)[0]}:{self.api_port}",
             database=_redact_url(self.config.resolved_database_url()),
             fingerprint=self.ca.fingerprint,
+            **({} if self.config.worker_index is None else {"worker": self.config.worker_index}),
         )
         return self
 

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The whole benchmark in one command: setup, then the mass-rollout run and the scale run.
+#   bash bench/run.sh            # full: about 10 minutes on 2 cores
+#   bash bench/run.sh --quick    # 2-second runs, 20,000-device scale run: about 3 minutes
+# Figures are printed and written as JSON to bench/results/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash bench/setup.sh
+mkdir -p bench/results
+stamp="$(date -u +%Y%m%dT%H%M%SZ)"
+quick=()
+[ "${1:-}" = "--quick" ] && quick=(--quick)
+timeout 900 .venv/bin/python bench/enroll_bench.py "${quick[@]}" \
+  --json-out "bench/results/enroll-${stamp}.json"
+timeout 900 .venv/bin/python bench/scale_bench.py "${quick[@]}" \
+  --json-out "bench/results/scale-${stamp}.json"

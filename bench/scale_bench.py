@@ -1,0 +1,404 @@
+"""Scale run: Enroll and list-page latency on an empty database vs one bulk-loaded with a fleet."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import os
+import secrets
+import shutil
+import sqlite3
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import grpc
+import procstat
+from csrpool import csr_pool
+from sielum_proc import SielumProcess, init_data_dir, start_sielum
+
+from sielum.admin.v1 import admin_pb2
+from sielum.enroll.v1 import enroll_pb2, enroll_pb2_grpc
+from sielum.store.models import to_micros
+from sielum.store.store import Store
+
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+PG_DATABASE = "sielum_scale"
+_ALPHABET = "abcdefghijklmnopqrstuvwxyz234567"
+# A real device certificate's size, so rows weigh what they would in production.
+_CERT_PEM = (
+    "-----BEGIN CERTIFICATE-----\n"
+    + "\n".join(["A" * 64] * 11)
+    + "\nAAAA\n-----END CERTIFICATE-----\n"
+)
+
+
+def _token_id(i: int) -> str:
+    digest = hashlib.sha256(f"token-{i}".encode()).digest()
+    return "".join(_ALPHABET[b & 31] for b in digest[:16])
+
+
+def _rows(tokens: int, devices: int, now: datetime) -> tuple[Iterator[tuple[Any, ...]], ...]:
+    """Token, device and audit rows of a plausible fleet, in the tables' column order."""
+    now_us = to_micros(now)
+    day = 86_400_000_000
+
+    def token_rows() -> Iterator[tuple[Any, ...]]:
+        for i in range(tokens):
+            # Device j belongs to token j % tokens, so uses equals the devices enrolled.
+            uses = devices // tokens + (1 if i < devices % tokens else 0)
+            revoked = now_us - day if i % 100 == 0 else None
+            expires = now_us - day if i % 20 == 1 else (now_us + 30 * day if i % 2 else None)
+            max_uses = (uses, uses + 5, None)[i % 3]
+            yield (
+                _token_id(i), f"bulk-{i}", secrets.token_bytes(32), max_uses, uses, expires,
+                now_us - (tokens - i) * 1_000_000, "bulk", revoked, now_us - day,
+            )  # fmt: skip
+
+    def device_rows() -> Iterator[tuple[Any, ...]]:
+        for i in range(devices):
+            yield (
+                str(uuid.UUID(int=i + 1, version=4)), f"host-{i}", _token_id(i % tokens),
+                hashlib.sha256(f"key-{i}".encode()).hexdigest(), format(i + 1, "x"), _CERT_PEM,
+                now_us + 90 * day, now_us - (devices - i) * 1000, None, None,
+                f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}", '{"os":"linux"}',
+            )  # fmt: skip
+
+    def audit_rows() -> Iterator[tuple[Any, ...]]:
+        for i in range(devices):
+            yield (
+                now_us - (devices - i) * 1000, f"token/{_token_id(i % tokens)}", "device.enroll",
+                f"device/{uuid.UUID(int=i + 1, version=4)}", "10.0.0.1", "bulk",
+            )  # fmt: skip
+
+    return token_rows(), device_rows(), audit_rows()
+
+
+TOKEN_COLUMNS = (
+    "id, label, secret_hash, max_uses, uses, expires_at, created_at, created_by, revoked_at, "
+    "last_used_at"
+)
+DEVICE_COLUMNS = (
+    "id, hostname, token_id, public_key_sha256, serial, certificate_pem, not_after, enrolled_at, "
+    "last_seen_at, revoked_at, peer, facts"
+)
+AUDIT_COLUMNS = "at, actor, action, resource, peer, detail"
+
+
+def load_sqlite(path: Path, tokens: int, devices: int) -> None:
+    token_rows, device_rows, audit_rows = _rows(tokens, devices, datetime.now(UTC))
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("PRAGMA synchronous=OFF")  # a bulk load; the server's own settings come back after
+    db.execute("BEGIN")
+    db.executemany(f"INSERT INTO token ({TOKEN_COLUMNS}) VALUES ({','.join('?' * 10)})", token_rows)
+    db.executemany(
+        f"INSERT INTO device ({DEVICE_COLUMNS}) VALUES ({','.join('?' * 12)})", device_rows
+    )
+    db.executemany(f"INSERT INTO audit_event ({AUDIT_COLUMNS}) VALUES (?,?,?,?,?,?)", audit_rows)
+    db.execute("COMMIT")
+    db.execute("ANALYZE")
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    db.close()
+
+
+def _copy_text(rows: Iterator[tuple[Any, ...]], limit: int) -> io.StringIO | None:
+    out = io.StringIO()
+    n = 0
+    for row in rows:
+        fields = []
+        for value in row:
+            if value is None:
+                fields.append("\\N")
+            elif isinstance(value, bytes):
+                fields.append("\\\\x" + value.hex())
+            else:
+                fields.append(str(value).replace("\\", "\\\\").replace("\n", "\\n"))
+        out.write("\t".join(fields) + "\n")
+        n += 1
+        if n >= limit:
+            break
+    if n == 0:
+        return None
+    out.seek(0)
+    return out
+
+
+def load_postgres(url: str, tokens: int, devices: int) -> None:
+    import psycopg2
+
+    token_rows, device_rows, audit_rows = _rows(tokens, devices, datetime.now(UTC))
+    conn = psycopg2.connect(url)
+    with conn, conn.cursor() as cur:
+        for table, columns, rows in (
+            ("token", TOKEN_COLUMNS, token_rows),
+            ("device", DEVICE_COLUMNS, device_rows),
+            ("audit_event", AUDIT_COLUMNS, audit_rows),
+        ):
+            while (chunk := _copy_text(rows, 100_000)) is not None:
+                cur.copy_expert(f"COPY {table} ({columns}) FROM STDIN", chunk)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute("VACUUM ANALYZE")
+    conn.close()
+
+
+def fresh_postgres() -> str:
+    import psycopg2
+
+    admin = psycopg2.connect(PG_ADMIN)
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(f"DROP DATABASE IF EXISTS {PG_DATABASE} WITH (FORCE)")
+        cur.execute(f"CREATE DATABASE {PG_DATABASE}")
+    admin.close()
+    return f"postgresql://postgres@127.0.0.1:5432/{PG_DATABASE}"
+
+
+def drop_postgres() -> None:
+    import psycopg2
+
+    admin = psycopg2.connect(PG_ADMIN)
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(f"DROP DATABASE IF EXISTS {PG_DATABASE} WITH (FORCE)")
+    admin.close()
+
+
+def _percentiles(samples: list[float]) -> dict[str, float]:
+    ordered = sorted(samples)
+
+    def at(q: float) -> float:
+        return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] * 1000
+
+    return {"p50_ms": at(0.5), "p99_ms": at(0.99), "max_ms": ordered[-1] * 1000, "n": len(ordered)}
+
+
+def _timed(calls: int, call: Callable[[int], object]) -> dict[str, float]:
+    samples = []
+    for i in range(calls):
+        t0 = time.perf_counter()
+        call(i)
+        samples.append(time.perf_counter() - t0)
+    return _percentiles(samples)
+
+
+def measure(server: SielumProcess, csrs: list[str], calls: int, pages: int) -> dict[str, Any]:
+    admin = server.admin()
+    secret = server.create_token()
+    enroll_channel = grpc.secure_channel(
+        server.enroll_target, grpc.ssl_channel_credentials(root_certificates=server.ca_pem)
+    )
+    enroll = enroll_pb2_grpc.EnrollServiceStub(enroll_channel)
+    some_token = (
+        admin.ListEnrollmentTokens(
+            admin_pb2.ListEnrollmentTokensRequest(page_size=1000), timeout=30
+        )
+        .tokens[-1]
+        .id
+    )
+
+    def do_enroll(i: int) -> None:
+        enroll.Enroll(
+            enroll_pb2.EnrollRequest(
+                token=secret, csr_pem=csrs[i], hostname=f"scale-{i}", facts={"os": "linux"}
+            ),
+            timeout=30,
+        )
+
+    def follow(list_call: Callable[[str], Any]) -> Callable[[int], None]:
+        cursor = [""]
+
+        def step(_: int) -> None:
+            reply = list_call(cursor[0])
+            cursor[0] = reply.next_page_token  # back to the first page after the last one
+
+        return step
+
+    pids = procstat.tree(server.pid)
+    results: dict[str, Any] = {}
+    with procstat.MemorySampler(pids) as memory:
+        do_enroll(0)  # warm: connection, caches
+        results["Enroll (c=1)"] = _timed(calls, lambda i: do_enroll(i + 1))
+        results["ListDevices first page"] = _timed(
+            pages,
+            lambda _: admin.ListDevices(admin_pb2.ListDevicesRequest(page_size=100), timeout=30),
+        )
+        results["ListDevices next pages"] = _timed(
+            pages,
+            follow(
+                lambda c: admin.ListDevices(
+                    admin_pb2.ListDevicesRequest(page_size=100, page_token=c), timeout=30
+                )
+            ),
+        )
+        results["ListDevices token_id="] = _timed(
+            pages,
+            lambda _: admin.ListDevices(
+                admin_pb2.ListDevicesRequest(page_size=100, token_id=some_token), timeout=30
+            ),
+        )
+        results["ListEnrollmentTokens first page"] = _timed(
+            pages,
+            lambda _: admin.ListEnrollmentTokens(
+                admin_pb2.ListEnrollmentTokensRequest(page_size=100), timeout=30
+            ),
+        )
+        results["ListEnrollmentTokens next pages"] = _timed(
+            pages,
+            follow(
+                lambda c: admin.ListEnrollmentTokens(
+                    admin_pb2.ListEnrollmentTokensRequest(page_size=100, page_token=c), timeout=30
+                )
+            ),
+        )
+        for state in ("active", "revoked", "exhausted"):
+            value = admin_pb2.TokenState.Value(f"TOKEN_STATE_{state.upper()}")
+            results[f"ListEnrollmentTokens state={state}"] = _timed(
+                pages,
+                lambda _, value=value: admin.ListEnrollmentTokens(
+                    admin_pb2.ListEnrollmentTokensRequest(page_size=100, state=value), timeout=30
+                ),
+            )
+    enroll_channel.close()
+    results["peak RSS per process MiB"] = memory.peak_per_process_kib / 1024
+    return results
+
+
+def run_backend(
+    backend: str, work: Path, tokens: int, devices: int, calls: int, pages: int, workers: int | None
+) -> dict[str, Any]:
+    data_dir = work / backend / "data"
+    data_dir.parent.mkdir(parents=True, exist_ok=True)
+    init_data_dir(data_dir)
+    url = fresh_postgres() if backend == "postgresql" else f"sqlite:///{data_dir / 'sielum.db'}"
+    Store.open(url).close()  # migrate
+    csrs = csr_pool(2 * (calls + 1))
+    out: dict[str, Any] = {}
+    for phase, csr_slice in (("empty", csrs[: calls + 1]), ("loaded", csrs[calls + 1 :])):
+        if phase == "loaded":
+            started = time.monotonic()
+            print(f"  bulk-loading {devices} devices, {tokens} tokens on {backend}...", flush=True)
+            if backend == "postgresql":
+                load_postgres(url, tokens, devices)
+            else:
+                load_sqlite(data_dir / "sielum.db", tokens, devices)
+            out["load_seconds"] = time.monotonic() - started
+            print(f"  loaded in {out['load_seconds']:.0f}s", flush=True)
+        server = start_sielum(
+            data_dir, database_url="" if backend == "sqlite" else url, workers=workers
+        )
+        try:
+            out[phase] = measure(server, csr_slice, calls, pages)
+        finally:
+            server.stop()
+        for name, figures in out[phase].items():
+            if isinstance(figures, dict):
+                print(
+                    f"  {backend:10} {phase:6} {name:36} p50 {figures['p50_ms']:7.2f} "
+                    f"p99 {figures['p99_ms']:7.2f} ms",
+                    flush=True,
+                )
+        print(
+            f"  {backend:10} {phase:6} peak RSS/process "
+            f"{out[phase]['peak RSS per process MiB']:.0f} MiB"
+        )
+    if backend == "sqlite":
+        out["database_bytes"] = sum(
+            p.stat().st_size for p in data_dir.glob("sielum.db*") if p.is_file()
+        )
+    else:
+        drop_postgres()
+    return out
+
+
+def _pg_errors() -> type[Exception]:
+    import psycopg2
+
+    return psycopg2.Error  # type: ignore[no-any-return]
+
+
+def print_table(report: dict[str, Any]) -> None:
+    print()
+    print(
+        "| backend | call | empty p50 ms | empty p99 ms | loaded p50 ms | loaded p99 ms "
+        "| loaded÷empty p50 |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for backend, result in report["backends"].items():
+        for name, empty in result["empty"].items():
+            if not isinstance(empty, dict):
+                continue
+            loaded = result["loaded"][name]
+            print(
+                f"| {backend} | {name} | {empty['p50_ms']:.2f} | {empty['p99_ms']:.2f} "
+                f"| {loaded['p50_ms']:.2f} | {loaded['p99_ms']:.2f} "
+                f"| {loaded['p50_ms'] / empty['p50_ms']:.2f} |"
+            )
+        print(
+            f"| {backend} | peak RSS per server process "
+            f"| {result['empty']['peak RSS per process MiB']:.0f} MiB "
+            f"| | {result['loaded']['peak RSS per process MiB']:.0f} MiB | | |"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--devices", type=int, default=1_000_000)
+    parser.add_argument("--tokens", type=int, default=100_000)
+    parser.add_argument("--calls", type=int, default=300, help="sequential Enroll calls")
+    parser.add_argument("--pages", type=int, default=200, help="calls per list measurement")
+    parser.add_argument("--backends", default="sqlite,postgresql")
+    parser.add_argument("--workers", type=int, default=None, help="serve --workers N")
+    parser.add_argument("--quick", action="store_true", help="20,000 devices, 2,000 tokens")
+    parser.add_argument("--json-out", type=Path)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.devices, args.tokens = min(args.devices, 20_000), min(args.tokens, 2_000)
+        args.calls, args.pages = min(args.calls, 100), min(args.pages, 50)
+    work = Path(tempfile.mkdtemp(prefix="sielum-scale-"))
+    started = time.time()
+    report: dict[str, Any] = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "devices": args.devices,
+        "tokens": args.tokens,
+        "backends": {},
+    }
+    try:
+        for backend in args.backends.split(","):
+            print(f"{backend}: {args.devices} devices, {args.tokens} tokens", flush=True)
+            for attempt in range(1, 4):
+                try:
+                    report["backends"][backend] = run_backend(
+                        backend, work / f"try{attempt}", args.tokens, args.devices, args.calls,
+                        args.pages, args.workers,
+                    )  # fmt: skip
+                    break
+                except (OSError, RuntimeError, grpc.RpcError, _pg_errors()) as error:
+                    # The PostgreSQL cluster is shared: a test suite elsewhere on the
+                    # machine may restart it under us. Start the backend over.
+                    print(f"  {backend} run {attempt} failed ({error!r:.200}); starting over")
+                    if attempt == 3:
+                        raise
+                    time.sleep(20)  # let a restarting PostgreSQL come back
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    report["elapsed_seconds"] = time.time() - started
+    print_table(report)
+    if args.json_out:
+        args.json_out.write_text(json.dumps(report, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.pop("SIELUM_DATABASE_URL", None)
+    sys.exit(main())

@@ -1,0 +1,251 @@
+"""serve --workers N: a supervisor running N server processes that share ports (SO_REUSEPORT)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from types import FrameType
+
+from sielum.server.logs import log_event
+
+log = logging.getLogger("sielum.server")
+
+# A worker that dies this often within RESTART_WINDOW seconds is not restarted
+# again: something is wrong that a restart will not fix, and the supervisor exits
+# non-zero so that systemd (or whoever started it) notices.
+MAX_RESTARTS = 5
+RESTART_WINDOW = 60.0
+START_TIMEOUT = 120.0
+# On SIGTERM the workers get --grace seconds for calls in flight, plus this for
+# closing their database connections, before they are killed.
+STOP_MARGIN = 15.0
+
+
+def default_workers() -> int:
+    """One worker per core this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """'127.0.0.1:8443' -> ('127.0.0.1', 8443); '[::1]:0' -> ('::1', 0)."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"address must be HOST:PORT, got {address!r}")
+    return host.strip("[]"), int(port)
+
+
+def reserve_port(address: str) -> tuple[str, socket.socket | None]:
+    """A fixed-port form of address, and the socket that holds the port while it is in use.
+
+    Workers can share a port only if they all bind the same number, so port 0 is
+    resolved here, once: the socket is bound with SO_REUSEPORT but never listens,
+    so it keeps the port from being taken by anyone else without ever receiving
+    a connection (only listening sockets are in the kernel's reuseport group).
+    """
+    host, port = split_address(address)
+    if port != 0:
+        return address, None
+    bind_host = host or "::"
+    family = socket.AF_INET6 if ":" in bind_host else socket.AF_INET
+    if host and ":" not in host and not _is_ipv4(host):
+        family, _, _, _, sockaddr = socket.getaddrinfo(host, 0, type=socket.SOCK_STREAM)[0]
+        bind_host = str(sockaddr[0])
+    holder = socket.socket(family, socket.SOCK_STREAM)
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    holder.bind((bind_host, 0))
+    bound = int(holder.getsockname()[1])
+    shown = f"[{host}]" if ":" in host else host
+    return f"{shown}:{bound}", holder
+
+
+def _is_ipv4(host: str) -> bool:
+    try:
+        socket.inet_aton(host)
+    except OSError:
+        return False
+    return host.count(".") == 3
+
+
+@dataclass
+class _Worker:
+    index: int
+    process: subprocess.Popen[bytes]
+    ready_fd: int  # read end of the pipe the worker writes one byte to once serving
+    started: float
+    ready: bool = False
+
+
+@dataclass
+class Supervisor:
+    """Starts, watches and stops the worker processes.
+
+    command(index, ready_fd) is the argv of one worker: the same `serve` with
+    fixed ports, told its index and the pipe to report readiness on. Workers are
+    fresh interpreters (not forks), so no grpc state ever crosses a fork.
+    """
+
+    count: int
+    command: Callable[[int, int], Sequence[str]]
+    grace: float
+    workers: dict[int, _Worker] = field(default_factory=dict)
+    restarts: list[float] = field(default_factory=list)
+    _stop_signal: int | None = None
+
+    def run(self) -> int:
+        """Until SIGTERM or SIGINT; 0 when every worker then exits 0."""
+        previous = {
+            sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)
+        }
+        try:
+            for index in range(self.count):
+                self._spawn(index)
+            if not self._await_ready():
+                return self._stop_all(failed=True)
+            log_event(
+                log,
+                "workers ready",
+                workers=self.count,
+                pids=",".join(str(w.process.pid) for w in self.workers.values()),
+            )
+            while self._stop_signal is None:
+                if not self._watch(timeout=0.5):
+                    return self._stop_all(failed=True)
+            log.info(
+                "%s received: stopping %d workers",
+                signal.Signals(self._stop_signal).name,
+                len(self.workers),
+            )
+            return self._stop_all(failed=False)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self._stop_signal = signum
+
+    def _spawn(self, index: int) -> None:
+        read_fd, write_fd = os.pipe()
+        try:
+            process = subprocess.Popen(list(self.command(index, write_fd)), pass_fds=(write_fd,))
+        finally:
+            os.close(write_fd)
+        self.workers[index] = _Worker(index, process, read_fd, time.monotonic())
+
+    def _await_ready(self) -> bool:
+        deadline = time.monotonic() + START_TIMEOUT
+        while any(not w.ready for w in self.workers.values()):
+            if self._stop_signal is not None:
+                return False
+            for worker in self.workers.values():
+                if not worker.ready and worker.process.poll() is not None:
+                    log_event(
+                        log,
+                        "worker failed to start",
+                        level=logging.ERROR,
+                        worker=worker.index,
+                        exit_code=worker.process.returncode,
+                    )
+                    return False
+            if time.monotonic() > deadline:
+                log.error("workers did not start within %.0f seconds", START_TIMEOUT)
+                return False
+            self._poll_ready(0.2)
+        return True
+
+    def _poll_ready(self, timeout: float) -> None:
+        waiting = {w.ready_fd: w for w in self.workers.values() if not w.ready}
+        if not waiting:
+            time.sleep(timeout)
+            return
+        try:
+            readable, _, _ = select.select(list(waiting), [], [], timeout)
+        except InterruptedError:  # pragma: no cover - PEP 475 retries, a handler may not
+            return
+        for fd in readable:
+            worker = waiting[fd]
+            if os.read(fd, 1):
+                worker.ready = True
+            os.close(fd)
+            worker.ready_fd = -1
+            if not worker.ready and worker.process.poll() is None:
+                # The pipe closed without a byte yet the process lives: it cannot tell
+                # us any more, so take it as ready; a crash is caught by _watch.
+                worker.ready = True
+
+    def _watch(self, timeout: float) -> bool:
+        """Restart a worker that died; False when they die too often to go on."""
+        self._poll_ready(timeout)
+        for index, worker in list(self.workers.items()):
+            code = worker.process.poll()
+            if code is None or self._stop_signal is not None:
+                continue
+            now = time.monotonic()
+            self.restarts = [t for t in self.restarts if now - t < RESTART_WINDOW] + [now]
+            log_event(
+                log,
+                "worker exited",
+                level=logging.ERROR,
+                worker=index,
+                exit_code=code,
+                restarting=len(self.restarts) <= MAX_RESTARTS,
+            )
+            if worker.ready_fd >= 0:
+                os.close(worker.ready_fd)
+            if len(self.restarts) > MAX_RESTARTS:
+                return False
+            self._spawn(index)
+        return True
+
+    def _stop_all(self, *, failed: bool) -> int:
+        for worker in self.workers.values():
+            if worker.process.poll() is None:
+                worker.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + self.grace + STOP_MARGIN
+        codes: list[int] = []
+        for worker in self.workers.values():
+            try:
+                codes.append(worker.process.wait(max(0.0, deadline - time.monotonic())))
+            except subprocess.TimeoutExpired:
+                log_event(log, "worker killed", level=logging.ERROR, worker=worker.index)
+                worker.process.kill()
+                codes.append(worker.process.wait())
+            if worker.ready_fd >= 0:
+                os.close(worker.ready_fd)
+                worker.ready_fd = -1
+        clean = not failed and all(code == 0 for code in codes)
+        log_event(log, "stopped", workers=len(codes), exit_codes=",".join(map(str, codes)))
+        return 0 if clean else 1
+
+
+def worker_command(argv: Sequence[str], overrides: Sequence[str]) -> list[str]:
+    """The worker's argv: this very command line again, with overrides appended.
+
+    argparse keeps the last value of a repeated option, so appending
+    `--enroll-addr HOST:PORT` replaces whatever was given before. Re-running the
+    interpreter's own command line (sys.orig_argv) keeps whatever wrapper started
+    us, with its interpreter flags; when main() was called with other arguments
+    than the command line's, the workers run `python -m sielum.cli.server`.
+    """
+    argv = list(argv)
+    if argv and sys.argv[-len(argv) :] == argv and len(sys.orig_argv) > len(argv):
+        return [sys.executable, *sys.orig_argv[1:], *overrides]
+    return [sys.executable, "-m", "sielum.cli.server", *argv, *overrides]
+
+
+def signal_ready(fd: int) -> None:
+    """Called by a worker once it serves: one byte down the supervisor's pipe."""
+    try:
+        os.write(fd, b"1")
+    finally:
+        os.close(fd)
