@@ -229,14 +229,7 @@ class Store:
     @_guarded
     def revoke_token(self, token_id: str, now: datetime, audit: AuditEvent) -> Token:
         """Revoke; revoking again keeps the first revoked_at. Devices are not touched."""
-        T = self._t.token
-        with write_transaction(self.db):
-            T.update(revoked_at=now).where((T.id == token_id) & T.revoked_at.is_null()).execute()
-            row = T.get_or_none(T.id == token_id)
-            if row is None:
-                raise NotFoundError(_TOKEN_NOT_FOUND)
-            self._insert_audit(audit)
-        return _token(row)
+        return _token(self._revoke(self._t.token, token_id, now, audit, _TOKEN_NOT_FOUND))
 
     # Enrollment
 
@@ -299,14 +292,21 @@ class Store:
     @_guarded
     def revoke_device(self, device_id: str, now: datetime, audit: AuditEvent) -> Device:
         """Revoke; revoking again keeps the first revoked_at."""
-        D = self._t.device
+        return _device(self._revoke(self._t.device, device_id, now, audit, _DEVICE_NOT_FOUND))
+
+    def _revoke(
+        self, model: Any, row_id: str, now: datetime, audit: AuditEvent, not_found: str
+    ) -> Any:
+        """Set revoked_at once (a second revoke keeps the first time) and audit every call."""
         with write_transaction(self.db):
-            D.update(revoked_at=now).where((D.id == device_id) & D.revoked_at.is_null()).execute()
-            row = D.get_or_none(D.id == device_id)
+            model.update(revoked_at=now).where(
+                (model.id == row_id) & model.revoked_at.is_null()
+            ).execute()
+            row = model.get_or_none(model.id == row_id)
             if row is None:
-                raise NotFoundError(_DEVICE_NOT_FOUND)
+                raise NotFoundError(not_found)
             self._insert_audit(audit)
-        return _device(row)
+        return row
 
     @_guarded
     def touch_device(self, device_id: str, now: datetime) -> Device:
