@@ -418,8 +418,8 @@ def test_sign_device_issued_fields(ca: ThrowawayCA, tmp_path: Path) -> None:
     cert_path.write_text(issued.certificate_pem)
     spki_pem = openssl("x509", "-noout", "-pubkey", "-in", str(cert_path)).stdout
     spki_der = openssl("pkey", "-pubin", "-outform", "DER", stdin=spki_pem).stdout
-    assert issued.public_key_sha256 == hashlib.sha256(spki_der).hexdigest()
-    assert profile.public_key_sha256(key.public_key()) == issued.public_key_sha256
+    assert profile.public_key_sha256(cert.public_key()) == hashlib.sha256(spki_der).hexdigest()
+    assert profile.public_key_sha256(key.public_key()) == hashlib.sha256(spki_der).hexdigest()
 
 
 def test_sign_device_uses_configured_ttl(ca: ThrowawayCA) -> None:

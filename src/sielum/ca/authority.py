@@ -25,7 +25,6 @@ class IssuedCertificate:
     certificate_pem: str
     serial: str
     not_after: datetime
-    public_key_sha256: str
 
 
 class CertificateAuthority:
@@ -155,5 +154,4 @@ def _issued(certificate: x509.Certificate) -> IssuedCertificate:
         certificate_pem=certificate.public_bytes(serialization.Encoding.PEM).decode("ascii"),
         serial=format(certificate.serial_number, "x"),
         not_after=certificate.not_valid_after_utc,
-        public_key_sha256=profile.public_key_sha256(certificate.public_key()),
     )
