@@ -216,15 +216,10 @@ class Store:
     ) -> Page[Token]:
         """Tokens newest first; with state, only those token_state() puts in that state at now."""
         T = self._t.token
-        size = _page_size(page_size)
         query = T.select()
-        after = _decode_cursor(cursor, "tokens")
-        if after is not None:
-            query = query.where(T.seq < after)
         if state is not None:
             query = query.where(token_state_condition(T, state, now))
-        rows = list(query.order_by(T.seq.desc()).limit(size + 1))
-        return _page([_token(r) for r in rows[:size]], rows, size, "tokens")
+        return _keyset_page(T, query, "tokens", page_size, cursor, _token)
 
     @_guarded
     def revoke_token(self, token_id: str, now: datetime, audit: AuditEvent) -> Token:
@@ -279,15 +274,10 @@ class Store:
     ) -> Page[Device]:
         """Devices newest first, all or those enrolled with token_id."""
         D = self._t.device
-        size = _page_size(page_size)
         query = D.select()
-        after = _decode_cursor(cursor, "devices")
-        if after is not None:
-            query = query.where(D.seq < after)
         if token_id:
             query = query.where(D.token_id == token_id)
-        rows = list(query.order_by(D.seq.desc()).limit(size + 1))
-        return _page([_device(r) for r in rows[:size]], rows, size, "devices")
+        return _keyset_page(D, query, "devices", page_size, cursor, _device)
 
     @_guarded
     def revoke_device(self, device_id: str, now: datetime, audit: AuditEvent) -> Device:
@@ -309,14 +299,12 @@ class Store:
         return row
 
     @_guarded
-    def touch_device(self, device_id: str, now: datetime) -> Device:
-        """Record that the device was heard from at now."""
+    def touch_device(self, device_id: str, now: datetime) -> None:
+        """Record that the device was heard from at now (one UPDATE: heartbeats are frequent)."""
         D = self._t.device
         with write_transaction(self.db):
             if D.update(last_seen_at=now).where(D.id == device_id).execute() == 0:
                 raise NotFoundError(_DEVICE_NOT_FOUND)
-            row = D.get(D.id == device_id)
-        return _device(row)
 
     @_guarded
     def renew_device(
@@ -589,10 +577,18 @@ def _decode_cursor(cursor: str, kind: str) -> int | None:
     return int(match.group(2))
 
 
-def _page(items: list[R], rows: list[Any], size: int, kind: str) -> Page[R]:
+def _keyset_page(
+    model: Any, query: Any, kind: str, page_size: int, cursor: str, convert: Callable[[Any], R]
+) -> Page[R]:
+    """One page of query, newest first, after the cursor's seq; one row more says "more"."""
+    size = _page_size(page_size)
+    after = _decode_cursor(cursor, kind)
+    if after is not None:
+        query = query.where(model.seq < after)
+    rows = list(query.order_by(model.seq.desc()).limit(size + 1))
     more = len(rows) > size
     next_cursor = _encode_cursor(kind, rows[size - 1].seq) if more else ""
-    return Page(items=tuple(items), next_cursor=next_cursor)
+    return Page(items=tuple(convert(r) for r in rows[:size]), next_cursor=next_cursor)
 
 
 def _token_row(token: Token) -> dict[str, Any]:
