@@ -29,6 +29,17 @@ class Caller:
     name: str
     peer: str
 
+    def audit(self, action: str, resource: str, at: datetime, detail: str = "") -> AuditEvent:
+        """The audit event for this admin's action on resource."""
+        return AuditEvent(
+            at=at,
+            actor=f"admin/{self.name}",
+            action=action,
+            resource=resource,
+            peer=self.peer,
+            detail=detail,
+        )
+
 
 @dataclass(frozen=True)
 class NewToken:
@@ -124,13 +135,11 @@ class Administration:
         )
         stored = self._store.create_token(
             token,
-            AuditEvent(
-                at=now,
-                actor=f"admin/{caller.name}",
-                action="token.create",
-                resource=f"token/{token_id}",
-                peer=caller.peer,
-                detail=f"max_uses={max_uses} expires_at={expires_at or 'never'}",
+            caller.audit(
+                "token.create",
+                f"token/{token_id}",
+                now,
+                f"max_uses={max_uses} expires_at={expires_at or 'never'}",
             ),
         )
         log_event(
@@ -151,13 +160,7 @@ class Administration:
         token = self._store.revoke_token(
             _check_token_id(token_id),
             now,
-            AuditEvent(
-                at=now,
-                actor=f"admin/{caller.name}",
-                action="token.revoke",
-                resource=f"token/{token_id}",
-                peer=caller.peer,
-            ),
+            caller.audit("token.revoke", f"token/{token_id}", now),
         )
         log_event(
             log, "token.revoke", admin=caller.name, token=token_id, peer=caller.peer, outcome="ok"
@@ -182,13 +185,7 @@ class Administration:
         device = self._store.revoke_device(
             _check_device_id(device_id),
             now,
-            AuditEvent(
-                at=now,
-                actor=f"admin/{caller.name}",
-                action="device.revoke",
-                resource=f"device/{device_id}",
-                peer=caller.peer,
-            ),
+            caller.audit("device.revoke", f"device/{device_id}", now),
         )
         log_event(
             log,
