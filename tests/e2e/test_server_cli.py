@@ -125,6 +125,18 @@ def test_serve_fails_clearly_without_init(tmp_path: Path) -> None:
     assert "sielum-server init" in result.stderr
 
 
+def test_serve_refuses_negative_workers_and_threads(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    assert run("sielum-server", "init", "--data-dir", str(data_dir)).returncode == 0
+    for flag, value, message in (
+        ("--workers", "0", "--workers must be at least 1"),
+        ("--threads", "-1", "--threads must be 0 or more"),
+    ):
+        result = run("sielum-server", "serve", "--data-dir", str(data_dir), flag, value)
+        assert result.returncode != 0
+        assert message in result.stderr, result.stderr
+
+
 def test_encrypted_ca_needs_the_passphrase(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     env = {"SIELUM_CA_PASSPHRASE": "correct horse"}

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import grpc
-
 from sielum import tokens
 from sielum.admin.service import Administration, Caller
 from sielum.admin.v1 import admin_pb2, admin_pb2_grpc
 from sielum.devices import policy as devices
 from sielum.errors import InvalidArgumentError
 from sielum.model import Device, DeviceState, Token, TokenState
-from sielum.server.auth import require_identity
+from sielum.server.auth import CallContext, require_identity
 from sielum.server.pb import from_timestamp, peer_host, to_timestamp
 
 _TOKEN_STATES = {
@@ -82,7 +80,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     def __init__(self, administration: Administration) -> None:
         self._admin = administration
 
-    def _caller(self, context: grpc.ServicerContext) -> Caller:
+    def _caller(self, context: CallContext) -> Caller:
         return Caller(name=require_identity(context).name, peer=peer_host(context.peer()))
 
     def _token(self, token: Token) -> admin_pb2.EnrollmentToken:
@@ -92,7 +90,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         return device_to_proto(device, devices.device_state(device, self._admin.now()))
 
     def CreateEnrollmentToken(
-        self, request: admin_pb2.CreateEnrollmentTokenRequest, context: grpc.ServicerContext
+        self, request: admin_pb2.CreateEnrollmentTokenRequest, context: CallContext
     ) -> admin_pb2.CreateEnrollmentTokenResponse:
         created = self._admin.create_token(
             self._caller(context),
@@ -107,14 +105,14 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         )
 
     def GetEnrollmentToken(
-        self, request: admin_pb2.GetEnrollmentTokenRequest, context: grpc.ServicerContext
+        self, request: admin_pb2.GetEnrollmentTokenRequest, context: CallContext
     ) -> admin_pb2.GetEnrollmentTokenResponse:
         return admin_pb2.GetEnrollmentTokenResponse(
             token=self._token(self._admin.get_token(request.id))
         )
 
     def ListEnrollmentTokens(
-        self, request: admin_pb2.ListEnrollmentTokensRequest, context: grpc.ServicerContext
+        self, request: admin_pb2.ListEnrollmentTokensRequest, context: CallContext
     ) -> admin_pb2.ListEnrollmentTokensResponse:
         page = self._admin.list_tokens(
             state=_state_filter(request.state),
@@ -127,13 +125,13 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         )
 
     def RevokeEnrollmentToken(
-        self, request: admin_pb2.RevokeEnrollmentTokenRequest, context: grpc.ServicerContext
+        self, request: admin_pb2.RevokeEnrollmentTokenRequest, context: CallContext
     ) -> admin_pb2.RevokeEnrollmentTokenResponse:
         token = self._admin.revoke_token(self._caller(context), request.id)
         return admin_pb2.RevokeEnrollmentTokenResponse(token=self._token(token))
 
     def ListDevices(
-        self, request: admin_pb2.ListDevicesRequest, context: grpc.ServicerContext
+        self, request: admin_pb2.ListDevicesRequest, context: CallContext
     ) -> admin_pb2.ListDevicesResponse:
         page = self._admin.list_devices(
             token_id=request.token_id, page_size=request.page_size, cursor=request.page_token
@@ -144,12 +142,12 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         )
 
     def GetDevice(
-        self, request: admin_pb2.GetDeviceRequest, context: grpc.ServicerContext
+        self, request: admin_pb2.GetDeviceRequest, context: CallContext
     ) -> admin_pb2.GetDeviceResponse:
         return admin_pb2.GetDeviceResponse(device=self._device(self._admin.get_device(request.id)))
 
     def RevokeDevice(
-        self, request: admin_pb2.RevokeDeviceRequest, context: grpc.ServicerContext
+        self, request: admin_pb2.RevokeDeviceRequest, context: CallContext
     ) -> admin_pb2.RevokeDeviceResponse:
         device = self._admin.revoke_device(self._caller(context), request.id)
         return admin_pb2.RevokeDeviceResponse(device=self._device(device))

@@ -101,6 +101,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     configure_logging(args.log_format)
     if args.workers < 1:
         raise InvalidArgumentError("--workers must be at least 1")
+    if args.threads is not None and args.threads < 0:
+        raise InvalidArgumentError("--threads must be 0 or more")
     if args.workers > 1 and args.worker_index is None:
         return _supervise(args)
     from sielum.server.app import SielumServer
@@ -236,8 +238,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--threads",
         type=int,
-        default=16,
-        help="RPC threads per server process (default %(default)s)",
+        default=None,
+        metavar="N",
+        help="threads per server process that run the calls; 0 runs them on the event loop, "
+        "which costs the least CPU where the database is a local file (default: 0 with "
+        "SQLite, 16 with PostgreSQL, whose round trips would otherwise hold up other calls)",
     )
     # Set by the supervisor on the workers it starts; not for people.
     serve.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)

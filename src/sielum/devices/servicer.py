@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import grpc
-
 from sielum.agent.v1 import agent_pb2, agent_pb2_grpc
 from sielum.devices.service import DeviceService
-from sielum.server.auth import require_identity
+from sielum.server.auth import CallContext, require_identity
 from sielum.server.pb import peer_host, to_timestamp
 
 
@@ -15,7 +13,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         self._service = service
 
     def Heartbeat(
-        self, request: agent_pb2.HeartbeatRequest, context: grpc.ServicerContext
+        self, request: agent_pb2.HeartbeatRequest, context: CallContext
     ) -> agent_pb2.HeartbeatResponse:
         caller = require_identity(context)
         beat = self._service.heartbeat(caller.name, caller.not_before, caller.not_after)
@@ -27,7 +25,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         )
 
     def RenewCertificate(
-        self, request: agent_pb2.RenewCertificateRequest, context: grpc.ServicerContext
+        self, request: agent_pb2.RenewCertificateRequest, context: CallContext
     ) -> agent_pb2.RenewCertificateResponse:
         caller = require_identity(context)
         issued = self._service.renew(caller.name, request.csr_pem, peer_host(context.peer()))

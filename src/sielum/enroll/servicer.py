@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import grpc
-
 from sielum.enroll.service import Enroller, EnrollmentRequest
 from sielum.enroll.v1 import enroll_pb2, enroll_pb2_grpc
+from sielum.server.auth import CallContext
 from sielum.server.pb import peer_host, to_timestamp
 
 
@@ -15,7 +14,7 @@ class EnrollServicer(enroll_pb2_grpc.EnrollServiceServicer):
         self._api_endpoint = api_endpoint
 
     def Enroll(
-        self, request: enroll_pb2.EnrollRequest, context: grpc.ServicerContext
+        self, request: enroll_pb2.EnrollRequest, context: CallContext
     ) -> enroll_pb2.EnrollResponse:
         result = self._enroller.enroll(
             EnrollmentRequest(

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
-from collections.abc import Iterator
-from concurrent import futures
+import time
+from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -31,17 +32,21 @@ from sielum.enroll.servicer import EnrollServicer
 from sielum.enroll.v1 import enroll_pb2, enroll_pb2_grpc
 from sielum.server.auth import METHOD_ROLES, ServerInterceptor
 from sielum.server.logs import log_event
+from sielum.server.runner import InlineRunner, Runner, ThreadRunner
+from sielum.store.database import is_sqlite
 from sielum.store.store import Store
 
 log = logging.getLogger("sielum.server")
 
 MAX_MESSAGE_BYTES = 256 * 1024
+DATABASE_THREADS = 16  # handler threads when the database is across a network
 SERVICE_NAMES = (
     enroll_pb2.DESCRIPTOR.services_by_name["EnrollService"].full_name,
     admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
     agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name,
 )
 _REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -52,7 +57,8 @@ class ServerConfig:
     database_url: str = ""  # empty: sqlite:///<data_dir>/sielum.db
     device_ttl: timedelta = DEFAULT_DEVICE_TTL
     advertise_api: str = ""  # empty: derived from api_addr
-    threads: int = 16  # more only adds GIL convoys (bench/RESULTS.md)
+    # Threads for the handlers; 0: on the event loop; None: 0 on SQLite, 16 otherwise.
+    threads: int | None = None
     failure_limit: FailureLimit = field(default_factory=FailureLimit)
     ca_passphrase: bytes | None = None
     worker_index: int | None = None  # set in the workers of `serve --workers N`
@@ -95,7 +101,15 @@ def _reflection_v1_handler(servicer: Any) -> grpc.GenericRpcHandler:
 
 
 class SielumServer:
-    """A running server. Build with start(); stop() finishes calls in flight."""
+    """A running server. Build with start(); stop() finishes calls in flight.
+
+    grpc.aio serves every call on one event loop, in a thread of its own, so the
+    methods here are plain blocking ones. Sielum's handlers block on the store,
+    and where they run depends on what the store waits for (server/runner.py):
+    by default, on SQLite, a local file, inline on the loop; on PostgreSQL, which
+    may be on another host, on DATABASE_THREADS threads, so the loop serves other
+    calls while one waits on the network. `ServerConfig.threads` overrides it.
+    """
 
     def __init__(self, config: ServerConfig, clock: Clock | None = None) -> None:
         self.config = config
@@ -105,11 +119,39 @@ class SielumServer:
             config.data_dir, passphrase=config.ca_passphrase, device_ttl=config.device_ttl
         )
         self.store = Store.open(config.resolved_database_url())
+        threads = config.threads
+        if threads is None:
+            threads = 0 if is_sqlite(self.store.db) else DATABASE_THREADS
+        self._runner: Runner = ThreadRunner(threads) if threads else InlineRunner()
+        self._stopped = threading.Event()
+        self._loop = asyncio.new_event_loop()
+        self._loop_thread = threading.Thread(
+            target=self._loop.run_forever, name="grpc-loop", daemon=True
+        )
+        self._loop_thread.start()
+        try:
+            self._on_loop(self._build())
+        except BaseException:
+            self._close_loop()
+            self.store.close()
+            raise
+
+    def _on_loop(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+
+    def _close_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._loop_thread.join()
+        self._loop.close()
+        self._runner.close()
+
+    async def _build(self) -> None:
+        config = self.config
         server_key, server_chain, ca_pem = load_server_credentials(config.data_dir)
         device_service = DeviceService(self.store, self.ca, self.clock)
-        self.grpc_server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=config.threads, thread_name_prefix="rpc"),
-            interceptors=[ServerInterceptor(METHOD_ROLES, device_service.check_may_call)],
+        interceptor = ServerInterceptor(METHOD_ROLES, device_service.check_may_call, self._runner)
+        self.grpc_server = grpc.aio.server(
+            interceptors=[interceptor],
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", 4 * 1024 * 1024),
@@ -141,22 +183,19 @@ class SielumServer:
         agent_pb2_grpc.add_AgentServiceServicer_to_server(
             AgentServicer(device_service), self.grpc_server
         )
-        self.health = health.HealthServicer()
+        self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
         # grpc.reflection.v1 is served (below) but not listed: its descriptor is not in
         # the pool, and listing it would break `buf curl --list-methods`.
         reflected = (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME)
-        reflection_servicer = reflection.ReflectionServicer(reflected)
+        reflection_servicer = reflection.aio.ReflectionServicer(reflected)
         reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
             reflection_servicer, self.grpc_server
         )
         self.grpc_server.add_generic_rpc_handlers((_reflection_v1_handler(reflection_servicer),))
-        self._stopped = threading.Event()
 
     def start(self) -> SielumServer:
-        self.grpc_server.start()
-        for name in ("", *SERVICE_NAMES):
-            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._on_loop(self._start())
         log_event(
             log,
             "serving",
@@ -168,18 +207,39 @@ class SielumServer:
         )
         return self
 
+    async def _start(self) -> None:
+        await self.grpc_server.start()
+        for name in ("", *SERVICE_NAMES):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
     def stop(self, grace: float = 10.0) -> None:
         """Refuse new calls, let calls in flight finish within grace seconds, then close."""
         if self._stopped.is_set():
             return
-        self._stopped.set()
-        self.health.enter_graceful_shutdown()
-        self.grpc_server.stop(grace).wait()
-        self.store.close()
+        try:
+            self._on_loop(self._stop(grace))
+        finally:
+            self._close_loop()
+            self._stopped.set()
         log_event(log, "stopped")
 
+    async def _stop(self, grace: float) -> None:
+        await self.health.enter_graceful_shutdown()
+        started = time.monotonic()
+        await self._runner.take_in_waiting_calls(limit=grace / 2)
+        stopping = asyncio.create_task(
+            self.grpc_server.stop(max(0.0, grace - (time.monotonic() - started)))
+        )
+        # One turn of the loop: grpc stops taking calls before the held ones run.
+        await asyncio.sleep(0)
+        self._runner.release()
+        await stopping
+        # On the thread that used it: an SQLite connection belongs to one thread.
+        await self._runner(self.store.close)
+
     def wait(self) -> None:
-        self.grpc_server.wait_for_termination()
+        """Block until stop() has finished."""
+        self._stopped.wait()
 
 
 def _redact_url(url: str) -> str:

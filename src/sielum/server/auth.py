@@ -4,19 +4,26 @@ from __future__ import annotations
 
 import enum
 import functools
+import inspect
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 from cryptography import x509
 
 from sielum.ca.profile import role_of
-from sielum.errors import InternalError, PermissionDeniedError, SielumError
+from sielum.errors import (
+    InternalError,
+    InvalidArgumentError,
+    PermissionDeniedError,
+    SielumError,
+)
 from sielum.server.logs import log_event
 from sielum.server.pb import peer_host
+from sielum.server.runner import Runner
 
 log = logging.getLogger("sielum.server")
 
@@ -49,6 +56,17 @@ METHOD_ROLES: Mapping[str, Role] = {
 }
 
 
+class CallContext(Protocol):
+    """What handlers read of a call's context: the peer and its verified certificate.
+
+    Both grpc's and grpc.aio's servicer contexts have it.
+    """
+
+    def peer(self) -> str: ...
+
+    def auth_context(self) -> Mapping[str, Any]: ...  # values: lists of bytes
+
+
 @dataclass(frozen=True)
 class Identity:
     """Who is calling, from the verified client certificate."""
@@ -79,19 +97,19 @@ def _identity_from_pem(pem: bytes) -> Identity | None:
     )
 
 
-def identify(context: grpc.ServicerContext) -> Identity | None:
+def identify(context: CallContext) -> Identity | None:
     """The caller's identity, or None without a client certificate of ours.
 
     grpc has verified the chain against the Sielum CA before a handler runs, so
     the certificate here is one the CA signed and that is within its validity.
     """
-    pems = context.auth_context().get("x509_pem_cert")
+    pems = list(context.auth_context().get("x509_pem_cert", ()))
     if not pems:
         return None
     return _identity_from_pem(pems[0])
 
 
-def require_identity(context: grpc.ServicerContext) -> Identity:
+def require_identity(context: CallContext) -> Identity:
     caller = identify(context)
     if caller is None:
         raise PermissionDeniedError("a Sielum client certificate is required")
@@ -102,29 +120,44 @@ DeviceGate = Callable[[str], None]
 """Raises PermissionDeniedError when the device may not call (revoked, unknown)."""
 
 
-class ServerInterceptor(grpc.ServerInterceptor):
+class ServerInterceptor(grpc.aio.ServerInterceptor):
     """Checks the caller's role for every call, then maps SielumError to its status.
+
+    Sielum's own handlers are plain blocking functions (store and CA work); the
+    runner decides where they run (server/runner.py). Library handlers (health,
+    reflection) are coroutines and run on the loop.
 
     Unknown methods pass through as None, so grpc answers UNIMPLEMENTED: clients
     such as `buf curl` rely on that to fall back between reflection versions.
     """
 
-    def __init__(self, roles: Mapping[str, Role], device_gate: DeviceGate) -> None:
+    def __init__(self, roles: Mapping[str, Role], device_gate: DeviceGate, run: Runner) -> None:
         self._roles = roles
         self._device_gate = device_gate
+        self._run = run
+        # Registrations are fixed before the server starts, so each method's
+        # wrapped handler is built once, not per call.
+        self._wrapped: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
 
-    def intercept_service(
+    async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None],
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
+        ],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        handler = continuation(handler_call_details)
+        method: str = handler_call_details.method
+        wrapped = self._wrapped.get(method)
+        if wrapped is not None:
+            return wrapped
+        handler = await continuation(handler_call_details)
         if handler is None:
             return None
-        method: str = handler_call_details.method
-        return _wrap(handler, method, functools.partial(self._authorize, method))
+        wrapped = self._wrap(handler, method)
+        self._wrapped[method] = wrapped
+        return wrapped
 
-    def _authorize(self, method: str, context: grpc.ServicerContext) -> None:
+    def _authorize(self, method: str, context: CallContext) -> None:
         needed = self._roles.get(method)
         if needed is None:
             raise PermissionDeniedError(f"method {method} is not open to any caller")
@@ -142,6 +175,112 @@ class ServerInterceptor(grpc.ServerInterceptor):
         if caller.role is Role.DEVICE:
             self._device_gate(caller.name)
 
+    def _admit(self, method: str, context: CallContext) -> None:
+        try:
+            self._authorize(method, context)
+        except SielumError as error:
+            log_event(
+                log, "denied", method=method, peer=peer_host(context.peer()), reason=error.message
+            )
+            raise
+
+    def _wrap(
+        self, handler: grpc.RpcMethodHandler[Any, Any], method: str
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        if handler.unary_unary is not None:
+            parse = _parser(handler.request_deserializer, method)
+            behavior: Callable[[Any, Any], Any] = handler.unary_unary
+            if inspect.iscoroutinefunction(behavior):
+                return self._unary(method, parse, behavior, handler.response_serializer)
+            return self._blocking_unary(method, parse, behavior, handler.response_serializer)
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                self._streaming(method, handler.unary_stream),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.stream_stream is not None:
+            return grpc.stream_stream_rpc_method_handler(
+                self._streaming(method, handler.stream_stream),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        # No service here takes a client stream with a single reply.
+        raise TypeError(f"{method}: stream-unary handlers are not served")
+
+    def _blocking_unary(
+        self,
+        method: str,
+        parse: Callable[[bytes, CallContext], Any],
+        behavior: Callable[[Any, CallContext], Any],
+        serializer: Callable[[Any], bytes] | None,
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        """Authorization, parsing and the handler run as one blocking call."""
+
+        def call(raw: bytes, context: CallContext) -> Any:
+            self._admit(method, context)
+            return behavior(parse(raw, context), context)
+
+        async def guarded(raw: bytes, context: Any) -> Any:
+            try:
+                return await self._run(functools.partial(call, raw, context))
+            except SielumError as error:
+                await context.abort(error.code, error.message)
+            except NotImplementedError as error:
+                # A generated servicer's method left unimplemented (health List).
+                await context.abort(grpc.StatusCode.UNIMPLEMENTED, str(error))
+            except Exception:
+                # The cause stays in the log; the client gets a generic message.
+                log.exception("unexpected error in %s", method)
+                internal = InternalError("internal error")
+                await context.abort(internal.code, internal.message)
+
+        return grpc.unary_unary_rpc_method_handler(
+            guarded, request_deserializer=None, response_serializer=serializer
+        )
+
+    def _unary(
+        self,
+        method: str,
+        parse: Callable[[bytes, CallContext], Any],
+        behavior: Callable[[Any, Any], Awaitable[Any]],
+        serializer: Callable[[Any], bytes] | None,
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        async def guarded(raw: bytes, context: Any) -> Any:
+            try:
+                self._admit(method, context)
+                request = parse(raw, context)
+            except SielumError as error:
+                await context.abort(error.code, error.message)
+            return await behavior(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(
+            guarded, request_deserializer=None, response_serializer=serializer
+        )
+
+    def _streaming(
+        self, method: str, behavior: Callable[[Any, Any], Any]
+    ) -> Callable[[Any, Any], Awaitable[None]]:
+        """Library streams (health Watch, reflection): authorized, then passed through.
+
+        grpc.aio streams either yield their replies or write them to the context;
+        the guard writes what a generator yields, so both shapes pass through.
+        """
+
+        async def guarded(request: Any, context: Any) -> None:
+            try:
+                self._admit(method, context)
+            except SielumError as error:
+                await context.abort(error.code, error.message)
+            replies = behavior(request, context)
+            if inspect.isasyncgen(replies):
+                async for reply in replies:
+                    await context.write(reply)
+            else:
+                await replies
+
+        return guarded
+
 
 def _a(role: Role) -> str:
     return f"an {role.value}" if role.value[0] in "aeiou" else f"a {role.value}"
@@ -157,9 +296,7 @@ def _message_name(deserializer: Deserializer) -> str:
     return str(getattr(descriptor, "full_name", "protobuf"))
 
 
-def _parser(
-    deserializer: Deserializer | None, context_method: str
-) -> Callable[[Any, grpc.ServicerContext], Any]:
+def _parser(deserializer: Deserializer | None, method: str) -> Callable[[bytes, CallContext], Any]:
     """Parses a request after authorization, refusing bytes that are no such message.
 
     grpc's own deserialization answers INTERNAL ("Exception deserializing
@@ -171,7 +308,7 @@ def _parser(
         return lambda raw, context: raw
     refusal = f"request is not a valid {_message_name(deserializer)} message"
 
-    def parse(raw: Any, context: grpc.ServicerContext) -> Any:
+    def parse(raw: bytes, context: CallContext) -> Any:
         try:
             return deserializer(raw)
         except Exception:
@@ -179,77 +316,9 @@ def _parser(
                 log,
                 "malformed request",
                 level=logging.WARNING,
-                method=context_method,
+                method=method,
                 peer=peer_host(context.peer()),
             )
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, refusal)
+            raise InvalidArgumentError(refusal) from None
 
     return parse
-
-
-def _wrap(
-    handler: grpc.RpcMethodHandler[Any, Any],
-    method: str,
-    authorize: Callable[[grpc.ServicerContext], None],
-) -> grpc.RpcMethodHandler[Any, Any]:
-    ours = method.startswith("/sielum.")
-    parse = _parser(handler.request_deserializer, method)
-    streaming_requests = handler.stream_unary is not None or handler.stream_stream is not None
-
-    def parse_request(request: Any, context: grpc.ServicerContext) -> Any:
-        if streaming_requests:
-            return (parse(raw, context) for raw in request)
-        return parse(request, context)
-
-    def guard(behavior: Callable[[Any, grpc.ServicerContext], Any]) -> Callable[..., Any]:
-        def guarded(request: Any, context: grpc.ServicerContext) -> Any:
-            try:
-                authorize(context)
-            except SielumError as error:
-                log_event(
-                    log,
-                    "denied",
-                    method=method,
-                    peer=peer_host(context.peer()),
-                    reason=error.message,
-                )
-                context.abort(error.code, error.message)
-            request = parse_request(request, context)
-            if not ours:
-                return behavior(request, context)
-            try:
-                return behavior(request, context)
-            except SielumError as error:
-                context.abort(error.code, error.message)
-            except Exception:
-                # The cause stays in the log; the client gets a generic message.
-                log.exception("unexpected error in %s", method)
-                internal = InternalError("internal error")
-                context.abort(internal.code, internal.message)
-
-        return guarded
-
-    if handler.unary_unary is not None:
-        return grpc.unary_unary_rpc_method_handler(
-            guard(handler.unary_unary),
-            request_deserializer=None,
-            response_serializer=handler.response_serializer,
-        )
-    if handler.unary_stream is not None:
-        return grpc.unary_stream_rpc_method_handler(
-            guard(handler.unary_stream),
-            request_deserializer=None,
-            response_serializer=handler.response_serializer,
-        )
-    if handler.stream_unary is not None:
-        return grpc.stream_unary_rpc_method_handler(
-            guard(handler.stream_unary),
-            request_deserializer=None,
-            response_serializer=handler.response_serializer,
-        )
-    assert handler.stream_stream is not None, "a handler has one of the four behaviours"
-    return grpc.stream_stream_rpc_method_handler(
-        guard(handler.stream_stream),
-        request_deserializer=None,
-        response_serializer=handler.response_serializer,
-    )
