@@ -87,7 +87,12 @@ def test_ok_500_agents_race_for_50_uses_on_two_replicas_sharing_postgresql(
     tmp_path: Path, serves: list[Serve], postgres_url: str
 ) -> None:
     data_dir = make_data_dir(tmp_path)
-    replicas = [Serve(data_dir, ("--database", postgres_url)) for _ in range(2)]
+    # One replica runs its calls on its event loop (the default for a database on
+    # this host), the other on threads (the default for one across a network).
+    replicas = [
+        Serve(data_dir, ("--database", postgres_url)),
+        Serve(data_dir, ("--database", postgres_url, "--threads", "16")),
+    ]
     for replica in replicas:
         serves.append(replica.start())
     created = create_token(replicas[0], max_uses=MAX_USES)
@@ -108,7 +113,9 @@ def test_ok_500_agents_race_for_50_uses_on_two_replicas_sharing_postgresql(
         assert " enroll outcome=permission_denied " in replica.log
 
 
-def _second_replica(harness: Harness, database_url: str) -> SielumServer:
+def _second_replica(
+    harness: Harness, database_url: str, threads: int | None = None
+) -> SielumServer:
     """Another server on the same data dir (CA) and database, as a second host would run."""
     return SielumServer(
         ServerConfig(
@@ -116,6 +123,7 @@ def _second_replica(harness: Harness, database_url: str) -> SielumServer:
             enroll_addr="127.0.0.1:0",
             api_addr="127.0.0.1:0",
             database_url=database_url,
+            threads=threads,
         ),
         clock=harness.clock,
     ).start()
@@ -154,12 +162,13 @@ def _enroll_call(target: str, ca_pem: bytes, secret: str, csr_pem: str) -> Any:
 
 
 @pytest.mark.parametrize("max_uses", [1, 5])
+@pytest.mark.parametrize("threads", [None, 8], ids=["default", "threads"])
 def test_ok_same_agent_retrying_in_parallel(
-    tmp_path: Path, database_url: str, max_uses: int
+    tmp_path: Path, database_url: str, max_uses: int, threads: int | None
 ) -> None:
     """20 parallel calls with one key and one token: one device, one use, every call answered."""
-    harness = start_harness(tmp_path, database_url=database_url)
-    replica = _second_replica(harness, database_url)
+    harness = start_harness(tmp_path, database_url=database_url, threads=threads)
+    replica = _second_replica(harness, database_url, threads)
     try:
         created = harness.create_token(max_uses=max_uses)
         csr_pem = make_csr(make_key())

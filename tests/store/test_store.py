@@ -29,7 +29,7 @@ from sielum.errors import (
 )
 from sielum.model import AuditEvent, Device, Token, TokenState
 from sielum.store import Store, connect
-from sielum.store.database import redact_url
+from sielum.store.database import is_on_this_host, redact_url
 from sielum.tokens import token_state
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -802,6 +802,35 @@ def test_connect_accepts_postgres_scheme(postgres_url: str) -> None:
         assert add_token(store).id == "tok"
     finally:
         store.close()
+
+
+@pytest.mark.parametrize(
+    ("url", "local"),
+    [
+        ("sqlite:///sielum.db", True),
+        ("postgresql://postgres@127.0.0.1:5432/test", True),
+        ("postgresql://u@localhost/db", True),
+        ("postgresql://u@[::1]:5432/db", True),
+        ("postgresql:///db", True),  # libpq's default: the Unix socket
+        ("postgresql:///db?host=/var/run/postgresql", True),
+        ("postgresql://u:p%40ss@127.0.0.1/db", True),
+        ("postgresql://u@db.example:5432/db", False),
+        ("postgresql://u@10.0.0.5/db", False),
+        ("postgresql://u@127.0.0.1,db2.example/db", False),  # a fallback host elsewhere
+        ("postgresql://u@localhost/db?host=db.example", False),  # the query names the host
+    ],
+)
+def test_is_on_this_host(url: str, local: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Decides whether the server runs calls on its event loop or on threads."""
+    monkeypatch.delenv("PGHOST", raising=False)
+    monkeypatch.delenv("PGHOSTADDR", raising=False)
+    assert is_on_this_host(url) is local
+
+
+def test_is_on_this_host_reads_pghost(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PGHOST", "db.example")
+    assert not is_on_this_host("postgresql:///db")
+    assert is_on_this_host("sqlite:///sielum.db")
 
 
 def test_redact_url_hides_password() -> None:

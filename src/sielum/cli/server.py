@@ -241,8 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="N",
         help="threads per server process that run the calls; 0 runs them on the event loop, "
-        "which costs the least CPU where the database is a local file (default: 0 with "
-        "SQLite, 16 with PostgreSQL, whose round trips would otherwise hold up other calls)",
+        "which costs the least CPU when the database is on this host (default: 0 with "
+        "SQLite or a PostgreSQL on a Unix socket or loopback address; 16 with a database "
+        "on another host, whose round trips would otherwise hold up every other call)",
     )
     # Set by the supervisor on the workers it starts; not for people.
     serve.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)

@@ -33,7 +33,7 @@ from sielum.enroll.v1 import enroll_pb2, enroll_pb2_grpc
 from sielum.server.auth import METHOD_ROLES, ServerInterceptor
 from sielum.server.logs import log_event
 from sielum.server.runner import InlineRunner, Runner, ThreadRunner
-from sielum.store.database import is_sqlite
+from sielum.store.database import is_on_this_host
 from sielum.store.store import Store
 
 log = logging.getLogger("sielum.server")
@@ -57,7 +57,8 @@ class ServerConfig:
     database_url: str = ""  # empty: sqlite:///<data_dir>/sielum.db
     device_ttl: timedelta = DEFAULT_DEVICE_TTL
     advertise_api: str = ""  # empty: derived from api_addr
-    # Threads for the handlers; 0: on the event loop; None: 0 on SQLite, 16 otherwise.
+    # Threads for the handlers; 0: on the event loop; None: 0 with the database on
+    # this host, DATABASE_THREADS with one across a network.
     threads: int | None = None
     failure_limit: FailureLimit = field(default_factory=FailureLimit)
     ca_passphrase: bytes | None = None
@@ -106,9 +107,10 @@ class SielumServer:
     grpc.aio serves every call on one event loop, in a thread of its own, so the
     methods here are plain blocking ones. Sielum's handlers block on the store,
     and where they run depends on what the store waits for (server/runner.py):
-    by default, on SQLite, a local file, inline on the loop; on PostgreSQL, which
-    may be on another host, on DATABASE_THREADS threads, so the loop serves other
-    calls while one waits on the network. `ServerConfig.threads` overrides it.
+    by default, with the database on this host (SQLite, or PostgreSQL on a Unix
+    socket or loopback address), inline on the loop; with a database across a
+    network, on DATABASE_THREADS threads, so the loop serves other calls while
+    one waits on a round trip. `ServerConfig.threads` overrides it.
     """
 
     def __init__(self, config: ServerConfig, clock: Clock | None = None) -> None:
@@ -121,7 +123,8 @@ class SielumServer:
         self.store = Store.open(config.resolved_database_url())
         threads = config.threads
         if threads is None:
-            threads = 0 if is_sqlite(self.store.db) else DATABASE_THREADS
+            local = is_on_this_host(config.resolved_database_url())
+            threads = 0 if local else DATABASE_THREADS
         self._runner: Runner = ThreadRunner(threads) if threads else InlineRunner()
         self._stopped = threading.Event()
         self._loop = asyncio.new_event_loop()

@@ -10,7 +10,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any, cast
-from urllib.parse import parse_qs, urlsplit, urlunsplit
+from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
 
 import peewee
 from playhouse.pool import MaxConnectionsExceeded, PooledPostgresqlDatabase
@@ -202,6 +202,36 @@ def _connect_postgresql(url: str) -> ReconnectingPostgresqlDatabase:
         stale_timeout=PG_POOL_RECYCLE_SECONDS,
         **options,
     )
+
+
+_LOCAL_HOSTS = {"", "localhost", "127.0.0.1", "::1", "[::1]"}
+
+
+def is_on_this_host(url: str) -> bool:
+    """Whether every round trip to the database stays on this machine.
+
+    True for SQLite, and for PostgreSQL on a Unix socket or a loopback address;
+    False for anything that may cross a network (a host name, another address).
+    """
+    scheme = url.partition("://")[0].lower()
+    if scheme == "sqlite":
+        return True
+    parts = urlsplit(url)
+    hosts = [_host_of(part) for part in parts.netloc.rpartition("@")[2].split(",")]
+    for key in ("host", "hostaddr"):
+        for value in parse_qs(parts.query).get(key, []):
+            hosts += value.split(",")
+        # libpq falls back to the environment for what the URL leaves out.
+        hosts += os.environ.get("PG" + key.upper(), "").split(",")
+    return all(h in _LOCAL_HOSTS or h.startswith(("/", "127.")) for h in hosts)
+
+
+def _host_of(netloc_part: str) -> str:
+    """'db.example:5432' -> 'db.example'; '[::1]:5432' -> '::1'; '%2Fvar%2Frun' -> '/var/run'."""
+    host = unquote(netloc_part)
+    if host.startswith("["):
+        return host[1 : host.find("]")]
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
 
 def redact_url(url: str) -> str:
