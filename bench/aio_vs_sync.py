@@ -2,7 +2,9 @@
 
 - `sync`: grpc.server with a pool of 16 threads (what Sielum runs);
 - `aio-inline`: grpc.aio, the blocking enrollment runs on the event loop itself;
-- `aio-threads`: grpc.aio, the enrollment runs on a pool of 16 threads.
+- `aio-threads`: grpc.aio, the enrollment runs on a pool of 16 threads;
+- `aio-inline-take-in`: as `aio-inline`, with Sielum's InlineRunner, whose stop first
+  takes in the calls waiting in grpc's core (what `sielum-server serve` runs).
 
 Each shape serves Sielum's own EnrollServicer (SQLite, one process, no interceptor,
 the same for all three). For each: Enroll with reused connections at 32 in flight
@@ -43,9 +45,10 @@ from sielum.enroll.ratelimit import FailureLimit, FailureLimiter
 from sielum.enroll.service import Enroller
 from sielum.enroll.servicer import EnrollServicer
 from sielum.enroll.v1 import enroll_pb2_grpc
+from sielum.server.runner import InlineRunner
 from sielum.store.store import Store
 
-KINDS = ("sync", "aio-inline", "aio-threads")
+KINDS = ("sync", "aio-inline", "aio-threads", "aio-inline-take-in")
 THREADS = 16
 GRACE = 10.0
 
@@ -72,13 +75,27 @@ def serve(kind: str, data_dir: Path, database_url: str, port: int) -> None:
         return
 
     pool = futures.ThreadPoolExecutor(THREADS) if kind == "aio-threads" else None
+    runner = InlineRunner()
 
     class AsyncEnroll(enroll_pb2_grpc.EnrollServiceServicer):
         async def Enroll(self, request: Any, context: Any) -> Any:
+            if kind == "aio-inline-take-in":
+                return await runner(lambda: servicer.Enroll(request, context))
             if pool is None:
                 return servicer.Enroll(request, context)
             loop = asyncio.get_running_loop()
             return await loop.run_in_executor(pool, servicer.Enroll, request, context)
+
+    async def stop(server: grpc.aio.Server) -> None:
+        if kind != "aio-inline-take-in":
+            await server.stop(GRACE)
+            return
+        # As SielumServer.stop does it.
+        await runner.take_in_waiting_calls(GRACE / 2)
+        stopping = asyncio.create_task(server.stop(GRACE))
+        await asyncio.sleep(0)
+        runner.release()
+        await stopping
 
     async def main() -> None:
         server = grpc.aio.server()
@@ -88,7 +105,7 @@ def serve(kind: str, data_dir: Path, database_url: str, port: int) -> None:
         await server.start()
         stopping: set[asyncio.Task[None]] = set()
         asyncio.get_running_loop().add_signal_handler(
-            signal.SIGTERM, lambda: stopping.add(asyncio.create_task(server.stop(GRACE)))
+            signal.SIGTERM, lambda: stopping.add(asyncio.create_task(stop(server)))
         )
         await server.wait_for_termination()
 
