@@ -4,23 +4,28 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import os
 import random
 import signal
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
+import psycopg2
 import pytest
 from cryptography import x509
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from sielum.admin.v1 import admin_pb2
 from sielum.agent.v1 import agent_pb2
 from sielum.ca.profile import public_key_sha256
 from sielum.enroll.v1 import enroll_pb2, enroll_pb2_grpc
+from sielum.store import database
 from tests.rpc.conftest import start_harness
 
 from .conftest import (
@@ -365,5 +370,60 @@ def test_ok_connection_lost_while_reading_rows(tmp_path: Path, postgres_url: str
         response, _ = harness.enroll(created.secret)
         assert harness.server.store.get_device(response.device_id).token_id == created.token.id
         assert harness.server.store.get_token(created.token.id).uses == 1
+    finally:
+        harness.server.stop(grace=1)
+
+
+@contextlib.contextmanager
+def _frozen_backends(postgres_url: str) -> Iterator[list[int]]:
+    """SIGSTOP every PostgreSQL backend serving Sielum (application_name sielum), then SIGCONT."""
+    with contextlib.closing(psycopg2.connect(postgres_url, application_name="test")) as conn:
+        with conn.cursor() as cursor:
+            cursor.execute(
+                "SELECT pid FROM pg_stat_activity"
+                " WHERE application_name = 'sielum' AND datname = current_database()"
+            )
+            pids = [int(row[0]) for row in cursor.fetchall()]
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield pids
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+
+
+@pytest.mark.postgres
+def test_ok_frozen_postgresql_backend_is_dropped_after_the_wait_limit(
+    tmp_path: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch, caplog: Any
+) -> None:
+    """A PostgreSQL backend that stops answering without closing its connection (SIGSTOP)
+    holds a call for PG_WAIT_SECONDS, not forever: its connection is dropped, the
+    statement runs again on a new one, and the server keeps serving."""
+    monkeypatch.setattr(database, "PG_WAIT_SECONDS", 1.0)
+    harness = start_harness(tmp_path, database_url=postgres_url)
+    try:
+        created = harness.create_token()
+        harness.enroll(created.secret)  # the server now holds a pooled connection
+        with _frozen_backends(postgres_url) as frozen:
+            assert frozen, "the server has no PostgreSQL connection to freeze"
+            started = time.monotonic()
+            try:
+                harness.enroll(created.secret)
+                outcome = "OK"
+            except grpc.RpcError as error:
+                outcome = error.code().name  # type: ignore[attr-defined]
+            waited = time.monotonic() - started
+            # The frozen connection is given up after 1 s; the statement, outside a
+            # transaction, is tried once more on a new connection (a new backend).
+            assert outcome == "OK", outcome
+            assert 1.0 <= waited < 5, waited
+            assert "PostgreSQL did not answer within 1 s" in caplog.text
+            reply = health_pb2_grpc.HealthStub(harness.enroll_channel()).Check(
+                health_pb2.HealthCheckRequest(), timeout=5
+            )
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        harness.enroll(created.secret)
+        assert harness.server.store.check_integrity() == []
     finally:
         harness.server.stop(grace=1)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import select
+import socket
 import sqlite3
 import threading
 import time
@@ -39,6 +41,8 @@ PG_CONNECT_TIMEOUT_SECONDS = 5
 PG_POOL_SIZE = 32
 PG_POOL_WAIT_SECONDS = 10
 PG_POOL_RECYCLE_SECONDS = 300
+# No round trip to PostgreSQL waits longer than this (see _wait_bounded).
+PG_WAIT_SECONDS = 15.0
 _PG_DEFAULTS: dict[str, object] = {
     "connect_timeout": PG_CONNECT_TIMEOUT_SECONDS,
     "application_name": "sielum",
@@ -183,7 +187,52 @@ class WalSqliteDatabase(peewee.SqliteDatabase):
             delay = min(delay * 2, 0.2)
 
 
+def _wait_bounded(conn: Any) -> None:
+    """psycopg2's wait callback: wait for the server, but never past PG_WAIT_SECONDS.
+
+    libpq itself waits for an answer for as long as the socket lives. A
+    PostgreSQL that freezes without closing its connections (a stopped process,
+    a host that stopped answering on a network that drops packets) would hold
+    the call, and with calls run on the event loop the whole worker, forever.
+    Here the wait ends as a dead network would end it: the socket is shut, libpq
+    finds it so, psycopg2 marks the connection broken and raises
+    OperationalError, the pool drops the connection, and the Store answers
+    UNAVAILABLE or, outside a transaction, tries once more on a new connection
+    (tests/robust/test_crashes.py::
+    test_ok_frozen_postgresql_backend_is_dropped_after_the_wait_limit).
+    """
+    limit = PG_WAIT_SECONDS
+    if conn.status == psycopg2.extensions.STATUS_SETUP:
+        # Connecting: libpq leaves connect_timeout to the callback in this mode.
+        limit = float(conn.get_dsn_parameters().get("connect_timeout") or limit)
+    deadline = time.monotonic() + limit
+    given_up = False
+    while True:
+        state = conn.poll()  # raises OperationalError once the socket is shut
+        if state == psycopg2.extensions.POLL_OK:
+            return
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            if given_up:  # pragma: no cover - libpq reports a shut socket at once
+                raise psycopg2.OperationalError(f"PostgreSQL did not answer within {limit:g} s")
+            log.warning("PostgreSQL did not answer within %g s: dropping the connection", limit)
+            # Not conn.close(): psycopg2 holds the connection's lock around this call.
+            with socket.socket(fileno=os.dup(conn.fileno())) as sock:
+                sock.shutdown(socket.SHUT_RDWR)
+            given_up, deadline = True, time.monotonic() + 1.0
+            continue
+        if state == psycopg2.extensions.POLL_READ:
+            select.select([conn.fileno()], [], [], remaining)
+        elif state == psycopg2.extensions.POLL_WRITE:
+            select.select([], [conn.fileno()], [], remaining)
+        else:  # pragma: no cover - psycopg2 documents no other state
+            raise psycopg2.OperationalError(f"unexpected poll state {state}")
+
+
 def _connect_postgresql(url: str) -> ReconnectingPostgresqlDatabase:
+    if psycopg2 is not None:
+        # Process-wide in psycopg2; every connection Sielum makes wants it.
+        psycopg2.extensions.set_wait_callback(_wait_bounded)
     try:
         parts = urlsplit(url)
         query = parse_qs(parts.query, keep_blank_values=True)
