@@ -134,8 +134,12 @@ def _copy_text(rows: Iterator[tuple[Any, ...]], limit: int) -> io.StringIO | Non
 
 def load_postgres(url: str, tokens: int, devices: int) -> None:
     import psycopg2
+    import psycopg2.extensions
 
     token_rows, device_rows, audit_rows = _rows(tokens, devices, datetime.now(UTC))
+    # Sielum's store sets a process-wide wait callback (store/database.py), and
+    # psycopg2 refuses COPY with one; this bulk load is not Sielum's, so it goes without.
+    psycopg2.extensions.set_wait_callback(None)
     conn = psycopg2.connect(url)
     with conn, conn.cursor() as cur:
         for table, columns, rows in (
