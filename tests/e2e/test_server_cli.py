@@ -76,6 +76,8 @@ def test_init_serve_enroll_and_sigterm(tmp_path: Path, server_factory: list[Serv
     log_lines = [json.loads(line) for line in server.log.splitlines() if line.startswith("{")]
     events = [entry["event"] for entry in log_lines]
     assert "serving" in events and "stopped" in events
+    # SQLite is on this host: the calls run on each worker's event loop.
+    assert {e["calls"] for e in log_lines if e["event"] == "serving"} == {"event loop"}
     enrolled = [e for e in log_lines if e["event"] == "enroll"]
     assert enrolled and enrolled[0]["outcome"] == "ok"
     assert enrolled[0]["device"] == response.device_id

@@ -111,6 +111,8 @@ def test_ok_500_agents_race_for_50_uses_on_two_replicas_sharing_postgresql(
         # Both replicas took part: each issued devices and each refused agents.
         assert " enroll outcome=ok " in replica.log
         assert " enroll outcome=permission_denied " in replica.log
+    assert ' calls="event loop" ' in replicas[0].log
+    assert ' calls="16 threads" ' in replicas[1].log
 
 
 def _second_replica(

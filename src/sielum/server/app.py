@@ -205,6 +205,7 @@ class SielumServer:
             enroll=f"{self.config.enroll_addr.rsplit(':', 1)[0]}:{self.enroll_port}",
             api=f"{self.config.api_addr.rsplit(':', 1)[0]}:{self.api_port}",
             database=_redact_url(self.config.resolved_database_url()),
+            calls=self._runner.description,
             fingerprint=self.ca.fingerprint,
             **({} if self.config.worker_index is None else {"worker": self.config.worker_index}),
         )

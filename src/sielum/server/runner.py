@@ -22,6 +22,8 @@ INTAKE_LIMIT = 2.0
 
 
 class Runner(abc.ABC):
+    description = ""  # where calls run, for the "serving" log line
+
     @abc.abstractmethod
     async def __call__(self, call: Callable[[], T]) -> T:
         """Run call, a blocking function, and return its result."""
@@ -52,6 +54,8 @@ class InlineRunner(Runner):
     holds handlers back: with the loop free, grpc takes in every waiting call
     within milliseconds; then the server stops taking calls, and the held ones run.
     """
+
+    description = "event loop"
 
     def __init__(self) -> None:
         self._open: asyncio.Event | None = None  # set: calls run; None: never held
@@ -91,6 +95,7 @@ class ThreadRunner(Runner):
 
     def __init__(self, threads: int) -> None:
         self._pool = futures.ThreadPoolExecutor(threads, thread_name_prefix="rpc")
+        self.description = f"{threads} threads"
 
     async def __call__(self, call: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, call)
