@@ -262,14 +262,17 @@ class CertDir:
             "re-enroll with `sielum-agent enroll --force`"
         )
 
-    def _read_key(self, name: str) -> tuple[bytes, ec.EllipticCurvePrivateKey]:
+    def _read(self, name: str) -> tuple[Path, bytes]:
         path = self.path(name)
         try:
-            data = path.read_bytes()
+            return path, path.read_bytes()
         except FileNotFoundError:
             raise CertDirError(f"{path} is missing: re-enroll with --force") from None
         except OSError as error:
             raise CertDirError(f"cannot read {path}: {_why(error)}") from None
+
+    def _read_key(self, name: str) -> tuple[bytes, ec.EllipticCurvePrivateKey]:
+        path, data = self._read(name)
         try:
             key = serialization.load_pem_private_key(data, password=None)
         except (ValueError, TypeError):
@@ -279,13 +282,7 @@ class CertDir:
         return data, key
 
     def _read_certificate(self, name: str) -> tuple[bytes, x509.Certificate]:
-        path = self.path(name)
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            raise CertDirError(f"{path} is missing: re-enroll with --force") from None
-        except OSError as error:
-            raise CertDirError(f"cannot read {path}: {_why(error)}") from None
+        path, data = self._read(name)
         try:
             return data, x509.load_pem_x509_certificate(data)
         except ValueError:
