@@ -87,15 +87,10 @@ def serve(kind: str, data_dir: Path, database_url: str, port: int) -> None:
             return await loop.run_in_executor(pool, servicer.Enroll, request, context)
 
     async def stop(server: grpc.aio.Server) -> None:
-        if kind != "aio-inline-take-in":
+        if kind == "aio-inline-take-in":
+            await runner.stop_server(server, GRACE)  # as SielumServer.stop does
+        else:
             await server.stop(GRACE)
-            return
-        # As SielumServer.stop does it.
-        await runner.take_in_waiting_calls(GRACE / 2)
-        stopping = asyncio.create_task(server.stop(GRACE))
-        await asyncio.sleep(0)
-        runner.release()
-        await stopping
 
     async def main() -> None:
         server = grpc.aio.server()

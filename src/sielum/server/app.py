@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-import time
 from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -229,15 +228,7 @@ class SielumServer:
 
     async def _stop(self, grace: float) -> None:
         await self.health.enter_graceful_shutdown()
-        started = time.monotonic()
-        await self._runner.take_in_waiting_calls(limit=grace / 2)
-        stopping = asyncio.create_task(
-            self.grpc_server.stop(max(0.0, grace - (time.monotonic() - started)))
-        )
-        # One turn of the loop: grpc stops taking calls before the held ones run.
-        await asyncio.sleep(0)
-        self._runner.release()
-        await stopping
+        await self._runner.stop_server(self.grpc_server, grace)
         # On the thread that used it: an SQLite connection belongs to one thread.
         await self._runner(self.store.close)
 

@@ -13,6 +13,8 @@ from collections.abc import Callable
 from concurrent import futures
 from typing import TypeVar
 
+import grpc
+
 T = TypeVar("T")
 
 # A stop first takes in the calls waiting in grpc's core; it is done when no call
@@ -29,12 +31,8 @@ class Runner(abc.ABC):
         """Run call, a blocking function, and return its result."""
 
     @abc.abstractmethod
-    async def take_in_waiting_calls(self, limit: float) -> None:
-        """Before a stop: hold calls back until those waiting in grpc's core are taken in."""
-
-    @abc.abstractmethod
-    def release(self) -> None:
-        """After the server stopped taking calls: run what take_in_waiting_calls held."""
+    async def stop_server(self, server: grpc.aio.Server, grace: float) -> None:
+        """Stop server: refuse new calls, finish those that reached it within grace seconds."""
 
     @abc.abstractmethod
     def close(self) -> None:
@@ -68,6 +66,7 @@ class InlineRunner(Runner):
         return call()
 
     async def take_in_waiting_calls(self, limit: float) -> None:
+        """Before a stop: hold calls back until those waiting in grpc's core are taken in."""
         self._open = asyncio.Event()
         # Quiet counts from now: while a handler ran, the loop could take in nothing.
         self._last_arrival = time.monotonic()
@@ -79,8 +78,18 @@ class InlineRunner(Runner):
             await asyncio.sleep(QUIET / 5)
 
     def release(self) -> None:
+        """After the server stopped taking calls: run what take_in_waiting_calls held."""
         if self._open is not None:
             self._open.set()
+
+    async def stop_server(self, server: grpc.aio.Server, grace: float) -> None:
+        started = time.monotonic()
+        await self.take_in_waiting_calls(limit=grace / 2)
+        stopping = asyncio.create_task(server.stop(max(0.0, grace - (time.monotonic() - started))))
+        # One turn of the loop: grpc stops taking calls before the held ones run.
+        await asyncio.sleep(0)
+        self.release()
+        await stopping
 
     def close(self) -> None:
         pass  # nothing of its own
@@ -100,11 +109,9 @@ class ThreadRunner(Runner):
     async def __call__(self, call: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, call)
 
-    async def take_in_waiting_calls(self, limit: float) -> None:
-        pass  # the loop was never blocked: no call waits in the core
-
-    def release(self) -> None:
-        pass
+    async def stop_server(self, server: grpc.aio.Server, grace: float) -> None:
+        # The loop was never blocked, so no call waits in grpc's core.
+        await server.stop(grace)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)

@@ -253,7 +253,7 @@ def _connect_postgresql(url: str) -> ReconnectingPostgresqlDatabase:
     )
 
 
-_LOCAL_HOSTS = {"", "localhost", "127.0.0.1", "::1", "[::1]"}
+_LOCAL_HOSTS = {"", "localhost", "127.0.0.1", "::1"}
 
 
 def is_on_this_host(url: str) -> bool:
