@@ -90,6 +90,35 @@ def test_ok_retry_with_same_key_returns_same_device_without_a_second_use(harness
     assert token.token.state == admin_pb2.TOKEN_STATE_EXHAUSTED
 
 
+def test_ok_retry_after_the_token_was_revoked_returns_same_device(harness: Harness) -> None:
+    created = harness.create_token()
+    first, key = harness.enroll(created.secret)
+    harness.admin().RevokeEnrollmentToken(
+        admin_pb2.RevokeEnrollmentTokenRequest(id=created.token.id)
+    )
+    # The agent lost the answer and asks again after the rollout's token was revoked.
+    again, _ = harness.enroll(created.secret, key=key)
+    assert again.device_id == first.device_id
+    assert again.certificate_pem == first.certificate_pem
+    # A new key under the revoked token is still refused.
+    code, details = status_of(lambda: harness.enroll(created.secret))
+    assert code is grpc.StatusCode.PERMISSION_DENIED
+    assert details == "enrollment token has been revoked"
+
+
+def test_fail_retry_for_a_revoked_device(harness: Harness) -> None:
+    created = harness.create_token()
+    first, key = harness.enroll(created.secret)
+    harness.admin().RevokeDevice(admin_pb2.RevokeDeviceRequest(id=first.device_id))
+    code, details = status_of(lambda: harness.enroll(created.secret, key=key))
+    assert code is grpc.StatusCode.PERMISSION_DENIED
+    assert details == "the device for this key has been revoked"
+    token = harness.admin().GetEnrollmentToken(
+        admin_pb2.GetEnrollmentTokenRequest(id=created.token.id)
+    )
+    assert token.token.uses == 1
+
+
 def test_fail_cloned_key_under_another_token(harness: Harness) -> None:
     one = harness.create_token()
     two = harness.create_token()
