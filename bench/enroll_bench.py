@@ -39,6 +39,10 @@ class Row:
     peak_rss_mib: float  # sum over the server's processes
     peak_rss_per_process_mib: float
     per_process_cpu: list[float]
+    # Cores each server process kept busy on average, and cores the machine left idle:
+    # with workers, shows whether both carry the load and whether anything waits.
+    per_process_cores: list[float]
+    idle_cores: float
     # CPU the rest of the machine used meanwhile (other people's jobs on a shared box):
     # all busy CPU minus this server and this client.
     other_cpu_seconds: float
@@ -84,16 +88,20 @@ def measure(
     def on_start() -> None:
         cpu["start"] = [procstat.cpu_seconds(p) for p in pids]
         cpu["machine"] = [procstat.machine_busy_seconds()]
+        cpu["wall"] = [time.monotonic()]
         sampler.__enter__()
 
     def on_end() -> None:
         cpu["end"] = [procstat.cpu_seconds(p) for p in pids]
         cpu["machine"].append(procstat.machine_busy_seconds())
+        cpu["wall"].append(time.monotonic())
         sampler.__exit__()
 
     figures = run_load(specs, on_start, on_end, timeout=args.duration + 120)
     per_process = [e - s for s, e in zip(cpu["start"], cpu["end"], strict=True)]
     server_cpu = sum(per_process)
+    wall = cpu["wall"][1] - cpu["wall"][0]
+    machine_busy = cpu["machine"][1] - cpu["machine"][0]
     row = Row(
         system=system,
         mode=mode,
@@ -104,17 +112,22 @@ def measure(
         peak_rss_mib=sampler.peak_total_kib / 1024,
         peak_rss_per_process_mib=sampler.peak_per_process_kib / 1024,
         per_process_cpu=per_process,
+        per_process_cores=[c / wall for c in per_process],
+        idle_cores=max(0.0, (os.cpu_count() or 1) - machine_busy / wall),
         other_cpu_seconds=max(
             0.0,
             cpu["machine"][1] - cpu["machine"][0] - server_cpu - figures.client_cpu_seconds,
         ),
     )
     f = figures
+    # The supervisor of `--workers N` only waits: its share is left out.
+    cores = "+".join(f"{c:.2f}" for c in row.per_process_cores if c >= 0.005) or "0"
     print(
         f"  {system:14} {mode:6} c={concurrency:<4} {f.per_second:8.0f}/s  "
         f"p50 {f.p50_ms:7.1f} p99 {f.p99_ms:7.1f} max {f.max_ms:7.1f} ms  "
         f"server {row.server_us_per_call:6.0f} us/call  client cpu {f.client_cpu_seconds:5.1f}s  "
         f"rss {row.peak_rss_mib:5.0f} MiB  other cpu {row.other_cpu_seconds:4.1f}s  "
+        f"server cores {cores}  idle cores {row.idle_cores:.2f}  "
         f"ok {f.ok} errors {f.errors or 0}",
         flush=True,
     )
