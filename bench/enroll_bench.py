@@ -42,6 +42,8 @@ class Row:
     # Cores each server process kept busy on average, and cores the machine left idle:
     # with workers, shows whether both carry the load and whether anything waits.
     per_process_cores: list[float]
+    # Seconds per second the server's threads were ready but waited for a core.
+    run_queue_wait: float
     idle_cores: float
     # CPU the rest of the machine used meanwhile (other people's jobs on a shared box):
     # all busy CPU minus this server and this client.
@@ -87,12 +89,14 @@ def measure(
 
     def on_start() -> None:
         cpu["start"] = [procstat.cpu_seconds(p) for p in pids]
+        cpu["waited"] = [sum(procstat.run_queue_wait_seconds(p) for p in pids)]
         cpu["machine"] = [procstat.machine_busy_seconds()]
         cpu["wall"] = [time.monotonic()]
         sampler.__enter__()
 
     def on_end() -> None:
         cpu["end"] = [procstat.cpu_seconds(p) for p in pids]
+        cpu["waited"].append(sum(procstat.run_queue_wait_seconds(p) for p in pids))
         cpu["machine"].append(procstat.machine_busy_seconds())
         cpu["wall"].append(time.monotonic())
         sampler.__exit__()
@@ -113,6 +117,7 @@ def measure(
         peak_rss_per_process_mib=sampler.peak_per_process_kib / 1024,
         per_process_cpu=per_process,
         per_process_cores=[c / wall for c in per_process],
+        run_queue_wait=(cpu["waited"][1] - cpu["waited"][0]) / wall,
         idle_cores=max(0.0, (os.cpu_count() or 1) - machine_busy / wall),
         other_cpu_seconds=max(
             0.0,
@@ -127,7 +132,8 @@ def measure(
         f"p50 {f.p50_ms:7.1f} p99 {f.p99_ms:7.1f} max {f.max_ms:7.1f} ms  "
         f"server {row.server_us_per_call:6.0f} us/call  client cpu {f.client_cpu_seconds:5.1f}s  "
         f"rss {row.peak_rss_mib:5.0f} MiB  other cpu {row.other_cpu_seconds:4.1f}s  "
-        f"server cores {cores}  idle cores {row.idle_cores:.2f}  "
+        f"server cores {cores}  waiting for a core {row.run_queue_wait:.2f}  "
+        f"idle cores {row.idle_cores:.2f}  "
         f"ok {f.ok} errors {f.errors or 0}",
         flush=True,
     )

@@ -22,6 +22,24 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
+def run_queue_wait_seconds(pid: int) -> float:
+    """Seconds the threads of pid spent ready to run but waiting for a core; 0 when gone.
+
+    The second field of /proc/<pid>/task/<tid>/schedstat, summed over threads.
+    """
+    total = 0
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0.0
+    for tid in tids:
+        try:
+            total += int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    return total / 1e9
+
+
 def machine_busy_seconds() -> float:
     """CPU seconds all cores spent on anything but idle and I/O wait since boot."""
     fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
