@@ -250,7 +250,7 @@ class Store:
                 if consumed.rowcount == 0:
                     raise TokenUnusableError("enrollment token cannot be used")
                 execute(self.db, sql.insert_device, _device_values(device, facts))
-                execute(self.db, sql.insert_audit, _audit_values(audit))
+                self._insert_audit(audit)
         except peewee.IntegrityError as exc:
             # The transaction rolled back, so the use was not consumed.
             raise AlreadyExistsError(_KEY_ENROLLED) from exc
@@ -375,14 +375,7 @@ class Store:
         ]
 
     def _insert_audit(self, event: AuditEvent) -> None:
-        self._t.audit_event.insert(
-            at=event.at,
-            actor=event.actor,
-            action=event.action,
-            resource=event.resource,
-            peer=event.peer,
-            detail=event.detail,
-        ).execute()
+        execute(self.db, self._sql.insert_audit, _audit_values(event))
 
 
 def token_state_condition(T: Any, state: TokenState, now: datetime) -> Any:
