@@ -434,7 +434,10 @@ def _cmd_tokens_list(args: argparse.Namespace, api: Api, bundle: AdminBundle) ->
 
 def _cmd_tokens_get(args: argparse.Namespace, api: Api, bundle: AdminBundle) -> int:
     reply = api.call(api.stub.GetEnrollmentToken, admin_pb2.GetEnrollmentTokenRequest(id=args.id))
-    print(json.dumps(_to_dict(reply), indent=2) if args.json else _token_details(reply.token))
+    if args.json:
+        _print_json(_to_dict(reply))
+    else:
+        print(_token_details(reply.token))
     return EXIT_OK
 
 
@@ -464,7 +467,10 @@ def _cmd_devices_list(args: argparse.Namespace, api: Api, bundle: AdminBundle) -
 
 def _cmd_devices_get(args: argparse.Namespace, api: Api, bundle: AdminBundle) -> int:
     reply = api.call(api.stub.GetDevice, admin_pb2.GetDeviceRequest(id=args.id))
-    print(json.dumps(_to_dict(reply), indent=2) if args.json else _device_details(reply.device))
+    if args.json:
+        _print_json(_to_dict(reply))
+    else:
+        print(_device_details(reply.device))
     return EXIT_OK
 
 
