@@ -90,26 +90,7 @@ def test_token_and_enrollment_with_buf_curl_and_openssl(
     secret = reply["secret"]
 
     key, csr = tmp_path / "device.key", tmp_path / "device.csr"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-new",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            str(key),
-            "-subj",
-            "/CN=buf-host",
-            "-out",
-            str(csr),
-        ],
-        check=True,
-        capture_output=True,
-    )
+    _openssl_csr(key, csr, "buf-host")
     body = tmp_path / "enroll.json"
     body.write_text(
         json.dumps(
@@ -160,26 +141,7 @@ def test_token_and_enrollment_with_buf_curl_and_openssl(
     )
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout)["deviceId"] == answer["deviceId"]
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-new",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            str(tmp_path / "other.key"),
-            "-subj",
-            "/CN=other",
-            "-out",
-            str(csr),
-        ],
-        check=True,
-        capture_output=True,
-    )
+    _openssl_csr(tmp_path / "other.key", csr, "other")
     body.write_text(json.dumps({"token": secret, "csrPem": csr.read_text()}))
     refused = buf_curl(
         tmp_path,
@@ -206,3 +168,27 @@ def test_token_and_enrollment_with_buf_curl_and_openssl(
     )
     assert beat.returncode == 0, beat.stderr
     assert json.loads(beat.stdout)["deviceId"] == answer["deviceId"]
+
+
+def _openssl_csr(key: Path, csr: Path, common_name: str) -> None:
+    """A fresh P-256 key and its CSR, made by openssl as an outside tool would."""
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-subj",
+            f"/CN={common_name}",
+            "-out",
+            str(csr),
+        ],
+        check=True,
+        capture_output=True,
+    )
