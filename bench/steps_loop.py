@@ -78,7 +78,7 @@ def main() -> int:
     from sielum.enroll.service import Enroller
     from sielum.enroll.servicer import EnrollServicer
     from sielum.enroll.v1 import enroll_pb2
-    from sielum.server.logs import configure_logging
+    from sielum.logs import configure_logging
     from sielum.store.store import Store
 
     work = Path(tempfile.mkdtemp(prefix="sielum-steps-"))

@@ -19,7 +19,7 @@ from sielum.ca.profile import DEFAULT_DEVICE_TTL, fingerprint
 from sielum.cli.durations import parse_duration
 from sielum.enroll.ratelimit import FailureLimit
 from sielum.errors import InvalidArgumentError, SielumError
-from sielum.server.logs import configure_logging, log_event
+from sielum.logs import configure_logging, log_event
 from sielum.server.workers import (
     Supervisor,
     default_workers,

@@ -12,7 +12,7 @@ from sielum.clock import Clock
 from sielum.devices import policy as devices
 from sielum.errors import NotFoundError, PermissionDeniedError, SielumError
 from sielum.model import AuditEvent
-from sielum.server.logs import log_event
+from sielum.logs import log_event
 from sielum.store.store import Store
 
 log = logging.getLogger("sielum.agent")

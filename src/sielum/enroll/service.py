@@ -24,7 +24,7 @@ from sielum.errors import (
     UnauthenticatedError,
 )
 from sielum.model import AuditEvent, Device, Token
-from sielum.server.logs import log_event
+from sielum.logs import log_event
 from sielum.store.store import Store
 
 log = logging.getLogger("sielum.enroll")

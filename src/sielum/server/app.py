@@ -30,7 +30,7 @@ from sielum.enroll.service import Enroller
 from sielum.enroll.servicer import EnrollServicer
 from sielum.enroll.v1 import enroll_pb2, enroll_pb2_grpc
 from sielum.server.auth import METHOD_ROLES, ServerInterceptor
-from sielum.server.logs import log_event
+from sielum.logs import log_event
 from sielum.server.runner import InlineRunner, Runner, ThreadRunner
 from sielum.store.database import is_on_this_host
 from sielum.store.store import Store

@@ -21,7 +21,7 @@ from sielum.errors import (
     PermissionDeniedError,
     SielumError,
 )
-from sielum.server.logs import log_event
+from sielum.logs import log_event
 from sielum.server.pb import peer_host
 from sielum.server.runner import Runner
 

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import FrameType
 
-from sielum.server.logs import log_event
+from sielum.logs import log_event
 
 log = logging.getLogger("sielum.server")
 
