@@ -30,6 +30,17 @@ PORTS = ("enroll", "api")
 _REFLECTION_V1 = "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"
 _REFLECTION_V1ALPHA = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
 _HEALTH_LIST = "/grpc.health.v1.Health/List"
+# Methods of the contract whose handlers have not landed yet: authorized like every
+# other method, then UNIMPLEMENTED. Each issue that answers one removes it here.
+NOT_YET_ANSWERED = {
+    "/sielum.admin.v1.AdminService/CreateAdmin",
+    "/sielum.admin.v1.AdminService/ListAdmins",
+    "/sielum.admin.v1.AdminService/RevokeAdmin",
+    "/sielum.admin.v1.AdminService/ListAuditEvents",
+    "/sielum.admin.v1.AdminService/CreateDashboardLogin",
+    "/sielum.admin.v1.AdminService/GetOverview",
+    "/sielum.agent.v1.AgentService/Unenroll",
+}
 
 
 def _descriptors() -> dict[str, Any]:
@@ -212,6 +223,8 @@ def expected(method: str, port: str, identity: str) -> tuple[str, str | None]:
         return "PERMISSION_DENIED", f"{method} needs {_a(role)} certificate; this one is {caller}"
     if identity == "revoked-device":
         return "PERMISSION_DENIED", "device has been revoked"
+    if method in NOT_YET_ANSWERED:
+        return "UNIMPLEMENTED", f"{method.rsplit('/', 1)[1]} is not implemented yet"
     return "OK", ""
 
 

@@ -8,7 +8,7 @@ import grpc
 import pytest
 
 from sielum.admin.v1 import admin_pb2
-from sielum.server.pb import to_timestamp
+from sielum.pb import to_timestamp
 
 from .conftest import Harness, status_of
 

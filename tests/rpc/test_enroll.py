@@ -16,7 +16,7 @@ from sielum.admin.v1 import admin_pb2
 from sielum.agent.v1 import agent_pb2
 from sielum.enroll.ratelimit import FailureLimit
 from sielum.enroll.v1 import enroll_pb2
-from sielum.server.pb import to_timestamp
+from sielum.pb import to_timestamp
 from sielum.tokens import make_secret, new_token_id
 
 from .conftest import Harness, make_csr, start_harness, status_of

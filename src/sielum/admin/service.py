@@ -11,8 +11,8 @@ from sielum import tokens
 from sielum.ca.profile import validate_name
 from sielum.clock import Clock
 from sielum.errors import InvalidArgumentError, NotFoundError
-from sielum.model import AuditEvent, Device, Page, Token, TokenState
 from sielum.logs import log_event
+from sielum.model import AuditEvent, Device, Page, Token, TokenState
 from sielum.store.store import Store
 
 log = logging.getLogger("sielum.admin")

@@ -11,8 +11,8 @@ from sielum.ca.profile import load_csr, public_key_sha256
 from sielum.clock import Clock
 from sielum.devices import policy as devices
 from sielum.errors import NotFoundError, PermissionDeniedError, SielumError
-from sielum.model import AuditEvent
 from sielum.logs import log_event
+from sielum.model import AuditEvent
 from sielum.store.store import Store
 
 log = logging.getLogger("sielum.agent")

@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
-from sielum.agent.v1 import agent_pb2, agent_pb2_grpc
+from sielum.agent.v1 import agent_pb2
 from sielum.devices.service import DeviceService
-from sielum.server.auth import CallContext, require_identity
-from sielum.server.pb import peer_host, to_timestamp
+from sielum.identity import Call
+from sielum.pb import to_timestamp
 
 
-class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
+class AgentServicer:
+    """sielum.agent.v1.AgentService: one method per RPC, of (request, authorized Call)."""
+
     def __init__(self, service: DeviceService) -> None:
         self._service = service
 
     def Heartbeat(
-        self, request: agent_pb2.HeartbeatRequest, context: CallContext
+        self, request: agent_pb2.HeartbeatRequest, call: Call
     ) -> agent_pb2.HeartbeatResponse:
-        caller = require_identity(context)
+        caller = call.identity()
+        # The authorizer admits only device certificates here, which carry both.
+        assert caller.not_before is not None and caller.not_after is not None
         beat = self._service.heartbeat(caller.name, caller.not_before, caller.not_after)
         return agent_pb2.HeartbeatResponse(
             device_id=beat.device_id,
@@ -25,12 +29,17 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         )
 
     def RenewCertificate(
-        self, request: agent_pb2.RenewCertificateRequest, context: CallContext
+        self, request: agent_pb2.RenewCertificateRequest, call: Call
     ) -> agent_pb2.RenewCertificateResponse:
-        caller = require_identity(context)
-        issued = self._service.renew(caller.name, request.csr_pem, peer_host(context.peer()))
+        caller = call.identity()
+        issued = self._service.renew(caller.name, request.csr_pem, call.peer)
         return agent_pb2.RenewCertificateResponse(
             certificate_pem=issued.certificate_pem,
             ca_certificate_pem=self._service.ca_certificate_pem,
             not_after=to_timestamp(issued.not_after),
         )
+
+    def Unenroll(
+        self, request: agent_pb2.UnenrollRequest, call: Call
+    ) -> agent_pb2.UnenrollResponse:
+        raise NotImplementedError("Unenroll is not implemented yet")

@@ -23,8 +23,8 @@ from sielum.errors import (
     TokenUnusableError,
     UnauthenticatedError,
 )
-from sielum.model import AuditEvent, Device, Token
 from sielum.logs import log_event
+from sielum.model import AuditEvent, Device, Token
 from sielum.store.store import Store
 
 log = logging.getLogger("sielum.enroll")

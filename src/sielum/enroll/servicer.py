@@ -3,26 +3,26 @@
 from __future__ import annotations
 
 from sielum.enroll.service import Enroller, EnrollmentRequest
-from sielum.enroll.v1 import enroll_pb2, enroll_pb2_grpc
-from sielum.server.auth import CallContext
-from sielum.server.pb import peer_host, to_timestamp
+from sielum.enroll.v1 import enroll_pb2
+from sielum.identity import Call
+from sielum.pb import to_timestamp
 
 
-class EnrollServicer(enroll_pb2_grpc.EnrollServiceServicer):
+class EnrollServicer:
+    """sielum.enroll.v1.EnrollService, of (request, authorized Call)."""
+
     def __init__(self, enroller: Enroller, api_endpoint: str) -> None:
         self._enroller = enroller
         self._api_endpoint = api_endpoint
 
-    def Enroll(
-        self, request: enroll_pb2.EnrollRequest, context: CallContext
-    ) -> enroll_pb2.EnrollResponse:
+    def Enroll(self, request: enroll_pb2.EnrollRequest, call: Call) -> enroll_pb2.EnrollResponse:
         result = self._enroller.enroll(
             EnrollmentRequest(
                 token=request.token,
                 csr_pem=request.csr_pem,
                 hostname=request.hostname,
                 facts=dict(request.facts),
-                peer=peer_host(context.peer()),
+                peer=call.peer,
             )
         )
         return enroll_pb2.EnrollResponse(

@@ -17,8 +17,8 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_g
 
 from sielum.admin.service import Administration
 from sielum.admin.servicer import AdminServicer
-from sielum.admin.v1 import admin_pb2, admin_pb2_grpc
-from sielum.agent.v1 import agent_pb2, agent_pb2_grpc
+from sielum.admin.v1 import admin_pb2
+from sielum.agent.v1 import agent_pb2
 from sielum.ca.authority import CertificateAuthority
 from sielum.ca.datadir import load_server_credentials
 from sielum.ca.profile import DEFAULT_DEVICE_TTL
@@ -28,10 +28,13 @@ from sielum.devices.servicer import AgentServicer
 from sielum.enroll.ratelimit import FailureLimit, FailureLimiter
 from sielum.enroll.service import Enroller
 from sielum.enroll.servicer import EnrollServicer
-from sielum.enroll.v1 import enroll_pb2, enroll_pb2_grpc
-from sielum.server.auth import METHOD_ROLES, ServerInterceptor
+from sielum.enroll.v1 import enroll_pb2
+from sielum.identity import Role
 from sielum.logs import log_event
+from sielum.server.auth import METHOD_ROLES, Authorizer
+from sielum.server.interceptor import ServerInterceptor
 from sielum.server.runner import InlineRunner, Runner, ThreadRunner
+from sielum.server.services import UnaryMethod, grpc_handler, unary_methods
 from sielum.store.database import is_on_this_host
 from sielum.store.store import Store
 
@@ -39,11 +42,11 @@ log = logging.getLogger("sielum.server")
 
 MAX_MESSAGE_BYTES = 256 * 1024
 DATABASE_THREADS = 16  # handler threads when the database is across a network
-SERVICE_NAMES = (
-    enroll_pb2.DESCRIPTOR.services_by_name["EnrollService"].full_name,
-    admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
-    agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name,
-)
+ENROLL_SERVICE = enroll_pb2.DESCRIPTOR.services_by_name["EnrollService"]
+ADMIN_SERVICE = admin_pb2.DESCRIPTOR.services_by_name["AdminService"]
+AGENT_SERVICE = agent_pb2.DESCRIPTOR.services_by_name["AgentService"]
+SERVICES = (ENROLL_SERVICE, ADMIN_SERVICE, AGENT_SERVICE)
+SERVICE_NAMES = tuple(service.full_name for service in SERVICES)
 _REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
 T = TypeVar("T")
 
@@ -151,7 +154,12 @@ class SielumServer:
         config = self.config
         server_key, server_chain, ca_pem = load_server_credentials(config.data_dir)
         device_service = DeviceService(self.store, self.ca, self.clock)
-        interceptor = ServerInterceptor(METHOD_ROLES, device_service.check_may_call, self._runner)
+        self.authorizer = Authorizer(
+            METHOD_ROLES,
+            {Role.DEVICE: lambda caller: device_service.check_may_call(caller.name)},
+        )
+        ours = [f"/{service.full_name}/{m.name}" for service in SERVICES for m in service.methods]
+        interceptor = ServerInterceptor(self.authorizer, self._runner, ours)
         self.grpc_server = grpc.aio.server(
             interceptors=[interceptor],
             options=[
@@ -175,15 +183,19 @@ class SielumServer:
         )
 
         limiter = FailureLimiter(config.failure_limit)
-        enroll_pb2_grpc.add_EnrollServiceServicer_to_server(
-            EnrollServicer(Enroller(self.store, self.ca, self.clock, limiter), self.api_endpoint),
-            self.grpc_server,
-        )
-        admin_pb2_grpc.add_AdminServiceServicer_to_server(
-            AdminServicer(Administration(self.store, self.clock)), self.grpc_server
-        )
-        agent_pb2_grpc.add_AgentServiceServicer_to_server(
-            AgentServicer(device_service), self.grpc_server
+        enroller = Enroller(self.store, self.ca, self.clock, limiter)
+        # Each service's methods, by full name; the dashboard serves AdminService's too.
+        self.services: dict[str, tuple[UnaryMethod, ...]] = {
+            ENROLL_SERVICE.full_name: unary_methods(
+                ENROLL_SERVICE, EnrollServicer(enroller, self.api_endpoint)
+            ),
+            ADMIN_SERVICE.full_name: unary_methods(
+                ADMIN_SERVICE, AdminServicer(Administration(self.store, self.clock))
+            ),
+            AGENT_SERVICE.full_name: unary_methods(AGENT_SERVICE, AgentServicer(device_service)),
+        }
+        self.grpc_server.add_generic_rpc_handlers(
+            tuple(grpc_handler(name, methods) for name, methods in self.services.items())
         )
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
@@ -250,9 +262,7 @@ def _redact_url(url: str) -> str:
 def iter_services() -> Iterator[Any]:
     """Every service descriptor this server registers (for the authorization-table test)."""
     yield from (
-        enroll_pb2.DESCRIPTOR.services_by_name["EnrollService"],
-        admin_pb2.DESCRIPTOR.services_by_name["AdminService"],
-        agent_pb2.DESCRIPTOR.services_by_name["AgentService"],
+        *SERVICES,
         health_pb2.DESCRIPTOR.services_by_name["Health"],
         reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"],
     )

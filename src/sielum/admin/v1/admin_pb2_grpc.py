@@ -26,8 +26,10 @@ if _version_not_supported:
 
 
 class AdminServiceStub:
-    """AdminService manages enrollment tokens and enrolled devices.
-    Every method requires an admin client certificate (mTLS).
+    """AdminService manages enrollment tokens, enrolled devices and admins, and reads
+    the audit trail. Every method requires an active admin: an admin client
+    certificate (mTLS) on the gRPC API port, or a dashboard session on the
+    dashboard port (the Connect protocol).
     """
 
     def __init__(self, channel):
@@ -71,11 +73,43 @@ class AdminServiceStub:
                 request_serializer=sielum_dot_admin_dot_v1_dot_admin__pb2.RevokeDeviceRequest.SerializeToString,
                 response_deserializer=sielum_dot_admin_dot_v1_dot_admin__pb2.RevokeDeviceResponse.FromString,
                 _registered_method=True)
+        self.CreateAdmin = channel.unary_unary(
+                '/sielum.admin.v1.AdminService/CreateAdmin',
+                request_serializer=sielum_dot_admin_dot_v1_dot_admin__pb2.CreateAdminRequest.SerializeToString,
+                response_deserializer=sielum_dot_admin_dot_v1_dot_admin__pb2.CreateAdminResponse.FromString,
+                _registered_method=True)
+        self.ListAdmins = channel.unary_unary(
+                '/sielum.admin.v1.AdminService/ListAdmins',
+                request_serializer=sielum_dot_admin_dot_v1_dot_admin__pb2.ListAdminsRequest.SerializeToString,
+                response_deserializer=sielum_dot_admin_dot_v1_dot_admin__pb2.ListAdminsResponse.FromString,
+                _registered_method=True)
+        self.RevokeAdmin = channel.unary_unary(
+                '/sielum.admin.v1.AdminService/RevokeAdmin',
+                request_serializer=sielum_dot_admin_dot_v1_dot_admin__pb2.RevokeAdminRequest.SerializeToString,
+                response_deserializer=sielum_dot_admin_dot_v1_dot_admin__pb2.RevokeAdminResponse.FromString,
+                _registered_method=True)
+        self.ListAuditEvents = channel.unary_unary(
+                '/sielum.admin.v1.AdminService/ListAuditEvents',
+                request_serializer=sielum_dot_admin_dot_v1_dot_admin__pb2.ListAuditEventsRequest.SerializeToString,
+                response_deserializer=sielum_dot_admin_dot_v1_dot_admin__pb2.ListAuditEventsResponse.FromString,
+                _registered_method=True)
+        self.CreateDashboardLogin = channel.unary_unary(
+                '/sielum.admin.v1.AdminService/CreateDashboardLogin',
+                request_serializer=sielum_dot_admin_dot_v1_dot_admin__pb2.CreateDashboardLoginRequest.SerializeToString,
+                response_deserializer=sielum_dot_admin_dot_v1_dot_admin__pb2.CreateDashboardLoginResponse.FromString,
+                _registered_method=True)
+        self.GetOverview = channel.unary_unary(
+                '/sielum.admin.v1.AdminService/GetOverview',
+                request_serializer=sielum_dot_admin_dot_v1_dot_admin__pb2.GetOverviewRequest.SerializeToString,
+                response_deserializer=sielum_dot_admin_dot_v1_dot_admin__pb2.GetOverviewResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
-    """AdminService manages enrollment tokens and enrolled devices.
-    Every method requires an admin client certificate (mTLS).
+    """AdminService manages enrollment tokens, enrolled devices and admins, and reads
+    the audit trail. Every method requires an active admin: an admin client
+    certificate (mTLS) on the gRPC API port, or a dashboard session on the
+    dashboard port (the Connect protocol).
     """
 
     def CreateEnrollmentToken(self, request, context):
@@ -123,6 +157,51 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateAdmin(self, request, context):
+        """CreateAdmin registers a new admin and certifies the key of its CSR; the
+        private key never leaves the new admin's machine.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAdmins(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeAdmin(self, request, context):
+        """RevokeAdmin refuses the admin's certificates and ends their dashboard
+        sessions from their very next call. Revoking the last active admin is
+        FAILED_PRECONDITION.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAuditEvents(self, request, context):
+        """ListAuditEvents reads the audit trail, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateDashboardLogin(self, request, context):
+        """CreateDashboardLogin makes a one-time login link to the dashboard for the
+        calling admin, valid for 5 minutes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetOverview(self, request, context):
+        """GetOverview counts tokens and devices by state and enrollments per day.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -161,6 +240,36 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     request_deserializer=sielum_dot_admin_dot_v1_dot_admin__pb2.RevokeDeviceRequest.FromString,
                     response_serializer=sielum_dot_admin_dot_v1_dot_admin__pb2.RevokeDeviceResponse.SerializeToString,
             ),
+            'CreateAdmin': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateAdmin,
+                    request_deserializer=sielum_dot_admin_dot_v1_dot_admin__pb2.CreateAdminRequest.FromString,
+                    response_serializer=sielum_dot_admin_dot_v1_dot_admin__pb2.CreateAdminResponse.SerializeToString,
+            ),
+            'ListAdmins': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAdmins,
+                    request_deserializer=sielum_dot_admin_dot_v1_dot_admin__pb2.ListAdminsRequest.FromString,
+                    response_serializer=sielum_dot_admin_dot_v1_dot_admin__pb2.ListAdminsResponse.SerializeToString,
+            ),
+            'RevokeAdmin': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeAdmin,
+                    request_deserializer=sielum_dot_admin_dot_v1_dot_admin__pb2.RevokeAdminRequest.FromString,
+                    response_serializer=sielum_dot_admin_dot_v1_dot_admin__pb2.RevokeAdminResponse.SerializeToString,
+            ),
+            'ListAuditEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAuditEvents,
+                    request_deserializer=sielum_dot_admin_dot_v1_dot_admin__pb2.ListAuditEventsRequest.FromString,
+                    response_serializer=sielum_dot_admin_dot_v1_dot_admin__pb2.ListAuditEventsResponse.SerializeToString,
+            ),
+            'CreateDashboardLogin': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateDashboardLogin,
+                    request_deserializer=sielum_dot_admin_dot_v1_dot_admin__pb2.CreateDashboardLoginRequest.FromString,
+                    response_serializer=sielum_dot_admin_dot_v1_dot_admin__pb2.CreateDashboardLoginResponse.SerializeToString,
+            ),
+            'GetOverview': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetOverview,
+                    request_deserializer=sielum_dot_admin_dot_v1_dot_admin__pb2.GetOverviewRequest.FromString,
+                    response_serializer=sielum_dot_admin_dot_v1_dot_admin__pb2.GetOverviewResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'sielum.admin.v1.AdminService', rpc_method_handlers)
@@ -170,8 +279,10 @@ def add_AdminServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class AdminService:
-    """AdminService manages enrollment tokens and enrolled devices.
-    Every method requires an admin client certificate (mTLS).
+    """AdminService manages enrollment tokens, enrolled devices and admins, and reads
+    the audit trail. Every method requires an active admin: an admin client
+    certificate (mTLS) on the gRPC API port, or a dashboard session on the
+    dashboard port (the Connect protocol).
     """
 
     @staticmethod
@@ -353,6 +464,168 @@ class AdminService:
             '/sielum.admin.v1.AdminService/RevokeDevice',
             sielum_dot_admin_dot_v1_dot_admin__pb2.RevokeDeviceRequest.SerializeToString,
             sielum_dot_admin_dot_v1_dot_admin__pb2.RevokeDeviceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateAdmin(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sielum.admin.v1.AdminService/CreateAdmin',
+            sielum_dot_admin_dot_v1_dot_admin__pb2.CreateAdminRequest.SerializeToString,
+            sielum_dot_admin_dot_v1_dot_admin__pb2.CreateAdminResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAdmins(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sielum.admin.v1.AdminService/ListAdmins',
+            sielum_dot_admin_dot_v1_dot_admin__pb2.ListAdminsRequest.SerializeToString,
+            sielum_dot_admin_dot_v1_dot_admin__pb2.ListAdminsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeAdmin(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sielum.admin.v1.AdminService/RevokeAdmin',
+            sielum_dot_admin_dot_v1_dot_admin__pb2.RevokeAdminRequest.SerializeToString,
+            sielum_dot_admin_dot_v1_dot_admin__pb2.RevokeAdminResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAuditEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sielum.admin.v1.AdminService/ListAuditEvents',
+            sielum_dot_admin_dot_v1_dot_admin__pb2.ListAuditEventsRequest.SerializeToString,
+            sielum_dot_admin_dot_v1_dot_admin__pb2.ListAuditEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateDashboardLogin(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sielum.admin.v1.AdminService/CreateDashboardLogin',
+            sielum_dot_admin_dot_v1_dot_admin__pb2.CreateDashboardLoginRequest.SerializeToString,
+            sielum_dot_admin_dot_v1_dot_admin__pb2.CreateDashboardLoginResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetOverview(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sielum.admin.v1.AdminService/GetOverview',
+            sielum_dot_admin_dot_v1_dot_admin__pb2.GetOverviewRequest.SerializeToString,
+            sielum_dot_admin_dot_v1_dot_admin__pb2.GetOverviewResponse.FromString,
             options,
             channel_credentials,
             insecure,

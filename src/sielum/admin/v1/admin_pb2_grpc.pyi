@@ -27,8 +27,10 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class AdminServiceStub:
-    """AdminService manages enrollment tokens and enrolled devices.
-    Every method requires an admin client certificate (mTLS).
+    """AdminService manages enrollment tokens, enrolled devices and admins, and reads
+    the audit trail. Every method requires an active admin: an admin client
+    certificate (mTLS) on the gRPC API port, or a dashboard session on the
+    dashboard port (the Connect protocol).
     """
 
     @_typing.overload
@@ -45,11 +47,31 @@ class AdminServiceStub:
     GetDevice: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetDeviceRequest, _admin_pb2.GetDeviceResponse]
     RevokeDevice: _grpc.UnaryUnaryMultiCallable[_admin_pb2.RevokeDeviceRequest, _admin_pb2.RevokeDeviceResponse]
     """RevokeDevice refuses the device's certificate from its very next call."""
+    CreateAdmin: _grpc.UnaryUnaryMultiCallable[_admin_pb2.CreateAdminRequest, _admin_pb2.CreateAdminResponse]
+    """CreateAdmin registers a new admin and certifies the key of its CSR; the
+    private key never leaves the new admin's machine.
+    """
+    ListAdmins: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListAdminsRequest, _admin_pb2.ListAdminsResponse]
+    RevokeAdmin: _grpc.UnaryUnaryMultiCallable[_admin_pb2.RevokeAdminRequest, _admin_pb2.RevokeAdminResponse]
+    """RevokeAdmin refuses the admin's certificates and ends their dashboard
+    sessions from their very next call. Revoking the last active admin is
+    FAILED_PRECONDITION.
+    """
+    ListAuditEvents: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListAuditEventsRequest, _admin_pb2.ListAuditEventsResponse]
+    """ListAuditEvents reads the audit trail, newest first."""
+    CreateDashboardLogin: _grpc.UnaryUnaryMultiCallable[_admin_pb2.CreateDashboardLoginRequest, _admin_pb2.CreateDashboardLoginResponse]
+    """CreateDashboardLogin makes a one-time login link to the dashboard for the
+    calling admin, valid for 5 minutes.
+    """
+    GetOverview: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetOverviewRequest, _admin_pb2.GetOverviewResponse]
+    """GetOverview counts tokens and devices by state and enrollments per day."""
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
-    """AdminService manages enrollment tokens and enrolled devices.
-    Every method requires an admin client certificate (mTLS).
+    """AdminService manages enrollment tokens, enrolled devices and admins, and reads
+    the audit trail. Every method requires an active admin: an admin client
+    certificate (mTLS) on the gRPC API port, or a dashboard session on the
+    dashboard port (the Connect protocol).
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -63,10 +85,30 @@ class AdminServiceAsyncStub(AdminServiceStub):
     GetDevice: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetDeviceRequest, _admin_pb2.GetDeviceResponse]  # type: ignore[assignment]
     RevokeDevice: _aio.UnaryUnaryMultiCallable[_admin_pb2.RevokeDeviceRequest, _admin_pb2.RevokeDeviceResponse]  # type: ignore[assignment]
     """RevokeDevice refuses the device's certificate from its very next call."""
+    CreateAdmin: _aio.UnaryUnaryMultiCallable[_admin_pb2.CreateAdminRequest, _admin_pb2.CreateAdminResponse]  # type: ignore[assignment]
+    """CreateAdmin registers a new admin and certifies the key of its CSR; the
+    private key never leaves the new admin's machine.
+    """
+    ListAdmins: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListAdminsRequest, _admin_pb2.ListAdminsResponse]  # type: ignore[assignment]
+    RevokeAdmin: _aio.UnaryUnaryMultiCallable[_admin_pb2.RevokeAdminRequest, _admin_pb2.RevokeAdminResponse]  # type: ignore[assignment]
+    """RevokeAdmin refuses the admin's certificates and ends their dashboard
+    sessions from their very next call. Revoking the last active admin is
+    FAILED_PRECONDITION.
+    """
+    ListAuditEvents: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListAuditEventsRequest, _admin_pb2.ListAuditEventsResponse]  # type: ignore[assignment]
+    """ListAuditEvents reads the audit trail, newest first."""
+    CreateDashboardLogin: _aio.UnaryUnaryMultiCallable[_admin_pb2.CreateDashboardLoginRequest, _admin_pb2.CreateDashboardLoginResponse]  # type: ignore[assignment]
+    """CreateDashboardLogin makes a one-time login link to the dashboard for the
+    calling admin, valid for 5 minutes.
+    """
+    GetOverview: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetOverviewRequest, _admin_pb2.GetOverviewResponse]  # type: ignore[assignment]
+    """GetOverview counts tokens and devices by state and enrollments per day."""
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
-    """AdminService manages enrollment tokens and enrolled devices.
-    Every method requires an admin client certificate (mTLS).
+    """AdminService manages enrollment tokens, enrolled devices and admins, and reads
+    the audit trail. Every method requires an active admin: an admin client
+    certificate (mTLS) on the gRPC API port, or a dashboard session on the
+    dashboard port (the Connect protocol).
     """
 
     @_abc_1.abstractmethod
@@ -120,5 +162,59 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.RevokeDeviceResponse, _abc.Awaitable[_admin_pb2.RevokeDeviceResponse]]:
         """RevokeDevice refuses the device's certificate from its very next call."""
+
+    @_abc_1.abstractmethod
+    def CreateAdmin(
+        self,
+        request: _admin_pb2.CreateAdminRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.CreateAdminResponse, _abc.Awaitable[_admin_pb2.CreateAdminResponse]]:
+        """CreateAdmin registers a new admin and certifies the key of its CSR; the
+        private key never leaves the new admin's machine.
+        """
+
+    @_abc_1.abstractmethod
+    def ListAdmins(
+        self,
+        request: _admin_pb2.ListAdminsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListAdminsResponse, _abc.Awaitable[_admin_pb2.ListAdminsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RevokeAdmin(
+        self,
+        request: _admin_pb2.RevokeAdminRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.RevokeAdminResponse, _abc.Awaitable[_admin_pb2.RevokeAdminResponse]]:
+        """RevokeAdmin refuses the admin's certificates and ends their dashboard
+        sessions from their very next call. Revoking the last active admin is
+        FAILED_PRECONDITION.
+        """
+
+    @_abc_1.abstractmethod
+    def ListAuditEvents(
+        self,
+        request: _admin_pb2.ListAuditEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListAuditEventsResponse, _abc.Awaitable[_admin_pb2.ListAuditEventsResponse]]:
+        """ListAuditEvents reads the audit trail, newest first."""
+
+    @_abc_1.abstractmethod
+    def CreateDashboardLogin(
+        self,
+        request: _admin_pb2.CreateDashboardLoginRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.CreateDashboardLoginResponse, _abc.Awaitable[_admin_pb2.CreateDashboardLoginResponse]]:
+        """CreateDashboardLogin makes a one-time login link to the dashboard for the
+        calling admin, valid for 5 minutes.
+        """
+
+    @_abc_1.abstractmethod
+    def GetOverview(
+        self,
+        request: _admin_pb2.GetOverviewRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.GetOverviewResponse, _abc.Awaitable[_admin_pb2.GetOverviewResponse]]:
+        """GetOverview counts tokens and devices by state and enrollments per day."""
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

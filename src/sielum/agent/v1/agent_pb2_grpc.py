@@ -45,6 +45,11 @@ class AgentServiceStub:
                 request_serializer=sielum_dot_agent_dot_v1_dot_agent__pb2.RenewCertificateRequest.SerializeToString,
                 response_deserializer=sielum_dot_agent_dot_v1_dot_agent__pb2.RenewCertificateResponse.FromString,
                 _registered_method=True)
+        self.Unenroll = channel.unary_unary(
+                '/sielum.agent.v1.AgentService/Unenroll',
+                request_serializer=sielum_dot_agent_dot_v1_dot_agent__pb2.UnenrollRequest.SerializeToString,
+                response_deserializer=sielum_dot_agent_dot_v1_dot_agent__pb2.UnenrollResponse.FromString,
+                _registered_method=True)
 
 
 class AgentServiceServicer:
@@ -65,6 +70,14 @@ class AgentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Unenroll(self, request, context):
+        """Unenroll ends the calling device's own enrollment: the device is revoked
+        and its certificate refused from the next call (sielum-agent enroll --force).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -77,6 +90,11 @@ def add_AgentServiceServicer_to_server(servicer, server):
                     servicer.RenewCertificate,
                     request_deserializer=sielum_dot_agent_dot_v1_dot_agent__pb2.RenewCertificateRequest.FromString,
                     response_serializer=sielum_dot_agent_dot_v1_dot_agent__pb2.RenewCertificateResponse.SerializeToString,
+            ),
+            'Unenroll': grpc.unary_unary_rpc_method_handler(
+                    servicer.Unenroll,
+                    request_deserializer=sielum_dot_agent_dot_v1_dot_agent__pb2.UnenrollRequest.FromString,
+                    response_serializer=sielum_dot_agent_dot_v1_dot_agent__pb2.UnenrollResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -134,6 +152,33 @@ class AgentService:
             '/sielum.agent.v1.AgentService/RenewCertificate',
             sielum_dot_agent_dot_v1_dot_agent__pb2.RenewCertificateRequest.SerializeToString,
             sielum_dot_agent_dot_v1_dot_agent__pb2.RenewCertificateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Unenroll(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sielum.agent.v1.AgentService/Unenroll',
+            sielum_dot_agent_dot_v1_dot_agent__pb2.UnenrollRequest.SerializeToString,
+            sielum_dot_agent_dot_v1_dot_agent__pb2.UnenrollResponse.FromString,
             options,
             channel_credentials,
             insecure,

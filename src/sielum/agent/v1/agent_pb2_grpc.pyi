@@ -37,6 +37,10 @@ class AgentServiceStub:
     """Heartbeat records that the device is alive and tells it when to renew."""
     RenewCertificate: _grpc.UnaryUnaryMultiCallable[_agent_pb2.RenewCertificateRequest, _agent_pb2.RenewCertificateResponse]
     """RenewCertificate signs a new certificate for a new key of the calling device."""
+    Unenroll: _grpc.UnaryUnaryMultiCallable[_agent_pb2.UnenrollRequest, _agent_pb2.UnenrollResponse]
+    """Unenroll ends the calling device's own enrollment: the device is revoked
+    and its certificate refused from the next call (sielum-agent enroll --force).
+    """
 
 @_typing.type_check_only
 class AgentServiceAsyncStub(AgentServiceStub):
@@ -47,6 +51,10 @@ class AgentServiceAsyncStub(AgentServiceStub):
     """Heartbeat records that the device is alive and tells it when to renew."""
     RenewCertificate: _aio.UnaryUnaryMultiCallable[_agent_pb2.RenewCertificateRequest, _agent_pb2.RenewCertificateResponse]  # type: ignore[assignment]
     """RenewCertificate signs a new certificate for a new key of the calling device."""
+    Unenroll: _aio.UnaryUnaryMultiCallable[_agent_pb2.UnenrollRequest, _agent_pb2.UnenrollResponse]  # type: ignore[assignment]
+    """Unenroll ends the calling device's own enrollment: the device is revoked
+    and its certificate refused from the next call (sielum-agent enroll --force).
+    """
 
 class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
     """AgentService is called by enrolled devices with their device certificate (mTLS)."""
@@ -66,5 +74,15 @@ class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_agent_pb2.RenewCertificateResponse, _abc.Awaitable[_agent_pb2.RenewCertificateResponse]]:
         """RenewCertificate signs a new certificate for a new key of the calling device."""
+
+    @_abc_1.abstractmethod
+    def Unenroll(
+        self,
+        request: _agent_pb2.UnenrollRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_agent_pb2.UnenrollResponse, _abc.Awaitable[_agent_pb2.UnenrollResponse]]:
+        """Unenroll ends the calling device's own enrollment: the device is revoked
+        and its certificate refused from the next call (sielum-agent enroll --force).
+        """
 
 def add_AgentServiceServicer_to_server(servicer: AgentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

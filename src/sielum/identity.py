@@ -1,0 +1,47 @@
+"""Who is calling: the roles, a caller's identity, and the authorized call handlers receive."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import datetime
+
+
+class Role(enum.Enum):
+    PUBLIC = "public"
+    ADMIN = "admin"
+    DEVICE = "device"
+
+
+@dataclass(frozen=True)
+class Identity:
+    """A caller as its credential names it: a client certificate or a dashboard session.
+
+    `serial`, `not_before` and `not_after` are the certificate's; a dashboard
+    session has no certificate of its own, so they are empty there.
+    """
+
+    role: Role
+    name: str  # the admin's name or the device id
+    serial: str = ""
+    not_before: datetime | None = None
+    not_after: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Call:
+    """What a handler knows of the call it answers, after authorization.
+
+    Every transport (gRPC, the dashboard's Connect protocol) builds one through
+    the same Authorizer (server/auth.py), so a handler never sees an unchecked caller.
+    """
+
+    method: str  # the full method name, "/sielum.admin.v1.AdminService/ListDevices"
+    caller: Identity | None  # None only on a public method called without a credential
+    peer: str  # the caller's address, for logs and the audit trail
+
+    def identity(self) -> Identity:
+        """The caller; only public methods are ever called without one."""
+        if self.caller is None:
+            raise RuntimeError(f"{self.method} was called without an identity")
+        return self.caller

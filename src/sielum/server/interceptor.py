@@ -1,0 +1,213 @@
+"""The gRPC transport's guard: authorize every call, parse its request, map errors to statuses."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+from collections.abc import Awaitable, Callable, Collection, Mapping
+from typing import Any, Protocol
+
+import grpc
+
+from sielum.errors import InternalError, InvalidArgumentError, SielumError
+from sielum.identity import Call, Identity
+from sielum.logs import log_event
+from sielum.pb import peer_host
+from sielum.server.auth import Authorizer, identity_from_certificate
+from sielum.server.runner import Runner
+
+log = logging.getLogger("sielum.server")
+
+
+class GrpcContext(Protocol):
+    """What the guard reads of a grpc.aio call's context: the peer and its verified certificate."""
+
+    def peer(self) -> str: ...
+
+    def auth_context(self) -> Mapping[str, Any]: ...  # values: lists of bytes
+
+
+def identify(context: GrpcContext) -> Identity | None:
+    """The caller's identity, or None without a client certificate of ours.
+
+    grpc has verified the chain against the Sielum CA before a handler runs, so
+    the certificate here is one the CA signed and that is within its validity.
+    """
+    pems = list(context.auth_context().get("x509_pem_cert", ()))
+    if not pems:
+        return None
+    return identity_from_certificate(pems[0])
+
+
+class ServerInterceptor(grpc.aio.ServerInterceptor):
+    """Authorizes every call through the Authorizer, then maps SielumError to its status.
+
+    Sielum's own handlers (the methods named in `ours`) are plain blocking
+    functions of (request, Call); the runner decides where they run
+    (server/runner.py). Library handlers (health, reflection) take grpc's own
+    context; their coroutines run on the loop.
+
+    Unknown methods pass through as None, so grpc answers UNIMPLEMENTED: clients
+    such as `buf curl` rely on that to fall back between reflection versions.
+    """
+
+    def __init__(self, authorizer: Authorizer, run: Runner, ours: Collection[str]) -> None:
+        self._authorizer = authorizer
+        self._run = run
+        self._ours = frozenset(ours)
+        # Registrations are fixed before the server starts, so each method's
+        # wrapped handler is built once, not per call.
+        self._wrapped: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+
+    async def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
+        ],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        method: str = handler_call_details.method
+        wrapped = self._wrapped.get(method)
+        if wrapped is not None:
+            return wrapped
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        wrapped = self._wrap(handler, method)
+        self._wrapped[method] = wrapped
+        return wrapped
+
+    def _admit(self, method: str, context: GrpcContext) -> Call:
+        return self._authorizer.authorize(method, identify(context), peer_host(context.peer()))
+
+    def _wrap(
+        self, handler: grpc.RpcMethodHandler[Any, Any], method: str
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        if handler.unary_unary is not None:
+            parse = _parser(handler.request_deserializer, method)
+            behavior: Callable[[Any, Any], Any] = handler.unary_unary
+            if inspect.iscoroutinefunction(behavior):
+                return self._unary(method, parse, behavior, handler.response_serializer)
+            return self._blocking_unary(method, parse, behavior, handler.response_serializer)
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                self._streaming(method, handler.unary_stream),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.stream_stream is not None:
+            return grpc.stream_stream_rpc_method_handler(
+                self._streaming(method, handler.stream_stream),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        # No service here takes a client stream with a single reply.
+        raise TypeError(f"{method}: stream-unary handlers are not served")
+
+    def _blocking_unary(
+        self,
+        method: str,
+        parse: Callable[[bytes, str], Any],
+        behavior: Callable[[Any, Any], Any],
+        serializer: Callable[[Any], bytes] | None,
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        """Authorization, parsing and the handler run as one blocking call."""
+
+        ours = method in self._ours
+
+        def call(raw: bytes, context: GrpcContext) -> Any:
+            authorized = self._admit(method, context)
+            return behavior(parse(raw, authorized.peer), authorized if ours else context)
+
+        async def guarded(raw: bytes, context: Any) -> Any:
+            try:
+                return await self._run(functools.partial(call, raw, context))
+            except SielumError as error:
+                await context.abort(error.code, error.message)
+            except NotImplementedError as error:
+                # A method not answered (yet), ours or a library's (health List).
+                await context.abort(grpc.StatusCode.UNIMPLEMENTED, str(error))
+            except Exception:
+                # The cause stays in the log; the client gets a generic message.
+                log.exception("unexpected error in %s", method)
+                internal = InternalError("internal error")
+                await context.abort(internal.code, internal.message)
+
+        return grpc.unary_unary_rpc_method_handler(
+            guarded, request_deserializer=None, response_serializer=serializer
+        )
+
+    def _unary(
+        self,
+        method: str,
+        parse: Callable[[bytes, str], Any],
+        behavior: Callable[[Any, Any], Awaitable[Any]],
+        serializer: Callable[[Any], bytes] | None,
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        async def guarded(raw: bytes, context: Any) -> Any:
+            try:
+                authorized = self._admit(method, context)
+                request = parse(raw, authorized.peer)
+            except SielumError as error:
+                await context.abort(error.code, error.message)
+            return await behavior(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(
+            guarded, request_deserializer=None, response_serializer=serializer
+        )
+
+    def _streaming(
+        self, method: str, behavior: Callable[[Any, Any], Any]
+    ) -> Callable[[Any, Any], Awaitable[None]]:
+        """Library streams (health Watch, reflection): authorized, then passed through.
+
+        grpc.aio streams either yield their replies or write them to the context;
+        the guard writes what a generator yields, so both shapes pass through.
+        """
+
+        async def guarded(request: Any, context: Any) -> None:
+            try:
+                self._admit(method, context)
+            except SielumError as error:
+                await context.abort(error.code, error.message)
+            replies = behavior(request, context)
+            if inspect.isasyncgen(replies):
+                async for reply in replies:
+                    await context.write(reply)
+            else:
+                await replies
+
+        return guarded
+
+
+Deserializer = Callable[[bytes], Any]
+
+
+def _message_name(deserializer: Deserializer) -> str:
+    """'sielum.enroll.v1.EnrollRequest' for EnrollRequest.FromString, else a plain word."""
+    message_class = getattr(deserializer, "__self__", None)
+    descriptor = getattr(message_class, "DESCRIPTOR", None)
+    return str(getattr(descriptor, "full_name", "protobuf"))
+
+
+def _parser(deserializer: Deserializer | None, method: str) -> Callable[[bytes, str], Any]:
+    """Parses a request after authorization, refusing bytes that are no such message.
+
+    grpc's own deserialization answers INTERNAL ("Exception deserializing
+    request!") to bytes that are not the request message, e.g. a string field
+    that is not UTF-8; a malformed request is the caller's mistake, so it gets
+    INVALID_ARGUMENT (tests/robust/test_hostile_input.py::test_fail_random_bytes_on_the_wire).
+    """
+    if deserializer is None:
+        return lambda raw, peer: raw
+    refusal = f"request is not a valid {_message_name(deserializer)} message"
+
+    def parse(raw: bytes, peer: str) -> Any:
+        try:
+            return deserializer(raw)
+        except Exception:
+            log_event(log, "malformed request", level=logging.WARNING, method=method, peer=peer)
+            raise InvalidArgumentError(refusal) from None
+
+    return parse
