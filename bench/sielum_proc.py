@@ -104,6 +104,8 @@ def start_sielum(
         f"127.0.0.1:{enroll_port}",
         "--api-addr",
         f"127.0.0.1:{api_port}",
+        "--dashboard-addr",
+        "off",
         "--log-format",
         "json",
         *extra,

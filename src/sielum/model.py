@@ -76,3 +76,38 @@ class Page(Generic[T]):
 
     items: tuple[T, ...]
     next_cursor: str
+
+
+@dataclass(frozen=True)
+class StateCounts:
+    """How many tokens and devices are in each state at one moment (every state present)."""
+
+    tokens: Mapping[TokenState, int]
+    devices: Mapping[DeviceState, int]
+
+
+@dataclass(frozen=True)
+class DashboardLogin:
+    """A one-time dashboard login code as stored: only the hash of the code.
+
+    session_limit is the latest a session it starts may last: the expiry of the
+    credential of the admin who asked for the link.
+    """
+
+    code_hash: bytes
+    admin: str
+    created_at: datetime
+    expires_at: datetime
+    session_limit: datetime
+    used_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class DashboardSession:
+    """A dashboard session as stored: only the hash of the cookie's key."""
+
+    key_hash: bytes
+    admin: str
+    created_at: datetime
+    last_seen_at: datetime
+    expires_at: datetime  # absolute: 8 hours, never past the login's session_limit

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from sielum.model import AuditEvent, Token
+from sielum.model import AuditEvent, Token, TokenState
 from sielum.store import Store, connect
 from sielum.store.migrations import LATEST_VERSION, MIGRATIONS, SchemaVersionError
 from sielum.store.models import bind_tables
@@ -137,5 +137,45 @@ def test_newer_schema_is_refused(database_url: str) -> None:
         assert store.check_integrity() == [
             f"schema version is {LATEST_VERSION + 1}, this Sielum expects {LATEST_VERSION}"
         ]
+    finally:
+        store.close()
+
+
+def test_version_1_database_migrates_to_the_dashboard_schema(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A database made by the release before the dashboard keeps its rows and gains its tables."""
+    from sielum.store import migrations
+
+    with monkeypatch.context() as patched:
+        patched.setattr(migrations, "MIGRATIONS", MIGRATIONS[:1])
+        patched.setattr(migrations, "LATEST_VERSION", 1)
+        old = Store(connect(database_url))
+        try:
+            assert old.migrate() == 1
+            token = Token(
+                id="tok",
+                label="before",
+                secret_hash=b"h",
+                max_uses=3,
+                uses=0,
+                expires_at=None,
+                created_at=T0,
+                created_by="alice",
+            )
+            old.create_token(token, AuditEvent(at=T0, actor="a", action="x", resource="token/tok"))
+        finally:
+            old.close()
+    store = Store.open(database_url)
+    try:
+        assert _schema_version_rows(store) == [(1, LATEST_VERSION)]
+        assert store.get_token("tok") == token
+        with store.db.connection_context():
+            tables = set(store.db.get_tables())
+            indexes = {index.name for index in store.db.get_indexes("device")}
+        assert {"dashboard_login", "dashboard_session"} <= tables
+        assert {"device_enrolled_at", "device_revoked", "device_not_after_unrevoked"} <= indexes
+        assert store.state_counts(T0).tokens[TokenState.ACTIVE] == 1
+        assert store.check_integrity() == []
     finally:
         store.close()

@@ -1,18 +1,18 @@
-"""Admin decisions: create, read, list and revoke enrollment tokens and devices."""
+"""Admin decisions: create, read, list and revoke enrollment tokens and devices; the overview."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, date, datetime, time, timedelta
 
 from sielum import tokens
 from sielum.ca.profile import validate_name
 from sielum.clock import Clock
 from sielum.errors import InvalidArgumentError, NotFoundError
 from sielum.logs import log_event
-from sielum.model import AuditEvent, Device, Page, Token, TokenState
+from sielum.model import AuditEvent, Device, Page, StateCounts, Token, TokenState
 from sielum.store.store import Store
 
 log = logging.getLogger("sielum.admin")
@@ -20,6 +20,8 @@ log = logging.getLogger("sielum.admin")
 MAX_LABEL = 200
 MAX_USES_LIMIT = 1_000_000_000
 MAX_PAGE_SIZE = 1000
+DEFAULT_OVERVIEW_DAYS = 30
+MAX_OVERVIEW_DAYS = 366
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,14 @@ class Caller:
             peer=self.peer,
             detail=detail,
         )
+
+
+@dataclass(frozen=True)
+class Overview:
+    """Tokens and devices by state, and enrollments on each of the last days (oldest first)."""
+
+    counts: StateCounts
+    enrollments_per_day: tuple[tuple[date, int], ...]
 
 
 @dataclass(frozen=True)
@@ -196,3 +206,20 @@ class Administration:
             outcome="ok",
         )
         return device
+
+    def overview(self, days: int) -> Overview:
+        """Counts by state now, and enrollments per UTC day for days days ending today."""
+        if not 0 <= days <= MAX_OVERVIEW_DAYS:
+            raise InvalidArgumentError(
+                f"days must be between 1 and {MAX_OVERVIEW_DAYS}, or unset for "
+                f"{DEFAULT_OVERVIEW_DAYS}"
+            )
+        days = days or DEFAULT_OVERVIEW_DAYS
+        now = self._clock.now()
+        first = now.astimezone(UTC).date() - timedelta(days=days - 1)
+        counted = self._store.enrollments_per_day(datetime.combine(first, time(), UTC))
+        series = tuple(
+            (first + timedelta(days=n), counted.get(first + timedelta(days=n), 0))
+            for n in range(days)
+        )
+        return Overview(counts=self._store.state_counts(now), enrollments_per_day=series)

@@ -5,8 +5,9 @@ from __future__ import annotations
 from sielum import tokens
 from sielum.admin.service import Administration, Caller
 from sielum.admin.v1 import admin_pb2
+from sielum.dashboard.sessions import LoginLinks
 from sielum.devices import policy as devices
-from sielum.errors import InvalidArgumentError
+from sielum.errors import FailedPreconditionError, InvalidArgumentError
 from sielum.identity import Call
 from sielum.model import Device, DeviceState, Token, TokenState
 from sielum.pb import from_timestamp, to_timestamp
@@ -79,8 +80,9 @@ def device_to_proto(device: Device, state: DeviceState) -> admin_pb2.Device:
 class AdminServicer:
     """sielum.admin.v1.AdminService: one method per RPC, of (request, authorized Call)."""
 
-    def __init__(self, administration: Administration) -> None:
+    def __init__(self, administration: Administration, links: LoginLinks | None = None) -> None:
         self._admin = administration
+        self._links = links  # None: this server runs no dashboard
 
     def _caller(self, call: Call) -> Caller:
         return Caller(name=call.identity().name, peer=call.peer)
@@ -154,6 +156,36 @@ class AdminServicer:
         device = self._admin.revoke_device(self._caller(call), request.id)
         return admin_pb2.RevokeDeviceResponse(device=self._device(device))
 
+    def CreateDashboardLogin(
+        self, request: admin_pb2.CreateDashboardLoginRequest, call: Call
+    ) -> admin_pb2.CreateDashboardLoginResponse:
+        if self._links is None:
+            raise FailedPreconditionError(
+                "this server runs no dashboard (serve --dashboard-addr off)"
+            )
+        caller = call.identity()
+        url, expires_at = self._links.create(caller.name, caller.not_after, call.peer)
+        return admin_pb2.CreateDashboardLoginResponse(url=url, expires_at=to_timestamp(expires_at))
+
+    def GetOverview(
+        self, request: admin_pb2.GetOverviewRequest, call: Call
+    ) -> admin_pb2.GetOverviewResponse:
+        overview = self._admin.overview(request.days)
+        return admin_pb2.GetOverviewResponse(
+            tokens=[
+                admin_pb2.TokenStateCount(state=_TOKEN_STATES[state], count=count)
+                for state, count in overview.counts.tokens.items()
+            ],
+            devices=[
+                admin_pb2.DeviceStateCount(state=_DEVICE_STATES[state], count=count)
+                for state, count in overview.counts.devices.items()
+            ],
+            enrollments_per_day=[
+                admin_pb2.DayCount(day=day.isoformat(), count=count)
+                for day, count in overview.enrollments_per_day
+            ],
+        )
+
     # Methods of the contract not answered yet: UNIMPLEMENTED until their issue lands.
 
     def CreateAdmin(
@@ -175,13 +207,3 @@ class AdminServicer:
         self, request: admin_pb2.ListAuditEventsRequest, call: Call
     ) -> admin_pb2.ListAuditEventsResponse:
         raise NotImplementedError("ListAuditEvents is not implemented yet")
-
-    def CreateDashboardLogin(
-        self, request: admin_pb2.CreateDashboardLoginRequest, call: Call
-    ) -> admin_pb2.CreateDashboardLoginResponse:
-        raise NotImplementedError("CreateDashboardLogin is not implemented yet")
-
-    def GetOverview(
-        self, request: admin_pb2.GetOverviewRequest, call: Call
-    ) -> admin_pb2.GetOverviewResponse:
-        raise NotImplementedError("GetOverview is not implemented yet")

@@ -1,4 +1,4 @@
-"""sielum-admin: create, list and revoke enrollment tokens and devices over mTLS."""
+"""sielum-admin: tokens, devices and dashboard login links, over mTLS with an admin certificate."""
 
 from __future__ import annotations
 
@@ -60,6 +60,7 @@ Sielum administration over mutual TLS with an admin certificate.
   tokens list [--state active|expired|exhausted|revoked] [--limit N]
   tokens get ID | tokens revoke ID
   devices list [--token ID] [--limit N] | devices get ID | devices revoke ID
+  dashboard login      print a one-time link that signs you in to the web dashboard
 
 The admin certificate bundle (admin.pem, admin.key, ca.pem) is read from
 --cert-dir, else $SIELUM_ADMIN_CERT_DIR, else ./sielum-data/admin (what
@@ -484,6 +485,23 @@ def _cmd_devices_revoke(args: argparse.Namespace, api: Api, bundle: AdminBundle)
     return EXIT_OK
 
 
+def _cmd_dashboard_login(args: argparse.Namespace, api: Api, bundle: AdminBundle) -> int:
+    reply: admin_pb2.CreateDashboardLoginResponse = api.call(
+        api.stub.CreateDashboardLogin, admin_pb2.CreateDashboardLoginRequest()
+    )
+    if args.json:
+        _print_json(_to_dict(reply))
+        return EXIT_OK
+    # The link alone on stdout, so that `xdg-open "$(sielum-admin dashboard login)"` works.
+    print(reply.url)
+    print(
+        f"one-time link, valid until {_when(reply.expires_at, 'unknown')}: open it in your "
+        "browser; anyone who has it can sign in as you until then",
+        file=sys.stderr,
+    )
+    return EXIT_OK
+
+
 # --- parser ---------------------------------------------------------------------
 
 
@@ -537,7 +555,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _global_options(parser, top=True)
-    groups = parser.add_subparsers(dest="group", required=True, metavar="{tokens,devices}")
+    groups = parser.add_subparsers(
+        dest="group", required=True, metavar="{tokens,devices,dashboard}"
+    )
 
     def leaf(
         sub: argparse._SubParsersAction[_Parser],
@@ -607,6 +627,15 @@ def build_parser() -> argparse.ArgumentParser:
         _cmd_devices_revoke,
     )
     drevoke.add_argument("id")
+
+    dashboard = groups.add_parser("dashboard", help="the web dashboard")
+    dashboard_commands = dashboard.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    leaf(
+        dashboard_commands,
+        "login",
+        "print a one-time link that signs you in to the dashboard (valid 5 minutes)",
+        _cmd_dashboard_login,
+    )
     return parser
 
 

@@ -38,7 +38,8 @@ _DESCRIPTION = """\
 Sielum enrollment server.
 
   init                  make the CA, the server certificate and a first admin certificate
-  serve                 serve EnrollService (server-only TLS) and the admin/agent API (mTLS)
+  serve                 serve EnrollService (server-only TLS), the admin/agent API (mTLS)
+                        and the web dashboard (HTTPS)
   fingerprint           print the CA fingerprint agents pin with --ca-fingerprint
   issue-admin-cert      write a new admin client certificate bundle
 
@@ -94,7 +95,27 @@ def _server_config(args: argparse.Namespace) -> ServerConfig:
         ),
         ca_passphrase=_passphrase(),
         worker_index=args.worker_index,
+        dashboard_addr=None if _dashboard_off(args) else args.dashboard_addr,
+        dashboard_url=args.dashboard_url,
+        dashboard_cert=Path(args.dashboard_cert) if args.dashboard_cert else None,
+        dashboard_key=Path(args.dashboard_key) if args.dashboard_key else None,
+        advertise_enroll_url=args.advertise_enroll_url,
     )
+
+
+def _dashboard_off(args: argparse.Namespace) -> bool:
+    return str(args.dashboard_addr).strip().lower() == "off"
+
+
+def _check_dashboard_options(args: argparse.Namespace) -> None:
+    if bool(args.dashboard_cert) != bool(args.dashboard_key):
+        raise InvalidArgumentError("--dashboard-cert and --dashboard-key go together")
+    for flag, value in (
+        ("--dashboard-url", args.dashboard_url),
+        ("--advertise-enroll-url", args.advertise_enroll_url),
+    ):
+        if value and not value.lower().startswith("https://"):
+            raise InvalidArgumentError(f"{flag} must be an https:// URL, got {value!r}")
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -103,6 +124,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         raise InvalidArgumentError("--workers must be at least 1")
     if args.threads is not None and args.threads < 0:
         raise InvalidArgumentError("--threads must be 0 or more")
+    _check_dashboard_options(args)
     if args.workers > 1 and args.worker_index is None:
         return _supervise(args)
     from sielum.server.app import SielumServer
@@ -144,14 +166,20 @@ def _supervise(args: argparse.Namespace) -> int:
     Store.open(database_url or f"sqlite:///{data_dir.resolve() / 'sielum.db'}").close()
     enroll_addr, enroll_holder = reserve_port(args.enroll_addr)
     api_addr, api_holder = reserve_port(args.api_addr)
+    holders = [enroll_holder, api_holder]
+    dashboard: list[str] = []
+    if not _dashboard_off(args):
+        dashboard_addr, dashboard_holder = reserve_port(args.dashboard_addr)
+        holders.append(dashboard_holder)
+        dashboard = ["--dashboard-addr", dashboard_addr]
     argv = list(args.argv)
 
     def command(index: int, ready_fd: int) -> list[str]:
         return worker_command(
             argv,
             [
-                "--enroll-addr", enroll_addr, "--api-addr", api_addr, "--workers", "1",
-                "--worker-index", str(index), "--ready-fd", str(ready_fd),
+                "--enroll-addr", enroll_addr, "--api-addr", api_addr, *dashboard,
+                "--workers", "1", "--worker-index", str(index), "--ready-fd", str(ready_fd),
             ],
         )  # fmt: skip
 
@@ -161,11 +189,12 @@ def _supervise(args: argparse.Namespace) -> int:
         workers=args.workers,
         enroll=enroll_addr,
         api=api_addr,
+        dashboard=dashboard[1] if dashboard else "off",
     )
     try:
         return Supervisor(count=args.workers, command=command, grace=args.grace).run()
     finally:
-        for holder in (enroll_holder, api_holder):
+        for holder in holders:
             if holder is not None:
                 holder.close()
 
@@ -205,6 +234,34 @@ def build_parser() -> argparse.ArgumentParser:
         default="127.0.0.1:8444",
         metavar="HOST:PORT",
         help="AdminService and AgentService, mTLS (default %(default)s)",
+    )
+    serve.add_argument(
+        "--dashboard-addr",
+        default="127.0.0.1:8445",
+        metavar="HOST:PORT",
+        help="the web dashboard (HTTPS) and AdminService over the Connect protocol; "
+        "'off' disables it (default %(default)s)",
+    )
+    serve.add_argument(
+        "--dashboard-url",
+        default="",
+        metavar="URL",
+        help="the dashboard's public URL, for login links, e.g. behind a reverse proxy "
+        "(default: https://HOST:PORT of --dashboard-addr)",
+    )
+    serve.add_argument(
+        "--dashboard-cert",
+        default="",
+        metavar="PEM",
+        help="certificate chain for the dashboard (default: the server certificate and CA)",
+    )
+    serve.add_argument("--dashboard-key", default="", metavar="PEM", help="its private key")
+    serve.add_argument(
+        "--advertise-enroll-url",
+        default="",
+        metavar="URL",
+        help="the enroll URL the dashboard puts in agent command lines (default: "
+        "https://<the host the browser used>:<the enroll port>)",
     )
     serve.add_argument(
         "--database",

@@ -20,9 +20,11 @@ from sielum.admin.servicer import AdminServicer
 from sielum.admin.v1 import admin_pb2
 from sielum.agent.v1 import agent_pb2
 from sielum.ca.authority import CertificateAuthority
-from sielum.ca.datadir import load_server_credentials
+from sielum.ca.datadir import DataDirPaths, load_server_credentials
 from sielum.ca.profile import DEFAULT_DEVICE_TTL
 from sielum.clock import Clock, SystemClock
+from sielum.dashboard.sessions import DashboardSessions, LoginLinks
+from sielum.dashboard.web import Dashboard, Listener, PageConfig
 from sielum.devices.service import DeviceService
 from sielum.devices.servicer import AgentServicer
 from sielum.enroll.ratelimit import FailureLimit, FailureLimiter
@@ -65,6 +67,11 @@ class ServerConfig:
     failure_limit: FailureLimit = field(default_factory=FailureLimit)
     ca_passphrase: bytes | None = None
     worker_index: int | None = None  # set in the workers of `serve --workers N`
+    dashboard_addr: str | None = None  # None: no dashboard
+    dashboard_url: str = ""  # empty: https://<dashboard_addr's host>:<its port>
+    dashboard_cert: Path | None = None  # None: the server certificate and chain
+    dashboard_key: Path | None = None
+    advertise_enroll_url: str = ""  # the dashboard's agent command; empty: derived
 
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir.resolve() / 'sielum.db'}"
@@ -184,16 +191,33 @@ class SielumServer:
 
         limiter = FailureLimiter(config.failure_limit)
         enroller = Enroller(self.store, self.ca, self.clock, limiter)
+        sessions = DashboardSessions(self.store, self.clock)
+        listener = self._dashboard_listener()
+        links = None if listener is None else LoginLinks(sessions, listener.base_url)
         # Each service's methods, by full name; the dashboard serves AdminService's too.
         self.services: dict[str, tuple[UnaryMethod, ...]] = {
             ENROLL_SERVICE.full_name: unary_methods(
                 ENROLL_SERVICE, EnrollServicer(enroller, self.api_endpoint)
             ),
             ADMIN_SERVICE.full_name: unary_methods(
-                ADMIN_SERVICE, AdminServicer(Administration(self.store, self.clock))
+                ADMIN_SERVICE, AdminServicer(Administration(self.store, self.clock), links)
             ),
             AGENT_SERVICE.full_name: unary_methods(AGENT_SERVICE, AgentServicer(device_service)),
         }
+        self.dashboard: Dashboard | None = None
+        if listener is not None:
+            self.dashboard = Dashboard(
+                listener=listener,
+                sessions=sessions,
+                authorizer=self.authorizer,
+                run=self._runner,
+                methods=self.services[ADMIN_SERVICE.full_name],
+                pages=PageConfig(
+                    ca_fingerprint=self.ca.fingerprint,
+                    enroll_port=self.enroll_port,
+                    enroll_url=config.advertise_enroll_url,
+                ),
+            )
         self.grpc_server.add_generic_rpc_handlers(
             tuple(grpc_handler(name, methods) for name, methods in self.services.items())
         )
@@ -208,6 +232,25 @@ class SielumServer:
         )
         self.grpc_server.add_generic_rpc_handlers((_reflection_v1_handler(reflection_servicer),))
 
+    def _dashboard_listener(self) -> Listener | None:
+        config = self.config
+        if config.dashboard_addr is None:
+            return None
+        paths = DataDirPaths.of(config.data_dir)
+        return Listener.open(
+            config.dashboard_addr,
+            cert_path=config.dashboard_cert or paths.server_cert,
+            key_path=config.dashboard_key or paths.server_key,
+            public_url=config.dashboard_url,
+            # Only the workers of one `serve --workers N` share the port.
+            reuse_port=config.worker_index is not None,
+        )
+
+    @property
+    def dashboard_url(self) -> str:
+        """Where the dashboard is, "" when it is off."""
+        return "" if self.dashboard is None else self.dashboard.listener.base_url
+
     def start(self) -> SielumServer:
         self._on_loop(self._start())
         log_event(
@@ -216,6 +259,7 @@ class SielumServer:
             enroll=f"{self.config.enroll_addr.rsplit(':', 1)[0]}:{self.enroll_port}",
             api=f"{self.config.api_addr.rsplit(':', 1)[0]}:{self.api_port}",
             database=_redact_url(self.config.resolved_database_url()),
+            dashboard=self.dashboard_url or "off",
             calls=self._runner.description,
             fingerprint=self.ca.fingerprint,
             **({} if self.config.worker_index is None else {"worker": self.config.worker_index}),
@@ -224,6 +268,8 @@ class SielumServer:
 
     async def _start(self) -> None:
         await self.grpc_server.start()
+        if self.dashboard is not None:
+            await self.dashboard.start()
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
@@ -240,7 +286,10 @@ class SielumServer:
 
     async def _stop(self, grace: float) -> None:
         await self.health.enter_graceful_shutdown()
-        await self._runner.stop_server(self.grpc_server, grace)
+        stopping = [self._runner.stop_server(self.grpc_server, grace)]
+        if self.dashboard is not None:
+            stopping.append(self.dashboard.stop())
+        await asyncio.gather(*stopping)
         # On the thread that used it: an SQLite connection belongs to one thread.
         await self._runner(self.store.close)
 

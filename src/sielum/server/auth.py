@@ -97,6 +97,27 @@ class Authorizer:
             raise
         return Call(method=method, caller=caller, peer=peer)
 
+    def admit(self, caller: Identity, peer: str) -> None:
+        """The gate of the caller's role alone, for a transport's request that calls no method.
+
+        The dashboard asks it before telling a page who is signed in, so that a
+        session of a revoked admin shows as ended there as on every method.
+        """
+        gate = self._gates.get(caller.role)
+        if gate is None:
+            return
+        try:
+            gate(caller)
+        except SielumError as error:
+            log_event(
+                log,
+                "denied",
+                caller=f"{caller.role.value}/{caller.name}",
+                peer=peer,
+                reason=error.message,
+            )
+            raise
+
     def _check(self, method: str, caller: Identity | None, credential: str) -> None:
         needed = self._roles.get(method)
         if needed is None:

@@ -101,8 +101,40 @@ def _v1_initial_schema(d: Dialect) -> Sequence[str]:
     )
 
 
+def _v2_dashboard(d: Dialect) -> Sequence[str]:
+    return (
+        # One-time login links: only a hash of the code, spent by one conditional UPDATE.
+        f"""CREATE TABLE dashboard_login (
+            seq {d.serial_primary_key},
+            code_hash {d.bytes} NOT NULL UNIQUE,
+            admin TEXT NOT NULL,
+            created_at BIGINT NOT NULL,
+            expires_at BIGINT NOT NULL,
+            session_limit BIGINT NOT NULL,
+            used_at BIGINT
+        )""",
+        # Sessions: only a hash of the cookie's key, so a copy of the database signs no one in.
+        f"""CREATE TABLE dashboard_session (
+            seq {d.serial_primary_key},
+            key_hash {d.bytes} NOT NULL UNIQUE,
+            admin TEXT NOT NULL,
+            created_at BIGINT NOT NULL,
+            last_seen_at BIGINT NOT NULL,
+            expires_at BIGINT NOT NULL
+        )""",
+        # Ends every session of an admin at once (a revoked admin).
+        "CREATE INDEX dashboard_session_admin ON dashboard_session (admin)",
+        # The overview's counts (Store.state_counts, Store.enrollments_per_day) read
+        # these indexes instead of every device row.
+        "CREATE INDEX device_enrolled_at ON device (enrolled_at)",
+        "CREATE INDEX device_revoked ON device (revoked_at) WHERE revoked_at IS NOT NULL",
+        "CREATE INDEX device_not_after_unrevoked ON device (not_after) WHERE revoked_at IS NULL",
+    )
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema: token, device, audit_event", _v1_initial_schema),
+    Migration(2, "dashboard logins and sessions; device indexes for counts", _v2_dashboard),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 

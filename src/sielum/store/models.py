@@ -50,9 +50,18 @@ class Tables:
     device: Any
     audit_event: Any
     schema_version: Any
+    dashboard_login: Any
+    dashboard_session: Any
 
     def all(self) -> tuple[Any, ...]:
-        return (self.token, self.device, self.audit_event, self.schema_version)
+        return (
+            self.token,
+            self.device,
+            self.audit_event,
+            self.schema_version,
+            self.dashboard_login,
+            self.dashboard_session,
+        )
 
 
 def bind_tables(db: peewee.Database) -> Tables:
@@ -119,9 +128,34 @@ def bind_tables(db: peewee.Database) -> Tables:
         class Meta:
             table_name = "schema_version"
 
+    class DashboardLoginRow(_Base):
+        seq = peewee.BigAutoField()
+        code_hash = peewee.BlobField(unique=True)
+        admin = peewee.TextField()
+        created_at = UtcMicrosField()
+        expires_at = UtcMicrosField()
+        session_limit = UtcMicrosField()
+        used_at = UtcMicrosField(null=True)
+
+        class Meta:
+            table_name = "dashboard_login"
+
+    class DashboardSessionRow(_Base):
+        seq = peewee.BigAutoField()
+        key_hash = peewee.BlobField(unique=True)
+        admin = peewee.TextField(index=True)
+        created_at = UtcMicrosField()
+        last_seen_at = UtcMicrosField()
+        expires_at = UtcMicrosField()
+
+        class Meta:
+            table_name = "dashboard_session"
+
     return Tables(
         token=TokenRow,
         device=DeviceRow,
         audit_event=AuditEventRow,
         schema_version=SchemaVersionRow,
+        dashboard_login=DashboardLoginRow,
+        dashboard_session=DashboardSessionRow,
     )

@@ -12,7 +12,7 @@ import logging
 import re
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import peewee
@@ -27,7 +27,17 @@ from sielum.errors import (
     TokenUnusableError,
     UnavailableError,
 )
-from sielum.model import AuditEvent, Device, Page, Token, TokenState
+from sielum.model import (
+    AuditEvent,
+    DashboardLogin,
+    DashboardSession,
+    Device,
+    DeviceState,
+    Page,
+    StateCounts,
+    Token,
+    TokenState,
+)
 from sielum.store import migrations
 from sielum.store.database import (
     connect,
@@ -48,6 +58,7 @@ _TOKEN_NOT_FOUND = "enrollment token not found"  # noqa: S105 - a message, not a
 _DEVICE_NOT_FOUND = "device not found"
 _KEY_ENROLLED = "this public key is already enrolled"
 _MAX_SEQ = 2**63 - 1
+_DAY_MICROS = 86_400_000_000
 _CURSOR = re.compile(r"^(tokens|devices):([1-9][0-9]{0,18})$")
 
 P = ParamSpec("P")
@@ -377,6 +388,160 @@ class Store:
     def _insert_audit(self, event: AuditEvent) -> None:
         execute(self.db, self._sql.insert_audit, _audit_values(event))
 
+    # Counts (the dashboard's overview; the same numbers suit metrics)
+
+    @_guarded
+    def state_counts(self, now: datetime) -> StateCounts:
+        """How many tokens and devices are in each state at now; every state is present.
+
+        Token states come from token_state_condition, the very SQL the state filter
+        uses; devices are counted on the partial indexes of migration 2 rather than
+        row by row (tests/store/test_counts.py::test_state_counts_agree_with_the_policies).
+        """
+        T = self._t.token
+        sums = [
+            peewee.fn.COALESCE(
+                peewee.fn.SUM(peewee.Case(None, ((token_state_condition(T, state, now), 1),), 0)),
+                0,
+            )
+            for state in TokenState
+        ]
+        token_row = T.select(*sums).tuples().get()
+        devices = execute(
+            self.db,
+            "SELECT (SELECT COUNT(*) FROM device),"
+            " (SELECT COUNT(*) FROM device WHERE revoked_at IS NOT NULL),"
+            " (SELECT COUNT(*) FROM device WHERE revoked_at IS NULL AND not_after <= ?)".replace(
+                "?", self.db.param
+            ),
+            (to_micros(now),),
+        ).fetchone()
+        total, revoked, expired = (int(n) for n in devices)
+        return StateCounts(
+            tokens={state: int(n) for state, n in zip(TokenState, token_row, strict=True)},
+            devices={
+                DeviceState.ACTIVE: total - revoked - expired,
+                DeviceState.EXPIRED: expired,
+                DeviceState.REVOKED: revoked,
+            },
+        )
+
+    @_guarded
+    def enrollments_per_day(self, since: datetime) -> dict[date, int]:
+        """Devices enrolled at or after since, counted per UTC day (days without any absent)."""
+        rows = execute(
+            self.db,
+            f"SELECT enrolled_at / {_DAY_MICROS}, COUNT(*) FROM device"  # noqa: S608 - a constant
+            f" WHERE enrolled_at >= {self.db.param} GROUP BY 1",
+            (to_micros(since),),
+        ).fetchall()
+        epoch = datetime(1970, 1, 1, tzinfo=UTC).date()
+        return {epoch + timedelta(days=int(day)): int(count) for day, count in rows}
+
+    # Dashboard login codes and sessions
+
+    @_guarded
+    def create_dashboard_login(self, login: DashboardLogin, audit: AuditEvent) -> None:
+        L = self._t.dashboard_login
+        with write_transaction(self.db):
+            L.insert(
+                code_hash=bytes(login.code_hash),
+                admin=login.admin,
+                created_at=login.created_at,
+                expires_at=login.expires_at,
+                session_limit=login.session_limit,
+                used_at=login.used_at,
+            ).execute()
+            self._insert_audit(audit)
+
+    @_guarded
+    def get_dashboard_login(self, code_hash: bytes) -> DashboardLogin | None:
+        L = self._t.dashboard_login
+        row = L.get_or_none(L.code_hash == bytes(code_hash))
+        return None if row is None else _dashboard_login(row)
+
+    @_guarded
+    def redeem_dashboard_login(
+        self,
+        code_hash: bytes,
+        now: datetime,
+        open_session: Callable[[DashboardLogin], tuple[DashboardSession, AuditEvent]],
+    ) -> DashboardSession | None:
+        """Spend the login code and start the session open_session makes, in one transaction.
+
+        The code is spent by one conditional UPDATE, as a token's use is: of any
+        number of calls with one code, on any replica, one starts a session
+        (tests/store/test_dashboard.py::test_a_login_code_starts_one_session_under_concurrency).
+        None when the code is unknown, spent or expired.
+        """
+        L, S = self._t.dashboard_login, self._t.dashboard_session
+        with write_transaction(self.db):
+            spent = (
+                L.update(used_at=now)
+                .where(
+                    (L.code_hash == bytes(code_hash)) & L.used_at.is_null() & (L.expires_at > now)
+                )
+                .execute()
+            )
+            if spent == 0:
+                return None
+            session, audit = open_session(_dashboard_login(L.get(L.code_hash == bytes(code_hash))))
+            S.insert(
+                key_hash=bytes(session.key_hash),
+                admin=session.admin,
+                created_at=session.created_at,
+                last_seen_at=session.last_seen_at,
+                expires_at=session.expires_at,
+            ).execute()
+            self._insert_audit(audit)
+        return session
+
+    @_guarded
+    def get_dashboard_session(self, key_hash: bytes) -> DashboardSession | None:
+        S = self._t.dashboard_session
+        row = S.get_or_none(S.key_hash == bytes(key_hash))
+        return None if row is None else _dashboard_session(row)
+
+    @_guarded
+    def touch_dashboard_session(self, key_hash: bytes, now: datetime) -> None:
+        """Record the session's latest use (its idle time counts from here)."""
+        S = self._t.dashboard_session
+        with write_transaction(self.db):
+            S.update(last_seen_at=now).where(
+                (S.key_hash == bytes(key_hash)) & (S.last_seen_at < now)
+            ).execute()
+
+    @_guarded
+    def end_dashboard_session(
+        self, key_hash: bytes, audit: Callable[[DashboardSession], AuditEvent] | None = None
+    ) -> DashboardSession | None:
+        """Delete the session (and record audit(session)); None when there was none."""
+        S = self._t.dashboard_session
+        with write_transaction(self.db):
+            row = S.get_or_none(S.key_hash == bytes(key_hash))
+            if row is None:
+                return None
+            session = _dashboard_session(row)
+            S.delete().where(S.key_hash == bytes(key_hash)).execute()
+            if audit is not None:
+                self._insert_audit(audit(session))
+        return session
+
+    @_guarded
+    def end_dashboard_sessions_of(self, admin: str) -> int:
+        """Delete every session of admin; how many there were."""
+        S = self._t.dashboard_session
+        with write_transaction(self.db):
+            return int(S.delete().where(S.admin == admin).execute())
+
+    @_guarded
+    def purge_dashboard_credentials(self, now: datetime, idle_since: datetime) -> None:
+        """Forget login codes past their expiry and sessions ended by time (expired or idle)."""
+        L, S = self._t.dashboard_login, self._t.dashboard_session
+        with write_transaction(self.db):
+            L.delete().where(L.expires_at <= now).execute()
+            S.delete().where((S.expires_at <= now) | (S.last_seen_at <= idle_since)).execute()
+
 
 def token_state_condition(T: Any, state: TokenState, now: datetime) -> Any:
     """SQL that holds exactly when tokens.token_state() gives state at now.
@@ -611,6 +776,27 @@ def _token(row: Any) -> Token:
         created_by=row.created_by,
         revoked_at=row.revoked_at,
         last_used_at=row.last_used_at,
+    )
+
+
+def _dashboard_login(row: Any) -> DashboardLogin:
+    return DashboardLogin(
+        code_hash=bytes(row.code_hash),
+        admin=row.admin,
+        created_at=row.created_at,
+        expires_at=row.expires_at,
+        session_limit=row.session_limit,
+        used_at=row.used_at,
+    )
+
+
+def _dashboard_session(row: Any) -> DashboardSession:
+    return DashboardSession(
+        key_hash=bytes(row.key_hash),
+        admin=row.admin,
+        created_at=row.created_at,
+        last_seen_at=row.last_seen_at,
+        expires_at=row.expires_at,
     )
 
 

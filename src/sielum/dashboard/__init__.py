@@ -1,0 +1,1 @@
+"""The web dashboard: sessions, the Connect transport for AdminService, and the pages."""

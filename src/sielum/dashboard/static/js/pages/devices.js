@@ -1,0 +1,130 @@
+// Devices: every enrolled machine, filtered by the token it enrolled with; revoke one.
+
+import { call, listAll } from "../api.js";
+import { announce, badge, confirmAction, emptyState, h, pageHeader, spinner, stateName, table, when } from "../ui.js";
+import { report, setTitle } from "./common.js";
+
+const PAGE_SIZE = 50;
+
+function deviceState(device) {
+  return stateName(device.state, "DEVICE_STATE_");
+}
+
+export async function render(main) {
+  setTitle("Devices");
+  const params = new URLSearchParams(location.search);
+  let tokenId = params.get("token") ?? "";
+  let pageToken = "";
+  const rows = [];
+  const labels = new Map();
+  const list = h("section", { class: "panel", "aria-label": "Devices" });
+  const more = h("div", { class: "more" });
+  const filter = h("select", { id: "token-filter" }, h("option", { value: "" }, "All tokens"));
+  filter.addEventListener("change", () => {
+    tokenId = filter.value;
+    history.replaceState(null, "", tokenId ? `/devices?token=${encodeURIComponent(tokenId)}` : "/devices");
+    load(false);
+  });
+
+  main.replaceChildren(
+    pageHeader({
+      title: "Devices",
+      intro: "Machines that enrolled with a token. A revoked device is refused from its very next call.",
+    }),
+    h("div", { class: "toolbar" }, h("label", { for: "token-filter" }, "Token"), filter),
+    list,
+    more);
+
+  try {
+    const tokens = await listAll("ListEnrollmentTokens", {}, "tokens");
+    for (const token of tokens) {
+      labels.set(token.id, token.label);
+      filter.append(h("option", { value: token.id, selected: token.id === tokenId }, `${token.label} (${token.id})`));
+    }
+  } catch (error) {
+    report(list, error, () => render(main));
+    return;
+  }
+  if (tokenId && !labels.has(tokenId)) {
+    filter.append(h("option", { value: tokenId, selected: true }, tokenId));
+  }
+
+  async function load(append) {
+    if (!append) {
+      pageToken = "";
+      rows.length = 0;
+      list.replaceChildren(spinner());
+    }
+    more.replaceChildren();
+    let answer;
+    try {
+      answer = await call("ListDevices", { pageSize: PAGE_SIZE, pageToken, tokenId: tokenId || undefined });
+    } catch (error) {
+      report(list, error, () => load(false));
+      return;
+    }
+    rows.push(...(answer.devices ?? []));
+    pageToken = answer.nextPageToken ?? "";
+    if (!rows.length) {
+      list.replaceChildren(emptyState({
+        title: tokenId ? "No devices enrolled with this token" : "No devices yet",
+        text: tokenId
+          ? "No machine has enrolled with this token so far."
+          : "Create an enrollment token under Settings, then run its agent command on a machine.",
+        action: tokenId ? null : h("a", { class: "button", href: "/settings/enrollment-tokens" }, "Enrollment Tokens"),
+      }));
+      return;
+    }
+    list.replaceChildren(table({
+      caption: "Devices, newest first",
+      columns: [
+        {
+          title: "Hostname",
+          class: "col-main",
+          cell: (d) => h("div", {}, h("div", { class: "strong" }, d.hostname || "—"), h("div", { class: "mono small muted" }, d.id)),
+        },
+        {
+          title: "Token",
+          cell: (d) => h("a", { class: "nowrap", href: `/devices?token=${encodeURIComponent(d.tokenId)}`, title: d.tokenId },
+            labels.get(d.tokenId) ?? d.tokenId),
+        },
+        { title: "Enrolled", cell: (d) => when(d.enrolledAt) },
+        { title: "Last seen", cell: (d) => when(d.lastSeenAt, "Never") },
+        { title: "State", cell: (d) => badge(deviceState(d)) },
+        { title: "Certificate expires", cell: (d) => when(d.notAfter) },
+        {
+          title: "Actions",
+          class: "actions",
+          cell: (d) => (deviceState(d) === "Revoked"
+            ? h("span", { class: "muted", title: `Revoked ${d.revokedAt ?? ""}` }, "—")
+            : h("button", { type: "button", class: "button button-danger-quiet", onclick: () => revoke(d) }, "Revoke")),
+        },
+      ],
+      rows: rows.map((device) => ({ item: device, props: { "data-device-id": device.id } })),
+    }));
+    if (pageToken) {
+      more.replaceChildren(h("button", { type: "button", class: "button button-quiet", onclick: () => load(true) },
+        "Show more devices"));
+    }
+  }
+
+  async function revoke(device) {
+    const sure = await confirmAction({
+      title: `Revoke ${device.hostname || device.id}?`,
+      text: "The server refuses this device's certificate from its very next call; its agent stops. "
+        + "This cannot be undone: the machine must enroll again with a token.",
+      confirm: "Revoke",
+    });
+    if (!sure) return;
+    try {
+      await call("RevokeDevice", { id: device.id });
+      announce(`Device ${device.hostname || device.id} revoked`);
+    } catch (error) {
+      report(list, error, () => load(false));
+      return;
+    }
+    await load(false);
+  }
+
+  await load(false);
+}

@@ -1,0 +1,306 @@
+// Settings -> Enrollment Tokens: list and filter tokens, make one (its secret shown once), revoke.
+
+import { call } from "../api.js";
+import {
+  announce, badge, config, confirmAction, copyText, emptyState, h, modal, pageHeader, spinner,
+  stateName, table, utcOffset, when,
+} from "../ui.js";
+import { report, setTitle } from "./common.js";
+
+const STATES = [
+  ["", "All states"],
+  ["active", "Active"],
+  ["expired", "Expired"],
+  ["exhausted", "Exhausted"],
+  ["revoked", "Revoked"],
+];
+const PAGE_SIZE = 50;
+const MAX_USES = 1_000_000_000;
+const MAX_LABEL = 200;
+const AGENT_CERT_DIR = "/etc/sielum";
+
+function tokenState(token) {
+  return stateName(token.state, "TOKEN_STATE_");
+}
+
+function uses(token) {
+  return `${token.uses ?? 0}/${token.maxUses === undefined ? "∞" : token.maxUses}`;
+}
+
+function shellQuote(text) {
+  return `'${String(text).replaceAll("'", `'"'"'`)}'`;
+}
+
+export function agentCommand(secret) {
+  return `SIELUM_ENROLLMENT_TOKEN=${shellQuote(secret)} sielum-agent enroll`
+    + ` --server ${config("enroll-url")}`
+    + ` --ca-fingerprint ${config("ca-fingerprint")} --cert-dir ${AGENT_CERT_DIR}`;
+}
+
+export async function render(main) {
+  setTitle("Enrollment Tokens");
+  const params = new URLSearchParams(location.search);
+  let state = STATES.some(([value]) => value === params.get("state")) ? params.get("state") : "";
+  let pageToken = "";
+  const list = h("section", { class: "panel", "aria-label": "Enrollment tokens" });
+  const more = h("div", { class: "more" });
+  const filter = h("select", { id: "state-filter" },
+    STATES.map(([value, text]) => h("option", { value, selected: value === state }, text)));
+  filter.addEventListener("change", () => {
+    state = filter.value;
+    const query = state ? `?state=${state}` : "";
+    history.replaceState(null, "", `/settings/enrollment-tokens${query}`);
+    load(false);
+  });
+  const newToken = h("button", { type: "button", class: "button", onclick: () => openNewToken(() => load(false)) },
+    "New Token");
+
+  main.replaceChildren(
+    pageHeader({
+      crumbs: [["Settings", "/settings"]],
+      title: "Enrollment Tokens",
+      intro: "An agent exchanges a token, once, for its device certificate. "
+        + "A token's secret is shown only when it is created.",
+      actions: [newToken],
+    }),
+    h("div", { class: "toolbar" },
+      h("label", { for: "state-filter" }, "State"), filter),
+    list,
+    more);
+
+  const rows = [];
+
+  async function load(append) {
+    if (!append) {
+      pageToken = "";
+      rows.length = 0;
+      list.replaceChildren(spinner());
+    }
+    more.replaceChildren();
+    let answer;
+    try {
+      answer = await call("ListEnrollmentTokens", {
+        pageSize: PAGE_SIZE, pageToken, state: state ? `TOKEN_STATE_${state.toUpperCase()}` : undefined,
+      });
+    } catch (error) {
+      report(list, error, () => load(false));
+      return;
+    }
+    rows.push(...(answer.tokens ?? []));
+    pageToken = answer.nextPageToken ?? "";
+    if (!rows.length) {
+      list.replaceChildren(state
+        ? emptyState({
+          title: `No ${state} tokens`,
+          text: "No enrollment token is in this state. Choose another state to see the others.",
+        })
+        : emptyState({
+          title: "No enrollment tokens yet",
+          text: "Create a token, then run the agent command it comes with on each new machine.",
+          action: h("button", { type: "button", class: "button", onclick: () => openNewToken(() => load(false)) },
+            "Create a token"),
+        }));
+      return;
+    }
+    list.replaceChildren(table({
+      caption: "Enrollment tokens, newest first",
+      columns: [
+        {
+          title: "Label",
+          class: "col-main",
+          cell: (t) => h("div", {}, h("div", { class: "strong" }, t.label), h("div", { class: "mono small muted" }, t.id)),
+        },
+        { title: "State", cell: (t) => badge(tokenState(t)) },
+        {
+          title: "Uses",
+          class: "num",
+          cell: (t) => h("a", { href: `/devices?token=${encodeURIComponent(t.id)}`, title: "Devices enrolled with this token" }, uses(t)),
+        },
+        { title: "Expires", cell: (t) => when(t.expiresAt, "Never") },
+        { title: "Last used", cell: (t) => when(t.lastUsedAt, "Never") },
+        { title: "Created by", cell: (t) => h("span", {}, t.createdBy) },
+        {
+          title: "Actions",
+          class: "actions",
+          cell: (t) => (tokenState(t) === "Revoked"
+            ? h("span", { class: "muted", title: `Revoked ${t.revokedAt ?? ""}` }, "—")
+            : h("button", { type: "button", class: "button button-danger-quiet", onclick: () => revoke(t) }, "Revoke")),
+        },
+      ],
+      rows: rows.map((token) => ({ item: token, props: { "data-token-id": token.id } })),
+    }));
+    if (pageToken) {
+      more.replaceChildren(h("button", { type: "button", class: "button button-quiet", onclick: () => load(true) },
+        "Show more tokens"));
+    }
+  }
+
+  async function revoke(token) {
+    const sure = await confirmAction({
+      title: `Revoke “${token.label}”?`,
+      text: "No agent can enroll with this token any more. Devices already enrolled with it keep "
+        + "working; revoke them on the Devices page if they must stop too.",
+      confirm: "Revoke",
+    });
+    if (!sure) return;
+    try {
+      await call("RevokeEnrollmentToken", { id: token.id });
+      announce(`Token ${token.label} revoked`);
+    } catch (error) {
+      report(list, error, () => load(false));
+      return;
+    }
+    await load(false);
+  }
+
+  await load(false);
+}
+
+// --- New Token -----------------------------------------------------------------------------------
+
+function field({ id, label, hint, input }) {
+  const hintId = `${id}-hint`;
+  const errorId = `${id}-error`;
+  input.setAttribute("id", id);
+  input.setAttribute("aria-describedby", `${hintId} ${errorId}`);
+  return h("div", { class: "field" },
+    h("label", { for: id }, label),
+    input,
+    h("p", { id: hintId, class: "hint" }, hint),
+    h("p", { id: errorId, class: "field-error" }));
+}
+
+function setFieldError(form, id, message) {
+  const input = form.querySelector(`#${id}`);
+  const error = form.querySelector(`#${id}-error`);
+  error.textContent = message ?? "";
+  if (message) input.setAttribute("aria-invalid", "true");
+  else input.removeAttribute("aria-invalid");
+}
+
+// What the form holds, checked as the server will; errors by field id.
+function readForm(form) {
+  const errors = {};
+  const label = form.querySelector("#token-label").value.trim();
+  if (!label) errors["token-label"] = "Enter a label: what or who the token is for.";
+  else if (label.length > MAX_LABEL) errors["token-label"] = `At most ${MAX_LABEL} characters.`;
+  const maxUsesText = form.querySelector("#token-max-uses").value.trim();
+  let maxUses;
+  if (maxUsesText) {
+    maxUses = Number(maxUsesText);
+    if (!/^\d+$/.test(maxUsesText) || maxUses < 1 || maxUses > MAX_USES) {
+      errors["token-max-uses"] = `A whole number from 1 to ${MAX_USES.toLocaleString()}, or blank for unlimited.`;
+    }
+  }
+  const expiresText = form.querySelector("#token-expires-at").value;
+  let expiresAt;
+  if (expiresText) {
+    const date = new Date(expiresText);
+    if (Number.isNaN(date.getTime())) errors["token-expires-at"] = "Not a date and time.";
+    else if (date <= new Date()) errors["token-expires-at"] = "Choose a time in the future, or leave it blank.";
+    else expiresAt = date.toISOString();
+  }
+  return { errors, request: { label, maxUses, expiresAt } };
+}
+
+function openNewToken(onDone) {
+  let created = false;
+  const serverError = h("div", { class: "form-error", role: "alert" });
+  const submit = h("button", { type: "submit", class: "button" }, "Create");
+  const form = h("form", { class: "form", novalidate: true },
+    serverError,
+    field({
+      id: "token-label",
+      label: "Label",
+      hint: "What the token is for, e.g. web-rollout. Shown in lists.",
+      input: h("input", { type: "text", name: "label", autocomplete: "off", required: true, maxlength: 400 }),
+    }),
+    field({
+      id: "token-max-uses",
+      label: "Max uses",
+      hint: "How many machines may enroll with it. Leave blank for unlimited.",
+      input: h("input", { type: "number", name: "maxUses", min: 1, max: MAX_USES, step: 1, inputmode: "numeric" }),
+    }),
+    field({
+      id: "token-expires-at",
+      label: "Expires at",
+      hint: `Optional; your local time (${utcOffset()}). Leave blank for a token that never expires.`,
+      input: h("input", { type: "datetime-local", name: "expiresAt" }),
+    }),
+    h("div", { class: "dialog-actions" },
+      h("button", { type: "button", class: "button button-quiet", onclick: () => dialog.close() }, "Cancel"),
+      submit));
+
+  const dialog = modal({ title: "New Token", labelledBy: "new-token-title" }, form);
+  dialog.addEventListener("close", () => { if (created) onDone(); });
+  form.querySelector("#token-label").focus();
+
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    serverError.replaceChildren();
+    const { errors, request } = readForm(form);
+    for (const id of ["token-label", "token-max-uses", "token-expires-at"]) setFieldError(form, id, errors[id]);
+    const first = Object.keys(errors)[0];
+    if (first) {
+      form.querySelector(`#${first}`).focus();
+      return;
+    }
+    submit.disabled = true;
+    submit.textContent = "Creating…";
+    let answer;
+    try {
+      answer = await call("CreateEnrollmentToken", request);
+    } catch (error) {
+      submit.disabled = false;
+      submit.textContent = "Create";
+      if (error.endsSession) {
+        dialog.close();
+        report(serverError, error);
+        return;
+      }
+      serverError.replaceChildren(h("strong", {}, "The server did not create the token: "), error.message);
+      return;
+    }
+    created = true;
+    showSecret(dialog, answer);
+  });
+}
+
+// The secret, once: it lives only in this dialog, which leaves the page when closed.
+function showSecret(dialog, answer) {
+  const { token, secret } = answer;
+  const command = agentCommand(secret);
+  const status = h("p", { class: "copy-status" });
+  const copyButton = (text, value, what) => h("button", {
+    type: "button",
+    class: "button button-quiet",
+    onclick: async () => {
+      const done = await copyText(value);
+      status.textContent = done ? `${what} copied to the clipboard.` : "Copying failed: select the text and copy it yourself.";
+      announce(status.textContent);
+    },
+  }, text);
+  dialog.querySelector("h2").textContent = "Token created";
+  dialog.querySelector("form").replaceWith(h("div", { class: "created" },
+    h("p", {},
+      "Token ", h("strong", {}, token.label), ` (${uses(token)} uses, expires `,
+      token.expiresAt ? when(token.expiresAt) : "never", ")."),
+    h("div", { class: "alert alert-warning" },
+      h("strong", {}, "Copy the secret now. "),
+      "It is shown this once: Sielum keeps only a hash of it."),
+    h("div", { class: "secret-row" },
+      h("label", { for: "token-secret" }, "Secret"),
+      h("div", { class: "copy-row" },
+        h("input", { id: "token-secret", class: "mono secret", readonly: true, value: secret, spellcheck: "false", "aria-describedby": "secret-hint" }),
+        copyButton("Copy", secret, "Secret"))),
+    h("p", { id: "secret-hint", class: "hint" }, "Keep it in your secret store; hand it to agents in SIELUM_ENROLLMENT_TOKEN."),
+    h("div", { class: "secret-row" },
+      h("span", { class: "label", id: "command-label" }, "Agent command"),
+      h("pre", { class: "command", "aria-labelledby": "command-label", tabindex: 0 }, h("code", {}, command)),
+      h("div", { class: "copy-row-end" }, copyButton("Copy command", command, "Command"))),
+    status,
+    h("div", { class: "dialog-actions" },
+      h("button", { type: "button", class: "button", onclick: () => dialog.close() }, "Done"))));
+  dialog.querySelector("#token-secret").select();
+  announce("Token created. Copy the secret now; it is shown this once.");
+}
