@@ -1,4 +1,9 @@
-"""Every method of every service x every kind of caller x both ports: the expected outcome."""
+"""Every method of every service x every kind of caller x every transport: the expected outcome.
+
+gRPC: both ports, six kinds of client certificate. The dashboard's Connect
+transport: every AdminService method with six kinds of browser request, each
+refusal checked to have changed nothing.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +17,7 @@ from typing import Any
 import grpc
 import pytest
 from cryptography.hazmat.primitives import serialization
-from google.protobuf import message_factory
+from google.protobuf import json_format, message_factory
 
 from sielum.admin.v1 import admin_pb2
 from sielum.agent.v1 import agent_pb2
@@ -21,8 +26,9 @@ from sielum.ca.datadir import init_data_dir
 from sielum.ca.profile import admin_certificate, random_serial
 from sielum.enroll.ratelimit import FailureLimit
 from sielum.enroll.v1 import enroll_pb2
-from sielum.server.app import iter_services
+from sielum.server.app import ADMIN_SERVICE, iter_services
 from sielum.server.auth import METHOD_ROLES, Role
+from tests.connect_client import DashboardClient
 from tests.rpc.conftest import Harness, key_pem, make_csr, make_key, start_harness
 
 IDENTITIES = ("none", "admin", "device", "revoked-device", "expired", "foreign-ca")
@@ -37,8 +43,6 @@ NOT_YET_ANSWERED = {
     "/sielum.admin.v1.AdminService/ListAdmins",
     "/sielum.admin.v1.AdminService/RevokeAdmin",
     "/sielum.admin.v1.AdminService/ListAuditEvents",
-    "/sielum.admin.v1.AdminService/CreateDashboardLogin",
-    "/sielum.admin.v1.AdminService/GetOverview",
     "/sielum.agent.v1.AgentService/Unenroll",
 }
 
@@ -74,6 +78,7 @@ class World:
     device_id: str
     spare_token_id: str
     spare_device_id: str
+    browsers: dict[str, DashboardClient]  # Connect caller -> a client playing it
 
     def channel(self, port: str, identity: str) -> grpc.Channel:
         if (port, identity) not in self.channels:
@@ -109,7 +114,7 @@ def _expired_admin(data_dir: Path) -> tuple[bytes, bytes]:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     tmp = tmp_path_factory.mktemp("matrix")
-    h = start_harness(tmp, failure_limit=FailureLimit(burst=0))
+    h = start_harness(tmp, failure_limit=FailureLimit(burst=0), dashboard_addr="127.0.0.1:0")
     try:
         token = h.create_token(label="matrix")
         open_token = h.create_token(label="matrix-open")
@@ -142,6 +147,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             device_id=device.device_id,
             spare_token_id=h.create_token(label="spare").token.id,
             spare_device_id=spare.device_id,
+            browsers=_browsers(h),
         )
     finally:
         h.server.stop(grace=1)
@@ -246,3 +252,114 @@ def test_authorization(world: World, method: str, port: str, identity: str) -> N
     else:
         # grpc's own words for a refused handshake: the connection closed on it.
         assert "failed to connect" in got[1] or "Socket closed" in got[1], got
+
+
+# --- the dashboard's Connect transport ----------------------------------------------------------
+
+CONNECT_CALLERS = ("no-session", "session", "signed-out", "other-origin", "form-post")
+ADMIN_METHODS = sorted(f"/{ADMIN_SERVICE.full_name}/{m.name}" for m in ADMIN_SERVICE.methods)
+
+
+def _browsers(h: Harness) -> dict[str, DashboardClient]:
+    def signed_in(**fields: Any) -> DashboardClient:
+        client = DashboardClient(h.server.dashboard_url, h.ca_pem, **fields)
+        link = h.admin().CreateDashboardLogin(admin_pb2.CreateDashboardLoginRequest(), timeout=10)
+        assert client.sign_in(link.url).status == 200
+        return client
+
+    signed_out = signed_in()
+    assert signed_out.sign_out().status == 200
+    live = signed_in()
+    return {
+        "no-session": DashboardClient(h.server.dashboard_url, h.ca_pem),
+        "session": live,
+        "signed-out": signed_out,
+        # A page on another site, in a browser that holds a live session.
+        "other-origin": DashboardClient(
+            h.server.dashboard_url, h.ca_pem, cookie=live.cookie, origin="https://evil.example"
+        ),
+        "form-post": live,
+    }
+
+
+def expected_connect(method: str, caller: str) -> tuple[int, str, str]:
+    """(HTTP status, Connect code, message) for a Connect call; code "" for a success."""
+    if caller == "other-origin":
+        return (
+            403,
+            "permission_denied",
+            "requests must come from the dashboard's own pages (Origin not allowed)",
+        )
+    if caller == "form-post":
+        return 415, "invalid_argument", "Content-Type must be application/json"
+    if caller == "no-session":
+        return 403, "permission_denied", f"{method} needs an admin dashboard session"
+    if caller == "signed-out":
+        return (
+            401,
+            "unauthenticated",
+            "you are signed out: sign in again with a link from `sielum-admin dashboard login`",
+        )
+    if method in NOT_YET_ANSWERED:
+        return 501, "unimplemented", f"{method.rsplit('/', 1)[1]} is not implemented yet"
+    return 200, "", ""
+
+
+def _everything(h: Harness) -> tuple[object, ...]:
+    """What a refused call must leave as it was: tokens, devices, audit trail, sessions."""
+    store = h.server.store
+    tokens = store.list_tokens(now=h.clock.now(), page_size=1000).items
+    devices = store.list_devices(page_size=1000).items
+    with store.db.connection_context():
+        sessions = store.db.execute_sql(
+            "SELECT admin, expires_at FROM dashboard_session ORDER BY seq"
+        ).fetchall()
+    return (
+        [(t.id, t.uses, t.revoked_at) for t in tokens],
+        [(d.id, d.serial, d.revoked_at) for d in devices],
+        len(store.list_audit(limit=1000)),
+        [tuple(row) for row in sessions],
+    )
+
+
+def test_connect_covers_exactly_the_admin_service() -> None:
+    assert {m for m in METHOD_ROLES if m.startswith(f"/{ADMIN_SERVICE.full_name}/")} == set(
+        ADMIN_METHODS
+    )
+
+
+@pytest.mark.parametrize(
+    ("method", "caller"), list(itertools.product(ADMIN_METHODS, CONNECT_CALLERS))
+)
+def test_connect_authorization(world: World, method: str, caller: str) -> None:
+    want = expected_connect(method, caller)
+    client = world.browsers[caller]
+    document = json_format.MessageToDict(_request(method, world))
+    before = _everything(world.harness) if want[0] != 200 else None
+    if caller == "form-post":
+        # What an HTML form on any page can send: no preflight, the browser's cookies.
+        answer = client.request(
+            "POST",
+            method,
+            b"label=csrf",
+            {**client.browser_headers("application/x-www-form-urlencoded")},
+        )
+    else:
+        answer = client.call(method.rsplit("/", 1)[1], document)
+    got = (answer.status, answer.code, answer.message)
+    assert got == want, answer.body
+    if before is not None:
+        assert _everything(world.harness) == before
+
+
+@pytest.mark.parametrize(
+    "method", sorted(m for m in METHOD_ROLES if not m.startswith(f"/{ADMIN_SERVICE.full_name}/"))
+)
+def test_connect_serves_no_other_service(world: World, method: str) -> None:
+    """Enroll, the agent's methods, health, reflection: not on the dashboard, even signed in."""
+    client = world.browsers["session"]
+    before = _everything(world.harness)
+    answer = client.post(method, {}, **{"Connect-Protocol-Version": "1"})
+    assert (answer.status, answer.code) == (501, "unimplemented")
+    assert answer.message == f"{method} is not a method served here"
+    assert _everything(world.harness) == before

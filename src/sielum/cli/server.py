@@ -25,6 +25,7 @@ from sielum.server.workers import (
     default_workers,
     reserve_port,
     signal_ready,
+    split_address,
     worker_command,
 )
 
@@ -108,6 +109,11 @@ def _dashboard_off(args: argparse.Namespace) -> bool:
 
 
 def _check_dashboard_options(args: argparse.Namespace) -> None:
+    if not _dashboard_off(args):
+        try:
+            split_address(args.dashboard_addr)
+        except ValueError as error:
+            raise InvalidArgumentError(f"--dashboard-addr: {error} (or 'off')") from None
     if bool(args.dashboard_cert) != bool(args.dashboard_key):
         raise InvalidArgumentError("--dashboard-cert and --dashboard-key go together")
     for flag, value in (
