@@ -295,11 +295,7 @@ def expected_connect(method: str, caller: str) -> tuple[int, str, str]:
     if caller == "no-session":
         return 403, "permission_denied", f"{method} needs an admin dashboard session"
     if caller == "signed-out":
-        return (
-            401,
-            "unauthenticated",
-            "you are signed out: sign in again with a link from `sielum-admin dashboard login`",
-        )
+        return 401, "unauthenticated", "you are signed out"
     if method in NOT_YET_ANSWERED:
         return 501, "unimplemented", f"{method.rsplit('/', 1)[1]} is not implemented yet"
     return 200, "", ""

@@ -155,12 +155,12 @@ def test_fail_login_links_that_cannot_sign_in(harness: Harness) -> None:
     assert _client(harness).sign_in(link).status == 200
     again = _client(harness).sign_in(link)
     assert (again.status, again.code) == (401, "unauthenticated")
-    assert again.message.startswith("this login link was already used")
+    assert again.message == "this login link was already used"
     assert "set-cookie" not in again.headers
     expired = _link(harness).url
     harness.clock.advance(timedelta(minutes=5))
     late = _client(harness).sign_in(expired)
-    assert (late.status, late.message.split(":")[0]) == (401, "this login link has expired")
+    assert (late.status, late.message) == (401, "this login link has expired")
     bogus = _client(harness).post("/session/login", {"code": 42})
     assert (bogus.status, bogus.code) == (400, "invalid_argument")
 
@@ -173,7 +173,7 @@ def test_ok_sign_out_ends_the_session_for_every_call(harness: Harness) -> None:
     assert "Max-Age=0" in signed_out.headers["set-cookie"]
     after = client.call("ListDevices")
     assert (after.status, after.code) == (401, "unauthenticated")
-    assert after.message.startswith("you are signed out")
+    assert after.message == "you are signed out"
     assert client.post("/session/current").status == 401
     assert _audit(harness)[-1] == ("admin/admin", "dashboard.logout")
 

@@ -110,7 +110,7 @@ def test_fail_a_code_that_cannot_sign_in_starts_no_session(
         "unknown": "this login link is not valid",
         "malformed": "this login link is not valid",
     }[case]
-    assert refused.value.message.startswith(want)
+    assert refused.value.message == want
     assert (_session_rows(store), _audit_actions(store)) == (sessions_before, audit_before)
 
 
@@ -129,7 +129,7 @@ def test_a_login_code_starts_one_session_under_concurrency(
             dashboard.start_session(login.code.reveal(), "10.0.0.2")
             outcome = "session"
         except UnauthenticatedError as error:
-            outcome = error.message.split(":")[0]
+            outcome = error.message
         with lock:
             outcomes.append(outcome)
 

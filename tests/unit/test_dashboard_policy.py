@@ -75,8 +75,7 @@ def _login(**fields: object) -> DashboardLogin:
 def test_check_login_says_why(login: DashboardLogin | None, now: datetime, message: str) -> None:
     with pytest.raises(UnauthenticatedError) as refused:
         sessions.check_login(login, now)
-    assert refused.value.message.startswith(message)
-    assert "sielum-admin dashboard login" in refused.value.message
+    assert refused.value.message == message
 
 
 def test_check_login_passes_a_fresh_code() -> None:

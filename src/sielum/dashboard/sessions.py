@@ -36,8 +36,8 @@ TOUCH_INTERVAL = timedelta(minutes=1)
 CREDENTIAL_BYTES = 32
 _CREDENTIAL = re.compile(r"^[A-Za-z0-9_-]{43}$")  # 32 bytes, base64url without padding
 
-NEW_LINK = "ask for a new link with `sielum-admin dashboard login`"
-SIGN_IN_AGAIN = "sign in again with a link from `sielum-admin dashboard login`"
+# The pages add how to get a new link (`sielum-admin dashboard login`) to these.
+SIGNED_OUT = "you are signed out"
 
 
 class Credential:
@@ -98,23 +98,21 @@ def check_login(login: DashboardLogin | None, now: datetime) -> None:
     guesser nothing they could use.
     """
     if login is None:
-        raise UnauthenticatedError(f"this login link is not valid: {NEW_LINK}")
+        raise UnauthenticatedError("this login link is not valid")
     if login.used_at is not None:
-        raise UnauthenticatedError(f"this login link was already used: {NEW_LINK}")
+        raise UnauthenticatedError("this login link was already used")
     if login.expires_at <= now:
-        raise UnauthenticatedError(f"this login link has expired: {NEW_LINK}")
+        raise UnauthenticatedError("this login link has expired")
 
 
 def check_session(session: DashboardSession | None, now: datetime) -> None:
     """Why a session no longer admits its admin, as UnauthenticatedError; nothing while it does."""
     if session is None:
-        raise UnauthenticatedError(f"you are signed out: {SIGN_IN_AGAIN}")
+        raise UnauthenticatedError(SIGNED_OUT)
     if session.expires_at <= now:
-        raise UnauthenticatedError(f"the dashboard session has ended: {SIGN_IN_AGAIN}")
+        raise UnauthenticatedError("the dashboard session has ended (8 hours at most)")
     if session.last_seen_at + IDLE_LIMIT <= now:
-        raise UnauthenticatedError(
-            f"the dashboard session ended after 30 minutes without use: {SIGN_IN_AGAIN}"
-        )
+        raise UnauthenticatedError("the dashboard session ended after 30 minutes without use")
 
 
 def _audit(action: str, admin: str, at: datetime, peer: str, detail: str) -> AuditEvent:
@@ -211,7 +209,7 @@ class DashboardSessions:
         if session is None:
             login = None if code is None else self._store.get_dashboard_login(code.digest())
             # Passing the checks here means another call spent the code a moment ago.
-            refusal = UnauthenticatedError(f"this login link was already used: {NEW_LINK}")
+            refusal = UnauthenticatedError("this login link was already used")
             try:
                 check_login(login, now)
             except UnauthenticatedError as error:

@@ -36,9 +36,10 @@ from sielum.dashboard.connect import (
     parse_request,
     to_json,
 )
-from sielum.dashboard.sessions import SIGN_IN_AGAIN, DashboardSessions
+from sielum.dashboard.sessions import SIGNED_OUT, DashboardSessions
 from sielum.errors import InternalError, PermissionDeniedError, SielumError, UnauthenticatedError
 from sielum.identity import Identity, Role
+from sielum.logs import log_event
 from sielum.server.auth import Authorizer
 from sielum.server.runner import Runner
 from sielum.server.services import UnaryMethod
@@ -349,6 +350,22 @@ class Dashboard:
             status=404, body=self._not_found_page, content_type="text/html", charset="utf-8"
         )
 
+    def _check_browser(self, request: web.Request, *, connect: bool) -> None:
+        """check_browser_request, with each refusal logged: a cross-site attempt is news."""
+        try:
+            check_browser_request(request.headers, self.listener.origins, connect=connect)
+        except ConnectError as error:
+            log_event(
+                log,
+                "dashboard.refused",
+                level=logging.WARNING,
+                path=request.path[:200],
+                origin=request.headers.get("Origin", "")[:200],
+                peer=request.remote or "",
+                reason=error.message,
+            )
+            raise
+
     # Sign-in, sign-out and who is signed in
 
     async def _blocking(self, call: Callable[[], T]) -> T:
@@ -359,7 +376,7 @@ class Dashboard:
             raise ConnectError.of(error) from None
 
     async def _sign_in(self, request: web.Request) -> web.Response:
-        check_browser_request(request.headers, self.listener.origins, connect=False)
+        self._check_browser(request, connect=False)
         code = (await _json_object(request)).get("code")
         if not isinstance(code, str):
             raise ConnectError(grpc.StatusCode.INVALID_ARGUMENT, "code must be a string")
@@ -384,7 +401,7 @@ class Dashboard:
         return response
 
     async def _sign_out(self, request: web.Request) -> web.Response:
-        check_browser_request(request.headers, self.listener.origins, connect=False)
+        self._check_browser(request, connect=False)
         key = request.cookies.get(COOKIE)
         if key is not None:
             peer = request.remote or ""
@@ -394,13 +411,13 @@ class Dashboard:
         return response
 
     async def _current(self, request: web.Request) -> web.Response:
-        check_browser_request(request.headers, self.listener.origins, connect=False)
+        self._check_browser(request, connect=False)
         key = request.cookies.get(COOKIE)
         peer = request.remote or ""
 
         def current() -> Identity:
             if key is None:
-                raise UnauthenticatedError(f"you are signed out: {SIGN_IN_AGAIN}")
+                raise UnauthenticatedError(SIGNED_OUT)
             identity = self._identity(key)
             self._authorizer.admit(identity, peer)
             return identity
@@ -420,7 +437,7 @@ class Dashboard:
     async def _connect(self, request: web.Request) -> web.Response:
         if request.method != "POST":
             raise web.HTTPMethodNotAllowed(request.method, ["POST"])
-        check_browser_request(request.headers, self.listener.origins, connect=True)
+        self._check_browser(request, connect=True)
         service, name = request.match_info["service"], request.match_info["method"]
         full_name = f"/{service}/{name}"
         method = self._methods.get(full_name)

@@ -1,7 +1,7 @@
 // The dashboard's entry point: who is signed in, the navigation, and the page for this address.
 
 import { ApiError, session } from "./api.js";
-import { announce, h } from "./ui.js";
+import { announce, h, sentence } from "./ui.js";
 import * as overview from "./pages/overview.js";
 import * as devices from "./pages/devices.js";
 import * as audit from "./pages/audit.js";
@@ -43,7 +43,7 @@ export function showSignedOut(reason) {
     h("div", { class: "card signin" },
       h("img", { class: "signin-logo", src: "/static/icon.svg", alt: "", width: 48, height: 48 }),
       h("h1", {}, "You are signed out"),
-      reason ? h("p", { class: "alert alert-info" }, reason) : null,
+      reason ? h("p", { class: "alert alert-info" }, sentence(reason)) : null,
       h("p", {}, "Ask for a sign-in link on a machine that holds your admin certificate:"),
       h("pre", { class: "command" }, h("code", {}, "sielum-admin dashboard login")),
       h("p", { class: "muted" }, "Open the link it prints. A link works once, for 5 minutes.")));

@@ -1,5 +1,7 @@
 // /login#<code>: trade the one-time code for a session cookie, and take the code out of the address bar.
 
+import { sentence } from "./ui.js";
+
 const status = document.getElementById("login-status");
 const help = document.getElementById("login-help");
 
@@ -41,7 +43,7 @@ async function signIn() {
 
 function fail(message) {
   document.title = "Sign-in failed · Sielum";
-  status.textContent = message;
+  status.textContent = sentence(message);
   status.classList.add("alert", "alert-error");
   status.setAttribute("role", "alert");
   help.hidden = false;

@@ -37,6 +37,14 @@ function append(element, children) {
   }
 }
 
+// The server's messages are lower-case clauses ("this login link has expired"): a sentence here.
+export function sentence(text) {
+  const trimmed = String(text ?? "").trim();
+  if (!trimmed) return trimmed;
+  const capital = trimmed[0].toUpperCase() + trimmed.slice(1);
+  return /[.!?)]$/.test(capital) ? capital : `${capital}.`;
+}
+
 export function announce(text) {
   const region = document.getElementById("announcer");
   if (!region) return;
@@ -119,7 +127,7 @@ export function pageHeader({ crumbs = [], title, intro, actions = [] }) {
 export function errorBox(error, { retry } = {}) {
   return h("div", { class: "alert alert-error", role: "alert" },
     h("strong", {}, "The server refused or failed this request."),
-    h("p", {}, error?.message ?? String(error)),
+    h("p", {}, sentence(error?.message ?? String(error))),
     retry ? h("button", { type: "button", class: "button button-quiet", onclick: retry }, "Try again") : null);
 }
 

@@ -49,7 +49,12 @@ export async function render(main) {
     filter.append(h("option", { value: tokenId, selected: true }, tokenId));
   }
 
+  // A filter changed while a page was loading: only the latest answer is drawn.
+  let generation = 0;
+
   async function load(append) {
+    generation += 1;
+    const mine = generation;
     if (!append) {
       pageToken = "";
       rows.length = 0;
@@ -60,9 +65,10 @@ export async function render(main) {
     try {
       answer = await call("ListDevices", { pageSize: PAGE_SIZE, pageToken, tokenId: tokenId || undefined });
     } catch (error) {
-      report(list, error, () => load(false));
+      if (mine === generation) report(list, error, () => load(false));
       return;
     }
+    if (mine !== generation) return;
     rows.push(...(answer.devices ?? []));
     pageToken = answer.nextPageToken ?? "";
     if (!rows.length) {

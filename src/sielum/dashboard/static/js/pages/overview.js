@@ -15,7 +15,7 @@ function count(value) {
 function niceCeiling(max) {
   if (max <= 4) return 4;
   const power = 10 ** Math.floor(Math.log10(max));
-  for (const step of [1, 2, 2.5, 5, 10]) {
+  for (const step of [1, 1.2, 1.6, 2, 3, 4, 5, 6, 8, 10]) {
     if (step * power >= max) return step * power;
   }
   return 10 * power;
@@ -119,7 +119,7 @@ export async function render(main) {
       breakdown("Devices by state", devices, "DEVICE_STATE_")),
     tokens.every((e) => !count(e.count))
       ? h("p", { class: "alert alert-info" }, "No enrollment tokens yet. ",
-        h("a", { href: "/settings/enrollment-tokens" }, "Create one under Settings → Enrollment Tokens"), ".")
+        h("a", { href: "/settings/enrollment-tokens" }, "Create the first one"), ".")
       : null,
   ].filter(Boolean));
 }

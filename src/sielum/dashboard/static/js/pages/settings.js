@@ -8,8 +8,8 @@ export async function render(main) {
   main.replaceChildren(
     pageHeader({ title: "Settings", intro: "How machines join, and who may manage them." }),
     h("div", { class: "cards" },
-      h("a", { class: "card card-link", href: "/settings/enrollment-tokens" },
-        h("h2", {}, "Enrollment Tokens"),
+      h("div", { class: "card card-link" },
+        h("h2", {}, h("a", { href: "/settings/enrollment-tokens" }, "Enrollment Tokens")),
         h("p", {}, "Create the one-time credentials agents enroll with, see how often each was used, revoke them.")),
       h("div", { class: "card" },
         h("h2", {}, "Admins"),

@@ -2,7 +2,7 @@
 
 import { call } from "../api.js";
 import {
-  announce, badge, config, confirmAction, copyText, emptyState, h, modal, pageHeader, spinner,
+  announce, badge, config, sentence, confirmAction, copyText, emptyState, h, modal, pageHeader, spinner,
   stateName, table, utcOffset, when,
 } from "../ui.js";
 import { report, setTitle } from "./common.js";
@@ -70,7 +70,12 @@ export async function render(main) {
 
   const rows = [];
 
+  // A filter changed while a page was loading: only the latest answer is drawn.
+  let generation = 0;
+
   async function load(append) {
+    generation += 1;
+    const mine = generation;
     if (!append) {
       pageToken = "";
       rows.length = 0;
@@ -83,9 +88,10 @@ export async function render(main) {
         pageSize: PAGE_SIZE, pageToken, state: state ? `TOKEN_STATE_${state.toUpperCase()}` : undefined,
       });
     } catch (error) {
-      report(list, error, () => load(false));
+      if (mine === generation) report(list, error, () => load(false));
       return;
     }
+    if (mine !== generation) return;
     rows.push(...(answer.tokens ?? []));
     pageToken = answer.nextPageToken ?? "";
     if (!rows.length) {
@@ -258,7 +264,7 @@ function openNewToken(onDone) {
         report(serverError, error);
         return;
       }
-      serverError.replaceChildren(h("strong", {}, "The server did not create the token: "), error.message);
+      serverError.replaceChildren(h("strong", {}, "The server did not create the token. "), sentence(error.message));
       return;
     }
     created = true;
@@ -291,7 +297,10 @@ function showSecret(dialog, answer) {
     h("div", { class: "secret-row" },
       h("label", { for: "token-secret" }, "Secret"),
       h("div", { class: "copy-row" },
-        h("input", { id: "token-secret", class: "mono secret", readonly: true, value: secret, spellcheck: "false", "aria-describedby": "secret-hint" }),
+        h("textarea", {
+          id: "token-secret", class: "mono secret", readonly: true, rows: 1, spellcheck: "false",
+          autocomplete: "off", "aria-describedby": "secret-hint",
+        }, secret),
         copyButton("Copy", secret, "Secret"))),
     h("p", { id: "secret-hint", class: "hint" }, "Keep it in your secret store; hand it to agents in SIELUM_ENROLLMENT_TOKEN."),
     h("div", { class: "secret-row" },
