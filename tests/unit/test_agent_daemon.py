@@ -338,6 +338,41 @@ def test_a_renewal_by_another_process_while_due_is_not_renewed_again(
     assert events(caplog).index("renewed_elsewhere") < events(caplog).index("renewed")
 
 
+class ZeroRandom(random.Random):
+    """Every draw is the earliest: every plan says "now"."""
+
+    def random(self) -> float:
+        return 0.0
+
+
+def test_a_certificate_due_at_once_is_renewed_once_per_heartbeat_not_in_a_loop(
+    time: FakeTime, server: FakeServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    server.ttl = timedelta(seconds=60)
+    server.stored = server._issue()
+    # A renewal by hand, itself due at once, is still reported before ours follows.
+    server.on_status = lambda: server.renew_by_hand() if server.heartbeats == 2 else None
+    time.stop_when = lambda: server.renewals >= 4
+    daemon = Daemon(
+        DaemonOptions(CertDir(Path("/nonexistent")), interval=timedelta(seconds=2), timeout=5),
+        waiter=time,
+        clock=time,
+        rng=ZeroRandom(),
+        calls=server,
+        logger=logging.getLogger("test.agent"),
+    )
+    assert daemon.run() == EXIT_OK
+    # One heartbeat (2 s, -10 % at most) between renewals; the one wait of 0 is the
+    # renewal that found the certificate renewed by hand under its feet.
+    assert len(time.sleeps) == 5
+    assert time.sleeps.count(0.0) == 1
+    assert all(s >= 1.8 for s in time.sleeps if s), time.sleeps
+    (picked,) = fields(caplog, "renewed_elsewhere")
+    names = events(caplog)
+    assert names.index("renewed_elsewhere") < len(names) - 1 - names[::-1].index("renewed")
+    assert picked["serial"] != fields(caplog, "renewed")[0]["serial"]
+
+
 def test_a_stop_before_the_first_call_calls_nothing(time: FakeTime, server: FakeServer) -> None:
     time._stopped = True
     assert make_daemon(time, server).run() == EXIT_OK

@@ -240,10 +240,9 @@ class Daemon:
 
         status = self._calls.status(options.cert_dir, options.timeout)
         plan, new_plan = self._plan_for(status)
-        if plan.renew_at - status.server_time <= _DUE_SLACK:
-            return self._renew(serial)
-
+        due = plan.renew_at - status.server_time <= _DUE_SLACK
         if self._renewed_elsewhere:
+            # Said before a renewal of our own, which may follow at once.
             self._renewed_elsewhere = False
             self._event(
                 "renewed_elsewhere",
@@ -252,8 +251,10 @@ class Daemon:
                 not_after=_when(status.not_after),
                 next_renewal=_when(plan.renew_at),
             )
-        elif new_plan and self._state is State.OK:
+        elif new_plan and not due and self._state is State.OK:
             self._event("renewal_scheduled", next_renewal=_when(plan.renew_at))
+        if due:
+            return self._renew(serial)
         self._succeeded(status, plan)
         return min(heartbeat_delay(options.interval, self._rng), plan.renew_at - status.server_time)
 
@@ -261,7 +262,6 @@ class Daemon:
         options = self._options
         result = self._calls.renew(options.cert_dir, options.timeout, serial)
         self._serial = int(result.serial, 16)
-        self._renewed_elsewhere = False
         fields: dict[str, Any] = {
             "device": result.device_id,
             "serial": result.serial,
@@ -277,10 +277,11 @@ class Daemon:
         plan, _ = self._plan_for(status)
         self._succeeded(status, plan)
         self._event("renewed", **fields, next_renewal=_when(plan.renew_at))
-        return min(
-            heartbeat_delay(options.interval, self._rng),
-            max(plan.renew_at - status.server_time, timedelta(0)),
-        )
+        beat = heartbeat_delay(options.interval, self._rng)
+        remaining = plan.renew_at - status.server_time
+        # Never two renewals within one heartbeat, whatever the plan says (a certificate
+        # born due, a draw of zero): a loop of renewals is what the server rate-limits.
+        return beat if remaining <= _DUE_SLACK else min(beat, remaining)
 
     def _plan_for(self, status: Status) -> tuple[Plan, bool]:
         """The plan for the certificate the server just saw; drawn once per certificate."""
