@@ -125,10 +125,14 @@ def _v2_dashboard(d: Dialect) -> Sequence[str]:
         # Ends every session of an admin at once (a revoked admin).
         "CREATE INDEX dashboard_session_admin ON dashboard_session (admin)",
         # The overview's counts (Store.state_counts, Store.enrollments_per_day) read
-        # these indexes instead of every device row.
-        "CREATE INDEX device_enrolled_at ON device (enrolled_at)",
-        "CREATE INDEX device_revoked ON device (revoked_at) WHERE revoked_at IS NOT NULL",
-        "CREATE INDEX device_not_after_unrevoked ON device (not_after) WHERE revoked_at IS NULL",
+        # these indexes instead of every device row. IF NOT EXISTS: the metrics'
+        # step makes the same two partial indexes, by the same names, for the same
+        # counts, and the steps may land in either order.
+        "CREATE INDEX IF NOT EXISTS device_enrolled_at ON device (enrolled_at)",
+        "CREATE INDEX IF NOT EXISTS device_revoked ON device (revoked_at)"
+        " WHERE revoked_at IS NOT NULL",
+        "CREATE INDEX IF NOT EXISTS device_not_after_unrevoked ON device (not_after)"
+        " WHERE revoked_at IS NULL",
     )
 
 
