@@ -15,6 +15,7 @@ cat <<MSG
 Sielum is starting on SQLite ($DATA/sielum.db).
   enroll port (server-only TLS): 127.0.0.1:8443
   api port (mTLS):               127.0.0.1:8444
+  dashboard (HTTPS):             https://127.0.0.1:8445  (trust $DATA/ca.pem in your browser)
   CA fingerprint:                $FP
 
 Next, in another terminal:
@@ -25,6 +26,8 @@ Next, in another terminal:
          --ca-fingerprint $FP --cert-dir /etc/sielum
   3. list enrolled devices:
        $BIN/sielum-admin --cert-dir $DATA/admin devices list
+  or do all of it in the dashboard: open the one-time link this prints
+       $BIN/sielum-admin --cert-dir $DATA/admin dashboard login
 
 MSG
 exec "$BIN/sielum-server" serve --data-dir "$DATA" "$@"
