@@ -80,6 +80,11 @@ def test_the_documented_flow(
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda error: errors.append(str(error)))
+    # A script, style or image the CSP blocked would be a broken page: chromium says so here.
+    page.on(
+        "console",
+        lambda message: errors.append(message.text) if "Security Policy" in message.text else None,
+    )
 
     # The login link from `sielum-admin dashboard login`, as an admin opens it.
     link = dashboard.login_link()

@@ -16,7 +16,7 @@ from sielum.dashboard.connect import (
     check_browser_request,
     parse_request,
 )
-from sielum.dashboard.web import origin_of
+from sielum.dashboard.web import PageConfig, origin_of
 from sielum.errors import UnauthenticatedError
 from sielum.model import DashboardLogin, DashboardSession
 
@@ -200,3 +200,14 @@ def test_parse_request_takes_json_and_refuses_what_is_not_the_message() -> None:
         assert refused.value.message.startswith(
             "request is not a valid sielum.admin.v1.CreateEnrollmentTokenRequest message"
         )
+
+
+def test_the_agent_command_names_the_host_the_browser_used() -> None:
+    pages = PageConfig(ca_fingerprint="sha256:ab", enroll_port=8443)
+    assert pages.enroll_url_for("sielum.example.com") == "https://sielum.example.com:8443"
+    assert pages.enroll_url_for("::1") == "https://[::1]:8443"
+    # A Host header that is no host name is not echoed into the page.
+    assert pages.enroll_url_for('evil"><script>') == "https://localhost:8443"
+    assert pages.enroll_url_for(None) == "https://localhost:8443"
+    fixed = PageConfig(ca_fingerprint="x", enroll_port=8443, enroll_url="https://enroll.example")
+    assert fixed.enroll_url_for("anything") == "https://enroll.example"

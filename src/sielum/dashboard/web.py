@@ -37,7 +37,13 @@ from sielum.dashboard.connect import (
     to_json,
 )
 from sielum.dashboard.sessions import SIGNED_OUT, DashboardSessions
-from sielum.errors import InternalError, PermissionDeniedError, SielumError, UnauthenticatedError
+from sielum.errors import (
+    InternalError,
+    InvalidArgumentError,
+    PermissionDeniedError,
+    SielumError,
+    UnauthenticatedError,
+)
 from sielum.identity import Identity, Role
 from sielum.logs import log_event
 from sielum.server.auth import Authorizer
@@ -156,7 +162,12 @@ class Listener:
                 public_names = [n for n in names if n != "localhost" and not _is_address(n)]
                 shown = public_names[0] if public_names else "localhost"
             base_url = f"https://{_url_host(shown)}" + ("" if port == 443 else f":{port}")
-        origins = {origin_of(base_url)}
+        try:
+            origins = {origin_of(base_url)}
+        except ValueError:
+            raise InvalidArgumentError(
+                f"--dashboard-url {public_url!r} is not an https:// URL with a host"
+            ) from None
         origins |= {origin_of(f"https://{_url_host(name)}:{port}") for name in names}
         if not _is_wildcard(host):
             origins.add(origin_of(f"https://{_url_host(host)}:{port}"))
