@@ -206,6 +206,11 @@ def test_ok_pages_carry_the_security_headers_and_the_agent_config(harness: Harne
         in html
     )
     assert f'<meta name="sielum-ca-fingerprint" content="{harness.server.ca.fingerprint}">' in html
+    # Every asset is Sielum's own: no file names another host to fetch from.
+    static = Path(__file__).parents[2] / "src" / "sielum" / "dashboard" / "static"
+    for path in static.rglob("*"):
+        if path.is_file() and path.name != "icon.svg":  # its xmlns is a name, not a fetch
+            assert not re.search(r"https?://|//[a-z0-9.-]+\.[a-z]{2,}/", path.read_text()), path
     script = client.request("GET", "/static/js/pages/tokens.js")
     assert script.status == 200 and script.headers["content-type"].startswith("text/javascript")
     assert client.request("GET", "/static/../web.py").status == 404

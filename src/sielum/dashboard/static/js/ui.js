@@ -8,15 +8,6 @@ export function h(tag, props, ...children) {
   return element;
 }
 
-const SVG_NS = "http://www.w3.org/2000/svg";
-
-export function svg(tag, props, ...children) {
-  const element = document.createElementNS(SVG_NS, tag);
-  setProps(element, props);
-  append(element, children);
-  return element;
-}
-
 function setProps(element, props) {
   for (const [key, value] of Object.entries(props ?? {})) {
     if (value === undefined || value === null || value === false) continue;
