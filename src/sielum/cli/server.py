@@ -141,7 +141,19 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if args.threads is not None and args.threads < 0:
         raise InvalidArgumentError("--threads must be 0 or more")
     if args.workers > 1 and args.worker_index is None:
+        # The supervisor runs no grpc; its workers each capture their own C-core lines.
         return _supervise(args)
+    from sielum.server.corelog import CoreLogCapture
+
+    capture = CoreLogCapture()
+    configure_logging(args.log_format, stream=capture.start())
+    try:
+        return _serve(args)
+    finally:
+        capture.stop()
+
+
+def _serve(args: argparse.Namespace) -> int:
     from sielum.server.app import SielumServer
 
     wake = threading.Event()
