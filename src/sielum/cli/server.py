@@ -252,7 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     init.set_defaults(run=_cmd_init)
 
-    serve = commands.add_parser("serve", help="run the server until SIGTERM or SIGINT")
+    serve = commands.add_parser(
+        "serve", help="run the server until SIGTERM or SIGINT; SIGHUP reloads its certificate"
+    )
     serve.add_argument("--data-dir", required=True, help="the directory `init` made")
     serve.add_argument(
         "--enroll-addr",
