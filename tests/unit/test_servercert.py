@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
@@ -9,7 +10,7 @@ import ssl
 import stat
 import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -386,3 +387,56 @@ def test_watch_reports_a_broken_renewal_and_keeps_serving(
     assert record.sielum_fields["serving"] == serving  # type: ignore[attr-defined]
     assert "not a readable PEM certificate" in record.sielum_fields["reason"]  # type: ignore[attr-defined]
     assert holder.current.serial == serving
+
+
+def test_ssl_context_on_an_event_loop_takes_reloads_on_that_loop(data_dir: Path) -> None:
+    """As an asyncio HTTPS listener would use it: the new pair is loaded on the loop."""
+    holder = ServerCertificate.of_data_dir(data_dir)
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    loaded_on: list[threading.Thread] = []
+
+    def schedule(load: Callable[[], None]) -> None:
+        def run() -> None:
+            loaded_on.append(threading.current_thread())
+            load()
+
+        loop.call_soon_threadsafe(run)
+
+    async def serve() -> asyncio.Server:
+        async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.write(await reader.read(16))
+            await writer.drain()
+            writer.close()
+
+        context = holder.ssl_context(schedule=schedule)
+        return await asyncio.start_server(echo, "127.0.0.1", 0, ssl=context)
+
+    server = asyncio.run_coroutine_threadsafe(serve(), loop).result(10)
+    port = server.sockets[0].getsockname()[1]
+    ca_pem = DataDirPaths.of(data_dir).ca_cert.read_bytes()
+    try:
+        with _connect(port, ca_pem) as before:
+            assert _peer(before).serial_number == holder.current.certificate.serial_number
+        renewed = renew_server_certificate(data_dir, now=NOW)
+        holder.reload()
+        asyncio.run_coroutine_threadsafe(asyncio.sleep(0), loop).result(10)
+        assert loaded_on == [thread]
+        with _connect(port, ca_pem) as after:
+            assert _peer(after).serial_number == renewed.pair.certificate.serial_number
+    finally:
+        server.close()
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root may give files to another owner")
+def test_renewal_run_as_root_keeps_the_files_owners(data_dir: Path) -> None:
+    paths = DataDirPaths.of(data_dir)
+    for path in (paths.server_cert, paths.server_key):
+        os.chown(path, 4321, 4322)
+    renew_server_certificate(data_dir, now=NOW)
+    for path in (paths.server_cert, paths.server_key):
+        info = path.stat()
+        assert (info.st_uid, info.st_gid) == (4321, 4322), path

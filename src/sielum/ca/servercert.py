@@ -184,16 +184,28 @@ class ServerCertificate:
                 log.exception("a listener could not take the new server certificate")
         return True
 
-    def ssl_context(self) -> ssl.SSLContext:
+    def ssl_context(
+        self, schedule: Callable[[Callable[[], None]], object] | None = None
+    ) -> ssl.SSLContext:
         """A TLS server context presenting the current pair, and every pair reloaded after it.
 
-        For listeners built on the ssl module (the dashboard's HTTPS): reloading
-        loads the new pair into this same context, which new handshakes then use.
+        For listeners built on the ssl module (an HTTPS listener on an asyncio loop):
+        a reload loads the new pair into this same context, which new handshakes then
+        use, and connections already open keep theirs. schedule runs that load where
+        the context is used, e.g. `loop.call_soon_threadsafe`, since reloads come
+        from another thread; without it the load runs on the reloading thread.
         """
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         load_into(context, self.current)
-        self.subscribe(lambda pair: load_into(context, pair))
+
+        def take(pair: ServerKeyPair) -> None:
+            if schedule is None:
+                load_into(context, pair)
+            else:
+                schedule(lambda: load_into(context, pair))
+
+        self.subscribe(take)
         return context
 
     def _file_stamp(self) -> tuple[tuple[int, int, int] | None, ...]:
