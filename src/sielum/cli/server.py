@@ -94,7 +94,8 @@ def _cmd_renew_server_cert(args: argparse.Namespace) -> int:
     if pair.not_after >= renewed.ca_not_after:
         print(
             f"note: it ends with the CA on {_when(renewed.ca_not_after)}: a certificate never "
-            "outlives its CA (see the README, 'Planning for the CA's expiry')"
+            "outlives its CA (see docs/tokens-and-certificates.md, 'Planning for the CA's "
+            "expiry')"
         )
     print()
     print("A running server serves it to new connections within 10 seconds, or at once")
@@ -154,8 +155,6 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from sielum.server.app import SielumServer
-
     wake = threading.Event()
     received: list[int] = []
 
@@ -167,6 +166,8 @@ def _serve(args: argparse.Namespace) -> int:
     # SIGHUP first, before the server starts: its default action would end the process.
     for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, on_signal)
+    from sielum.server.app import SielumServer
+
     server = SielumServer(_server_config(args)).start()
     if args.ready_fd is not None:
         signal_ready(args.ready_fd)

@@ -160,8 +160,8 @@ class CertificateWatch:
             (
                 "CA certificate",
                 self._ca_not_after,
-                "every certificate it signed stops working then; see the README, "
-                "'Planning for the CA's expiry'",
+                "every certificate it signed stops working then; see "
+                "docs/tokens-and-certificates.md, 'Planning for the CA's expiry'",
             ),
         )
         for name, not_after, action in watched:
