@@ -8,6 +8,7 @@ import dataclasses
 import itertools
 import logging
 import os
+import re
 import sqlite3
 import threading
 import time
@@ -507,10 +508,15 @@ def test_device_filters_use_their_indexes(
     if "token_id" in filters:
         query = query.where(D.token_id == filters["token_id"])
     if "state" in filters:
-        query = query.where(device_state_condition(D, filters["state"], T0))
+        query = query.where(
+            device_state_condition(D, filters["state"], T0, sqlite=is_sqlite(store.db))
+        )
     sql, params = query.order_by(D.seq.desc()).limit(101).sql()
     plan = _plan(store, sql, tuple(params))
     assert index in plan, plan
+    # And no walk of the whole table in seq order (the primary key) on the side.
+    assert "device_pkey" not in plan, plan
+    assert not re.search(r"^SCAN \w+$", plan, re.MULTILINE), plan
 
 
 @pytest.mark.parametrize(
