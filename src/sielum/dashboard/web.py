@@ -90,6 +90,20 @@ _HOST = re.compile(r"^[A-Za-z0-9.:-]{1,253}$")
 # --- where it listens -------------------------------------------------------------
 
 
+def own_certificate(cert_path: Path, key_path: Path) -> tuple[ssl.SSLContext, bytes]:
+    """A TLS server context for --dashboard-cert and --dashboard-key, and the chain it presents."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(cert_path, key_path)
+        chain = cert_path.read_bytes()
+    except (OSError, ssl.SSLError) as error:
+        raise InvalidArgumentError(
+            f"--dashboard-cert {cert_path} / --dashboard-key {key_path}: {error}"
+        ) from None
+    return context, chain
+
+
 def certificate_names(chain_pem: bytes) -> tuple[str, ...]:
     """The DNS names and addresses the leaf certificate of chain_pem is valid for."""
     leaf = x509.load_pem_x509_certificate(chain_pem)
@@ -136,20 +150,18 @@ class Listener:
         cls,
         addr: str,
         *,
-        cert_path: Path,
-        key_path: Path,
+        ssl_context: ssl.SSLContext,
+        chain_pem: bytes,
         public_url: str = "",
         reuse_port: bool = False,
     ) -> Listener:
-        """Bind addr with the certificate chain and key for TLS; raise OSError if it cannot."""
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        try:
-            context.load_cert_chain(cert_path, key_path)
-            chain = cert_path.read_bytes()
-        except (OSError, ssl.SSLError) as error:
-            raise OSError(f"dashboard certificate {cert_path} / key {key_path}: {error}") from None
-        context.set_alpn_protocols(["http/1.1"])
+        """Bind addr, to serve TLS with ssl_context; raise OSError if it cannot.
+
+        chain_pem is the certificate chain the context presents: its names are
+        the origins the dashboard's pages may come from.
+        """
+        ssl_context.set_alpn_protocols(["http/1.1"])
+        chain = chain_pem
         sock = _bind(addr, reuse_port=reuse_port)
         port = int(sock.getsockname()[1])
         host, _ = split_address(addr)
@@ -171,7 +183,7 @@ class Listener:
         origins |= {origin_of(f"https://{_url_host(name)}:{port}") for name in names}
         if not _is_wildcard(host):
             origins.add(origin_of(f"https://{_url_host(host)}:{port}"))
-        return cls(sock, context, port, base_url, frozenset(origins))
+        return cls(sock, ssl_context, port, base_url, frozenset(origins))
 
 
 def _is_address(name: str) -> bool:

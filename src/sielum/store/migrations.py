@@ -101,7 +101,21 @@ def _v1_initial_schema(d: Dialect) -> Sequence[str]:
     )
 
 
-def _v2_dashboard(d: Dialect) -> Sequence[str]:
+def _v2_device_filters(d: Dialect) -> Sequence[str]:
+    # Partial indexes (both SQLite and PostgreSQL have them) hold only the rows
+    # their filter lists, so revoked and expired devices are found without reading
+    # the active ones, which are most of them.
+    return (
+        # list_devices(hostname=...) newest first.
+        "CREATE INDEX device_hostname_seq ON device (hostname, seq)",
+        # list_devices(state=revoked) newest first.
+        "CREATE INDEX device_revoked_seq ON device (seq) WHERE revoked_at IS NOT NULL",
+        # list_devices(state=expired): the unrevoked devices whose not_after has passed.
+        "CREATE INDEX device_unrevoked_not_after ON device (not_after) WHERE revoked_at IS NULL",
+    )
+
+
+def _v3_dashboard(d: Dialect) -> Sequence[str]:
     return (
         # One-time login links: only a hash of the code, spent by one conditional UPDATE.
         f"""CREATE TABLE dashboard_login (
@@ -124,21 +138,16 @@ def _v2_dashboard(d: Dialect) -> Sequence[str]:
         )""",
         # Ends every session of an admin at once (a revoked admin).
         "CREATE INDEX dashboard_session_admin ON dashboard_session (admin)",
-        # The overview's counts (Store.state_counts, Store.enrollments_per_day) read
-        # these indexes instead of every device row. IF NOT EXISTS: the metrics'
-        # step makes the same two partial indexes, by the same names, for the same
-        # counts, and the steps may land in either order.
+        # The overview's enrollments per day (Store.enrollments_per_day) read this
+        # index, not every device row; its counts by state read those of step 2.
         "CREATE INDEX IF NOT EXISTS device_enrolled_at ON device (enrolled_at)",
-        "CREATE INDEX IF NOT EXISTS device_revoked ON device (revoked_at)"
-        " WHERE revoked_at IS NOT NULL",
-        "CREATE INDEX IF NOT EXISTS device_not_after_unrevoked ON device (not_after)"
-        " WHERE revoked_at IS NULL",
     )
 
 
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema: token, device, audit_event", _v1_initial_schema),
-    Migration(2, "dashboard logins and sessions; device indexes for counts", _v2_dashboard),
+    Migration(2, "indexes for listing devices by hostname and state", _v2_device_filters),
+    Migration(3, "dashboard logins and sessions; device index by enrollment time", _v3_dashboard),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 
