@@ -20,6 +20,7 @@ import pytest
 
 from tests.deploy.conftest import (
     EXAMPLES,
+    REPO,
     UNIT,
     admin_args,
     create_token,
@@ -222,8 +223,11 @@ def test_ansible_rollout_of_20_hosts(
     assert files_with(secret, tmp_path) == []
 
 
-def test_hosts_not_enrolled_one_liner(tmp_path: Path, server: Serve) -> None:
-    """The README's one-liner: inventory hosts that the token's devices do not name."""
+@pytest.mark.parametrize(
+    "readme", [REPO / "README.md", EXAMPLES / "README.md"], ids=["README", "examples"]
+)
+def test_hosts_not_enrolled_one_liner(tmp_path: Path, server: Serve, readme: Path) -> None:
+    """The READMEs' one-liner: hosts of the inventory that the token's devices do not name."""
     token_id, secret = create_token(server, max_uses=5)
     for name in ("web1", "web3"):
         result = subprocess.run(
@@ -248,15 +252,13 @@ def test_hosts_not_enrolled_one_liner(tmp_path: Path, server: Serve) -> None:
             check=False,
         )
         assert result.returncode == 0, result.stderr
-    inventory = tmp_path / "inventory"
-    inventory.write_text("[endpoints]\nweb1\nweb2\nweb3\nweb4\n\n[db]\ndb1\n")
-    readme = (EXAMPLES / "README.md").read_text()
-    # The README's block, run as it is, with this server's admin options.
-    block = re.search(r"```sh\n(# Hosts of the inventory[^`]*)```", readme)
-    assert block is not None, "examples/README.md lost its not-enrolled one-liner"
-    command = (
-        block[1].replace("sielum-admin", " ".join(admin_args(server))).replace("TOKEN_ID", token_id)
-    )
+    (tmp_path / "inventory").write_text("[endpoints]\nweb1\nweb2\nweb3\nweb4\n\n[db]\ndb1\n")
+    # The README's command, run as it is, with this server's admin options.
+    block = re.search(r"comm -23 .*?\| sort\)\n", readme.read_text(), re.DOTALL)
+    assert block is not None, f"{readme.name} lost its not-enrolled one-liner"
+    assert block[0].count("--token ID") == 1
+    command = block[0].replace("sielum-admin", " ".join(admin_args(server)))
+    command = command.replace("--token ID", f"--token {token_id}")
     result = subprocess.run(
         ["bash", "-c", command],
         capture_output=True,

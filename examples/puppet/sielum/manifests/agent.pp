@@ -116,7 +116,9 @@ class sielum::agent (
     exec { 'sielum-agent enable':
       command => ['systemctl', '--root', $systemd_root, 'enable', 'sielum-agent.service'],
       path    => ['/usr/bin', '/bin'],
-      creates => "${unit_dir}/multi-user.target.wants/sielum-agent.service",
+      # Not `creates` on the wants link: under another root it points to a path
+      # that exists only inside that root, and Puppet follows links.
+      unless  => "systemctl --root ${systemd_root} is-enabled --quiet sielum-agent.service",
       require => [File[$unit], Exec['sielum-agent enroll']],
     }
   }
