@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -132,6 +134,32 @@ def _recap(output: str) -> dict[str, dict[str, int]]:
     return recap
 
 
+def _run_exec_start(root: Path, enrolled: list[dict[str, Any]]) -> None:
+    """The installed unit's ExecStart, run as systemd would: it heartbeats, then stops on TERM.
+
+    This is what no test here can ask systemd to do: it shows that the command line
+    the rollout wrote (the agent's path in the host's venv, its cert dir) works.
+    """
+    unit = (root / "etc" / "systemd" / "system" / "sielum-agent.service").read_text()
+    (exec_start,) = [line for line in unit.splitlines() if line.startswith("ExecStart=")]
+    argv = shlex.split(exec_start.removeprefix("ExecStart="))
+    assert argv[0] == str(root / "opt" / "sielum" / "venv" / "bin" / "sielum-agent")
+    assert argv[1:4] == ["run", "--cert-dir", str(root / "etc" / "sielum")]
+    device_id = json.loads((root / "etc" / "sielum" / "agent.json").read_text())["device_id"]
+    assert device_id in {d["id"] for d in enrolled}
+    with subprocess.Popen(argv, stderr=subprocess.PIPE, text=True) as agent:
+        assert agent.stderr is not None
+        lines = []
+        for line in agent.stderr:
+            lines.append(line)
+            if " connected " in f" {line} " or agent.poll() is not None:
+                break
+        agent.send_signal(signal.SIGTERM)
+        rest = agent.stderr.read()
+        assert agent.wait(timeout=60) == 0, "".join(lines) + rest
+    assert any(f"device={device_id}" in line for line in lines if " connected " in line), lines
+
+
 @pytest.mark.timeout(900)
 def test_ansible_rollout_of_20_hosts(
     tmp_path: Path, server: Serve, wheel: Path, shared_deps: Path
@@ -189,6 +217,7 @@ def test_ansible_rollout_of_20_hosts(
         assert unit.read_text() == expected.replace("/etc/sielum", str(cert_dir))
         wants = unit.parent / "multi-user.target.wants" / "sielum-agent.service"
         assert os.readlink(wants) == "/etc/systemd/system/sielum-agent.service"
+    _run_exec_start(tmp_path / "hosts" / "host01", enrolled)
     straggler = tmp_path / "hosts" / STRAGGLER
     assert not (straggler / "etc" / "sielum" / "agent.json").exists()
     assert list((straggler / "etc" / "systemd" / "system").iterdir()) == []

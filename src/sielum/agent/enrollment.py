@@ -27,7 +27,9 @@ from sielum.agent.errors import (
     AlreadyEnrolledError,
     DeviceRefusedError,
     NotEnrolledError,
+    RenewedElsewhereError,
     ServerAnswerError,
+    ServerBusyError,
     ServerUnreachableError,
     TokenRefusedError,
 )
@@ -251,10 +253,18 @@ def _call_enroll(
     return reply
 
 
-def status(cert_dir: CertDir, timeout: float = DEFAULT_TIMEOUT) -> Status:
-    """Heartbeat over mTLS with the stored certificate."""
+def status(
+    cert_dir: CertDir, timeout: float = DEFAULT_TIMEOUT, *, allow_expired: bool = False
+) -> Status:
+    """Heartbeat over mTLS with the stored certificate.
+
+    An expired certificate is refused here (exit 9) unless allow_expired: the long-running
+    agent sends it anyway, since only the server may say the device is done for (this
+    machine's clock may be the one that is wrong).
+    """
     stored = cert_dir.load_locked()
-    _check_not_expired(stored)
+    if not allow_expired:
+        _check_not_expired(stored)
     reply = _call_agent(
         stored, lambda stub: stub.Heartbeat(agent_pb2.HeartbeatRequest(), timeout=timeout)
     )
@@ -272,12 +282,27 @@ def status(cert_dir: CertDir, timeout: float = DEFAULT_TIMEOUT) -> Status:
     )
 
 
-def renew(cert_dir: CertDir, timeout: float = DEFAULT_TIMEOUT) -> RenewResult:
-    """New key, RenewCertificate, check, swap; the old key and certificate stay on any failure."""
+def renew(
+    cert_dir: CertDir,
+    timeout: float = DEFAULT_TIMEOUT,
+    *,
+    allow_expired: bool = False,
+    expected_serial: int | None = None,
+) -> RenewResult:
+    """New key, RenewCertificate, check, swap; the old key and certificate stay on any failure.
+
+    With expected_serial, renews only the certificate the caller scheduled: if another
+    process renewed it meanwhile, raises RenewedElsewhereError and changes nothing.
+    """
     cert_dir.require_dir()
     with cert_dir.lock():
         stored = cert_dir.load()
-        _check_not_expired(stored)
+        if expected_serial is not None and stored.certificate.serial_number != expected_serial:
+            raise RenewedElsewhereError(
+                f"the certificate in {cert_dir.root} was renewed by another process"
+            )
+        if not allow_expired:
+            _check_not_expired(stored)
         key = make_key()
         cert_dir.stage_renewal_key(key)
         try:
@@ -349,7 +374,7 @@ def _common_error(code: grpc.StatusCode, details: str, target: str) -> AgentErro
     if code is grpc.StatusCode.DEADLINE_EXCEEDED:
         return ServerUnreachableError(f"{target} did not answer in time")
     if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
-        return ServerAnswerError(f"the server is refusing this address for now: {details}")
+        return ServerBusyError(f"the server asks this client to slow down: {details}")
     return ServerAnswerError(f"the server refused the request ({code.name}): {details}")
 
 

@@ -79,3 +79,11 @@ class ServerAnswerError(AgentError):
     """The server answered, but with an error or with something that fails our checks."""
 
     exit_code = EXIT_FAILED
+
+
+class ServerBusyError(ServerAnswerError):
+    """RESOURCE_EXHAUSTED: the server asks this client to call less often; try again later."""
+
+
+class RenewedElsewhereError(AgentError):
+    """The certificate on disk changed since it was read: another process renewed it."""
