@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from sielum.tokens import make_secret, new_token_id
 from tests.deploy.conftest import (
     EXAMPLES,
     REPO,
@@ -299,3 +300,39 @@ def test_hosts_not_enrolled_one_liner(tmp_path: Path, server: Serve, readme: Pat
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["web2", "web4"]
+
+
+def test_environment_keyword_would_leak_the_token(tmp_path: Path) -> None:
+    """Why the role uses stdin: Ansible's `environment:` puts the value on a command line.
+
+    Also shows that the /proc watch catches a secret in argv when there is one.
+    """
+    secret = make_secret(new_token_id()).reveal()
+    (tmp_path / "vars.yml").write_text(f"token: {secret}\n")
+    (tmp_path / "play.yml").write_text(
+        "- hosts: all\n"
+        "  gather_facts: false\n"
+        "  vars_files: [vars.yml]\n"
+        "  tasks:\n"
+        "    - ansible.builtin.command: sleep 1\n"
+        "      environment: {SIELUM_ENROLLMENT_TOKEN: '{{ token }}'}\n"
+    )
+    result, watch = watched_run(
+        [
+            str(BIN / "ansible-playbook"),
+            "-i",
+            "localhost,",
+            "-c",
+            "local",
+            "-e",
+            f"ansible_python_interpreter={sys.executable}",
+            str(tmp_path / "play.yml"),
+        ],
+        secret,
+        env={**os.environ, "ANSIBLE_PIPELINING": "True", "ANSIBLE_NOCOLOR": "1"},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert watch.leaks("argv") != []
+    assert any(
+        "/bin/sh -c SIELUM_ENROLLMENT_TOKEN=" in c for s in watch.leaking_commands() for c in s
+    )

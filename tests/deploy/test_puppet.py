@@ -60,14 +60,14 @@ def _hiera(puppet: Path, data: dict[str, object]) -> Path:
 
 
 def _apply(
-    puppet: Path, hiera: Path, secret: str
+    puppet: Path, hiera: Path, secret: str, level: str
 ) -> tuple[subprocess.CompletedProcess[str], ProcWatch]:
-    """One `puppet apply` with --debug (the most Puppet says), sampled under /proc."""
+    """One `puppet apply` at --verbose or --debug, sampled under /proc."""
     argv = [
         "puppet",
         "apply",
         "--detailed-exitcodes",
-        "--debug",
+        level,
         "--color=false",
         "--confdir",
         str(puppet / "conf"),
@@ -149,7 +149,9 @@ def test_puppet_enrolls_once_with_a_sensitive_token(
         },
     )
 
-    first, watch = _apply(puppet, hiera, secret)
+    # --verbose, not --debug: at --debug, Puppet prints every Hiera lookup with its
+    # value before lookup_options makes it Sensitive (README, Mass deployment).
+    first, watch = _apply(puppet, hiera, secret, "--verbose")
     output = first.stdout + first.stderr
     assert first.returncode == 2, output[-5000:]  # 2: changes, no failure
     assert [d["hostname"] for d in devices(server, token_id)] == ["node1"]
@@ -162,15 +164,15 @@ def test_puppet_enrolls_once_with_a_sensitive_token(
     for commands in watch.leaking_commands():
         assert any("sielum-agent enroll" in c for c in commands), watch.leaks()
 
-    second, watch = _apply(puppet, hiera, secret)
+    second, watch = _apply(puppet, hiera, secret, "--verbose")
     output += second.stdout + second.stderr
     assert second.returncode == 0, second.stdout[-5000:]  # 0: nothing changed
     assert token_uses(server, token_id) == 1
     assert len(devices(server, token_id)) == 1
     assert watch.leaks() == []  # the enroll exec did not run
 
-    # Not in Puppet's output at --debug, its log, its reports, its state or cache:
-    # nowhere but the Hiera data it came from.
+    # Not in Puppet's output, its log, its reports, its state or cache: nowhere
+    # but the Hiera data it came from.
     assert leaks(secret, output=output) == []
     (puppet / "data" / "common.yaml").unlink()
     assert files_with(secret, tmp_path) == []
@@ -190,11 +192,12 @@ def test_puppet_enrolls_once_with_a_token_file(
     data = _node(tmp_path, server, wheel, shared_deps, "node2")
     hiera = _hiera(puppet, {**data, "sielum::agent::token_file": str(token_file)})
 
-    first, watch = _apply(puppet, hiera, secret)
+    # At --debug, the most Puppet says: it never holds the token.
+    first, watch = _apply(puppet, hiera, secret, "--debug")
     assert first.returncode == 2, (first.stdout + first.stderr)[-5000:]
     assert [d["hostname"] for d in devices(server, token_id)] == ["node2"]
     _assert_installed(tmp_path / "node2")
-    second, _ = _apply(puppet, hiera, secret)
+    second, _ = _apply(puppet, hiera, secret, "--debug")
     assert second.returncode == 0, second.stdout[-5000:]
     assert token_uses(server, token_id) == 1
     assert watch.saw("sielum-agent enroll")

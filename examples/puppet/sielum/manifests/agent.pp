@@ -6,7 +6,10 @@
 # from its logs, reports and diffs; the agent gets the token in its environment
 # (SIELUM_ENROLLMENT_TOKEN), never on a command line, or reads the file itself.
 # A node whose cert dir holds agent.json is enrolled: the enroll exec is skipped
-# and the token is not used again.
+# and the token is not used again. Two limits of Puppet: at --debug it prints
+# every Hiera lookup with its value (before lookup_options makes it Sensitive),
+# and a Puppet server's catalog, cached by the agent, holds Sensitive values in
+# clear. token_file avoids both: Puppet never reads that file.
 #
 # @example Hiera data (common.yaml), with the token encrypted by hiera-eyaml
 #   sielum::agent::server: "https://enroll.example.com:8443"
