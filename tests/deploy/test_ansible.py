@@ -15,6 +15,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,20 @@ PLAYBOOK = EXAMPLES / "ansible" / "enroll.yml"
 HOSTS = 20
 STRAGGLER = "host21"
 VAULT_PASSWORD = "vault password of the test"  # a throwaway vault
+
+
+def ansible_env(tmp: Path) -> dict[str, str]:
+    """Ansible with pipelining (as the README asks), its files under tmp, this venv's tools."""
+    return {
+        **os.environ,
+        "PATH": f"{BIN}:{os.environ['PATH']}",
+        "ANSIBLE_PIPELINING": "True",
+        "ANSIBLE_NOCOLOR": "1",
+        "ANSIBLE_RETRY_FILES_ENABLED": "False",
+        "ANSIBLE_LOCAL_TEMP": str(tmp / "local"),
+        "ANSIBLE_REMOTE_TEMP": str(tmp / "remote"),
+        "ANSIBLE_HOME": str(tmp / "home"),
+    }
 
 
 def _inventory(tmp_path: Path, serve: Serve, wheel: Path, deps: Path) -> dict[str, Any]:
@@ -148,17 +163,17 @@ def _run_exec_start(root: Path, enrolled: list[dict[str, Any]]) -> None:
     assert argv[1:4] == ["run", "--cert-dir", str(root / "etc" / "sielum")]
     device_id = json.loads((root / "etc" / "sielum" / "agent.json").read_text())["device_id"]
     assert device_id in {d["id"] for d in enrolled}
-    with subprocess.Popen(argv, stderr=subprocess.PIPE, text=True) as agent:
-        assert agent.stderr is not None
-        lines = []
-        for line in agent.stderr:
-            lines.append(line)
-            if " connected " in f" {line} " or agent.poll() is not None:
-                break
+    log = root / "agent-run.log"
+    with log.open("w") as stderr, subprocess.Popen(argv, stderr=stderr) as agent:
+        deadline = time.monotonic() + 120
+        while " connected " not in log.read_text() and agent.poll() is None:
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
         agent.send_signal(signal.SIGTERM)
-        rest = agent.stderr.read()
-        assert agent.wait(timeout=60) == 0, "".join(lines) + rest
+        assert agent.wait(timeout=60) == 0, log.read_text()
+    lines = log.read_text().splitlines()
     assert any(f"device={device_id}" in line for line in lines if " connected " in line), lines
+    assert " agent_stopped reason=SIGTERM" in lines[-1], lines
 
 
 @pytest.mark.timeout(900)
@@ -171,17 +186,9 @@ def test_ansible_rollout_of_20_hosts(
     password_file = workdir / "vault-password"
     password_file.write_text(VAULT_PASSWORD)
     env = {
-        **os.environ,
-        "PATH": f"{BIN}:{os.environ['PATH']}",
+        **ansible_env(ansible_tmp),
         "ANSIBLE_VAULT_PASSWORD_FILE": str(password_file),
-        "ANSIBLE_PIPELINING": "True",
         "ANSIBLE_FORKS": "10",
-        "ANSIBLE_HOST_KEY_CHECKING": "False",
-        "ANSIBLE_RETRY_FILES_ENABLED": "False",
-        "ANSIBLE_NOCOLOR": "1",
-        "ANSIBLE_LOCAL_TEMP": str(ansible_tmp / "local"),
-        "ANSIBLE_REMOTE_TEMP": str(ansible_tmp / "remote"),
-        "ANSIBLE_HOME": str(ansible_tmp / "home"),
         "ANSIBLE_LOG_PATH": str(tmp_path / "ansible.log"),
     }
     token_id, secret = create_token(server, max_uses=30)
@@ -294,7 +301,7 @@ def test_hosts_not_enrolled_one_liner(tmp_path: Path, server: Serve, readme: Pat
         capture_output=True,
         text=True,
         cwd=tmp_path,
-        env={**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"},
+        env=ansible_env(tmp_path / "ansible-tmp"),
         timeout=120,
         check=False,
     )
@@ -329,7 +336,7 @@ def test_environment_keyword_would_leak_the_token(tmp_path: Path) -> None:
             str(tmp_path / "play.yml"),
         ],
         secret,
-        env={**os.environ, "ANSIBLE_PIPELINING": "True", "ANSIBLE_NOCOLOR": "1"},
+        env=ansible_env(tmp_path / "ansible-tmp"),
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert watch.leaks("argv") != []

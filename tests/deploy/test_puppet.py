@@ -1,11 +1,12 @@
 """examples/puppet run for real: `puppet apply` of sielum::agent against a real server.
 
-Puppet runs as the test user with its own confdir, vardir, codedir and log in a temp
-dir, the module path pointing at examples/puppet, and the class's parameters from
-Hiera, as a site would bind them (the token converted to Sensitive by
-lookup_options). The node's paths (virtualenv, cert dir, systemd root) are under the
-temp dir too, and there is no running systemd here, so the class only enables the
-unit in the file system (service => enabled).
+Puppet runs as the test user with its own confdir, vardir, codedir, log, run, ssl
+and public dirs in a temp dir (as root, Debian's defaults are the system's), the
+module path pointing at examples/puppet, and the class's parameters from Hiera, as
+a site would bind them (the token converted to Sensitive by lookup_options). The
+node's paths (virtualenv, cert dir, systemd root) are under the temp dir too, and
+there is no running systemd here, so the class only enables the unit in the file
+system (service => enabled).
 """
 
 from __future__ import annotations
@@ -81,6 +82,8 @@ def _apply(
         str(puppet / "run"),
         "--ssldir",
         str(puppet / "ssl"),
+        "--publicdir",
+        str(puppet / "public"),
         "--hiera_config",
         str(hiera),
         "--modulepath",
