@@ -21,7 +21,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from sielum.agent import pinning
 from sielum.agent.address import ServerAddress, parse_server, resolve_api_endpoint
-from sielum.agent.certdir import AgentState, CertDir, StoredEnrollment, same_key
+from sielum.agent.certdir import STATE_FILE, AgentState, CertDir, StoredEnrollment, same_key
 from sielum.agent.errors import (
     AgentError,
     AlreadyEnrolledError,
@@ -55,10 +55,20 @@ class EnrollOptions:
 
 
 @dataclass(frozen=True)
+class PreviousEnrollment:
+    """What became of the enrollment `enroll --force` replaced."""
+
+    device_id: str  # "" when the cert dir no longer says which device it was
+    ended: bool  # the server revoked it at the device's own request (Unenroll)
+    reason: str = ""  # why it could not be ended
+
+
+@dataclass(frozen=True)
 class EnrollResult:
     device_id: str
     api_endpoint: str
     not_after: datetime
+    previous: PreviousEnrollment | None = None
 
 
 @dataclass(frozen=True)
@@ -161,17 +171,25 @@ def check_issued(
 
 
 def enroll(options: EnrollOptions) -> EnrollResult:
-    """DESIGN.md's enrollment, step by step: pin, key, Enroll, check, write."""
+    """The enrollment, step by step (README, "Enrolling an agent"): pin, key, Enroll, check, write.
+
+    With --force over an existing enrollment, the new one is made and stored first;
+    only then is the old one ended, with its own certificate (AgentService.Unenroll),
+    so a failed re-enrollment leaves the old one working.
+    """
     cert_dir = options.cert_dir
     # The cert dir is checked before the server is dialled: a token use spent on a
     # certificate that cannot be stored would be a use wasted.
     cert_dir.prepare()
     with cert_dir.lock():
-        if cert_dir.is_enrolled() and not options.force:
-            raise AlreadyEnrolledError(
-                f"{cert_dir.root} already holds an enrollment; it was kept "
-                "(pass --force to enroll again with a new key)"
-            )
+        replaced: StoredEnrollment | PreviousEnrollment | None = None
+        if cert_dir.is_enrolled():
+            if not options.force:
+                raise AlreadyEnrolledError(
+                    f"{cert_dir.root} already holds an enrollment; it was kept "
+                    "(pass --force to enroll again with a new key)"
+                )
+            replaced = _previous_enrollment(cert_dir)
         pinned = pinning.probe(options.server, options.pin, timeout=options.timeout)
         ca_pem = pinned.ca.public_bytes(serialization.Encoding.PEM)
 
@@ -212,11 +230,69 @@ def enroll(options: EnrollOptions) -> EnrollResult:
             ca_fingerprint=fingerprint(pinned.ca),
         )
         cert_dir.save_enrollment(state, reply.certificate_pem.encode("ascii"), ca_pem)
-        return EnrollResult(
-            device_id=reply.device_id,
-            api_endpoint=api.target,
-            not_after=certificate.not_valid_after_utc,
+    previous = (
+        end_enrollment(replaced, reply.device_id, timeout=options.timeout)
+        if isinstance(replaced, StoredEnrollment)
+        else replaced
+    )
+    return EnrollResult(
+        device_id=reply.device_id,
+        api_endpoint=api.target,
+        not_after=certificate.not_valid_after_utc,
+        previous=previous,
+    )
+
+
+# Ending the replaced enrollment is a courtesy after the real work is done: an old
+# server that does not answer must not hold the new enrollment up for long.
+UNENROLL_TIMEOUT = 10.0
+
+
+def _previous_enrollment(cert_dir: CertDir) -> StoredEnrollment | PreviousEnrollment:
+    """The enrollment about to be replaced, or what can still be said of it."""
+    try:
+        return cert_dir.load()
+    except AgentError as error:
+        try:
+            device_id = AgentState.from_json(cert_dir.path(STATE_FILE).read_bytes()).device_id
+        except (OSError, ValueError, KeyError):
+            device_id = ""
+        return PreviousEnrollment(device_id=device_id, ended=False, reason=error.message)
+
+
+def end_enrollment(
+    stored: StoredEnrollment, new_device_id: str, timeout: float = DEFAULT_TIMEOUT
+) -> PreviousEnrollment | None:
+    """Unenroll the stored enrollment with its own certificate; never raises.
+
+    A device that is already revoked counts as ended; anything else that keeps the
+    call from succeeding is returned as the reason, for the operator to revoke it.
+    None when the new enrollment is the same device, so nothing was replaced.
+    """
+    device_id = stored.state.device_id
+    if device_id == new_device_id:
+        return None
+    try:
+        _check_not_expired(stored)
+        reply = _call_agent(
+            stored,
+            lambda stub: stub.Unenroll(
+                agent_pb2.UnenrollRequest(), timeout=min(timeout, UNENROLL_TIMEOUT)
+            ),
         )
+    except DeviceRefusedError as error:
+        if error.message.endswith("device has been revoked"):
+            return PreviousEnrollment(device_id=device_id, ended=True, reason="already revoked")
+        return PreviousEnrollment(device_id=device_id, ended=False, reason=error.message)
+    except AgentError as error:
+        return PreviousEnrollment(device_id=device_id, ended=False, reason=error.message)
+    if reply.device_id != device_id:
+        return PreviousEnrollment(
+            device_id=device_id,
+            ended=False,
+            reason=f"the server ended device {reply.device_id} instead",
+        )
+    return PreviousEnrollment(device_id=device_id, ended=True)
 
 
 class _KeyTakenError(Exception):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 # Exit codes are a public contract: scripts and configuration management branch
-# on them. They are listed in `sielum-agent --help` and in docs/clients.md, and
+# on them. They are listed in `sielum-agent --help` and in docs/cli.md, and
 # tests/e2e/test_agent_cli.py asserts each one.
 EXIT_OK = 0
 EXIT_FAILED = 1

@@ -137,6 +137,24 @@ def _cmd_enroll(args: argparse.Namespace) -> int:
     print(f"  cert dir:    {args.cert_dir}")
     print(f"  certificate: expires {_when(result.not_after)}")
     print(f"  api:         {result.api_endpoint}")
+    previous = result.previous
+    if previous is not None and previous.ended:
+        note = f" ({previous.reason})" if previous.reason else ""
+        print(f"ended the previous enrollment, device {previous.device_id}{note}")
+    elif previous is not None:
+        # The new enrollment stands; the old device stays active on the server
+        # until an admin revokes it, so say exactly which one.
+        revoke = (
+            f"revoke it with `sielum-admin devices revoke {previous.device_id}`"
+            if previous.device_id
+            else f"find it with `sielum-admin devices list --hostname {options.hostname}` "
+            "and revoke it with `sielum-admin devices revoke ID`"
+        )
+        which = f", device {previous.device_id}" if previous.device_id else ""
+        print(
+            f"{PROG}: could not end the previous enrollment{which}: {previous.reason}; {revoke}",
+            file=sys.stderr,
+        )
     return errors.EXIT_OK
 
 
@@ -253,7 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
     enroll_cmd.add_argument(
         "--force",
         action="store_true",
-        help="replace an existing enrollment in the cert dir (with a new key)",
+        help="replace an existing enrollment in the cert dir (with a new key); the old "
+        "device is then ended with its own certificate, or named for an admin to revoke",
     )
     enroll_cmd.add_argument(
         "--hostname", default="", metavar="NAME", help="name shown to admins (default: this host)"
