@@ -185,6 +185,16 @@ class DashboardSessions:
         log_event(log, "dashboard.login_link", admin=admin, peer=peer, outcome="ok")
         return NewLogin(code=code, expires_at=expires_at)
 
+    def admin_of(self, code_text: str) -> str | None:
+        """The admin a login code would sign in, without spending it; None if it would not."""
+        code = parse_credential(code_text.strip())
+        login = None if code is None else self._store.get_dashboard_login(code.digest())
+        try:
+            check_login(login, self._clock.now())
+        except UnauthenticatedError:
+            return None
+        return None if login is None else login.admin
+
     def start_session(self, code_text: str, peer: str) -> NewSession:
         """Spend the login code and start a session as its admin, or UnauthenticatedError."""
         now = self._clock.now()
