@@ -5,11 +5,11 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from sielum.model import AuditEvent, Token
+from sielum.model import AuditEvent, RenewalPace, Token
 from sielum.store import Store, connect
 from sielum.store.migrations import LATEST_VERSION, MIGRATIONS, SchemaVersionError
 from sielum.store.models import bind_tables
@@ -137,5 +137,59 @@ def test_newer_schema_is_refused(database_url: str) -> None:
         assert store.check_integrity() == [
             f"schema version is {LATEST_VERSION + 1}, this Sielum expects {LATEST_VERSION}"
         ]
+    finally:
+        store.close()
+
+
+def test_v2_keeps_devices_enrolled_before_it(database_url: str) -> None:
+    """A device row written by schema version 1 reads back with no previous certificate and
+    no renewal yet, and renews normally."""
+    from sielum.store.database import execute, write_transaction
+    from sielum.store.migrations import dialect_of
+
+    db = connect(database_url)
+    try:
+        with db.connection_context(), write_transaction(db):
+            execute(db, "CREATE TABLE schema_version (id INTEGER PRIMARY KEY, version INTEGER)")
+            for statement in MIGRATIONS[0].statements(dialect_of(db)):
+                execute(db, statement)
+            execute(db, "INSERT INTO schema_version (id, version) VALUES (1, 1)")
+            execute(
+                db,
+                "INSERT INTO token (id, label, secret_hash, uses, created_at, created_by)"
+                " VALUES ('tok', 'l', 'h', 1, 0, 'alice')",
+            )
+            execute(
+                db,
+                "INSERT INTO device (id, hostname, token_id, public_key_sha256, serial,"
+                " certificate_pem, not_after, enrolled_at) VALUES"
+                " ('dev1', 'h', 'tok', 'key1', 'ab12', 'PEM', 9000000000000000, 0)",
+            )
+    finally:
+        db.close()
+    store = Store.open(database_url)
+    try:
+        standing = store.get_device_standing("dev1")
+        assert (standing.serial, standing.previous_serial, standing.previous_until) == (
+            "ab12",
+            None,
+            None,
+        )
+        assert standing.renewal_tat is None
+        renewed = store.renew_device(
+            "dev1",
+            caller_serial="ab12",
+            public_key_sha256="key2",
+            serial="cd34",
+            certificate_pem="PEM 2",
+            not_after=T0,
+            now=T0,
+            overlap_until=T0,
+            pace=RenewalPace(burst=5, interval=timedelta(days=9)),
+            audit=AuditEvent(at=T0, actor="device/dev1", action="device.renew", resource="d"),
+        )
+        assert renewed.serial == "cd34"
+        assert store.get_device_standing("dev1").previous_serial == "ab12"
+        assert store.check_integrity() == []
     finally:
         store.close()

@@ -154,10 +154,7 @@ class SielumServer:
         config = self.config
         server_key, server_chain, ca_pem = load_server_credentials(config.data_dir)
         device_service = DeviceService(self.store, self.ca, self.clock)
-        self.authorizer = Authorizer(
-            METHOD_ROLES,
-            {Role.DEVICE: lambda caller: device_service.check_may_call(caller.name)},
-        )
+        self.authorizer = Authorizer(METHOD_ROLES, {Role.DEVICE: device_service.check_may_call})
         ours = [f"/{service.full_name}/{m.name}" for service in SERVICES for m in service.methods]
         interceptor = ServerInterceptor(self.authorizer, self._runner, ours)
         self.grpc_server = grpc.aio.server(
