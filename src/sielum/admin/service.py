@@ -157,10 +157,12 @@ class Administration:
 
     def revoke_token(self, caller: Caller, token_id: str) -> Token:
         now = self._clock.now()
+        # The canonical id everywhere after this, the audit row included, so that a
+        # search by resource finds the revocation however the id was sent
+        # (tests/rpc/test_admin.py::test_fail_padded_id_hides_a_revocation_from_the_audit_trail).
+        token_id = _check_token_id(token_id)
         token = self._store.revoke_token(
-            _check_token_id(token_id),
-            now,
-            caller.audit("token.revoke", f"token/{token_id}", now),
+            token_id, now, caller.audit("token.revoke", f"token/{token_id}", now)
         )
         log_event(
             log, "token.revoke", admin=caller.name, token=token_id, peer=caller.peer, outcome="ok"
@@ -182,10 +184,9 @@ class Administration:
 
     def revoke_device(self, caller: Caller, device_id: str) -> Device:
         now = self._clock.now()
+        device_id = _check_device_id(device_id)  # canonical, as in revoke_token
         device = self._store.revoke_device(
-            _check_device_id(device_id),
-            now,
-            caller.audit("device.revoke", f"device/{device_id}", now),
+            device_id, now, caller.audit("device.revoke", f"device/{device_id}", now)
         )
         log_event(
             log,
