@@ -171,3 +171,33 @@ def test_encrypted_ca_needs_the_passphrase(tmp_path: Path) -> None:
     )
     assert ok.returncode == 0, ok.stderr
     assert "correct horse" not in ok.stdout + ok.stderr
+
+
+def test_fail_database_password_in_the_url_query_reaches_the_serving_line(
+    tmp_path: Path, server_factory: list[ServerProcess], postgres_url: str
+) -> None:
+    """A PostgreSQL URL with a password in its userinfo and in its query (password,
+    sslpassword): `serve` starts, and its 'serving' line names the database with neither."""
+    data_dir = tmp_path / "data"
+    assert run("sielum-server", "init", "--data-dir", str(data_dir)).returncode == 0
+    user_host = postgres_url.removeprefix("postgresql://")
+    user, _, rest = user_host.partition("@")
+    # The test cluster trusts loopback connections, so libpq sends none of these.
+    url = (
+        f"postgresql://{user}:userinfo-pw-1@{rest}"
+        "?password=query-pw-2&sslpassword=key-pw-3&application_name=sielum-e2e"
+    )
+    server = start_server(data_dir, "--database", url, "--log-format", "json")
+    server_factory.append(server)
+    assert server.stop(signal.SIGTERM) == 0
+    serving = [
+        json.loads(line)
+        for line in server.log.splitlines()
+        if line.startswith("{") and json.loads(line)["event"] == "serving"
+    ]
+    assert serving  # one line per worker
+    assert {line["database"] for line in serving} == {
+        f"postgresql://{user}:***@{rest}?password=***&sslpassword=***&application_name=sielum-e2e"
+    }
+    for secret in ("userinfo-pw-1", "query-pw-2", "key-pw-3"):
+        assert secret not in server.log

@@ -965,3 +965,36 @@ def test_redact_url_hides_password() -> None:
     assert (
         redact_url("sqlite:////var/lib/sielum/sielum.db") == "sqlite:////var/lib/sielum/sielum.db"
     )
+
+
+@pytest.mark.parametrize(
+    ("url", "redacted"),
+    [
+        (
+            "postgresql://u@h/db?password=s3cret&sslmode=require",
+            "postgresql://u@h/db?password=***&sslmode=require",
+        ),
+        (
+            "postgresql://u:p%40ss@h1:5432,h2:5433/db?sslpassword=k3y&application_name=x",
+            "postgresql://u:***@h1:5432,h2:5433/db?sslpassword=***&application_name=x",
+        ),
+        # A password with "@" in the query must not be taken for the userinfo.
+        (
+            "postgresql://h/db?user=u&password=a@b:c&host=/run/postgresql",
+            "postgresql://h/db?user=u&password=***&host=/run/postgresql",
+        ),
+        (
+            "postgres://u:x@h/db?oauth_client_secret=z&oauth_client_id=sielum&passfile=/p",
+            "postgres://u:***@h/db?oauth_client_secret=***&oauth_client_id=sielum&passfile=***",
+        ),
+        # Unknown parameters are redacted too: a later libpq may add secret ones.
+        (
+            "postgresql:///db?new_secret_thing=1&Password=2",
+            "postgresql:///db?new_secret_thing=***&Password=***",
+        ),
+        ("postgresql://u:@h/db", "postgresql://u:***@h/db"),
+        ("postgresql://h/db#frag", "postgresql://h/db#***"),
+    ],
+)
+def test_fail_secrets_of_a_database_url_reach_the_log(url: str, redacted: str) -> None:
+    assert redact_url(url) == redacted

@@ -35,7 +35,7 @@ from sielum.server.auth import METHOD_ROLES, Authorizer
 from sielum.server.interceptor import ServerInterceptor
 from sielum.server.runner import InlineRunner, Runner, ThreadRunner
 from sielum.server.services import UnaryMethod, grpc_handler, unary_methods
-from sielum.store.database import is_on_this_host
+from sielum.store.database import is_on_this_host, redact_url
 from sielum.store.store import Store
 
 log = logging.getLogger("sielum.server")
@@ -212,7 +212,7 @@ class SielumServer:
             "serving",
             enroll=f"{self.config.enroll_addr.rsplit(':', 1)[0]}:{self.enroll_port}",
             api=f"{self.config.api_addr.rsplit(':', 1)[0]}:{self.api_port}",
-            database=_redact_url(self.config.resolved_database_url()),
+            database=redact_url(self.config.resolved_database_url()),
             calls=self._runner.description,
             fingerprint=self.ca.fingerprint,
             **({} if self.config.worker_index is None else {"worker": self.config.worker_index}),
@@ -244,16 +244,6 @@ class SielumServer:
     def wait(self) -> None:
         """Block until stop() has finished."""
         self._stopped.wait()
-
-
-def _redact_url(url: str) -> str:
-    """A database URL fit for a log line: any password is replaced."""
-    scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest:
-        return url
-    credentials, _, host = rest.rpartition("@")
-    user = credentials.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}" if ":" in credentials else f"{scheme}://{user}@{host}"
 
 
 def iter_services() -> Iterator[Any]:
