@@ -141,6 +141,19 @@ def test_serve_refuses_negative_workers_and_threads(tmp_path: Path) -> None:
 
 def test_encrypted_ca_needs_the_passphrase(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
+    short = run(
+        "sielum-server",
+        "init",
+        "--data-dir",
+        str(data_dir),
+        env={"SIELUM_CA_PASSPHRASE": "hunter2"},
+    )
+    assert short.returncode == 2
+    assert short.stderr == (
+        "sielum-server: SIELUM_CA_PASSPHRASE is too short (7 characters): use at least 12, "
+        "for example four random words\n"
+    )
+    assert not data_dir.exists()
     env = {"SIELUM_CA_PASSPHRASE": "correct horse"}
     assert run("sielum-server", "init", "--data-dir", str(data_dir), env=env).returncode == 0
     assert b"ENCRYPTED" in (data_dir / "ca.key").read_bytes()
