@@ -30,6 +30,7 @@ from sielum.errors import (
 from sielum.model import AuditEvent, Device, DeviceStanding, RenewalPace, Token, TokenState
 from sielum.store import Store, connect
 from sielum.store.database import is_on_this_host, redact_url
+from sielum.store.store import PageBudget
 from sielum.tokens import token_state
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -406,6 +407,32 @@ def test_list_devices_by_token(store: Store) -> None:
     rest = store.list_devices(token_id="a", page_size=2, cursor=first.next_cursor)
     assert [d.id for d in rest.items] == ["dev0"]
     assert rest.next_cursor == ""
+
+
+def test_a_page_with_a_budget_ends_before_it_is_spent(store: Store) -> None:
+    """Pages end at whichever comes first, page_size or the byte budget, never empty, and
+    paging through still yields each device once, newest first."""
+    add_token(store)
+    for i in range(12):
+        enroll(store, f"dev{i:02}")
+    sizes = {f"dev{i:02}": 100 if i != 7 else 1000 for i in range(12)}
+    budget = PageBudget(max_bytes=350, size_of=lambda d: sizes[d.id])
+    seen: list[list[str]] = []
+    cursor = ""
+    while True:
+        page = store.list_devices(page_size=5, cursor=cursor, budget=budget)
+        seen.append([d.id for d in page.items])
+        cursor = page.next_cursor
+        if not cursor:
+            break
+    assert seen == [
+        ["dev11", "dev10", "dev09"],
+        ["dev08"],  # dev07 alone is over budget: it gets a page of its own
+        ["dev07"],
+        ["dev06", "dev05", "dev04"],
+        ["dev03", "dev02", "dev01"],
+        ["dev00"],
+    ]
 
 
 @pytest.mark.parametrize(

@@ -10,16 +10,24 @@ from datetime import datetime
 from sielum import tokens
 from sielum.ca.profile import validate_name
 from sielum.clock import Clock
+from sielum.devices import policy as devices
 from sielum.errors import InvalidArgumentError, NotFoundError
 from sielum.logs import log_event
 from sielum.model import AuditEvent, Device, Page, Token, TokenState
-from sielum.store.store import Store
+from sielum.store.store import PageBudget, Store
 
 log = logging.getLogger("sielum.admin")
 
 MAX_LABEL = 200
 MAX_USES_LIMIT = 1_000_000_000
 MAX_PAGE_SIZE = 1000
+# The largest reply the server sends (server/app.py gives grpc this send limit), and
+# what a page of devices may fill: the rest is room for the page token. A page of
+# devices ends early rather than exceed it, whatever its devices' facts
+# (tests/e2e/test_admin_cli.py::test_fail_devices_with_maximal_facts_break_devices_list).
+MAX_REPLY_BYTES = 4 * 1024 * 1024
+DEVICE_PAGE_BYTES = MAX_REPLY_BYTES - 4096
+_DEVICE_PAGE_BUDGET: PageBudget[Device] = PageBudget(DEVICE_PAGE_BYTES, devices.listing_bytes)
 
 
 @dataclass(frozen=True)
@@ -179,7 +187,10 @@ class Administration:
                 f"token_id is not an enrollment token id ({tokens.ID_CHARS} characters of a-z, 2-7)"
             )
         return self._store.list_devices(
-            token_id=token_filter, page_size=_check_page_size(page_size), cursor=cursor
+            token_id=token_filter,
+            page_size=_check_page_size(page_size),
+            cursor=cursor,
+            budget=_DEVICE_PAGE_BUDGET,
         )
 
     def revoke_device(self, caller: Caller, device_id: str) -> Device:

@@ -30,6 +30,37 @@ def device_state(device: Device, now: datetime) -> DeviceState:
     return DeviceState.ACTIVE
 
 
+def listing_bytes(device: Device) -> int:
+    """An upper bound of the device's size in a ListDevicesResponse, in bytes.
+
+    Each field counted as protobuf encodes it (tag, length, UTF-8 payload; empty
+    ones too), timestamps and the state at their largest, so a page whose devices
+    add up to less than the reply limit is always sent
+    (tests/unit/test_device_policy.py::test_listing_bytes_is_an_upper_bound).
+    """
+    body = sum(
+        _field(len(text.encode()))
+        for text in (device.id, device.hostname, device.token_id, device.serial, device.peer)
+    )
+    body += 4 * _TIMESTAMP + _ENUM
+    for key, value in device.facts.items():
+        body += _field(_field(len(key.encode())) + _field(len(value.encode())))
+    return _field(body)
+
+
+def _varint(n: int) -> int:
+    return max(1, (n.bit_length() + 6) // 7)
+
+
+def _field(n: int) -> int:
+    """A length-delimited field of n bytes with a one-byte tag (field numbers below 16)."""
+    return 1 + _varint(n) + n
+
+
+_TIMESTAMP = _field((1 + 10) + (1 + 5))  # seconds and nanos as the longest varints
+_ENUM = 1 + 10
+
+
 def renew_after(not_before: datetime, not_after: datetime) -> datetime:
     """Two thirds into the certificate's lifetime: time enough to retry a failed renewal."""
     return not_before + (not_after - not_before) * 2 / 3

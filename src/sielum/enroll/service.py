@@ -37,6 +37,9 @@ MAX_HOSTNAME = 253
 MAX_FACTS = 64
 MAX_FACT_KEY = 64
 MAX_FACT_VALUE = 1024
+# All names and values of one device together, in UTF-8 bytes: a device listing then
+# stays small, and a page of them in one reply (admin/service.py cuts pages by size).
+MAX_FACTS_BYTES = 16 * 1024
 _FACT_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")
 _INVALID_TOKEN = "enrollment token is invalid"  # noqa: S105 - a message, not a secret
 # Compared against when the token id is unknown, so that an unknown id and a
@@ -100,6 +103,11 @@ def _check_facts(facts: Mapping[str, str]) -> Mapping[str, str]:
         # characters could rewrite what is shown.
         if any(not c.isprintable() for c in value):
             raise InvalidArgumentError(f"fact {key!r} contains control characters")
+    size = sum(len(key.encode()) + len(value.encode()) for key, value in facts.items())
+    if size > MAX_FACTS_BYTES:
+        raise InvalidArgumentError(
+            f"facts are too large: {size} bytes of names and values (at most {MAX_FACTS_BYTES})"
+        )
     return MappingProxyType(dict(sorted(facts.items())))
 
 

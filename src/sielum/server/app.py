@@ -15,7 +15,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
-from sielum.admin.service import Administration
+from sielum.admin.service import MAX_REPLY_BYTES, Administration
 from sielum.admin.servicer import AdminServicer
 from sielum.admin.v1 import admin_pb2
 from sielum.agent.v1 import agent_pb2
@@ -161,7 +161,7 @@ class SielumServer:
             interceptors=[interceptor],
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_send_message_length", 4 * 1024 * 1024),
+                ("grpc.max_send_message_length", MAX_REPLY_BYTES),
                 ("grpc.so_reuseport", 1),
             ],
         )

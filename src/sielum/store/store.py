@@ -13,7 +13,7 @@ import re
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import Any, Concatenate, Generic, ParamSpec, TypeVar
 
 import peewee
 import psycopg2
@@ -295,14 +295,23 @@ class Store:
 
     @_guarded
     def list_devices(
-        self, *, token_id: str = "", page_size: int = DEFAULT_PAGE_SIZE, cursor: str = ""
+        self,
+        *,
+        token_id: str = "",
+        page_size: int = DEFAULT_PAGE_SIZE,
+        cursor: str = "",
+        budget: PageBudget[Device] | None = None,
     ) -> Page[Device]:
-        """Devices newest first, all or those enrolled with token_id."""
+        """Devices newest first, all or those enrolled with token_id.
+
+        With a budget, the page also ends before the device that would take it over
+        budget.max_bytes (never before the first), and the cursor resumes there.
+        """
         D = self._t.device
         query = D.select()
         if token_id:
             query = query.where(D.token_id == token_id)
-        return _keyset_page(D, query, "devices", page_size, cursor, _device)
+        return _keyset_page(D, query, "devices", page_size, cursor, _device, budget)
 
     @_guarded
     def revoke_device(self, device_id: str, now: datetime, audit: AuditEvent) -> Device:
@@ -629,8 +638,22 @@ def _decode_cursor(cursor: str, kind: str) -> int | None:
     return int(match.group(2))
 
 
+@dataclasses.dataclass(frozen=True)
+class PageBudget(Generic[R]):
+    """At most max_bytes of items in one page, each item counted by size_of."""
+
+    max_bytes: int
+    size_of: Callable[[R], int]
+
+
 def _keyset_page(
-    model: Any, query: Any, kind: str, page_size: int, cursor: str, convert: Callable[[Any], R]
+    model: Any,
+    query: Any,
+    kind: str,
+    page_size: int,
+    cursor: str,
+    convert: Callable[[Any], R],
+    budget: PageBudget[R] | None = None,
 ) -> Page[R]:
     """One page of query, newest first, after the cursor's seq; one row more says "more"."""
     size = _page_size(page_size)
@@ -638,9 +661,18 @@ def _keyset_page(
     if after is not None:
         query = query.where(model.seq < after)
     rows = list(query.order_by(model.seq.desc()).limit(size + 1))
+    items = [convert(r) for r in rows[:size]]
+    if budget is not None:
+        spent = 0
+        for i, item in enumerate(items):
+            spent += budget.size_of(item)
+            if spent > budget.max_bytes and i > 0:
+                items, rows = items[:i], rows[: i + 1]  # rows[i] now says "more"
+                size = i
+                break
     more = len(rows) > size
     next_cursor = _encode_cursor(kind, rows[size - 1].seq) if more else ""
-    return Page(items=tuple(convert(r) for r in rows[:size]), next_cursor=next_cursor)
+    return Page(items=tuple(items), next_cursor=next_cursor)
 
 
 def _token_row(token: Token) -> dict[str, Any]:
