@@ -32,7 +32,7 @@ from sielum.enroll.v1 import enroll_pb2
 from sielum.identity import Role
 from sielum.logs import log_event
 from sielum.server.auth import METHOD_ROLES, Authorizer
-from sielum.server.interceptor import ServerInterceptor
+from sielum.server.interceptor import ServerInterceptor, StreamLimit
 from sielum.server.runner import InlineRunner, Runner, ThreadRunner
 from sielum.server.services import UnaryMethod, grpc_handler, unary_methods
 from sielum.store.database import is_on_this_host, redact_url
@@ -65,6 +65,9 @@ class ServerConfig:
     failure_limit: FailureLimit = field(default_factory=FailureLimit)
     ca_passphrase: bytes | None = None
     worker_index: int | None = None  # set in the workers of `serve --workers N`
+    # Streaming calls (health Watch, reflection) open at once, per connection and in all.
+    max_streams_per_connection: int = 16
+    max_streams: int = 1000
 
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir.resolve() / 'sielum.db'}"
@@ -156,7 +159,8 @@ class SielumServer:
         device_service = DeviceService(self.store, self.ca, self.clock)
         self.authorizer = Authorizer(METHOD_ROLES, {Role.DEVICE: device_service.check_may_call})
         ours = [f"/{service.full_name}/{m.name}" for service in SERVICES for m in service.methods]
-        interceptor = ServerInterceptor(self.authorizer, self._runner, ours)
+        self.streams = StreamLimit(config.max_streams_per_connection, config.max_streams)
+        interceptor = ServerInterceptor(self.authorizer, self._runner, ours, self.streams)
         self.grpc_server = grpc.aio.server(
             interceptors=[interceptor],
             options=[
