@@ -41,6 +41,12 @@ from sielum.store.store import Store
 log = logging.getLogger("sielum.server")
 
 MAX_MESSAGE_BYTES = 256 * 1024
+# Bounds on what one connection may hold (tests/e2e/test_server_cli.py::
+# test_fail_idle_connections_starve_the_admin_api): grpc's own handshake limit is
+# 120 s, time enough for a thousand idle sockets to use up the file descriptors.
+HANDSHAKE_TIMEOUT = timedelta(seconds=10)
+MAX_CONCURRENT_STREAMS = 128  # HTTP/2 streams per connection, calls in flight included
+MAX_CONNECTION_IDLE = timedelta(minutes=5)  # no call on it: GOAWAY, the client reconnects
 DATABASE_THREADS = 16  # handler threads when the database is across a network
 ENROLL_SERVICE = enroll_pb2.DESCRIPTOR.services_by_name["EnrollService"]
 ADMIN_SERVICE = admin_pb2.DESCRIPTOR.services_by_name["AdminService"]
@@ -68,6 +74,8 @@ class ServerConfig:
     # Streaming calls (health Watch, reflection) open at once, per connection and in all.
     max_streams_per_connection: int = 16
     max_streams: int = 1000
+    # A connection that has not finished its TLS handshake by then is closed.
+    handshake_timeout: timedelta = HANDSHAKE_TIMEOUT
 
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir.resolve() / 'sielum.db'}"
@@ -167,6 +175,9 @@ class SielumServer:
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_REPLY_BYTES),
                 ("grpc.so_reuseport", 1),
+                ("grpc.server_handshake_timeout_ms", _millis(config.handshake_timeout)),
+                ("grpc.max_concurrent_streams", MAX_CONCURRENT_STREAMS),
+                ("grpc.max_connection_idle_ms", _millis(MAX_CONNECTION_IDLE)),
             ],
         )
         enroll_creds = grpc.ssl_server_credentials(
@@ -248,6 +259,10 @@ class SielumServer:
     def wait(self) -> None:
         """Block until stop() has finished."""
         self._stopped.wait()
+
+
+def _millis(duration: timedelta) -> int:
+    return max(1, int(duration.total_seconds() * 1000))
 
 
 def iter_services() -> Iterator[Any]:
