@@ -9,8 +9,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from sielum.model import AuditEvent, RenewalPace, Token
-from sielum.store import Store, connect
+from sielum.model import AuditEvent, Device, RenewalPace, Token
+from sielum.store import Store, connect, migrations
+from sielum.store.database import is_sqlite
 from sielum.store.migrations import LATEST_VERSION, MIGRATIONS, SchemaVersionError
 from sielum.store.models import bind_tables
 
@@ -141,34 +142,83 @@ def test_newer_schema_is_refused(database_url: str) -> None:
         store.close()
 
 
-def test_v2_keeps_devices_enrolled_before_it(database_url: str) -> None:
-    """A device row written by schema version 1 reads back with no previous certificate and
-    no renewal yet, and renews normally."""
-    from sielum.store.database import execute, write_transaction
-    from sielum.store.migrations import dialect_of
+def _indexes(store: Store) -> set[str]:
+    with store.db.connection_context():
+        if is_sqlite(store.db):
+            sql = "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'device'"
+        else:
+            sql = "SELECT indexname FROM pg_indexes WHERE tablename = 'device'"
+        return {row[0] for row in store.db.execute_sql(sql).fetchall()}
 
-    db = connect(database_url)
+
+def test_v2_indexes_a_version_1_database_keeping_its_rows(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with monkeypatch.context() as patched:
+        patched.setattr(migrations, "MIGRATIONS", migrations.MIGRATIONS[:1])
+        patched.setattr(migrations, "LATEST_VERSION", 1)
+        old = Store.open(database_url)
     try:
-        with db.connection_context(), write_transaction(db):
-            execute(db, "CREATE TABLE schema_version (id INTEGER PRIMARY KEY, version INTEGER)")
-            for statement in MIGRATIONS[0].statements(dialect_of(db)):
-                execute(db, statement)
-            execute(db, "INSERT INTO schema_version (id, version) VALUES (1, 1)")
-            execute(
-                db,
-                "INSERT INTO token (id, label, secret_hash, uses, created_at, created_by)"
-                " VALUES ('tok', 'l', 'h', 1, 0, 'alice')",
-            )
-            execute(
-                db,
-                "INSERT INTO device (id, hostname, token_id, public_key_sha256, serial,"
-                " certificate_pem, not_after, enrolled_at) VALUES"
-                " ('dev1', 'h', 'tok', 'key1', 'ab12', 'PEM', 9000000000000000, 0)",
-            )
+        assert _schema_version_rows(old) == [(1, 1)]
+        old.create_token(
+            Token(
+                id="tok", label="l", secret_hash=b"h", max_uses=None, uses=0, expires_at=None,
+                created_at=T0, created_by="alice",
+            ),
+            AuditEvent(at=T0, actor="a", action="x", resource="token/tok"),
+        )  # fmt: skip
+        device = Device(
+            id="dev", hostname="web-1", token_id="tok", public_key_sha256="k", serial="1",
+            certificate_pem="PEM", not_after=T0, enrolled_at=T0, peer="p",
+        )  # fmt: skip
+        old.enroll_device(device, T0, AuditEvent(at=T0, actor="a", action="y", resource="d"))
+        assert not _indexes(old) & {"device_hostname_seq", "device_revoked_seq"}
     finally:
-        db.close()
+        old.close()
+
     store = Store.open(database_url)
     try:
+        assert _schema_version_rows(store) == [(1, LATEST_VERSION)]
+        assert _indexes(store) >= {
+            "device_hostname_seq",
+            "device_revoked_seq",
+            "device_unrevoked_not_after",
+        }
+        assert [d.id for d in store.list_devices(hostname="web-1").items] == ["dev"]
+        assert store.check_integrity() == []
+    finally:
+        store.close()
+
+
+def test_v3_keeps_devices_enrolled_before_it(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A device enrolled under schema version 2 reads back with no previous certificate and
+    no renewal yet, and renews normally."""
+    with monkeypatch.context() as patched:
+        patched.setattr(migrations, "MIGRATIONS", migrations.MIGRATIONS[:2])
+        patched.setattr(migrations, "LATEST_VERSION", 2)
+        old = Store.open(database_url)
+    try:
+        assert _schema_version_rows(old) == [(1, 2)]
+        old.create_token(
+            Token(
+                id="tok", label="l", secret_hash=b"h", max_uses=None, uses=0, expires_at=None,
+                created_at=T0, created_by="alice",
+            ),
+            AuditEvent(at=T0, actor="a", action="x", resource="token/tok"),
+        )  # fmt: skip
+        device = Device(
+            id="dev1", hostname="h", token_id="tok", public_key_sha256="key1", serial="ab12",
+            certificate_pem="PEM", not_after=T0, enrolled_at=T0, peer="p",
+        )  # fmt: skip
+        old.enroll_device(device, T0, AuditEvent(at=T0, actor="a", action="y", resource="d"))
+    finally:
+        old.close()
+
+    store = Store.open(database_url)
+    try:
+        assert _schema_version_rows(store) == [(1, LATEST_VERSION)]
         standing = store.get_device_standing("dev1")
         assert (standing.serial, standing.previous_serial, standing.previous_until) == (
             "ab12",

@@ -11,10 +11,11 @@ from sielum import tokens
 from sielum.ca.profile import validate_name
 from sielum.clock import Clock
 from sielum.devices import policy as devices
+from sielum.devices.policy import check_hostname
 from sielum.errors import InvalidArgumentError, NotFoundError
 from sielum.logs import log_event
-from sielum.model import AuditEvent, Device, Page, Token, TokenState
-from sielum.store.store import PageBudget, Store
+from sielum.model import AuditEvent, Device, DeviceState, Page, Token, TokenState
+from sielum.store.store import ALREADY_REVOKED, PageBudget, Store
 
 log = logging.getLogger("sielum.admin")
 
@@ -97,6 +98,11 @@ def _check_device_id(value: str) -> str:
     return _check_id("device", value, _is_device_id)
 
 
+def _revoke_outcome(revoked_at: datetime | None, now: datetime) -> str:
+    # The store sets revoked_at to this call's now only when this call revoked it.
+    return "ok" if revoked_at == now else ALREADY_REVOKED
+
+
 def _check_page_size(page_size: int) -> int:
     if page_size < 0:
         raise InvalidArgumentError("page_size must not be negative")
@@ -173,14 +179,27 @@ class Administration:
             token_id, now, caller.audit("token.revoke", f"token/{token_id}", now)
         )
         log_event(
-            log, "token.revoke", admin=caller.name, token=token_id, peer=caller.peer, outcome="ok"
+            log,
+            "token.revoke",
+            admin=caller.name,
+            token=token_id,
+            peer=caller.peer,
+            outcome=_revoke_outcome(token.revoked_at, now),
         )
         return token
 
     def get_device(self, device_id: str) -> Device:
         return self._store.get_device(_check_device_id(device_id))
 
-    def list_devices(self, *, token_id: str, page_size: int, cursor: str) -> Page[Device]:
+    def list_devices(
+        self,
+        *,
+        token_id: str,
+        page_size: int,
+        cursor: str,
+        hostname: str = "",
+        state: DeviceState | None = None,
+    ) -> Page[Device]:
         token_filter = token_id.strip()
         if token_filter and not tokens.is_token_id(token_filter):
             raise InvalidArgumentError(
@@ -188,6 +207,10 @@ class Administration:
             )
         return self._store.list_devices(
             token_id=token_filter,
+            # Stored as check_hostname left it at enrollment, so matched the same way.
+            hostname=check_hostname(hostname),
+            state=state,
+            now=self._clock.now(),
             page_size=_check_page_size(page_size),
             cursor=cursor,
             budget=_DEVICE_PAGE_BUDGET,
@@ -205,6 +228,6 @@ class Administration:
             admin=caller.name,
             device=device_id,
             peer=caller.peer,
-            outcome="ok",
+            outcome=_revoke_outcome(device.revoked_at, now),
         )
         return device

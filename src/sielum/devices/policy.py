@@ -1,10 +1,10 @@
-"""Device policy: a device's state, which certificate it may call with, and when it may renew."""
+"""Device policy: host name, state, which certificate a device may call with, when to renew."""
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sielum.errors import PermissionDeniedError, ResourceExhaustedError
+from sielum.errors import InvalidArgumentError, PermissionDeniedError, ResourceExhaustedError
 from sielum.model import Device, DeviceStanding, DeviceState, RenewalPace
 
 # How long the certificate a renewal replaced is still honoured: long enough for an
@@ -19,6 +19,22 @@ RENEWAL_REFILL_FRACTION = 10
 
 SUPERSEDED = "this certificate has been superseded by a renewal; use the device's current one"
 REVOKED = "device has been revoked"
+
+MAX_HOSTNAME = 253
+
+
+def check_hostname(hostname: str) -> str:
+    """The host name as stored and searched: stripped, at most 253 printable characters.
+
+    Control characters are refused: an admin reads host names in a terminal, where
+    they could rewrite what is shown (and PostgreSQL refuses a NUL byte).
+    """
+    name = hostname.strip()
+    if len(name) > MAX_HOSTNAME:
+        raise InvalidArgumentError(f"hostname is longer than {MAX_HOSTNAME} characters")
+    if any(not c.isprintable() for c in name):
+        raise InvalidArgumentError("hostname contains control characters")
+    return name
 
 
 def device_state(device: Device, now: datetime) -> DeviceState:
