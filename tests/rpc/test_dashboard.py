@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -260,3 +261,19 @@ def test_fail_login_link_from_a_server_without_dashboard(tmp_path: Path) -> None
         h.server.stop(grace=1)
     assert code is grpc.StatusCode.FAILED_PRECONDITION
     assert details == "this server runs no dashboard (serve --dashboard-addr off)"
+
+
+def test_ok_a_connection_that_never_shakes_hands_is_closed(tmp_path: Path) -> None:
+    """As on the gRPC ports: a TLS handshake not finished in time holds nothing open."""
+    h = start_harness(
+        tmp_path, dashboard_addr="127.0.0.1:0", handshake_timeout=timedelta(seconds=0.5)
+    )
+    try:
+        port = h.server.dashboard.listener.port  # type: ignore[union-attr]
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as idle:
+            idle.sendall(b"\x16\x03\x01")  # the first bytes of a ClientHello, then nothing
+            assert idle.recv(1024) == b""  # closed by the server, long before our 30 s
+        # The listener still serves everyone else.
+        assert _client(h).request("GET", "/").status == 200
+    finally:
+        h.server.stop(grace=1)

@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import resource
 import signal
 import sys
 import threading
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -36,6 +37,8 @@ if TYPE_CHECKING:
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
+# Linux's default fs.nr_open, for a hard limit of "unlimited" that setrlimit refuses.
+_NOFILE_WITHOUT_HARD_LIMIT = 1_048_576
 
 _DESCRIPTION = """\
 Sielum enrollment server.
@@ -133,6 +136,7 @@ def _server_config(args: argparse.Namespace) -> ServerConfig:
         ),
         ca_passphrase=_passphrase(),
         worker_index=args.worker_index,
+        handshake_timeout=timedelta(seconds=args.handshake_timeout),
         certificate_check_interval=args.certificate_check_interval,
         dashboard_addr=None if _dashboard_off(args) else args.dashboard_addr,
         dashboard_url=args.dashboard_url,
@@ -162,12 +166,41 @@ def _check_dashboard_options(args: argparse.Namespace) -> None:
             raise InvalidArgumentError(f"{flag} must be an https:// URL, got {value!r}")
 
 
+def raise_open_files_limit() -> tuple[int, int, int]:
+    """Raise the soft RLIMIT_NOFILE to the hard limit, as Go's runtime does at start.
+
+    Every connection takes a file descriptor, and the usual soft limit of 1,024 is
+    used up by about a thousand idle sockets, after which no connection is taken,
+    the admin API's included. Returns (soft before, soft now, hard); workers inherit it.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else _NOFILE_WITHOUT_HARD_LIMIT
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            pass  # logged below as it stands
+    now = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return soft, now, hard
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     configure_logging(args.log_format)
     if args.workers < 1:
         raise InvalidArgumentError("--workers must be at least 1")
     if args.threads is not None and args.threads < 0:
         raise InvalidArgumentError("--threads must be 0 or more")
+    if args.handshake_timeout <= 0:
+        raise InvalidArgumentError("--handshake-timeout must be positive")
+    if args.worker_index is None:
+        before, soft, hard = raise_open_files_limit()
+        log_event(
+            logging.getLogger("sielum.server"),
+            "open files limit",
+            soft=soft,
+            hard=hard,
+            **({"raised_from": before} if before != soft else {}),
+        )
     _check_dashboard_options(args)
     if args.workers > 1 and args.worker_index is None:
         # The supervisor runs no grpc; its workers each capture their own C-core lines.
@@ -392,6 +425,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.2,
         metavar="PER_SECOND",
         help="failed enrollments regained per second (default %(default)s)",
+    )
+    serve.add_argument(
+        "--handshake-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="close a connection that has not finished its TLS handshake by then "
+        "(default %(default)g)",
     )
     serve.add_argument(
         "--grace",

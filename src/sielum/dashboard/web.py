@@ -10,6 +10,7 @@ same handler through the same Runner
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import html
 import ipaddress
@@ -261,6 +262,34 @@ def _load_static() -> dict[str, tuple[bytes, str]]:
 # --- the listener ---------------------------------------------------------------------
 
 
+class _Site(web.SockSite):
+    """aiohttp's SockSite, with a bound on the TLS handshake (asyncio's default is 60 s).
+
+    A connection that has not finished its handshake in time is closed, as on the
+    gRPC ports (--handshake-timeout), so idle half-open connections hold no file
+    descriptor for long.
+    """
+
+    def __init__(
+        self, runner: web.BaseRunner, sock: socket.socket, *, ssl_context: ssl.SSLContext,
+        handshake_timeout: float,
+    ) -> None:  # fmt: skip
+        super().__init__(runner, sock, ssl_context=ssl_context)
+        self._handshake_timeout = handshake_timeout
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)  # registers the site with its runner
+        server = self._runner.server
+        assert server is not None
+        self._server = await asyncio.get_running_loop().create_server(
+            server,
+            sock=self._sock,
+            ssl=self._ssl_context,
+            backlog=self._backlog,
+            ssl_handshake_timeout=self._handshake_timeout,
+        )
+
+
 class Dashboard:
     """The aiohttp application and its runner; start() and stop() on grpc.aio's loop."""
 
@@ -273,8 +302,10 @@ class Dashboard:
         run: Runner,
         methods: Iterable[UnaryMethod],
         pages: PageConfig,
+        handshake_timeout: float = 10.0,
     ) -> None:
         self.listener = listener
+        self._handshake_timeout = handshake_timeout
         self._sessions = sessions
         self._authorizer = authorizer
         self._run = run
@@ -299,9 +330,16 @@ class Dashboard:
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> None:
-        runner = web.AppRunner(self._app, access_log=None, shutdown_timeout=STOP_GRACE)
+        runner = web.AppRunner(
+            self._app, access_log=None, shutdown_timeout=STOP_GRACE, keepalive_timeout=30.0
+        )
         await runner.setup()
-        site = web.SockSite(runner, self.listener.sock, ssl_context=self.listener.ssl_context)
+        site = _Site(
+            runner,
+            self.listener.sock,
+            ssl_context=self.listener.ssl_context,
+            handshake_timeout=self._handshake_timeout,
+        )
         await site.start()
         self._runner = runner
 
