@@ -233,8 +233,15 @@ class SielumServer:
         self.grpc_server.add_generic_rpc_handlers((_reflection_v1_handler(reflection_servicer),))
 
     def start(self) -> SielumServer:
-        self._on_loop(self._start())
+        # The expiry warnings come before the ports answer, so whoever sees the server
+        # serving finds them in the log already (tests/e2e/test_server_certificate.py::
+        # test_the_server_warns_when_its_certificate_ends_within_30_days).
         self.certificate_watch.start()
+        try:
+            self._on_loop(self._start())
+        except BaseException:
+            self.certificate_watch.stop()
+            raise
         log_event(
             log,
             "serving",
