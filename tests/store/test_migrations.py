@@ -139,3 +139,19 @@ def test_newer_schema_is_refused(database_url: str) -> None:
         ]
     finally:
         store.close()
+
+
+def test_step_2_makes_the_device_state_indexes_even_where_they_exist(database_url: str) -> None:
+    """Another step may make the same indexes (the dashboard's counts): step 2 then adds nothing."""
+    store = Store.open(database_url)
+    try:
+        with store.db.connection_context():
+            indexes = {index.name for index in store.db.get_indexes("device")}
+            assert {"device_revoked", "device_not_after_unrevoked"} <= indexes
+            store.db.execute_sql("UPDATE schema_version SET version = 1")
+        assert store.migrate() == LATEST_VERSION
+        with store.db.connection_context():
+            assert {index.name for index in store.db.get_indexes("device")} == indexes
+        assert _schema_version_rows(store) == [(1, LATEST_VERSION)]
+    finally:
+        store.close()
