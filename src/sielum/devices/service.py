@@ -13,6 +13,7 @@ from sielum.devices import policy as devices
 from sielum.errors import NotFoundError, PermissionDeniedError, SielumError
 from sielum.logs import log_event
 from sielum.model import AuditEvent
+from sielum.recorder import CertificateKind, NoRecorder, Recorder
 from sielum.store.store import Store
 
 log = logging.getLogger("sielum.agent")
@@ -29,10 +30,17 @@ class Heartbeat:
 class DeviceService:
     """Heartbeat and renewal for the device whose certificate made the call."""
 
-    def __init__(self, store: Store, ca: CertificateAuthority, clock: Clock) -> None:
+    def __init__(
+        self,
+        store: Store,
+        ca: CertificateAuthority,
+        clock: Clock,
+        recorder: Recorder | None = None,
+    ) -> None:
         self._store = store
         self._ca = ca
         self._clock = clock
+        self._recorder: Recorder = recorder or NoRecorder()
 
     def check_may_call(self, device_id: str) -> None:
         """The interceptor's gate for device calls: refuses revoked devices at once."""
@@ -84,6 +92,7 @@ class DeviceService:
                 peer=peer,
             )
             raise
+        self._recorder.certificate_issued(CertificateKind.RENEWAL)
         log_event(log, "renew", outcome="ok", device=device_id, serial=issued.serial, peer=peer)
         return issued
 
