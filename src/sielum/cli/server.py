@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Sequence
@@ -20,11 +21,14 @@ from sielum.cli.durations import parse_duration
 from sielum.enroll.ratelimit import FailureLimit
 from sielum.errors import InvalidArgumentError, SielumError
 from sielum.logs import configure_logging, log_event
+from sielum.server import multiproc
 from sielum.server.workers import (
     Supervisor,
     default_workers,
+    listen_socket,
     reserve_port,
     signal_ready,
+    split_address,
     worker_command,
 )
 
@@ -94,7 +98,14 @@ def _server_config(args: argparse.Namespace) -> ServerConfig:
         ),
         ca_passphrase=_passphrase(),
         worker_index=args.worker_index,
+        metrics_addr=args.metrics_addr,
+        metrics_fd=args.metrics_fd,
+        metrics_dir=Path(os.environ[multiproc.ENV]) if _metrics_on(args) else None,
     )
+
+
+def _metrics_on(args: argparse.Namespace) -> bool:
+    return bool(args.metrics_addr.strip().lower() != "off")
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -103,8 +114,28 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         raise InvalidArgumentError("--workers must be at least 1")
     if args.threads is not None and args.threads < 0:
         raise InvalidArgumentError("--threads must be 0 or more")
-    if args.workers > 1 and args.worker_index is None:
-        return _supervise(args)
+    if _metrics_on(args):
+        try:
+            split_address(args.metrics_addr)
+        except ValueError:
+            raise InvalidArgumentError("--metrics-addr must be HOST:PORT or off") from None
+    if args.worker_index is not None:  # a worker: the supervisor set up the run
+        return _serve(args)
+    run_directory = None
+    if _metrics_on(args):
+        # Before anything imports prometheus_client, which reads it once; the
+        # workers inherit it (server/multiproc.py).
+        run_directory = multiproc.create_run_directory(os.environ)
+        os.environ[multiproc.ENV] = str(run_directory)
+    try:
+        return _supervise(args) if args.workers > 1 else _serve(args)
+    finally:
+        if run_directory is not None:
+            multiproc.remove_run_directory(run_directory)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    """One server process: alone, or a worker of the supervisor."""
     from sielum.server.app import SielumServer
 
     server = SielumServer(_server_config(args)).start()
@@ -144,6 +175,10 @@ def _supervise(args: argparse.Namespace) -> int:
     Store.open(database_url or f"sqlite:///{data_dir.resolve() / 'sielum.db'}").close()
     enroll_addr, enroll_holder = reserve_port(args.enroll_addr)
     api_addr, api_holder = reserve_port(args.api_addr)
+    # One listening socket that every worker inherits and accepts on: whichever
+    # answers a scrape sums the values of all (server/metrics.py).
+    metrics = listen_socket(args.metrics_addr) if _metrics_on(args) else None
+    metrics_args = [] if metrics is None else ["--metrics-fd", str(metrics.fileno())]
     argv = list(args.argv)
 
     def command(index: int, ready_fd: int) -> list[str]:
@@ -151,7 +186,7 @@ def _supervise(args: argparse.Namespace) -> int:
             argv,
             [
                 "--enroll-addr", enroll_addr, "--api-addr", api_addr, "--workers", "1",
-                "--worker-index", str(index), "--ready-fd", str(ready_fd),
+                "--worker-index", str(index), "--ready-fd", str(ready_fd), *metrics_args,
             ],
         )  # fmt: skip
 
@@ -161,13 +196,26 @@ def _supervise(args: argparse.Namespace) -> int:
         workers=args.workers,
         enroll=enroll_addr,
         api=api_addr,
+        metrics=_address(metrics),
     )
     try:
-        return Supervisor(count=args.workers, command=command, grace=args.grace).run()
+        return Supervisor(
+            count=args.workers,
+            command=command,
+            grace=args.grace,
+            pass_fds=() if metrics is None else (metrics.fileno(),),
+        ).run()
     finally:
-        for holder in (enroll_holder, api_holder):
+        for holder in (enroll_holder, api_holder, metrics):
             if holder is not None:
                 holder.close()
+
+
+def _address(sock: socket.socket | None) -> str:
+    if sock is None:
+        return "off"
+    host, port = sock.getsockname()[:2]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -245,9 +293,17 @@ def build_parser() -> argparse.ArgumentParser:
         "SQLite or a PostgreSQL on a Unix socket or loopback address; 16 with a database "
         "on another host, whose round trips would otherwise hold up every other call)",
     )
+    serve.add_argument(
+        "--metrics-addr",
+        default="127.0.0.1:9464",
+        metavar="HOST:PORT",
+        help="plain HTTP /metrics in the Prometheus format, summed over all workers; "
+        "'off' disables (default %(default)s)",
+    )
     # Set by the supervisor on the workers it starts; not for people.
     serve.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
     serve.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
+    serve.add_argument("--metrics-fd", type=int, default=None, help=argparse.SUPPRESS)
     serve.add_argument(
         "--enroll-failure-burst",
         type=int,
