@@ -908,7 +908,7 @@ def test_state_counts_read_indexes_not_the_device_table(sqlite_url: str) -> None
     store = Store.open(sqlite_url)
     try:
         with store.db.connection_context():
-            sql = store._sql.count_devices_revoked_expired
+            sql = store._count_sql.devices
             plan = [
                 str(row[-1])
                 for row in store.db.execute_sql(f"EXPLAIN QUERY PLAN {sql}", (0,)).fetchall()

@@ -108,6 +108,7 @@ class Store:
         self._t: Tables = bind_tables(db)
         self._pooled = isinstance(db, PooledDatabase)
         self._sql = _EnrollmentSql.build(db, self._t)
+        self._count_sql = _CountSql.build(db, self._t)
 
     @classmethod
     def open(cls, url: str) -> Store:
@@ -393,22 +394,10 @@ class Store:
         (tests/store/test_store.py::test_state_counts_agree_with_the_policies,
         ::test_state_counts_read_indexes_not_the_device_table).
         """
-        T = self._t.token
-        columns = [
-            peewee.fn.COALESCE(
-                peewee.fn.SUM(peewee.Case(None, ((token_state_condition(T, state, now), 1),), 0)),
-                0,
-            )
-            for state in TokenState
-        ]
-        *by_state, devices = (
-            T.select(*columns, peewee.fn.COALESCE(peewee.fn.SUM(T.uses), 0)).tuples().get()
-        )
+        sql = self._count_sql
+        *by_state, devices = execute(self.db, sql.tokens, sql.tokens_params(now)).fetchone()
         revoked, expired = (
-            int(n)
-            for n in execute(
-                self.db, self._sql.count_devices_revoked_expired, (to_micros(now),)
-            ).fetchone()
+            int(n) for n in execute(self.db, sql.devices, (to_micros(now),)).fetchone()
         )
         return StateCounts(
             tokens={state: int(n) for state, n in zip(TokenState, by_state, strict=True)},
@@ -475,7 +464,6 @@ class _EnrollmentSql:
     consume_use_template: tuple[object, ...]
     insert_device: str
     insert_audit: str
-    count_devices_revoked_expired: str
 
     @classmethod
     def build(cls, db: peewee.Database, tables: Tables) -> _EnrollmentSql:
@@ -503,11 +491,6 @@ class _EnrollmentSql:
             insert_audit=(
                 f"INSERT INTO audit_event ({_columns(_AUDIT_COLUMNS)}) VALUES ({audit_values})"  # noqa: S608
             ),
-            # Each WHERE implies its partial index's own, so the planner may count on it.
-            count_devices_revoked_expired=(
-                "SELECT (SELECT COUNT(*) FROM device WHERE revoked_at IS NOT NULL), (SELECT"  # noqa: S608
-                f" COUNT(*) FROM device WHERE revoked_at IS NULL AND not_after <= {p})"
-            ),
         )
 
     def consume_use_params(self, device: Device, now: datetime) -> list[object]:
@@ -520,6 +503,49 @@ class _EnrollmentSql:
             else value
             for value in self.consume_use_template
         ]
+
+
+@dataclasses.dataclass(frozen=True)
+class _CountSql:
+    """state_counts' statements, made once per Store.
+
+    Building them with peewee at each call took a hundred times longer than
+    running them on a small database (6 ms against 0.07 ms).
+    """
+
+    tokens: str
+    tokens_template: tuple[object, ...]
+    devices: str
+
+    @classmethod
+    def build(cls, db: peewee.Database, tables: Tables) -> _CountSql:
+        T = tables.token
+        by_state = [
+            peewee.fn.COALESCE(
+                peewee.fn.SUM(
+                    peewee.Case(None, ((token_state_condition(T, state, _NOW_SLOT), 1),), 0)
+                ),
+                0,
+            )
+            for state in TokenState
+        ]
+        tokens_sql, template = T.select(
+            *by_state, peewee.fn.COALESCE(peewee.fn.SUM(T.uses), 0)
+        ).sql()
+        p = db.param
+        return cls(
+            tokens=tokens_sql,
+            tokens_template=tuple(template),
+            # Each WHERE implies its partial index's own, so the planner counts on it.
+            devices=(
+                "SELECT (SELECT COUNT(*) FROM device WHERE revoked_at IS NOT NULL), (SELECT"  # noqa: S608
+                f" COUNT(*) FROM device WHERE revoked_at IS NULL AND not_after <= {p})"
+            ),
+        )
+
+    def tokens_params(self, now: datetime) -> list[object]:
+        now_micros, slot_micros = to_micros(now), to_micros(_NOW_SLOT)
+        return [now_micros if value == slot_micros else value for value in self.tokens_template]
 
 
 def _micros(value: datetime | None) -> int | None:
