@@ -236,7 +236,7 @@ class SielumServer:
             state = StateCollector(
                 self.store.state_counts, self.ca.certificate.not_valid_after_utc, self.clock
             )
-            self._metrics_endpoint = MetricsEndpoint(self.metrics.registry(state), self._runner)
+            self._metrics_endpoint = MetricsEndpoint(self.metrics.registry(state), self.store.close)
             self._metrics_socket = (
                 socket.socket(fileno=config.metrics_fd)
                 if config.metrics_fd is not None

@@ -16,11 +16,13 @@ can grow the number of series.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
+from concurrent import futures
 from datetime import datetime
 from pathlib import Path
 from typing import Literal
@@ -39,7 +41,6 @@ from sielum.errors import SielumError
 from sielum.logs import log_event
 from sielum.model import DeviceState, StateCounts, TokenState
 from sielum.recorder import CertificateKind, DashboardLoginResult, EnrollmentResult
-from sielum.server.runner import Runner
 
 log = logging.getLogger("sielum.server")
 
@@ -252,13 +253,19 @@ class MetricsEndpoint:
 
     Every worker serves it on the one listening socket it inherited from the
     supervisor (or made itself, alone): any of them answers with the sum of all.
-    Building the answer reads files and maybe the database, so it runs where the
-    server's handlers run (server/runner.py).
+    The answer is built on a thread of its own, not on the loop: reading the
+    state gauges may take a database query of tens of milliseconds on a large
+    database (bench/scale_bench.py), and the loop goes on serving calls
+    meanwhile (the database driver lets go of the GIL while it waits). close
+    runs on that thread at the end: it closes the thread's own connection.
     """
 
-    def __init__(self, registry: CollectorRegistry, run: Runner) -> None:
+    def __init__(
+        self, registry: CollectorRegistry, close: Callable[[], None] = lambda: None
+    ) -> None:
         self._registry = registry
-        self._run = run
+        self._close = close
+        self._pool = futures.ThreadPoolExecutor(1, thread_name_prefix="metrics")
         self._runner: web.AppRunner | None = None
 
     async def start(self, sock: socket.socket) -> None:
@@ -271,8 +278,10 @@ class MetricsEndpoint:
     async def stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
+        await asyncio.get_running_loop().run_in_executor(self._pool, self._close)
+        self._pool.shutdown(wait=True)
 
     async def _metrics(self, request: web.Request) -> web.Response:
         encode, content_type = choose_encoder(request.headers.get("Accept", ""))
-        body = await self._run(lambda: encode(self._registry))
+        body = await asyncio.get_running_loop().run_in_executor(self._pool, encode, self._registry)
         return web.Response(body=body, headers={"Content-Type": content_type})
