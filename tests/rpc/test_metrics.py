@@ -238,4 +238,4 @@ def test_rate_limited_enrollments_are_counted(tmp_path: Path) -> None:
 
 def test_metrics_are_off_unless_asked_for(harness: Harness) -> None:
     assert harness.server.metrics is None
-    assert not hasattr(harness.server, "metrics_port")
+    assert harness.server.metrics_port == 0

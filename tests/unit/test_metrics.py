@@ -90,6 +90,7 @@ def test_calls_are_counted_by_method_and_unknown_names_fold_into_one_series() ->
     )
     assert samples[count] == 2
     assert not any("evil" in value for _, labels in samples for _, value in labels)
+    assert len(metrics._calls) == 3  # nor do made-up names grow what the process keeps
 
 
 def test_recorded_outcomes_start_at_zero_and_count() -> None:

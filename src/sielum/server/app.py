@@ -172,6 +172,7 @@ class SielumServer:
         self.metrics: Metrics | None = None
         self._metrics_endpoint: MetricsEndpoint | None = None
         self._metrics_socket: socket.socket | None = None
+        self.metrics_port = 0  # 0: no /metrics
         recorder: Recorder = NoRecorder()
         observe: CallObserver | None = None
         if config.metrics_enabled:

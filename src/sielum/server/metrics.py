@@ -123,25 +123,29 @@ class Metrics:
         self, transport: Transport, method: str, code: grpc.StatusCode, seconds: float
     ) -> None:
         """One call answered: its full method name, its status and how long it took."""
-        key = (transport, method, code)
-        children = self._calls.get(key)
+        children = self._calls.get((transport, method, code))
         if children is None:
-            children = self._calls[key] = self._children(transport, method, code)
+            children = self._children(transport, method, code)
         children[0].inc()
         children[1].observe(seconds)
 
     def _children(
         self, transport: str, method: str, code: grpc.StatusCode
     ) -> tuple[Counter, Histogram]:
+        """The series of a call, made once; made-up method names all share one key."""
         kind = self._methods.get(method)
         if kind is None:
-            service, name, kind = UNKNOWN, UNKNOWN, UNKNOWN
+            method = service = name = kind = UNKNOWN
         else:
             service, _, name = method.lstrip("/").rpartition("/")
-        return (
-            self._handled.labels(service, name, kind, grpc_code_name(code), transport),
-            self._seconds.labels(service, name, kind, transport),
-        )
+        key = (transport, method, code)
+        children = self._calls.get(key)
+        if children is None:
+            children = self._calls[key] = (
+                self._handled.labels(service, name, kind, grpc_code_name(code), transport),
+                self._seconds.labels(service, name, kind, transport),
+            )
+        return children
 
     # sielum.recorder.Recorder
 
