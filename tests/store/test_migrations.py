@@ -9,8 +9,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from sielum.model import AuditEvent, Token
-from sielum.store import Store, connect
+from sielum.model import AuditEvent, Device, Token
+from sielum.store import Store, connect, migrations
+from sielum.store.database import is_sqlite
 from sielum.store.migrations import LATEST_VERSION, MIGRATIONS, SchemaVersionError
 from sielum.store.models import bind_tables
 
@@ -141,17 +142,49 @@ def test_newer_schema_is_refused(database_url: str) -> None:
         store.close()
 
 
-def test_step_2_makes_the_device_state_indexes_even_where_they_exist(database_url: str) -> None:
-    """Another step may make the same indexes (the dashboard's counts): step 2 then adds nothing."""
+def _indexes(store: Store) -> set[str]:
+    with store.db.connection_context():
+        if is_sqlite(store.db):
+            sql = "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'device'"
+        else:
+            sql = "SELECT indexname FROM pg_indexes WHERE tablename = 'device'"
+        return {row[0] for row in store.db.execute_sql(sql).fetchall()}
+
+
+def test_v2_indexes_a_version_1_database_keeping_its_rows(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with monkeypatch.context() as patched:
+        patched.setattr(migrations, "MIGRATIONS", migrations.MIGRATIONS[:1])
+        patched.setattr(migrations, "LATEST_VERSION", 1)
+        old = Store.open(database_url)
+    try:
+        assert _schema_version_rows(old) == [(1, 1)]
+        old.create_token(
+            Token(
+                id="tok", label="l", secret_hash=b"h", max_uses=None, uses=0, expires_at=None,
+                created_at=T0, created_by="alice",
+            ),
+            AuditEvent(at=T0, actor="a", action="x", resource="token/tok"),
+        )  # fmt: skip
+        device = Device(
+            id="dev", hostname="web-1", token_id="tok", public_key_sha256="k", serial="1",
+            certificate_pem="PEM", not_after=T0, enrolled_at=T0, peer="p",
+        )  # fmt: skip
+        old.enroll_device(device, T0, AuditEvent(at=T0, actor="a", action="y", resource="d"))
+        assert not _indexes(old) & {"device_hostname_seq", "device_revoked_seq"}
+    finally:
+        old.close()
+
     store = Store.open(database_url)
     try:
-        with store.db.connection_context():
-            indexes = {index.name for index in store.db.get_indexes("device")}
-            assert {"device_revoked", "device_not_after_unrevoked"} <= indexes
-            store.db.execute_sql("UPDATE schema_version SET version = 1")
-        assert store.migrate() == LATEST_VERSION
-        with store.db.connection_context():
-            assert {index.name for index in store.db.get_indexes("device")} == indexes
         assert _schema_version_rows(store) == [(1, LATEST_VERSION)]
+        assert _indexes(store) >= {
+            "device_hostname_seq",
+            "device_revoked_seq",
+            "device_unrevoked_not_after",
+        }
+        assert [d.id for d in store.list_devices(hostname="web-1").items] == ["dev"]
+        assert store.check_integrity() == []
     finally:
         store.close()

@@ -22,8 +22,8 @@ from sielum.admin.servicer import AdminServicer
 from sielum.admin.v1 import admin_pb2
 from sielum.agent.v1 import agent_pb2
 from sielum.ca.authority import CertificateAuthority
-from sielum.ca.datadir import load_server_credentials
 from sielum.ca.profile import DEFAULT_DEVICE_TTL
+from sielum.ca.servercert import ServerCertificate
 from sielum.clock import Clock, SystemClock
 from sielum.devices.service import DeviceService
 from sielum.devices.servicer import AgentServicer
@@ -35,6 +35,7 @@ from sielum.identity import Role
 from sielum.logs import log_event
 from sielum.recorder import NoRecorder, Recorder
 from sielum.server.auth import METHOD_ROLES, Authorizer
+from sielum.server.certificates import CertificateWatch, grpc_credentials
 from sielum.server.interceptor import CallObserver, ServerInterceptor
 from sielum.server.metrics import Metrics, MetricsEndpoint, StateCollector
 from sielum.server.runner import InlineRunner, Runner, ThreadRunner
@@ -70,6 +71,8 @@ class ServerConfig:
     failure_limit: FailureLimit = field(default_factory=FailureLimit)
     ca_passphrase: bytes | None = None
     worker_index: int | None = None  # set in the workers of `serve --workers N`
+    # How often the server certificate's files are checked for a renewal.
+    certificate_check_interval: float = 10.0
     # /metrics: "off", or HOST:PORT to listen on; metrics_fd, a socket already
     # listening (a worker's, from the supervisor). metrics_dir: the run's
     # multiprocess directory (server/multiproc.py); None keeps values in-process.
@@ -137,6 +140,18 @@ class SielumServer:
         self.ca = CertificateAuthority.load(
             config.data_dir, passphrase=config.ca_passphrase, device_ttl=config.device_ttl
         )
+        # The server certificate may be renewed while serving (renew-server-cert): every
+        # listener presenting it follows this one holder.
+        self.server_certificate = ServerCertificate.of_data_dir(config.data_dir)
+        self.certificate_watch = CertificateWatch(
+            self.server_certificate,
+            self.ca.certificate,
+            self.clock,
+            renew_command=f"sielum-server renew-server-cert --data-dir {config.data_dir}",
+            interval=config.certificate_check_interval,
+            # One expiry warning per server, not one per worker.
+            warn=config.worker_index in (None, 0),
+        )
         self.store = Store.open(config.resolved_database_url())
         threads = config.threads
         if threads is None:
@@ -167,7 +182,6 @@ class SielumServer:
 
     async def _build(self) -> None:
         config = self.config
-        server_key, server_chain, ca_pem = load_server_credentials(config.data_dir)
         # Metrics first: the services and the interceptor record into them.
         self.metrics: Metrics | None = None
         self._metrics_endpoint: MetricsEndpoint | None = None
@@ -193,11 +207,9 @@ class SielumServer:
                 ("grpc.so_reuseport", 1),
             ],
         )
-        enroll_creds = grpc.ssl_server_credentials(
-            [(server_key, server_chain)], root_certificates=None, require_client_auth=False
-        )
-        api_creds = grpc.ssl_server_credentials(
-            [(server_key, server_chain)], root_certificates=ca_pem, require_client_auth=True
+        enroll_creds = grpc_credentials(self.server_certificate, client_ca_pem=None)
+        api_creds = grpc_credentials(
+            self.server_certificate, client_ca_pem=self.ca.certificate_pem.encode("ascii")
         )
         self.enroll_port = self.grpc_server.add_secure_port(config.enroll_addr, enroll_creds)
         self.api_port = self.grpc_server.add_secure_port(config.api_addr, api_creds)
@@ -247,6 +259,7 @@ class SielumServer:
 
     def start(self) -> SielumServer:
         self._on_loop(self._start())
+        self.certificate_watch.start()
         log_event(
             log,
             "serving",
@@ -256,6 +269,7 @@ class SielumServer:
             calls=self._runner.description,
             metrics=self._metrics_address(),
             fingerprint=self.ca.fingerprint,
+            certificate=self.server_certificate.current.serial,
             **({} if self.config.worker_index is None else {"worker": self.config.worker_index}),
         )
         return self
@@ -277,6 +291,7 @@ class SielumServer:
         """Refuse new calls, let calls in flight finish within grace seconds, then close."""
         if self._stopped.is_set():
             return
+        self.certificate_watch.stop()
         try:
             self._on_loop(self._stop(grace))
         finally:
@@ -292,6 +307,10 @@ class SielumServer:
             await self._metrics_endpoint.stop()
         # On the thread that used it: an SQLite connection belongs to one thread.
         await self._runner(self.store.close)
+
+    def reload_certificate(self) -> bool:
+        """Serve the server certificate's files as they are now (SIGHUP); True if it changed."""
+        return self.certificate_watch.reload()
 
     def wait(self) -> None:
         """Block until stop() has finished."""
