@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import resource
 import signal
 import socket
 import sys
 import threading
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -39,6 +40,8 @@ if TYPE_CHECKING:
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
+# Linux's default fs.nr_open, for a hard limit of "unlimited" that setrlimit refuses.
+_NOFILE_WITHOUT_HARD_LIMIT = 1_048_576
 
 _DESCRIPTION = """\
 Sielum enrollment server.
@@ -135,6 +138,7 @@ def _server_config(args: argparse.Namespace) -> ServerConfig:
         ),
         ca_passphrase=_passphrase(),
         worker_index=args.worker_index,
+        handshake_timeout=timedelta(seconds=args.handshake_timeout),
         certificate_check_interval=args.certificate_check_interval,
         metrics_addr=args.metrics_addr,
         metrics_fd=args.metrics_fd,
@@ -146,12 +150,32 @@ def _metrics_on(args: argparse.Namespace) -> bool:
     return bool(args.metrics_addr.strip().lower() != "off")
 
 
+def raise_open_files_limit() -> tuple[int, int, int]:
+    """Raise the soft RLIMIT_NOFILE to the hard limit, as Go's runtime does at start.
+
+    Every connection takes a file descriptor, and the usual soft limit of 1,024 is
+    used up by about a thousand idle sockets, after which no connection is taken,
+    the admin API's included. Returns (soft before, soft now, hard); workers inherit it.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else _NOFILE_WITHOUT_HARD_LIMIT
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            pass  # logged below as it stands
+    now = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return soft, now, hard
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     configure_logging(args.log_format)
     if args.workers < 1:
         raise InvalidArgumentError("--workers must be at least 1")
     if args.threads is not None and args.threads < 0:
         raise InvalidArgumentError("--threads must be 0 or more")
+    if args.handshake_timeout <= 0:
+        raise InvalidArgumentError("--handshake-timeout must be positive")
     if _metrics_on(args):
         try:
             split_address(args.metrics_addr)
@@ -159,6 +183,14 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             raise InvalidArgumentError("--metrics-addr must be HOST:PORT or off") from None
     if args.worker_index is not None:  # a worker: the supervisor set up the run
         return _serve_with_core_log(args)
+    before, soft, hard = raise_open_files_limit()
+    log_event(
+        logging.getLogger("sielum.server"),
+        "open files limit",
+        soft=soft,
+        hard=hard,
+        **({"raised_from": before} if before != soft else {}),
+    )
     run_directory = None
     if _metrics_on(args):
         # Before anything imports prometheus_client, which reads it once; the
@@ -387,6 +419,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.2,
         metavar="PER_SECOND",
         help="failed enrollments regained per second (default %(default)s)",
+    )
+    serve.add_argument(
+        "--handshake-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="close a connection that has not finished its TLS handshake by then "
+        "(default %(default)g)",
     )
     serve.add_argument(
         "--grace",

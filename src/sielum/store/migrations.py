@@ -115,9 +115,25 @@ def _v2_device_filters(d: Dialect) -> Sequence[str]:
     )
 
 
+def _v3_superseded(d: Dialect) -> Sequence[str]:
+    """The device's previous certificate and its overlap, and the pace of its renewals.
+
+    previous_serial is the certificate a renewal replaced, accepted until
+    previous_until (so that an agent whose renewal answer was lost can retry);
+    renewal_tat is when the device's renewal allowance is next fully spent
+    (a GCRA's theoretical arrival time), NULL before its first renewal.
+    """
+    return (
+        "ALTER TABLE device ADD COLUMN previous_serial TEXT",
+        "ALTER TABLE device ADD COLUMN previous_until BIGINT",
+        "ALTER TABLE device ADD COLUMN renewal_tat BIGINT",
+    )
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema: token, device, audit_event", _v1_initial_schema),
     Migration(2, "indexes for listing devices by hostname and state", _v2_device_filters),
+    Migration(3, "device: previous certificate and overlap, renewal pace", _v3_superseded),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 
