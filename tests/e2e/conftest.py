@@ -53,6 +53,7 @@ class ServerProcess:
     enroll_port: int
     api_port: int
     log_path: Path
+    metrics_port: int = 0
     dashboard_port: int = 0  # 0: the dashboard is off
 
     @property
@@ -95,12 +96,10 @@ def wait_ready(
 def start_server(
     data_dir: Path, *extra: str, env: dict[str, str] | None = None, enroll_host: str = "127.0.0.1"
 ) -> ServerProcess:
-    enroll_port, api_port = free_port(), free_port()
+    enroll_port, api_port, metrics_port = free_port(), free_port(), free_port()
     # Never the default port 8445: another test or server may hold it.
     dashboard_port = 0 if "--dashboard-addr" in extra else free_port()
-    dashboard = (
-        [] if "--dashboard-addr" in extra else ["--dashboard-addr", f"127.0.0.1:{dashboard_port}"]
-    )
+    dashboard = [] if dashboard_port == 0 else ["--dashboard-addr", f"127.0.0.1:{dashboard_port}"]
     log_path = data_dir.parent / f"server-{enroll_port}.log"
     log_file = log_path.open("w")
     host = f"[{enroll_host}]" if ":" in enroll_host else enroll_host
@@ -115,6 +114,9 @@ def start_server(
             enroll_addr,
             "--api-addr",
             f"127.0.0.1:{api_port}",
+            # Never the default port: it may be another test's, or someone else's.
+            "--metrics-addr",
+            f"127.0.0.1:{metrics_port}",
             *dashboard,
             *extra,
         ],
@@ -123,7 +125,9 @@ def start_server(
         text=True,
         env={**os.environ, **(env or {})},
     )
-    server = ServerProcess(process, data_dir, enroll_port, api_port, log_path, dashboard_port)
+    server = ServerProcess(
+        process, data_dir, enroll_port, api_port, log_path, metrics_port, dashboard_port
+    )
     try:
         wait_ready(enroll_port, (data_dir / "ca.pem").read_bytes(), process)
     except AssertionError as error:

@@ -97,8 +97,10 @@ class Serve:
                     f"127.0.0.1:{self.enroll_port}",
                     "--api-addr",
                     f"127.0.0.1:{self.api_port}",
-                    # The default port 8445 may be held by another test or server.
+                    # The default ports 8445 and 9464 may be held by another test or server.
                     "--dashboard-addr",
+                    "off",
+                    "--metrics-addr",
                     "off",
                     *self.extra,
                 ],

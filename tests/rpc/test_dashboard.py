@@ -17,6 +17,7 @@ from sielum.enroll.ratelimit import FailureLimit
 from tests.connect_client import COOKIE, DashboardClient
 
 from .conftest import Harness, start_harness, status_of
+from .test_metrics import Exposition
 
 LINK = re.compile(r"^https://127\.0\.0\.1:(\d+)/login#([A-Za-z0-9_-]{43})$")
 
@@ -277,3 +278,28 @@ def test_ok_a_connection_that_never_shakes_hands_is_closed(tmp_path: Path) -> No
         assert _client(h).request("GET", "/").status == 200
     finally:
         h.server.stop(grace=1)
+
+
+def test_ok_connect_calls_are_counted_apart_from_grpc_ones(tmp_path: Path) -> None:
+    h = start_harness(tmp_path, dashboard_addr="127.0.0.1:0", metrics_addr="127.0.0.1:0")
+    try:
+        client = _signed_in(h)  # CreateDashboardLogin over gRPC
+        assert client.call("ListDevices").status == 200
+        assert client.call("ListDevices").status == 200
+        assert client.call("GetDevice", {"id": "nope"}).status == 404
+        assert DashboardClient(h.server.dashboard_url, h.ca_pem).call("ListDevices").status == 403
+        scrape = Exposition(h.server.metrics_port)
+    finally:
+        h.server.stop(grace=1)
+    admin = {"grpc_service": "sielum.admin.v1.AdminService"}
+    handled = "grpc_server_handled_total"
+    assert scrape.value(handled, **admin, grpc_method="ListDevices", transport="connect") == 3
+    assert (
+        scrape.value(
+            handled, **admin, grpc_method="ListDevices", transport="connect", grpc_code="OK"
+        )
+        == 2
+    )
+    assert scrape.value(handled, **admin, grpc_method="GetDevice", grpc_code="NotFound") == 1
+    assert scrape.value(handled, **admin, grpc_method="ListDevices", transport="grpc") == 0
+    assert scrape.value(handled, **admin, grpc_method="CreateDashboardLogin", transport="grpc") == 1

@@ -19,11 +19,9 @@ from sielum.dashboard.sessions import (
     NewSession,
     new_credential,
 )
-from sielum.devices.policy import device_state
 from sielum.errors import UnauthenticatedError
-from sielum.model import AuditEvent, Device, DeviceState, Token, TokenState
+from sielum.model import AuditEvent, Device, Token
 from sielum.store import Store
-from sielum.tokens import state_of
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 CERT_NOT_AFTER = T0 + timedelta(days=365)
@@ -245,7 +243,7 @@ def test_a_use_is_written_at_most_once_a_minute(
         on_sqlite.check(other)
 
 
-# --- counts for the overview (and for metrics) -----------------------------------------------
+# --- enrollments per day for the overview (its counts by state: tests/store/test_store.py) ----
 
 
 def _token(token_id: str, **fields: object) -> Token:
@@ -278,63 +276,6 @@ def _device(device_id: str, token_id: str, enrolled_at: datetime, not_after: dat
         enrolled_at=enrolled_at,
         peer="10.0.0.1",
     )
-
-
-def test_state_counts_agree_with_the_policies(store: Store) -> None:
-    now = T0
-    tokens = {
-        "open": _token("open"),
-        "limited": _token("limited", max_uses=10),
-        "full": _token("full", max_uses=2),
-        "old": _token("old", expires_at=now - timedelta(days=1)),
-        "at-boundary": _token("at-boundary", expires_at=now),
-        "gone": _token("gone"),
-        "gone-full": _token("gone-full", max_uses=1),
-    }
-    for token in tokens.values():
-        store.create_token(token, _audit(f"token/{token.id}"))
-    enrolled = 0
-
-    def enroll(token_id: str, not_after: datetime) -> str:
-        nonlocal enrolled
-        enrolled += 1
-        device = _device(f"d{enrolled}", token_id, now - timedelta(days=enrolled), not_after)
-        store.enroll_device(device, now - timedelta(days=40), _audit(f"device/{device.id}"))
-        return device.id
-
-    for _ in range(2):
-        enroll("full", now + timedelta(days=30))
-    enroll("gone-full", now + timedelta(days=30))
-    enroll("open", now - timedelta(days=1))  # its certificate has expired
-    enroll("open", now)  # expires exactly now
-    revoked = enroll("limited", now + timedelta(days=30))
-    enroll("limited", now + timedelta(days=30))
-    store.revoke_device(revoked, now, _audit(f"device/{revoked}"))
-    for token_id in ("gone", "gone-full"):
-        store.revoke_token(token_id, now, _audit(f"token/{token_id}"))
-
-    counts = store.state_counts(now)
-    want_tokens = dict.fromkeys(TokenState, 0)
-    for token in store.list_tokens(now=now, page_size=1000).items:
-        want_tokens[state_of(token, now)] += 1
-    want_devices = dict.fromkeys(DeviceState, 0)
-    for device in store.list_devices(page_size=1000).items:
-        want_devices[device_state(device, now)] += 1
-    assert counts.tokens == want_tokens
-    assert counts.devices == want_devices
-    assert counts.tokens == {
-        TokenState.ACTIVE: 2,
-        TokenState.EXPIRED: 2,
-        TokenState.EXHAUSTED: 1,
-        TokenState.REVOKED: 2,
-    }
-    assert counts.devices == {DeviceState.ACTIVE: 4, DeviceState.EXPIRED: 2, DeviceState.REVOKED: 1}
-
-
-def test_state_counts_of_an_empty_database(store: Store) -> None:
-    counts = store.state_counts(T0)
-    assert counts.tokens == dict.fromkeys(TokenState, 0)
-    assert counts.devices == dict.fromkeys(DeviceState, 0)
 
 
 def test_enrollments_per_day_counts_utc_days_from_since(store: Store) -> None:

@@ -19,6 +19,7 @@ import logging
 import re
 import socket
 import ssl
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from importlib import resources
@@ -47,6 +48,7 @@ from sielum.errors import (
 from sielum.identity import Identity, Role
 from sielum.logs import log_event
 from sielum.server.auth import Authorizer
+from sielum.server.interceptor import CallObserver
 from sielum.server.runner import Runner
 from sielum.server.services import UnaryMethod
 from sielum.server.workers import split_address
@@ -303,9 +305,11 @@ class Dashboard:
         methods: Iterable[UnaryMethod],
         pages: PageConfig,
         handshake_timeout: float = 10.0,
+        observe: CallObserver | None = None,
     ) -> None:
         self.listener = listener
         self._handshake_timeout = handshake_timeout
+        self._observe = observe
         self._sessions = sessions
         self._authorizer = authorizer
         self._run = run
@@ -496,9 +500,25 @@ class Dashboard:
     async def _connect(self, request: web.Request) -> web.Response:
         if request.method != "POST":
             raise web.HTTPMethodNotAllowed(request.method, ["POST"])
+        full_name = f"/{request.match_info['service']}/{request.match_info['method']}"
+        if self._observe is None:
+            return await self._answer(request, full_name)
+        # Counted with the gRPC calls, transport="connect", refusals included.
+        started = time.perf_counter()
+        code = grpc.StatusCode.OK
+        try:
+            return await self._answer(request, full_name)
+        except ConnectError as error:
+            code = error.code
+            raise
+        except web.HTTPException as error:
+            code = _http_error(error).code
+            raise
+        finally:
+            self._observe(full_name, code, time.perf_counter() - started)
+
+    async def _answer(self, request: web.Request, full_name: str) -> web.Response:
         self._check_browser(request, connect=True)
-        service, name = request.match_info["service"], request.match_info["method"]
-        full_name = f"/{service}/{name}"
         method = self._methods.get(full_name)
         if method is None:
             raise ConnectError(
