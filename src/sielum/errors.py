@@ -57,6 +57,12 @@ class AlreadyExistsError(SielumError):
     code = grpc.StatusCode.ALREADY_EXISTS
 
 
+class FailedPreconditionError(SielumError):
+    """The system is not in a state that allows this (revoking the last active admin)."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
 class ResourceExhaustedError(SielumError):
     """The caller is over a limit (too many failed enrollments from one peer)."""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -25,7 +26,15 @@ from sielum.server.app import iter_services
 from sielum.server.auth import METHOD_ROLES, Role
 from tests.rpc.conftest import Harness, key_pem, make_csr, make_key, start_harness
 
-IDENTITIES = ("none", "admin", "device", "revoked-device", "expired", "foreign-ca")
+IDENTITIES = (
+    "none",
+    "admin",
+    "device",
+    "revoked-device",
+    "revoked-admin",
+    "expired",
+    "foreign-ca",
+)
 PORTS = ("enroll", "api")
 _REFLECTION_V1 = "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"
 _REFLECTION_V1ALPHA = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
@@ -33,10 +42,6 @@ _HEALTH_LIST = "/grpc.health.v1.Health/List"
 # Methods of the contract whose handlers have not landed yet: authorized like every
 # other method, then UNIMPLEMENTED. Each issue that answers one removes it here.
 NOT_YET_ANSWERED = {
-    "/sielum.admin.v1.AdminService/CreateAdmin",
-    "/sielum.admin.v1.AdminService/ListAdmins",
-    "/sielum.admin.v1.AdminService/RevokeAdmin",
-    "/sielum.admin.v1.AdminService/ListAuditEvents",
     "/sielum.admin.v1.AdminService/CreateDashboardLogin",
     "/sielum.admin.v1.AdminService/GetOverview",
     "/sielum.agent.v1.AgentService/Unenroll",
@@ -74,6 +79,7 @@ class World:
     device_id: str
     spare_token_id: str
     spare_device_id: str
+    spare_admin: str
 
     def channel(self, port: str, identity: str) -> grpc.Channel:
         if (port, identity) not in self.channels:
@@ -117,6 +123,15 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         revoked, revoked_key = h.enroll(token.secret)
         spare, _ = h.enroll(token.secret)
         h.admin().RevokeDevice(admin_pb2.RevokeDeviceRequest(id=revoked.device_id), timeout=10)
+        # An admin created and revoked: their certificate still verifies, the gate refuses it.
+        gone_key = make_key()
+        gone = h.admin().CreateAdmin(
+            admin_pb2.CreateAdminRequest(name="gone", csr_pem=make_csr(gone_key)), timeout=10
+        )
+        h.admin().RevokeAdmin(admin_pb2.RevokeAdminRequest(name="gone"), timeout=10)
+        spare_admin = h.admin().CreateAdmin(
+            admin_pb2.CreateAdminRequest(name="spare", csr_pem=make_csr(make_key())), timeout=10
+        )
         foreign = tmp / "foreign"
         init_data_dir(foreign)
         admin_dir = h.data_dir / "admin"
@@ -130,6 +145,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
                 ),
                 "device": (key_pem(device_key), device.certificate_pem.encode()),
                 "revoked-device": (key_pem(revoked_key), revoked.certificate_pem.encode()),
+                "revoked-admin": (key_pem(gone_key), gone.certificate_pem.encode()),
                 "expired": _expired_admin(h.data_dir),
                 "foreign-ca": (
                     (foreign / "admin" / "admin.key").read_bytes(),
@@ -142,6 +158,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             device_id=device.device_id,
             spare_token_id=h.create_token(label="spare").token.id,
             spare_device_id=spare.device_id,
+            spare_admin=spare_admin.admin.name,
         )
     finally:
         h.server.stop(grace=1)
@@ -163,6 +180,10 @@ def _request(method: str, world: World) -> Any:
         "ListDevices": admin_pb2.ListDevicesRequest,
         "GetDevice": lambda: admin_pb2.GetDeviceRequest(id=world.device_id),
         "RevokeDevice": lambda: admin_pb2.RevokeDeviceRequest(id=world.spare_device_id),
+        "CreateAdmin": lambda: admin_pb2.CreateAdminRequest(
+            name=f"matrix-{uuid.uuid4().hex[:8]}", csr_pem=make_csr(make_key())
+        ),
+        "RevokeAdmin": lambda: admin_pb2.RevokeAdminRequest(name=world.spare_admin),
         "Heartbeat": agent_pb2.HeartbeatRequest,
         "RenewCertificate": lambda: agent_pb2.RenewCertificateRequest(csr_pem=make_csr(make_key())),
     }
@@ -218,11 +239,13 @@ def expected(method: str, port: str, identity: str) -> tuple[str, str | None]:
             "PERMISSION_DENIED",
             f"{method} needs {_a(role)} client certificate from the Sielum CA",
         )
-    caller = "admin" if identity == "admin" else "device"
+    caller = "admin" if identity in ("admin", "revoked-admin") else "device"
     if role.value != caller:
         return "PERMISSION_DENIED", f"{method} needs {_a(role)} certificate; this one is {caller}"
     if identity == "revoked-device":
         return "PERMISSION_DENIED", "device has been revoked"
+    if identity == "revoked-admin":
+        return "PERMISSION_DENIED", "admin gone has been revoked"
     if method in NOT_YET_ANSWERED:
         return "UNIMPLEMENTED", f"{method.rsplit('/', 1)[1]} is not implemented yet"
     return "OK", ""

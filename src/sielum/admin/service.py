@@ -1,8 +1,9 @@
-"""Admin decisions: create, read, list and revoke enrollment tokens and devices."""
+"""Admin decisions: enrollment tokens and devices, and reading the audit trail."""
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -12,7 +13,7 @@ from sielum.ca.profile import validate_name
 from sielum.clock import Clock
 from sielum.errors import InvalidArgumentError, NotFoundError
 from sielum.logs import log_event
-from sielum.model import AuditEvent, Device, Page, Token, TokenState
+from sielum.model import AuditEvent, AuditFilter, Device, Page, Token, TokenState
 from sielum.store.store import Store
 
 log = logging.getLogger("sielum.admin")
@@ -20,6 +21,12 @@ log = logging.getLogger("sielum.admin")
 MAX_LABEL = 200
 MAX_USES_LIMIT = 1_000_000_000
 MAX_PAGE_SIZE = 1000
+# What the audit trail's actors and resources look like (admin/alice, token/<id>,
+# device/<uuid>, server/init) and its actions (token.create); a filter that cannot
+# match is refused rather than answered with nothing, and nothing unchecked
+# reaches the database.
+_AUDIT_SUBJECT = re.compile(r"[a-z][a-z0-9-]{0,31}/[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_AUDIT_ACTION = re.compile(r"[a-z][a-z0-9_-]{0,31}(\.[a-z][a-z0-9_-]{0,31}){1,3}")
 
 
 @dataclass(frozen=True)
@@ -89,7 +96,22 @@ def _check_device_id(value: str) -> str:
     return _check_id("device", value, _is_device_id)
 
 
-def _check_page_size(page_size: int) -> int:
+def check_audit_filter(
+    *, actor: str, resource: str, action: str, since: datetime | None
+) -> AuditFilter:
+    """The filter of ListAuditEvents, each field checked; InvalidArgumentError names the field."""
+    actor, resource, action = actor.strip(), resource.strip(), action.strip()
+    if actor and not _AUDIT_SUBJECT.fullmatch(actor):
+        raise InvalidArgumentError("actor must be kind/name, like admin/alice or token/<id>")
+    if resource and not _AUDIT_SUBJECT.fullmatch(resource):
+        raise InvalidArgumentError("resource must be kind/id, like token/<id> or admin/alice")
+    if action and not _AUDIT_ACTION.fullmatch(action):
+        raise InvalidArgumentError("action must be like token.create or admin.revoke")
+    return AuditFilter(actor=actor, resource=resource, action=action, since=since)
+
+
+def check_page_size(page_size: int) -> int:
+    """The page size to ask the store for: 0 is the default, above the cap is the cap."""
     if page_size < 0:
         raise InvalidArgumentError("page_size must not be negative")
     return min(page_size or 100, MAX_PAGE_SIZE)
@@ -152,7 +174,7 @@ class Administration:
 
     def list_tokens(self, *, state: TokenState | None, page_size: int, cursor: str) -> Page[Token]:
         return self._store.list_tokens(
-            now=self._clock.now(), state=state, page_size=_check_page_size(page_size), cursor=cursor
+            now=self._clock.now(), state=state, page_size=check_page_size(page_size), cursor=cursor
         )
 
     def revoke_token(self, caller: Caller, token_id: str) -> Token:
@@ -177,7 +199,7 @@ class Administration:
                 f"token_id is not an enrollment token id ({tokens.ID_CHARS} characters of a-z, 2-7)"
             )
         return self._store.list_devices(
-            token_id=token_filter, page_size=_check_page_size(page_size), cursor=cursor
+            token_id=token_filter, page_size=check_page_size(page_size), cursor=cursor
         )
 
     def revoke_device(self, caller: Caller, device_id: str) -> Device:
@@ -196,3 +218,11 @@ class Administration:
             outcome="ok",
         )
         return device
+
+    def list_audit_events(
+        self, where: AuditFilter, *, page_size: int, cursor: str
+    ) -> Page[AuditEvent]:
+        """The audit trail newest first; where comes from check_audit_filter."""
+        return self._store.list_audit_events(
+            where, page_size=check_page_size(page_size), cursor=cursor
+        )

@@ -13,9 +13,18 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
+from cryptography import x509
+
 from sielum.ca.authority import PASSPHRASE_ENV, CertificateAuthority, load_ca_certificate
-from sielum.ca.datadir import init_data_dir, write_admin_bundle
-from sielum.ca.profile import DEFAULT_DEVICE_TTL, fingerprint
+from sielum.ca.datadir import (
+    ADMIN_CERT_FILE,
+    DIR_MODE,
+    FIRST_ADMIN_NAME,
+    DataDirPaths,
+    init_data_dir,
+    write_admin_bundle,
+)
+from sielum.ca.profile import DEFAULT_DEVICE_TTL, fingerprint, server_sans
 from sielum.cli.durations import parse_duration
 from sielum.enroll.ratelimit import FailureLimit
 from sielum.errors import InvalidArgumentError, SielumError
@@ -29,7 +38,9 @@ from sielum.server.workers import (
 )
 
 if TYPE_CHECKING:
+    from sielum.admins.service import AdminRegistry
     from sielum.server.app import ServerConfig
+    from sielum.store.store import Store
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
@@ -44,7 +55,10 @@ Sielum enrollment server.
 
 The CA key may be encrypted: set SIELUM_CA_PASSPHRASE for init, serve and
 issue-admin-cert. It is read from the environment only, never from a flag.
+init and issue-admin-cert register the admin they make in the database that
+serve uses (--database URL or SIELUM_DATABASE_URL; default SQLite in the data dir).
 """
+DATABASE_ENV = "SIELUM_DATABASE_URL"
 
 
 def _passphrase() -> bytes | None:
@@ -52,12 +66,53 @@ def _passphrase() -> bytes | None:
     return value.encode() if value else None
 
 
+def _database_url(args: argparse.Namespace) -> str:
+    """--database, else SIELUM_DATABASE_URL, else SQLite in the data dir: what serve uses."""
+    url = args.database or os.environ.get(DATABASE_ENV, "")
+    return url or f"sqlite:///{Path(args.data_dir).resolve() / 'sielum.db'}"
+
+
+def _open_store(args: argparse.Namespace) -> Store:
+    from sielum.store.store import Store
+
+    return Store.open(_database_url(args))
+
+
+def _registry(store: Store, ca: CertificateAuthority) -> AdminRegistry:
+    from sielum.admins.service import AdminRegistry
+    from sielum.clock import SystemClock
+
+    return AdminRegistry(store, ca, SystemClock())
+
+
+def _serial(bundle: Path) -> str:
+    certificate = x509.load_pem_x509_certificate((bundle / ADMIN_CERT_FILE).read_bytes())
+    return format(certificate.serial_number, "x")
+
+
 def _cmd_init(args: argparse.Namespace) -> int:
-    result = init_data_dir(Path(args.data_dir), sans=args.san, passphrase=_passphrase())
-    paths = result.paths
+    data_dir = Path(args.data_dir)
+    paths = DataDirPaths.of(data_dir)
+    # What init_data_dir would refuse, refused before the database is touched.
+    server_sans(args.san)
+    if paths.ca_cert.exists() or paths.ca_key.exists():
+        raise InvalidArgumentError(f"{data_dir} already holds a Sielum CA; refusing to overwrite")
+    data_dir.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+    # The database next: when it cannot be reached, no CA has been made yet.
+    store = _open_store(args)
+    try:
+        passphrase = _passphrase()
+        result = init_data_dir(data_dir, sans=args.san, passphrase=passphrase)
+        ca = CertificateAuthority.load(data_dir, passphrase=passphrase)
+        _registry(store, ca).register_made_on_host(
+            FIRST_ADMIN_NAME, "init", _serial(paths.admin_dir)
+        )
+    finally:
+        store.close()
     print(f"CA fingerprint: {result.fingerprint}")
     print(f"data dir:       {paths.root}")
     print(f"admin bundle:   {paths.admin_dir}  (admin.pem, admin.key, ca.pem)")
+    print(f"first admin:    {FIRST_ADMIN_NAME} (registered)")
     print()
     print("Next:")
     print(f"  sielum-server serve --data-dir {paths.root}")
@@ -72,8 +127,20 @@ def _cmd_fingerprint(args: argparse.Namespace) -> int:
 
 def _cmd_issue_admin_cert(args: argparse.Namespace) -> int:
     ca = CertificateAuthority.load(Path(args.data_dir), passphrase=_passphrase())
-    out = write_admin_bundle(ca, args.name, Path(args.out))
+    store = _open_store(args)
+    try:
+        registry = _registry(store, ca)
+        # A revoked admin's name is refused before any file is written.
+        registry.check_not_revoked(args.name)
+        out = write_admin_bundle(ca, args.name, Path(args.out))
+        registered = registry.register_made_on_host(args.name, "issue-admin-cert", _serial(out))
+    finally:
+        store.close()
     print(f"admin certificate for {args.name!r} written to {out}")
+    if registered:
+        print(f"admin {args.name} is registered")
+    else:
+        print(f"admin {args.name} was registered already: this is another certificate for them")
     print(f"  sielum-admin --cert-dir {out} tokens list")
     return 0
 
@@ -85,7 +152,7 @@ def _server_config(args: argparse.Namespace) -> ServerConfig:
         data_dir=Path(args.data_dir),
         enroll_addr=args.enroll_addr,
         api_addr=args.api_addr,
-        database_url=args.database or os.environ.get("SIELUM_DATABASE_URL", ""),
+        database_url=args.database or os.environ.get(DATABASE_ENV, ""),
         device_ttl=args.device_cert_ttl,
         advertise_api=args.advertise_api_addr,
         threads=args.threads,
@@ -139,7 +206,7 @@ def _supervise(args: argparse.Namespace) -> int:
     # needs none of it.
     data_dir = Path(args.data_dir)
     CertificateAuthority.load(data_dir, passphrase=_passphrase(), device_ttl=args.device_cert_ttl)
-    database_url = args.database or os.environ.get("SIELUM_DATABASE_URL", "")
+    database_url = args.database or os.environ.get(DATABASE_ENV, "")
     # Migrating here, once, spares the workers from queueing on the migration lock.
     Store.open(database_url or f"sqlite:///{data_dir.resolve() / 'sielum.db'}").close()
     enroll_addr, enroll_holder = reserve_port(args.enroll_addr)
@@ -170,6 +237,16 @@ def _supervise(args: argparse.Namespace) -> int:
                 holder.close()
 
 
+def _database_option(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--database",
+        default="",
+        metavar="URL",
+        help=f"{what}: sqlite:///PATH or postgresql://USER@HOST:PORT/DB "
+        f"(default sqlite:///DATA_DIR/sielum.db; also {DATABASE_ENV})",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sielum-server",
@@ -190,6 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="extra DNS name or IP address for the server certificate (repeatable); "
         "localhost, 127.0.0.1 and ::1 are always included",
     )
+    _database_option(init, "the database serve will use, where the first admin is registered")
     init.set_defaults(run=_cmd_init)
 
     serve = commands.add_parser("serve", help="run the server until SIGTERM or SIGINT")
@@ -206,13 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="AdminService and AgentService, mTLS (default %(default)s)",
     )
-    serve.add_argument(
-        "--database",
-        default="",
-        metavar="URL",
-        help="sqlite:///PATH or postgresql://USER@HOST:PORT/DB "
-        "(default sqlite:///DATA_DIR/sielum.db; also SIELUM_DATABASE_URL)",
-    )
+    _database_option(serve, "the database")
     serve.add_argument(
         "--device-cert-ttl",
         type=parse_duration,
@@ -282,12 +354,15 @@ def build_parser() -> argparse.ArgumentParser:
     fp.add_argument("--data-dir", required=True)
     fp.set_defaults(run=_cmd_fingerprint)
 
-    issue = commands.add_parser("issue-admin-cert", help="write a new admin certificate bundle")
+    issue = commands.add_parser(
+        "issue-admin-cert", help="register an admin and write a certificate bundle for them"
+    )
     issue.add_argument("--data-dir", required=True)
     issue.add_argument("--name", required=True, help="the admin's name: letters, digits, . _ -")
     issue.add_argument(
         "--out", required=True, metavar="DIR", help="directory for admin.pem, admin.key, ca.pem"
     )
+    _database_option(issue, "the database serve uses, where the admin is registered")
     issue.set_defaults(run=_cmd_issue_admin_cert)
     return parser
 

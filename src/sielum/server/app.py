@@ -18,6 +18,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_g
 from sielum.admin.service import Administration
 from sielum.admin.servicer import AdminServicer
 from sielum.admin.v1 import admin_pb2
+from sielum.admins.service import AdminRegistry
 from sielum.agent.v1 import agent_pb2
 from sielum.ca.authority import CertificateAuthority
 from sielum.ca.datadir import load_server_credentials
@@ -154,9 +155,13 @@ class SielumServer:
         config = self.config
         server_key, server_chain, ca_pem = load_server_credentials(config.data_dir)
         device_service = DeviceService(self.store, self.ca, self.clock)
+        self.admins = AdminRegistry(self.store, self.ca, self.clock)
         self.authorizer = Authorizer(
             METHOD_ROLES,
-            {Role.DEVICE: lambda caller: device_service.check_may_call(caller.name)},
+            {
+                Role.DEVICE: lambda caller: device_service.check_may_call(caller.name),
+                Role.ADMIN: self.admins.check_may_call,
+            },
         )
         ours = [f"/{service.full_name}/{m.name}" for service in SERVICES for m in service.methods]
         interceptor = ServerInterceptor(self.authorizer, self._runner, ours)
@@ -190,7 +195,8 @@ class SielumServer:
                 ENROLL_SERVICE, EnrollServicer(enroller, self.api_endpoint)
             ),
             ADMIN_SERVICE.full_name: unary_methods(
-                ADMIN_SERVICE, AdminServicer(Administration(self.store, self.clock))
+                ADMIN_SERVICE,
+                AdminServicer(Administration(self.store, self.clock), self.admins),
             ),
             AGENT_SERVICE.full_name: unary_methods(AGENT_SERVICE, AgentServicer(device_service)),
         }
