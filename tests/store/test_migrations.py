@@ -139,3 +139,40 @@ def test_newer_schema_is_refused(database_url: str) -> None:
         ]
     finally:
         store.close()
+
+
+def test_a_version_1_database_migrates_forward(database_url: str) -> None:
+    """A database made before admins were recorded keeps its trail and gets the first-use cutoff."""
+    from sielum.model import AuditFilter
+    from sielum.store.database import execute, write_transaction
+    from sielum.store.migrations import dialect_of
+
+    db = connect(database_url)
+    with db.connection_context(), write_transaction(db):
+        for statement in MIGRATIONS[0].statements(dialect_of(db)):
+            execute(db, statement)
+        execute(db, "CREATE TABLE schema_version (id INTEGER PRIMARY KEY, version INTEGER)")
+        execute(db, "INSERT INTO schema_version (id, version) VALUES (1, 1)")
+        execute(
+            db,
+            "INSERT INTO audit_event (at, actor, action, resource) "
+            "VALUES (1, 'admin/old', 'token.create', 'token/aaaaaaaaaaaaaaaa')",
+        )
+    db.close()
+    before = datetime.now(UTC).replace(microsecond=0)
+    store = Store.open(database_url)
+    try:
+        assert _schema_version_rows(store) == [(1, LATEST_VERSION)]
+        cutoff = store.admin_first_use_cutoff()
+        assert cutoff is not None and before <= cutoff <= datetime.now(UTC)
+        events = store.list_audit_events(AuditFilter(actor="admin/old")).items
+        assert [(e.action, e.resource) for e in events] == [
+            ("token.create", "token/aaaaaaaaaaaaaaaa")
+        ]
+        assert store.list_admins().items == ()
+        assert store.check_integrity() == []
+        # Migrating again keeps the cutoff of the first migration.
+        assert store.migrate() == LATEST_VERSION
+        assert store.admin_first_use_cutoff() == cutoff
+    finally:
+        store.close()

@@ -693,7 +693,7 @@ def _decode_cursor(cursor: str, kind: str) -> int | None:
         return None
     try:
         raw = base64.b64decode(cursor + "=" * (-len(cursor) % 4), altchars=b"-_", validate=True)
-        match = _CURSOR.match(raw.decode("ascii"))
+        match = _CURSOR.fullmatch(raw.decode("ascii"))
     except (binascii.Error, UnicodeDecodeError, ValueError):
         match = None
     # A seq beyond BIGINT cannot come from us; SQLite would fail to bind it (INTERNAL)
@@ -728,7 +728,7 @@ def _decode_audit_cursor(cursor: str) -> tuple[int, int] | None:
         return None
     try:
         raw = base64.b64decode(cursor + "=" * (-len(cursor) % 4), altchars=b"-_", validate=True)
-        match = _AUDIT_CURSOR.match(raw.decode("ascii"))
+        match = _AUDIT_CURSOR.fullmatch(raw.decode("ascii"))
     except (binascii.Error, UnicodeDecodeError, ValueError):
         match = None
     if match is None:
