@@ -129,15 +129,20 @@ DEVICE_COLUMNS = (
 AUDIT_COLUMNS = "at, actor, action, resource, peer, detail"
 
 
-def load_sqlite(path: Path, tokens: int, devices: int, events: int) -> None:
+def load_sqlite(
+    path: Path, tokens: int, devices: int, events: int, audit_only: bool = False
+) -> None:
     token_rows, device_rows, audit_rows = _rows(tokens, devices, events, datetime.now(UTC))
     db = sqlite3.connect(path, isolation_level=None)
     db.execute("PRAGMA synchronous=OFF")  # a bulk load; the server's own settings come back after
     db.execute("BEGIN")
-    db.executemany(f"INSERT INTO token ({TOKEN_COLUMNS}) VALUES ({','.join('?' * 10)})", token_rows)
-    db.executemany(
-        f"INSERT INTO device ({DEVICE_COLUMNS}) VALUES ({','.join('?' * 12)})", device_rows
-    )
+    if not audit_only:
+        db.executemany(
+            f"INSERT INTO token ({TOKEN_COLUMNS}) VALUES ({','.join('?' * 10)})", token_rows
+        )
+        db.executemany(
+            f"INSERT INTO device ({DEVICE_COLUMNS}) VALUES ({','.join('?' * 12)})", device_rows
+        )
     db.executemany(f"INSERT INTO audit_event ({AUDIT_COLUMNS}) VALUES (?,?,?,?,?,?)", audit_rows)
     db.execute("COMMIT")
     db.execute("ANALYZE")
@@ -167,7 +172,9 @@ def _copy_text(rows: Iterator[tuple[Any, ...]], limit: int) -> io.StringIO | Non
     return out
 
 
-def load_postgres(url: str, tokens: int, devices: int, events: int) -> None:
+def load_postgres(
+    url: str, tokens: int, devices: int, events: int, audit_only: bool = False
+) -> None:
     import psycopg2
     import psycopg2.extensions
 
@@ -178,8 +185,8 @@ def load_postgres(url: str, tokens: int, devices: int, events: int) -> None:
     conn = psycopg2.connect(url)
     with conn, conn.cursor() as cur:
         for table, columns, rows in (
-            ("token", TOKEN_COLUMNS, token_rows),
-            ("device", DEVICE_COLUMNS, device_rows),
+            ("token", TOKEN_COLUMNS, iter(()) if audit_only else token_rows),
+            ("device", DEVICE_COLUMNS, iter(()) if audit_only else device_rows),
             ("audit_event", AUDIT_COLUMNS, audit_rows),
         ):
             while (chunk := _copy_text(rows, 100_000)) is not None:
@@ -230,6 +237,17 @@ def _timed(calls: int, call: Callable[[int], object]) -> dict[str, float]:
     return _percentiles(samples)
 
 
+def _follow(list_call: Callable[[str], Any]) -> Callable[[int], None]:
+    """A step that reads the next page each time, back to the first after the last one."""
+    cursor = [""]
+
+    def step(_: int) -> None:
+        reply = list_call(cursor[0])
+        cursor[0] = reply.next_page_token
+
+    return step
+
+
 def measure(
     server: SielumProcess, csrs: list[str], calls: int, pages: int, tokens: int, devices: int
 ) -> dict[str, Any]:
@@ -255,15 +273,7 @@ def measure(
             timeout=30,
         )
 
-    def follow(list_call: Callable[[str], Any]) -> Callable[[int], None]:
-        cursor = [""]
-
-        def step(_: int) -> None:
-            reply = list_call(cursor[0])
-            cursor[0] = reply.next_page_token  # back to the first page after the last one
-
-        return step
-
+    follow = _follow
     pids = procstat.tree(server.pid)
     results: dict[str, Any] = {}
     with procstat.MemorySampler(pids) as memory:
@@ -309,19 +319,13 @@ def measure(
                     admin_pb2.ListEnrollmentTokensRequest(page_size=100, state=value), timeout=30
                 ),
             )
-        results.update(measure_audit(admin, follow, pages, tokens, devices))
+        results.update(measure_audit(admin, pages, tokens, devices))
     enroll_channel.close()
     results["peak RSS per process MiB"] = memory.peak_per_process_kib / 1024
     return results
 
 
-def measure_audit(
-    admin: Any,
-    follow: Callable[[Callable[[str], Any]], Callable[[int], None]],
-    pages: int,
-    tokens: int,
-    devices: int,
-) -> dict[str, Any]:
+def measure_audit(admin: Any, pages: int, tokens: int, devices: int) -> dict[str, Any]:
     """ListAuditEvents pages of 100: unfiltered, each filter alone, `since`, and a combination.
 
     The values are those audit_rows() loads; on the empty database they match
@@ -368,7 +372,7 @@ def measure_audit(
         )
         if name in ("", "actor=admin/ops-3", "since=30d"):
             results[f"{label} next pages"] = _timed(
-                pages, follow(lambda c, fields=fields: request(c, **fields))
+                pages, _follow(lambda c, fields=fields: request(c, **fields))
             )
     return results
 
@@ -382,13 +386,14 @@ def run_backend(
     calls: int,
     pages: int,
     workers: int | None,
+    audit_only: bool = False,
 ) -> dict[str, Any]:
     data_dir = work / backend / "data"
     data_dir.parent.mkdir(parents=True, exist_ok=True)
     init_data_dir(data_dir)
     url = fresh_postgres() if backend == "postgresql" else f"sqlite:///{data_dir / 'sielum.db'}"
     Store.open(url).close()  # migrate
-    csrs = csr_pool(2 * (calls + 1))
+    csrs = [] if audit_only else csr_pool(2 * (calls + 1))
     out: dict[str, Any] = {}
     for phase, csr_slice in (("empty", csrs[: calls + 1]), ("loaded", csrs[calls + 1 :])):
         if phase == "loaded":
@@ -399,16 +404,21 @@ def run_backend(
                 flush=True,
             )
             if backend == "postgresql":
-                load_postgres(url, tokens, devices, events)
+                load_postgres(url, tokens, devices, events, audit_only)
             else:
-                load_sqlite(data_dir / "sielum.db", tokens, devices, events)
+                load_sqlite(data_dir / "sielum.db", tokens, devices, events, audit_only)
             out["load_seconds"] = time.monotonic() - started
             print(f"  loaded in {out['load_seconds']:.0f}s", flush=True)
         server = start_sielum(
             data_dir, database_url="" if backend == "sqlite" else url, workers=workers
         )
         try:
-            out[phase] = measure(server, csr_slice, calls, pages, tokens, devices)
+            if audit_only:
+                with procstat.MemorySampler(procstat.tree(server.pid)) as memory:
+                    out[phase] = measure_audit(server.admin(), pages, tokens, devices)
+                out[phase]["peak RSS per process MiB"] = memory.peak_per_process_kib / 1024
+            else:
+                out[phase] = measure(server, csr_slice, calls, pages, tokens, devices)
         finally:
             server.stop()
         for name, figures in out[phase].items():
@@ -471,6 +481,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backends", default="sqlite,postgresql")
     parser.add_argument("--workers", type=int, default=None, help="serve --workers N")
     parser.add_argument(
+        "--audit-only",
+        action="store_true",
+        help="load only the audit trail and time only ListAuditEvents (a few minutes)",
+    )
+    parser.add_argument(
         "--quick", action="store_true", help="20,000 devices and audit events, 2,000 tokens"
     )
     parser.add_argument("--json-out", type=Path)
@@ -501,6 +516,7 @@ def main(argv: list[str] | None = None) -> int:
                     report["backends"][backend] = run_backend(
                         backend, work / f"try{attempt}", args.tokens, args.devices,
                         args.audit_events, args.calls, args.pages, args.workers,
+                        args.audit_only,
                     )  # fmt: skip
                     break
                 except (OSError, RuntimeError, grpc.RpcError, _pg_errors()) as error:

@@ -101,10 +101,10 @@ def test_revoking_an_unknown_name(store: Store) -> None:
     with pytest.raises(NotFoundError, match=r"^admin not found$"):
         store.revoke_admin("ghost", T0, event("admin.revoke", "admin/ghost"))
     assert store.find_admin("ghost") is None
-    recorded = store.revoke_admin(
-        "ghost", T0, event("admin.revoke", "admin/ghost"), record_unknown=True
-    )
-    assert recorded == Admin("ghost", T0, "certificate", revoked_at=T0)
+    ghost = Admin("ghost", T0, "certificate", revoked_at=T0)
+    audit = event("admin.revoke", "admin/ghost")
+    recorded = store.revoke_admin("ghost", T0, audit, if_unknown=ghost)
+    assert recorded == ghost
     assert store.find_admin("ghost") == recorded
 
 

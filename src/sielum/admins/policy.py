@@ -11,7 +11,10 @@ from sielum.ca.profile import ADMIN_TTL, BACKDATE, validate_name
 from sielum.errors import PermissionDeniedError
 from sielum.model import Admin
 
-# How each admin came to be registered, in Admin.created_by (or an admin's name).
+# How an admin came to be registered, in Admin.created_by when no admin created
+# them: by `sielum-server init` or `issue-admin-cert` on the server host, or from a
+# certificate made before admins were recorded. The host commands are also their
+# actors in the audit trail, as server/<command>.
 BY_INIT = "init"
 BY_ISSUE_ADMIN_CERT = "issue-admin-cert"
 BY_CERTIFICATE = "certificate"

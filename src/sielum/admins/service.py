@@ -121,7 +121,14 @@ class AdminRegistry:
                 now,
                 "not registered: recorded as revoked, so no certificate of this name is honoured",
             )
-            admin = self._store.revoke_admin(name, now, audit, record_unknown=True)
+            admin = self._store.revoke_admin(
+                name,
+                now,
+                audit,
+                if_unknown=Admin(
+                    name=name, created_at=now, created_by=policy.BY_CERTIFICATE, revoked_at=now
+                ),
+            )
         log_event(
             log, "admin.revoke", admin=caller.name, revoked=name, peer=caller.peer, outcome="ok"
         )

@@ -72,7 +72,8 @@ Sielum administration over mutual TLS with an admin certificate.
 
 The admin certificate bundle (admin.pem, admin.key, ca.pem) is read from
 --cert-dir, else $SIELUM_ADMIN_CERT_DIR, else ./sielum-data/admin (what
-scripts/serve-dev.sh makes). `sielum-server issue-admin-cert` writes more.
+scripts/serve-dev.sh makes). `admins create NAME --out DIR` makes one for a new
+admin; `admins revoke NAME` refuses it from the admin's next call.
 """
 
 _EPILOG = f"""\

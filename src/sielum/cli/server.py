@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from cryptography import x509
 
+from sielum.admins.policy import BY_INIT, BY_ISSUE_ADMIN_CERT
 from sielum.ca.authority import PASSPHRASE_ENV, CertificateAuthority, load_ca_certificate
 from sielum.ca.datadir import (
     ADMIN_CERT_FILE,
@@ -105,7 +106,7 @@ def _cmd_init(args: argparse.Namespace) -> int:
         result = init_data_dir(data_dir, sans=args.san, passphrase=passphrase)
         ca = CertificateAuthority.load(data_dir, passphrase=passphrase)
         _registry(store, ca).register_made_on_host(
-            FIRST_ADMIN_NAME, "init", _serial(paths.admin_dir)
+            FIRST_ADMIN_NAME, BY_INIT, _serial(paths.admin_dir)
         )
     finally:
         store.close()
@@ -133,7 +134,7 @@ def _cmd_issue_admin_cert(args: argparse.Namespace) -> int:
         # A revoked admin's name is refused before any file is written.
         registry.check_not_revoked(args.name)
         out = write_admin_bundle(ca, args.name, Path(args.out))
-        registered = registry.register_made_on_host(args.name, "issue-admin-cert", _serial(out))
+        registered = registry.register_made_on_host(args.name, BY_ISSUE_ADMIN_CERT, _serial(out))
     finally:
         store.close()
     print(f"admin certificate for {args.name!r} written to {out}")

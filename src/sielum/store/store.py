@@ -417,7 +417,7 @@ class Store:
 
     @_guarded
     def revoke_admin(
-        self, name: str, now: datetime, audit: AuditEvent, *, record_unknown: bool = False
+        self, name: str, now: datetime, audit: AuditEvent, *, if_unknown: Admin | None = None
     ) -> Admin:
         """Revoke the admin; revoking again keeps the first revoked_at.
 
@@ -426,23 +426,36 @@ class Store:
         holds one advisory lock for its transaction, so two admins revoking each
         other at once cannot both see the other one left
         (tests/store/test_admins.py::test_admins_revoking_each_other_at_once).
-        With record_unknown, a name never registered is recorded as revoked (so a
-        certificate of that name made before admins were registered never
-        registers); otherwise it is NotFoundError.
+        A name never registered is NotFoundError, or, given if_unknown (a revoked
+        admin of that name), recorded as that: then a certificate of that name
+        made before admins were registered never registers.
         """
+        if if_unknown is not None and (if_unknown.name != name or if_unknown.revoked_at is None):
+            raise ValueError("if_unknown must be a revoked admin of that name")
         A = self._t.admin
         with write_transaction(self.db):
             if not is_sqlite(self.db):
                 execute(self.db, "SELECT pg_advisory_xact_lock(%s)", (_PG_ADMIN_LOCK,))
             row = A.get_or_none(A.name == name)
             if row is None:
-                if not record_unknown:
+                if if_unknown is None:
                     raise NotFoundError(_ADMIN_NOT_FOUND)
-                admin = Admin(name=name, created_at=now, created_by="certificate", revoked_at=now)
-                A.insert(**_admin_row(admin)).execute()
+                A.insert(**_admin_row(if_unknown)).execute()
             elif row.revoked_at is None:
-                others = A.select().where(A.revoked_at.is_null() & (A.name != name)).count()
-                if others == 0:
+                other = (
+                    A.select(A.name)
+                    .where(A.revoked_at.is_null() & (A.name != name))
+                    .order_by(A.name)
+                    .limit(1)
+                )
+                if not is_sqlite(self.db):
+                    # The admin left active is locked too: should the database run
+                    # transactions in repeatable read rather than the default read
+                    # committed, a revocation of that admin committed since this
+                    # transaction's snapshot then fails it (UNAVAILABLE, try again)
+                    # instead of going unseen.
+                    other = other.for_update()
+                if not list(other):
                     raise FailedPreconditionError(
                         f"admin {name} is the last active admin: create another before revoking it"
                     )
