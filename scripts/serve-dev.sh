@@ -1,30 +1,49 @@
 #!/usr/bin/env bash
 # Installs Sielum, makes a CA in ./sielum-data on first run, and serves on SQLite.
-# Stop with Ctrl-C (SIGINT) or SIGTERM: calls in flight finish first.
+# Prints the commands that make a token and enroll a demo agent on this machine,
+# each runnable as printed. Stop with Ctrl-C (SIGINT) or SIGTERM: calls in flight
+# finish first.
+#
+# Environment: SIELUM_DATA_DIR (default ./sielum-data), SIELUM_ENROLL_ADDR (default
+# 127.0.0.1:8443), SIELUM_API_ADDR (default 127.0.0.1:8444), SIELUM_SKIP_INSTALL=1 to
+# skip the install step when .venv is already there. Other arguments go to `serve`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/bootstrap.sh
+if [ "${SIELUM_SKIP_INSTALL:-}" != 1 ] || [ ! -x .venv/bin/sielum-server ]; then
+  bash scripts/bootstrap.sh
+fi
 DATA="${SIELUM_DATA_DIR:-$PWD/sielum-data}"
+DATA="$(mkdir -p "$DATA" && cd "$DATA" && pwd)"
+ENROLL_ADDR="${SIELUM_ENROLL_ADDR:-127.0.0.1:8443}"
+API_ADDR="${SIELUM_API_ADDR:-127.0.0.1:8444}"
 BIN="$PWD/.venv/bin"
 if [ ! -f "$DATA/ca.pem" ]; then
   "$BIN/sielum-server" init --data-dir "$DATA" >/dev/null
 fi
 FP="$("$BIN/sielum-server" fingerprint --data-dir "$DATA")"
+q() { printf '%q' "$1"; }
+# The agent command `tokens create` prints names the API host on port 8443 unless told.
+ENROLL_SERVER=""
+[ "$ENROLL_ADDR" = 127.0.0.1:8443 ] || ENROLL_SERVER=" --enroll-server https://$ENROLL_ADDR"
 cat <<MSG
 
 Sielum is starting on SQLite ($DATA/sielum.db).
-  enroll port (server-only TLS): 127.0.0.1:8443
-  api port (mTLS):               127.0.0.1:8444
+  enroll port (server-only TLS): $ENROLL_ADDR
+  api port (mTLS):               $API_ADDR
   CA fingerprint:                $FP
 
 Next, in another terminal:
   1. make an enrollment token (the secret is shown once):
-       $BIN/sielum-admin --cert-dir $DATA/admin tokens create --label first-rollout --max-uses 10 --expires-in 7d
-  2. on the endpoint, enroll the agent with that secret:
-       SIELUM_ENROLLMENT_TOKEN='slm_...' sielum-agent enroll --server https://127.0.0.1:8443 \\
-         --ca-fingerprint $FP --cert-dir /etc/sielum
+       $(q "$BIN/sielum-admin") --server $API_ADDR --cert-dir $(q "$DATA/admin") tokens create --label first-rollout --max-uses 10 --expires-in 7d$ENROLL_SERVER
+  2. enroll a demo agent on this machine: paste the secret when asked
+       read -rsp 'enrollment token: ' SIELUM_ENROLLMENT_TOKEN && export SIELUM_ENROLLMENT_TOKEN && echo
+       $(q "$BIN/sielum-agent") enroll --server https://$ENROLL_ADDR --ca-fingerprint $FP --cert-dir $(q "$DATA/agent")
+       $(q "$BIN/sielum-agent") status --cert-dir $(q "$DATA/agent")
   3. list enrolled devices:
-       $BIN/sielum-admin --cert-dir $DATA/admin devices list
+       $(q "$BIN/sielum-admin") --server $API_ADDR --cert-dir $(q "$DATA/admin") devices list
+
+On a real endpoint, install Sielum there and run step 2 as root with --cert-dir
+/etc/sielum and the enroll port's name for the server.
 
 MSG
-exec "$BIN/sielum-server" serve --data-dir "$DATA" "$@"
+exec "$BIN/sielum-server" serve --data-dir "$DATA" --enroll-addr "$ENROLL_ADDR" --api-addr "$API_ADDR" "$@"

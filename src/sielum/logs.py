@@ -6,7 +6,7 @@ import json
 import logging
 import sys
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TextIO
 
 _FIELDS = "sielum_fields"
 
@@ -54,9 +54,17 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
-def configure_logging(fmt: str = "text", level: int = logging.INFO) -> None:
-    handler = logging.StreamHandler(sys.stderr)
+def configure_logging(
+    fmt: str = "text", level: int = logging.INFO, stream: TextIO | None = None
+) -> None:
+    """One handler on the root logger, writing to stream (default stderr) in fmt.
+
+    Python's warnings become log records too, so that with fmt "json" every line
+    on the stream is a JSON object.
+    """
+    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    logging.captureWarnings(True)

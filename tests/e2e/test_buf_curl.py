@@ -1,9 +1,13 @@
-"""An outside gRPC client: buf curl uses reflection, makes a token, enrolls an openssl CSR."""
+"""An outside gRPC client: buf curl uses reflection, makes a token, enrolls an openssl CSR.
+
+The README's own buf curl commands are run here word for word, against a real server.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +19,8 @@ from cryptography.hazmat.primitives import serialization
 from ..conftest import openssl_verify
 from .conftest import ServerProcess, init_data_dir, start_server
 
-BUF = Path(__file__).resolve().parents[2] / "node_modules" / ".bin" / "buf"
+REPO = Path(__file__).resolve().parents[2]
+BUF = REPO / "node_modules" / ".bin" / "buf"
 
 
 @pytest.fixture(scope="module")
@@ -192,3 +197,54 @@ def _openssl_csr(key: Path, csr: Path, common_name: str) -> None:
         check=True,
         capture_output=True,
     )
+
+
+def readme_buf_curl_blocks() -> list[str]:
+    """Every fenced shell block of README.md that runs buf curl, as written there."""
+    text = (REPO / "README.md").read_text()
+    blocks = re.findall(r"^```(?:sh|bash)\n(.*?)^```$", text, re.MULTILINE | re.DOTALL)
+    return [block for block in blocks if "buf curl" in block]
+
+
+def test_every_buf_curl_in_the_readme_speaks_grpc() -> None:
+    """buf curl speaks Connect unless told; Sielum's ports speak gRPC."""
+    text = (REPO / "README.md").read_text()
+    blocks = re.findall(r"^```[a-z]*\n(.*?)^```$", text, re.MULTILINE | re.DOTALL)
+    lines = [line for block in blocks for line in block.splitlines() if "buf curl" in line]
+    assert len(lines) >= 5, "the README shows fewer buf curl commands than it did"
+    assert all("buf curl --protocol grpc " in line for line in lines), lines
+    assert readme_buf_curl_blocks()
+
+
+def test_the_readme_commands_work_as_written(server: ServerProcess, tmp_path: Path) -> None:
+    script = "\n".join(readme_buf_curl_blocks())
+    result = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=tmp_path,
+        env={
+            **os.environ,
+            "PATH": f"{BUF.parent}:{os.environ['PATH']}",
+            "BUF_CACHE_DIR": str(tmp_path / "buf-cache"),
+            # What the README says to set for a server other than serve-dev.sh's.
+            "DATA": str(server.data_dir),
+            "ENROLL": f"127.0.0.1:{server.enroll_port}",
+            "API": f"127.0.0.1:{server.api_port}",
+        },
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert '"status": "SERVING"' in out
+    assert "sielum.enroll.v1.EnrollService" in out.split()
+    heartbeat, listed = (
+        json.loads(doc) for doc in re.findall(r"^\{\n.*?^\}$", out, re.M | re.S)[-2:]
+    )
+    assert listed["devices"], out
+    assert heartbeat["deviceId"] in [d["id"] for d in listed["devices"]]
+    assert {d["hostname"] for d in listed["devices"]} == {"buf-host"}
+    certificate = tmp_path / "device.pem"
+    verify = openssl_verify(server.data_dir / "ca.pem", certificate)
+    assert verify.returncode == 0, verify.stdout + verify.stderr

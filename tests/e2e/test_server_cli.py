@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
+import socket
+import ssl
 import stat
 import subprocess
+import time
 from pathlib import Path
 
 import grpc
+import pytest
 
 from sielum.admin.v1 import admin_pb2, admin_pb2_grpc
 from sielum.enroll.v1 import enroll_pb2, enroll_pb2_grpc
@@ -171,3 +176,43 @@ def test_encrypted_ca_needs_the_passphrase(tmp_path: Path) -> None:
     )
     assert ok.returncode == 0, ok.stderr
     assert "correct horse" not in ok.stdout + ok.stderr
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_grpc_core_lines_reach_the_log_in_its_json_format(
+    tmp_path: Path, server_factory: list[ServerProcess], workers: str
+) -> None:
+    """A failed TLS handshake makes the C core log a line; it comes out as one JSON object.
+
+    With one worker the server process captures its core's lines; with two, each
+    worker does, while the supervisor (no grpc in it) logs its own lines.
+    """
+    data_dir = tmp_path / "data"
+    assert run("sielum-server", "init", "--data-dir", str(data_dir)).returncode == 0
+    server = start_server(data_dir, "--log-format", "json", "--workers", workers)
+    server_factory.append(server)
+    # Plain HTTP to a TLS port, and a TLS client that trusts another CA.
+    with socket.create_connection(("127.0.0.1", server.api_port), timeout=5) as raw:
+        raw.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        raw.recv(100)
+    untrusting = ssl.create_default_context()
+    with (
+        socket.create_connection(("127.0.0.1", server.enroll_port), timeout=5) as raw,
+        contextlib.suppress(ssl.SSLError),
+        untrusting.wrap_socket(raw, server_hostname="localhost"),
+    ):
+        pass
+    deadline = time.monotonic() + 20
+    while "Handshake failed" not in server.log and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.stop(signal.SIGTERM) == 0
+
+    lines = server.log.splitlines()
+    entries = [json.loads(line) for line in lines]  # every line, not only ours
+    handshakes = [e for e in entries if e["event"].startswith("Handshake failed")]
+    assert handshakes, server.log
+    for entry in handshakes:
+        assert entry["logger"] == "grpc"
+        assert entry["level"] in ("warning", "error")
+        assert entry["source"].startswith("ssl_transport_security.cc:")
+    assert [e["event"] for e in entries if e["logger"] == "sielum.server"][-1] == "stopped"

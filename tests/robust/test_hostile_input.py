@@ -850,9 +850,17 @@ def test_admin_list_calls_with_hostile_paging(
     page_size=st.integers(min_value=-5, max_value=2**31 - 1),
     page=page_tokens("devices"),
     token_id=_bogus_ids,
+    state=st.integers(min_value=-3, max_value=6),
+    hostname=_bogus_ids | st.text(min_size=250, max_size=300),
 )
+@example(page_size=0, page=("", True), token_id="", state=0, hostname="web\x00")
 def test_admin_list_devices_with_hostile_filters(
-    target: Target, page_size: int, page: tuple[str, bool | None], token_id: str
+    target: Target,
+    page_size: int,
+    page: tuple[str, bool | None],
+    token_id: str,
+    state: int,
+    hostname: str,
 ) -> None:
     import re
 
@@ -864,8 +872,18 @@ def test_admin_list_devices_with_hostile_filters(
         faults.add("page_token is invalid")
     if token_id.strip() and not re.fullmatch(r"[a-z2-7]{16}", token_id.strip()):
         faults.add("token_id is not an enrollment token id (16 characters of a-z, 2-7)")
+    if not 0 <= state <= 3:
+        faults.add(f"state {state} is not a device state")
+    if len(hostname.strip()) > 253:
+        faults.add("hostname is longer than 253 characters")
+    elif any(not c.isprintable() for c in hostname.strip()):
+        faults.add("hostname contains control characters")
     request = admin_pb2.ListDevicesRequest(
-        page_size=page_size, page_token=page_token, token_id=token_id
+        page_size=page_size,
+        page_token=page_token,
+        token_id=token_id,
+        state=state,  # type: ignore[arg-type]
+        hostname=hostname,
     )
     before = target.state()
     try:

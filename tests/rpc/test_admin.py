@@ -181,3 +181,48 @@ def test_ok_audit_trail_records_who_did_what(harness: Harness) -> None:
         ("token.revoke", "admin/admin", f"token/{created.token.id}"),
     ]
     assert all(e.peer == "127.0.0.1" for e in events if e.action != "admin.register")
+
+
+def test_ok_list_devices_by_state_and_hostname(harness: Harness) -> None:
+    token = harness.create_token()
+    web, _ = harness.enroll(token.secret, hostname="web-1")
+    db, _ = harness.enroll(token.secret, hostname="db-1")
+    gone, _ = harness.enroll(token.secret, hostname="web-1")
+    admin = harness.admin()
+    admin.RevokeDevice(admin_pb2.RevokeDeviceRequest(id=gone.device_id))
+
+    def listed(**fields: object) -> list[str]:
+        reply = admin.ListDevices(admin_pb2.ListDevicesRequest(**fields), timeout=10)  # type: ignore[arg-type]
+        return [d.id for d in reply.devices]
+
+    assert listed(hostname="web-1") == [gone.device_id, web.device_id]
+    assert listed(hostname=" web-1 ") == [gone.device_id, web.device_id]
+    assert listed(hostname="web") == []
+    assert listed(state=admin_pb2.DEVICE_STATE_REVOKED) == [gone.device_id]
+    assert listed(state=admin_pb2.DEVICE_STATE_ACTIVE) == [db.device_id, web.device_id]
+    assert listed(state=admin_pb2.DEVICE_STATE_EXPIRED) == []
+    assert listed(state=admin_pb2.DEVICE_STATE_ACTIVE, hostname="web-1") == [web.device_id]
+    # Once the certificates' not_after has passed (by the server's clock), unrevoked
+    # devices are expired, and the revoked one stays revoked.
+    harness.clock.advance(timedelta(days=91))
+    assert listed(state=admin_pb2.DEVICE_STATE_EXPIRED) == [db.device_id, web.device_id]
+    assert listed(state=admin_pb2.DEVICE_STATE_ACTIVE) == []
+    assert listed(state=admin_pb2.DEVICE_STATE_REVOKED) == [gone.device_id]
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"state": 9}, "state 9 is not a device state"),
+        ({"hostname": "a\x00b"}, "hostname contains control characters"),
+        ({"hostname": "h" * 254}, "hostname is longer than 253 characters"),
+    ],
+)
+def test_fail_list_devices_with_bad_filters(
+    harness: Harness, fields: dict[str, object], message: str
+) -> None:
+    request = admin_pb2.ListDevicesRequest(**fields)  # type: ignore[arg-type]
+    assert status_of(lambda: harness.admin().ListDevices(request, timeout=10)) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        message,
+    )

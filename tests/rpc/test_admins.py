@@ -176,6 +176,10 @@ def test_fail_a_revoked_admin_is_refused_at_its_next_call(harness: Harness) -> N
     # Revoking again keeps the first time.
     again = harness.admin().RevokeAdmin(admin_pb2.RevokeAdminRequest(name="dave"), timeout=10)
     assert again.admin.revoked_at == revoked.admin.revoked_at
+    trail = harness.admin().ListAuditEvents(
+        admin_pb2.ListAuditEventsRequest(resource="admin/dave", action="admin.revoke"), timeout=10
+    )
+    assert [e.detail for e in trail.events] == ["already revoked", ""]
 
 
 def test_fail_revoking_the_last_active_admin(harness: Harness) -> None:

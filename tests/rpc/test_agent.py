@@ -1,4 +1,4 @@
-"""AgentService over mTLS: heartbeat, renewal, and a revoked device refused at once."""
+"""AgentService over mTLS: heartbeat, renewal, unenroll, and a revoked device refused at once."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from sielum.admin.v1 import admin_pb2
-from sielum.agent.v1 import agent_pb2
+from sielum.agent.v1 import agent_pb2, agent_pb2_grpc
 
 from .conftest import Harness, make_csr, make_key, status_of
 
@@ -85,3 +85,46 @@ def test_fail_revoked_device_is_refused_on_its_next_call(harness: Harness) -> No
         )
     )
     assert code is grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_ok_unenroll_revokes_the_calling_device_and_audits_it(harness: Harness) -> None:
+    created = harness.create_token()
+    response, key = harness.enroll(created.secret)
+    other, _ = harness.enroll(created.secret)
+    agent = harness.agent(key, response.certificate_pem)
+    ended = agent.Unenroll(agent_pb2.UnenrollRequest(), timeout=10)
+    assert ended.device_id == response.device_id
+    revoked_at = ended.revoked_at.ToDatetime(tzinfo=UTC)
+    assert abs(revoked_at - datetime.now(UTC)) < timedelta(seconds=5)
+
+    admin = harness.admin()
+    device = admin.GetDevice(admin_pb2.GetDeviceRequest(id=response.device_id)).device
+    assert device.state == admin_pb2.DEVICE_STATE_REVOKED
+    assert device.revoked_at == ended.revoked_at
+    # Only the caller: the other device of the same token goes on.
+    assert (
+        admin.GetDevice(admin_pb2.GetDeviceRequest(id=other.device_id)).device.state
+        == admin_pb2.DEVICE_STATE_ACTIVE
+    )
+    [event] = [
+        e
+        for e in harness.server.store.list_audit(resource=f"device/{response.device_id}")
+        if e.action == "device.unenroll"
+    ]
+    assert event.actor == f"device/{response.device_id}"
+    assert event.detail == ""
+    assert event.peer == "127.0.0.1"
+    # From its next call on, the certificate is refused, Unenroll included.
+    for call in (
+        lambda: agent.Heartbeat(agent_pb2.HeartbeatRequest(), timeout=10),
+        lambda: agent.Unenroll(agent_pb2.UnenrollRequest(), timeout=10),
+    ):
+        assert status_of(call) == (grpc.StatusCode.PERMISSION_DENIED, "device has been revoked")
+
+
+def test_fail_unenroll_needs_a_device_certificate(harness: Harness) -> None:
+    stub = agent_pb2_grpc.AgentServiceStub(harness.admin_channel())
+    assert status_of(lambda: stub.Unenroll(agent_pb2.UnenrollRequest(), timeout=10)) == (
+        grpc.StatusCode.PERMISSION_DENIED,
+        "/sielum.agent.v1.AgentService/Unenroll needs a device certificate; this one is admin",
+    )

@@ -9,8 +9,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from sielum.model import AuditEvent, Token
-from sielum.store import Store, connect
+from sielum.model import AuditEvent, AuditFilter, Device, Token
+from sielum.store import Store, connect, migrations
+from sielum.store.database import is_sqlite
 from sielum.store.migrations import LATEST_VERSION, MIGRATIONS, SchemaVersionError
 from sielum.store.models import bind_tables
 
@@ -141,24 +142,31 @@ def test_newer_schema_is_refused(database_url: str) -> None:
         store.close()
 
 
-def test_a_version_1_database_migrates_forward(database_url: str) -> None:
-    """A database made before admins were recorded keeps its trail and gets the first-use cutoff."""
-    from sielum.model import AuditFilter
-    from sielum.store.database import execute, write_transaction
-    from sielum.store.migrations import dialect_of
+def _before_admins() -> tuple[migrations.Migration, ...]:
+    """The steps before the one that adds admins, wherever that one is numbered."""
+    adds_admins = next(
+        i
+        for i, step in enumerate(MIGRATIONS)
+        if any("CREATE TABLE admin (" in sql for sql in step.statements(migrations.SQLITE))
+    )
+    return MIGRATIONS[:adds_admins]
 
-    db = connect(database_url)
-    with db.connection_context(), write_transaction(db):
-        for statement in MIGRATIONS[0].statements(dialect_of(db)):
-            execute(db, statement)
-        execute(db, "CREATE TABLE schema_version (id INTEGER PRIMARY KEY, version INTEGER)")
-        execute(db, "INSERT INTO schema_version (id, version) VALUES (1, 1)")
-        execute(
-            db,
-            "INSERT INTO audit_event (at, actor, action, resource) "
-            "VALUES (1, 'admin/old', 'token.create', 'token/aaaaaaaaaaaaaaaa')",
-        )
-    db.close()
+
+def test_a_database_from_before_admins_migrates_forward(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its audit trail stays readable, and it gets the time admin certificates register until."""
+    earlier = _before_admins()
+    with monkeypatch.context() as patched:
+        patched.setattr(migrations, "MIGRATIONS", earlier)
+        patched.setattr(migrations, "LATEST_VERSION", earlier[-1].version)
+        old = Store.open(database_url)
+    try:
+        with old.db.connection_context():
+            assert "admin" not in old.db.get_tables()
+        old.record(AuditEvent(at=T0, actor="admin/old", action="token.create", resource="token/t"))
+    finally:
+        old.close()
     before = datetime.now(UTC).replace(microsecond=0)
     store = Store.open(database_url)
     try:
@@ -166,13 +174,59 @@ def test_a_version_1_database_migrates_forward(database_url: str) -> None:
         cutoff = store.admin_first_use_cutoff()
         assert cutoff is not None and before <= cutoff <= datetime.now(UTC)
         events = store.list_audit_events(AuditFilter(actor="admin/old")).items
-        assert [(e.action, e.resource) for e in events] == [
-            ("token.create", "token/aaaaaaaaaaaaaaaa")
-        ]
+        assert [(e.at, e.action, e.resource) for e in events] == [(T0, "token.create", "token/t")]
         assert store.list_admins().items == ()
         assert store.check_integrity() == []
         # Migrating again keeps the cutoff of the first migration.
         assert store.migrate() == LATEST_VERSION
         assert store.admin_first_use_cutoff() == cutoff
+    finally:
+        store.close()
+
+
+def _indexes(store: Store) -> set[str]:
+    with store.db.connection_context():
+        if is_sqlite(store.db):
+            sql = "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'device'"
+        else:
+            sql = "SELECT indexname FROM pg_indexes WHERE tablename = 'device'"
+        return {row[0] for row in store.db.execute_sql(sql).fetchall()}
+
+
+def test_v2_indexes_a_version_1_database_keeping_its_rows(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with monkeypatch.context() as patched:
+        patched.setattr(migrations, "MIGRATIONS", migrations.MIGRATIONS[:1])
+        patched.setattr(migrations, "LATEST_VERSION", 1)
+        old = Store.open(database_url)
+    try:
+        assert _schema_version_rows(old) == [(1, 1)]
+        old.create_token(
+            Token(
+                id="tok", label="l", secret_hash=b"h", max_uses=None, uses=0, expires_at=None,
+                created_at=T0, created_by="alice",
+            ),
+            AuditEvent(at=T0, actor="a", action="x", resource="token/tok"),
+        )  # fmt: skip
+        device = Device(
+            id="dev", hostname="web-1", token_id="tok", public_key_sha256="k", serial="1",
+            certificate_pem="PEM", not_after=T0, enrolled_at=T0, peer="p",
+        )  # fmt: skip
+        old.enroll_device(device, T0, AuditEvent(at=T0, actor="a", action="y", resource="d"))
+        assert not _indexes(old) & {"device_hostname_seq", "device_revoked_seq"}
+    finally:
+        old.close()
+
+    store = Store.open(database_url)
+    try:
+        assert _schema_version_rows(store) == [(1, LATEST_VERSION)]
+        assert _indexes(store) >= {
+            "device_hostname_seq",
+            "device_revoked_seq",
+            "device_unrevoked_not_after",
+        }
+        assert [d.id for d in store.list_devices(hostname="web-1").items] == ["dev"]
+        assert store.check_integrity() == []
     finally:
         store.close()

@@ -11,10 +11,11 @@ from datetime import datetime
 from sielum import tokens
 from sielum.ca.profile import validate_name
 from sielum.clock import Clock
+from sielum.devices.policy import check_hostname
 from sielum.errors import InvalidArgumentError, NotFoundError
 from sielum.logs import log_event
-from sielum.model import AuditEvent, AuditFilter, Device, Page, Token, TokenState
-from sielum.store.store import Store
+from sielum.model import AuditEvent, AuditFilter, Device, DeviceState, Page, Token, TokenState
+from sielum.store.store import ALREADY_REVOKED, Store
 
 log = logging.getLogger("sielum.admin")
 
@@ -94,6 +95,11 @@ def _check_token_id(value: str) -> str:
 
 def _check_device_id(value: str) -> str:
     return _check_id("device", value, _is_device_id)
+
+
+def _revoke_outcome(revoked_at: datetime | None, now: datetime) -> str:
+    # The store sets revoked_at to this call's now only when this call revoked it.
+    return "ok" if revoked_at == now else ALREADY_REVOKED
 
 
 def check_audit_filter(
@@ -185,21 +191,40 @@ class Administration:
             caller.audit("token.revoke", f"token/{token_id}", now),
         )
         log_event(
-            log, "token.revoke", admin=caller.name, token=token_id, peer=caller.peer, outcome="ok"
+            log,
+            "token.revoke",
+            admin=caller.name,
+            token=token_id,
+            peer=caller.peer,
+            outcome=_revoke_outcome(token.revoked_at, now),
         )
         return token
 
     def get_device(self, device_id: str) -> Device:
         return self._store.get_device(_check_device_id(device_id))
 
-    def list_devices(self, *, token_id: str, page_size: int, cursor: str) -> Page[Device]:
+    def list_devices(
+        self,
+        *,
+        token_id: str,
+        page_size: int,
+        cursor: str,
+        hostname: str = "",
+        state: DeviceState | None = None,
+    ) -> Page[Device]:
         token_filter = token_id.strip()
         if token_filter and not tokens.is_token_id(token_filter):
             raise InvalidArgumentError(
                 f"token_id is not an enrollment token id ({tokens.ID_CHARS} characters of a-z, 2-7)"
             )
         return self._store.list_devices(
-            token_id=token_filter, page_size=check_page_size(page_size), cursor=cursor
+            token_id=token_filter,
+            # Stored as check_hostname left it at enrollment, so matched the same way.
+            hostname=check_hostname(hostname),
+            state=state,
+            now=self._clock.now(),
+            page_size=check_page_size(page_size),
+            cursor=cursor,
         )
 
     def revoke_device(self, caller: Caller, device_id: str) -> Device:
@@ -215,7 +240,7 @@ class Administration:
             admin=caller.name,
             device=device_id,
             peer=caller.peer,
-            outcome="ok",
+            outcome=_revoke_outcome(device.revoked_at, now),
         )
         return device
 

@@ -24,6 +24,7 @@ _DEVICE_STATES = {
     DeviceState.EXPIRED: admin_pb2.DEVICE_STATE_EXPIRED,
     DeviceState.REVOKED: admin_pb2.DEVICE_STATE_REVOKED,
 }
+_DEVICE_STATE_FILTERS = {number: state for state, number in _DEVICE_STATES.items()}
 
 _ADMIN_STATES = {
     AdminState.ACTIVE: admin_pb2.ADMIN_STATE_ACTIVE,
@@ -40,6 +41,16 @@ def _state_filter(number: admin_pb2.TokenState.ValueType) -> TokenState | None:
         # An open proto3 enum lets any number through; ignoring it would list
         # every token to a caller who asked for some.
         raise InvalidArgumentError(f"state {number} is not a token state")
+    return state
+
+
+def _device_state_filter(number: admin_pb2.DeviceState.ValueType) -> DeviceState | None:
+    """As _state_filter, for devices."""
+    if number == admin_pb2.DEVICE_STATE_UNSPECIFIED:
+        return None
+    state = _DEVICE_STATE_FILTERS.get(number)
+    if state is None:
+        raise InvalidArgumentError(f"state {number} is not a device state")
     return state
 
 
@@ -166,7 +177,11 @@ class AdminServicer:
         self, request: admin_pb2.ListDevicesRequest, call: Call
     ) -> admin_pb2.ListDevicesResponse:
         page = self._admin.list_devices(
-            token_id=request.token_id, page_size=request.page_size, cursor=request.page_token
+            token_id=request.token_id,
+            hostname=request.hostname,
+            state=_device_state_filter(request.state),
+            page_size=request.page_size,
+            cursor=request.page_token,
         )
         return admin_pb2.ListDevicesResponse(
             devices=[self._device(device) for device in page.items],

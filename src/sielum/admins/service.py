@@ -14,7 +14,7 @@ from sielum.errors import AlreadyExistsError, InvalidArgumentError, NotFoundErro
 from sielum.identity import Identity
 from sielum.logs import log_event
 from sielum.model import Admin, AuditEvent, Page
-from sielum.store.store import Store
+from sielum.store.store import ALREADY_REVOKED, Store
 
 log = logging.getLogger("sielum.admin")
 
@@ -130,7 +130,13 @@ class AdminRegistry:
                 ),
             )
         log_event(
-            log, "admin.revoke", admin=caller.name, revoked=name, peer=caller.peer, outcome="ok"
+            log,
+            "admin.revoke",
+            admin=caller.name,
+            revoked=name,
+            peer=caller.peer,
+            # The store sets revoked_at to this call's now only when this call revoked it.
+            outcome="ok" if admin.revoked_at == now else ALREADY_REVOKED,
         )
         return admin
 

@@ -21,13 +21,15 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from sielum.agent import pinning
 from sielum.agent.address import ServerAddress, parse_server, resolve_api_endpoint
-from sielum.agent.certdir import AgentState, CertDir, StoredEnrollment, same_key
+from sielum.agent.certdir import STATE_FILE, AgentState, CertDir, StoredEnrollment, same_key
 from sielum.agent.errors import (
     AgentError,
     AlreadyEnrolledError,
     DeviceRefusedError,
     NotEnrolledError,
+    RenewedElsewhereError,
     ServerAnswerError,
+    ServerBusyError,
     ServerUnreachableError,
     TokenRefusedError,
 )
@@ -53,10 +55,20 @@ class EnrollOptions:
 
 
 @dataclass(frozen=True)
+class PreviousEnrollment:
+    """What became of the enrollment `enroll --force` replaced."""
+
+    device_id: str  # "" when the cert dir no longer says which device it was
+    ended: bool  # the server revoked it at the device's own request (Unenroll)
+    reason: str = ""  # why it could not be ended
+
+
+@dataclass(frozen=True)
 class EnrollResult:
     device_id: str
     api_endpoint: str
     not_after: datetime
+    previous: PreviousEnrollment | None = None
 
 
 @dataclass(frozen=True)
@@ -159,17 +171,25 @@ def check_issued(
 
 
 def enroll(options: EnrollOptions) -> EnrollResult:
-    """DESIGN.md's enrollment, step by step: pin, key, Enroll, check, write."""
+    """The enrollment, step by step (README, "Enrolling an agent"): pin, key, Enroll, check, write.
+
+    With --force over an existing enrollment, the new one is made and stored first;
+    only then is the old one ended, with its own certificate (AgentService.Unenroll),
+    so a failed re-enrollment leaves the old one working.
+    """
     cert_dir = options.cert_dir
     # The cert dir is checked before the server is dialled: a token use spent on a
     # certificate that cannot be stored would be a use wasted.
     cert_dir.prepare()
     with cert_dir.lock():
-        if cert_dir.is_enrolled() and not options.force:
-            raise AlreadyEnrolledError(
-                f"{cert_dir.root} already holds an enrollment; it was kept "
-                "(pass --force to enroll again with a new key)"
-            )
+        replaced: StoredEnrollment | PreviousEnrollment | None = None
+        if cert_dir.is_enrolled():
+            if not options.force:
+                raise AlreadyEnrolledError(
+                    f"{cert_dir.root} already holds an enrollment; it was kept "
+                    "(pass --force to enroll again with a new key)"
+                )
+            replaced = _previous_enrollment(cert_dir)
         pinned = pinning.probe(options.server, options.pin, timeout=options.timeout)
         ca_pem = pinned.ca.public_bytes(serialization.Encoding.PEM)
 
@@ -210,11 +230,69 @@ def enroll(options: EnrollOptions) -> EnrollResult:
             ca_fingerprint=fingerprint(pinned.ca),
         )
         cert_dir.save_enrollment(state, reply.certificate_pem.encode("ascii"), ca_pem)
-        return EnrollResult(
-            device_id=reply.device_id,
-            api_endpoint=api.target,
-            not_after=certificate.not_valid_after_utc,
+    previous = (
+        end_enrollment(replaced, reply.device_id, timeout=options.timeout)
+        if isinstance(replaced, StoredEnrollment)
+        else replaced
+    )
+    return EnrollResult(
+        device_id=reply.device_id,
+        api_endpoint=api.target,
+        not_after=certificate.not_valid_after_utc,
+        previous=previous,
+    )
+
+
+# Ending the replaced enrollment is a courtesy after the real work is done: an old
+# server that does not answer must not hold the new enrollment up for long.
+UNENROLL_TIMEOUT = 10.0
+
+
+def _previous_enrollment(cert_dir: CertDir) -> StoredEnrollment | PreviousEnrollment:
+    """The enrollment about to be replaced, or what can still be said of it."""
+    try:
+        return cert_dir.load()
+    except AgentError as error:
+        try:
+            device_id = AgentState.from_json(cert_dir.path(STATE_FILE).read_bytes()).device_id
+        except (OSError, ValueError, KeyError):
+            device_id = ""
+        return PreviousEnrollment(device_id=device_id, ended=False, reason=error.message)
+
+
+def end_enrollment(
+    stored: StoredEnrollment, new_device_id: str, timeout: float = DEFAULT_TIMEOUT
+) -> PreviousEnrollment | None:
+    """Unenroll the stored enrollment with its own certificate; never raises.
+
+    A device that is already revoked counts as ended; anything else that keeps the
+    call from succeeding is returned as the reason, for the operator to revoke it.
+    None when the new enrollment is the same device, so nothing was replaced.
+    """
+    device_id = stored.state.device_id
+    if device_id == new_device_id:
+        return None
+    try:
+        _check_not_expired(stored)
+        reply = _call_agent(
+            stored,
+            lambda stub: stub.Unenroll(
+                agent_pb2.UnenrollRequest(), timeout=min(timeout, UNENROLL_TIMEOUT)
+            ),
         )
+    except DeviceRefusedError as error:
+        if error.message.endswith("device has been revoked"):
+            return PreviousEnrollment(device_id=device_id, ended=True, reason="already revoked")
+        return PreviousEnrollment(device_id=device_id, ended=False, reason=error.message)
+    except AgentError as error:
+        return PreviousEnrollment(device_id=device_id, ended=False, reason=error.message)
+    if reply.device_id != device_id:
+        return PreviousEnrollment(
+            device_id=device_id,
+            ended=False,
+            reason=f"the server ended device {reply.device_id} instead",
+        )
+    return PreviousEnrollment(device_id=device_id, ended=True)
 
 
 class _KeyTakenError(Exception):
@@ -251,10 +329,18 @@ def _call_enroll(
     return reply
 
 
-def status(cert_dir: CertDir, timeout: float = DEFAULT_TIMEOUT) -> Status:
-    """Heartbeat over mTLS with the stored certificate."""
+def status(
+    cert_dir: CertDir, timeout: float = DEFAULT_TIMEOUT, *, allow_expired: bool = False
+) -> Status:
+    """Heartbeat over mTLS with the stored certificate.
+
+    An expired certificate is refused here (exit 9) unless allow_expired: the long-running
+    agent sends it anyway, since only the server may say the device is done for (this
+    machine's clock may be the one that is wrong).
+    """
     stored = cert_dir.load_locked()
-    _check_not_expired(stored)
+    if not allow_expired:
+        _check_not_expired(stored)
     reply = _call_agent(
         stored, lambda stub: stub.Heartbeat(agent_pb2.HeartbeatRequest(), timeout=timeout)
     )
@@ -272,12 +358,27 @@ def status(cert_dir: CertDir, timeout: float = DEFAULT_TIMEOUT) -> Status:
     )
 
 
-def renew(cert_dir: CertDir, timeout: float = DEFAULT_TIMEOUT) -> RenewResult:
-    """New key, RenewCertificate, check, swap; the old key and certificate stay on any failure."""
+def renew(
+    cert_dir: CertDir,
+    timeout: float = DEFAULT_TIMEOUT,
+    *,
+    allow_expired: bool = False,
+    expected_serial: int | None = None,
+) -> RenewResult:
+    """New key, RenewCertificate, check, swap; the old key and certificate stay on any failure.
+
+    With expected_serial, renews only the certificate the caller scheduled: if another
+    process renewed it meanwhile, raises RenewedElsewhereError and changes nothing.
+    """
     cert_dir.require_dir()
     with cert_dir.lock():
         stored = cert_dir.load()
-        _check_not_expired(stored)
+        if expected_serial is not None and stored.certificate.serial_number != expected_serial:
+            raise RenewedElsewhereError(
+                f"the certificate in {cert_dir.root} was renewed by another process"
+            )
+        if not allow_expired:
+            _check_not_expired(stored)
         key = make_key()
         cert_dir.stage_renewal_key(key)
         try:
@@ -349,7 +450,7 @@ def _common_error(code: grpc.StatusCode, details: str, target: str) -> AgentErro
     if code is grpc.StatusCode.DEADLINE_EXCEEDED:
         return ServerUnreachableError(f"{target} did not answer in time")
     if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
-        return ServerAnswerError(f"the server is refusing this address for now: {details}")
+        return ServerBusyError(f"the server asks this client to slow down: {details}")
     return ServerAnswerError(f"the server refused the request ({code.name}): {details}")
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 # Exit codes are a public contract: scripts and configuration management branch
-# on them. They are listed in `sielum-agent --help` and in docs/clients.md, and
+# on them. They are listed in `sielum-agent --help` and in docs/cli.md, and
 # tests/e2e/test_agent_cli.py asserts each one.
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -79,3 +79,11 @@ class ServerAnswerError(AgentError):
     """The server answered, but with an error or with something that fails our checks."""
 
     exit_code = EXIT_FAILED
+
+
+class ServerBusyError(ServerAnswerError):
+    """RESOURCE_EXHAUSTED: the server asks this client to call less often; try again later."""
+
+
+class RenewedElsewhereError(AgentError):
+    """The certificate on disk changed since it was read: another process renewed it."""

@@ -96,6 +96,24 @@ class CertificateAuthority:
         )
         return _issued(certificate)
 
+    def sign_server(
+        self,
+        public_key: ec.EllipticCurvePublicKey,
+        sans: tuple[x509.GeneralName, ...],
+        now: datetime,
+        ttl: timedelta = profile.SERVER_TTL,
+    ) -> x509.Certificate:
+        """A server TLS certificate for the given key and names (renew-server-cert)."""
+        return profile.server_certificate(
+            public_key=public_key,
+            sans=sans,
+            ca_certificate=self.certificate,
+            ca_key=self._key,
+            serial=profile.random_serial(),
+            now=now,
+            ttl=ttl,
+        )
+
     @classmethod
     def load(
         cls,

@@ -110,7 +110,7 @@ def init_data_dir(
         serial=profile.random_serial(),
         now=now,
     )
-    write_private_file(paths.server_key, _private_pem(server_key), exclusive=True)
+    write_private_file(paths.server_key, private_pem(server_key), exclusive=True)
     # Leaf first, then the CA: the agent pins the CA from the chain the server sends.
     write_private_file(
         paths.server_cert,
@@ -149,7 +149,7 @@ def write_admin_bundle(
 
     key = ec.generate_private_key(ec.SECP256R1())
     issued = ca.sign_admin(key.public_key(), name, now)
-    write_private_file(key_path, _private_pem(key), exclusive=True)
+    write_private_file(key_path, private_pem(key), exclusive=True)
     write_private_file(
         cert_path, issued.certificate_pem.encode("ascii"), PUBLIC_MODE, exclusive=True
     )
@@ -173,13 +173,20 @@ def load_server_credentials(data_dir: Path) -> tuple[bytes, bytes, bytes]:
 
 
 def write_private_file(
-    path: Path, data: bytes, mode: int = PRIVATE_MODE, *, exclusive: bool = False
+    path: Path,
+    data: bytes,
+    mode: int = PRIVATE_MODE,
+    *,
+    exclusive: bool = False,
+    like: Path | None = None,
 ) -> None:
     """Writes data to path atomically: a temp file beside it, fsync, then rename over it.
 
     The temp file is created with its final mode, so a private key is never readable
     by others, not even for a moment. With exclusive=True an existing path is never
-    replaced: FileExistsError instead.
+    replaced: FileExistsError instead. With like, the new file gets that file's owner
+    and group when we may set them (run as root), so that a file root rewrites in
+    the server's data directory stays readable by the server's own user.
     """
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), mode)
@@ -188,6 +195,7 @@ def write_private_file(
             # The umask may have narrowed the mode given to os.open; set it exactly
             # while the file is still empty so public files are readable as promised.
             os.fchmod(fd, mode)
+            _copy_owner(fd, like)
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
@@ -207,6 +215,16 @@ def write_private_file(
     _fsync_dir(path.parent)
 
 
+def _copy_owner(fd: int, like: Path | None) -> None:
+    if like is None or os.geteuid() != 0:
+        return
+    try:
+        info = like.stat()
+    except FileNotFoundError:
+        return
+    os.fchown(fd, info.st_uid, info.st_gid)
+
+
 def _fsync_dir(directory: Path) -> None:
     # The rename is durable only once the directory entry itself reaches the disk.
     fd = os.open(directory, os.O_RDONLY)
@@ -220,7 +238,8 @@ def _pem(certificate: x509.Certificate) -> bytes:
     return certificate.public_bytes(serialization.Encoding.PEM)
 
 
-def _private_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+def private_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    """An unencrypted PKCS#8 PEM: the file's mode protects it."""
     return key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,

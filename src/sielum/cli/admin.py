@@ -30,6 +30,9 @@ from sielum.agent.errors import UsageError
 from sielum.ca.datadir import PRIVATE_MODE, PUBLIC_MODE, write_private_file
 from sielum.ca.profile import fingerprint, role_of
 from sielum.cli.durations import parse_duration
+from sielum.errors import InvalidArgumentError
+from sielum.tokens import PREFIX as SECRET_PREFIX
+from sielum.tokens import parse_secret
 
 PROG = "sielum-admin"
 CERT_DIR_ENV = "SIELUM_ADMIN_CERT_DIR"
@@ -60,13 +63,20 @@ _TOKEN_STATES = {
     "revoked": admin_pb2.TOKEN_STATE_REVOKED,
 }
 
+_DEVICE_STATES = {
+    "active": admin_pb2.DEVICE_STATE_ACTIVE,
+    "expired": admin_pb2.DEVICE_STATE_EXPIRED,
+    "revoked": admin_pb2.DEVICE_STATE_REVOKED,
+}
+
 _DESCRIPTION = """\
 Sielum administration over mutual TLS with an admin certificate.
 
   tokens create --label L [--max-uses N] [--expires-in 7d | --expires-at RFC3339]
   tokens list [--state active|expired|exhausted|revoked] [--limit N]
-  tokens get ID | tokens revoke ID
-  devices list [--token ID] [--limit N] | devices get ID | devices revoke ID
+  tokens get ID | tokens revoke ID          (ID: the token id, or its whole secret)
+  devices list [--state active|expired|revoked] [--hostname NAME] [--token ID] [--limit N]
+  devices get ID | devices revoke ID
   admins create NAME --out DIR | admins list | admins revoke NAME
   audit list [--since 1h] [--actor admin/NAME] [--resource token/ID] [--action A] [--limit N]
 
@@ -406,11 +416,21 @@ class Api:
         return self.pages(fetch, limit, page_size)
 
     def devices(
-        self, token_id: str, limit: int | None, page_size: int
+        self,
+        token_id: str,
+        limit: int | None,
+        page_size: int,
+        *,
+        state: admin_pb2.DeviceState.ValueType = admin_pb2.DEVICE_STATE_UNSPECIFIED,
+        hostname: str = "",
     ) -> Iterator[admin_pb2.Device]:
         def fetch(size: int, page_token: str) -> tuple[Sequence[admin_pb2.Device], str]:
             request = admin_pb2.ListDevicesRequest(
-                page_size=size, page_token=page_token, token_id=token_id
+                page_size=size,
+                page_token=page_token,
+                token_id=token_id,
+                state=state,
+                hostname=hostname,
             )
             reply = self.call(self.stub.ListDevices, request)
             return reply.devices, reply.next_page_token
@@ -496,6 +516,15 @@ def _cmd_tokens_create(args: argparse.Namespace, api: Api, bundle: AdminBundle) 
         api.stub.CreateEnrollmentToken, request
     )
     command = enroll_command(enroll_server, ca_fingerprint, reply.secret)
+    if args.max_uses is None and expires_at is None:
+        # Allowed, as the API allows it, but rarely meant: such a token is a standing
+        # credential that enrolls any number of machines until someone revokes it.
+        print(
+            f"{PROG}: warning: token {reply.token.id} never expires and has no use limit: "
+            "anyone who gets hold of it can enroll any number of devices until it is revoked; "
+            "pass --expires-in DURATION (like 7d) or --expires-at RFC3339, and --max-uses N",
+            file=sys.stderr,
+        )
     if args.json:
         _print_json({**_to_dict(reply), "caFingerprint": ca_fingerprint, "enrollCommand": command})
         return EXIT_OK
@@ -525,8 +554,28 @@ def _cmd_tokens_list(args: argparse.Namespace, api: Api, bundle: AdminBundle) ->
     return EXIT_OK
 
 
+def token_id_of(text: str) -> str:
+    """A token id as given, or the id inside a whole secret; the secret goes no further.
+
+    Only the id is sent to the server, and no message repeats what was given, so a
+    secret pasted here ends up in no log and on no screen.
+    """
+    value = text.strip()
+    if not value.startswith(SECRET_PREFIX):
+        return value
+    try:
+        return parse_secret(value).id
+    except InvalidArgumentError as error:
+        raise AdminError(
+            f"that looks like a token secret, but {error.message.removeprefix('enrollment token ')}"
+            "; pass the token id or the whole secret",
+            EXIT_USAGE,
+        ) from None
+
+
 def _cmd_tokens_get(args: argparse.Namespace, api: Api, bundle: AdminBundle) -> int:
-    reply = api.call(api.stub.GetEnrollmentToken, admin_pb2.GetEnrollmentTokenRequest(id=args.id))
+    request = admin_pb2.GetEnrollmentTokenRequest(id=token_id_of(args.id))
+    reply = api.call(api.stub.GetEnrollmentToken, request)
     if args.json:
         _print_json(_to_dict(reply))
     else:
@@ -535,11 +584,24 @@ def _cmd_tokens_get(args: argparse.Namespace, api: Api, bundle: AdminBundle) -> 
 
 
 def _cmd_tokens_revoke(args: argparse.Namespace, api: Api, bundle: AdminBundle) -> int:
+    token_id = token_id_of(args.id)
+    # Read first, to tell "revoked now" from "was revoked already". The revoke is
+    # still sent: it changes nothing then, and the audit trail records the attempt.
+    before = api.call(
+        api.stub.GetEnrollmentToken, admin_pb2.GetEnrollmentTokenRequest(id=token_id)
+    ).token
+    already = before.HasField("revoked_at")
     reply = api.call(
-        api.stub.RevokeEnrollmentToken, admin_pb2.RevokeEnrollmentTokenRequest(id=args.id)
+        api.stub.RevokeEnrollmentToken, admin_pb2.RevokeEnrollmentTokenRequest(id=token_id)
     )
     if args.json:
-        _print_json(_to_dict(reply))
+        _print_json({**_to_dict(reply), "alreadyRevoked": already})
+    elif already:
+        print(
+            f"token {reply.token.id} was already revoked at "
+            f"{_when(reply.token.revoked_at, '-')}: nothing changed"
+        )
+        print(_token_details(reply.token))
     else:
         print(f"revoked token {reply.token.id}: it enrolls no more devices")
         print("(devices already enrolled with it keep working; revoke them one by one)")
@@ -548,7 +610,12 @@ def _cmd_tokens_revoke(args: argparse.Namespace, api: Api, bundle: AdminBundle) 
 
 
 def _cmd_devices_list(args: argparse.Namespace, api: Api, bundle: AdminBundle) -> int:
-    devices = list(api.devices(args.token or "", args.limit, args.page_size))
+    state = _DEVICE_STATES[args.state] if args.state else admin_pb2.DEVICE_STATE_UNSPECIFIED
+    devices = list(
+        api.devices(
+            args.token or "", args.limit, args.page_size, state=state, hostname=args.hostname
+        )
+    )
     if args.json:
         _print_json({"devices": [_to_dict(d) for d in devices]})
     elif devices:
@@ -568,9 +635,18 @@ def _cmd_devices_get(args: argparse.Namespace, api: Api, bundle: AdminBundle) ->
 
 
 def _cmd_devices_revoke(args: argparse.Namespace, api: Api, bundle: AdminBundle) -> int:
+    # As for tokens: read first, then revoke (a repeat changes nothing but is audited).
+    before = api.call(api.stub.GetDevice, admin_pb2.GetDeviceRequest(id=args.id)).device
+    already = before.HasField("revoked_at")
     reply = api.call(api.stub.RevokeDevice, admin_pb2.RevokeDeviceRequest(id=args.id))
     if args.json:
-        _print_json(_to_dict(reply))
+        _print_json({**_to_dict(reply), "alreadyRevoked": already})
+    elif already:
+        print(
+            f"device {reply.device.id} was already revoked at "
+            f"{_when(reply.device.revoked_at, '-')}: nothing changed"
+        )
+        print(_device_details(reply.device))
     else:
         print(f"revoked device {reply.device.id}: the server refuses its certificate from now on")
         print(_device_details(reply.device))
@@ -699,9 +775,19 @@ def _cmd_admins_list(args: argparse.Namespace, api: Api, bundle: AdminBundle) ->
 
 
 def _cmd_admins_revoke(args: argparse.Namespace, api: Api, bundle: AdminBundle) -> int:
+    # As for tokens and devices: read first, to tell "revoked now" from "was revoked
+    # already" (there is no GetAdmin; the list of admins is short).
+    before = next((a for a in api.admins(None, PAGE_SIZE) if a.name == args.name), None)
+    already = before is not None and before.HasField("revoked_at")
     reply = api.call(api.stub.RevokeAdmin, admin_pb2.RevokeAdminRequest(name=args.name))
     if args.json:
-        _print_json(_to_dict(reply))
+        _print_json({**_to_dict(reply), "alreadyRevoked": already})
+    elif already:
+        print(
+            f"admin {reply.admin.name} was already revoked at "
+            f"{_when(reply.admin.revoked_at, '-')}: nothing changed"
+        )
+        print(_admin_details(reply.admin))
     else:
         print(
             f"revoked admin {reply.admin.name}: the server refuses their certificates "
@@ -830,16 +916,21 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--state", choices=sorted(_TOKEN_STATES), help="only tokens in this state")
     listing.add_argument("--limit", type=_positive_int, metavar="N", help="at most N tokens")
     _page_size_option(listing)
+    id_help = "the token id, or the whole secret (slm_...): only its id is sent, never shown"
     get = leaf(token_commands, "get", "show one token", _cmd_tokens_get)
-    get.add_argument("id")
+    get.add_argument("id", metavar="ID", help=id_help)
     revoke = leaf(
         token_commands, "revoke", "stop a token from enrolling more devices", _cmd_tokens_revoke
     )
-    revoke.add_argument("id")
+    revoke.add_argument("id", metavar="ID", help=id_help)
 
     devices = groups.add_parser("devices", help="enrolled devices")
     device_commands = devices.add_subparsers(dest="command", required=True, metavar="COMMAND")
     dlist = leaf(device_commands, "list", "list devices (every page)", _cmd_devices_list)
+    dlist.add_argument("--state", choices=sorted(_DEVICE_STATES), help="only devices in this state")
+    dlist.add_argument(
+        "--hostname", default="", metavar="NAME", help="only devices with exactly this host name"
+    )
     dlist.add_argument("--token", metavar="ID", help="only devices enrolled with this token")
     dlist.add_argument("--limit", type=_positive_int, metavar="N", help="at most N devices")
     _page_size_option(dlist)

@@ -7,17 +7,20 @@ import json
 import os
 import sys
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import NoReturn
 
 from sielum.agent import errors
 from sielum.agent.address import parse_server
 from sielum.agent.certdir import CertDir
+from sielum.agent.daemon import DEFAULT_INTERVAL, DaemonOptions, serve
 from sielum.agent.enrollment import DEFAULT_TIMEOUT, EnrollOptions, enroll, renew, status
 from sielum.agent.errors import AgentError, UsageError
 from sielum.ca.profile import parse_fingerprint
+from sielum.cli.durations import parse_duration
 from sielum.errors import InvalidArgumentError
+from sielum.logs import configure_logging
 from sielum.tokens import Secret, parse_secret
 
 PROG = "sielum-agent"
@@ -31,6 +34,7 @@ talks to the Sielum API over mutual TLS with it.
   enroll    pin the CA, make a key, enroll with the token, store the certificate
   status    heartbeat with the stored certificate; says when renewal is due
   renew     new key and certificate; the old ones stay if anything fails
+  run       stay up as a service: heartbeat, renew when due, ride out outages
 """
 
 _EXIT_CODES = f"""\
@@ -47,6 +51,7 @@ exit codes:
   {errors.EXIT_DEVICE_REFUSED}  device refused: revoked, unknown, or its certificate expired
 
 Every failure prints one line on stderr. The token is never printed.
+`run` exits 0 on SIGTERM or SIGINT and 9 only when the server refuses the device.
 """
 
 _ENROLL_EPILOG = f"""\
@@ -132,6 +137,24 @@ def _cmd_enroll(args: argparse.Namespace) -> int:
     print(f"  cert dir:    {args.cert_dir}")
     print(f"  certificate: expires {_when(result.not_after)}")
     print(f"  api:         {result.api_endpoint}")
+    previous = result.previous
+    if previous is not None and previous.ended:
+        note = f" ({previous.reason})" if previous.reason else ""
+        print(f"ended the previous enrollment, device {previous.device_id}{note}")
+    elif previous is not None:
+        # The new enrollment stands; the old device stays active on the server
+        # until an admin revokes it, so say exactly which one.
+        revoke = (
+            f"revoke it with `sielum-admin devices revoke {previous.device_id}`"
+            if previous.device_id
+            else f"find it with `sielum-admin devices list --hostname {options.hostname}` "
+            "and revoke it with `sielum-admin devices revoke ID`"
+        )
+        which = f", device {previous.device_id}" if previous.device_id else ""
+        print(
+            f"{PROG}: could not end the previous enrollment{which}: {previous.reason}; {revoke}",
+            file=sys.stderr,
+        )
     return errors.EXIT_OK
 
 
@@ -160,11 +183,42 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_renew(args: argparse.Namespace) -> int:
-    result = renew(CertDir(Path(args.cert_dir)), timeout=args.timeout)
+    cert_dir = CertDir(Path(args.cert_dir))
+    if args.if_due:
+        report = status(cert_dir, timeout=args.timeout)
+        if not report.renewal_due:
+            print(f"renewal not due until {_when(report.renew_after)}: nothing done")
+            return errors.EXIT_OK
+    result = renew(cert_dir, timeout=args.timeout)
     print(f"renewed the certificate of device {result.device_id}")
     print(f"  serial:      {result.serial}")
     print(f"  certificate: expires {_when(result.not_after)}")
     return errors.EXIT_OK
+
+
+_RUN_DESCRIPTION = """\
+Stay up as a service (examples/systemd/sielum-agent.service): a heartbeat every
+--interval, a renewal at a random moment soon after the server's renew_after,
+exponential backoff (up to --interval) while the server is away; the stored key
+and certificate are only ever replaced by a complete new pair. The cert dir is
+read again before every call, so a renewal or re-enrollment done by hand is used
+without a restart. One log line per renewal and per change of state.
+"""
+
+
+def _interval(text: str) -> timedelta:
+    interval = parse_duration(text)
+    if interval > timedelta(days=1):
+        raise argparse.ArgumentTypeError("interval must be at most 1d")
+    return interval
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    configure_logging(args.log_format)
+    options = DaemonOptions(
+        cert_dir=CertDir(Path(args.cert_dir)), interval=args.interval, timeout=args.timeout
+    )
+    return serve(options)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -217,7 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
     enroll_cmd.add_argument(
         "--force",
         action="store_true",
-        help="replace an existing enrollment in the cert dir (with a new key)",
+        help="replace an existing enrollment in the cert dir (with a new key); the old "
+        "device is then ended with its own certificate, or named for an admin to revoke",
     )
     enroll_cmd.add_argument(
         "--hostname", default="", metavar="NAME", help="name shown to admins (default: this host)"
@@ -241,8 +296,36 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    renew_cmd.add_argument(
+        "--if-due",
+        action="store_true",
+        help="renew only once the server says renewal is due; otherwise exit 0 (for cron)",
+    )
     common(renew_cmd)
     renew_cmd.set_defaults(run=_cmd_renew)
+
+    run_cmd = commands.add_parser(
+        "run",
+        help="stay up as a service: heartbeat, renew when due, back off through outages",
+        description=_RUN_DESCRIPTION,
+        epilog=_EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run_cmd.add_argument(
+        "--interval",
+        type=_interval,
+        default=DEFAULT_INTERVAL,
+        metavar="DURATION",
+        help="heartbeat every DURATION, jittered by 10%% (default 5m; like 30s, 5m, 1h)",
+    )
+    run_cmd.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="one line per event on stderr, as text or JSON (default %(default)s)",
+    )
+    common(run_cmd)
+    run_cmd.set_defaults(run=_cmd_run)
     return parser
 
 

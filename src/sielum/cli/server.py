@@ -9,6 +9,7 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -26,6 +27,7 @@ from sielum.ca.datadir import (
     write_admin_bundle,
 )
 from sielum.ca.profile import DEFAULT_DEVICE_TTL, fingerprint, server_sans
+from sielum.ca.servercert import renew_server_certificate
 from sielum.cli.durations import parse_duration
 from sielum.enroll.ratelimit import FailureLimit
 from sielum.errors import InvalidArgumentError, SielumError
@@ -53,11 +55,17 @@ Sielum enrollment server.
   serve                 serve EnrollService (server-only TLS) and the admin/agent API (mTLS)
   fingerprint           print the CA fingerprint agents pin with --ca-fingerprint
   issue-admin-cert      write a new admin client certificate bundle
+  renew-server-cert     new server key and certificate from the same CA (keeps its names)
 
-The CA key may be encrypted: set SIELUM_CA_PASSPHRASE for init, serve and
-issue-admin-cert. It is read from the environment only, never from a flag.
+The CA key may be encrypted: set SIELUM_CA_PASSPHRASE for init, serve,
+issue-admin-cert and renew-server-cert. It is read from the environment only,
+never from a flag.
+
 init and issue-admin-cert register the admin they make in the database that
 serve uses (--database URL or SIELUM_DATABASE_URL; default SQLite in the data dir).
+
+A running server takes a renewed server certificate on SIGHUP, or by itself
+within 10 seconds of the files changing.
 """
 DATABASE_ENV = "SIELUM_DATABASE_URL"
 
@@ -126,6 +134,36 @@ def _cmd_fingerprint(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_renew_server_cert(args: argparse.Namespace) -> int:
+    data_dir = Path(args.data_dir)
+    renewed = renew_server_certificate(
+        data_dir, extra_sans=args.san, passphrase=_passphrase(), now=datetime.now(UTC)
+    )
+    pair = renewed.pair
+    added = [name for name in pair.names if name not in renewed.previous.names]
+    print(f"renewed the server certificate: {DataDirPaths.of(data_dir).server_cert}")
+    print(f"  serial:          {pair.serial} (was {renewed.previous.serial})")
+    print(f"  expires:         {_when(pair.not_after)}")
+    print(f"  names:           {', '.join(pair.names)}")
+    if added:
+        print(f"  new names:       {', '.join(added)}")
+    print(f"  CA fingerprint:  {renewed.ca_fingerprint} (unchanged: agents keep their pin)")
+    if pair.not_after >= renewed.ca_not_after:
+        print(
+            f"note: it ends with the CA on {_when(renewed.ca_not_after)}: a certificate never "
+            "outlives its CA (see docs/tokens-and-certificates.md, 'Planning for the CA's "
+            "expiry')"
+        )
+    print()
+    print("A running server serves it to new connections within 10 seconds, or at once")
+    print("on SIGHUP (`kill -HUP <pid>`, `systemctl reload`); open connections go on.")
+    return 0
+
+
+def _when(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def _cmd_issue_admin_cert(args: argparse.Namespace) -> int:
     ca = CertificateAuthority.load(Path(args.data_dir), passphrase=_passphrase())
     store = _open_store(args)
@@ -162,6 +200,7 @@ def _server_config(args: argparse.Namespace) -> ServerConfig:
         ),
         ca_passphrase=_passphrase(),
         worker_index=args.worker_index,
+        certificate_check_interval=args.certificate_check_interval,
     )
 
 
@@ -172,28 +211,51 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if args.threads is not None and args.threads < 0:
         raise InvalidArgumentError("--threads must be 0 or more")
     if args.workers > 1 and args.worker_index is None:
+        # The supervisor runs no grpc; its workers each capture their own C-core lines.
         return _supervise(args)
+    from sielum.server.corelog import CoreLogCapture
+
+    capture = CoreLogCapture()
+    configure_logging(args.log_format, stream=capture.start())
+    try:
+        return _serve(args)
+    finally:
+        capture.stop()
+
+
+def _serve(args: argparse.Namespace) -> int:
+    wake = threading.Event()
+    received: list[int] = []
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        # Only noted here; the loop below acts on it outside the signal handler.
+        received.append(signum)
+        wake.set()
+
+    # SIGHUP first, before the server starts: its default action would end the process.
+    for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, on_signal)
     from sielum.server.app import SielumServer
 
     server = SielumServer(_server_config(args)).start()
     if args.ready_fd is not None:
         signal_ready(args.ready_fd)
-    stop_requested = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        logging.getLogger("sielum.server").info(
-            "%s received: finishing calls in flight", signal.Signals(signum).name
-        )
-        stop_requested.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
     supervisor = os.getppid() if args.worker_index is not None else None
-    while not stop_requested.wait(1.0):
+    log = logging.getLogger("sielum.server")
+    while True:
+        wake.wait(1.0)
+        wake.clear()
+        signals, received[:] = list(received), []
+        stopping = [sig for sig in signals if sig != signal.SIGHUP]
+        if stopping:
+            log.info("%s received: finishing calls in flight", signal.Signals(stopping[0]).name)
+            break
+        if signals:
+            server.reload_certificate()
         if supervisor is not None and os.getppid() != supervisor:
             # The supervisor died without telling us (SIGKILL): a worker nobody
             # watches would hold the port forever, so it stops as on SIGTERM.
-            logging.getLogger("sielum.server").warning("supervisor gone: stopping")
+            log.warning("supervisor gone: stopping")
             break
     server.stop(grace=args.grace)
     return 0
@@ -271,7 +333,9 @@ def build_parser() -> argparse.ArgumentParser:
     _database_option(init, "the database serve will use, where the first admin is registered")
     init.set_defaults(run=_cmd_init)
 
-    serve = commands.add_parser("serve", help="run the server until SIGTERM or SIGINT")
+    serve = commands.add_parser(
+        "serve", help="run the server until SIGTERM or SIGINT; SIGHUP reloads its certificate"
+    )
     serve.add_argument("--data-dir", required=True, help="the directory `init` made")
     serve.add_argument(
         "--enroll-addr",
@@ -321,6 +385,10 @@ def build_parser() -> argparse.ArgumentParser:
     # Set by the supervisor on the workers it starts; not for people.
     serve.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
     serve.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
+    # How often the server certificate's files are checked; tests shorten it.
+    serve.add_argument(
+        "--certificate-check-interval", type=float, default=10.0, help=argparse.SUPPRESS
+    )
     serve.add_argument(
         "--enroll-failure-burst",
         type=int,
@@ -365,6 +433,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _database_option(issue, "the database serve uses, where the admin is registered")
     issue.set_defaults(run=_cmd_issue_admin_cert)
+
+    renew = commands.add_parser(
+        "renew-server-cert",
+        help="new server key and certificate from the same CA; a running server takes it",
+        description="Make a new key and server certificate signed by the same CA, keeping "
+        "every name the certificate had, plus each --san. Agents' CA pins stay valid. A "
+        "running server serves it to new connections on SIGHUP, or by itself within 10 "
+        "seconds; connections already open go on.",
+    )
+    renew.add_argument("--data-dir", required=True)
+    renew.add_argument(
+        "--san",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a DNS name or IP address to add to the certificate's names (repeatable)",
+    )
+    renew.set_defaults(run=_cmd_renew_server_cert)
     return parser
 
 

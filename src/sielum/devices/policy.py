@@ -1,11 +1,27 @@
-"""Device policy: a device's state and when its certificate should be renewed."""
+"""Device policy: a device's host name and state, and when its certificate should be renewed."""
 
 from __future__ import annotations
 
 from datetime import datetime
 
-from sielum.errors import PermissionDeniedError
+from sielum.errors import InvalidArgumentError, PermissionDeniedError
 from sielum.model import Device, DeviceState
+
+MAX_HOSTNAME = 253
+
+
+def check_hostname(hostname: str) -> str:
+    """The host name as stored and searched: stripped, at most 253 printable characters.
+
+    Control characters are refused: an admin reads host names in a terminal, where
+    they could rewrite what is shown (and PostgreSQL refuses a NUL byte).
+    """
+    name = hostname.strip()
+    if len(name) > MAX_HOSTNAME:
+        raise InvalidArgumentError(f"hostname is longer than {MAX_HOSTNAME} characters")
+    if any(not c.isprintable() for c in name):
+        raise InvalidArgumentError("hostname contains control characters")
+    return name
 
 
 def device_state(device: Device, now: datetime) -> DeviceState:

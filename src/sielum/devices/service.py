@@ -1,4 +1,4 @@
-"""What an enrolled device may do: report that it is alive, and renew its certificate."""
+"""What an enrolled device may do: report that it is alive, renew its certificate, unenroll."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from sielum.clock import Clock
 from sielum.devices import policy as devices
 from sielum.errors import NotFoundError, PermissionDeniedError, SielumError
 from sielum.logs import log_event
-from sielum.model import AuditEvent
+from sielum.model import AuditEvent, Device
 from sielum.store.store import Store
 
 log = logging.getLogger("sielum.agent")
@@ -86,6 +86,27 @@ class DeviceService:
             raise
         log_event(log, "renew", outcome="ok", device=device_id, serial=issued.serial, peer=peer)
         return issued
+
+    def unenroll(self, device_id: str, peer: str) -> Device:
+        """The device ends its own enrollment: revoked from its next call, like an admin's revoke.
+
+        `sielum-agent enroll --force` calls it with the certificate it replaces, so a
+        re-enrolled machine does not stay listed as a second active device.
+        """
+        now = self._clock.now()
+        device = self._store.revoke_device(
+            device_id,
+            now,
+            AuditEvent(
+                at=now,
+                actor=f"device/{device_id}",
+                action="device.unenroll",
+                resource=f"device/{device_id}",
+                peer=peer,
+            ),
+        )
+        log_event(log, "unenroll", outcome="ok", device=device_id, peer=peer)
+        return device
 
     @property
     def ca_certificate_pem(self) -> str:

@@ -42,4 +42,10 @@ class AgentServicer:
     def Unenroll(
         self, request: agent_pb2.UnenrollRequest, call: Call
     ) -> agent_pb2.UnenrollResponse:
-        raise NotImplementedError("Unenroll is not implemented yet")
+        caller = call.identity()
+        device = self._service.unenroll(caller.name, call.peer)
+        # Set by unenroll (or by an admin's revoke that came first).
+        assert device.revoked_at is not None
+        return agent_pb2.UnenrollResponse(
+            device_id=device.id, revoked_at=to_timestamp(device.revoked_at)
+        )

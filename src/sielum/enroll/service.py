@@ -13,6 +13,7 @@ from sielum import tokens
 from sielum.ca.authority import CertificateAuthority
 from sielum.ca.profile import load_checked_csr, public_key_sha256
 from sielum.clock import Clock
+from sielum.devices.policy import check_hostname
 from sielum.enroll.ratelimit import FailureLimiter
 from sielum.errors import (
     AlreadyExistsError,
@@ -29,7 +30,6 @@ from sielum.store.store import Store
 
 log = logging.getLogger("sielum.enroll")
 
-MAX_HOSTNAME = 253
 MAX_FACTS = 64
 MAX_FACT_KEY = 64
 MAX_FACT_VALUE = 1024
@@ -68,15 +68,6 @@ class _Progress:
     """How far one enrollment got: the token id once its secret has been verified."""
 
     token_id: str = ""
-
-
-def _check_hostname(hostname: str) -> str:
-    name = hostname.strip()
-    if len(name) > MAX_HOSTNAME:
-        raise InvalidArgumentError(f"hostname is longer than {MAX_HOSTNAME} characters")
-    if any(not c.isprintable() for c in name):
-        raise InvalidArgumentError("hostname contains control characters")
-    return name
 
 
 def _check_facts(facts: Mapping[str, str]) -> Mapping[str, str]:
@@ -151,7 +142,7 @@ class Enroller:
         return token
 
     def _enroll(self, request: EnrollmentRequest, progress: _Progress) -> Enrollment:
-        hostname = _check_hostname(request.hostname)
+        hostname = check_hostname(request.hostname)
         facts = _check_facts(request.facts)
         token = self._authenticate(request.token)
         progress.token_id = token.id

@@ -21,8 +21,8 @@ from sielum.admin.v1 import admin_pb2
 from sielum.admins.service import AdminRegistry
 from sielum.agent.v1 import agent_pb2
 from sielum.ca.authority import CertificateAuthority
-from sielum.ca.datadir import load_server_credentials
 from sielum.ca.profile import DEFAULT_DEVICE_TTL
+from sielum.ca.servercert import ServerCertificate
 from sielum.clock import Clock, SystemClock
 from sielum.devices.service import DeviceService
 from sielum.devices.servicer import AgentServicer
@@ -33,6 +33,7 @@ from sielum.enroll.v1 import enroll_pb2
 from sielum.identity import Role
 from sielum.logs import log_event
 from sielum.server.auth import METHOD_ROLES, Authorizer
+from sielum.server.certificates import CertificateWatch, grpc_credentials
 from sielum.server.interceptor import ServerInterceptor
 from sielum.server.runner import InlineRunner, Runner, ThreadRunner
 from sielum.server.services import UnaryMethod, grpc_handler, unary_methods
@@ -66,6 +67,8 @@ class ServerConfig:
     failure_limit: FailureLimit = field(default_factory=FailureLimit)
     ca_passphrase: bytes | None = None
     worker_index: int | None = None  # set in the workers of `serve --workers N`
+    # How often the server certificate's files are checked for a renewal.
+    certificate_check_interval: float = 10.0
 
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir.resolve() / 'sielum.db'}"
@@ -123,6 +126,18 @@ class SielumServer:
         self.ca = CertificateAuthority.load(
             config.data_dir, passphrase=config.ca_passphrase, device_ttl=config.device_ttl
         )
+        # The server certificate may be renewed while serving (renew-server-cert): every
+        # listener presenting it follows this one holder.
+        self.server_certificate = ServerCertificate.of_data_dir(config.data_dir)
+        self.certificate_watch = CertificateWatch(
+            self.server_certificate,
+            self.ca.certificate,
+            self.clock,
+            renew_command=f"sielum-server renew-server-cert --data-dir {config.data_dir}",
+            interval=config.certificate_check_interval,
+            # One expiry warning per server, not one per worker.
+            warn=config.worker_index in (None, 0),
+        )
         self.store = Store.open(config.resolved_database_url())
         threads = config.threads
         if threads is None:
@@ -153,7 +168,6 @@ class SielumServer:
 
     async def _build(self) -> None:
         config = self.config
-        server_key, server_chain, ca_pem = load_server_credentials(config.data_dir)
         device_service = DeviceService(self.store, self.ca, self.clock)
         self.admins = AdminRegistry(self.store, self.ca, self.clock)
         self.authorizer = Authorizer(
@@ -173,11 +187,9 @@ class SielumServer:
                 ("grpc.so_reuseport", 1),
             ],
         )
-        enroll_creds = grpc.ssl_server_credentials(
-            [(server_key, server_chain)], root_certificates=None, require_client_auth=False
-        )
-        api_creds = grpc.ssl_server_credentials(
-            [(server_key, server_chain)], root_certificates=ca_pem, require_client_auth=True
+        enroll_creds = grpc_credentials(self.server_certificate, client_ca_pem=None)
+        api_creds = grpc_credentials(
+            self.server_certificate, client_ca_pem=self.ca.certificate_pem.encode("ascii")
         )
         self.enroll_port = self.grpc_server.add_secure_port(config.enroll_addr, enroll_creds)
         self.api_port = self.grpc_server.add_secure_port(config.api_addr, api_creds)
@@ -216,6 +228,7 @@ class SielumServer:
 
     def start(self) -> SielumServer:
         self._on_loop(self._start())
+        self.certificate_watch.start()
         log_event(
             log,
             "serving",
@@ -224,6 +237,7 @@ class SielumServer:
             database=_redact_url(self.config.resolved_database_url()),
             calls=self._runner.description,
             fingerprint=self.ca.fingerprint,
+            certificate=self.server_certificate.current.serial,
             **({} if self.config.worker_index is None else {"worker": self.config.worker_index}),
         )
         return self
@@ -237,6 +251,7 @@ class SielumServer:
         """Refuse new calls, let calls in flight finish within grace seconds, then close."""
         if self._stopped.is_set():
             return
+        self.certificate_watch.stop()
         try:
             self._on_loop(self._stop(grace))
         finally:
@@ -249,6 +264,10 @@ class SielumServer:
         await self._runner.stop_server(self.grpc_server, grace)
         # On the thread that used it: an SQLite connection belongs to one thread.
         await self._runner(self.store.close)
+
+    def reload_certificate(self) -> bool:
+        """Serve the server certificate's files as they are now (SIGHUP); True if it changed."""
+        return self.certificate_watch.reload()
 
     def wait(self) -> None:
         """Block until stop() has finished."""

@@ -101,12 +101,14 @@ class Supervisor:
     workers: dict[int, _Worker] = field(default_factory=dict)
     restarts: list[float] = field(default_factory=list)
     _stop_signal: int | None = None
+    _hangups: int = 0
 
     def run(self) -> int:
         """Until SIGTERM or SIGINT; 0 when every worker then exits 0."""
         previous = {
             sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)
         }
+        previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, self._on_hangup)
         try:
             for index in range(self.count):
                 self._spawn(index)
@@ -121,6 +123,7 @@ class Supervisor:
             while self._stop_signal is None:
                 if not self._watch(timeout=0.5):
                     return self._stop_all(failed=True)
+                self._forward_hangups()
             log.info(
                 "%s received: stopping %d workers",
                 signal.Signals(self._stop_signal).name,
@@ -133,6 +136,24 @@ class Supervisor:
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self._stop_signal = signum
+
+    def _on_hangup(self, signum: int, frame: FrameType | None) -> None:
+        self._hangups += 1
+
+    def _forward_hangups(self) -> None:
+        """SIGHUP (reload the server certificate) goes on to every worker that serves.
+
+        Only to workers that reported ready: they set their SIGHUP handler before
+        starting, while one still starting could be ended by SIGHUP's default action.
+        One starting now reads the files as they are anyway.
+        """
+        if not self._hangups:
+            return
+        self._hangups = 0
+        serving = [w for w in self.workers.values() if w.ready and w.process.poll() is None]
+        for worker in serving:
+            worker.process.send_signal(signal.SIGHUP)
+        log_event(log, "SIGHUP received: forwarded to the workers", workers=len(serving))
 
     def _spawn(self, index: int) -> None:
         read_fd, write_fd = os.pipe()

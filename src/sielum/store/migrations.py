@@ -101,7 +101,21 @@ def _v1_initial_schema(d: Dialect) -> Sequence[str]:
     )
 
 
-def _v2_admins_and_audit_indexes(d: Dialect) -> Sequence[str]:
+def _v2_device_filters(d: Dialect) -> Sequence[str]:
+    # Partial indexes (both SQLite and PostgreSQL have them) hold only the rows
+    # their filter lists, so revoked and expired devices are found without reading
+    # the active ones, which are most of them.
+    return (
+        # list_devices(hostname=...) newest first.
+        "CREATE INDEX device_hostname_seq ON device (hostname, seq)",
+        # list_devices(state=revoked) newest first.
+        "CREATE INDEX device_revoked_seq ON device (seq) WHERE revoked_at IS NOT NULL",
+        # list_devices(state=expired): the unrevoked devices whose not_after has passed.
+        "CREATE INDEX device_unrevoked_not_after ON device (not_after) WHERE revoked_at IS NULL",
+    )
+
+
+def _v3_admins_and_audit_indexes(d: Dialect) -> Sequence[str]:
     # The time this step runs, in microseconds since the epoch, from the database's clock.
     now = (
         "CAST(strftime('%s', 'now') AS INTEGER) * 1000000"
@@ -138,7 +152,8 @@ def _v2_admins_and_audit_indexes(d: Dialect) -> Sequence[str]:
 
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema: token, device, audit_event", _v1_initial_schema),
-    Migration(2, "admins; audit_event indexes per filter", _v2_admins_and_audit_indexes),
+    Migration(2, "indexes for listing devices by hostname and state", _v2_device_filters),
+    Migration(3, "admins; audit_event indexes per filter", _v3_admins_and_audit_indexes),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 
