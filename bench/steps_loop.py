@@ -27,16 +27,6 @@ from csrpool import csr_pool
 WARM_UP = 200
 
 
-class _Context:
-    """What the servicer reads of a call's context."""
-
-    def peer(self) -> str:
-        return "ipv4:127.0.0.1:40000"
-
-    def auth_context(self) -> dict[str, list[bytes]]:
-        return {}
-
-
 def _time_statements(db: Any) -> dict[str, float]:
     """Wraps db's execute_sql, begin and commit to add up their wall time per kind."""
     spent: dict[str, float] = collections.defaultdict(float)
@@ -78,6 +68,7 @@ def main() -> int:
     from sielum.enroll.service import Enroller
     from sielum.enroll.servicer import EnrollServicer
     from sielum.enroll.v1 import enroll_pb2
+    from sielum.identity import Call
     from sielum.logs import configure_logging
     from sielum.store.store import Store
 
@@ -107,7 +98,10 @@ def main() -> int:
             ).SerializeToString()
             for i, pem in enumerate(csr_pool(args.calls + WARM_UP))
         ]
-        context = _Context()
+        # What the interceptor hands a handler after authorizing an Enroll call.
+        context = Call(
+            method="/sielum.enroll.v1.EnrollService/Enroll", caller=None, peer="127.0.0.1"
+        )
 
         def enroll(raw: bytes) -> bytes:
             request = enroll_pb2.EnrollRequest.FromString(raw)

@@ -86,3 +86,10 @@ class TokenUnusableError(PermissionDeniedError):
 
     The enroll service re-reads the token to say which of the three.
     """
+
+
+class RenewalRefusedError(PermissionDeniedError):
+    """The store could not swap in a renewal: revoked, superseded or paced at commit time.
+
+    The device service re-reads the device to say which.
+    """

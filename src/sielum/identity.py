@@ -17,8 +17,9 @@ class Role(enum.Enum):
 class Identity:
     """A caller as its credential names it: a client certificate or a dashboard session.
 
-    `serial`, `not_before` and `not_after` are the certificate's; a dashboard
-    session has no certificate of its own, so they are empty there.
+    `serial`, `not_before`, `not_after` and `public_key_sha256` are the
+    certificate's; a dashboard session has no certificate of its own, so they are
+    empty there.
     """
 
     role: Role
@@ -26,6 +27,7 @@ class Identity:
     serial: str = ""
     not_before: datetime | None = None
     not_after: datetime | None = None
+    public_key_sha256: str = ""  # ca.profile.public_key_sha256 of the certificate's key
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -82,6 +82,31 @@ class Admin:
     @property
     def state(self) -> AdminState:
         return AdminState.ACTIVE if self.revoked_at is None else AdminState.REVOKED
+
+
+@dataclass(frozen=True)
+class DeviceStanding:
+    """What the device gate reads on every call: revocation, and which certificates count.
+
+    `serial` is the current certificate's; `previous_serial` the one its last renewal
+    replaced, still honoured until `previous_until`. `renewal_tat` paces renewals
+    (devices/policy.py).
+    """
+
+    id: str
+    serial: str
+    previous_serial: str | None = None
+    previous_until: datetime | None = None
+    revoked_at: datetime | None = None
+    renewal_tat: datetime | None = None
+
+
+@dataclass(frozen=True)
+class RenewalPace:
+    """How often a device may renew: `burst` renewals at once, then one per `interval`."""
+
+    burst: int
+    interval: timedelta
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,15 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import grpc
 import pytest
 
+from sielum.admin import service as admin_service
+from sielum.admin.v1 import admin_pb2
+from sielum.enroll.ratelimit import FailureLimit
+from sielum.model import AuditEvent, Device
+
+from ..rpc.conftest import Harness, start_harness, status_of
 from .conftest import (
     ServerProcess,
     admin,
@@ -278,3 +285,101 @@ def test_default_cert_dir_is_the_one_serve_dev_makes(
     # And the server's default port is the one the tool dials by default.
     help_text = run("sielum-admin", "--help").stdout
     assert "default 127.0.0.1:8444" in help_text
+
+
+# Facts at their bound, and devices enrolled before there was one.
+
+LOCK = "\U0001f512"  # four bytes of UTF-8
+MAXIMAL_FACTS = {f"k{i:02}": LOCK * 63 for i in range(64)}  # 64 x (3 + 252) = 16,320 bytes
+
+
+def _stored_device(h: Harness, token_id: str, i: int, facts: dict[str, str]) -> None:
+    """A device as the store records it, written directly (as fast as a fleet needs)."""
+    now = datetime.now(UTC)
+    device = Device(
+        id=f"00000000-0000-4000-8000-{i:012d}",
+        hostname=f"host-{i}",
+        token_id=token_id,
+        public_key_sha256=f"{i:064x}",
+        serial=f"{i:x}",
+        certificate_pem="-----BEGIN CERTIFICATE-----\n",
+        not_after=now + timedelta(days=90),
+        enrolled_at=now,
+        peer="192.0.2.1",
+        facts=facts,
+    )
+    audit = AuditEvent(at=now, actor=f"token/{token_id}", action="device.enroll", resource="x")
+    h.server.store.enroll_device(device, now, audit)
+
+
+def test_fail_devices_with_maximal_facts_break_devices_list(
+    tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One token holder enrolls devices with the largest facts allowed, and some devices
+    carry the ~240 KiB of facts an earlier version took: every page of ListDevices stays
+    under the 4 MB reply limit, and `sielum-admin devices list` lists them all."""
+    h = start_harness(tmp_path, database_url, failure_limit=FailureLimit(burst=0))
+    try:
+        created = h.create_token()
+        enrolled, _ = h.enroll(created.secret, facts=MAXIMAL_FACTS)
+        over = {**MAXIMAL_FACTS, "k00": MAXIMAL_FACTS["k00"] + "x" * 65}
+        code, details = status_of(lambda: h.enroll(created.secret, facts=over))
+        assert (code, details) == (
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "facts are too large: 16385 bytes of names and values (at most 16384)",
+        )
+        for i in range(240):
+            _stored_device(h, created.token.id, i, MAXIMAL_FACTS)
+        legacy = {f"k{i:02}": LOCK * 1000 for i in range(60)}  # 240,180 bytes
+        for i in range(240, 260):
+            _stored_device(h, created.token.id, i, legacy)
+        ids = {enrolled.device_id} | {f"00000000-0000-4000-8000-{i:012d}" for i in range(260)}
+
+        pages = []
+        page_token = ""
+        while True:
+            reply = h.admin().ListDevices(
+                admin_pb2.ListDevicesRequest(page_size=1000, page_token=page_token), timeout=30
+            )
+            assert reply.ByteSize() < 4 * 1024 * 1024
+            pages.append(len(reply.devices))
+            page_token = reply.next_page_token
+            if not page_token:
+                break
+        assert sum(pages) == 261 and len(pages) >= 3
+
+        listing = run(
+            "sielum-admin",
+            "--server",
+            h.api_target,
+            "--cert-dir",
+            str(h.data_dir / "admin"),
+            "devices",
+            "list",
+            timeout=120,
+        )
+        assert listing.returncode == 0, listing.stderr
+        rows = listing.stdout.splitlines()[1:]
+        assert {row.split()[0] for row in rows} == ids
+
+        # A server that does not end its pages by size (an older Sielum): ListDevices fails
+        # with RESOURCE_EXHAUSTED, and the CLI asks for fewer devices until a page fits.
+        monkeypatch.setattr(admin_service, "_DEVICE_PAGE_BUDGET", None)
+        code, _ = status_of(
+            lambda: h.admin().ListDevices(admin_pb2.ListDevicesRequest(page_size=1000), timeout=30)
+        )
+        assert code is grpc.StatusCode.RESOURCE_EXHAUSTED
+        listing = run(
+            "sielum-admin",
+            "--server",
+            h.api_target,
+            "--cert-dir",
+            str(h.data_dir / "admin"),
+            "devices",
+            "list",
+            timeout=120,
+        )
+        assert listing.returncode == 0, listing.stderr
+        assert {row.split()[0] for row in listing.stdout.splitlines()[1:]} == ids
+    finally:
+        h.server.stop(grace=1)

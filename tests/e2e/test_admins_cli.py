@@ -182,3 +182,17 @@ def test_issue_admin_cert_registers_and_refuses_a_revoked_name(
         "sielum-server: admin fay was revoked; a revoked admin's name is never reused"
     )
     assert not (tmp_path / "fay3").exists()
+
+
+def test_init_makes_nothing_when_its_database_is_unreachable(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    result = run(
+        "sielum-server", "init", "--data-dir", str(data_dir),
+        "--database", "postgresql://sielum@127.0.0.1:1/sielum?connect_timeout=2",
+    )  # fmt: skip
+    assert result.returncode == 1
+    # The store's log line says why, then the one-line error.
+    cause, error = result.stderr.strip().splitlines()
+    assert "WARNING database unavailable in migrate: OperationalError" in cause
+    assert error == "sielum-server: database unavailable, try again"
+    assert not data_dir.exists()

@@ -203,6 +203,42 @@ def test_cert_dir_not_writable_exits_6_and_spends_no_use(
     assert not any(token_id in line for line in log_events(server, "enroll"))
 
 
+def test_fail_planted_cert_dir_exits_6_and_planted_key_is_never_enrolled(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    """A cert dir that others may write is refused before anything is sent; a pending key the
+    agent did not make (readable by others) is replaced, so the attacker's key is not enrolled."""
+    token_id, token = create_token(server, "--max-uses", "1")
+    cert_dir = tmp_path / "agent"
+    cert_dir.mkdir()
+    cert_dir.chmod(0o777)
+    planted = ec.generate_private_key(ec.SECP256R1())
+    pending = cert_dir / "enroll.key.pending"
+    pending.write_bytes(
+        planted.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    pending.chmod(0o644)
+    refused = agent_enroll(server, token, cert_dir)
+    assert refused.returncode == 6
+    assert _one_line(refused.stderr) == (
+        f"sielum-agent: cert dir {cert_dir} is writable by group and others (mode 0777): "
+        "refusing to use it"
+    )
+    assert token_uses(server, token_id) == 0
+
+    cert_dir.chmod(0o700)
+    enrolled = agent_enroll(server, token, cert_dir)
+    assert enrolled.returncode == 0, enrolled.stderr
+    certificate = x509.load_pem_x509_certificate((cert_dir / "device.pem").read_bytes())
+    assert certificate.public_key() != planted.public_key()
+    assert not pending.exists()
+    assert (cert_dir / "device.key").stat().st_mode & 0o777 == 0o600
+
+
 def test_existing_enrollment_is_kept_unless_force(
     server: ServerProcess, secret: str, tmp_path: Path
 ) -> None:

@@ -238,11 +238,8 @@ def test_run_renews_rides_out_an_outage_and_stops_cleanly(
     # Every line is one JSON object: journald and log shippers see one event per line.
     assert all(json.loads(line) for line in run.log.splitlines())
 
-    if superseded is grpc.StatusCode.OK:
-        pytest.xfail(
-            "the server still accepts a superseded certificate; it refuses it once the "
-            "server hardening (current certificate only) lands"
-        )
+    # The certificate from two renewals back is refused: only the current one (and the
+    # previous inside its overlap) is honoured.
     assert superseded in (None, grpc.StatusCode.PERMISSION_DENIED)
 
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import resource
+import selectors
 import signal
 import socket
 import ssl
@@ -19,7 +22,7 @@ from sielum.admin.v1 import admin_pb2, admin_pb2_grpc
 from sielum.enroll.v1 import enroll_pb2, enroll_pb2_grpc
 
 from ..rpc.conftest import make_csr, make_key
-from .conftest import ServerProcess, run, start_server
+from .conftest import ServerProcess, free_port, run, script, start_server, wait_ready
 
 
 def _admin_stub(server: ServerProcess) -> admin_pb2_grpc.AdminServiceStub:
@@ -146,6 +149,19 @@ def test_serve_refuses_negative_workers_and_threads(tmp_path: Path) -> None:
 
 def test_encrypted_ca_needs_the_passphrase(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
+    short = run(
+        "sielum-server",
+        "init",
+        "--data-dir",
+        str(data_dir),
+        env={"SIELUM_CA_PASSPHRASE": "hunter2"},
+    )
+    assert short.returncode == 2
+    assert short.stderr == (
+        "sielum-server: SIELUM_CA_PASSPHRASE is too short (7 characters): use at least 12, "
+        "for example four random words\n"
+    )
+    assert not data_dir.exists()
     env = {"SIELUM_CA_PASSPHRASE": "correct horse"}
     assert run("sielum-server", "init", "--data-dir", str(data_dir), env=env).returncode == 0
     assert b"ENCRYPTED" in (data_dir / "ca.key").read_bytes()
@@ -176,6 +192,111 @@ def test_encrypted_ca_needs_the_passphrase(tmp_path: Path) -> None:
     )
     assert ok.returncode == 0, ok.stderr
     assert "correct horse" not in ok.stdout + ok.stderr
+
+
+def test_fail_database_password_in_the_url_query_reaches_the_serving_line(
+    tmp_path: Path, server_factory: list[ServerProcess], postgres_url: str
+) -> None:
+    """A PostgreSQL URL with a password in its userinfo and in its query (password,
+    sslpassword): `serve` starts, and its 'serving' line names the database with neither."""
+    data_dir = tmp_path / "data"
+    assert run("sielum-server", "init", "--data-dir", str(data_dir)).returncode == 0
+    user_host = postgres_url.removeprefix("postgresql://")
+    user, _, rest = user_host.partition("@")
+    # The test cluster trusts loopback connections, so libpq sends none of these.
+    url = (
+        f"postgresql://{user}:userinfo-pw-1@{rest}"
+        "?password=query-pw-2&sslpassword=key-pw-3&application_name=sielum-e2e"
+    )
+    server = start_server(data_dir, "--database", url, "--log-format", "json")
+    server_factory.append(server)
+    assert server.stop(signal.SIGTERM) == 0
+    serving = [
+        json.loads(line)
+        for line in server.log.splitlines()
+        if line.startswith("{") and json.loads(line)["event"] == "serving"
+    ]
+    assert serving  # one line per worker
+    assert {line["database"] for line in serving} == {
+        f"postgresql://{user}:***@{rest}?password=***&sslpassword=***&application_name=sielum-e2e"
+    }
+    for secret in ("userinfo-pw-1", "query-pw-2", "key-pw-3"):
+        assert secret not in server.log
+
+
+IDLE_CONNECTIONS = 1100
+
+
+def _soft_limit_1024() -> None:
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))
+
+
+def test_fail_idle_connections_starve_the_admin_api(tmp_path: Path) -> None:
+    """1,100 TCP connections to the enroll port that never start TLS, against a server started
+    with the usual soft limit of 1,024 open files: the admin API still answers, and the idle
+    connections are closed once the handshake timeout passes."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < IDLE_CONNECTIONS + 400:
+        pytest.skip(f"the hard open-files limit ({hard}) leaves no room for the attack")
+    if soft != resource.RLIM_INFINITY and soft < IDLE_CONNECTIONS + 200:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # this test's own sockets
+    data_dir = tmp_path / "data"
+    assert run("sielum-server", "init", "--data-dir", str(data_dir)).returncode == 0
+    enroll_port, api_port = free_port(), free_port()
+    log_path = tmp_path / "serve.log"
+    with log_path.open("w") as log_file:
+        process = subprocess.Popen(
+            [
+                script("sielum-server"), "serve", "--data-dir", str(data_dir), "--workers", "1",
+                "--enroll-addr", f"127.0.0.1:{enroll_port}", "--api-addr", f"127.0.0.1:{api_port}",
+                "--handshake-timeout", "5",
+            ],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_soft_limit_1024,  # only setrlimit before exec: safe after fork
+        )  # fmt: skip
+    server = ServerProcess(process, data_dir, enroll_port, api_port, log_path)  # type: ignore[arg-type]
+    idle: list[socket.socket] = []
+    try:
+        wait_ready(enroll_port, (data_dir / "ca.pem").read_bytes(), process)
+        assert "open files limit" in server.log and "raised_from=1024" in server.log
+        for _ in range(IDLE_CONNECTIONS):
+            idle.append(socket.create_connection(("127.0.0.1", enroll_port), timeout=10))
+        # Every idle connection reached the server and holds a descriptor there.
+        deadline = time.monotonic() + 30
+        while len(os.listdir(f"/proc/{process.pid}/fd")) < IDLE_CONNECTIONS:
+            assert time.monotonic() < deadline, "the server did not take the connections"
+            time.sleep(0.1)
+
+        tokens = _admin_stub(server).ListEnrollmentTokens(
+            admin_pb2.ListEnrollmentTokensRequest(), timeout=30
+        )
+        assert list(tokens.tokens) == []
+
+        # And the idle connections are closed: each reads as end of file (or a reset).
+        waiting = selectors.DefaultSelector()
+        for sock in idle:
+            waiting.register(sock, selectors.EVENT_READ)
+        deadline = time.monotonic() + 120
+        while waiting.get_map():
+            left = len(waiting.get_map())
+            assert time.monotonic() < deadline, f"{left} idle connections still open"
+            for key, _ in waiting.select(timeout=1.0):
+                sock = key.fileobj
+                assert isinstance(sock, socket.socket)
+                try:
+                    closed = sock.recv(1) == b""
+                except ConnectionError:
+                    closed = True
+                if closed:
+                    waiting.unregister(sock)
+        waiting.close()
+        assert len(os.listdir(f"/proc/{process.pid}/fd")) < 200
+    finally:
+        for sock in idle:
+            sock.close()
+        server.stop()
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])

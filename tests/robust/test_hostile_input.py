@@ -578,12 +578,14 @@ def test_hostile_hostname(target: Target, hostname: str) -> None:
 
 def _facts_acceptable(facts: dict[str, str]) -> bool:
     """The documented limits: at most 64 facts, names 1-64 of [A-Za-z0-9._/-] starting with
-    a letter or digit, values at most 1024 printable characters."""
+    a letter or digit, values at most 1024 printable characters, 16 KiB of UTF-8 in all."""
     import re
 
     name = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,63}")
-    return len(facts) <= 64 and all(
-        name.fullmatch(k) and len(v) <= 1024 and v.isprintable() for k, v in facts.items()
+    return (
+        len(facts) <= 64
+        and all(name.fullmatch(k) and len(v) <= 1024 and v.isprintable() for k, v in facts.items())
+        and sum(len(k.encode()) + len(v.encode()) for k, v in facts.items()) <= 16384
     )
 
 
@@ -598,13 +600,16 @@ def _facts_acceptable(facts: dict[str, str]) -> bool:
 @example(facts={f"k{i}": "v" for i in range(10_000)})
 @example(facts={"os": "linux\x1b]0;pwned\x07"})
 @example(facts={"": "x"})
+@example(facts={f"k{i}": "\U0001f512" * 1000 for i in range(5)})
 def test_hostile_facts(target: Target, facts: dict[str, str]) -> None:
     code, details = _enroll_with_wrong_secret(target, hostname="h", facts=facts)
     if _facts_acceptable(facts):
         assert (code, details) == (grpc.StatusCode.UNAUTHENTICATED, INVALID_TOKEN)
     else:
         assert code is grpc.StatusCode.INVALID_ARGUMENT
-        assert details.startswith(("too many facts: ", "fact names are ", "fact '")), details
+        assert details.startswith(
+            ("too many facts: ", "fact names are ", "fact '", "facts are too large: ")
+        ), details
         if len(facts) > 64:
             assert details == f"too many facts: {len(facts)} (at most 64)"
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import grpc
 import pytest
@@ -10,7 +11,7 @@ import pytest
 from sielum.admin.v1 import admin_pb2
 from sielum.pb import to_timestamp
 
-from .conftest import Harness, status_of
+from .conftest import Harness, start_harness, status_of
 
 
 def test_ok_create_returns_the_secret_once(harness: Harness) -> None:
@@ -181,6 +182,31 @@ def test_ok_audit_trail_records_who_did_what(harness: Harness) -> None:
         ("token.revoke", "admin/admin", f"token/{created.token.id}"),
     ]
     assert all(e.peer == "127.0.0.1" for e in events if e.action != "admin.register")
+
+
+def test_fail_padded_id_hides_a_revocation_from_the_audit_trail(
+    tmp_path: Path, database_url: str
+) -> None:
+    """Ids sent with whitespace around them ("  <id>\t", as pasted) are revoked, and the audit
+    row names the canonical resource, so a search by the resource finds the revocation."""
+    h = start_harness(tmp_path, database_url)
+    try:
+        created = h.create_token()
+        enrolled, _ = h.enroll(created.secret)
+        h.admin().RevokeEnrollmentToken(
+            admin_pb2.RevokeEnrollmentTokenRequest(id=f"  {created.token.id}\t"), timeout=10
+        )
+        h.admin().RevokeDevice(
+            admin_pb2.RevokeDeviceRequest(id=f"\n{enrolled.device_id}  "), timeout=10
+        )
+        store = h.server.store
+        token_events = store.list_audit(resource=f"token/{created.token.id}")
+        assert [e.action for e in token_events] == ["token.revoke", "token.create"]
+        device_events = store.list_audit(resource=f"device/{enrolled.device_id}")
+        assert [e.action for e in device_events] == ["device.revoke", "device.enroll"]
+        assert all(e.resource.strip() == e.resource for e in store.list_audit(limit=100))
+    finally:
+        h.server.stop(grace=1)
 
 
 def test_ok_list_devices_by_state_and_hostname(harness: Harness) -> None:

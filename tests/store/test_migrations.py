@@ -5,11 +5,11 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from sielum.model import AuditEvent, AuditFilter, Device, Token
+from sielum.model import AuditEvent, AuditFilter, Device, RenewalPace, Token
 from sielum.store import Store, connect, migrations
 from sielum.store.database import is_sqlite
 from sielum.store.migrations import LATEST_VERSION, MIGRATIONS, SchemaVersionError
@@ -227,6 +227,61 @@ def test_v2_indexes_a_version_1_database_keeping_its_rows(
             "device_unrevoked_not_after",
         }
         assert [d.id for d in store.list_devices(hostname="web-1").items] == ["dev"]
+        assert store.check_integrity() == []
+    finally:
+        store.close()
+
+
+def test_v3_keeps_devices_enrolled_before_it(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A device enrolled under schema version 2 reads back with no previous certificate and
+    no renewal yet, and renews normally."""
+    with monkeypatch.context() as patched:
+        patched.setattr(migrations, "MIGRATIONS", migrations.MIGRATIONS[:2])
+        patched.setattr(migrations, "LATEST_VERSION", 2)
+        old = Store.open(database_url)
+    try:
+        assert _schema_version_rows(old) == [(1, 2)]
+        old.create_token(
+            Token(
+                id="tok", label="l", secret_hash=b"h", max_uses=None, uses=0, expires_at=None,
+                created_at=T0, created_by="alice",
+            ),
+            AuditEvent(at=T0, actor="a", action="x", resource="token/tok"),
+        )  # fmt: skip
+        device = Device(
+            id="dev1", hostname="h", token_id="tok", public_key_sha256="key1", serial="ab12",
+            certificate_pem="PEM", not_after=T0, enrolled_at=T0, peer="p",
+        )  # fmt: skip
+        old.enroll_device(device, T0, AuditEvent(at=T0, actor="a", action="y", resource="d"))
+    finally:
+        old.close()
+
+    store = Store.open(database_url)
+    try:
+        assert _schema_version_rows(store) == [(1, LATEST_VERSION)]
+        standing = store.get_device_standing("dev1")
+        assert (standing.serial, standing.previous_serial, standing.previous_until) == (
+            "ab12",
+            None,
+            None,
+        )
+        assert standing.renewal_tat is None
+        renewed = store.renew_device(
+            "dev1",
+            caller_serial="ab12",
+            public_key_sha256="key2",
+            serial="cd34",
+            certificate_pem="PEM 2",
+            not_after=T0,
+            now=T0,
+            overlap_until=T0,
+            pace=RenewalPace(burst=5, interval=timedelta(days=9)),
+            audit=AuditEvent(at=T0, actor="device/dev1", action="device.renew", resource="d"),
+        )
+        assert renewed.serial == "cd34"
+        assert store.get_device_standing("dev1").previous_serial == "ab12"
         assert store.check_integrity() == []
     finally:
         store.close()

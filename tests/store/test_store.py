@@ -26,14 +26,22 @@ from sielum.errors import (
     AlreadyExistsError,
     InvalidArgumentError,
     NotFoundError,
-    PermissionDeniedError,
+    RenewalRefusedError,
     TokenUnusableError,
     UnavailableError,
 )
-from sielum.model import AuditEvent, Device, DeviceState, Token, TokenState
+from sielum.model import (
+    AuditEvent,
+    Device,
+    DeviceStanding,
+    DeviceState,
+    RenewalPace,
+    Token,
+    TokenState,
+)
 from sielum.store import Store, connect
 from sielum.store.database import is_on_this_host, is_sqlite, redact_url
-from sielum.store.store import device_state_condition
+from sielum.store.store import PageBudget, device_state_condition
 from sielum.tokens import token_state
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -413,6 +421,32 @@ def test_list_devices_by_token(store: Store) -> None:
     assert rest.next_cursor == ""
 
 
+def test_a_page_with_a_budget_ends_before_it_is_spent(store: Store) -> None:
+    """Pages end at whichever comes first, page_size or the byte budget, never empty, and
+    paging through still yields each device once, newest first."""
+    add_token(store)
+    for i in range(12):
+        enroll(store, f"dev{i:02}")
+    sizes = {f"dev{i:02}": 100 if i != 7 else 1000 for i in range(12)}
+    budget = PageBudget(max_bytes=350, size_of=lambda d: sizes[d.id])
+    seen: list[list[str]] = []
+    cursor = ""
+    while True:
+        page = store.list_devices(page_size=5, cursor=cursor, budget=budget)
+        seen.append([d.id for d in page.items])
+        cursor = page.next_cursor
+        if not cursor:
+            break
+    assert seen == [
+        ["dev11", "dev10", "dev09"],
+        ["dev08"],  # dev07 alone is over budget: it gets a page of its own
+        ["dev07"],
+        ["dev06", "dev05", "dev04"],
+        ["dev03", "dev02", "dev01"],
+        ["dev00"],
+    ]
+
+
 def _devices_for_filters(store: Store) -> list[Device]:
     """Devices in every state at T0 and around it, on two host names and two tokens."""
     add_token(store, "a")
@@ -590,6 +624,35 @@ def test_touch_device_sets_last_seen(store: Store) -> None:
     assert touched.certificate_pem == new_device("dev1").certificate_pem
 
 
+PACE = RenewalPace(burst=5, interval=timedelta(days=9))
+OVERLAP = timedelta(minutes=15)
+
+
+def renew_in(
+    store: Store,
+    device_id: str,
+    key: str,
+    now: datetime,
+    *,
+    caller: str | None = None,
+    serial: str | None = None,
+    pace: RenewalPace = PACE,
+) -> Device:
+    """A renewal of device_id onto key, called with certificate caller (default: the current)."""
+    return store.renew_device(
+        device_id,
+        caller_serial=caller if caller is not None else store.get_device(device_id).serial,
+        public_key_sha256=key,
+        serial=serial or f"serial-{key}",
+        certificate_pem=f"PEM of {key}",
+        not_after=now + timedelta(days=90),
+        now=now,
+        overlap_until=now + OVERLAP,
+        pace=pace,
+        audit=audit("device.renew", f"device/{device_id}", now),
+    )
+
+
 def test_renew_device(store: Store) -> None:
     add_token(store)
     enroll(store, "dev1", key="key1")
@@ -597,11 +660,14 @@ def test_renew_device(store: Store) -> None:
     now = T0 + timedelta(days=60)
     renewed = store.renew_device(
         "dev1",
+        caller_serial="serial-dev1",
         public_key_sha256="key3",
         serial="serial-renewed",
         certificate_pem="PEM renewed",
         not_after=now + timedelta(days=90),
         now=now,
+        overlap_until=now + OVERLAP,
+        pace=PACE,
         audit=audit("device.renew", "device/dev1", now),
     )
     assert (renewed.public_key_sha256, renewed.serial, renewed.certificate_pem) == (
@@ -616,31 +682,125 @@ def test_renew_device(store: Store) -> None:
     assert store.find_device_by_key("key1") is None
     assert store.find_device_by_key("key3") == renewed
     assert store.list_audit(resource="device/dev1")[0].action == "device.renew"
-
-    def renew(device_id: str, key: str) -> Device:
-        return store.renew_device(
-            device_id,
-            public_key_sha256=key,
-            serial="s",
-            certificate_pem="p",
-            not_after=now,
-            now=now,
-            audit=audit("device.renew", f"device/{device_id}", now),
-        )
+    assert store.get_device_standing("dev1") == DeviceStanding(
+        id="dev1",
+        serial="serial-renewed",
+        previous_serial="serial-dev1",
+        previous_until=now + OVERLAP,
+        renewal_tat=now + PACE.interval,
+    )
 
     with pytest.raises(AlreadyExistsError, match=r"^this public key is already enrolled$"):
-        renew("dev1", "key2")
+        renew_in(store, "dev1", "key2", now)
+    assert store.get_device("dev1") == renewed
+    # Its own current key: nothing to swap.
+    with pytest.raises(RenewalRefusedError):
+        renew_in(store, "dev1", "key3", now)
     assert store.get_device("dev1") == renewed
 
     store.revoke_device("dev2", now, audit("device.revoke", "device/dev2"))
     dev2 = store.get_device("dev2")
-    with pytest.raises(PermissionDeniedError, match=r"^device has been revoked$"):
-        renew("dev2", "key4")
+    with pytest.raises(RenewalRefusedError):
+        renew_in(store, "dev2", "key4", now)
     assert store.get_device("dev2") == dev2
+    with pytest.raises(RenewalRefusedError):
+        renew_in(store, "nope", "key5", now, caller="serial-nope")
     with pytest.raises(NotFoundError, match=r"^device not found$"):
-        renew("nope", "key5")
+        store.get_device_standing("nope")
     assert store.get_token("tok").uses == 2
     assert store.check_integrity() == []
+
+
+def test_fail_superseded_cert_renews_only_inside_its_overlap(store: Store) -> None:
+    """The certificate a renewal replaced may renew (a lost answer) until the overlap ends,
+    and its renewal drops the certificate it replaces: one chain survives."""
+    add_token(store)
+    enroll(store, "dev1", key="key-a")  # serial-dev1, the first certificate A
+    now = T0 + timedelta(days=60)
+    renew_in(store, "dev1", "key-b", now)  # A -> B; A honoured until now + 15 min
+    # A's answer was lost: A renews again inside the overlap, onto C. B is dropped,
+    # and the overlap keeps its end (a retry does not extend it).
+    later = now + timedelta(minutes=10)
+    renew_in(store, "dev1", "key-c", later, caller="serial-dev1")
+    standing = store.get_device_standing("dev1")
+    assert (standing.serial, standing.previous_serial) == ("serial-key-c", "serial-dev1")
+    assert standing.previous_until == now + OVERLAP
+    with pytest.raises(RenewalRefusedError):
+        renew_in(store, "dev1", "key-d", later, caller="serial-key-b")
+    # After the overlap, A is superseded for good.
+    with pytest.raises(RenewalRefusedError):
+        renew_in(store, "dev1", "key-d", now + OVERLAP, caller="serial-dev1")
+    assert store.get_device("dev1").serial == "serial-key-c"
+    assert [e.action for e in store.list_audit(resource="device/dev1")].count("device.renew") == 2
+
+
+def test_fail_renewal_loop_is_paced(store: Store) -> None:
+    """Five renewals at once, then one per interval: a loop cannot make the CA sign forever."""
+    add_token(store)
+    enroll(store, "dev1", key="key-0")
+    now = T0 + timedelta(days=1)
+    for i in range(1, 6):
+        renew_in(store, "dev1", f"key-{i}", now)
+    before = store.get_device("dev1")
+    with pytest.raises(RenewalRefusedError):
+        renew_in(store, "dev1", "key-6", now)
+    with pytest.raises(RenewalRefusedError):
+        renew_in(store, "dev1", "key-6", now + PACE.interval - US)
+    assert store.get_device("dev1") == before
+    renew_in(store, "dev1", "key-6", now + PACE.interval)
+    with pytest.raises(RenewalRefusedError):
+        renew_in(store, "dev1", "key-7", now + PACE.interval)
+    # A device renewing once per lifetime share never builds up a debt.
+    steady = now + timedelta(days=365)
+    for i in range(20):
+        renew_in(store, "dev1", f"steady-{i}", steady + i * PACE.interval)
+    assert [e.action for e in store.list_audit(limit=1000)].count("device.renew") == 26
+
+
+def test_renewals_racing_from_one_certificate_leave_one_chain(database_url: str) -> None:
+    """12 renewals of one certificate at once on two stores (two replicas): every one that
+    succeeds replaces the previous winner, and only the last winner and the first certificate
+    are honoured afterwards."""
+    replicas = [Store.open(database_url), Store(connect(database_url))]
+    try:
+        add_token(replicas[0])
+        enroll(replicas[0], "dev1", key="key-a")
+        now = T0 + timedelta(days=60)
+        pace = RenewalPace(burst=100, interval=timedelta(seconds=1))
+        start = threading.Barrier(12)
+        outcomes: list[str] = []
+        lock = threading.Lock()
+
+        def attempt(i: int) -> None:
+            store = replicas[i % 2]
+            start.wait()
+            try:
+                renew_in(store, "dev1", f"key-{i}", now, caller="serial-dev1", pace=pace)
+                outcome = "renewed"
+            except Exception as exc:
+                outcome = repr(exc)
+            with lock:
+                outcomes.append(outcome)
+
+        threads = [threading.Thread(target=attempt, args=(i,)) for i in range(12)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        assert outcomes == ["renewed"] * 12
+        store = replicas[0]
+        standing = store.get_device_standing("dev1")
+        assert standing.previous_serial == "serial-dev1"
+        winner = store.get_device("dev1")
+        assert standing.serial == winner.serial == f"serial-{winner.public_key_sha256}"
+        assert store.check_integrity() == []
+        # Every other renewal's certificate is neither current nor previous.
+        losers = {f"serial-key-{i}" for i in range(12)} - {winner.serial}
+        assert len(losers) == 11
+        assert not losers & {standing.serial, standing.previous_serial}
+    finally:
+        for store in replicas:
+            store.close()
 
 
 def test_facts_round_trip(store: Store) -> None:
@@ -954,3 +1114,36 @@ def test_redact_url_hides_password() -> None:
     assert (
         redact_url("sqlite:////var/lib/sielum/sielum.db") == "sqlite:////var/lib/sielum/sielum.db"
     )
+
+
+@pytest.mark.parametrize(
+    ("url", "redacted"),
+    [
+        (
+            "postgresql://u@h/db?password=s3cret&sslmode=require",
+            "postgresql://u@h/db?password=***&sslmode=require",
+        ),
+        (
+            "postgresql://u:p%40ss@h1:5432,h2:5433/db?sslpassword=k3y&application_name=x",
+            "postgresql://u:***@h1:5432,h2:5433/db?sslpassword=***&application_name=x",
+        ),
+        # A password with "@" in the query must not be taken for the userinfo.
+        (
+            "postgresql://h/db?user=u&password=a@b:c&host=/run/postgresql",
+            "postgresql://h/db?user=u&password=***&host=/run/postgresql",
+        ),
+        (
+            "postgres://u:x@h/db?oauth_client_secret=z&oauth_client_id=sielum&passfile=/p",
+            "postgres://u:***@h/db?oauth_client_secret=***&oauth_client_id=sielum&passfile=***",
+        ),
+        # Unknown parameters are redacted too: a later libpq may add secret ones.
+        (
+            "postgresql:///db?new_secret_thing=1&Password=2",
+            "postgresql:///db?new_secret_thing=***&Password=***",
+        ),
+        ("postgresql://u:@h/db", "postgresql://u:***@h/db"),
+        ("postgresql://h/db#frag", "postgresql://h/db#***"),
+    ],
+)
+def test_fail_secrets_of_a_database_url_reach_the_log(url: str, redacted: str) -> None:
+    assert redact_url(url) == redacted

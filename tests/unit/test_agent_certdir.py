@@ -235,3 +235,137 @@ def test_fail_check_issued(ca: Ca) -> None:
             check_issued(
                 certificate_pem.decode(), ca_pem.decode(), pin=pin, key=key, device_id="dev-1"
             )
+
+
+# --- a cert dir another user could have written to ---------------------------------------
+
+needs_root = pytest.mark.skipif(
+    os.geteuid() != 0, reason="handing a file to another user (chown) needs root"
+)
+NOBODY = 65534
+
+
+def test_fail_planted_pending_key_is_never_enrolled(tmp_path: Path) -> None:
+    """A valid key left as enroll.key.pending that the agent did not make (readable by
+    others, so someone may hold a copy) is discarded, and a fresh key is made instead."""
+    planted = ec.generate_private_key(ec.SECP256R1())
+    path = tmp_path / "enroll.key.pending"
+    path.write_bytes(private_pem(planted))
+    path.chmod(0o644)
+    cert_dir = CertDir(tmp_path)
+    assert cert_dir.pending_key() is None
+    assert not path.exists()
+
+
+@needs_root
+def test_fail_planted_pending_key_of_another_user_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "enroll.key.pending"
+    path.write_bytes(private_pem(ec.generate_private_key(ec.SECP256R1())))
+    path.chmod(0o600)
+    os.chown(path, NOBODY, NOBODY)
+    with pytest.raises(CertDirError) as refused:
+        CertDir(tmp_path).pending_key()
+    assert refused.value.message == (
+        f"{path} is owned by uid {NOBODY}, not by this user (uid 0) or root: refusing to use it"
+    )
+    assert path.exists()
+
+
+@pytest.mark.parametrize(
+    ("mode", "who"), [(0o777, "group and others"), (0o770, "group"), (0o703, "others")]
+)
+def test_fail_writable_cert_dir_is_refused(tmp_path: Path, mode: int, who: str) -> None:
+    root = tmp_path / "agent"
+    root.mkdir()
+    root.chmod(mode)
+    cert_dir = CertDir(root)
+    message = f"cert dir {root} is writable by {who} (mode {mode:04o}): refusing to use it"
+    for step in (cert_dir.prepare, cert_dir.load_locked, lambda: cert_dir.lock().__enter__()):
+        with pytest.raises(CertDirError) as refused:
+            step()
+        assert refused.value.message == message
+    assert list(root.iterdir()) == []  # not even a lock file was made
+
+
+@needs_root
+def test_fail_cert_dir_of_another_user_is_refused(tmp_path: Path, ca: Ca) -> None:
+    cert_dir, _ = _enrolled(tmp_path, ca)
+    os.chown(cert_dir.root, NOBODY, NOBODY)
+    with pytest.raises(CertDirError) as refused:
+        cert_dir.load_locked()
+    assert refused.value.message == (
+        f"cert dir {cert_dir.root} is owned by uid {NOBODY}, not by this user (uid 0) or root: "
+        "refusing to use it"
+    )
+
+
+def test_fail_planted_lock_symlink_is_not_followed(tmp_path: Path) -> None:
+    """As root, following a planted .lock would create or truncate any file it names."""
+    victim = tmp_path / "victim"
+    root = tmp_path / "agent"
+    root.mkdir(mode=0o700)
+    (root / ".lock").symlink_to(victim)
+    with pytest.raises(CertDirError) as refused, CertDir(root).lock():
+        pass
+    assert refused.value.message == f"{root / '.lock'} is a symbolic link: refusing to follow it"
+    assert not victim.exists()
+
+
+@pytest.mark.parametrize("name", ["ca.pem", "agent.json", "device.pem", "device.key"])
+def test_fail_planted_symlink_in_place_of_a_file_is_refused(
+    tmp_path: Path, ca: Ca, name: str
+) -> None:
+    cert_dir, _ = _enrolled(tmp_path, ca)
+    elsewhere = tmp_path / f"elsewhere-{name}"
+    (cert_dir.root / name).rename(elsewhere)
+    (cert_dir.root / name).symlink_to(elsewhere)
+    with pytest.raises(CertDirError) as refused:
+        cert_dir.load_locked()
+    assert refused.value.message == (
+        f"{cert_dir.root / name} is a symbolic link: refusing to follow it"
+    )
+
+
+def test_fail_planted_fifo_does_not_hang_the_agent(tmp_path: Path, ca: Ca) -> None:
+    cert_dir, _ = _enrolled(tmp_path, ca)
+    (cert_dir.root / "agent.json").unlink()
+    os.mkfifo(cert_dir.root / "agent.json", 0o600)
+    with pytest.raises(CertDirError) as refused:
+        cert_dir.load_locked()
+    assert refused.value.message == (
+        f"{cert_dir.root / 'agent.json'} is not a regular file: refusing to use it"
+    )
+
+
+@pytest.mark.parametrize("name", ["ca.pem", "agent.json", "device.pem", ".lock"])
+def test_fail_file_writable_by_others_is_refused(tmp_path: Path, ca: Ca, name: str) -> None:
+    cert_dir, _ = _enrolled(tmp_path, ca)
+    path = cert_dir.root / name
+    path.touch()
+    path.chmod(0o666)
+    with pytest.raises(CertDirError) as refused:
+        cert_dir.load_locked()
+    assert refused.value.message == (
+        f"{path} is writable by group and others (mode 0666): refusing to use it"
+    )
+
+
+@needs_root
+def test_fail_file_of_another_user_is_refused(tmp_path: Path, ca: Ca) -> None:
+    cert_dir, _ = _enrolled(tmp_path, ca)
+    os.chown(cert_dir.root / "ca.pem", NOBODY, NOBODY)
+    with pytest.raises(CertDirError) as refused:
+        cert_dir.load_locked()
+    assert refused.value.message == (
+        f"{cert_dir.root / 'ca.pem'} is owned by uid {NOBODY}, not by this user (uid 0) or root: "
+        "refusing to use it"
+    )
+
+
+def test_ok_a_cert_dir_reached_through_a_symlink_is_used(tmp_path: Path, ca: Ca) -> None:
+    """The cert dir itself may be a symbolic link (/etc/sielum -> /srv/sielum): what counts
+    is the directory it names."""
+    cert_dir, key = _enrolled(tmp_path, ca)
+    link = tmp_path / "link"
+    link.symlink_to(cert_dir.root)
+    assert CertDir(link).load_locked().key_pem == private_pem(key)

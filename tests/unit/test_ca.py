@@ -784,6 +784,78 @@ def test_init_fail_empty_passphrase(tmp_path: Path) -> None:
     assert not (tmp_path / "data").exists()
 
 
+PASSPHRASE = b"four random words here"
+
+
+def _openssl_text(
+    *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["openssl", *args], capture_output=True, text=True, check=False, env=env)
+
+
+def test_fail_cheap_kdf_on_the_encrypted_ca_key(tmp_path: Path) -> None:
+    """A copied ca.key must be expensive to attack offline: PBES2 with PBKDF2-HMAC-SHA256 at
+    600,000 iterations and AES-256-CBC, as `openssl asn1parse` shows, and OpenSSL decrypts it."""
+    data_dir = tmp_path / "data"
+    result = init_data_dir(data_dir, passphrase=PASSPHRASE, now=NOW)
+    parsed = _openssl_text("asn1parse", "-in", str(result.paths.ca_key))
+    assert parsed.returncode == 0, parsed.stderr
+    fields = [line.split(":", 3)[-1].strip() for line in parsed.stdout.splitlines()]
+    objects = [f for f in fields if f in {"PBES2", "PBKDF2", "hmacWithSHA256", "aes-256-cbc"}]
+    assert objects == ["PBES2", "PBKDF2", "hmacWithSHA256", "aes-256-cbc"]
+    integers = [line for line in parsed.stdout.splitlines() if "prim: INTEGER" in line]
+    assert len(integers) == 1  # PBKDF2's iteration count, and no key length to mislead
+    iterations = int(integers[0].rsplit(":", 1)[1], 16)
+    assert iterations >= 600_000
+
+    decrypted = _openssl_text(
+        "pkcs8", "-in", str(result.paths.ca_key), "-passin", "env:SIELUM_TEST_PASS",
+        env={**os.environ, "SIELUM_TEST_PASS": PASSPHRASE.decode()},
+    )  # fmt: skip
+    assert decrypted.returncode == 0, decrypted.stderr
+    assert decrypted.stdout.startswith("-----BEGIN PRIVATE KEY-----")
+    key = serialization.load_pem_private_key(decrypted.stdout.encode(), None)
+    assert key.public_key() == load_ca_certificate(data_dir).public_key()
+    wrong = openssl("pkcs8", "-in", str(result.paths.ca_key), "-passin", "pass:wrong horse")
+    assert wrong.returncode != 0
+    assert CertificateAuthority.load(data_dir, passphrase=PASSPHRASE).fingerprint == (
+        result.fingerprint
+    )
+
+
+@pytest.mark.parametrize(
+    "passphrase", [b"short", b"eleven char", "\u00e9".encode() * 11], ids=["5", "11", "11-utf8"]
+)
+def test_fail_short_passphrase_is_refused_at_init(tmp_path: Path, passphrase: bytes) -> None:
+    with pytest.raises(InvalidArgumentError) as error:
+        init_data_dir(tmp_path / "data", passphrase=passphrase, now=NOW)
+    characters = len(passphrase.decode())
+    assert error.value.message == (
+        f"SIELUM_CA_PASSPHRASE is too short ({characters} characters): use at least 12, "
+        "for example four random words"
+    )
+    assert not (tmp_path / "data").exists()
+    # Twelve characters, however many bytes, are enough.
+    init_data_dir(tmp_path / "ok", passphrase="\u00e9".encode() * 12, now=NOW)
+
+
+def test_ok_a_key_encrypted_by_an_older_sielum_still_loads(tmp_path: Path) -> None:
+    """Earlier versions wrote ca.key with cryptography's BestAvailableEncryption (PBKDF2 at
+    2,048 iterations) and took any passphrase: such a key loads, with its short passphrase."""
+    data_dir = tmp_path / "data"
+    init_data_dir(data_dir, now=NOW)
+    key = serialization.load_pem_private_key((data_dir / "ca.key").read_bytes(), None)
+    (data_dir / "ca.key").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"old"),
+        )
+    )
+    authority = CertificateAuthority.load(data_dir, passphrase=b"old")
+    assert authority.fingerprint == profile.fingerprint(load_ca_certificate(data_dir))
+
+
 def test_load_fail_passphrase_given_for_plain_key(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     init_data_dir(data_dir, now=NOW)

@@ -11,17 +11,25 @@ from datetime import datetime
 from sielum import tokens
 from sielum.ca.profile import validate_name
 from sielum.clock import Clock
+from sielum.devices import policy as devices
 from sielum.devices.policy import check_hostname
 from sielum.errors import InvalidArgumentError, NotFoundError
 from sielum.logs import log_event
 from sielum.model import AuditEvent, AuditFilter, Device, DeviceState, Page, Token, TokenState
-from sielum.store.store import ALREADY_REVOKED, Store
+from sielum.store.store import ALREADY_REVOKED, PageBudget, Store
 
 log = logging.getLogger("sielum.admin")
 
 MAX_LABEL = 200
 MAX_USES_LIMIT = 1_000_000_000
 MAX_PAGE_SIZE = 1000
+# The largest reply the server sends (server/app.py gives grpc this send limit), and
+# what a page of devices may fill: the rest is room for the page token. A page of
+# devices ends early rather than exceed it, whatever its devices' facts
+# (tests/e2e/test_admin_cli.py::test_fail_devices_with_maximal_facts_break_devices_list).
+MAX_REPLY_BYTES = 4 * 1024 * 1024
+DEVICE_PAGE_BYTES = MAX_REPLY_BYTES - 4096
+_DEVICE_PAGE_BUDGET: PageBudget[Device] = PageBudget(DEVICE_PAGE_BYTES, devices.listing_bytes)
 # What the audit trail's actors and resources look like (admin/alice, token/<id>,
 # device/<uuid>, server/init) and its actions (token.create); a filter that cannot
 # match is refused rather than answered with nothing, and nothing unchecked
@@ -185,10 +193,12 @@ class Administration:
 
     def revoke_token(self, caller: Caller, token_id: str) -> Token:
         now = self._clock.now()
+        # The canonical id everywhere after this, the audit row included, so that a
+        # search by resource finds the revocation however the id was sent
+        # (tests/rpc/test_admin.py::test_fail_padded_id_hides_a_revocation_from_the_audit_trail).
+        token_id = _check_token_id(token_id)
         token = self._store.revoke_token(
-            _check_token_id(token_id),
-            now,
-            caller.audit("token.revoke", f"token/{token_id}", now),
+            token_id, now, caller.audit("token.revoke", f"token/{token_id}", now)
         )
         log_event(
             log,
@@ -225,14 +235,14 @@ class Administration:
             now=self._clock.now(),
             page_size=check_page_size(page_size),
             cursor=cursor,
+            budget=_DEVICE_PAGE_BUDGET,
         )
 
     def revoke_device(self, caller: Caller, device_id: str) -> Device:
         now = self._clock.now()
+        device_id = _check_device_id(device_id)  # canonical, as in revoke_token
         device = self._store.revoke_device(
-            _check_device_id(device_id),
-            now,
-            caller.audit("device.revoke", f"device/{device_id}", now),
+            device_id, now, caller.audit("device.revoke", f"device/{device_id}", now)
         )
         log_event(
             log,

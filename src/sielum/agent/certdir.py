@@ -8,6 +8,7 @@ import fcntl
 import json
 import os
 import secrets
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -104,7 +105,16 @@ def same_key(key: ec.EllipticCurvePrivateKey, certificate: x509.Certificate) -> 
 
 
 class CertDir:
-    """One agent's directory. Callers hold lock() around every read-modify-write."""
+    """One agent's directory. Callers hold lock() around every read-modify-write.
+
+    Nothing in it is trusted that another user could have put there: the directory
+    and every file the agent opens must belong to the agent's user (or to root) and
+    must not be writable by group or others; files are opened without following
+    symbolic links, and only a regular file is read. A pending key is reused only if
+    the agent's user owns it with mode 0600, as the agent makes it. Anything else
+    is a CertDirError (exit code 6) naming the file and why
+    (tests/unit/test_agent_certdir.py, the test_fail_planted_* and test_fail_*_cert_dir_*).
+    """
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -113,8 +123,62 @@ class CertDir:
         return self.root / name
 
     def is_enrolled(self) -> bool:
-        # agent.json is written last: its presence is what "enrolled" means.
-        return self.path(STATE_FILE).exists()
+        # agent.json is written last: its presence is what "enrolled" means (a symbolic
+        # link counts, so that it is refused when read rather than written through).
+        return os.path.lexists(self.path(STATE_FILE))
+
+    def check_dir(self) -> None:
+        """Refuses a cert dir another user owns or may write (it may be a symlink to one ours)."""
+        try:
+            fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except NotADirectoryError:
+            raise CertDirError(f"cert dir {self.root} exists and is not a directory") from None
+        except OSError as error:
+            raise CertDirError(f"cannot open cert dir {self.root}: {_why(error)}") from None
+        try:
+            info = os.fstat(fd)
+        finally:
+            os.close(fd)
+        _check_trusted(info, f"cert dir {self.root}")
+
+    def _open(self, name: str, flags: int = os.O_RDONLY, mode: int = PRIVATE_MODE) -> int:
+        """A descriptor of a regular file in the cert dir that only we (or root) could write.
+
+        Never through a symbolic link; O_NONBLOCK so that a planted FIFO cannot hang us.
+        FileNotFoundError passes through for the caller; the rest is a CertDirError.
+        """
+        path = self.path(name)
+        try:
+            fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, mode)
+        except FileNotFoundError:
+            raise
+        except OSError as error:
+            if error.errno == errno.ELOOP:
+                raise CertDirError(f"{path} is a symbolic link: refusing to follow it") from None
+            raise CertDirError(f"cannot open {path}: {_why(error)}") from None
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise CertDirError(f"{path} is not a regular file: refusing to use it")
+            _check_trusted(info, str(path))
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def _read_file(self, name: str) -> tuple[bytes, os.stat_result]:
+        """The content of a trusted file, and its stat; FileNotFoundError if there is none."""
+        fd = self._open(name)
+        try:
+            info = os.fstat(fd)
+            chunks = []
+            while chunk := os.read(fd, 65536):
+                chunks.append(chunk)
+        except OSError as error:
+            raise CertDirError(f"cannot read {self.path(name)}: {_why(error)}") from None
+        finally:
+            os.close(fd)
+        return b"".join(chunks), info
 
     def prepare(self) -> None:
         """Creates the directory (0700) if needed and proves it is writable, before any dialling."""
@@ -126,6 +190,7 @@ class CertDir:
             raise CertDirError(f"cannot create cert dir {self.root}: {_why(error)}") from None
         if not self.root.is_dir():
             raise CertDirError(f"cert dir {self.root} exists and is not a directory")
+        self.check_dir()
         probe = self.path(f".probe.{secrets.token_hex(4)}")
         try:
             fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_MODE)
@@ -137,9 +202,10 @@ class CertDir:
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
         """An exclusive lock, so two agent runs never interleave their writes."""
+        self.check_dir()
         try:
-            fd = os.open(self.path(LOCK_FILE), os.O_RDWR | os.O_CREAT, PRIVATE_MODE)
-        except OSError as error:
+            fd = self._open(LOCK_FILE, os.O_RDWR | os.O_CREAT, PRIVATE_MODE)
+        except FileNotFoundError as error:
             raise CertDirError(f"cannot lock cert dir {self.root}: {_why(error)}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -152,16 +218,21 @@ class CertDir:
     def pending_key(self) -> ec.EllipticCurvePrivateKey | None:
         """The key of an enrollment that did not finish, if there is a usable one."""
         path = self.path(PENDING_KEY_FILE)
-        if not path.exists() and not self.is_enrolled() and self.path(KEY_FILE).exists():
+        exists = os.path.lexists
+        if not exists(path) and not self.is_enrolled() and exists(self.path(KEY_FILE)):
             # A run stopped after moving the key into place but before agent.json:
             # that key may be enrolled already, so it is the one to retry with.
             self._rename(KEY_FILE, PENDING_KEY_FILE)
         try:
-            data = path.read_bytes()
+            data, info = self._read_file(PENDING_KEY_FILE)
         except FileNotFoundError:
             return None
-        except OSError as error:
-            raise CertDirError(f"cannot read {path}: {_why(error)}") from None
+        if info.st_uid != os.geteuid() or stat.S_IMODE(info.st_mode) != PRIVATE_MODE:
+            # Not a key this agent made (it makes them 0600, as its own user): one that
+            # root left, or that others could read, may be known to someone else, and
+            # enrolling it would hand them the device. A fresh key replaces it.
+            self.discard(PENDING_KEY_FILE)
+            return None
         try:
             key = serialization.load_pem_private_key(data, password=None)
         except (ValueError, TypeError):
@@ -227,9 +298,10 @@ class CertDir:
     def load(self) -> StoredEnrollment:
         """Reads and cross-checks the enrollment; finishes an interrupted renewal first."""
         self.require_dir()
+        self.check_dir()
         state_path = self.path(STATE_FILE)
         try:
-            state = AgentState.from_json(state_path.read_bytes())
+            state = AgentState.from_json(self._read_file(STATE_FILE)[0])
         except FileNotFoundError:
             raise NotEnrolledError(
                 f"{self.root} holds no enrollment (no {STATE_FILE}): "
@@ -252,7 +324,7 @@ class CertDir:
     def _finish_interrupted_renewal(
         self, key: ec.EllipticCurvePrivateKey
     ) -> tuple[bytes, x509.Certificate]:
-        if self.path(RENEW_CERT_FILE).exists():
+        if os.path.lexists(self.path(RENEW_CERT_FILE)):
             pem, staged = self._read_certificate(RENEW_CERT_FILE)
             if same_key(key, staged):
                 self._rename(RENEW_CERT_FILE, CERT_FILE)
@@ -265,11 +337,9 @@ class CertDir:
     def _read(self, name: str) -> tuple[Path, bytes]:
         path = self.path(name)
         try:
-            return path, path.read_bytes()
+            return path, self._read_file(name)[0]
         except FileNotFoundError:
             raise CertDirError(f"{path} is missing: re-enroll with --force") from None
-        except OSError as error:
-            raise CertDirError(f"cannot read {path}: {_why(error)}") from None
 
     def _read_key(self, name: str) -> tuple[bytes, ec.EllipticCurvePrivateKey]:
         path, data = self._read(name)
@@ -331,6 +401,24 @@ class CertDir:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def _check_trusted(info: os.stat_result, what: str) -> None:
+    """Refuses what another user could have written: another owner (root may own it), or
+    write permission for the group or others."""
+    uid = os.geteuid()
+    if info.st_uid not in (uid, 0):
+        raise CertDirError(
+            f"{what} is owned by uid {info.st_uid}, not by this user (uid {uid}) or root: "
+            "refusing to use it"
+        )
+    bits = (("group", stat.S_IWGRP), ("others", stat.S_IWOTH))
+    writable = [who for who, bit in bits if info.st_mode & bit]
+    if writable:
+        raise CertDirError(
+            f"{what} is writable by {' and '.join(writable)} "
+            f"(mode {stat.S_IMODE(info.st_mode):04o}): refusing to use it"
+        )
 
 
 def _why(error: OSError) -> str:

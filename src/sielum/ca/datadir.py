@@ -15,7 +15,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from sielum.ca import profile
-from sielum.ca.authority import CA_CERT_FILE, CA_KEY_FILE, CertificateAuthority
+from sielum.ca.authority import CA_CERT_FILE, CA_KEY_FILE, PASSPHRASE_ENV, CertificateAuthority
+from sielum.ca.keywrap import MIN_PASSPHRASE_CHARS, encrypt_private_key
 from sielum.errors import InvalidArgumentError
 
 SERVER_CERT_FILE = "server.pem"
@@ -71,32 +72,18 @@ def init_data_dir(
     now = now if now is not None else datetime.now(UTC)
     # Every input is checked before the first file is written, so a typo in --san
     # cannot leave a half-made data directory behind.
+    check_init(data_dir, sans=sans, passphrase=passphrase)
     server_names = profile.server_sans(sans)
-    if passphrase is not None and not passphrase:
-        raise InvalidArgumentError("CA passphrase must not be empty")
     paths = DataDirPaths.of(data_dir)
-    if paths.ca_cert.exists() or paths.ca_key.exists():
-        raise InvalidArgumentError(f"{data_dir} already holds a Sielum CA; refusing to overwrite")
-    admin_files = (paths.admin_dir / ADMIN_CERT_FILE, paths.admin_dir / ADMIN_KEY_FILE)
-    for path in (paths.server_cert, paths.server_key, *admin_files):
-        if path.exists():
-            raise InvalidArgumentError(f"{path} already exists; refusing to overwrite")
     data_dir.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
 
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_certificate = profile.self_signed_ca_certificate(key=ca_key, now=now)
-    encryption: serialization.KeySerializationEncryption = (
-        serialization.BestAvailableEncryption(passphrase)
-        if passphrase
-        else serialization.NoEncryption()
-    )
     # The key goes first and exclusively: if two inits race, one of them fails here,
     # before either has written a certificate the other's key does not match.
     write_private_file(
         paths.ca_key,
-        ca_key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption
-        ),
+        encrypt_private_key(ca_key, passphrase) if passphrase else private_pem(ca_key),
         exclusive=True,
     )
     write_private_file(paths.ca_cert, _pem(ca_certificate), PUBLIC_MODE, exclusive=True)
@@ -122,6 +109,37 @@ def init_data_dir(
     authority = CertificateAuthority(ca_certificate, ca_key)
     write_admin_bundle(authority, FIRST_ADMIN_NAME, paths.admin_dir, now)
     return InitResult(fingerprint=authority.fingerprint, paths=paths)
+
+
+def check_init(data_dir: Path, *, sans: Sequence[str], passphrase: bytes | None) -> None:
+    """What init_data_dir refuses, checked without writing anything: the SANs, the
+    passphrase, and a data directory that holds a CA or its files already."""
+    profile.server_sans(sans)
+    if passphrase is not None:
+        check_passphrase(passphrase)
+    paths = DataDirPaths.of(data_dir)
+    if paths.ca_cert.exists() or paths.ca_key.exists():
+        raise InvalidArgumentError(f"{data_dir} already holds a Sielum CA; refusing to overwrite")
+    admin_files = (paths.admin_dir / ADMIN_CERT_FILE, paths.admin_dir / ADMIN_KEY_FILE)
+    for path in (paths.server_cert, paths.server_key, *admin_files):
+        if path.exists():
+            raise InvalidArgumentError(f"{path} already exists; refusing to overwrite")
+
+
+def check_passphrase(passphrase: bytes) -> None:
+    """A passphrase for a new CA key: at least MIN_PASSPHRASE_CHARS characters.
+
+    Only `init` asks: a key encrypted under a shorter passphrase by an older
+    Sielum still loads.
+    """
+    characters = len(passphrase.decode("utf-8", errors="replace"))
+    if characters == 0:
+        raise InvalidArgumentError("CA passphrase must not be empty")
+    if characters < MIN_PASSPHRASE_CHARS:
+        raise InvalidArgumentError(
+            f"{PASSPHRASE_ENV} is too short ({characters} characters): use at least "
+            f"{MIN_PASSPHRASE_CHARS}, for example four random words"
+        )
 
 
 def write_admin_bundle(

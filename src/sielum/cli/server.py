@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import resource
+import shutil
 import signal
 import sys
 import threading
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -23,10 +25,11 @@ from sielum.ca.datadir import (
     DIR_MODE,
     FIRST_ADMIN_NAME,
     DataDirPaths,
+    check_init,
     init_data_dir,
     write_admin_bundle,
 )
-from sielum.ca.profile import DEFAULT_DEVICE_TTL, fingerprint, server_sans
+from sielum.ca.profile import DEFAULT_DEVICE_TTL, fingerprint
 from sielum.ca.servercert import renew_server_certificate
 from sielum.cli.durations import parse_duration
 from sielum.enroll.ratelimit import FailureLimit
@@ -47,6 +50,8 @@ if TYPE_CHECKING:
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
+# Linux's default fs.nr_open, for a hard limit of "unlimited" that setrlimit refuses.
+_NOFILE_WITHOUT_HARD_LIMIT = 1_048_576
 
 _DESCRIPTION = """\
 Sielum enrollment server.
@@ -84,6 +89,9 @@ def _database_url(args: argparse.Namespace) -> str:
 def _open_store(args: argparse.Namespace) -> Store:
     from sielum.store.store import Store
 
+    # The store logs why a database is unreachable; in the server's format, above
+    # the one-line error.
+    configure_logging("text", level=logging.WARNING)
     return Store.open(_database_url(args))
 
 
@@ -102,15 +110,20 @@ def _serial(bundle: Path) -> str:
 def _cmd_init(args: argparse.Namespace) -> int:
     data_dir = Path(args.data_dir)
     paths = DataDirPaths.of(data_dir)
+    passphrase = _passphrase()
     # What init_data_dir would refuse, refused before the database is touched.
-    server_sans(args.san)
-    if paths.ca_cert.exists() or paths.ca_key.exists():
-        raise InvalidArgumentError(f"{data_dir} already holds a Sielum CA; refusing to overwrite")
+    check_init(data_dir, sans=args.san, passphrase=passphrase)
+    # The database next: when it cannot be reached, no CA is made, and a data
+    # directory made only for it (the default SQLite file) goes again.
+    made_dir = not data_dir.exists()
     data_dir.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
-    # The database next: when it cannot be reached, no CA has been made yet.
-    store = _open_store(args)
     try:
-        passphrase = _passphrase()
+        store = _open_store(args)
+    except BaseException:
+        if made_dir:
+            shutil.rmtree(data_dir, ignore_errors=True)
+        raise
+    try:
         result = init_data_dir(data_dir, sans=args.san, passphrase=passphrase)
         ca = CertificateAuthority.load(data_dir, passphrase=passphrase)
         _registry(store, ca).register_made_on_host(
@@ -200,8 +213,27 @@ def _server_config(args: argparse.Namespace) -> ServerConfig:
         ),
         ca_passphrase=_passphrase(),
         worker_index=args.worker_index,
+        handshake_timeout=timedelta(seconds=args.handshake_timeout),
         certificate_check_interval=args.certificate_check_interval,
     )
+
+
+def raise_open_files_limit() -> tuple[int, int, int]:
+    """Raise the soft RLIMIT_NOFILE to the hard limit, as Go's runtime does at start.
+
+    Every connection takes a file descriptor, and the usual soft limit of 1,024 is
+    used up by about a thousand idle sockets, after which no connection is taken,
+    the admin API's included. Returns (soft before, soft now, hard); workers inherit it.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else _NOFILE_WITHOUT_HARD_LIMIT
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            pass  # logged below as it stands
+    now = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return soft, now, hard
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -210,6 +242,17 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         raise InvalidArgumentError("--workers must be at least 1")
     if args.threads is not None and args.threads < 0:
         raise InvalidArgumentError("--threads must be 0 or more")
+    if args.handshake_timeout <= 0:
+        raise InvalidArgumentError("--handshake-timeout must be positive")
+    if args.worker_index is None:
+        before, soft, hard = raise_open_files_limit()
+        log_event(
+            logging.getLogger("sielum.server"),
+            "open files limit",
+            soft=soft,
+            hard=hard,
+            **({"raised_from": before} if before != soft else {}),
+        )
     if args.workers > 1 and args.worker_index is None:
         # The supervisor runs no grpc; its workers each capture their own C-core lines.
         return _supervise(args)
@@ -403,6 +446,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.2,
         metavar="PER_SECOND",
         help="failed enrollments regained per second (default %(default)s)",
+    )
+    serve.add_argument(
+        "--handshake-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="close a connection that has not finished its TLS handshake by then "
+        "(default %(default)g)",
     )
     serve.add_argument(
         "--grace",

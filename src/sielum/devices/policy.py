@@ -1,11 +1,24 @@
-"""Device policy: a device's host name and state, and when its certificate should be renewed."""
+"""Device policy: host name, state, which certificate a device may call with, when to renew."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from sielum.errors import InvalidArgumentError, PermissionDeniedError
-from sielum.model import Device, DeviceState
+from sielum.errors import InvalidArgumentError, PermissionDeniedError, ResourceExhaustedError
+from sielum.model import Device, DeviceStanding, DeviceState, RenewalPace
+
+# How long the certificate a renewal replaced is still honoured: long enough for an
+# agent whose renewal answer was lost to retry with the certificate it still holds,
+# short enough that a stolen key stops working soon after the device renews.
+RENEWAL_OVERLAP = timedelta(minutes=15)
+# Renewals a device may make at once before it is paced (retries of lost answers).
+RENEWAL_BURST = 5
+# One renewal more per this share of the certificate lifetime: an agent renewing
+# at two thirds of the lifetime is never paced, a loop is.
+RENEWAL_REFILL_FRACTION = 10
+
+SUPERSEDED = "this certificate has been superseded by a renewal; use the device's current one"
+REVOKED = "device has been revoked"
 
 MAX_HOSTNAME = 253
 
@@ -33,12 +46,85 @@ def device_state(device: Device, now: datetime) -> DeviceState:
     return DeviceState.ACTIVE
 
 
+def listing_bytes(device: Device) -> int:
+    """An upper bound of the device's size in a ListDevicesResponse, in bytes.
+
+    Each field counted as protobuf encodes it (tag, length, UTF-8 payload; empty
+    ones too), timestamps and the state at their largest, so a page whose devices
+    add up to less than the reply limit is always sent
+    (tests/unit/test_device_policy.py::test_listing_bytes_is_an_upper_bound).
+    """
+    body = sum(
+        _field(len(text.encode()))
+        for text in (device.id, device.hostname, device.token_id, device.serial, device.peer)
+    )
+    body += 4 * _TIMESTAMP + _ENUM
+    for key, value in device.facts.items():
+        body += _field(_field(len(key.encode())) + _field(len(value.encode())))
+    return _field(body)
+
+
+def _varint(n: int) -> int:
+    return max(1, (n.bit_length() + 6) // 7)
+
+
+def _field(n: int) -> int:
+    """A length-delimited field of n bytes with a one-byte tag (field numbers below 16)."""
+    return 1 + _varint(n) + n
+
+
+_TIMESTAMP = _field((1 + 10) + (1 + 5))  # seconds and nanos as the longest varints
+_ENUM = 1 + 10
+
+
 def renew_after(not_before: datetime, not_after: datetime) -> datetime:
     """Two thirds into the certificate's lifetime: time enough to retry a failed renewal."""
     return not_before + (not_after - not_before) * 2 / 3
 
 
-def check_may_call(device: Device) -> None:
-    """A revoked device is refused on its very next call."""
-    if device.revoked_at is not None:
-        raise PermissionDeniedError("device has been revoked")
+def renewal_pace(device_ttl: timedelta) -> RenewalPace:
+    """RENEWAL_BURST at once, then one per tenth of the device certificate lifetime."""
+    return RenewalPace(burst=RENEWAL_BURST, interval=device_ttl / RENEWAL_REFILL_FRACTION)
+
+
+def is_honoured(standing: DeviceStanding, serial: str, now: datetime) -> bool:
+    """The current certificate, or the one the last renewal replaced while its overlap lasts."""
+    if serial == standing.serial:
+        return True
+    return (
+        serial == standing.previous_serial
+        and standing.previous_until is not None
+        and now < standing.previous_until
+    )
+
+
+def check_may_call(standing: DeviceStanding, serial: str, now: datetime) -> None:
+    """A revoked device, or a certificate a renewal superseded, is refused on its next call.
+
+    (tests/rpc/test_superseded.py::test_fail_superseded_cert_heartbeat_after_the_overlap)
+    """
+    if standing.revoked_at is not None:
+        raise PermissionDeniedError(REVOKED)
+    if not is_honoured(standing, serial, now):
+        raise PermissionDeniedError(SUPERSEDED)
+
+
+def renewal_limit(pace: RenewalPace, now: datetime) -> datetime:
+    """The latest renewal_tat that still allows a renewal at now (a GCRA's tolerance)."""
+    return now + pace.interval * (pace.burst - 1)
+
+
+def next_renewal_tat(tat: datetime | None, pace: RenewalPace, now: datetime) -> datetime:
+    """renewal_tat after one more renewal at now; the store computes the same in its UPDATE."""
+    return max(tat or now, now) + pace.interval
+
+
+def check_renewal_pace(standing: DeviceStanding, pace: RenewalPace, now: datetime) -> None:
+    """RESOURCE_EXHAUSTED once the device has spent its burst of renewals."""
+    tat = standing.renewal_tat
+    if tat is not None and tat > renewal_limit(pace, now):
+        allowed_at = tat - pace.interval * (pace.burst - 1)
+        raise ResourceExhaustedError(
+            "too many renewals for this device; the next one is allowed at "
+            f"{allowed_at:%Y-%m-%dT%H:%M:%SZ}"
+        )

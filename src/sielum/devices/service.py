@@ -7,15 +7,25 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sielum.ca.authority import CertificateAuthority, IssuedCertificate
-from sielum.ca.profile import load_csr, public_key_sha256
+from sielum.ca.profile import load_checked_csr, public_key_sha256
 from sielum.clock import Clock
 from sielum.devices import policy as devices
-from sielum.errors import NotFoundError, PermissionDeniedError, SielumError
+from sielum.errors import (
+    AlreadyExistsError,
+    InvalidArgumentError,
+    NotFoundError,
+    PermissionDeniedError,
+    RenewalRefusedError,
+    SielumError,
+)
+from sielum.identity import Identity
 from sielum.logs import log_event
-from sielum.model import AuditEvent, Device
+from sielum.model import AuditEvent, Device, DeviceStanding
 from sielum.store.store import Store
 
 log = logging.getLogger("sielum.agent")
+
+KEY_ALREADY_CERTIFIED = "the CSR's key is already certified: a renewal must certify a new key"
 
 
 @dataclass(frozen=True)
@@ -33,14 +43,21 @@ class DeviceService:
         self._store = store
         self._ca = ca
         self._clock = clock
+        self._pace = devices.renewal_pace(ca.device_ttl)
 
-    def check_may_call(self, device_id: str) -> None:
-        """The interceptor's gate for device calls: refuses revoked devices at once."""
+    def _standing(self, device_id: str) -> DeviceStanding:
         try:
-            device = self._store.get_device(device_id)
+            return self._store.get_device_standing(device_id)
         except NotFoundError:
             raise PermissionDeniedError("device is not enrolled") from None
-        devices.check_may_call(device)
+
+    def check_may_call(self, caller: Identity) -> None:
+        """The authorizer's gate for device calls: one indexed lookup per call.
+
+        Refuses a revoked device, and a certificate that a renewal superseded once
+        its overlap has passed (devices/policy.py).
+        """
+        devices.check_may_call(self._standing(caller.name), caller.serial, self._clock.now())
 
     def heartbeat(self, device_id: str, not_before: datetime, not_after: datetime) -> Heartbeat:
         now = self._clock.now()
@@ -52,27 +69,10 @@ class DeviceService:
             renew_after=devices.renew_after(not_before, not_after),
         )
 
-    def renew(self, device_id: str, csr_pem: str, peer: str) -> IssuedCertificate:
+    def renew(self, caller: Identity, csr_pem: str, peer: str) -> IssuedCertificate:
+        device_id = caller.name
         try:
-            csr = load_csr(csr_pem)
-            now = self._clock.now()
-            issued = self._ca.sign_device(csr, device_id, now)
-            self._store.renew_device(
-                device_id,
-                public_key_sha256=public_key_sha256(csr.public_key()),
-                serial=issued.serial,
-                certificate_pem=issued.certificate_pem,
-                not_after=issued.not_after,
-                now=now,
-                audit=AuditEvent(
-                    at=now,
-                    actor=f"device/{device_id}",
-                    action="device.renew",
-                    resource=f"device/{device_id}",
-                    peer=peer,
-                    detail=f"serial={issued.serial}",
-                ),
-            )
+            issued = self._renew(caller, csr_pem, peer)
         except SielumError as error:
             log_event(
                 log,
@@ -84,7 +84,66 @@ class DeviceService:
                 peer=peer,
             )
             raise
-        log_event(log, "renew", outcome="ok", device=device_id, serial=issued.serial, peer=peer)
+        log_event(
+            log,
+            "renew",
+            outcome="ok",
+            device=device_id,
+            serial=issued.serial,
+            previous=caller.serial,
+            peer=peer,
+        )
+        return issued
+
+    def _renew(self, caller: Identity, csr_pem: str, peer: str) -> IssuedCertificate:
+        device_id = caller.name
+        # Checked once here; sign_device takes the CheckedCsr without verifying again.
+        csr = load_checked_csr(csr_pem)
+        key_hash = public_key_sha256(csr.public_key)
+        # A renewal rotates the key: the caller's own key (current or previous
+        # certificate) and any key enrolled as a device are refused.
+        if (
+            key_hash == caller.public_key_sha256
+            or self._store.find_device_by_key(key_hash) is not None
+        ):
+            raise InvalidArgumentError(KEY_ALREADY_CERTIFIED)
+        now = self._clock.now()
+        # Judged before signing, so a paced device cannot make the CA sign in a loop;
+        # the UPDATE judges again, atomically.
+        standing = self._standing(device_id)
+        devices.check_may_call(standing, caller.serial, now)
+        devices.check_renewal_pace(standing, self._pace, now)
+        issued = self._ca.sign_device(csr, device_id, now)
+        try:
+            self._store.renew_device(
+                device_id,
+                caller_serial=caller.serial,
+                public_key_sha256=key_hash,
+                serial=issued.serial,
+                certificate_pem=issued.certificate_pem,
+                not_after=issued.not_after,
+                now=now,
+                overlap_until=now + devices.RENEWAL_OVERLAP,
+                pace=self._pace,
+                audit=AuditEvent(
+                    at=now,
+                    actor=f"device/{device_id}",
+                    action="device.renew",
+                    resource=f"device/{device_id}",
+                    peer=peer,
+                    detail=f"serial={issued.serial} previous={caller.serial}",
+                ),
+            )
+        except AlreadyExistsError:
+            # The same key enrolled or renewed elsewhere since the check above.
+            raise InvalidArgumentError(KEY_ALREADY_CERTIFIED) from None
+        except RenewalRefusedError:
+            # Another call revoked, renewed or spent the pace since the check above:
+            # say which, from the device as it is now.
+            standing = self._standing(device_id)
+            devices.check_may_call(standing, caller.serial, now)
+            devices.check_renewal_pace(standing, self._pace, now)
+            raise
         return issued
 
     def unenroll(self, device_id: str, peer: str) -> Device:

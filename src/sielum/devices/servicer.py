@@ -31,8 +31,7 @@ class AgentServicer:
     def RenewCertificate(
         self, request: agent_pb2.RenewCertificateRequest, call: Call
     ) -> agent_pb2.RenewCertificateResponse:
-        caller = call.identity()
-        issued = self._service.renew(caller.name, request.csr_pem, call.peer)
+        issued = self._service.renew(call.identity(), request.csr_pem, call.peer)
         return agent_pb2.RenewCertificateResponse(
             certificate_pem=issued.certificate_pem,
             ca_certificate_pem=self._service.ca_certificate_pem,

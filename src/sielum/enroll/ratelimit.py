@@ -1,7 +1,8 @@
-"""Per-peer limit on failed enrollments: a token bucket that only failures drain."""
+"""Per-address limit on failed enrollments: a token bucket that only failures drain."""
 
 from __future__ import annotations
 
+import ipaddress
 import threading
 import time
 from collections import OrderedDict
@@ -9,6 +10,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from sielum.errors import ResourceExhaustedError
+
+LIMITED = "too many failed enrollments from this address; wait and retry"
+IPV6_GROUP_PREFIX = 64
 
 
 @dataclass(frozen=True)
@@ -20,46 +24,79 @@ class FailureLimit:
     max_peers: int = 100_000
 
 
-class FailureLimiter:
-    """Refuses a peer whose recent failed enrollments used up its bucket.
+def peer_group(peer: str) -> str:
+    """The address a limit counts against: IPv4 as is, IPv6 by its /64.
 
-    Successful enrollments never drain the bucket, so a whole office behind one
-    NAT address can enroll at once (tests/rpc/test_enroll.py guards both sides).
+    One host is usually given a whole /64, so counting IPv6 addresses one by one
+    would give it millions of buckets. An IPv4-mapped IPv6 address (a dual-stack
+    socket) counts as the IPv4 address it carries; anything else (a Unix socket)
+    counts whole.
+    """
+    try:
+        address = ipaddress.ip_address(peer)
+    except ValueError:
+        return peer
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        network = ipaddress.IPv6Network((address, IPV6_GROUP_PREFIX), strict=False)
+        return str(network)
+    return str(address)
+
+
+class FailureLimiter:
+    """Charges failed enrollments to their address's bucket, and refuses one whose bucket is empty.
+
+    Only the enrollment service decides what is charged: requests whose secret did
+    not verify (guesses, garbage), and the verified secrets of revoked or expired
+    tokens. A request whose secret verifies is never refused here, so garbage from
+    one address behind a NAT or a layer-4 load balancer cannot lock out the valid
+    agents that share it (tests/robust/test_ratelimit.py).
     """
 
     def __init__(self, limit: FailureLimit, monotonic: Callable[[], float] = time.monotonic):
         self._limit = limit
         self._monotonic = monotonic
         self._lock = threading.Lock()
-        # peer -> (tokens left, time of last update); oldest first, so the cap drops stale peers.
+        # group -> (tokens left, time of last update); oldest first, so the cap drops stale ones.
         self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
 
-    def _level(self, peer: str, now: float) -> float:
-        tokens, at = self._buckets.get(peer, (float(self._limit.burst), now))
+    def _level(self, group: str, now: float) -> float:
+        tokens, at = self._buckets.get(group, (float(self._limit.burst), now))
         return min(float(self._limit.burst), tokens + (now - at) * self._limit.rate_per_second)
 
-    def check(self, peer: str) -> None:
-        """Raise ResourceExhaustedError when the peer has no failures left to spend."""
-        if self._limit.burst <= 0:
-            return
-        with self._lock:
-            if peer in self._buckets and self._level(peer, self._monotonic()) < 1.0:
-                raise ResourceExhaustedError(
-                    "too many failed enrollments from this address; wait and retry"
-                )
+    def _store(self, group: str, level: float, now: float) -> None:
+        self._buckets[group] = (level, now)
+        self._buckets.move_to_end(group)
+        while len(self._buckets) > self._limit.max_peers:
+            self._buckets.popitem(last=False)
 
-    def record_failure(self, peer: str) -> None:
+    def charge(self, peer: str) -> None:
+        """One failure of an unverified request: spend it, or raise ResourceExhaustedError.
+
+        Checked and spent under one lock, so guesses on many connections at once
+        buy no more answers than guesses on one
+        (tests/robust/test_ratelimit.py::test_fail_parallel_guessing_buys_no_extra_attempts).
+        A refused request spends nothing: the address regains answers at the rate.
+        """
         if self._limit.burst <= 0:
             return
+        group = peer_group(peer)
         with self._lock:
             now = self._monotonic()
-            level = self._level(peer, now)
-            # No floor at zero: failures that passed check() together, in parallel,
-            # are all paid for, so guessing on many connections at once buys no
-            # more attempts over time than guessing on one. The debt is at most
-            # the number of calls one peer had in flight at once
-            # (tests/robust/test_ratelimit.py::test_parallel_failures_are_all_paid_for).
-            self._buckets[peer] = (level - 1.0, now)
-            self._buckets.move_to_end(peer)
-            while len(self._buckets) > self._limit.max_peers:
-                self._buckets.popitem(last=False)
+            level = self._level(group, now)
+            if level < 1.0:
+                raise ResourceExhaustedError(LIMITED)
+            self._store(group, level - 1.0, now)
+
+    def record_failure(self, peer: str) -> None:
+        """A failure that is answered anyway (a verified secret of a revoked or expired token).
+
+        No floor at zero: each one is paid for, by the address's next guesses.
+        """
+        if self._limit.burst <= 0:
+            return
+        group = peer_group(peer)
+        with self._lock:
+            now = self._monotonic()
+            self._store(group, self._level(group, now) - 1.0, now)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import uuid
@@ -20,7 +21,10 @@ from sielum.errors import (
     InvalidArgumentError,
     NotFoundError,
     PermissionDeniedError,
+    ResourceExhaustedError,
     SielumError,
+    TokenExpiredError,
+    TokenRevokedError,
     TokenUnusableError,
     UnauthenticatedError,
 )
@@ -33,18 +37,24 @@ log = logging.getLogger("sielum.enroll")
 MAX_FACTS = 64
 MAX_FACT_KEY = 64
 MAX_FACT_VALUE = 1024
+# All names and values of one device together, in UTF-8 bytes: a device listing then
+# stays small, and a page of them in one reply (admin/service.py cuts pages by size).
+MAX_FACTS_BYTES = 16 * 1024
 _FACT_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")
 _INVALID_TOKEN = "enrollment token is invalid"  # noqa: S105 - a message, not a secret
 # Compared against when the token id is unknown, so that an unknown id and a
 # wrong secret take the same time and give the same answer.
 _DUMMY_HASH = bytes(32)
 
-# Failures that count against a peer's limit: guesses and garbage, not outages.
-# Only failures before the secret has been verified count: a caller that holds a
-# valid secret is not guessing, and a whole office behind one NAT address that
-# outnumbers its token's max uses must not lock itself out of its next token
+# Failures charged to a peer's limit while the secret has not verified: guesses and
+# garbage, not outages. A caller that holds a valid secret is not guessing, so it is
+# never refused by the limit, and a whole office behind one NAT address that
+# outnumbers its token's max uses does not lock itself out of its next token
 # (tests/robust/test_ratelimit.py::test_ok_refusals_after_a_valid_secret_are_not_counted).
 _COUNTED_FAILURES = (InvalidArgumentError, UnauthenticatedError)
+# Verified secrets that are charged all the same: a revoked or expired token's secret
+# is one an attacker may have found in an old script; an exhausted one is not.
+_COUNTED_REFUSALS = (TokenRevokedError, TokenExpiredError)
 
 
 @dataclass(frozen=True)
@@ -84,6 +94,11 @@ def _check_facts(facts: Mapping[str, str]) -> Mapping[str, str]:
         # characters could rewrite what is shown.
         if any(not c.isprintable() for c in value):
             raise InvalidArgumentError(f"fact {key!r} contains control characters")
+    size = sum(len(key.encode()) + len(value.encode()) for key, value in facts.items())
+    if size > MAX_FACTS_BYTES:
+        raise InvalidArgumentError(
+            f"facts are too large: {size} bytes of names and values (at most {MAX_FACTS_BYTES})"
+        )
     return MappingProxyType(dict(sorted(facts.items())))
 
 
@@ -99,23 +114,23 @@ class Enroller:
         self._limiter = limiter
 
     def enroll(self, request: EnrollmentRequest) -> Enrollment:
-        self._limiter.check(request.peer)
         progress = _Progress()
         try:
             result = self._enroll(request, progress)
         except SielumError as error:
-            if not progress.token_id and isinstance(error, _COUNTED_FAILURES):
-                self._limiter.record_failure(request.peer)
+            answer = self._limit(request.peer, progress, error)
             log_event(
                 log,
                 "enroll",
                 level=logging.WARNING,
-                outcome=error.code.name.lower(),
-                reason=error.message,
+                outcome=answer.code.name.lower(),
+                reason=answer.message,
                 token=progress.token_id,
                 peer=request.peer,
             )
-            raise
+            if answer is error:
+                raise
+            raise answer from None
         log_event(
             log,
             "enroll",
@@ -126,6 +141,25 @@ class Enroller:
             hostname=result.device.hostname,
         )
         return result
+
+    def _limit(self, peer: str, progress: _Progress, error: SielumError) -> SielumError:
+        """The answer to a failed enrollment, after the failure limit had its say.
+
+        The limit runs after the secret is judged, never before: a request whose
+        secret verifies is answered for what it is; only an unverified one from an
+        address that has spent its failures gets RESOURCE_EXHAUSTED instead
+        (tests/robust/test_ratelimit.py::test_fail_garbage_from_a_shared_address_locks_out_nobody).
+        """
+        if progress.token_id:
+            if isinstance(error, _COUNTED_REFUSALS):
+                self._limiter.record_failure(peer)
+            return error
+        if isinstance(error, _COUNTED_FAILURES):
+            try:
+                self._limiter.charge(peer)
+            except ResourceExhaustedError as exhausted:
+                return exhausted
+        return error
 
     def _authenticate(self, text: str) -> Token:
         try:
@@ -142,8 +176,16 @@ class Enroller:
         return token
 
     def _enroll(self, request: EnrollmentRequest, progress: _Progress) -> Enrollment:
-        hostname = check_hostname(request.hostname)
-        facts = _check_facts(request.facts)
+        try:
+            hostname = check_hostname(request.hostname)
+            facts = _check_facts(request.facts)
+        except InvalidArgumentError:
+            # The answer is about the hostname or the facts (checked before the token,
+            # so a wrong secret does not hide them); whether the secret verifies still
+            # decides whether the failure limit may charge or refuse this request.
+            with contextlib.suppress(SielumError):
+                progress.token_id = self._authenticate(request.token).id
+            raise
         token = self._authenticate(request.token)
         progress.token_id = token.id
         # Checked once here; sign_device takes the CheckedCsr without verifying again.

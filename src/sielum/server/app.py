@@ -15,7 +15,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
-from sielum.admin.service import Administration
+from sielum.admin.service import MAX_REPLY_BYTES, Administration
 from sielum.admin.servicer import AdminServicer
 from sielum.admin.v1 import admin_pb2
 from sielum.admins.service import AdminRegistry
@@ -34,15 +34,21 @@ from sielum.identity import Role
 from sielum.logs import log_event
 from sielum.server.auth import METHOD_ROLES, Authorizer
 from sielum.server.certificates import CertificateWatch, grpc_credentials
-from sielum.server.interceptor import ServerInterceptor
+from sielum.server.interceptor import ServerInterceptor, StreamLimit
 from sielum.server.runner import InlineRunner, Runner, ThreadRunner
 from sielum.server.services import UnaryMethod, grpc_handler, unary_methods
-from sielum.store.database import is_on_this_host
+from sielum.store.database import is_on_this_host, redact_url
 from sielum.store.store import Store
 
 log = logging.getLogger("sielum.server")
 
 MAX_MESSAGE_BYTES = 256 * 1024
+# Bounds on what one connection may hold (tests/e2e/test_server_cli.py::
+# test_fail_idle_connections_starve_the_admin_api): grpc's own handshake limit is
+# 120 s, time enough for a thousand idle sockets to use up the file descriptors.
+HANDSHAKE_TIMEOUT = timedelta(seconds=10)
+MAX_CONCURRENT_STREAMS = 128  # HTTP/2 streams per connection, calls in flight included
+MAX_CONNECTION_IDLE = timedelta(minutes=5)  # no call on it: GOAWAY, the client reconnects
 DATABASE_THREADS = 16  # handler threads when the database is across a network
 ENROLL_SERVICE = enroll_pb2.DESCRIPTOR.services_by_name["EnrollService"]
 ADMIN_SERVICE = admin_pb2.DESCRIPTOR.services_by_name["AdminService"]
@@ -67,6 +73,11 @@ class ServerConfig:
     failure_limit: FailureLimit = field(default_factory=FailureLimit)
     ca_passphrase: bytes | None = None
     worker_index: int | None = None  # set in the workers of `serve --workers N`
+    # Streaming calls (health Watch, reflection) open at once, per connection and in all.
+    max_streams_per_connection: int = 16
+    max_streams: int = 1000
+    # A connection that has not finished its TLS handshake by then is closed.
+    handshake_timeout: timedelta = HANDSHAKE_TIMEOUT
     # How often the server certificate's files are checked for a renewal.
     certificate_check_interval: float = 10.0
 
@@ -172,19 +183,20 @@ class SielumServer:
         self.admins = AdminRegistry(self.store, self.ca, self.clock)
         self.authorizer = Authorizer(
             METHOD_ROLES,
-            {
-                Role.DEVICE: lambda caller: device_service.check_may_call(caller.name),
-                Role.ADMIN: self.admins.check_may_call,
-            },
+            {Role.DEVICE: device_service.check_may_call, Role.ADMIN: self.admins.check_may_call},
         )
         ours = [f"/{service.full_name}/{m.name}" for service in SERVICES for m in service.methods]
-        interceptor = ServerInterceptor(self.authorizer, self._runner, ours)
+        self.streams = StreamLimit(config.max_streams_per_connection, config.max_streams)
+        interceptor = ServerInterceptor(self.authorizer, self._runner, ours, self.streams)
         self.grpc_server = grpc.aio.server(
             interceptors=[interceptor],
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_send_message_length", 4 * 1024 * 1024),
+                ("grpc.max_send_message_length", MAX_REPLY_BYTES),
                 ("grpc.so_reuseport", 1),
+                ("grpc.server_handshake_timeout_ms", _millis(config.handshake_timeout)),
+                ("grpc.max_concurrent_streams", MAX_CONCURRENT_STREAMS),
+                ("grpc.max_connection_idle_ms", _millis(MAX_CONNECTION_IDLE)),
             ],
         )
         enroll_creds = grpc_credentials(self.server_certificate, client_ca_pem=None)
@@ -234,7 +246,7 @@ class SielumServer:
             "serving",
             enroll=f"{self.config.enroll_addr.rsplit(':', 1)[0]}:{self.enroll_port}",
             api=f"{self.config.api_addr.rsplit(':', 1)[0]}:{self.api_port}",
-            database=_redact_url(self.config.resolved_database_url()),
+            database=redact_url(self.config.resolved_database_url()),
             calls=self._runner.description,
             fingerprint=self.ca.fingerprint,
             certificate=self.server_certificate.current.serial,
@@ -274,14 +286,8 @@ class SielumServer:
         self._stopped.wait()
 
 
-def _redact_url(url: str) -> str:
-    """A database URL fit for a log line: any password is replaced."""
-    scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest:
-        return url
-    credentials, _, host = rest.rpartition("@")
-    user = credentials.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}" if ":" in credentials else f"{scheme}://{user}@{host}"
+def _millis(duration: timedelta) -> int:
+    return max(1, int(duration.total_seconds() * 1000))
 
 
 def iter_services() -> Iterator[Any]:

@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping
 
 from cryptography import x509
 
-from sielum.ca.profile import role_of
+from sielum.ca.profile import public_key_sha256, role_of
 from sielum.errors import PermissionDeniedError, SielumError
 from sielum.identity import Call, Identity, Role
 from sielum.logs import log_event
@@ -66,6 +66,7 @@ def identity_from_certificate(pem: bytes) -> Identity | None:
         serial=format(certificate.serial_number, "x"),
         not_before=certificate.not_valid_before_utc,
         not_after=certificate.not_valid_after_utc,
+        public_key_sha256=public_key_sha256(certificate.public_key()),
     )
 
 

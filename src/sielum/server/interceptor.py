@@ -5,12 +5,18 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import threading
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from typing import Any, Protocol
 
 import grpc
 
-from sielum.errors import InternalError, InvalidArgumentError, SielumError
+from sielum.errors import (
+    InternalError,
+    InvalidArgumentError,
+    ResourceExhaustedError,
+    SielumError,
+)
 from sielum.identity import Call, Identity
 from sielum.logs import log_event
 from sielum.pb import peer_host
@@ -40,6 +46,48 @@ def identify(context: GrpcContext) -> Identity | None:
     return identity_from_certificate(pems[0])
 
 
+class StreamLimit:
+    """Counts open streaming calls per connection and in all, and refuses one beyond either cap.
+
+    Streams (health Watch, reflection) are open to anyone on the enroll port and each
+    holds memory until its client goes: unbounded, 20,000 of them cost 370 MB
+    (tests/rpc/test_streams.py::test_fail_many_watch_streams_are_capped).
+    """
+
+    def __init__(self, per_connection: int, total: int) -> None:
+        self._per_connection = per_connection
+        self._total = total
+        self._lock = threading.Lock()
+        self._open: dict[str, int] = {}  # connection (its peer address and port) -> streams
+        self._count = 0
+
+    def acquire(self, connection: str) -> None:
+        """Take a slot for one stream of connection, or raise ResourceExhaustedError."""
+        with self._lock:
+            if self._count >= self._total:
+                raise ResourceExhaustedError(
+                    f"too many open streams on this server (at most {self._total}); try later"
+                )
+            held = self._open.get(connection, 0)
+            if held >= self._per_connection:
+                raise ResourceExhaustedError(
+                    f"too many open streams on this connection (at most {self._per_connection})"
+                )
+            self._open[connection] = held + 1
+            self._count += 1
+
+    def release(self, connection: str) -> None:
+        with self._lock:
+            held = self._open.pop(connection, 0) - 1
+            if held > 0:
+                self._open[connection] = held
+            self._count -= 1
+
+    @property
+    def open_streams(self) -> int:
+        return self._count
+
+
 class ServerInterceptor(grpc.aio.ServerInterceptor):
     """Authorizes every call through the Authorizer, then maps SielumError to its status.
 
@@ -52,10 +100,13 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
     such as `buf curl` rely on that to fall back between reflection versions.
     """
 
-    def __init__(self, authorizer: Authorizer, run: Runner, ours: Collection[str]) -> None:
+    def __init__(
+        self, authorizer: Authorizer, run: Runner, ours: Collection[str], streams: StreamLimit
+    ) -> None:
         self._authorizer = authorizer
         self._run = run
         self._ours = frozenset(ours)
+        self._streams = streams
         # Registrations are fixed before the server starts, so each method's
         # wrapped handler is built once, not per call.
         self._wrapped: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
@@ -160,23 +211,29 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
     def _streaming(
         self, method: str, behavior: Callable[[Any, Any], Any]
     ) -> Callable[[Any, Any], Awaitable[None]]:
-        """Library streams (health Watch, reflection): authorized, then passed through.
+        """Library streams (health Watch, reflection): authorized, counted, then passed through.
 
         grpc.aio streams either yield their replies or write them to the context;
         the guard writes what a generator yields, so both shapes pass through.
         """
 
         async def guarded(request: Any, context: Any) -> None:
+            connection = context.peer()
             try:
                 self._admit(method, context)
+                self._streams.acquire(connection)
             except SielumError as error:
                 await context.abort(error.code, error.message)
-            replies = behavior(request, context)
-            if inspect.isasyncgen(replies):
-                async for reply in replies:
-                    await context.write(reply)
-            else:
-                await replies
+            try:
+                replies = behavior(request, context)
+                if inspect.isasyncgen(replies):
+                    async for reply in replies:
+                        await context.write(reply)
+                else:
+                    await replies
+            finally:
+                # Also when the client goes: grpc cancels this coroutine.
+                self._streams.release(connection)
 
         return guarded
 

@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any, cast
-from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
+from urllib.parse import parse_qs, unquote, unquote_plus, urlsplit, urlunsplit
 
 import peewee
 from playhouse.pool import MaxConnectionsExceeded, PooledPostgresqlDatabase
@@ -283,17 +283,56 @@ def _host_of(netloc_part: str) -> str:
     return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
 
+# libpq's connection parameters whose values carry no secret. Every other parameter
+# a URL's query names is redacted in a log line: password, sslpassword,
+# oauth_client_secret, and whatever secret a later libpq may add.
+_PUBLIC_PARAMETERS = frozenset(
+    {
+        "application_name", "channel_binding", "client_encoding", "connect_timeout", "dbname",
+        "fallback_application_name", "gssdelegation", "gssencmode", "gsslib", "host",
+        "hostaddr", "keepalives", "keepalives_count", "keepalives_idle", "keepalives_interval",
+        "krbsrvname", "load_balance_hosts", "max_protocol_version", "min_protocol_version",
+        "oauth_client_id", "oauth_issuer", "oauth_scope", "options", "port", "replication",
+        "require_auth", "requiressl", "requirepeer", "service", "ssl_max_protocol_version",
+        "ssl_min_protocol_version", "sslcert", "sslcertmode", "sslcompression", "sslcrl",
+        "sslcrldir", "sslkey", "sslmode", "sslnegotiation", "sslrootcert", "sslsni",
+        "target_session_attrs", "tcp_user_timeout", "user",
+    }
+)  # fmt: skip
+REDACTED = "***"
+
+
 def redact_url(url: str) -> str:
-    """The URL with any password replaced by ***, for a log line."""
+    """The URL fit for a log line: the userinfo's password and every secret parameter as ***.
+
+    Query parameters keep their values only when libpq documents them as carrying
+    no secret (_PUBLIC_PARAMETERS); the rest of the URL is kept as written
+    (tests/store/test_store.py::test_fail_secrets_of_a_database_url_reach_the_log).
+    """
     try:
         parts = urlsplit(url)
     except ValueError:
         return "<malformed database URL>"
-    if parts.password is None:
-        return url
-    userinfo, _, hostinfo = parts.netloc.rpartition("@")
-    user = userinfo.partition(":")[0]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{hostinfo}"))
+    userinfo, at, hostinfo = parts.netloc.rpartition("@")
+    netloc = parts.netloc
+    if at and ":" in userinfo:
+        netloc = f"{userinfo.partition(':')[0]}:{REDACTED}@{hostinfo}"
+    pairs = []
+    for pair in parts.query.split("&") if parts.query else []:
+        name, equals, value = pair.partition("=")
+        if equals and unquote_plus(name) not in _PUBLIC_PARAMETERS:
+            value = REDACTED
+        pairs.append(f"{name}{equals}{value}")
+    # Put together by hand: urlunsplit drops the "//" of an empty host (sqlite:////path).
+    if "://" in url:
+        text = f"{parts.scheme}://{netloc}{parts.path}"
+    else:
+        text = urlunsplit(parts._replace(netloc=netloc, query="", fragment=""))
+    if pairs:
+        text += "?" + "&".join(pairs)
+    if parts.fragment:
+        text += "#" + REDACTED
+    return text
 
 
 def execute(db: peewee.Database, sql: str, params: Sequence[object] = ()) -> Any:

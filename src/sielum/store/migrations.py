@@ -115,7 +115,22 @@ def _v2_device_filters(d: Dialect) -> Sequence[str]:
     )
 
 
-def _v3_admins_and_audit_indexes(d: Dialect) -> Sequence[str]:
+def _v3_superseded(d: Dialect) -> Sequence[str]:
+    """The device's previous certificate and its overlap, and the pace of its renewals.
+
+    previous_serial is the certificate a renewal replaced, accepted until
+    previous_until (so that an agent whose renewal answer was lost can retry);
+    renewal_tat is when the device's renewal allowance is next fully spent
+    (a GCRA's theoretical arrival time), NULL before its first renewal.
+    """
+    return (
+        "ALTER TABLE device ADD COLUMN previous_serial TEXT",
+        "ALTER TABLE device ADD COLUMN previous_until BIGINT",
+        "ALTER TABLE device ADD COLUMN renewal_tat BIGINT",
+    )
+
+
+def _v4_admins_and_audit_indexes(d: Dialect) -> Sequence[str]:
     # The time this step runs, in microseconds since the epoch, from the database's clock.
     now = (
         "CAST(strftime('%s', 'now') AS INTEGER) * 1000000"
@@ -153,7 +168,8 @@ def _v3_admins_and_audit_indexes(d: Dialect) -> Sequence[str]:
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema: token, device, audit_event", _v1_initial_schema),
     Migration(2, "indexes for listing devices by hostname and state", _v2_device_filters),
-    Migration(3, "admins; audit_event indexes per filter", _v3_admins_and_audit_indexes),
+    Migration(3, "device: previous certificate and overlap, renewal pace", _v3_superseded),
+    Migration(4, "admins; audit_event indexes per filter", _v4_admins_and_audit_indexes),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 

@@ -105,6 +105,9 @@ def bind_tables(db: peewee.Database) -> Tables:
         revoked_at = UtcMicrosField(null=True)
         peer = peewee.TextField()
         facts = peewee.TextField(default="{}")  # JSON object of strings
+        previous_serial = peewee.TextField(null=True)
+        previous_until = UtcMicrosField(null=True)
+        renewal_tat = UtcMicrosField(null=True)
 
         class Meta:
             table_name = "device"

@@ -12,8 +12,8 @@ import logging
 import re
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC, datetime
-from typing import Any, Concatenate, ParamSpec, TypeVar, cast
+from datetime import UTC, datetime, timedelta
+from typing import Any, Concatenate, Generic, ParamSpec, TypeVar, cast
 
 import peewee
 import psycopg2
@@ -24,7 +24,7 @@ from sielum.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
-    PermissionDeniedError,
+    RenewalRefusedError,
     TokenUnusableError,
     UnavailableError,
 )
@@ -33,8 +33,10 @@ from sielum.model import (
     AuditEvent,
     AuditFilter,
     Device,
+    DeviceStanding,
     DeviceState,
     Page,
+    RenewalPace,
     Token,
     TokenState,
 )
@@ -48,6 +50,8 @@ from sielum.store.database import (
     write_transaction,
 )
 from sielum.store.models import Tables, bind_tables, from_micros, to_micros
+
+_MICROSECOND = timedelta(microseconds=1)
 
 log = logging.getLogger("sielum.store")
 
@@ -288,6 +292,21 @@ class Store:
         return _device(row)
 
     @_guarded
+    def get_device_standing(self, device_id: str) -> DeviceStanding:
+        """What the device gate needs, in one indexed lookup of a few short columns."""
+        row = execute(self.db, self._sql.select_standing, (device_id,)).fetchone()
+        if row is None:
+            raise NotFoundError(_DEVICE_NOT_FOUND)
+        return DeviceStanding(
+            id=row[0],
+            serial=row[1],
+            previous_serial=row[2],
+            previous_until=_time(row[3]),
+            revoked_at=_time(row[4]),
+            renewal_tat=_time(row[5]),
+        )
+
+    @_guarded
     def list_devices(
         self,
         *,
@@ -297,6 +316,7 @@ class Store:
         now: datetime | None = None,
         page_size: int = DEFAULT_PAGE_SIZE,
         cursor: str = "",
+        budget: PageBudget[Device] | None = None,
     ) -> Page[Device]:
         """Devices newest first: all, or those of token_id, with hostname, in state at now.
 
@@ -305,6 +325,9 @@ class Store:
         ones are read from the unrevoked devices' not_after index; active ones are
         most devices, found by walking the table newest first
         (tests/store/test_store.py::test_device_filters_use_their_indexes).
+
+        With a budget, the page also ends before the device that would take it over
+        budget.max_bytes (never before the first), and the cursor resumes there.
         """
         D = self._t.device
         query = D.select()
@@ -316,7 +339,7 @@ class Store:
             if now is None:
                 raise ValueError("a state filter needs now")
             query = query.where(device_state_condition(D, state, now, sqlite=is_sqlite(self.db)))
-        return _keyset_page(D, query, "devices", page_size, cursor, _device)
+        return _keyset_page(D, query, "devices", page_size, cursor, _device, budget)
 
     @_guarded
     def revoke_device(self, device_id: str, now: datetime, audit: AuditEvent) -> Device:
@@ -360,36 +383,48 @@ class Store:
         self,
         device_id: str,
         *,
+        caller_serial: str,
         public_key_sha256: str,
         serial: str,
         certificate_pem: str,
         not_after: datetime,
         now: datetime,
+        overlap_until: datetime,
+        pace: RenewalPace,
         audit: AuditEvent,
     ) -> Device:
-        """Swap in the device's new key and certificate; last_seen_at becomes now.
+        """Swap in the device's new key and certificate, if caller_serial may still renew.
 
-        The UPDATE itself requires the device not to be revoked, so a revocation
-        that commits first is never undone by a renewal racing it.
+        One conditional UPDATE checks and swaps, like a token's use: the device is not
+        revoked, caller_serial is its current certificate (or the previous one inside
+        its overlap), the new key is not the current one, and the renewal pace allows
+        one more (renewal_tat, a GCRA). So however renewals from one certificate race,
+        on any number of replicas, one chain survives: the last renewal's certificate
+        and the one it replaced
+        (tests/store/test_store.py::test_renewals_racing_from_one_certificate_leave_one_chain).
+
+        The caller's certificate becomes previous_serial: renewing from the current
+        certificate opens a new overlap until overlap_until; renewing from the previous
+        one (a retry after a lost answer) keeps its overlap's end and drops the
+        certificate that retry replaces. RenewalRefusedError when the UPDATE matched
+        nothing; the device service re-reads the device to say why.
         """
+        now_us, interval_us = to_micros(now), pace.interval // _MICROSECOND
+        limit_us = now_us + interval_us * (pace.burst - 1)
+        params = (
+            public_key_sha256, serial, certificate_pem, to_micros(not_after),
+            now_us, caller_serial,
+            caller_serial, to_micros(overlap_until),
+            now_us, now_us, interval_us,
+            device_id, public_key_sha256,
+            caller_serial, caller_serial, now_us,
+            limit_us,
+        )  # fmt: skip
         D = self._t.device
         try:
             with write_transaction(self.db):
-                renewed = (
-                    D.update(
-                        public_key_sha256=public_key_sha256,
-                        serial=serial,
-                        certificate_pem=certificate_pem,
-                        not_after=not_after,
-                        last_seen_at=now,
-                    )
-                    .where((D.id == device_id) & D.revoked_at.is_null())
-                    .execute()
-                )
-                if renewed == 0:
-                    if D.get_or_none(D.id == device_id) is None:
-                        raise NotFoundError(_DEVICE_NOT_FOUND)
-                    raise PermissionDeniedError("device has been revoked")
+                if execute(self.db, self._sql.renew_device, params).rowcount == 0:
+                    raise RenewalRefusedError("device cannot renew now")
                 self._insert_audit(audit)
                 row = D.get(D.id == device_id)
         except peewee.IntegrityError as exc:
@@ -630,13 +665,27 @@ _TOKEN_ID_SLOT = "\x00token-id"  # noqa: S105 - a placeholder, not a secret
 _NOW_SLOT = datetime(2999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
 
 
+# Store.renew_device's check-and-swap; its parameters are listed there, in this order.
+_RENEW_DEVICE = (
+    "UPDATE device SET"
+    " public_key_sha256 = ?, serial = ?, certificate_pem = ?, not_after = ?,"
+    " last_seen_at = ?, previous_serial = ?,"
+    " previous_until = CASE WHEN serial = ? THEN ? ELSE previous_until END,"
+    " renewal_tat = CASE WHEN renewal_tat IS NULL OR renewal_tat < ? THEN ? ELSE renewal_tat END"
+    " + ?"
+    " WHERE id = ? AND revoked_at IS NULL AND public_key_sha256 <> ?"
+    " AND (serial = ? OR (previous_serial = ? AND previous_until > ?))"
+    " AND (renewal_tat IS NULL OR renewal_tat <= ?)"
+)
+
+
 def _columns(names: Sequence[str]) -> str:
     return ", ".join(f'"{name}"' for name in names)
 
 
 @dataclasses.dataclass(frozen=True)
 class _EnrollmentSql:
-    """The enrollment path's statements, made once per Store.
+    """The enrollment path's statements, and the device gate's, made once per Store.
 
     peewee builds a query's SQL anew on every call, and on the enrollment path that
     cost more CPU than the database itself (bench/profile_enroll.py, bench/RESULTS.md);
@@ -645,6 +694,8 @@ class _EnrollmentSql:
 
     select_token: str
     select_device_by_key: str
+    select_standing: str
+    renew_device: str
     consume_use: str
     consume_use_template: tuple[object, ...]
     insert_device: str
@@ -670,6 +721,12 @@ class _EnrollmentSql:
             select_device_by_key=(
                 f"SELECT {device_columns} FROM device WHERE public_key_sha256 = {p}"  # noqa: S608
             ),
+            # The device gate's one lookup, on every device call: no PEM, no facts.
+            select_standing=(
+                "SELECT id, serial, previous_serial, previous_until, revoked_at,"  # noqa: S608
+                f" renewal_tat FROM device WHERE id = {p}"
+            ),
+            renew_device=_RENEW_DEVICE.replace("?", p),
             consume_use=consume_sql,
             consume_use_template=tuple(template),
             insert_device=f"INSERT INTO device ({device_columns}) VALUES ({device_values})",  # noqa: S608
@@ -786,8 +843,22 @@ def _decode_cursor(cursor: str, kind: str) -> int | None:
     return int(match.group(2))
 
 
+@dataclasses.dataclass(frozen=True)
+class PageBudget(Generic[R]):
+    """At most max_bytes of items in one page, each item counted by size_of."""
+
+    max_bytes: int
+    size_of: Callable[[R], int]
+
+
 def _keyset_page(
-    model: Any, query: Any, kind: str, page_size: int, cursor: str, convert: Callable[[Any], R]
+    model: Any,
+    query: Any,
+    kind: str,
+    page_size: int,
+    cursor: str,
+    convert: Callable[[Any], R],
+    budget: PageBudget[R] | None = None,
 ) -> Page[R]:
     """One page of query, newest first, after the cursor's seq; one row more says "more"."""
     size = _page_size(page_size)
@@ -795,9 +866,18 @@ def _keyset_page(
     if after is not None:
         query = query.where(model.seq < after)
     rows = list(query.order_by(model.seq.desc()).limit(size + 1))
+    items = [convert(r) for r in rows[:size]]
+    if budget is not None:
+        spent = 0
+        for i, item in enumerate(items):
+            spent += budget.size_of(item)
+            if spent > budget.max_bytes and i > 0:
+                items, rows = items[:i], rows[: i + 1]  # rows[i] now says "more"
+                size = i
+                break
     more = len(rows) > size
     next_cursor = _encode_cursor(kind, rows[size - 1].seq) if more else ""
-    return Page(items=tuple(convert(r) for r in rows[:size]), next_cursor=next_cursor)
+    return Page(items=tuple(items), next_cursor=next_cursor)
 
 
 def _encode_audit_cursor(at: Any, seq: int) -> str:

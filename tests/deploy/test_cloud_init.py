@@ -1,0 +1,133 @@
+"""examples/cloud-init: valid cloud-config, and its first boot's enrollment run for real.
+
+`cloud-init schema` checks both parts. The files user-data.yaml writes are the
+tested examples (examples/mdm/enroll.sh, the agent's unit), byte for byte, and the
+runcmd entry that enrolls is run here as cloud-init would run it on first boot,
+with this test's server, agent and paths in place of the example's.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.deploy.conftest import (
+    EXAMPLES,
+    UNIT,
+    create_token,
+    devices,
+    leaks,
+    token_uses,
+    watched_run,
+)
+from tests.deploy.test_mdm import script_env
+from tests.robust.conftest import Serve
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("cloud-init") is None, reason="needs Debian's cloud-init package"
+)
+
+USER_DATA = EXAMPLES / "cloud-init" / "user-data.yaml"
+TOKEN_PART = EXAMPLES / "cloud-init" / "token.yaml"
+ENROLL_SCRIPT = "/usr/local/sbin/sielum-enroll"
+
+
+def _schema(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["cloud-init", "schema", "--config-file", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def _load(path: Path) -> dict[str, Any]:
+    document: dict[str, Any] = yaml.safe_load(path.read_text())
+    return document
+
+
+def _written(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {entry["path"]: entry for entry in config["write_files"]}
+
+
+def _enroll_entry(config: dict[str, Any]) -> list[str]:
+    """The runcmd entry that runs the enroll script."""
+    (entry,) = [e for e in config["runcmd"] if ENROLL_SCRIPT in e]
+    return list(entry)
+
+
+@pytest.mark.parametrize("path", [USER_DATA, TOKEN_PART], ids=["user-data", "token-part"])
+def test_cloud_config_is_valid(path: Path, tmp_path: Path) -> None:
+    result = _schema(path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Valid cloud-config" in result.stdout
+    # The check can fail: the same file with one key of the wrong type is refused.
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(path.read_text().replace("write_files:", "write_files: 5\nold_files:", 1))
+    assert _schema(broken).returncode != 0
+
+
+def test_user_data_writes_the_tested_files() -> None:
+    user_data, token_part = _load(USER_DATA), _load(TOKEN_PART)
+    written = _written(user_data)
+    assert written[ENROLL_SCRIPT]["content"] == (EXAMPLES / "mdm" / "enroll.sh").read_text(), (
+        "user-data.yaml must embed examples/mdm/enroll.sh unchanged"
+    )
+    assert written[ENROLL_SCRIPT]["permissions"] == "0755"
+    unit = written["/etc/systemd/system/sielum-agent.service"]
+    assert unit["content"] == UNIT.read_text(), "user-data.yaml must embed the agent's unit"
+    # The token part writes the file the enroll entry reads, root-only, and is merged
+    # by appending (so it does not replace user-data.yaml's write_files).
+    (token_file,) = _written(token_part)
+    assert f"SIELUM_TOKEN_FILE={token_file}" in _enroll_entry(user_data)
+    assert _written(token_part)[token_file]["permissions"] == "0600"
+    assert {"name": "list", "settings": ["append"]} in token_part["merge_how"]
+    # The agent is installed before the script runs, where the script looks for it.
+    runcmd = [" ".join(e) if isinstance(e, list) else e for e in user_data["runcmd"]]
+    install = next(i for i, e in enumerate(runcmd) if "/opt/sielum/venv/bin/pip" in e)
+    enroll = next(i for i, e in enumerate(runcmd) if ENROLL_SCRIPT in e)
+    assert install < enroll
+
+
+def test_first_boot_enrolls_once(tmp_path: Path, server: Serve) -> None:
+    """The enroll entry of runcmd, as on first boot, then again (a re-run changes nothing)."""
+    user_data = _load(USER_DATA)
+    token_id, secret = create_token(server, max_uses=3)
+    script = tmp_path / "sielum-enroll"
+    script.write_text(_written(user_data)[ENROLL_SCRIPT]["content"])
+    script.chmod(0o755)
+    token_file = tmp_path / "run" / "sielum" / "enroll.token"
+    token_file.parent.mkdir(parents=True)
+    content = _written(_load(TOKEN_PART))["/run/sielum/enroll.token"]["content"]
+    token_file.write_text(content.replace("SLM_TOKEN_PLACEHOLDER", secret))
+    token_file.chmod(0o600)
+    cert_dir = tmp_path / "vm1" / "sielum"
+    # The entry is `env NAME=VALUE ... SCRIPT`; this test's values replace the example's.
+    entry = _enroll_entry(user_data)
+    assert entry[0] == "env" and entry[-1] == ENROLL_SCRIPT
+    names = {item.split("=", 1)[0] for item in entry[1:-1]}
+    assert names == {"SIELUM_SERVER", "SIELUM_CA_FINGERPRINT", "SIELUM_TOKEN_FILE"}
+    env = script_env(server, cert_dir, token_file)
+    argv = ["env", *(f"{name}={env[name]}" for name in sorted(names)), str(script)]
+
+    first, watch = watched_run(argv, secret, env=env, timeout=120)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert first.stdout.splitlines()[-1] == "sielum-enroll: OK: enrolled"
+    assert not token_file.exists()
+    assert [d["hostname"] for d in devices(server, token_id)] == ["vm1"]
+    assert token_uses(server, token_id) == 1
+    assert watch.saw("sielum-agent enroll")
+    assert watch.leaks() == []
+
+    second, watch = watched_run(argv, secret, env=env, timeout=120)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "already enrolled" in second.stdout.splitlines()[-1]
+    assert token_uses(server, token_id) == 1
+    assert len(devices(server, token_id)) == 1
+    assert leaks(secret, output=first.stdout + first.stderr + second.stdout + second.stderr) == []

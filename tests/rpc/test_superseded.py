@@ -1,0 +1,255 @@
+"""A renewal supersedes the previous certificate: a short overlap, one chain, a new key, a pace.
+
+Each test runs on SQLite and on PostgreSQL. The server's clock is shifted past the overlap
+(TLS still checks real time), and the real `sielum-agent` runs as a process against it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import grpc
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from sielum.admin.v1 import admin_pb2
+from sielum.agent.v1 import agent_pb2, agent_pb2_grpc
+from sielum.devices import policy as devices_policy
+from sielum.devices.policy import RENEWAL_OVERLAP
+from sielum.enroll.ratelimit import FailureLimit
+from tests.e2e.conftest import run
+
+from .conftest import Harness, make_csr, make_key, start_harness, status_of
+
+SUPERSEDED = "this certificate has been superseded by a renewal; use the device's current one"
+SAME_KEY = "the CSR's key is already certified: a renewal must certify a new key"
+PAST_OVERLAP = RENEWAL_OVERLAP + timedelta(seconds=1)
+
+
+@pytest.fixture
+def h(tmp_path: Path, database_url: str) -> Iterator[Harness]:
+    harness = start_harness(
+        tmp_path, database_url, failure_limit=FailureLimit(burst=1000, rate_per_second=1000.0)
+    )
+    try:
+        yield harness
+    finally:
+        harness.server.stop(grace=1)
+
+
+def _serial(certificate_pem: str) -> str:
+    return format(x509.load_pem_x509_certificate(certificate_pem.encode()).serial_number, "x")
+
+
+def _device(h: Harness, device_id: str) -> admin_pb2.Device:
+    return h.admin().GetDevice(admin_pb2.GetDeviceRequest(id=device_id), timeout=10).device
+
+
+def _beat(agent: agent_pb2_grpc.AgentServiceStub) -> agent_pb2.HeartbeatResponse:
+    return agent.Heartbeat(agent_pb2.HeartbeatRequest(), timeout=10)
+
+
+def _renew(
+    agent: agent_pb2_grpc.AgentServiceStub, key: object
+) -> agent_pb2.RenewCertificateResponse:
+    return agent.RenewCertificate(
+        agent_pb2.RenewCertificateRequest(csr_pem=make_csr(key)), timeout=10
+    )
+
+
+def test_fail_superseded_cert_heartbeat_after_the_overlap(h: Harness) -> None:
+    """The stolen-key case: after the device renews, its previous certificate works only for
+    the overlap, then every call with it is refused, renewal included."""
+    enrolled, old_key = h.enroll(h.create_token().secret)
+    old = h.agent(old_key, enrolled.certificate_pem)
+    new_key = make_key()
+    renewed = _renew(old, new_key)
+    new = h.agent(new_key, renewed.certificate_pem)
+    # Inside the overlap both answer (a renewal whose answer was lost can be retried).
+    assert _beat(old).device_id == enrolled.device_id
+    assert _beat(new).device_id == enrolled.device_id
+
+    h.clock.advance(PAST_OVERLAP)
+    assert (grpc.StatusCode.PERMISSION_DENIED, SUPERSEDED) == status_of(lambda: _beat(old))
+    assert (grpc.StatusCode.PERMISSION_DENIED, SUPERSEDED) == status_of(
+        lambda: _renew(old, make_key())
+    )
+    assert _beat(new).device_id == enrolled.device_id
+    assert _device(h, enrolled.device_id).serial == _serial(renewed.certificate_pem)
+
+
+def test_fail_superseded_cert_renewed_by_a_thief_cuts_off_the_device(h: Harness) -> None:
+    """A thief holding the previous certificate renews inside the overlap: only one chain
+    survives, so the real device is refused from then on and notices."""
+    enrolled, key_a = h.enroll(h.create_token().secret)
+    key_b, key_c = make_key(), make_key()
+    cert_b = _renew(h.agent(key_a, enrolled.certificate_pem), key_b).certificate_pem
+    cert_c = _renew(h.agent(key_a, enrolled.certificate_pem), key_c).certificate_pem  # the thief
+    device = h.agent(key_b, cert_b)
+    assert (grpc.StatusCode.PERMISSION_DENIED, SUPERSEDED) == status_of(lambda: _beat(device))
+    assert (grpc.StatusCode.PERMISSION_DENIED, SUPERSEDED) == status_of(
+        lambda: _renew(device, make_key())
+    )
+    assert _beat(h.agent(key_c, cert_c)).device_id == enrolled.device_id
+    # The overlap did not start again with the thief's renewal: A ends when it would have.
+    h.clock.advance(PAST_OVERLAP)
+    assert (grpc.StatusCode.PERMISSION_DENIED, SUPERSEDED) == status_of(
+        lambda: _beat(h.agent(key_a, enrolled.certificate_pem))
+    )
+    renewals = [
+        e for e in h.server.store.list_audit(resource=f"device/{enrolled.device_id}")
+        if e.action == "device.renew"
+    ]  # fmt: skip
+    assert [e.detail for e in renewals] == [
+        f"serial={_serial(cert_c)} previous={_serial(enrolled.certificate_pem)}",
+        f"serial={_serial(cert_b)} previous={_serial(enrolled.certificate_pem)}",
+    ]
+
+
+def test_fail_superseded_cert_renewal_with_a_key_already_certified(h: Harness) -> None:
+    """A renewal must certify a new key: the caller's own (current or previous) key, or a key
+    enrolled as any device, is INVALID_ARGUMENT and changes nothing."""
+    created = h.create_token()
+    enrolled, key_a = h.enroll(created.secret)
+    other, other_key = h.enroll(created.secret)
+    agent_a = h.agent(key_a, enrolled.certificate_pem)
+    for key in (key_a, other_key):
+        assert (grpc.StatusCode.INVALID_ARGUMENT, SAME_KEY) == status_of(
+            lambda key=key: _renew(agent_a, key)
+        )
+    assert _device(h, enrolled.device_id).serial == _serial(enrolled.certificate_pem)
+    key_b = make_key()
+    cert_b = _renew(agent_a, key_b).certificate_pem
+    # The previous certificate, inside its overlap, with its own key or the current one.
+    for key in (key_a, key_b):
+        assert (grpc.StatusCode.INVALID_ARGUMENT, SAME_KEY) == status_of(
+            lambda key=key: _renew(agent_a, key)
+        )
+    assert _device(h, enrolled.device_id).serial == _serial(cert_b)
+    assert _device(h, other.device_id).serial == _serial(other.certificate_pem)
+
+
+def test_fail_superseded_cert_renewal_loop_is_paced(h: Harness) -> None:
+    """Five renewals at once, then RESOURCE_EXHAUSTED without signing, until a tenth of the
+    certificate lifetime (90 days here) has passed."""
+    enrolled, key = h.enroll(h.create_token().secret)
+    pem = enrolled.certificate_pem
+    for _ in range(5):
+        new_key = make_key()
+        pem, key = _renew(h.agent(key, pem), new_key).certificate_pem, new_key
+    code, details = status_of(lambda: _renew(h.agent(key, pem), make_key()))
+    assert code is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert details.startswith("too many renewals for this device; the next one is allowed at ")
+    assert _device(h, enrolled.device_id).serial == _serial(pem)
+    h.clock.advance(timedelta(days=9))
+    renewed = _renew(h.agent(key, pem), make_key())
+    # (Its certificate starts 9 days from now in real time, so TLS would not take it yet.)
+    assert _device(h, enrolled.device_id).serial == _serial(renewed.certificate_pem)
+    audit = h.server.store.list_audit(resource=f"device/{enrolled.device_id}")
+    assert [e.action for e in audit].count("device.renew") == 6
+
+
+# The real agent, as a process, against this in-process server (on SQLite: the store's part
+# is the same as above, and each agent process takes a second or two to start).
+
+
+@pytest.fixture
+def on_sqlite(tmp_path: Path) -> Iterator[Harness]:
+    harness = start_harness(tmp_path, failure_limit=FailureLimit(burst=0))
+    try:
+        yield harness
+    finally:
+        harness.server.stop(grace=1)
+
+
+def _fingerprint(h: Harness) -> str:
+    der = x509.load_pem_x509_certificate(h.ca_pem).public_bytes(serialization.Encoding.DER)
+    return "sha256:" + hashlib.sha256(der).hexdigest()
+
+
+def _agent(*args: str) -> subprocess.CompletedProcess[str]:
+    return run("sielum-agent", *args)
+
+
+def _enroll_agent(h: Harness, cert_dir: Path) -> None:
+    enrolled = run(
+        "sielum-agent",
+        "enroll",
+        "--server",
+        f"https://localhost:{h.server.enroll_port}",
+        "--ca-fingerprint",
+        _fingerprint(h),
+        "--cert-dir",
+        str(cert_dir),
+        env={"SIELUM_ENROLLMENT_TOKEN": h.create_token().secret},
+    )
+    assert enrolled.returncode == 0, enrolled.stderr
+
+
+def _stored_agent(cert_dir: Path) -> agent_pb2_grpc.AgentServiceStub:
+    """A stub with the certificate the agent holds now, as a thief copying it would have."""
+    return agent_pb2_grpc.AgentServiceStub(
+        grpc.secure_channel(
+            json.loads((cert_dir / "agent.json").read_text())["api_endpoint"],
+            grpc.ssl_channel_credentials(
+                root_certificates=(cert_dir / "ca.pem").read_bytes(),
+                private_key=(cert_dir / "device.key").read_bytes(),
+                certificate_chain=(cert_dir / "device.pem").read_bytes(),
+            ),
+        )
+    )
+
+
+def test_ok_agent_renew_keeps_working_across_the_overlap(
+    on_sqlite: Harness, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`sielum-agent renew` and `status` of a real agent, inside its overlap and after it.
+
+    The overlap is cut to a second here, so that real time passes it: an agent's new
+    certificate must be valid by the agent's own clock, which a shifted server clock breaks.
+    """
+    monkeypatch.setattr(devices_policy, "RENEWAL_OVERLAP", timedelta(seconds=1))
+    cert_dir = tmp_path / "agent"
+    _enroll_agent(on_sqlite, cert_dir)
+    first = _stored_agent(cert_dir)
+    for _ in range(2):  # the second renewal is inside the first one's overlap
+        renewed = _agent("renew", "--cert-dir", str(cert_dir))
+        assert renewed.returncode == 0, renewed.stderr
+    time.sleep(1.5)
+    assert (grpc.StatusCode.PERMISSION_DENIED, SUPERSEDED) == status_of(lambda: _beat(first))
+    status = _agent("status", "--cert-dir", str(cert_dir))
+    assert status.returncode == 0, status.stderr
+    renewed = _agent("renew", "--cert-dir", str(cert_dir))
+    assert renewed.returncode == 0, renewed.stderr
+    assert (
+        _beat(_stored_agent(cert_dir)).device_id
+        == json.loads((cert_dir / "agent.json").read_text())["device_id"]
+    )
+
+
+def test_fail_superseded_cert_lost_renewal_answer_is_retried_only_inside_the_overlap(
+    on_sqlite: Harness, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The agent's renewal reached the server but its answer was lost: the agent still holds
+    the previous certificate, and `sielum-agent renew` with it works inside the overlap only
+    (cut to two seconds here, as above)."""
+    monkeypatch.setattr(devices_policy, "RENEWAL_OVERLAP", timedelta(seconds=2))
+    cert_dir = tmp_path / "agent"
+    _enroll_agent(on_sqlite, cert_dir)
+    _renew(_stored_agent(cert_dir), make_key())  # an answer that never reached the agent
+    retried = _agent("renew", "--cert-dir", str(cert_dir))
+    assert retried.returncode == 0, retried.stderr
+    assert _beat(_stored_agent(cert_dir)).device_id
+
+    _renew(_stored_agent(cert_dir), make_key())  # lost again, and the agent retries too late
+    time.sleep(2.5)
+    retried = _agent("renew", "--cert-dir", str(cert_dir))
+    assert retried.returncode == 9
+    assert retried.stderr == f"sielum-agent: the server refused this device: {SUPERSEDED}\n"
