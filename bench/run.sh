@@ -14,3 +14,5 @@ timeout 900 .venv/bin/python bench/enroll_bench.py "${quick[@]}" \
   --json-out "bench/results/enroll-${stamp}.json"
 timeout 900 .venv/bin/python bench/scale_bench.py "${quick[@]}" \
   --json-out "bench/results/scale-${stamp}.json"
+timeout 900 .venv/bin/python bench/metrics_cost.py "${quick[@]}" \
+  --json-out "bench/results/metrics-cost-${stamp}.json"

@@ -42,6 +42,7 @@ class SielumProcess:
     enroll_port: int
     api_port: int
     log_path: Path
+    metrics_port: int = 0  # 0: --metrics-addr off
 
     @property
     def pid(self) -> int:
@@ -91,9 +92,11 @@ def start_sielum(
     extra: tuple[str, ...] = (),
     log_path: Path | None = None,
     server_src: Path | None = None,
+    metrics: bool = True,
 ) -> SielumProcess:
     init_data_dir(data_dir)
     enroll_port, api_port = free_port(), free_port()
+    metrics_port = free_port() if metrics else 0
     log_path = log_path or data_dir.parent / f"sielum-{enroll_port}.log"
     args = [
         str(BIN / "sielum-server"),
@@ -106,6 +109,12 @@ def start_sielum(
         f"127.0.0.1:{api_port}",
         "--log-format",
         "json",
+        # A server from another checkout may predate the flag; `extra` may set it there.
+        *(
+            []
+            if server_src
+            else ["--metrics-addr", f"127.0.0.1:{metrics_port}" if metrics else "off"]
+        ),
         *extra,
     ]
     if database_url:
@@ -117,7 +126,7 @@ def start_sielum(
         # Another checkout's src/ ahead of the installed one: the "before" of a comparison.
         env["PYTHONPATH"] = str(server_src)
     process = subprocess.Popen(args, stdout=log_path.open("wb"), stderr=subprocess.STDOUT, env=env)
-    server = SielumProcess(process, data_dir, enroll_port, api_port, log_path)
+    server = SielumProcess(process, data_dir, enroll_port, api_port, log_path, metrics_port)
     channel = grpc.secure_channel(
         server.enroll_target, grpc.ssl_channel_credentials(root_certificates=server.ca_pem)
     )

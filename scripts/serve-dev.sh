@@ -5,8 +5,9 @@
 # finish first.
 #
 # Environment: SIELUM_DATA_DIR (default ./sielum-data), SIELUM_ENROLL_ADDR (default
-# 127.0.0.1:8443), SIELUM_API_ADDR (default 127.0.0.1:8444), SIELUM_SKIP_INSTALL=1 to
-# skip the install step when .venv is already there. Other arguments go to `serve`.
+# 127.0.0.1:8443), SIELUM_API_ADDR (default 127.0.0.1:8444), SIELUM_METRICS_ADDR
+# (default 127.0.0.1:9464, or off), SIELUM_SKIP_INSTALL=1 to skip the install step
+# when .venv is already there. Other arguments go to `serve`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "${SIELUM_SKIP_INSTALL:-}" != 1 ] || [ ! -x .venv/bin/sielum-server ]; then
@@ -16,6 +17,7 @@ DATA="${SIELUM_DATA_DIR:-$PWD/sielum-data}"
 DATA="$(mkdir -p "$DATA" && cd "$DATA" && pwd)"
 ENROLL_ADDR="${SIELUM_ENROLL_ADDR:-127.0.0.1:8443}"
 API_ADDR="${SIELUM_API_ADDR:-127.0.0.1:8444}"
+METRICS_ADDR="${SIELUM_METRICS_ADDR:-127.0.0.1:9464}"
 BIN="$PWD/.venv/bin"
 if [ ! -f "$DATA/ca.pem" ]; then
   "$BIN/sielum-server" init --data-dir "$DATA" >/dev/null
@@ -30,6 +32,7 @@ cat <<MSG
 Sielum is starting on SQLite ($DATA/sielum.db).
   enroll port (server-only TLS): $ENROLL_ADDR
   api port (mTLS):               $API_ADDR
+  metrics (Prometheus):          $([ "$METRICS_ADDR" = off ] && echo off || echo "http://$METRICS_ADDR/metrics")
   CA fingerprint:                $FP
 
 Next, in another terminal:
@@ -46,4 +49,5 @@ On a real endpoint, install Sielum there and run step 2 as root with --cert-dir
 /etc/sielum and the enroll port's name for the server.
 
 MSG
-exec "$BIN/sielum-server" serve --data-dir "$DATA" --enroll-addr "$ENROLL_ADDR" --api-addr "$API_ADDR" "$@"
+exec "$BIN/sielum-server" serve --data-dir "$DATA" --enroll-addr "$ENROLL_ADDR" --api-addr "$API_ADDR" \
+  --metrics-addr "$METRICS_ADDR" "$@"

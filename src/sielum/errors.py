@@ -21,6 +21,14 @@ class InvalidArgumentError(SielumError):
     code = grpc.StatusCode.INVALID_ARGUMENT
 
 
+class MalformedTokenError(InvalidArgumentError):
+    """The text is no enrollment token: wrong format, or a checksum that does not match."""
+
+
+class InvalidCsrError(InvalidArgumentError):
+    """The CSR is unreadable, of another key type, or its signature does not verify."""
+
+
 class UnauthenticatedError(SielumError):
     """The credential is unknown or wrong; always one generic message."""
 

@@ -137,3 +137,11 @@ class Page(Generic[T]):
 
     items: tuple[T, ...]
     next_cursor: str
+
+
+@dataclass(frozen=True)
+class StateCounts:
+    """How many tokens and devices are in each state at one moment (every state present)."""
+
+    tokens: Mapping[TokenState, int]
+    devices: Mapping[DeviceState, int]

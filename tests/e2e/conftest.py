@@ -53,6 +53,7 @@ class ServerProcess:
     enroll_port: int
     api_port: int
     log_path: Path
+    metrics_port: int = 0
 
     @property
     def log(self) -> str:
@@ -90,7 +91,7 @@ def wait_ready(
 def start_server(
     data_dir: Path, *extra: str, env: dict[str, str] | None = None, enroll_host: str = "127.0.0.1"
 ) -> ServerProcess:
-    enroll_port, api_port = free_port(), free_port()
+    enroll_port, api_port, metrics_port = free_port(), free_port(), free_port()
     log_path = data_dir.parent / f"server-{enroll_port}.log"
     log_file = log_path.open("w")
     host = f"[{enroll_host}]" if ":" in enroll_host else enroll_host
@@ -105,6 +106,9 @@ def start_server(
             enroll_addr,
             "--api-addr",
             f"127.0.0.1:{api_port}",
+            # Never the default port: it may be another test's, or someone else's.
+            "--metrics-addr",
+            f"127.0.0.1:{metrics_port}",
             *extra,
         ],
         stdout=log_file,
@@ -112,7 +116,7 @@ def start_server(
         text=True,
         env={**os.environ, **(env or {})},
     )
-    server = ServerProcess(process, data_dir, enroll_port, api_port, log_path)
+    server = ServerProcess(process, data_dir, enroll_port, api_port, log_path, metrics_port)
     try:
         wait_ready(enroll_port, (data_dir / "ca.pem").read_bytes(), process)
     except AssertionError as error:

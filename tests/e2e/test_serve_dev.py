@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 
 from .conftest import free_port, wait_ready
@@ -49,7 +50,7 @@ def _bash(lines: list[str], stdin: str = "") -> subprocess.CompletedProcess[str]
 
 def test_the_printed_commands_work_as_printed(tmp_path: Path) -> None:
     data_dir = tmp_path / "sielum data"  # a space, so quoting is tested too
-    enroll_port, api_port = free_port(), free_port()
+    enroll_port, api_port, metrics_port = free_port(), free_port(), free_port()
     out_path = tmp_path / "serve-dev.out"
     with out_path.open("w") as out:
         process = subprocess.Popen(
@@ -62,6 +63,7 @@ def test_the_printed_commands_work_as_printed(tmp_path: Path) -> None:
                 "SIELUM_DATA_DIR": str(data_dir),
                 "SIELUM_ENROLL_ADDR": f"127.0.0.1:{enroll_port}",
                 "SIELUM_API_ADDR": f"127.0.0.1:{api_port}",
+                "SIELUM_METRICS_ADDR": f"127.0.0.1:{metrics_port}",
             },
             text=True,
         )
@@ -91,6 +93,12 @@ def test_the_printed_commands_work_as_printed(tmp_path: Path) -> None:
         listed = _bash(steps["3"])
         assert listed.returncode == 0, listed.stderr
         assert device_id.group(1) in listed.stdout
+
+        # The metrics address it prints answers, and counted that enrollment.
+        metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+        assert metrics_url in out_path.read_text()
+        with urllib.request.urlopen(metrics_url, timeout=30) as reply:
+            assert 'sielum_enrollments_total{result="ok"} 1.0' in reply.read().decode()
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == 0

@@ -187,6 +187,7 @@ def test_port_zero_is_resolved_once_for_all_workers(tmp_path: Path) -> None:
             [
                 script("sielum-server"), "serve", "--data-dir", str(data_dir), "--workers", "2",
                 "--enroll-addr", "127.0.0.1:0", "--api-addr", "127.0.0.1:0", "--log-format", "json",
+                "--metrics-addr", "127.0.0.1:0",
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -197,12 +198,15 @@ def test_port_zero_is_resolved_once_for_all_workers(tmp_path: Path) -> None:
         starting = _log_events(server, "starting workers")[0]
         enroll_port = int(str(starting["enroll"]).rsplit(":", 1)[1])
         api_port = int(str(starting["api"]).rsplit(":", 1)[1])
+        metrics_port = int(str(starting["metrics"]).rsplit(":", 1)[1])
         assert enroll_port and api_port and enroll_port != api_port
+        assert metrics_port not in (0, enroll_port, api_port)
         serving = _log_events(server, "serving")
         assert sorted(int(str(e["enroll"]).rsplit(":", 1)[1]) for e in serving) == [
             enroll_port,
             enroll_port,
         ]
+        assert [str(e["metrics"]) for e in serving] == [f"127.0.0.1:{metrics_port}"] * 2
         wait_ready(enroll_port, (data_dir / "ca.pem").read_bytes(), process)
 
         # A worker that dies is replaced, and the port keeps answering.

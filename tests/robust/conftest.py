@@ -97,6 +97,8 @@ class Serve:
                     f"127.0.0.1:{self.enroll_port}",
                     "--api-addr",
                     f"127.0.0.1:{self.api_port}",
+                    "--metrics-addr",
+                    "off",
                     *self.extra,
                 ],
                 stdout=log,

@@ -21,7 +21,7 @@ from sielum.ca.profile import admin_certificate, random_serial
 from sielum.pb import to_timestamp
 from tests.conftest import openssl_verify
 
-from .conftest import Harness, key_pem, make_csr, make_key, status_of
+from .conftest import Harness, key_pem, make_csr, make_key, start_harness, status_of
 
 LIST_ADMINS = admin_pb2.ListAdminsRequest()
 
@@ -443,3 +443,18 @@ def test_openssl_cli_csr_is_accepted(harness: Harness, tmp_path: Path) -> None:
         harness.api_channel(key.read_bytes(), reply.certificate_pem.encode())
     )
     assert "jill" in {a.name for a in jill.ListAdmins(LIST_ADMINS, timeout=10).admins}
+
+
+def test_ok_an_admin_certificate_is_counted_once(tmp_path: Path) -> None:
+    """sielum_certificates_issued_total{kind="admin"} counts CreateAdmin; a refusal does not."""
+    from .test_metrics import Exposition
+
+    h = start_harness(tmp_path, metrics_addr="127.0.0.1:0")
+    try:
+        create_admin(h, "kate")
+        status_of(lambda: create_admin(h, "kate"))  # ALREADY_EXISTS: nothing signed
+        issued = Exposition(h.server.metrics_port).value
+        assert issued("sielum_certificates_issued_total", kind="admin") == 1
+        assert issued("sielum_certificates_issued_total", kind="device") == 0
+    finally:
+        h.server.stop(grace=1)

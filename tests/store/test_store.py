@@ -41,6 +41,7 @@ from sielum.model import (
 )
 from sielum.store import Store, connect
 from sielum.store.database import is_on_this_host, is_sqlite, redact_url
+from sielum.store.models import to_micros
 from sielum.store.store import PageBudget, device_state_condition
 from sielum.tokens import token_state
 
@@ -1147,3 +1148,80 @@ def test_redact_url_hides_password() -> None:
 )
 def test_fail_secrets_of_a_database_url_reach_the_log(url: str, redacted: str) -> None:
     assert redact_url(url) == redacted
+
+
+# Counts by state
+
+
+def test_state_counts_agree_with_the_policies(store: Store) -> None:
+    """The counts each scrape reads equal what token_state and device_state say row by row."""
+    combos = itertools.product([False, True], [None, T0 - US, T0 + US], [None, 0, 2])
+    for n, (revoked, expires_at, uses_left) in enumerate(combos):
+        token_id = f"tok{n:02}"
+        add_token(store, token_id)
+        for d in range(n % 3):
+            enroll(store, f"dev{n:02}-{d}", token_id)
+        # The token's limits afterwards, as they stand when the counts are taken.
+        run_sql(
+            store,
+            "UPDATE token SET max_uses = CASE WHEN ? THEN uses + ? END, expires_at = ?,"
+            " revoked_at = ? WHERE id = ?",
+            (
+                uses_left is not None,
+                uses_left or 0,
+                None if expires_at is None else to_micros(expires_at),
+                to_micros(T0 - timedelta(days=1)) if revoked else None,
+                token_id,
+            ),
+        )
+    for n, device in enumerate(all_devices(store)):
+        if n % 3 == 0:
+            store.revoke_device(device.id, T0, audit("device.revoke", device.id))
+        elif n % 3 == 1:  # its certificate ends at T0: expired then, as device_state says
+            run_sql(
+                store, "UPDATE device SET not_after = ? WHERE id = ?", (to_micros(T0), device.id)
+            )
+    assert store.check_integrity() == []
+
+    tokens, devices = all_tokens(store, now=T0), all_devices(store)
+    for now in (T0 - timedelta(days=1), T0, T0 + timedelta(days=100)):
+        expected_tokens = collections.Counter(
+            token_state(
+                revoked=t.revoked_at is not None,
+                expires_at=t.expires_at,
+                uses=t.uses,
+                max_uses=t.max_uses,
+                now=now,
+            )
+            for t in tokens
+        )
+        expected_devices = collections.Counter(device_state(d, now) for d in devices)
+        counts = store.state_counts(now)
+        assert counts.tokens == {state: expected_tokens[state] for state in TokenState}, now
+        assert counts.devices == {state: expected_devices[state] for state in DeviceState}, now
+    # Every state occurs at T0, so each branch of each count was compared.
+    at_t0 = store.state_counts(T0)
+    assert all(at_t0.tokens.values()) and all(at_t0.devices.values()), at_t0
+
+
+def test_state_counts_of_an_empty_database_are_zeros(store: Store) -> None:
+    counts = store.state_counts(T0)
+    assert counts.tokens == dict.fromkeys(TokenState, 0)
+    assert counts.devices == dict.fromkeys(DeviceState, 0)
+
+
+def test_state_counts_read_indexes_not_the_device_table(sqlite_url: str) -> None:
+    """A scrape of a million-device database reads no device row but those revoked or expired."""
+    store = Store.open(sqlite_url)
+    try:
+        with store.db.connection_context():
+            sql = store._count_sql.devices
+            plan = [
+                str(row[-1])
+                for row in store.db.execute_sql(f"EXPLAIN QUERY PLAN {sql}", (0,)).fetchall()
+            ]
+    finally:
+        store.close()
+    assert any("device_revoked_seq" in step for step in plan), plan
+    assert any("device_unrevoked_not_after" in step for step in plan), plan
+    assert not any(step.startswith("SCAN device") and "INDEX" not in step for step in plan), plan

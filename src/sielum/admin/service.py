@@ -16,6 +16,7 @@ from sielum.devices.policy import check_hostname
 from sielum.errors import InvalidArgumentError, NotFoundError
 from sielum.logs import log_event
 from sielum.model import AuditEvent, AuditFilter, Device, DeviceState, Page, Token, TokenState
+from sielum.recorder import NoRecorder, Recorder
 from sielum.store.store import ALREADY_REVOKED, PageBudget, Store
 
 log = logging.getLogger("sielum.admin")
@@ -132,11 +133,16 @@ def check_page_size(page_size: int) -> int:
 
 
 class Administration:
-    """The AdminService's decisions; the servicer only converts protobuf."""
+    """The AdminService's decisions; the servicer only converts protobuf.
 
-    def __init__(self, store: Store, clock: Clock) -> None:
+    The recorder counts the admin certificates CreateAdmin signs
+    (CertificateKind.ADMIN), as the Enroller and DeviceService count theirs.
+    """
+
+    def __init__(self, store: Store, clock: Clock, recorder: Recorder | None = None) -> None:
         self._store = store
         self._clock = clock
+        self._recorder: Recorder = recorder or NoRecorder()
 
     def now(self) -> datetime:
         return self._clock.now()

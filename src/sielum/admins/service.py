@@ -14,6 +14,7 @@ from sielum.errors import AlreadyExistsError, InvalidArgumentError, NotFoundErro
 from sielum.identity import Identity
 from sielum.logs import log_event
 from sielum.model import Admin, AuditEvent, Page
+from sielum.recorder import CertificateKind, NoRecorder, Recorder
 from sielum.store.store import ALREADY_REVOKED, Store
 
 log = logging.getLogger("sielum.admin")
@@ -31,10 +32,17 @@ class NewAdmin:
 class AdminRegistry:
     """Who is an admin. The server asks check_may_call on every call of the admin role."""
 
-    def __init__(self, store: Store, ca: CertificateAuthority, clock: Clock) -> None:
+    def __init__(
+        self,
+        store: Store,
+        ca: CertificateAuthority,
+        clock: Clock,
+        recorder: Recorder | None = None,
+    ) -> None:
         self._store = store
         self._ca = ca
         self._clock = clock
+        self._recorder = recorder or NoRecorder()
 
     def check_may_call(self, caller: Identity) -> None:
         """The ADMIN gate: raises PermissionDeniedError unless caller's admin is active.
@@ -88,6 +96,7 @@ class AdminRegistry:
             Admin(name=name, created_at=now, created_by=caller.name),
             caller.audit("admin.create", policy.actor(name), now, f"serial={issued.serial}"),
         )
+        self._recorder.certificate_issued(CertificateKind.ADMIN)
         log_event(
             log,
             "admin.create",

@@ -8,6 +8,7 @@ import os
 import resource
 import shutil
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Sequence
@@ -35,11 +36,14 @@ from sielum.cli.durations import parse_duration
 from sielum.enroll.ratelimit import FailureLimit
 from sielum.errors import InvalidArgumentError, SielumError
 from sielum.logs import configure_logging, log_event
+from sielum.server import multiproc
 from sielum.server.workers import (
     Supervisor,
     default_workers,
+    listen_socket,
     reserve_port,
     signal_ready,
+    split_address,
     worker_command,
 )
 
@@ -215,7 +219,14 @@ def _server_config(args: argparse.Namespace) -> ServerConfig:
         worker_index=args.worker_index,
         handshake_timeout=timedelta(seconds=args.handshake_timeout),
         certificate_check_interval=args.certificate_check_interval,
+        metrics_addr=args.metrics_addr,
+        metrics_fd=args.metrics_fd,
+        metrics_dir=Path(os.environ[multiproc.ENV]) if _metrics_on(args) else None,
     )
+
+
+def _metrics_on(args: argparse.Namespace) -> bool:
+    return bool(args.metrics_addr.strip().lower() != "off")
 
 
 def raise_open_files_limit() -> tuple[int, int, int]:
@@ -244,18 +255,39 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         raise InvalidArgumentError("--threads must be 0 or more")
     if args.handshake_timeout <= 0:
         raise InvalidArgumentError("--handshake-timeout must be positive")
-    if args.worker_index is None:
-        before, soft, hard = raise_open_files_limit()
-        log_event(
-            logging.getLogger("sielum.server"),
-            "open files limit",
-            soft=soft,
-            hard=hard,
-            **({"raised_from": before} if before != soft else {}),
-        )
-    if args.workers > 1 and args.worker_index is None:
-        # The supervisor runs no grpc; its workers each capture their own C-core lines.
-        return _supervise(args)
+    if _metrics_on(args):
+        try:
+            split_address(args.metrics_addr)
+        except ValueError:
+            raise InvalidArgumentError("--metrics-addr must be HOST:PORT or off") from None
+    if args.worker_index is not None:  # a worker: the supervisor set up the run
+        return _serve_with_core_log(args)
+    before, soft, hard = raise_open_files_limit()
+    log_event(
+        logging.getLogger("sielum.server"),
+        "open files limit",
+        soft=soft,
+        hard=hard,
+        **({"raised_from": before} if before != soft else {}),
+    )
+    run_directory = None
+    if _metrics_on(args):
+        # Before anything imports prometheus_client, which reads it once; the
+        # workers inherit it (server/multiproc.py).
+        run_directory = multiproc.create_run_directory(os.environ)
+        os.environ[multiproc.ENV] = str(run_directory)
+    try:
+        if args.workers > 1:
+            # The supervisor runs no grpc; its workers each capture their own C-core lines.
+            return _supervise(args)
+        return _serve_with_core_log(args)
+    finally:
+        if run_directory is not None:
+            multiproc.remove_run_directory(run_directory)
+
+
+def _serve_with_core_log(args: argparse.Namespace) -> int:
+    """One server process, alone or a worker, with grpc's C-core lines in its log."""
     from sielum.server.corelog import CoreLogCapture
 
     capture = CoreLogCapture()
@@ -317,6 +349,10 @@ def _supervise(args: argparse.Namespace) -> int:
     Store.open(database_url or f"sqlite:///{data_dir.resolve() / 'sielum.db'}").close()
     enroll_addr, enroll_holder = reserve_port(args.enroll_addr)
     api_addr, api_holder = reserve_port(args.api_addr)
+    # One listening socket that every worker inherits and accepts on: whichever
+    # answers a scrape sums the values of all (server/metrics.py).
+    metrics = listen_socket(args.metrics_addr) if _metrics_on(args) else None
+    metrics_args = [] if metrics is None else ["--metrics-fd", str(metrics.fileno())]
     argv = list(args.argv)
 
     def command(index: int, ready_fd: int) -> list[str]:
@@ -324,7 +360,7 @@ def _supervise(args: argparse.Namespace) -> int:
             argv,
             [
                 "--enroll-addr", enroll_addr, "--api-addr", api_addr, "--workers", "1",
-                "--worker-index", str(index), "--ready-fd", str(ready_fd),
+                "--worker-index", str(index), "--ready-fd", str(ready_fd), *metrics_args,
             ],
         )  # fmt: skip
 
@@ -334,13 +370,26 @@ def _supervise(args: argparse.Namespace) -> int:
         workers=args.workers,
         enroll=enroll_addr,
         api=api_addr,
+        metrics=_address(metrics),
     )
     try:
-        return Supervisor(count=args.workers, command=command, grace=args.grace).run()
+        return Supervisor(
+            count=args.workers,
+            command=command,
+            grace=args.grace,
+            pass_fds=() if metrics is None else (metrics.fileno(),),
+        ).run()
     finally:
-        for holder in (enroll_holder, api_holder):
+        for holder in (enroll_holder, api_holder, metrics):
             if holder is not None:
                 holder.close()
+
+
+def _address(sock: socket.socket | None) -> str:
+    if sock is None:
+        return "off"
+    host, port = sock.getsockname()[:2]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _database_option(parser: argparse.ArgumentParser, what: str) -> None:
@@ -425,9 +474,17 @@ def build_parser() -> argparse.ArgumentParser:
         "SQLite or a PostgreSQL on a Unix socket or loopback address; 16 with a database "
         "on another host, whose round trips would otherwise hold up every other call)",
     )
+    serve.add_argument(
+        "--metrics-addr",
+        default="127.0.0.1:9464",
+        metavar="HOST:PORT",
+        help="plain HTTP /metrics in the Prometheus format, summed over all workers; "
+        "'off' disables (default %(default)s)",
+    )
     # Set by the supervisor on the workers it starts; not for people.
     serve.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
     serve.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
+    serve.add_argument("--metrics-fd", type=int, default=None, help=argparse.SUPPRESS)
     # How often the server certificate's files are checked; tests shorten it.
     serve.add_argument(
         "--certificate-check-interval", type=float, default=10.0, help=argparse.SUPPRESS

@@ -21,6 +21,7 @@ from sielum.errors import (
 from sielum.identity import Identity
 from sielum.logs import log_event
 from sielum.model import AuditEvent, Device, DeviceStanding
+from sielum.recorder import CertificateKind, NoRecorder, Recorder
 from sielum.store.store import Store
 
 log = logging.getLogger("sielum.agent")
@@ -39,10 +40,17 @@ class Heartbeat:
 class DeviceService:
     """Heartbeat and renewal for the device whose certificate made the call."""
 
-    def __init__(self, store: Store, ca: CertificateAuthority, clock: Clock) -> None:
+    def __init__(
+        self,
+        store: Store,
+        ca: CertificateAuthority,
+        clock: Clock,
+        recorder: Recorder | None = None,
+    ) -> None:
         self._store = store
         self._ca = ca
         self._clock = clock
+        self._recorder: Recorder = recorder or NoRecorder()
         self._pace = devices.renewal_pace(ca.device_ttl)
 
     def _standing(self, device_id: str) -> DeviceStanding:
@@ -84,6 +92,7 @@ class DeviceService:
                 peer=peer,
             )
             raise
+        self._recorder.certificate_issued(CertificateKind.RENEWAL)
         log_event(
             log,
             "renew",

@@ -19,17 +19,22 @@ from sielum.enroll.ratelimit import FailureLimiter
 from sielum.errors import (
     AlreadyExistsError,
     InvalidArgumentError,
+    InvalidCsrError,
+    MalformedTokenError,
     NotFoundError,
     PermissionDeniedError,
     ResourceExhaustedError,
     SielumError,
+    TokenExhaustedError,
     TokenExpiredError,
     TokenRevokedError,
     TokenUnusableError,
     UnauthenticatedError,
+    UnavailableError,
 )
 from sielum.logs import log_event
 from sielum.model import AuditEvent, Device, Token
+from sielum.recorder import CertificateKind, EnrollmentResult, NoRecorder, Recorder
 from sielum.store.store import Store
 
 log = logging.getLogger("sielum.enroll")
@@ -55,6 +60,31 @@ _COUNTED_FAILURES = (InvalidArgumentError, UnauthenticatedError)
 # Verified secrets that are charged all the same: a revoked or expired token's secret
 # is one an attacker may have found in an old script; an exhausted one is not.
 _COUNTED_REFUSALS = (TokenRevokedError, TokenExpiredError)
+
+# Each refusal's result for sielum_enrollments_total, subclasses before the classes
+# they refine: the first match wins.
+_RESULTS: tuple[tuple[type[SielumError], EnrollmentResult], ...] = (
+    (MalformedTokenError, EnrollmentResult.MALFORMED_TOKEN),
+    (InvalidCsrError, EnrollmentResult.BAD_CSR),
+    (InvalidArgumentError, EnrollmentResult.BAD_REQUEST),
+    (UnauthenticatedError, EnrollmentResult.INVALID_TOKEN),
+    (TokenRevokedError, EnrollmentResult.REVOKED),
+    (TokenExpiredError, EnrollmentResult.EXPIRED),
+    (TokenExhaustedError, EnrollmentResult.EXHAUSTED),
+    (TokenUnusableError, EnrollmentResult.TOKEN_UNUSABLE),
+    (PermissionDeniedError, EnrollmentResult.DEVICE_REVOKED),
+    (AlreadyExistsError, EnrollmentResult.KEY_IN_USE),
+    (ResourceExhaustedError, EnrollmentResult.RATE_LIMITED),
+    (UnavailableError, EnrollmentResult.UNAVAILABLE),
+)
+
+
+def enrollment_result(error: BaseException) -> EnrollmentResult:
+    """The result a failed enrollment counts as (tests/unit/test_metrics.py guards the table)."""
+    for kind, result in _RESULTS:
+        if isinstance(error, kind):
+            return result
+    return EnrollmentResult.ERROR
 
 
 @dataclass(frozen=True)
@@ -103,15 +133,25 @@ def _check_facts(facts: Mapping[str, str]) -> Mapping[str, str]:
 
 
 class Enroller:
-    """Decides one enrollment. Store and CA are the only I/O, both handed in."""
+    """Decides one enrollment. Store and CA are the only I/O, both handed in.
+
+    Every call's outcome goes to the recorder, once: its result, and a device
+    certificate when one was signed.
+    """
 
     def __init__(
-        self, store: Store, ca: CertificateAuthority, clock: Clock, limiter: FailureLimiter
+        self,
+        store: Store,
+        ca: CertificateAuthority,
+        clock: Clock,
+        limiter: FailureLimiter,
+        recorder: Recorder | None = None,
     ) -> None:
         self._store = store
         self._ca = ca
         self._clock = clock
         self._limiter = limiter
+        self._recorder: Recorder = recorder or NoRecorder()
 
     def enroll(self, request: EnrollmentRequest) -> Enrollment:
         progress = _Progress()
@@ -119,6 +159,7 @@ class Enroller:
             result = self._enroll(request, progress)
         except SielumError as error:
             answer = self._limit(request.peer, progress, error)
+            self._recorder.enrollment(enrollment_result(answer))
             log_event(
                 log,
                 "enroll",
@@ -131,6 +172,14 @@ class Enroller:
             if answer is error:
                 raise
             raise answer from None
+        except Exception:
+            self._recorder.enrollment(EnrollmentResult.ERROR)
+            raise
+        if result.retried:
+            self._recorder.enrollment(EnrollmentResult.RETRIED)
+        else:
+            self._recorder.enrollment(EnrollmentResult.OK)
+            self._recorder.certificate_issued(CertificateKind.DEVICE)
         log_event(
             log,
             "enroll",
@@ -165,7 +214,7 @@ class Enroller:
         try:
             parsed = tokens.parse_secret(text)
         except InvalidArgumentError as error:
-            raise InvalidArgumentError(error.message) from None
+            raise MalformedTokenError(error.message) from None
         try:
             token = self._store.get_token(parsed.id)
         except NotFoundError:
@@ -189,7 +238,10 @@ class Enroller:
         token = self._authenticate(request.token)
         progress.token_id = token.id
         # Checked once here; sign_device takes the CheckedCsr without verifying again.
-        csr = load_checked_csr(request.csr_pem)
+        try:
+            csr = load_checked_csr(request.csr_pem)
+        except InvalidArgumentError as error:
+            raise InvalidCsrError(error.message) from None
         key_hash = public_key_sha256(csr.public_key)
 
         existing = self._store.find_device_by_key(key_hash)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import socket
 import threading
 from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass, field
@@ -32,11 +34,14 @@ from sielum.enroll.servicer import EnrollServicer
 from sielum.enroll.v1 import enroll_pb2
 from sielum.identity import Role
 from sielum.logs import log_event
+from sielum.recorder import NoRecorder, Recorder
 from sielum.server.auth import METHOD_ROLES, Authorizer
 from sielum.server.certificates import CertificateWatch, grpc_credentials
-from sielum.server.interceptor import ServerInterceptor, StreamLimit
+from sielum.server.interceptor import CallObserver, ServerInterceptor, StreamLimit
+from sielum.server.metrics import Metrics, MetricsEndpoint, StateCollector
 from sielum.server.runner import InlineRunner, Runner, ThreadRunner
 from sielum.server.services import UnaryMethod, grpc_handler, unary_methods
+from sielum.server.workers import listen_socket
 from sielum.store.database import is_on_this_host, redact_url
 from sielum.store.store import Store
 
@@ -80,6 +85,16 @@ class ServerConfig:
     handshake_timeout: timedelta = HANDSHAKE_TIMEOUT
     # How often the server certificate's files are checked for a renewal.
     certificate_check_interval: float = 10.0
+    # /metrics: "off", or HOST:PORT to listen on; metrics_fd, a socket already
+    # listening (a worker's, from the supervisor). metrics_dir: the run's
+    # multiprocess directory (server/multiproc.py); None keeps values in-process.
+    metrics_addr: str = "off"
+    metrics_fd: int | None = None
+    metrics_dir: Path | None = None
+
+    @property
+    def metrics_enabled(self) -> bool:
+        return self.metrics_fd is not None or self.metrics_addr.strip().lower() != "off"
 
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir.resolve() / 'sielum.db'}"
@@ -179,15 +194,25 @@ class SielumServer:
 
     async def _build(self) -> None:
         config = self.config
-        device_service = DeviceService(self.store, self.ca, self.clock)
-        self.admins = AdminRegistry(self.store, self.ca, self.clock)
+        # Metrics first: the services and the interceptor record into them.
+        self.metrics: Metrics | None = None
+        self._metrics_endpoint: MetricsEndpoint | None = None
+        self._metrics_socket: socket.socket | None = None
+        self.metrics_port = 0  # 0: no /metrics
+        recorder: Recorder = NoRecorder()
+        observe: CallObserver | None = None
+        if config.metrics_enabled:
+            self.metrics = recorder = Metrics(method_types(), directory=config.metrics_dir)
+            observe = functools.partial(self.metrics.observe_call, "grpc")
+        device_service = DeviceService(self.store, self.ca, self.clock, recorder)
+        self.admins = AdminRegistry(self.store, self.ca, self.clock, recorder)
         self.authorizer = Authorizer(
             METHOD_ROLES,
             {Role.DEVICE: device_service.check_may_call, Role.ADMIN: self.admins.check_may_call},
         )
         ours = [f"/{service.full_name}/{m.name}" for service in SERVICES for m in service.methods]
         self.streams = StreamLimit(config.max_streams_per_connection, config.max_streams)
-        interceptor = ServerInterceptor(self.authorizer, self._runner, ours, self.streams)
+        interceptor = ServerInterceptor(self.authorizer, self._runner, ours, self.streams, observe)
         self.grpc_server = grpc.aio.server(
             interceptors=[interceptor],
             options=[
@@ -212,7 +237,7 @@ class SielumServer:
         )
 
         limiter = FailureLimiter(config.failure_limit)
-        enroller = Enroller(self.store, self.ca, self.clock, limiter)
+        enroller = Enroller(self.store, self.ca, self.clock, limiter, recorder)
         # Each service's methods, by full name; the dashboard serves AdminService's too.
         self.services: dict[str, tuple[UnaryMethod, ...]] = {
             ENROLL_SERVICE.full_name: unary_methods(
@@ -220,7 +245,7 @@ class SielumServer:
             ),
             ADMIN_SERVICE.full_name: unary_methods(
                 ADMIN_SERVICE,
-                AdminServicer(Administration(self.store, self.clock), self.admins),
+                AdminServicer(Administration(self.store, self.clock, recorder), self.admins),
             ),
             AGENT_SERVICE.full_name: unary_methods(AGENT_SERVICE, AgentServicer(device_service)),
         }
@@ -237,10 +262,29 @@ class SielumServer:
             reflection_servicer, self.grpc_server
         )
         self.grpc_server.add_generic_rpc_handlers((_reflection_v1_handler(reflection_servicer),))
+        if self.metrics is not None:
+            # The dashboard adds sessions=<its count of open sessions> here.
+            state = StateCollector(
+                self.store.state_counts, self.ca.certificate.not_valid_after_utc, self.clock
+            )
+            self._metrics_endpoint = MetricsEndpoint(self.metrics.registry(state), self.store.close)
+            self._metrics_socket = (
+                socket.socket(fileno=config.metrics_fd)
+                if config.metrics_fd is not None
+                else listen_socket(config.metrics_addr)
+            )
+            self.metrics_port = int(self._metrics_socket.getsockname()[1])
 
     def start(self) -> SielumServer:
-        self._on_loop(self._start())
+        # The expiry warnings come before the ports answer, so whoever sees the server
+        # serving finds them in the log already (tests/e2e/test_server_certificate.py::
+        # test_the_server_warns_when_its_certificate_ends_within_30_days).
         self.certificate_watch.start()
+        try:
+            self._on_loop(self._start())
+        except BaseException:
+            self.certificate_watch.stop()
+            raise
         log_event(
             log,
             "serving",
@@ -248,13 +292,22 @@ class SielumServer:
             api=f"{self.config.api_addr.rsplit(':', 1)[0]}:{self.api_port}",
             database=redact_url(self.config.resolved_database_url()),
             calls=self._runner.description,
+            metrics=self._metrics_address(),
             fingerprint=self.ca.fingerprint,
             certificate=self.server_certificate.current.serial,
             **({} if self.config.worker_index is None else {"worker": self.config.worker_index}),
         )
         return self
 
+    def _metrics_address(self) -> str:
+        if self._metrics_socket is None:
+            return "off"
+        host = str(self._metrics_socket.getsockname()[0])
+        return f"[{host}]:{self.metrics_port}" if ":" in host else f"{host}:{self.metrics_port}"
+
     async def _start(self) -> None:
+        if self._metrics_endpoint is not None and self._metrics_socket is not None:
+            await self._metrics_endpoint.start(self._metrics_socket)
         await self.grpc_server.start()
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -274,6 +327,9 @@ class SielumServer:
     async def _stop(self, grace: float) -> None:
         await self.health.enter_graceful_shutdown()
         await self._runner.stop_server(self.grpc_server, grace)
+        # After the calls in flight, which it counts; scrapes were answered meanwhile.
+        if self._metrics_endpoint is not None:
+            await self._metrics_endpoint.stop()
         # On the thread that used it: an SQLite connection belongs to one thread.
         await self._runner(self.store.close)
 
@@ -288,6 +344,20 @@ class SielumServer:
 
 def _millis(duration: timedelta) -> int:
     return max(1, int(duration.total_seconds() * 1000))
+
+
+def method_types() -> dict[str, str]:
+    """Every full method name the server answers, with its gRPC type, for the metrics' labels."""
+    types = {}
+    for service in iter_services():
+        for method in service.methods:
+            if method.client_streaming:
+                kind = "bidi_stream" if method.server_streaming else "client_stream"
+            else:
+                kind = "server_stream" if method.server_streaming else "unary"
+            types[f"/{service.full_name}/{method.name}"] = kind
+    types[f"/{_REFLECTION_V1}/ServerReflectionInfo"] = "bidi_stream"
+    return types
 
 
 def iter_services() -> Iterator[Any]:

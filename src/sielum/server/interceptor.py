@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
 import logging
 import threading
+import time
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from typing import Any, Protocol
 
@@ -24,6 +26,13 @@ from sielum.server.auth import Authorizer, identity_from_certificate
 from sielum.server.runner import Runner
 
 log = logging.getLogger("sielum.server")
+
+CallObserver = Callable[[str, grpc.StatusCode, float], None]
+"""Told of every call answered: full method name, status code, seconds it took."""
+
+
+def _observe_nothing(method: str, code: grpc.StatusCode, seconds: float) -> None:
+    pass
 
 
 class GrpcContext(Protocol):
@@ -98,15 +107,25 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
 
     Unknown methods pass through as None, so grpc answers UNIMPLEMENTED: clients
     such as `buf curl` rely on that to fall back between reflection versions.
+    They are not observed either: their names are the caller's to choose.
+
+    observe is told of every call to a method the server registers, with the
+    status it ended with (server/metrics.py counts them).
     """
 
     def __init__(
-        self, authorizer: Authorizer, run: Runner, ours: Collection[str], streams: StreamLimit
+        self,
+        authorizer: Authorizer,
+        run: Runner,
+        ours: Collection[str],
+        streams: StreamLimit,
+        observe: CallObserver | None = None,
     ) -> None:
         self._authorizer = authorizer
         self._run = run
         self._ours = frozenset(ours)
         self._streams = streams
+        self._observe: CallObserver = observe or _observe_nothing
         # Registrations are fixed before the server starts, so each method's
         # wrapped handler is built once, not per call.
         self._wrapped: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
@@ -166,24 +185,35 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         """Authorization, parsing and the handler run as one blocking call."""
 
         ours = method in self._ours
+        observe = self._observe
 
         def call(raw: bytes, context: GrpcContext) -> Any:
             authorized = self._admit(method, context)
             return behavior(parse(raw, authorized.peer), authorized if ours else context)
 
         async def guarded(raw: bytes, context: Any) -> Any:
+            started = time.perf_counter()
+            code = grpc.StatusCode.OK
             try:
                 return await self._run(functools.partial(call, raw, context))
             except SielumError as error:
+                code = error.code
                 await context.abort(error.code, error.message)
             except NotImplementedError as error:
                 # A method not answered (yet), ours or a library's (health List).
-                await context.abort(grpc.StatusCode.UNIMPLEMENTED, str(error))
+                code = grpc.StatusCode.UNIMPLEMENTED
+                await context.abort(code, str(error))
+            except asyncio.CancelledError:
+                code = grpc.StatusCode.CANCELLED
+                raise
             except Exception:
                 # The cause stays in the log; the client gets a generic message.
                 log.exception("unexpected error in %s", method)
                 internal = InternalError("internal error")
+                code = internal.code
                 await context.abort(internal.code, internal.message)
+            finally:
+                observe(method, code, time.perf_counter() - started)
 
         return grpc.unary_unary_rpc_method_handler(
             guarded, request_deserializer=None, response_serializer=serializer
@@ -196,13 +226,26 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         behavior: Callable[[Any, Any], Awaitable[Any]],
         serializer: Callable[[Any], bytes] | None,
     ) -> grpc.RpcMethodHandler[Any, Any]:
+        observe = self._observe
+
         async def guarded(raw: bytes, context: Any) -> Any:
+            started = time.perf_counter()
             try:
                 authorized = self._admit(method, context)
                 request = parse(raw, authorized.peer)
             except SielumError as error:
+                observe(method, error.code, time.perf_counter() - started)
                 await context.abort(error.code, error.message)
-            return await behavior(request, context)
+            try:
+                reply = await behavior(request, context)
+            except BaseException as error:
+                code = _status_of(error, context)
+                raise
+            else:
+                code = _code_set_on(context) or grpc.StatusCode.OK
+            finally:
+                observe(method, code, time.perf_counter() - started)
+            return reply
 
         return grpc.unary_unary_rpc_method_handler(
             guarded, request_deserializer=None, response_serializer=serializer
@@ -217,12 +260,16 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         the guard writes what a generator yields, so both shapes pass through.
         """
 
+        observe = self._observe
+
         async def guarded(request: Any, context: Any) -> None:
+            started = time.perf_counter()
             connection = context.peer()
             try:
                 self._admit(method, context)
                 self._streams.acquire(connection)
             except SielumError as error:
+                observe(method, error.code, time.perf_counter() - started)
                 await context.abort(error.code, error.message)
             try:
                 replies = behavior(request, context)
@@ -231,11 +278,31 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                         await context.write(reply)
                 else:
                     await replies
+            except BaseException as error:
+                code = _status_of(error, context)
+                raise
+            else:
+                code = _code_set_on(context) or grpc.StatusCode.OK
             finally:
                 # Also when the client goes: grpc cancels this coroutine.
                 self._streams.release(connection)
+                observe(method, code, time.perf_counter() - started)
 
         return guarded
+
+
+def _code_set_on(context: Any) -> grpc.StatusCode | None:
+    """The status a library handler set on its context (set_code, abort), if any."""
+    code = context.code()
+    return code if isinstance(code, grpc.StatusCode) else None
+
+
+def _status_of(error: BaseException, context: Any) -> grpc.StatusCode:
+    """The status a library handler's exception ends its call with."""
+    if isinstance(error, asyncio.CancelledError):
+        return grpc.StatusCode.CANCELLED
+    # context.abort() raises after it set the code on the context.
+    return _code_set_on(context) or grpc.StatusCode.UNKNOWN
 
 
 Deserializer = Callable[[bytes], Any]

@@ -69,6 +69,23 @@ def reserve_port(address: str) -> tuple[str, socket.socket | None]:
     return f"{shown}:{bound}", holder
 
 
+def listen_socket(address: str) -> socket.socket:
+    """A TCP socket listening on address (HOST:PORT, port 0 for any free one).
+
+    Without SO_REUSEPORT: an address another program holds is an error here,
+    not a port silently shared with it. The workers of `serve --workers N`
+    inherit this one socket from the supervisor and accept on it in turn.
+    """
+    host, port = split_address(address)
+    try:
+        family, _, _, _, sockaddr = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        return socket.create_server(sockaddr[:2], family=family, backlog=128)
+    except OSError as error:
+        raise OSError(error.errno, f"cannot listen on {address}: {error.strerror}") from None
+
+
 def _is_ipv4(host: str) -> bool:
     try:
         socket.inet_aton(host)
@@ -98,6 +115,7 @@ class Supervisor:
     count: int
     command: Callable[[int, int], Sequence[str]]
     grace: float
+    pass_fds: tuple[int, ...] = ()  # inherited by every worker (the metrics socket)
     workers: dict[int, _Worker] = field(default_factory=dict)
     restarts: list[float] = field(default_factory=list)
     _stop_signal: int | None = None
@@ -158,7 +176,9 @@ class Supervisor:
     def _spawn(self, index: int) -> None:
         read_fd, write_fd = os.pipe()
         try:
-            process = subprocess.Popen(list(self.command(index, write_fd)), pass_fds=(write_fd,))
+            process = subprocess.Popen(
+                list(self.command(index, write_fd)), pass_fds=(write_fd, *self.pass_fds)
+            )
         finally:
             os.close(write_fd)
         self.workers[index] = _Worker(index, process, read_fd, time.monotonic())

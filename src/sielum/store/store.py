@@ -37,6 +37,7 @@ from sielum.model import (
     DeviceState,
     Page,
     RenewalPace,
+    StateCounts,
     Token,
     TokenState,
 )
@@ -131,6 +132,7 @@ class Store:
         self._t: Tables = bind_tables(db)
         self._pooled = isinstance(db, PooledDatabase)
         self._sql = _EnrollmentSql.build(db, self._t)
+        self._count_sql = _CountSql.build(db, self._t)
 
     @classmethod
     def open(cls, url: str) -> Store:
@@ -603,6 +605,36 @@ class Store:
     def _insert_audit(self, event: AuditEvent) -> None:
         execute(self.db, self._sql.insert_audit, _audit_values(event))
 
+    # Counts
+
+    @_guarded
+    def state_counts(self, now: datetime) -> StateCounts:
+        """How many tokens and devices are in each state at now; every state is present.
+
+        Built to be asked often (each metrics scrape) of a database with a million
+        devices without reading every device row: tokens are counted with
+        token_state_condition, the SQL of the state filter; all devices are the
+        sum of the tokens' uses (a use is consumed in the transaction that records
+        its device, and check_integrity holds them equal); revoked and expired
+        devices are counted on the partial indexes of migration 2, so their cost
+        grows with those devices alone
+        (tests/store/test_store.py::test_state_counts_agree_with_the_policies,
+        ::test_state_counts_read_indexes_not_the_device_table).
+        """
+        sql = self._count_sql
+        *by_state, devices = execute(self.db, sql.tokens, sql.tokens_params(now)).fetchone()
+        revoked, expired = (
+            int(n) for n in execute(self.db, sql.devices, (to_micros(now),)).fetchone()
+        )
+        return StateCounts(
+            tokens={state: int(n) for state, n in zip(TokenState, by_state, strict=True)},
+            devices={
+                DeviceState.ACTIVE: int(devices) - revoked - expired,
+                DeviceState.EXPIRED: expired,
+                DeviceState.REVOKED: revoked,
+            },
+        )
+
 
 def token_state_condition(T: Any, state: TokenState, now: datetime) -> Any:
     """SQL that holds exactly when tokens.token_state() gives state at now.
@@ -745,6 +777,49 @@ class _EnrollmentSql:
             else value
             for value in self.consume_use_template
         ]
+
+
+@dataclasses.dataclass(frozen=True)
+class _CountSql:
+    """state_counts' statements, made once per Store.
+
+    Building them with peewee at each call took a hundred times longer than
+    running them on a small database (6 ms against 0.07 ms).
+    """
+
+    tokens: str
+    tokens_template: tuple[object, ...]
+    devices: str
+
+    @classmethod
+    def build(cls, db: peewee.Database, tables: Tables) -> _CountSql:
+        T = tables.token
+        by_state = [
+            peewee.fn.COALESCE(
+                peewee.fn.SUM(
+                    peewee.Case(None, ((token_state_condition(T, state, _NOW_SLOT), 1),), 0)
+                ),
+                0,
+            )
+            for state in TokenState
+        ]
+        tokens_sql, template = T.select(
+            *by_state, peewee.fn.COALESCE(peewee.fn.SUM(T.uses), 0)
+        ).sql()
+        p = db.param
+        return cls(
+            tokens=tokens_sql,
+            tokens_template=tuple(template),
+            # Each WHERE implies its partial index's own, so the planner counts on it.
+            devices=(
+                "SELECT (SELECT COUNT(*) FROM device WHERE revoked_at IS NOT NULL), (SELECT"  # noqa: S608
+                f" COUNT(*) FROM device WHERE revoked_at IS NULL AND not_after <= {p})"
+            ),
+        )
+
+    def tokens_params(self, now: datetime) -> list[object]:
+        now_micros, slot_micros = to_micros(now), to_micros(_NOW_SLOT)
+        return [now_micros if value == slot_micros else value for value in self.tokens_template]
 
 
 def _micros(value: datetime | None) -> int | None:

@@ -1,0 +1,291 @@
+"""Prometheus metrics: what every call and decision counts, and /metrics summing all workers.
+
+Metrics is the one object that writes them: the gRPC interceptor and the
+dashboard's Connect transport call observe_call(); Enroller, DeviceService and
+Administration see it as a sielum.recorder.Recorder. Under `serve` the values
+live in the run's multiprocess directory (server/multiproc.py), one file per
+process, and /metrics sums them, so whichever worker answers a scrape gives
+the figures of all of them. Tokens, devices and the CA's expiry are not
+counted but read at scrape time (StateCollector), the same in every worker.
+
+Label values come from closed sets only: the methods the server registers,
+status codes, the recorder's enums. A method name nobody registered (a
+dashboard request for a made-up path) is counted as "unknown", so no caller
+can grow the number of series.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from concurrent import futures
+from datetime import datetime
+from pathlib import Path
+from typing import Literal
+
+import grpc
+from aiohttp import web
+from prometheus_client import Counter, Histogram, values
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.metrics_core import Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import CollectorRegistry
+
+from sielum.clock import Clock
+from sielum.errors import SielumError
+from sielum.logs import log_event
+from sielum.model import DeviceState, StateCounts, TokenState
+from sielum.recorder import CertificateKind, DashboardLoginResult, EnrollmentResult
+
+log = logging.getLogger("sielum.server")
+
+Transport = Literal["grpc", "connect"]
+UNKNOWN = "unknown"
+# From 1 ms: an enrollment takes about that, and a p99 needs buckets around it.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# A scrape reads the database at most once per this many seconds (per worker).
+STATE_TTL = 5.0
+
+# grpc_code as the Go gRPC libraries spell it (go-grpc-prometheus, grpc-ecosystem),
+# so that dashboards and alert rules written for those work unchanged.
+_CODE_NAMES: Mapping[grpc.StatusCode, str] = {
+    code: "".join(part.capitalize() for part in code.name.split("_")) for code in grpc.StatusCode
+} | {grpc.StatusCode.OK: "OK", grpc.StatusCode.CANCELLED: "Canceled"}
+
+
+def grpc_code_name(code: grpc.StatusCode) -> str:
+    """'OK', 'PermissionDenied', 'Canceled': the label value of a status code."""
+    return _CODE_NAMES[code]
+
+
+class Metrics:
+    """The counters and the histogram; a sielum.recorder.Recorder for the domain services.
+
+    methods maps each full method name the server answers ("/pkg.Service/Method")
+    to its gRPC type ("unary", "server_stream", "bidi_stream"). directory is the
+    run's multiprocess directory; None keeps the values in this process only
+    (an in-process server in the tests).
+    """
+
+    def __init__(self, methods: Mapping[str, str], directory: Path | None = None) -> None:
+        if directory is not None and not values.ValueClass._multiprocess:
+            raise RuntimeError(
+                "prometheus_client was imported before PROMETHEUS_MULTIPROC_DIR was set: "
+                "set it before the server module is imported"
+            )
+        self.directory = directory
+        self._methods = dict(methods)
+        self._handled = Counter(
+            "grpc_server_handled_total",
+            "Calls completed on the server, by method and status code.",
+            ["grpc_service", "grpc_method", "grpc_type", "grpc_code", "transport"],
+            registry=None,
+        )
+        self._seconds = Histogram(
+            "grpc_server_handling_seconds",
+            "Time from a call's arrival at the server to its answer, by method.",
+            ["grpc_service", "grpc_method", "grpc_type", "transport"],
+            buckets=LATENCY_BUCKETS,
+            registry=None,
+        )
+        self._enrollments = Counter(
+            "sielum_enrollments_total",
+            "Enroll calls, by how they ended.",
+            ["result"],
+            registry=None,
+        )
+        self._certificates = Counter(
+            "sielum_certificates_issued_total",
+            "Certificates the CA signed, by what for.",
+            ["kind"],
+            registry=None,
+        )
+        self._logins = Counter(
+            "sielum_dashboard_logins_total",
+            "Dashboard logins with a one-time link, by how they ended.",
+            ["result"],
+            registry=None,
+        )
+        # Every value of the small label sets starts at 0, so that rate() and alert
+        # rules see a series before its first event.
+        self._by_result = {r: self._enrollments.labels(r.value) for r in EnrollmentResult}
+        self._by_kind = {k: self._certificates.labels(k.value) for k in CertificateKind}
+        self._by_login = {r: self._logins.labels(r.value) for r in DashboardLoginResult}
+        # (transport, method, code) -> its counter and histogram; made on first use.
+        self._calls: dict[tuple[str, str, grpc.StatusCode], tuple[Counter, Histogram]] = {}
+
+    def observe_call(
+        self, transport: Transport, method: str, code: grpc.StatusCode, seconds: float
+    ) -> None:
+        """One call answered: its full method name, its status and how long it took."""
+        children = self._calls.get((transport, method, code))
+        if children is None:
+            children = self._children(transport, method, code)
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def _children(
+        self, transport: str, method: str, code: grpc.StatusCode
+    ) -> tuple[Counter, Histogram]:
+        """The series of a call, made once; made-up method names all share one key."""
+        kind = self._methods.get(method)
+        if kind is None:
+            method = service = name = kind = UNKNOWN
+        else:
+            service, _, name = method.lstrip("/").rpartition("/")
+        key = (transport, method, code)
+        children = self._calls.get(key)
+        if children is None:
+            children = self._calls[key] = (
+                self._handled.labels(service, name, kind, grpc_code_name(code), transport),
+                self._seconds.labels(service, name, kind, transport),
+            )
+        return children
+
+    # sielum.recorder.Recorder
+
+    def enrollment(self, result: EnrollmentResult) -> None:
+        self._by_result[result].inc()
+
+    def certificate_issued(self, kind: CertificateKind) -> None:
+        self._by_kind[kind].inc()
+
+    def dashboard_login(self, result: DashboardLoginResult) -> None:
+        self._by_login[result].inc()
+
+    def registry(self, *collectors: StateCollector) -> CollectorRegistry:
+        """What /metrics shows: every process's values (or this one's), then the collectors'."""
+        registry = CollectorRegistry()
+        if self.directory is not None:
+            MultiProcessCollector(registry, path=str(self.directory))  # type: ignore[no-untyped-call]
+        else:
+            for metric in (
+                self._handled,
+                self._seconds,
+                self._enrollments,
+                self._certificates,
+                self._logins,
+            ):
+                registry.register(metric)
+        for collector in collectors:
+            registry.register(collector)
+        return registry
+
+
+class StateCollector:
+    """Gauges read at scrape time: tokens and devices by state, the CA's expiry.
+
+    counts is Store.state_counts, which reads indexes rather than every device
+    row; its answer is kept for ttl seconds, so that several scrapers (or a
+    dashboard refreshing) cost one query. A database that cannot answer leaves
+    the two gauges out of the scrape (and is asked again after ttl), rather than
+    showing stale figures as current.
+
+    sessions, when given, counts the dashboard sessions open at a moment
+    (sielum_dashboard_sessions); the dashboard wires it.
+    """
+
+    def __init__(
+        self,
+        counts: Callable[[datetime], StateCounts],
+        ca_not_after: datetime,
+        clock: Clock,
+        *,
+        sessions: Callable[[datetime], int] | None = None,
+        ttl: float = STATE_TTL,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._counts = counts
+        self._ca_expiry = ca_not_after.timestamp()
+        self._clock = clock
+        self._sessions = sessions
+        self._ttl = ttl
+        self._monotonic = monotonic
+        self._lock = threading.Lock()
+        self._read_at: float | None = None
+        self._cached: tuple[StateCounts, int | None] | None = None
+
+    def _current(self) -> tuple[StateCounts, int | None] | None:
+        with self._lock:
+            now = self._monotonic()
+            if self._read_at is None or now - self._read_at >= self._ttl:
+                self._read_at = now
+                try:
+                    at = self._clock.now()
+                    sessions = None if self._sessions is None else self._sessions(at)
+                    self._cached = (self._counts(at), sessions)
+                except SielumError as error:  # the database is unavailable
+                    log_event(log, "metrics", level=logging.WARNING, reason=error.message)
+                    self._cached = None
+            return self._cached
+
+    def collect(self) -> Iterable[Metric]:
+        yield GaugeMetricFamily(
+            "sielum_ca_certificate_expiry_timestamp_seconds",
+            "When the CA certificate expires, in seconds since the Unix epoch.",
+            value=self._ca_expiry,
+        )
+        current = self._current()
+        if current is None:
+            return
+        counts, sessions = current
+        tokens = GaugeMetricFamily(
+            "sielum_tokens", "Enrollment tokens, by state.", labels=["state"]
+        )
+        for token_state in TokenState:
+            tokens.add_metric([token_state.value], counts.tokens[token_state])
+        yield tokens
+        devices = GaugeMetricFamily(
+            "sielum_devices", "Enrolled devices, by state.", labels=["state"]
+        )
+        for device_state in DeviceState:
+            devices.add_metric([device_state.value], counts.devices[device_state])
+        yield devices
+        if sessions is not None:
+            yield GaugeMetricFamily(
+                "sielum_dashboard_sessions", "Dashboard sessions open now.", value=sessions
+            )
+
+
+class MetricsEndpoint:
+    """GET /metrics over plain HTTP, served by aiohttp on the server's event loop.
+
+    Every worker serves it on the one listening socket it inherited from the
+    supervisor (or made itself, alone): any of them answers with the sum of all.
+    The answer is built on a thread of its own, not on the loop: reading the
+    state gauges may take a database query of tens of milliseconds on a large
+    database (bench/scale_bench.py), and the loop goes on serving calls
+    meanwhile (the database driver lets go of the GIL while it waits). close
+    runs on that thread at the end: it closes the thread's own connection.
+    """
+
+    def __init__(
+        self, registry: CollectorRegistry, close: Callable[[], None] = lambda: None
+    ) -> None:
+        self._registry = registry
+        self._close = close
+        self._pool = futures.ThreadPoolExecutor(1, thread_name_prefix="metrics")
+        self._runner: web.AppRunner | None = None
+
+    async def start(self, sock: socket.socket) -> None:
+        app = web.Application()
+        app.router.add_get("/metrics", self._metrics)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        await web.SockSite(self._runner, sock).start()
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+        await asyncio.get_running_loop().run_in_executor(self._pool, self._close)
+        self._pool.shutdown(wait=True)
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        encode, content_type = choose_encoder(request.headers.get("Accept", ""))
+        body = await asyncio.get_running_loop().run_in_executor(self._pool, encode, self._registry)
+        return web.Response(body=body, headers={"Content-Type": content_type})

@@ -1,0 +1,241 @@
+"""Metrics of an in-process server: every enrollment outcome and every call, counted once."""
+
+from __future__ import annotations
+
+import time
+import urllib.request
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import grpc
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from sielum.admin.v1 import admin_pb2, admin_pb2_grpc
+from sielum.agent.v1 import agent_pb2
+from sielum.enroll.ratelimit import FailureLimit
+from sielum.enroll.v1 import enroll_pb2
+from sielum.pb import to_timestamp
+from sielum.tokens import make_secret
+
+from .conftest import Harness, make_csr, make_key, start_harness, status_of
+
+ENROLL = {"grpc_service": "sielum.enroll.v1.EnrollService", "grpc_method": "Enroll"}
+
+
+class Exposition:
+    """One scrape of /metrics, parsed."""
+
+    def __init__(self, port: int) -> None:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
+            self.text = reply.read().decode()
+        self.samples = [
+            sample
+            for family in text_string_to_metric_families(self.text)
+            for sample in family.samples
+        ]
+
+    def value(self, name: str, **labels: str) -> float:
+        """The sum of name's samples whose labels include these."""
+        return sum(
+            s.value
+            for s in self.samples
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+        )
+
+
+@pytest.fixture
+def metered(tmp_path: Path) -> Iterator[Harness]:
+    h = start_harness(
+        tmp_path,
+        metrics_addr="127.0.0.1:0",
+        failure_limit=FailureLimit(burst=1000, rate_per_second=1000.0),
+    )
+    try:
+        yield h
+    finally:
+        h.server.stop(grace=1)
+
+
+def test_each_enrollment_outcome_and_call_is_counted_once(metered: Harness) -> None:
+    h = metered
+    admin = h.admin()
+    fleet = h.create_token(label="fleet")
+    other = h.create_token(label="other")
+    single = h.create_token(label="single", max_uses=1)
+    soon = h.create_token(label="soon", expires_at=to_timestamp(h.clock.now() + timedelta(hours=1)))
+    revoked = h.create_token(label="revoked")
+    admin.RevokeEnrollmentToken(
+        admin_pb2.RevokeEnrollmentTokenRequest(id=revoked.token.id), timeout=10
+    )
+    stub = h.enroll_stub()
+
+    def refused(secret: str, csr: str | None = None, hostname: str = "h") -> grpc.StatusCode:
+        request = enroll_pb2.EnrollRequest(
+            token=secret, csr_pem=csr or make_csr(make_key()), hostname=hostname
+        )
+        return status_of(lambda: stub.Enroll(request, timeout=10))[0]
+
+    first, key1 = h.enroll(fleet.secret, hostname="metrics-host-1")  # ok
+    h.enroll(fleet.secret, key=key1, hostname="metrics-host-1")  # retried
+    h.enroll(single.secret, hostname="metrics-host-2")  # ok
+    second, key2 = h.enroll(fleet.secret, hostname="metrics-host-3")  # ok
+    assert refused("slm_not-a-token") == grpc.StatusCode.INVALID_ARGUMENT  # malformed_token
+    assert refused(make_secret(fleet.token.id).reveal()) == grpc.StatusCode.UNAUTHENTICATED
+    assert refused(single.secret) == grpc.StatusCode.PERMISSION_DENIED  # exhausted
+    assert refused(revoked.secret) == grpc.StatusCode.PERMISSION_DENIED  # revoked
+    assert refused(fleet.secret, csr="junk") == grpc.StatusCode.INVALID_ARGUMENT  # bad_csr
+    assert refused(fleet.secret, hostname="a\x01b") == grpc.StatusCode.INVALID_ARGUMENT
+    assert refused(other.secret, csr=make_csr(key1)) == grpc.StatusCode.ALREADY_EXISTS
+    admin.RevokeDevice(admin_pb2.RevokeDeviceRequest(id=first.device_id), timeout=10)
+    assert refused(fleet.secret, csr=make_csr(key1)) == grpc.StatusCode.PERMISSION_DENIED
+    h.agent(key2, second.certificate_pem).RenewCertificate(
+        agent_pb2.RenewCertificateRequest(csr_pem=make_csr(make_key())), timeout=10
+    )
+    h.clock.advance(timedelta(hours=2))
+    assert refused(soon.secret) == grpc.StatusCode.PERMISSION_DENIED  # expired
+    # An admin method on the enroll port, without a certificate; a method nobody serves.
+    no_certificate = admin_pb2_grpc.AdminServiceStub(h.enroll_channel())
+    assert status_of(
+        lambda: no_certificate.ListDevices(admin_pb2.ListDevicesRequest(), timeout=10)
+    )[0] == (grpc.StatusCode.PERMISSION_DENIED)
+    nope = h.enroll_channel().unary_unary("/sielum.enroll.v1.EnrollService/Nope")
+    assert status_of(lambda: nope(b"", timeout=10))[0] == grpc.StatusCode.UNIMPLEMENTED
+
+    scrape = Exposition(h.server.metrics_port)
+    results = {
+        s.labels["result"]: s.value
+        for s in scrape.samples
+        if s.name == "sielum_enrollments_total" and s.value
+    }
+    assert results == {
+        "ok": 3,
+        "retried": 1,
+        "malformed_token": 1,
+        "invalid_token": 1,
+        "exhausted": 1,
+        "revoked": 1,
+        "bad_csr": 1,
+        "bad_request": 1,
+        "key_in_use": 1,
+        "device_revoked": 1,
+        "expired": 1,
+    }
+    issued = scrape.value
+    assert issued("sielum_certificates_issued_total", kind="device") == 3
+    assert issued("sielum_certificates_issued_total", kind="renewal") == 1
+    assert issued("sielum_certificates_issued_total", kind="admin") == 0
+
+    handled = {
+        s.labels["grpc_code"]: s.value
+        for s in scrape.samples
+        if s.name == "grpc_server_handled_total"
+        and s.labels["grpc_method"] == "Enroll"
+        and s.labels["grpc_type"] == "unary"
+        and s.labels["transport"] == "grpc"
+    }
+    assert handled == {
+        "OK": 4,
+        "InvalidArgument": 3,
+        "Unauthenticated": 1,
+        "PermissionDenied": 4,
+        "AlreadyExists": 1,
+    }
+    assert scrape.value("grpc_server_handling_seconds_count", **ENROLL) == 13
+    assert scrape.value("grpc_server_handling_seconds_bucket", **ENROLL, le="+Inf") == 13
+    assert (
+        scrape.value(
+            "grpc_server_handled_total",
+            grpc_service="sielum.agent.v1.AgentService",
+            grpc_method="RenewCertificate",
+            grpc_code="OK",
+        )
+        == 1
+    )
+    assert (
+        scrape.value(
+            "grpc_server_handled_total", grpc_method="ListDevices", grpc_code="PermissionDenied"
+        )
+        == 1
+    )
+    assert scrape.value("grpc_server_handled_total", grpc_method="CreateEnrollmentToken") == 5
+    # The readiness checks before the test began are health Checks, counted as such.
+    assert scrape.value("grpc_server_handled_total", grpc_method="Nope") == 0
+    assert scrape.value("grpc_server_handled_total", grpc_service="unknown") == 0
+
+    tokens = {s.labels["state"]: s.value for s in scrape.samples if s.name == "sielum_tokens"}
+    assert tokens == {"active": 2, "expired": 1, "exhausted": 1, "revoked": 1}
+    devices = {s.labels["state"]: s.value for s in scrape.samples if s.name == "sielum_devices"}
+    assert devices == {"active": 2, "expired": 0, "revoked": 1}
+    not_after = h.server.ca.certificate.not_valid_after_utc.timestamp()
+    assert scrape.value("sielum_ca_certificate_expiry_timestamp_seconds") == not_after
+
+
+def test_health_checks_and_library_streams_are_counted(metered: Harness) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    health = health_pb2_grpc.HealthStub(metered.enroll_channel())
+    before = Exposition(metered.server.metrics_port).value(
+        "grpc_server_handled_total", grpc_method="Check", grpc_code="OK"
+    )
+    health.Check(health_pb2.HealthCheckRequest(), timeout=10)
+    assert status_of(
+        lambda: health.Check(health_pb2.HealthCheckRequest(service="nope"), timeout=10)
+    )[0] == (grpc.StatusCode.NOT_FOUND)
+    watch = health.Watch(health_pb2.HealthCheckRequest(), timeout=10)
+    assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+    watch.cancel()
+
+    def watched(scrape: Exposition) -> list[tuple[str, str, float]]:
+        return [
+            (s.labels["grpc_type"], s.labels["grpc_code"], s.value)
+            for s in scrape.samples
+            if s.name == "grpc_server_handled_total" and s.labels["grpc_method"] == "Watch"
+        ]
+
+    # A stream is counted when it ends: the cancelled Watch, once grpc has told the server.
+    deadline = time.monotonic() + 10
+    scrape = Exposition(metered.server.metrics_port)
+    while not watched(scrape) and time.monotonic() < deadline:
+        time.sleep(0.05)
+        scrape = Exposition(metered.server.metrics_port)
+    assert watched(scrape) == [("server_stream", "Canceled", 1.0)]
+    check = {"grpc_service": "grpc.health.v1.Health", "grpc_method": "Check"}
+    assert scrape.value("grpc_server_handled_total", **check, grpc_code="OK") == before + 1
+    assert scrape.value("grpc_server_handled_total", **check, grpc_code="NotFound") == 1
+
+
+def test_rate_limited_enrollments_are_counted(tmp_path: Path) -> None:
+    h = start_harness(
+        tmp_path,
+        metrics_addr="127.0.0.1:0",
+        failure_limit=FailureLimit(burst=1, rate_per_second=0.001),
+    )
+    try:
+        created = h.create_token()
+        guess = make_secret(created.token.id).reveal()
+        stub = h.enroll_stub()
+        codes = [
+            status_of(
+                lambda: stub.Enroll(
+                    enroll_pb2.EnrollRequest(token=guess, csr_pem=make_csr(make_key())),
+                    timeout=10,
+                )
+            )[0]
+            for _ in range(3)
+        ]
+        assert codes == [grpc.StatusCode.UNAUTHENTICATED] + [grpc.StatusCode.RESOURCE_EXHAUSTED] * 2
+        scrape = Exposition(h.server.metrics_port)
+        assert scrape.value("sielum_enrollments_total", result="invalid_token") == 1
+        assert scrape.value("sielum_enrollments_total", result="rate_limited") == 2
+        assert (
+            scrape.value("grpc_server_handled_total", **ENROLL, grpc_code="ResourceExhausted") == 2
+        )
+    finally:
+        h.server.stop(grace=1)
+
+
+def test_metrics_are_off_unless_asked_for(harness: Harness) -> None:
+    assert harness.server.metrics is None
+    assert harness.server.metrics_port == 0
