@@ -1,4 +1,4 @@
-"""Scale run: Enroll and list-page latency on an empty database vs one bulk-loaded with a fleet."""
+"""Scale run: Enroll, list-page and audit-page latency, empty vs bulk-loaded with a fleet."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import grpc
 import procstat
 from csrpool import csr_pool
+from google.protobuf.timestamp_pb2 import Timestamp
 from sielum_proc import SielumProcess, init_data_dir, start_sielum
 
 from sielum.admin.v1 import admin_pb2
@@ -33,7 +34,10 @@ from sielum.store.models import to_micros
 from sielum.store.store import Store
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
-PG_DATABASE = "sielum_scale"
+# Per run: the PostgreSQL cluster is shared, and another run may be under way.
+PG_DATABASE = f"sielum_scale_{os.getpid()}"
+YEAR_US = 365 * 86_400_000_000
+ADMINS = 20  # admin/ops-0 .. admin/ops-19 act in the loaded audit trail
 _ALPHABET = "abcdefghijklmnopqrstuvwxyz234567"
 # A real device certificate's size, so rows weigh what they would in production.
 _CERT_PEM = (
@@ -48,7 +52,9 @@ def _token_id(i: int) -> str:
     return "".join(_ALPHABET[b & 31] for b in digest[:16])
 
 
-def _rows(tokens: int, devices: int, now: datetime) -> tuple[Iterator[tuple[Any, ...]], ...]:
+def _rows(
+    tokens: int, devices: int, events: int, now: datetime
+) -> tuple[Iterator[tuple[Any, ...]], ...]:
     """Token, device and audit rows of a plausible fleet, in the tables' column order."""
     now_us = to_micros(now)
     day = 86_400_000_000
@@ -68,20 +74,49 @@ def _rows(tokens: int, devices: int, now: datetime) -> tuple[Iterator[tuple[Any,
     def device_rows() -> Iterator[tuple[Any, ...]]:
         for i in range(devices):
             yield (
-                str(uuid.UUID(int=i + 1, version=4)), f"host-{i}", _token_id(i % tokens),
+                _device_id(i), f"host-{i}", _token_id(i % tokens),
                 hashlib.sha256(f"key-{i}".encode()).hexdigest(), format(i + 1, "x"), _CERT_PEM,
                 now_us + 90 * day, now_us - (devices - i) * 1000, None, None,
                 f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}", '{"os":"linux"}',
             )  # fmt: skip
 
-    def audit_rows() -> Iterator[tuple[Any, ...]]:
-        for i in range(devices):
-            yield (
-                now_us - (devices - i) * 1000, f"token/{_token_id(i % tokens)}", "device.enroll",
-                f"device/{uuid.UUID(int=i + 1, version=4)}", "10.0.0.1", "bulk",
-            )  # fmt: skip
+    return token_rows(), device_rows(), audit_rows(tokens, devices, events, now_us)
 
-    return token_rows(), device_rows(), audit_rows()
+
+def _device_id(i: int) -> str:
+    return str(uuid.UUID(int=i + 1, version=4))
+
+
+def audit_rows(tokens: int, devices: int, events: int, now_us: int) -> Iterator[tuple[Any, ...]]:
+    """A year of audit trail ending now, oldest first, pairs of events sharing a time.
+
+    Of every 100 events: 80 enrollments (actor token/<id>), 15 renewals (actor
+    device/<id>), 3 token.create, 1 device.revoke and 1 token.revoke by one of
+    ADMINS admins; one event in 1,000 is an admin.revoke instead.
+    """
+    step = YEAR_US // max(events, 1)
+    enrolled = 0
+    for i in range(events):
+        at = now_us - (events - (i - i % 2)) * step
+        kind = i % 100
+        admin = f"admin/ops-{(i // 100) % ADMINS}"
+        if kind < 80:
+            device = enrolled % devices
+            enrolled += 1
+            actor, action = f"token/{_token_id(device % tokens)}", "device.enroll"
+            resource = f"device/{_device_id(device)}"
+        elif kind < 95:
+            resource = f"device/{_device_id((i * 7919) % devices)}"
+            actor, action = resource, "device.renew"
+        elif kind < 98:
+            actor, action, resource = admin, "token.create", f"token/{_token_id(i % tokens)}"
+        elif kind == 98:
+            actor, action, resource = admin, "device.revoke", f"device/{_device_id(i % devices)}"
+        elif i % 1000 == 999:
+            actor, action, resource = admin, "admin.revoke", f"admin/gone-{i}"
+        else:
+            actor, action, resource = admin, "token.revoke", f"token/{_token_id(i % tokens)}"
+        yield (at, actor, action, resource, "10.0.0.1", "bulk")
 
 
 TOKEN_COLUMNS = (
@@ -95,15 +130,20 @@ DEVICE_COLUMNS = (
 AUDIT_COLUMNS = "at, actor, action, resource, peer, detail"
 
 
-def load_sqlite(path: Path, tokens: int, devices: int) -> None:
-    token_rows, device_rows, audit_rows = _rows(tokens, devices, datetime.now(UTC))
+def load_sqlite(
+    path: Path, tokens: int, devices: int, events: int, audit_only: bool = False
+) -> None:
+    token_rows, device_rows, audit_rows = _rows(tokens, devices, events, datetime.now(UTC))
     db = sqlite3.connect(path, isolation_level=None)
     db.execute("PRAGMA synchronous=OFF")  # a bulk load; the server's own settings come back after
     db.execute("BEGIN")
-    db.executemany(f"INSERT INTO token ({TOKEN_COLUMNS}) VALUES ({','.join('?' * 10)})", token_rows)
-    db.executemany(
-        f"INSERT INTO device ({DEVICE_COLUMNS}) VALUES ({','.join('?' * 12)})", device_rows
-    )
+    if not audit_only:
+        db.executemany(
+            f"INSERT INTO token ({TOKEN_COLUMNS}) VALUES ({','.join('?' * 10)})", token_rows
+        )
+        db.executemany(
+            f"INSERT INTO device ({DEVICE_COLUMNS}) VALUES ({','.join('?' * 12)})", device_rows
+        )
     db.executemany(f"INSERT INTO audit_event ({AUDIT_COLUMNS}) VALUES (?,?,?,?,?,?)", audit_rows)
     db.execute("COMMIT")
     db.execute("ANALYZE")
@@ -133,19 +173,21 @@ def _copy_text(rows: Iterator[tuple[Any, ...]], limit: int) -> io.StringIO | Non
     return out
 
 
-def load_postgres(url: str, tokens: int, devices: int) -> None:
+def load_postgres(
+    url: str, tokens: int, devices: int, events: int, audit_only: bool = False
+) -> None:
     import psycopg2
     import psycopg2.extensions
 
-    token_rows, device_rows, audit_rows = _rows(tokens, devices, datetime.now(UTC))
+    token_rows, device_rows, audit_rows = _rows(tokens, devices, events, datetime.now(UTC))
     # Sielum's store sets a process-wide wait callback (store/database.py), and
     # psycopg2 refuses COPY with one; this bulk load is not Sielum's, so it goes without.
     psycopg2.extensions.set_wait_callback(None)
     conn = psycopg2.connect(url)
     with conn, conn.cursor() as cur:
         for table, columns, rows in (
-            ("token", TOKEN_COLUMNS, token_rows),
-            ("device", DEVICE_COLUMNS, device_rows),
+            ("token", TOKEN_COLUMNS, iter(()) if audit_only else token_rows),
+            ("device", DEVICE_COLUMNS, iter(()) if audit_only else device_rows),
             ("audit_event", AUDIT_COLUMNS, audit_rows),
         ):
             while (chunk := _copy_text(rows, 100_000)) is not None:
@@ -196,7 +238,20 @@ def _timed(calls: int, call: Callable[[int], object]) -> dict[str, float]:
     return _percentiles(samples)
 
 
-def measure(server: SielumProcess, csrs: list[str], calls: int, pages: int) -> dict[str, Any]:
+def _follow(list_call: Callable[[str], Any]) -> Callable[[int], None]:
+    """A step that reads the next page each time, back to the first after the last one."""
+    cursor = [""]
+
+    def step(_: int) -> None:
+        reply = list_call(cursor[0])
+        cursor[0] = reply.next_page_token
+
+    return step
+
+
+def measure(
+    server: SielumProcess, csrs: list[str], calls: int, pages: int, tokens: int, devices: int
+) -> dict[str, Any]:
     admin = server.admin()
     secret = server.create_token()
     enroll_channel = grpc.secure_channel(
@@ -219,15 +274,7 @@ def measure(server: SielumProcess, csrs: list[str], calls: int, pages: int) -> d
             timeout=30,
         )
 
-    def follow(list_call: Callable[[str], Any]) -> Callable[[int], None]:
-        cursor = [""]
-
-        def step(_: int) -> None:
-            reply = list_call(cursor[0])
-            cursor[0] = reply.next_page_token  # back to the first page after the last one
-
-        return step
-
+    follow = _follow
     pids = procstat.tree(server.pid)
     results: dict[str, Any] = {}
     with procstat.MemorySampler(pids) as memory:
@@ -281,36 +328,106 @@ def measure(server: SielumProcess, csrs: list[str], calls: int, pages: int) -> d
                     admin_pb2.ListEnrollmentTokensRequest(page_size=100, state=value), timeout=30
                 ),
             )
+        results.update(measure_audit(admin, pages, tokens, devices))
     enroll_channel.close()
     results["peak RSS per process MiB"] = memory.peak_per_process_kib / 1024
     return results
 
 
+def measure_audit(admin: Any, pages: int, tokens: int, devices: int) -> dict[str, Any]:
+    """ListAuditEvents pages of 100: unfiltered, each filter alone, `since`, and a combination.
+
+    The values are those audit_rows() loads; on the empty database they match
+    (next to) nothing.
+    """
+
+    def ago(delta: timedelta) -> Timestamp:
+        stamp = Timestamp()
+        stamp.FromDatetime(datetime.now(UTC) - delta)
+        return stamp
+
+    def request(cursor: str, **fields: Any) -> Any:
+        return admin.ListAuditEvents(
+            admin_pb2.ListAuditEventsRequest(page_size=100, page_token=cursor, **fields),
+            timeout=30,
+        )
+
+    cases: dict[str, dict[str, Any]] = {
+        "": {},
+        "actor=admin/ops-3": {"actor": "admin/ops-3"},
+        "actor=token/<id>": {"actor": f"token/{_token_id(7)}"},
+        "actor=admin/nobody": {"actor": "admin/nobody"},
+        "resource=device/<id>": {"resource": f"device/{_device_id(12345 % devices)}"},
+        "action=device.enroll": {"action": "device.enroll"},
+        "action=admin.revoke": {"action": "admin.revoke"},
+        "since=1h": {"since": ago(timedelta(hours=1))},
+        "since=30d": {"since": ago(timedelta(days=30))},
+        "action=token.revoke since=1d": {
+            "action": "token.revoke",
+            "since": ago(timedelta(days=1)),
+        },
+        # The worst case of the per-filter indexes: two filters, one read by
+        # index and the other checked row by row, and nothing matching.
+        "actor=admin/ops-3 action=admin.revoke": {
+            "actor": "admin/ops-3",
+            "action": "admin.revoke",
+        },
+    }
+    results: dict[str, Any] = {}
+    for name, fields in cases.items():
+        label = f"ListAuditEvents {name}".rstrip()
+        results[f"{label} first page"] = _timed(
+            pages, lambda _, fields=fields: request("", **fields)
+        )
+        if name in ("", "actor=admin/ops-3", "since=30d"):
+            results[f"{label} next pages"] = _timed(
+                pages, _follow(lambda c, fields=fields: request(c, **fields))
+            )
+    return results
+
+
 def run_backend(
-    backend: str, work: Path, tokens: int, devices: int, calls: int, pages: int, workers: int | None
+    backend: str,
+    work: Path,
+    tokens: int,
+    devices: int,
+    events: int,
+    calls: int,
+    pages: int,
+    workers: int | None,
+    audit_only: bool = False,
 ) -> dict[str, Any]:
     data_dir = work / backend / "data"
     data_dir.parent.mkdir(parents=True, exist_ok=True)
     init_data_dir(data_dir)
     url = fresh_postgres() if backend == "postgresql" else f"sqlite:///{data_dir / 'sielum.db'}"
     Store.open(url).close()  # migrate
-    csrs = csr_pool(2 * (calls + 1))
+    csrs = [] if audit_only else csr_pool(2 * (calls + 1))
     out: dict[str, Any] = {}
     for phase, csr_slice in (("empty", csrs[: calls + 1]), ("loaded", csrs[calls + 1 :])):
         if phase == "loaded":
             started = time.monotonic()
-            print(f"  bulk-loading {devices} devices, {tokens} tokens on {backend}...", flush=True)
+            print(
+                f"  bulk-loading {devices} devices, {tokens} tokens, {events} audit events "
+                f"on {backend}...",
+                flush=True,
+            )
             if backend == "postgresql":
-                load_postgres(url, tokens, devices)
+                load_postgres(url, tokens, devices, events, audit_only)
             else:
-                load_sqlite(data_dir / "sielum.db", tokens, devices)
+                load_sqlite(data_dir / "sielum.db", tokens, devices, events, audit_only)
             out["load_seconds"] = time.monotonic() - started
             print(f"  loaded in {out['load_seconds']:.0f}s", flush=True)
         server = start_sielum(
             data_dir, database_url="" if backend == "sqlite" else url, workers=workers
         )
         try:
-            out[phase] = measure(server, csr_slice, calls, pages)
+            if audit_only:
+                with procstat.MemorySampler(procstat.tree(server.pid)) as memory:
+                    out[phase] = measure_audit(server.admin(), pages, tokens, devices)
+                out[phase]["peak RSS per process MiB"] = memory.peak_per_process_kib / 1024
+            else:
+                out[phase] = measure(server, csr_slice, calls, pages, tokens, devices)
         finally:
             server.stop()
         # What a scrape asks the database once per cache period (server/metrics.py).
@@ -325,7 +442,7 @@ def run_backend(
         for name, figures in out[phase].items():
             if isinstance(figures, dict):
                 print(
-                    f"  {backend:10} {phase:6} {name:36} p50 {figures['p50_ms']:7.2f} "
+                    f"  {backend:10} {phase:6} {name:64} p50 {figures['p50_ms']:7.2f} "
                     f"p99 {figures['p99_ms']:7.2f} ms",
                     flush=True,
                 )
@@ -376,15 +493,24 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--devices", type=int, default=1_000_000)
     parser.add_argument("--tokens", type=int, default=100_000)
+    parser.add_argument("--audit-events", type=int, default=1_000_000)
     parser.add_argument("--calls", type=int, default=300, help="sequential Enroll calls")
     parser.add_argument("--pages", type=int, default=200, help="calls per list measurement")
     parser.add_argument("--backends", default="sqlite,postgresql")
     parser.add_argument("--workers", type=int, default=None, help="serve --workers N")
-    parser.add_argument("--quick", action="store_true", help="20,000 devices, 2,000 tokens")
+    parser.add_argument(
+        "--audit-only",
+        action="store_true",
+        help="load only the audit trail and time only ListAuditEvents (a few minutes)",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="20,000 devices and audit events, 2,000 tokens"
+    )
     parser.add_argument("--json-out", type=Path)
     args = parser.parse_args(argv)
     if args.quick:
         args.devices, args.tokens = min(args.devices, 20_000), min(args.tokens, 2_000)
+        args.audit_events = min(args.audit_events, 20_000)
         args.calls, args.pages = min(args.calls, 100), min(args.pages, 50)
     work = Path(tempfile.mkdtemp(prefix="sielum-scale-"))
     started = time.time()
@@ -393,16 +519,22 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "devices": args.devices,
         "tokens": args.tokens,
+        "audit_events": args.audit_events,
         "backends": {},
     }
     try:
         for backend in args.backends.split(","):
-            print(f"{backend}: {args.devices} devices, {args.tokens} tokens", flush=True)
+            print(
+                f"{backend}: {args.devices} devices, {args.tokens} tokens, "
+                f"{args.audit_events} audit events",
+                flush=True,
+            )
             for attempt in range(1, 4):
                 try:
                     report["backends"][backend] = run_backend(
-                        backend, work / f"try{attempt}", args.tokens, args.devices, args.calls,
-                        args.pages, args.workers,
+                        backend, work / f"try{attempt}", args.tokens, args.devices,
+                        args.audit_events, args.calls, args.pages, args.workers,
+                        args.audit_only,
                     )  # fmt: skip
                     break
                 except (OSError, RuntimeError, grpc.RpcError, _pg_errors()) as error:

@@ -66,7 +66,7 @@ class AlreadyExistsError(SielumError):
 
 
 class FailedPreconditionError(SielumError):
-    """The system is not in a state that allows the call (the dashboard is off)."""
+    """The system is not in a state that allows this (the last active admin, the dashboard off)."""
 
     code = grpc.StatusCode.FAILED_PRECONDITION
 

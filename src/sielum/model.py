@@ -1,4 +1,4 @@
-"""Plain values shared by every layer: tokens, devices and audit events as frozen dataclasses."""
+"""Plain values shared by every layer: tokens, devices, admins, audit events, as dataclasses."""
 
 from __future__ import annotations
 
@@ -21,6 +21,11 @@ class TokenState(enum.Enum):
 class DeviceState(enum.Enum):
     ACTIVE = "active"
     EXPIRED = "expired"
+    REVOKED = "revoked"
+
+
+class AdminState(enum.Enum):
+    ACTIVE = "active"
     REVOKED = "revoked"
 
 
@@ -59,6 +64,27 @@ class Device:
 
 
 @dataclass(frozen=True)
+class Admin:
+    """A registered admin: the person behind the certificates that name sielum://admin/<name>.
+
+    A name is never reused once revoked, so admin/<name> in the audit trail always
+    means one person.
+    """
+
+    name: str
+    created_at: datetime
+    # The admin who created this one, or how it was registered: "init",
+    # "issue-admin-cert", or "certificate" (known from a certificate made before
+    # admins were registered).
+    created_by: str
+    revoked_at: datetime | None = None
+
+    @property
+    def state(self) -> AdminState:
+        return AdminState.ACTIVE if self.revoked_at is None else AdminState.REVOKED
+
+
+@dataclass(frozen=True)
 class DeviceStanding:
     """What the device gate reads on every call: revocation, and which certificates count.
 
@@ -93,6 +119,16 @@ class AuditEvent:
     resource: str
     peer: str = ""
     detail: str = ""
+
+
+@dataclass(frozen=True)
+class AuditFilter:
+    """Which audit events to list; an empty field (or None) does not filter."""
+
+    actor: str = ""  # "admin/alice", "device/<id>", "token/<id>"
+    resource: str = ""  # "token/<id>", "device/<id>", "admin/<name>"
+    action: str = ""  # "token.create", "device.revoke", ...
+    since: datetime | None = None  # at or after this time
 
 
 @dataclass(frozen=True)

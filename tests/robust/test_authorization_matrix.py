@@ -8,6 +8,7 @@ refusal checked to have changed nothing.
 from __future__ import annotations
 
 import itertools
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -19,7 +20,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from google.protobuf import json_format, message_factory
 
-from sielum.admin.v1 import admin_pb2
+from sielum.admin.v1 import admin_pb2, admin_pb2_grpc
 from sielum.agent.v1 import agent_pb2
 from sielum.ca.authority import CertificateAuthority
 from sielum.ca.datadir import init_data_dir
@@ -31,7 +32,15 @@ from sielum.server.auth import METHOD_ROLES, Role
 from tests.connect_client import DashboardClient
 from tests.rpc.conftest import Harness, key_pem, make_csr, make_key, start_harness
 
-IDENTITIES = ("none", "admin", "device", "revoked-device", "expired", "foreign-ca")
+IDENTITIES = (
+    "none",
+    "admin",
+    "device",
+    "revoked-device",
+    "revoked-admin",
+    "expired",
+    "foreign-ca",
+)
 PORTS = ("enroll", "api")
 _REFLECTION_V1 = "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"
 _REFLECTION_V1ALPHA = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
@@ -39,12 +48,7 @@ _HEALTH_LIST = "/grpc.health.v1.Health/List"
 _UNENROLL = "/sielum.agent.v1.AgentService/Unenroll"
 # Methods of the contract whose handlers have not landed yet: authorized like every
 # other method, then UNIMPLEMENTED. Each issue that answers one removes it here.
-NOT_YET_ANSWERED = {
-    "/sielum.admin.v1.AdminService/CreateAdmin",
-    "/sielum.admin.v1.AdminService/ListAdmins",
-    "/sielum.admin.v1.AdminService/RevokeAdmin",
-    "/sielum.admin.v1.AdminService/ListAuditEvents",
-}
+NOT_YET_ANSWERED: set[str] = set()
 
 
 def _descriptors() -> dict[str, Any]:
@@ -78,6 +82,7 @@ class World:
     device_id: str
     spare_token_id: str
     spare_device_id: str
+    spare_admin: str
     browsers: dict[str, DashboardClient]  # Connect caller -> a client playing it
 
     def channel(self, port: str, identity: str) -> grpc.Channel:
@@ -123,6 +128,15 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         spare, _ = h.enroll(token.secret)
         leaving, leaving_key = h.enroll(token.secret)
         h.admin().RevokeDevice(admin_pb2.RevokeDeviceRequest(id=revoked.device_id), timeout=10)
+        # An admin created and revoked: their certificate still verifies, the gate refuses it.
+        gone_key = make_key()
+        gone = h.admin().CreateAdmin(
+            admin_pb2.CreateAdminRequest(name="gone", csr_pem=make_csr(gone_key)), timeout=10
+        )
+        h.admin().RevokeAdmin(admin_pb2.RevokeAdminRequest(name="gone"), timeout=10)
+        spare_admin = h.admin().CreateAdmin(
+            admin_pb2.CreateAdminRequest(name="spare", csr_pem=make_csr(make_key())), timeout=10
+        )
         foreign = tmp / "foreign"
         init_data_dir(foreign)
         admin_dir = h.data_dir / "admin"
@@ -136,6 +150,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
                 ),
                 "device": (key_pem(device_key), device.certificate_pem.encode()),
                 "revoked-device": (key_pem(revoked_key), revoked.certificate_pem.encode()),
+                "revoked-admin": (key_pem(gone_key), gone.certificate_pem.encode()),
                 "device-to-unenroll": (key_pem(leaving_key), leaving.certificate_pem.encode()),
                 "expired": _expired_admin(h.data_dir),
                 "foreign-ca": (
@@ -149,6 +164,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             device_id=device.device_id,
             spare_token_id=h.create_token(label="spare").token.id,
             spare_device_id=spare.device_id,
+            spare_admin=spare_admin.admin.name,
             browsers=_browsers(h),
         )
     finally:
@@ -171,6 +187,10 @@ def _request(method: str, world: World) -> Any:
         "ListDevices": admin_pb2.ListDevicesRequest,
         "GetDevice": lambda: admin_pb2.GetDeviceRequest(id=world.device_id),
         "RevokeDevice": lambda: admin_pb2.RevokeDeviceRequest(id=world.spare_device_id),
+        "CreateAdmin": lambda: admin_pb2.CreateAdminRequest(
+            name=f"matrix-{uuid.uuid4().hex[:8]}", csr_pem=make_csr(make_key())
+        ),
+        "RevokeAdmin": lambda: admin_pb2.RevokeAdminRequest(name=world.spare_admin),
         "Heartbeat": agent_pb2.HeartbeatRequest,
         "RenewCertificate": lambda: agent_pb2.RenewCertificateRequest(csr_pem=make_csr(make_key())),
     }
@@ -226,11 +246,13 @@ def expected(method: str, port: str, identity: str) -> tuple[str, str | None]:
             "PERMISSION_DENIED",
             f"{method} needs {_a(role)} client certificate from the Sielum CA",
         )
-    caller = "admin" if identity == "admin" else "device"
+    caller = "admin" if identity in ("admin", "revoked-admin") else "device"
     if role.value != caller:
         return "PERMISSION_DENIED", f"{method} needs {_a(role)} certificate; this one is {caller}"
     if identity == "revoked-device":
         return "PERMISSION_DENIED", "device has been revoked"
+    if identity == "revoked-admin":
+        return "PERMISSION_DENIED", "admin gone has been revoked"
     if method in NOT_YET_ANSWERED:
         return "UNIMPLEMENTED", f"{method.rsplit('/', 1)[1]} is not implemented yet"
     return "OK", ""
@@ -261,7 +283,14 @@ def test_authorization(world: World, method: str, port: str, identity: str) -> N
 
 # --- the dashboard's Connect transport ----------------------------------------------------------
 
-CONNECT_CALLERS = ("no-session", "session", "signed-out", "other-origin", "form-post")
+CONNECT_CALLERS = (
+    "no-session",
+    "session",
+    "signed-out",
+    "revoked-admin",
+    "other-origin",
+    "form-post",
+)
 ADMIN_METHODS = sorted(f"/{ADMIN_SERVICE.full_name}/{m.name}" for m in ADMIN_SERVICE.methods)
 
 
@@ -275,10 +304,23 @@ def _browsers(h: Harness) -> dict[str, DashboardClient]:
     signed_out = signed_in()
     assert signed_out.sign_out().status == 200
     live = signed_in()
+    # An admin who signed in, then was revoked: the session stays, the ADMIN gate refuses it.
+    key = make_key()
+    left = h.admin().CreateAdmin(
+        admin_pb2.CreateAdminRequest(name="left", csr_pem=make_csr(key)), timeout=10
+    )
+    with h.api_channel(key_pem(key), left.certificate_pem.encode()) as channel:
+        link = admin_pb2_grpc.AdminServiceStub(channel).CreateDashboardLogin(
+            admin_pb2.CreateDashboardLoginRequest(), timeout=10
+        )
+    revoked_admin = DashboardClient(h.server.dashboard_url, h.ca_pem)
+    assert revoked_admin.sign_in(link.url).status == 200
+    h.admin().RevokeAdmin(admin_pb2.RevokeAdminRequest(name="left"), timeout=10)
     return {
         "no-session": DashboardClient(h.server.dashboard_url, h.ca_pem),
         "session": live,
         "signed-out": signed_out,
+        "revoked-admin": revoked_admin,
         # A page on another site, in a browser that holds a live session.
         "other-origin": DashboardClient(
             h.server.dashboard_url, h.ca_pem, cookie=live.cookie, origin="https://evil.example"
@@ -301,6 +343,8 @@ def expected_connect(method: str, caller: str) -> tuple[int, str, str]:
         return 403, "permission_denied", f"{method} needs an admin dashboard session"
     if caller == "signed-out":
         return 401, "unauthenticated", "you are signed out"
+    if caller == "revoked-admin":
+        return 403, "permission_denied", "admin left has been revoked"
     if method in NOT_YET_ANSWERED:
         return 501, "unimplemented", f"{method.rsplit('/', 1)[1]} is not implemented yet"
     return 200, "", ""

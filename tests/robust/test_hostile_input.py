@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import ipaddress
+import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -75,9 +76,11 @@ class Target:
         now = datetime.now(UTC)
         tokens = store.list_tokens(now=now, page_size=1000).items
         devices = store.list_devices(page_size=1000).items
+        admins = store.list_admins(page_size=1000).items
         return (
             sorted((t.id, t.uses, t.revoked_at, t.last_used_at) for t in tokens),
             sorted((d.id, d.serial, d.public_key_sha256, d.revoked_at) for d in devices),
+            sorted((a.name, a.revoked_at) for a in admins),
         )
 
 
@@ -897,6 +900,125 @@ def test_admin_list_devices_with_hostile_filters(
     else:
         assert not faults, f"accepted a request with {faults}"
     assert target.state() == before
+
+
+# Admins and the audit trail
+
+_ADMIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_AUDIT_SUBJECT = re.compile(r"[a-z][a-z0-9-]{0,31}/[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_AUDIT_ACTION = re.compile(r"[a-z][a-z0-9_-]{0,31}(\.[a-z][a-z0-9_-]{0,31}){1,3}")
+_filters = st.text(max_size=80) | st.sampled_from(
+    ["", "admin/admin", "token/aaaaaaaaaaaaaaaa", "token.create", "admin/x\x00", "a/b/c", " x/y "]
+)
+
+
+@st.composite
+def audit_page_tokens(draw: st.DrawFn) -> tuple[str, bool | None]:
+    """(page_token, whether it is valid; None when the test cannot tell)."""
+    choice = draw(st.sampled_from(["ours", "other-kind", "text", "empty"]))
+    if choice == "empty":
+        return "", True
+    if choice == "text":
+        return draw(st.text(max_size=60)), None
+    at = draw(st.integers(min_value=-(2**64), max_value=2**64))
+    seq = draw(st.integers(min_value=-(2**64), max_value=2**64))
+    if choice == "other-kind":
+        return _cursor("tokens", seq), False
+    valid = -(2**63) <= at <= 2**63 - 1 and 1 <= seq <= 2**63 - 1
+    return _cursor(f"audit:{at}", seq), valid
+
+
+@FAST
+@given(
+    actor=_filters,
+    resource=_filters,
+    action=_filters,
+    page=audit_page_tokens(),
+    page_size=st.integers(min_value=-5, max_value=2**31 - 1),
+    since=st.none() | st.integers(min_value=-(2**40), max_value=2**40),
+)
+@example(actor="", resource="", action="", page=("", True), page_size=0, since=253402300800)
+def test_list_audit_events_with_hostile_filters(
+    target: Target,
+    actor: str,
+    resource: str,
+    action: str,
+    page: tuple[str, bool | None],
+    page_size: int,
+    since: int | None,
+) -> None:
+    page_token, valid = page
+    faults = set()
+    if actor.strip() and not _AUDIT_SUBJECT.fullmatch(actor.strip()):
+        faults.add("actor must be kind/name, like admin/alice or token/<id>")
+    if resource.strip() and not _AUDIT_SUBJECT.fullmatch(resource.strip()):
+        faults.add("resource must be kind/id, like token/<id> or admin/alice")
+    if action.strip() and not _AUDIT_ACTION.fullmatch(action.strip()):
+        faults.add("action must be like token.create or admin.revoke")
+    if since is not None and not -62135596800 <= since <= 253402300799:
+        faults.add("since is out of range")
+    if page_size < 0:
+        faults.add("page_size must not be negative")
+    if valid is False:
+        faults.add("page_token is invalid")
+    request = admin_pb2.ListAuditEventsRequest(
+        actor=actor, resource=resource, action=action, page_size=page_size, page_token=page_token
+    )
+    if since is not None:
+        request.since.seconds = since
+    before = target.state()
+    try:
+        reply = target.admin.ListAuditEvents(request, timeout=10)
+    except grpc.RpcError as error:
+        assert error.code() is grpc.StatusCode.INVALID_ARGUMENT, error.details()  # type: ignore[attr-defined]
+        possible = faults | ({"page_token is invalid"} if valid is None else set())
+        assert error.details() in possible  # type: ignore[attr-defined]
+    else:
+        assert not faults, f"accepted a request with {faults}"
+        assert len(reply.events) <= max(1, min(page_size or 100, 1000))
+    assert target.state() == before
+
+
+@FAST
+@given(name=_bogus_ids, csr=st.booleans())
+@example(name="admin", csr=True)
+@example(name="x\x00", csr=True)
+def test_create_and_revoke_admin_with_hostile_names(target: Target, name: str, csr: bool) -> None:
+    """A bad name is refused and changes nothing; a good one is created or recorded revoked."""
+    csr_pem = _valid_csr_pem() if csr else "not a CSR"
+    before = target.state()
+    try:
+        target.admin.CreateAdmin(admin_pb2.CreateAdminRequest(name=name, csr_pem=csr_pem))
+    except grpc.RpcError as error:
+        code, details = error.code(), error.details()  # type: ignore[attr-defined]
+        assert target.state() == before
+        if not _ADMIN_NAME.fullmatch(name):
+            assert (code, details.split(" must ")[0]) == (
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "admin name",
+            )
+        elif not csr:
+            assert code is grpc.StatusCode.INVALID_ARGUMENT and details.startswith("CSR ")
+        else:
+            assert code is grpc.StatusCode.ALREADY_EXISTS, details  # made by an earlier example
+    else:
+        assert _ADMIN_NAME.fullmatch(name) and csr
+    try:
+        target.admin.RevokeAdmin(admin_pb2.RevokeAdminRequest(name=name))
+    except grpc.RpcError as error:
+        code, details = error.code(), error.details()  # type: ignore[attr-defined]
+        if not name:
+            assert (code, details) == (grpc.StatusCode.INVALID_ARGUMENT, "admin name is required")
+        elif name == "admin":
+            assert code is grpc.StatusCode.FAILED_PRECONDITION, details
+        else:
+            assert not _ADMIN_NAME.fullmatch(name)
+            assert (code, details) == (grpc.StatusCode.NOT_FOUND, "admin not found")
+    else:
+        # Known or not, a name that may be an admin's is revoked from now on.
+        assert _ADMIN_NAME.fullmatch(name) and name != "admin"
+        revoked = target.harness.server.store.find_admin(name)
+        assert revoked is not None and revoked.revoked_at is not None
 
 
 # AgentService

@@ -19,6 +19,7 @@ from sielum.ca.datadir import init_data_dir
 from sielum.enroll.v1 import enroll_pb2, enroll_pb2_grpc
 from sielum.tokens import make_secret
 from tests.conftest import PG_HOST, PG_PORT, PG_USER
+from tests.e2e.conftest import run
 from tests.rpc.conftest import key_pem, make_csr, make_key
 
 from .conftest import Serve, create_token
@@ -111,6 +112,23 @@ def _exercise(serve: Serve, needles: Needles) -> None:
     agent = agent_pb2_grpc.AgentServiceStub(channel)
     agent.Heartbeat(agent_pb2.HeartbeatRequest(), timeout=10)
     agent.RenewCertificate(agent_pb2.RenewCertificateRequest(csr_pem=make_csr(keys[5])), timeout=10)
+
+    # A new admin made with `sielum-admin admins create`: their key is made by the
+    # tool, and they use it at once.
+    bundle = serve.data_dir.parent / "newbie"
+    admin_cli = ("sielum-admin", "--server", f"127.0.0.1:{serve.api_port}")
+    created = run(
+        *admin_cli, "--cert-dir", str(serve.data_dir / "admin"),
+        "admins", "create", "newbie", "--out", str(bundle),
+    )  # fmt: skip
+    assert created.returncode == 0, created.stderr
+    needles.add_key(
+        "created admin key",
+        serialization.load_pem_private_key((bundle / "admin.key").read_bytes(), None),  # type: ignore[arg-type]
+    )
+    used = run(*admin_cli, "--cert-dir", str(bundle), "audit", "list", "--actor", "admin/newbie")
+    assert used.returncode == 0, used.stderr
+    needles.present["new admin"] = b"admin/newbie"
 
 
 def _find(needles: Needles, haystacks: dict[str, bytes]) -> None:

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from sielum.model import AuditEvent, Device, RenewalPace, Token, TokenState
+from sielum.model import AuditEvent, AuditFilter, Device, RenewalPace, Token, TokenState
 from sielum.store import Store, connect, migrations
 from sielum.store.database import is_sqlite
 from sielum.store.migrations import LATEST_VERSION, MIGRATIONS, SchemaVersionError
@@ -138,6 +138,48 @@ def test_newer_schema_is_refused(database_url: str) -> None:
         assert store.check_integrity() == [
             f"schema version is {LATEST_VERSION + 1}, this Sielum expects {LATEST_VERSION}"
         ]
+    finally:
+        store.close()
+
+
+def _before_admins() -> tuple[migrations.Migration, ...]:
+    """The steps before the one that adds admins, wherever that one is numbered."""
+    adds_admins = next(
+        i
+        for i, step in enumerate(MIGRATIONS)
+        if any("CREATE TABLE admin (" in sql for sql in step.statements(migrations.SQLITE))
+    )
+    return MIGRATIONS[:adds_admins]
+
+
+def test_a_database_from_before_admins_migrates_forward(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its audit trail stays readable, and it gets the time admin certificates register until."""
+    earlier = _before_admins()
+    with monkeypatch.context() as patched:
+        patched.setattr(migrations, "MIGRATIONS", earlier)
+        patched.setattr(migrations, "LATEST_VERSION", earlier[-1].version)
+        old = Store.open(database_url)
+    try:
+        with old.db.connection_context():
+            assert "admin" not in old.db.get_tables()
+        old.record(AuditEvent(at=T0, actor="admin/old", action="token.create", resource="token/t"))
+    finally:
+        old.close()
+    before = datetime.now(UTC).replace(microsecond=0)
+    store = Store.open(database_url)
+    try:
+        assert _schema_version_rows(store) == [(1, LATEST_VERSION)]
+        cutoff = store.admin_first_use_cutoff()
+        assert cutoff is not None and before <= cutoff <= datetime.now(UTC)
+        events = store.list_audit_events(AuditFilter(actor="admin/old")).items
+        assert [(e.at, e.action, e.resource) for e in events] == [(T0, "token.create", "token/t")]
+        assert store.list_admins().items == ()
+        assert store.check_integrity() == []
+        # Migrating again keeps the cutoff of the first migration.
+        assert store.migrate() == LATEST_VERSION
+        assert store.admin_first_use_cutoff() == cutoff
     finally:
         store.close()
 

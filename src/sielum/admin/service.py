@@ -1,8 +1,9 @@
-"""Admin decisions: create, read, list and revoke enrollment tokens and devices; the overview."""
+"""Admin decisions: enrollment tokens and devices, reading the audit trail, the overview."""
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
@@ -14,7 +15,16 @@ from sielum.devices import policy as devices
 from sielum.devices.policy import check_hostname
 from sielum.errors import InvalidArgumentError, NotFoundError
 from sielum.logs import log_event
-from sielum.model import AuditEvent, Device, DeviceState, Page, StateCounts, Token, TokenState
+from sielum.model import (
+    AuditEvent,
+    AuditFilter,
+    Device,
+    DeviceState,
+    Page,
+    StateCounts,
+    Token,
+    TokenState,
+)
 from sielum.recorder import NoRecorder, Recorder
 from sielum.store.store import ALREADY_REVOKED, PageBudget, Store
 
@@ -32,6 +42,12 @@ MAX_OVERVIEW_DAYS = 366
 MAX_REPLY_BYTES = 4 * 1024 * 1024
 DEVICE_PAGE_BYTES = MAX_REPLY_BYTES - 4096
 _DEVICE_PAGE_BUDGET: PageBudget[Device] = PageBudget(DEVICE_PAGE_BYTES, devices.listing_bytes)
+# What the audit trail's actors and resources look like (admin/alice, token/<id>,
+# device/<uuid>, server/init) and its actions (token.create); a filter that cannot
+# match is refused rather than answered with nothing, and nothing unchecked
+# reaches the database.
+_AUDIT_SUBJECT = re.compile(r"[a-z][a-z0-9-]{0,31}/[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_AUDIT_ACTION = re.compile(r"[a-z][a-z0-9_-]{0,31}(\.[a-z][a-z0-9_-]{0,31}){1,3}")
 
 
 @dataclass(frozen=True)
@@ -114,7 +130,22 @@ def _revoke_outcome(revoked_at: datetime | None, now: datetime) -> str:
     return "ok" if revoked_at == now else ALREADY_REVOKED
 
 
-def _check_page_size(page_size: int) -> int:
+def check_audit_filter(
+    *, actor: str, resource: str, action: str, since: datetime | None
+) -> AuditFilter:
+    """The filter of ListAuditEvents, each field checked; InvalidArgumentError names the field."""
+    actor, resource, action = actor.strip(), resource.strip(), action.strip()
+    if actor and not _AUDIT_SUBJECT.fullmatch(actor):
+        raise InvalidArgumentError("actor must be kind/name, like admin/alice or token/<id>")
+    if resource and not _AUDIT_SUBJECT.fullmatch(resource):
+        raise InvalidArgumentError("resource must be kind/id, like token/<id> or admin/alice")
+    if action and not _AUDIT_ACTION.fullmatch(action):
+        raise InvalidArgumentError("action must be like token.create or admin.revoke")
+    return AuditFilter(actor=actor, resource=resource, action=action, since=since)
+
+
+def check_page_size(page_size: int) -> int:
+    """The page size to ask the store for: 0 is the default, above the cap is the cap."""
     if page_size < 0:
         raise InvalidArgumentError("page_size must not be negative")
     return min(page_size or 100, MAX_PAGE_SIZE)
@@ -182,7 +213,7 @@ class Administration:
 
     def list_tokens(self, *, state: TokenState | None, page_size: int, cursor: str) -> Page[Token]:
         return self._store.list_tokens(
-            now=self._clock.now(), state=state, page_size=_check_page_size(page_size), cursor=cursor
+            now=self._clock.now(), state=state, page_size=check_page_size(page_size), cursor=cursor
         )
 
     def revoke_token(self, caller: Caller, token_id: str) -> Token:
@@ -227,7 +258,7 @@ class Administration:
             hostname=check_hostname(hostname),
             state=state,
             now=self._clock.now(),
-            page_size=_check_page_size(page_size),
+            page_size=check_page_size(page_size),
             cursor=cursor,
             budget=_DEVICE_PAGE_BUDGET,
         )
@@ -247,6 +278,14 @@ class Administration:
             outcome=_revoke_outcome(device.revoked_at, now),
         )
         return device
+
+    def list_audit_events(
+        self, where: AuditFilter, *, page_size: int, cursor: str
+    ) -> Page[AuditEvent]:
+        """The audit trail newest first; where comes from check_audit_filter."""
+        return self._store.list_audit_events(
+            where, page_size=check_page_size(page_size), cursor=cursor
+        )
 
     def overview(self, days: int) -> Overview:
         """Counts by state now, and enrollments per UTC day for days days ending today."""

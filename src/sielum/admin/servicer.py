@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from sielum import tokens
-from sielum.admin.service import Administration, Caller
+from sielum.admin.service import Administration, Caller, check_audit_filter
 from sielum.admin.v1 import admin_pb2
+from sielum.admins.service import AdminRegistry
 from sielum.dashboard.sessions import LoginLinks
 from sielum.devices import policy as devices
 from sielum.errors import FailedPreconditionError, InvalidArgumentError
 from sielum.identity import Call
-from sielum.model import Device, DeviceState, Token, TokenState
+from sielum.model import Admin, AdminState, AuditEvent, Device, DeviceState, Token, TokenState
 from sielum.pb import from_timestamp, to_timestamp
 
 _TOKEN_STATES = {
@@ -25,6 +26,11 @@ _DEVICE_STATES = {
     DeviceState.REVOKED: admin_pb2.DEVICE_STATE_REVOKED,
 }
 _DEVICE_STATE_FILTERS = {number: state for state, number in _DEVICE_STATES.items()}
+
+_ADMIN_STATES = {
+    AdminState.ACTIVE: admin_pb2.ADMIN_STATE_ACTIVE,
+    AdminState.REVOKED: admin_pb2.ADMIN_STATE_REVOKED,
+}
 
 
 def _state_filter(number: admin_pb2.TokenState.ValueType) -> TokenState | None:
@@ -88,11 +94,40 @@ def device_to_proto(device: Device, state: DeviceState) -> admin_pb2.Device:
     return message
 
 
+def admin_to_proto(admin: Admin) -> admin_pb2.Admin:
+    message = admin_pb2.Admin(
+        name=admin.name,
+        created_at=to_timestamp(admin.created_at),
+        created_by=admin.created_by,
+        state=_ADMIN_STATES[admin.state],
+    )
+    if admin.revoked_at is not None:
+        message.revoked_at.CopyFrom(to_timestamp(admin.revoked_at))
+    return message
+
+
+def audit_event_to_proto(event: AuditEvent) -> admin_pb2.AuditEvent:
+    return admin_pb2.AuditEvent(
+        at=to_timestamp(event.at),
+        actor=event.actor,
+        action=event.action,
+        resource=event.resource,
+        peer=event.peer,
+        detail=event.detail,
+    )
+
+
 class AdminServicer:
     """sielum.admin.v1.AdminService: one method per RPC, of (request, authorized Call)."""
 
-    def __init__(self, administration: Administration, links: LoginLinks | None = None) -> None:
+    def __init__(
+        self,
+        administration: Administration,
+        admins: AdminRegistry,
+        links: LoginLinks | None = None,
+    ) -> None:
         self._admin = administration
+        self._admins = admins
         self._links = links  # None: this server runs no dashboard
 
     def _caller(self, call: Call) -> Caller:
@@ -201,24 +236,44 @@ class AdminServicer:
             ],
         )
 
-    # Methods of the contract not answered yet: UNIMPLEMENTED until their issue lands.
-
     def CreateAdmin(
         self, request: admin_pb2.CreateAdminRequest, call: Call
     ) -> admin_pb2.CreateAdminResponse:
-        raise NotImplementedError("CreateAdmin is not implemented yet")
+        created = self._admins.create(self._caller(call), request.name, request.csr_pem)
+        return admin_pb2.CreateAdminResponse(
+            admin=admin_to_proto(created.admin),
+            certificate_pem=created.certificate_pem,
+            ca_certificate_pem=created.ca_certificate_pem,
+        )
 
     def ListAdmins(
         self, request: admin_pb2.ListAdminsRequest, call: Call
     ) -> admin_pb2.ListAdminsResponse:
-        raise NotImplementedError("ListAdmins is not implemented yet")
+        page = self._admins.list(page_size=request.page_size, cursor=request.page_token)
+        return admin_pb2.ListAdminsResponse(
+            admins=[admin_to_proto(admin) for admin in page.items],
+            next_page_token=page.next_cursor,
+        )
 
     def RevokeAdmin(
         self, request: admin_pb2.RevokeAdminRequest, call: Call
     ) -> admin_pb2.RevokeAdminResponse:
-        raise NotImplementedError("RevokeAdmin is not implemented yet")
+        admin = self._admins.revoke(self._caller(call), request.name)
+        return admin_pb2.RevokeAdminResponse(admin=admin_to_proto(admin))
 
     def ListAuditEvents(
         self, request: admin_pb2.ListAuditEventsRequest, call: Call
     ) -> admin_pb2.ListAuditEventsResponse:
-        raise NotImplementedError("ListAuditEvents is not implemented yet")
+        where = check_audit_filter(
+            actor=request.actor,
+            resource=request.resource,
+            action=request.action,
+            since=from_timestamp(request.since, "since") if request.HasField("since") else None,
+        )
+        page = self._admin.list_audit_events(
+            where, page_size=request.page_size, cursor=request.page_token
+        )
+        return admin_pb2.ListAuditEventsResponse(
+            events=[audit_event_to_proto(event) for event in page.items],
+            next_page_token=page.next_cursor,
+        )

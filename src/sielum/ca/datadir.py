@@ -72,16 +72,9 @@ def init_data_dir(
     now = now if now is not None else datetime.now(UTC)
     # Every input is checked before the first file is written, so a typo in --san
     # cannot leave a half-made data directory behind.
+    check_init(data_dir, sans=sans, passphrase=passphrase)
     server_names = profile.server_sans(sans)
-    if passphrase is not None:
-        check_passphrase(passphrase)
     paths = DataDirPaths.of(data_dir)
-    if paths.ca_cert.exists() or paths.ca_key.exists():
-        raise InvalidArgumentError(f"{data_dir} already holds a Sielum CA; refusing to overwrite")
-    admin_files = (paths.admin_dir / ADMIN_CERT_FILE, paths.admin_dir / ADMIN_KEY_FILE)
-    for path in (paths.server_cert, paths.server_key, *admin_files):
-        if path.exists():
-            raise InvalidArgumentError(f"{path} already exists; refusing to overwrite")
     data_dir.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
 
     ca_key = ec.generate_private_key(ec.SECP256R1())
@@ -116,6 +109,21 @@ def init_data_dir(
     authority = CertificateAuthority(ca_certificate, ca_key)
     write_admin_bundle(authority, FIRST_ADMIN_NAME, paths.admin_dir, now)
     return InitResult(fingerprint=authority.fingerprint, paths=paths)
+
+
+def check_init(data_dir: Path, *, sans: Sequence[str], passphrase: bytes | None) -> None:
+    """What init_data_dir refuses, checked without writing anything: the SANs, the
+    passphrase, and a data directory that holds a CA or its files already."""
+    profile.server_sans(sans)
+    if passphrase is not None:
+        check_passphrase(passphrase)
+    paths = DataDirPaths.of(data_dir)
+    if paths.ca_cert.exists() or paths.ca_key.exists():
+        raise InvalidArgumentError(f"{data_dir} already holds a Sielum CA; refusing to overwrite")
+    admin_files = (paths.admin_dir / ADMIN_CERT_FILE, paths.admin_dir / ADMIN_KEY_FILE)
+    for path in (paths.server_cert, paths.server_key, *admin_files):
+        if path.exists():
+            raise InvalidArgumentError(f"{path} already exists; refusing to overwrite")
 
 
 def check_passphrase(passphrase: bytes) -> None:

@@ -1,4 +1,4 @@
-"""sielum-admin: tokens, devices and dashboard login links, over mTLS with an admin certificate."""
+"""sielum-admin: tokens, devices, admins, the audit trail and dashboard links, over mTLS."""
 
 from __future__ import annotations
 
@@ -16,6 +16,10 @@ from typing import Any, NoReturn, TypeVar
 
 import grpc
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from google.protobuf import json_format
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -23,7 +27,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from sielum.admin.v1 import admin_pb2, admin_pb2_grpc
 from sielum.agent.address import ServerAddress, parse_server
 from sielum.agent.errors import UsageError
-from sielum.ca.profile import fingerprint
+from sielum.ca.datadir import PRIVATE_MODE, PUBLIC_MODE, write_private_file
+from sielum.ca.profile import fingerprint, role_of
 from sielum.cli.durations import parse_duration
 from sielum.errors import InvalidArgumentError
 from sielum.tokens import PREFIX as SECRET_PREFIX
@@ -39,6 +44,8 @@ DEFAULT_ENROLL_PORT = 8443
 DEFAULT_TIMEOUT = 30.0
 AGENT_CERT_DIR = "/etc/sielum"
 PAGE_SIZE = 500
+AUDIT_LIMIT = 100
+BUNDLE_FILES = ("admin.pem", "admin.key", "ca.pem")
 _Item = TypeVar("_Item")
 
 EXIT_OK = 0
@@ -70,11 +77,14 @@ Sielum administration over mutual TLS with an admin certificate.
   tokens get ID | tokens revoke ID          (ID: the token id, or its whole secret)
   devices list [--state active|expired|revoked] [--hostname NAME] [--token ID] [--limit N]
   devices get ID | devices revoke ID
+  admins create NAME --out DIR | admins list | admins revoke NAME
+  audit list [--since 1h] [--actor admin/NAME] [--resource token/ID] [--action A] [--limit N]
   dashboard login      print a one-time link that signs you in to the web dashboard
 
 The admin certificate bundle (admin.pem, admin.key, ca.pem) is read from
 --cert-dir, else $SIELUM_ADMIN_CERT_DIR, else ./sielum-data/admin (what
-scripts/serve-dev.sh makes). `sielum-server issue-admin-cert` writes more.
+scripts/serve-dev.sh makes). `admins create NAME --out DIR` makes one for a new
+admin; `admins revoke NAME` refuses it from the admin's next call.
 """
 
 _EPILOG = f"""\
@@ -83,9 +93,10 @@ exit codes:
   {EXIT_FAILED}  the server failed the request
   {EXIT_USAGE}  bad arguments (here or as judged by the server: INVALID_ARGUMENT)
   {EXIT_CREDENTIALS}  the admin certificate bundle is missing or unreadable
-  {EXIT_NOT_FOUND}  no token or device has that id
+  {EXIT_NOT_FOUND}  no token, device or admin has that id or name
   {EXIT_UNREACHABLE}  the server is unreachable
-  {EXIT_DENIED}  the server refused this certificate (not an admin, or not from its CA)
+  {EXIT_DENIED}  the server refused this certificate (not an admin, a revoked admin, or not
+     from its CA)
 
 Every failure prints one line on stderr. --json prints the API's JSON (the
 field names buf curl and grpcurl show) for scripts.
@@ -173,6 +184,20 @@ def parse_rfc3339(text: str) -> datetime:
     return moment.astimezone(UTC)
 
 
+def parse_since(text: str) -> datetime:
+    """--since: a duration back from now (1h, 7d) or an RFC 3339 time."""
+    if re.fullmatch(r"\s*\d+\s*[smhdw]\s*", text):
+        since: timedelta = parse_duration(text)
+        return datetime.now(UTC) - since
+    try:
+        return parse_rfc3339(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is neither a duration (like 1h or 7d) nor an RFC 3339 time "
+            "(like 2026-12-31T23:59:59Z)"
+        ) from None
+
+
 def _server(text: str) -> ServerAddress:
     try:
         return parse_server(text, default_port=DEFAULT_API_PORT)
@@ -255,6 +280,54 @@ def device_rows(devices: Sequence[admin_pb2.Device]) -> str:
                 d.peer or "-",
             )
             for d in devices
+        ],
+    )
+
+
+def _admin_state(admin: admin_pb2.Admin) -> str:
+    name: str = admin_pb2.AdminState.Name(admin.state)
+    return name.removeprefix("ADMIN_STATE_").lower()
+
+
+def admin_rows(admins: Sequence[admin_pb2.Admin]) -> str:
+    return _table(
+        ("NAME", "STATE", "CREATED", "CREATED BY", "REVOKED"),
+        [
+            (
+                a.name,
+                _admin_state(a),
+                _when(a.created_at, "-"),
+                a.created_by or "-",
+                _when(a.revoked_at, "-"),
+            )
+            for a in admins
+        ],
+    )
+
+
+def _admin_details(admin: admin_pb2.Admin) -> str:
+    fields = [
+        ("name", admin.name),
+        ("state", _admin_state(admin)),
+        ("created", f"{_when(admin.created_at, '-')} by {admin.created_by or '-'}"),
+        ("revoked", _when(admin.revoked_at, "no")),
+    ]
+    return _table(("", ""), fields).split("\n", 1)[1]
+
+
+def event_rows(events: Sequence[admin_pb2.AuditEvent]) -> str:
+    return _table(
+        ("AT", "ACTOR", "ACTION", "RESOURCE", "PEER", "DETAIL"),
+        [
+            (
+                _when(e.at, "-"),
+                e.actor,
+                e.action,
+                e.resource,
+                e.peer or "-",
+                re.sub(r"\s+", " ", e.detail).strip() or "-",
+            )
+            for e in events
         ],
     )
 
@@ -372,6 +445,26 @@ class Api:
                         continue
                     raise _rpc_error(error, self.server) from None
                 return reply.devices, reply.next_page_token
+
+        return self.pages(fetch, limit, page_size)
+
+    def admins(self, limit: int | None, page_size: int) -> Iterator[admin_pb2.Admin]:
+        def fetch(size: int, page_token: str) -> tuple[Sequence[admin_pb2.Admin], str]:
+            request = admin_pb2.ListAdminsRequest(page_size=size, page_token=page_token)
+            reply = self.call(self.stub.ListAdmins, request)
+            return reply.admins, reply.next_page_token
+
+        return self.pages(fetch, limit, page_size)
+
+    def events(
+        self, template: admin_pb2.ListAuditEventsRequest, limit: int | None, page_size: int
+    ) -> Iterator[admin_pb2.AuditEvent]:
+        def fetch(size: int, page_token: str) -> tuple[Sequence[admin_pb2.AuditEvent], str]:
+            request = admin_pb2.ListAuditEventsRequest()
+            request.CopyFrom(template)
+            request.page_size, request.page_token = size, page_token
+            reply = self.call(self.stub.ListAuditEvents, request)
+            return reply.events, reply.next_page_token
 
         return self.pages(fetch, limit, page_size)
 
@@ -571,6 +664,166 @@ def _cmd_devices_revoke(args: argparse.Namespace, api: Api, bundle: AdminBundle)
     return EXIT_OK
 
 
+def _prepare_bundle_dir(out: Path, ca_pem: bytes, files: Sequence[str]) -> None:
+    """Refuses a directory holding a bundle (or another CA), before any key is made."""
+    for name in files:
+        if (out / name).exists() and name != "ca.pem":
+            raise AdminError(f"{out / name} already exists; refusing to overwrite", EXIT_USAGE)
+    ca_path = out / "ca.pem"
+    try:
+        if ca_path.exists() and ca_path.read_bytes() != ca_pem:
+            raise AdminError(
+                f"{ca_path} holds a different CA certificate; refusing to overwrite", EXIT_USAGE
+            )
+        out.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as error:
+        raise AdminError(f"cannot use {out}: {_why(error)}", EXIT_FAILED) from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise AdminError(f"cannot write into {out}: permission denied", EXIT_FAILED)
+
+
+def _why(error: OSError) -> str:
+    return (error.strerror or str(error)).lower()
+
+
+def _new_admin_csr(name: str, key: ec.EllipticCurvePrivateKey) -> str:
+    # The subject is a courtesy: the server decides every field but the key.
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+        .sign(key, hashes.SHA256())
+    )
+    return csr.public_bytes(serialization.Encoding.PEM).decode("ascii")
+
+
+def _read_csr(path: Path) -> tuple[str, object]:
+    """(PEM, public key) of a CSR file; the server checks the key type and the signature."""
+    try:
+        csr_pem = path.read_text()
+        return csr_pem, x509.load_pem_x509_csr(csr_pem.encode()).public_key()
+    except OSError as error:
+        raise AdminError(f"cannot read {path}: {_why(error)}", EXIT_USAGE) from None
+    except (ValueError, UnicodeDecodeError):
+        raise AdminError(f"{path} is not a PEM certificate request", EXIT_USAGE) from None
+
+
+def _check_new_admin(
+    reply: admin_pb2.CreateAdminResponse, name: str, public_key: object, ca_pem: bytes
+) -> None:
+    """The answer carries our key, names the admin, and is signed by the CA we trust."""
+    try:
+        certificate = x509.load_pem_x509_certificate(reply.certificate_pem.encode())
+        ca = x509.load_pem_x509_certificate(ca_pem)
+        certificate.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature):
+        raise AdminError(
+            "the server's answer is not a certificate signed by the Sielum CA of this bundle"
+        ) from None
+    if certificate.public_key() != public_key:
+        raise AdminError("the server's certificate does not carry the key of our request")
+    if role_of(certificate) != ("admin", name):
+        raise AdminError(f"the server's certificate does not name admin {name}")
+
+
+def _cmd_admins_create(args: argparse.Namespace, api: Api, bundle: AdminBundle) -> int:
+    out = Path(args.out)
+    key: ec.EllipticCurvePrivateKey | None = None
+    if args.csr:
+        csr_pem, public_key = _read_csr(Path(args.csr))
+        _prepare_bundle_dir(out, bundle.ca_pem, ("admin.pem", "ca.pem"))
+    else:
+        _prepare_bundle_dir(out, bundle.ca_pem, BUNDLE_FILES)
+        # The new admin's key is made here and never leaves this machine: only
+        # its CSR is sent.
+        key = ec.generate_private_key(ec.SECP256R1())
+        public_key = key.public_key()
+        csr_pem = _new_admin_csr(args.name, key)
+    reply: admin_pb2.CreateAdminResponse = api.call(
+        api.stub.CreateAdmin, admin_pb2.CreateAdminRequest(name=args.name, csr_pem=csr_pem)
+    )
+    _check_new_admin(reply, args.name, public_key, bundle.ca_pem)
+    # ca.pem first and admin.pem last, each file atomically: a directory with an
+    # admin.pem holds a whole bundle.
+    try:
+        if not (out / "ca.pem").exists():
+            write_private_file(out / "ca.pem", bundle.ca_pem, PUBLIC_MODE)
+        if key is not None:
+            key_pem = key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+            write_private_file(out / "admin.key", key_pem, PRIVATE_MODE, exclusive=True)
+        write_private_file(
+            out / "admin.pem", reply.certificate_pem.encode(), PUBLIC_MODE, exclusive=True
+        )
+    except OSError as error:
+        raise AdminError(
+            f"admin {args.name} was created, but its bundle could not be written to {out}: "
+            f"{_why(error)}"
+        ) from None
+    if args.json:
+        _print_json({**_to_dict(reply), "bundleDir": str(out)})
+        return EXIT_OK
+    print(f"created admin {reply.admin.name}; bundle written to {out}")
+    if key is None:
+        print("  admin.pem, ca.pem: put the key of the request beside them as admin.key")
+    else:
+        print("  admin.pem, admin.key (mode 0600, made here; never sent), ca.pem")
+    print(f"  sielum-admin --cert-dir {out} tokens list")
+    return EXIT_OK
+
+
+def _cmd_admins_list(args: argparse.Namespace, api: Api, bundle: AdminBundle) -> int:
+    admins = list(api.admins(args.limit, args.page_size))
+    if args.json:
+        _print_json({"admins": [_to_dict(a) for a in admins]})
+    elif admins:
+        print(admin_rows(admins))
+    else:
+        print("no admins")
+    return EXIT_OK
+
+
+def _cmd_admins_revoke(args: argparse.Namespace, api: Api, bundle: AdminBundle) -> int:
+    # As for tokens and devices: read first, to tell "revoked now" from "was revoked
+    # already" (there is no GetAdmin; the list of admins is short).
+    before = next((a for a in api.admins(None, PAGE_SIZE) if a.name == args.name), None)
+    already = before is not None and before.HasField("revoked_at")
+    reply = api.call(api.stub.RevokeAdmin, admin_pb2.RevokeAdminRequest(name=args.name))
+    if args.json:
+        _print_json({**_to_dict(reply), "alreadyRevoked": already})
+    elif already:
+        print(
+            f"admin {reply.admin.name} was already revoked at "
+            f"{_when(reply.admin.revoked_at, '-')}: nothing changed"
+        )
+        print(_admin_details(reply.admin))
+    else:
+        print(
+            f"revoked admin {reply.admin.name}: the server refuses their certificates "
+            "from their next call"
+        )
+        print(_admin_details(reply.admin))
+    return EXIT_OK
+
+
+def _cmd_audit_list(args: argparse.Namespace, api: Api, bundle: AdminBundle) -> int:
+    template = admin_pb2.ListAuditEventsRequest(
+        actor=args.actor or "", resource=args.resource or "", action=args.action or ""
+    )
+    if args.since is not None:
+        template.since.FromDatetime(args.since)
+    events = list(api.events(template, args.limit, args.page_size))
+    if args.json:
+        _print_json({"events": [_to_dict(e) for e in events]})
+    elif events:
+        print(event_rows(events))
+    else:
+        print("no events")
+    return EXIT_OK
+
+
 def _cmd_dashboard_login(args: argparse.Namespace, api: Api, bundle: AdminBundle) -> int:
     reply: admin_pb2.CreateDashboardLoginResponse = api.call(
         api.stub.CreateDashboardLogin, admin_pb2.CreateDashboardLoginRequest()
@@ -642,7 +895,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _global_options(parser, top=True)
     groups = parser.add_subparsers(
-        dest="group", required=True, metavar="{tokens,devices,dashboard}"
+        dest="group", required=True, metavar="{tokens,devices,admins,audit,dashboard}"
     )
 
     def leaf(
@@ -718,6 +971,59 @@ def build_parser() -> argparse.ArgumentParser:
         _cmd_devices_revoke,
     )
     drevoke.add_argument("id")
+
+    admins = groups.add_parser("admins", help="admins: who may use this tool")
+    admin_commands = admins.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    acreate = leaf(
+        admin_commands,
+        "create",
+        "register a new admin; their key is made here and only a CSR is sent",
+        _cmd_admins_create,
+    )
+    acreate.add_argument("name", help="letters, digits, . _ -; never reused once revoked")
+    acreate.add_argument(
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="where to write admin.pem, admin.key (0600) and ca.pem, for --cert-dir",
+    )
+    acreate.add_argument(
+        "--csr",
+        metavar="FILE",
+        help="certify this PEM CSR (ECDSA P-256), made on the new admin's own machine, "
+        "instead of making a key here; writes admin.pem and ca.pem only",
+    )
+    alist = leaf(admin_commands, "list", "list admins, revoked ones too", _cmd_admins_list)
+    alist.add_argument("--limit", type=_positive_int, metavar="N", help="at most N admins")
+    _page_size_option(alist)
+    arevoke = leaf(
+        admin_commands,
+        "revoke",
+        "refuse the admin's certificates from their next call (when someone leaves)",
+        _cmd_admins_revoke,
+    )
+    arevoke.add_argument("name")
+
+    audit = groups.add_parser("audit", help="the audit trail: who changed what, when")
+    audit_commands = audit.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    elist = leaf(audit_commands, "list", "list audit events, newest first", _cmd_audit_list)
+    elist.add_argument(
+        "--since",
+        type=parse_since,
+        metavar="WHEN",
+        help="only events since then: a duration back from now (1h, 7d) or an RFC 3339 time",
+    )
+    elist.add_argument("--actor", metavar="KIND/NAME", help="only events by admin/NAME, ...")
+    elist.add_argument("--resource", metavar="KIND/ID", help="only events about token/ID, ...")
+    elist.add_argument("--action", metavar="ACTION", help="only events like token.create")
+    elist.add_argument(
+        "--limit",
+        type=_positive_int,
+        default=AUDIT_LIMIT,
+        metavar="N",
+        help="at most N events (default %(default)s)",
+    )
+    _page_size_option(elist)
 
     dashboard = groups.add_parser("dashboard", help="the web dashboard")
     dashboard_commands = dashboard.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import resource
+import shutil
 import signal
 import socket
 import sys
@@ -16,8 +17,19 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
+from cryptography import x509
+
+from sielum.admins.policy import BY_INIT, BY_ISSUE_ADMIN_CERT
 from sielum.ca.authority import PASSPHRASE_ENV, CertificateAuthority, load_ca_certificate
-from sielum.ca.datadir import DataDirPaths, init_data_dir, write_admin_bundle
+from sielum.ca.datadir import (
+    ADMIN_CERT_FILE,
+    DIR_MODE,
+    FIRST_ADMIN_NAME,
+    DataDirPaths,
+    check_init,
+    init_data_dir,
+    write_admin_bundle,
+)
 from sielum.ca.profile import DEFAULT_DEVICE_TTL, fingerprint
 from sielum.ca.servercert import renew_server_certificate
 from sielum.cli.durations import parse_duration
@@ -36,7 +48,9 @@ from sielum.server.workers import (
 )
 
 if TYPE_CHECKING:
+    from sielum.admins.service import AdminRegistry
     from sielum.server.app import ServerConfig
+    from sielum.store.store import Store
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
@@ -57,9 +71,13 @@ The CA key may be encrypted: set SIELUM_CA_PASSPHRASE for init, serve,
 issue-admin-cert and renew-server-cert. It is read from the environment only,
 never from a flag.
 
+init and issue-admin-cert register the admin they make in the database that
+serve uses (--database URL or SIELUM_DATABASE_URL; default SQLite in the data dir).
+
 A running server takes a renewed server certificate on SIGHUP, or by itself
 within 10 seconds of the files changing.
 """
+DATABASE_ENV = "SIELUM_DATABASE_URL"
 
 
 def _passphrase() -> bytes | None:
@@ -67,12 +85,61 @@ def _passphrase() -> bytes | None:
     return value.encode() if value else None
 
 
+def _database_url(args: argparse.Namespace) -> str:
+    """--database, else SIELUM_DATABASE_URL, else SQLite in the data dir: what serve uses."""
+    url = args.database or os.environ.get(DATABASE_ENV, "")
+    return url or f"sqlite:///{Path(args.data_dir).resolve() / 'sielum.db'}"
+
+
+def _open_store(args: argparse.Namespace) -> Store:
+    from sielum.store.store import Store
+
+    # The store logs why a database is unreachable; in the server's format, above
+    # the one-line error.
+    configure_logging("text", level=logging.WARNING)
+    return Store.open(_database_url(args))
+
+
+def _registry(store: Store, ca: CertificateAuthority) -> AdminRegistry:
+    from sielum.admins.service import AdminRegistry
+    from sielum.clock import SystemClock
+
+    return AdminRegistry(store, ca, SystemClock())
+
+
+def _serial(bundle: Path) -> str:
+    certificate = x509.load_pem_x509_certificate((bundle / ADMIN_CERT_FILE).read_bytes())
+    return format(certificate.serial_number, "x")
+
+
 def _cmd_init(args: argparse.Namespace) -> int:
-    result = init_data_dir(Path(args.data_dir), sans=args.san, passphrase=_passphrase())
-    paths = result.paths
+    data_dir = Path(args.data_dir)
+    paths = DataDirPaths.of(data_dir)
+    passphrase = _passphrase()
+    # What init_data_dir would refuse, refused before the database is touched.
+    check_init(data_dir, sans=args.san, passphrase=passphrase)
+    # The database next: when it cannot be reached, no CA is made, and a data
+    # directory made only for it (the default SQLite file) goes again.
+    made_dir = not data_dir.exists()
+    data_dir.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+    try:
+        store = _open_store(args)
+    except BaseException:
+        if made_dir:
+            shutil.rmtree(data_dir, ignore_errors=True)
+        raise
+    try:
+        result = init_data_dir(data_dir, sans=args.san, passphrase=passphrase)
+        ca = CertificateAuthority.load(data_dir, passphrase=passphrase)
+        _registry(store, ca).register_made_on_host(
+            FIRST_ADMIN_NAME, BY_INIT, _serial(paths.admin_dir)
+        )
+    finally:
+        store.close()
     print(f"CA fingerprint: {result.fingerprint}")
     print(f"data dir:       {paths.root}")
     print(f"admin bundle:   {paths.admin_dir}  (admin.pem, admin.key, ca.pem)")
+    print(f"first admin:    {FIRST_ADMIN_NAME} (registered)")
     print()
     print("Next:")
     print(f"  sielum-server serve --data-dir {paths.root}")
@@ -117,8 +184,20 @@ def _when(moment: datetime) -> str:
 
 def _cmd_issue_admin_cert(args: argparse.Namespace) -> int:
     ca = CertificateAuthority.load(Path(args.data_dir), passphrase=_passphrase())
-    out = write_admin_bundle(ca, args.name, Path(args.out))
+    store = _open_store(args)
+    try:
+        registry = _registry(store, ca)
+        # A revoked admin's name is refused before any file is written.
+        registry.check_not_revoked(args.name)
+        out = write_admin_bundle(ca, args.name, Path(args.out))
+        registered = registry.register_made_on_host(args.name, BY_ISSUE_ADMIN_CERT, _serial(out))
+    finally:
+        store.close()
     print(f"admin certificate for {args.name!r} written to {out}")
+    if registered:
+        print(f"admin {args.name} is registered")
+    else:
+        print(f"admin {args.name} was registered already: this is another certificate for them")
     print(f"  sielum-admin --cert-dir {out} tokens list")
     return 0
 
@@ -130,7 +209,7 @@ def _server_config(args: argparse.Namespace) -> ServerConfig:
         data_dir=Path(args.data_dir),
         enroll_addr=args.enroll_addr,
         api_addr=args.api_addr,
-        database_url=args.database or os.environ.get("SIELUM_DATABASE_URL", ""),
+        database_url=args.database or os.environ.get(DATABASE_ENV, ""),
         device_ttl=args.device_cert_ttl,
         advertise_api=args.advertise_api_addr,
         threads=args.threads,
@@ -292,7 +371,7 @@ def _supervise(args: argparse.Namespace) -> int:
     # needs none of it.
     data_dir = Path(args.data_dir)
     CertificateAuthority.load(data_dir, passphrase=_passphrase(), device_ttl=args.device_cert_ttl)
-    database_url = args.database or os.environ.get("SIELUM_DATABASE_URL", "")
+    database_url = args.database or os.environ.get(DATABASE_ENV, "")
     # Migrating here, once, spares the workers from queueing on the migration lock.
     Store.open(database_url or f"sqlite:///{data_dir.resolve() / 'sielum.db'}").close()
     enroll_addr, enroll_holder = reserve_port(args.enroll_addr)
@@ -348,6 +427,16 @@ def _address(sock: socket.socket | None) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def _database_option(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--database",
+        default="",
+        metavar="URL",
+        help=f"{what}: sqlite:///PATH or postgresql://USER@HOST:PORT/DB "
+        f"(default sqlite:///DATA_DIR/sielum.db; also {DATABASE_ENV})",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sielum-server",
@@ -368,6 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="extra DNS name or IP address for the server certificate (repeatable); "
         "localhost, 127.0.0.1 and ::1 are always included",
     )
+    _database_option(init, "the database serve will use, where the first admin is registered")
     init.set_defaults(run=_cmd_init)
 
     serve = commands.add_parser(
@@ -414,13 +504,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the enroll URL the dashboard puts in agent command lines (default: "
         "https://<the host the browser used>:<the enroll port>)",
     )
-    serve.add_argument(
-        "--database",
-        default="",
-        metavar="URL",
-        help="sqlite:///PATH or postgresql://USER@HOST:PORT/DB "
-        "(default sqlite:///DATA_DIR/sielum.db; also SIELUM_DATABASE_URL)",
-    )
+    _database_option(serve, "the database")
     serve.add_argument(
         "--device-cert-ttl",
         type=parse_duration,
@@ -510,12 +594,15 @@ def build_parser() -> argparse.ArgumentParser:
     fp.add_argument("--data-dir", required=True)
     fp.set_defaults(run=_cmd_fingerprint)
 
-    issue = commands.add_parser("issue-admin-cert", help="write a new admin certificate bundle")
+    issue = commands.add_parser(
+        "issue-admin-cert", help="register an admin and write a certificate bundle for them"
+    )
     issue.add_argument("--data-dir", required=True)
     issue.add_argument("--name", required=True, help="the admin's name: letters, digits, . _ -")
     issue.add_argument(
         "--out", required=True, metavar="DIR", help="directory for admin.pem, admin.key, ca.pem"
     )
+    _database_option(issue, "the database serve uses, where the admin is registered")
     issue.set_defaults(run=_cmd_issue_admin_cert)
 
     renew = commands.add_parser(

@@ -20,6 +20,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_g
 from sielum.admin.service import MAX_REPLY_BYTES, Administration
 from sielum.admin.servicer import AdminServicer
 from sielum.admin.v1 import admin_pb2
+from sielum.admins.service import AdminRegistry
 from sielum.agent.v1 import agent_pb2
 from sielum.ca.authority import CertificateAuthority
 from sielum.ca.profile import DEFAULT_DEVICE_TTL
@@ -211,7 +212,11 @@ class SielumServer:
             self.metrics = recorder = Metrics(method_types(), directory=config.metrics_dir)
             observe = functools.partial(self.metrics.observe_call, "grpc")
         device_service = DeviceService(self.store, self.ca, self.clock, recorder)
-        self.authorizer = Authorizer(METHOD_ROLES, {Role.DEVICE: device_service.check_may_call})
+        self.admins = AdminRegistry(self.store, self.ca, self.clock, recorder)
+        self.authorizer = Authorizer(
+            METHOD_ROLES,
+            {Role.DEVICE: device_service.check_may_call, Role.ADMIN: self.admins.check_may_call},
+        )
         ours = [f"/{service.full_name}/{m.name}" for service in SERVICES for m in service.methods]
         self.streams = StreamLimit(config.max_streams_per_connection, config.max_streams)
         interceptor = ServerInterceptor(self.authorizer, self._runner, ours, self.streams, observe)
@@ -250,7 +255,7 @@ class SielumServer:
             ),
             ADMIN_SERVICE.full_name: unary_methods(
                 ADMIN_SERVICE,
-                AdminServicer(Administration(self.store, self.clock, recorder), links),
+                AdminServicer(Administration(self.store, self.clock, recorder), self.admins, links),
             ),
             AGENT_SERVICE.full_name: unary_methods(AGENT_SERVICE, AgentServicer(device_service)),
         }

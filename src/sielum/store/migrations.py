@@ -130,7 +130,42 @@ def _v3_superseded(d: Dialect) -> Sequence[str]:
     )
 
 
-def _v4_dashboard(d: Dialect) -> Sequence[str]:
+def _v4_admins_and_audit_indexes(d: Dialect) -> Sequence[str]:
+    # The time this step runs, in microseconds since the epoch, from the database's clock.
+    now = (
+        "CAST(strftime('%s', 'now') AS INTEGER) * 1000000"
+        if d.name == "sqlite"
+        else "CAST(EXTRACT(EPOCH FROM now()) * 1000000 AS BIGINT)"
+    )
+    return (
+        f"""CREATE TABLE admin (
+            seq {d.serial_primary_key},
+            name TEXT NOT NULL UNIQUE,
+            created_at BIGINT NOT NULL,
+            created_by TEXT NOT NULL,
+            revoked_at BIGINT
+        )""",
+        # Admin certificates issued up to this time, when admins were not yet
+        # recorded, register on first use; later ones must have been registered
+        # (sielum/admins/policy.py::registers_on_first_use).
+        """CREATE TABLE admin_first_use (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            issued_until BIGINT NOT NULL
+        )""",
+        f"INSERT INTO admin_first_use (id, issued_until) VALUES (1, {now})",  # noqa: S608
+        # ListAuditEvents lists newest first by (at, seq), with or without one filter
+        # of each kind; each index serves its filter and `since` as one range scan
+        # (store.py::Store.list_audit_events). The resource index of step 1 is
+        # replaced by its (resource, at, seq) form.
+        "DROP INDEX audit_event_resource_seq",
+        "CREATE INDEX audit_event_at_seq ON audit_event (at, seq)",
+        "CREATE INDEX audit_event_actor_at_seq ON audit_event (actor, at, seq)",
+        "CREATE INDEX audit_event_resource_at_seq ON audit_event (resource, at, seq)",
+        "CREATE INDEX audit_event_action_at_seq ON audit_event (action, at, seq)",
+    )
+
+
+def _v5_dashboard(d: Dialect) -> Sequence[str]:
     return (
         # One-time login links: only a hash of the code, spent by one conditional UPDATE.
         f"""CREATE TABLE dashboard_login (
@@ -163,7 +198,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema: token, device, audit_event", _v1_initial_schema),
     Migration(2, "indexes for listing devices by hostname and state", _v2_device_filters),
     Migration(3, "device: previous certificate and overlap, renewal pace", _v3_superseded),
-    Migration(4, "dashboard logins and sessions; device index by enrollment time", _v4_dashboard),
+    Migration(4, "admins; audit_event indexes per filter", _v4_admins_and_audit_indexes),
+    Migration(5, "dashboard logins and sessions; device index by enrollment time", _v5_dashboard),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 

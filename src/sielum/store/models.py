@@ -49,6 +49,8 @@ class Tables:
     token: Any
     device: Any
     audit_event: Any
+    admin: Any
+    admin_first_use: Any
     schema_version: Any
     dashboard_login: Any
     dashboard_session: Any
@@ -58,6 +60,8 @@ class Tables:
             self.token,
             self.device,
             self.audit_event,
+            self.admin,
+            self.admin_first_use,
             self.schema_version,
             self.dashboard_login,
             self.dashboard_session,
@@ -117,12 +121,29 @@ def bind_tables(db: peewee.Database) -> Tables:
         at = UtcMicrosField()
         actor = peewee.TextField()
         action = peewee.TextField()
-        resource = peewee.TextField(index=True)
+        resource = peewee.TextField()
         peer = peewee.TextField(default="")
         detail = peewee.TextField(default="")
 
         class Meta:
             table_name = "audit_event"
+
+    class AdminRow(_Base):
+        seq = peewee.BigAutoField()
+        name = peewee.TextField(unique=True)
+        created_at = UtcMicrosField()
+        created_by = peewee.TextField()
+        revoked_at = UtcMicrosField(null=True)
+
+        class Meta:
+            table_name = "admin"
+
+    class AdminFirstUseRow(_Base):
+        id = peewee.IntegerField(primary_key=True)
+        issued_until = UtcMicrosField()
+
+        class Meta:
+            table_name = "admin_first_use"
 
     class SchemaVersionRow(_Base):
         id = peewee.IntegerField(primary_key=True)
@@ -158,6 +179,8 @@ def bind_tables(db: peewee.Database) -> Tables:
         token=TokenRow,
         device=DeviceRow,
         audit_event=AuditEventRow,
+        admin=AdminRow,
+        admin_first_use=AdminFirstUseRow,
         schema_version=SchemaVersionRow,
         dashboard_login=DashboardLoginRow,
         dashboard_session=DashboardSessionRow,

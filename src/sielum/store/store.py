@@ -1,4 +1,4 @@
-"""The Store: tokens, devices and the audit trail in SQL, in and out as sielum.model dataclasses."""
+"""The Store: tokens, devices, admins and the audit trail in SQL, as sielum.model dataclasses."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import re
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta
-from typing import Any, Concatenate, Generic, ParamSpec, TypeVar
+from typing import Any, Concatenate, Generic, ParamSpec, TypeVar, cast
 
 import peewee
 import psycopg2
@@ -21,6 +21,7 @@ from playhouse.pool import MaxConnectionsExceeded, PooledDatabase
 
 from sielum.errors import (
     AlreadyExistsError,
+    FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
     RenewalRefusedError,
@@ -28,7 +29,9 @@ from sielum.errors import (
     UnavailableError,
 )
 from sielum.model import (
+    Admin,
     AuditEvent,
+    AuditFilter,
     DashboardLogin,
     DashboardSession,
     Device,
@@ -61,11 +64,18 @@ MAX_PAGE_SIZE = 1000
 _TOKEN_NOT_FOUND = "enrollment token not found"  # noqa: S105 - a message, not a secret
 _DEVICE_NOT_FOUND = "device not found"
 _KEY_ENROLLED = "this public key is already enrolled"
-# The audit detail of a revoke that found the token or device revoked already.
+_ADMIN_NOT_FOUND = "admin not found"
+# The audit detail of a revoke that found the token, device or admin revoked already.
 ALREADY_REVOKED = "already revoked"
 _MAX_SEQ = 2**63 - 1
 _DAY_MICROS = 86_400_000_000
-_CURSOR = re.compile(r"^(tokens|devices):([1-9][0-9]{0,18})$")
+_MIN_MICROS = -(2**63)
+_CURSOR = re.compile(r"^(tokens|devices|admins):([1-9][0-9]{0,18})$")
+_AUDIT_CURSOR = re.compile(r"^audit:(-?[0-9]{1,19}):([1-9][0-9]{0,18})$")
+# Any constant will do, the same in every Sielum process, other than the migration's:
+# 'sladmin' in ASCII. RevokeAdmin holds it so that two revocations cannot each see
+# the other's admin as the one left active.
+_PG_ADMIN_LOCK = 0x736C61646D696E
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -426,32 +436,174 @@ class Store:
             raise AlreadyExistsError(_KEY_ENROLLED) from exc
         return _device(row)
 
+    # Admins
+
+    @_guarded
+    def find_admin(self, name: str) -> Admin | None:
+        """The admin of that name, None if none was ever registered (one indexed lookup)."""
+        A = self._t.admin
+        row = A.get_or_none(A.name == name)
+        return None if row is None else _admin(row)
+
+    @_guarded
+    def create_admin(self, admin: Admin, audit: AuditEvent) -> Admin:
+        """Register a new admin; a name taken before, even by a revoked admin, is refused."""
+        A = self._t.admin
+        try:
+            with write_transaction(self.db):
+                A.insert(**_admin_row(admin)).execute()
+                self._insert_audit(audit)
+        except peewee.IntegrityError as exc:
+            existing = A.get_or_none(A.name == admin.name)
+            if existing is not None and existing.revoked_at is not None:
+                raise AlreadyExistsError(
+                    f"admin {admin.name} was revoked; a revoked admin's name is never reused"
+                ) from exc
+            raise AlreadyExistsError(f"admin {admin.name} already exists") from exc
+        return admin
+
+    @_guarded
+    def register_admin_if_new(self, admin: Admin, audit: AuditEvent) -> tuple[Admin, bool]:
+        """Register admin unless an admin of its name exists.
+
+        Returns the admin of that name, and whether this call registered it.
+
+        Two first calls at once register it once: the INSERT does nothing when a
+        row of that name exists, and only the call whose INSERT made the row
+        records audit. A row made in between (a revocation of the name) is the
+        one returned.
+        """
+        A = self._t.admin
+        with write_transaction(self.db):
+            # INSERT OR IGNORE on SQLite, ON CONFLICT DO NOTHING on PostgreSQL.
+            cursor = cast(Any, self.db).execute(A.insert(**_admin_row(admin)).on_conflict_ignore())
+            registered = cursor.rowcount == 1
+            if registered:
+                self._insert_audit(audit)
+            row = A.get(A.name == admin.name)
+        return _admin(row), registered
+
+    @_guarded
+    def admin_first_use_cutoff(self) -> datetime | None:
+        """Admin certificates issued up to this time may register on first use."""
+        F = self._t.admin_first_use
+        row = F.get_or_none(F.id == 1)
+        return None if row is None else row.issued_until
+
+    @_guarded
+    def list_admins(self, *, page_size: int = DEFAULT_PAGE_SIZE, cursor: str = "") -> Page[Admin]:
+        """Admins newest first, revoked ones included."""
+        A = self._t.admin
+        return _keyset_page(A, A.select(), "admins", page_size, cursor, _admin)
+
+    @_guarded
+    def revoke_admin(
+        self, name: str, now: datetime, audit: AuditEvent, *, if_unknown: Admin | None = None
+    ) -> Admin:
+        """Revoke the admin; revoking again keeps the first revoked_at ("already revoked").
+
+        Revoking the last active admin is FailedPreconditionError, whatever runs at
+        the same time: on SQLite writers take turns, on PostgreSQL every revocation
+        holds one advisory lock for its transaction, so two admins revoking each
+        other at once cannot both see the other one left
+        (tests/store/test_admins.py::test_admins_revoking_each_other_at_once).
+        A name never registered is NotFoundError, or, given if_unknown (a revoked
+        admin of that name), recorded as that: then a certificate of that name
+        made before admins were registered never registers.
+        """
+        if if_unknown is not None and (if_unknown.name != name or if_unknown.revoked_at is None):
+            raise ValueError("if_unknown must be a revoked admin of that name")
+        A = self._t.admin
+        with write_transaction(self.db):
+            if not is_sqlite(self.db):
+                execute(self.db, "SELECT pg_advisory_xact_lock(%s)", (_PG_ADMIN_LOCK,))
+            row = A.get_or_none(A.name == name)
+            if row is None:
+                if if_unknown is None:
+                    raise NotFoundError(_ADMIN_NOT_FOUND)
+                A.insert(**_admin_row(if_unknown)).execute()
+            elif row.revoked_at is None:
+                other = (
+                    A.select(A.name)
+                    .where(A.revoked_at.is_null() & (A.name != name))
+                    .order_by(A.name)
+                    .limit(1)
+                )
+                if not is_sqlite(self.db):
+                    # The admin left active is locked too: should the database run
+                    # transactions in repeatable read rather than the default read
+                    # committed, a revocation of that admin committed since this
+                    # transaction's snapshot then fails it (UNAVAILABLE, try again)
+                    # instead of going unseen.
+                    other = other.for_update()
+                if not list(other):
+                    raise FailedPreconditionError(
+                        f"admin {name} is the last active admin: create another before revoking it"
+                    )
+                A.update(revoked_at=now).where(A.name == name).execute()
+            else:
+                # A repeat: as for tokens and devices, audited apart from the revocation.
+                detail = " ".join(filter(None, (ALREADY_REVOKED, audit.detail)))
+                audit = dataclasses.replace(audit, detail=detail)
+            self._insert_audit(audit)
+            row = A.get(A.name == name)
+        return _admin(row)
+
     # Audit trail
 
     @_guarded
     def record(self, event: AuditEvent) -> None:
+        """Append one event to the audit trail, in a transaction of its own.
+
+        For changes made elsewhere (a dashboard login); the Store's own writes
+        record their event in the transaction that makes the change.
+        """
         with write_transaction(self.db):
             self._insert_audit(event)
 
     @_guarded
+    def list_audit_events(
+        self,
+        where: AuditFilter | None = None,
+        *,
+        page_size: int = DEFAULT_PAGE_SIZE,
+        cursor: str = "",
+    ) -> Page[AuditEvent]:
+        """Events newest first (by at, then by seq), keyset-paged, each filter optional.
+
+        Ordered by (at, seq) rather than by seq alone so that `since` is a bound
+        of the same index range the page is read from: each filter has an index
+        (column, at, seq), and the unfiltered listing (at, seq), so a page reads
+        about page_size rows whatever the table holds, even when few events
+        match (bench/scale_bench.py; figures in bench/RESULTS.md).
+        """
+        A = self._t.audit_event
+        where = where or AuditFilter()
+        query = A.select(A.seq, A.at, A.actor, A.action, A.resource, A.peer, A.detail)
+        if where.actor:
+            query = query.where(A.actor == where.actor)
+        if where.resource:
+            query = query.where(A.resource == where.resource)
+        if where.action:
+            query = query.where(A.action == where.action)
+        if where.since is not None:
+            query = query.where(A.at >= where.since)
+        after = _decode_audit_cursor(cursor)
+        if after is not None:
+            at, seq = after
+            # The same as (at, seq) < (cursor), written so both databases read it
+            # as a range on at within the index.
+            query = query.where((A.at <= at) & ((A.at < at) | (A.seq < seq)))
+        size = _page_size(page_size)
+        rows = list(query.order_by(A.at.desc(), A.seq.desc()).limit(size + 1).tuples())
+        more = len(rows) > size
+        next_cursor = _encode_audit_cursor(rows[size - 1][1], rows[size - 1][0]) if more else ""
+        return Page(items=tuple(_audit_event(r) for r in rows[:size]), next_cursor=next_cursor)
+
     def list_audit(self, *, resource: str = "", limit: int = DEFAULT_PAGE_SIZE) -> list[AuditEvent]:
         """The newest events first, all or those about one resource (e.g. "token/<id>")."""
-        A = self._t.audit_event
-        query = A.select()
-        if resource:
-            query = query.where(A.resource == resource)
-        rows = query.order_by(A.seq.desc()).limit(_page_size(limit))
-        return [
-            AuditEvent(
-                at=r.at,
-                actor=r.actor,
-                action=r.action,
-                resource=r.resource,
-                peer=r.peer,
-                detail=r.detail,
-            )
-            for r in rows
-        ]
+        page = self.list_audit_events(AuditFilter(resource=resource), page_size=limit)
+        return list(page.items)
 
     def _insert_audit(self, event: AuditEvent) -> None:
         execute(self.db, self._sql.insert_audit, _audit_values(event))
@@ -875,7 +1027,7 @@ def _decode_cursor(cursor: str, kind: str) -> int | None:
         return None
     try:
         raw = base64.b64decode(cursor + "=" * (-len(cursor) % 4), altchars=b"-_", validate=True)
-        match = _CURSOR.match(raw.decode("ascii"))
+        match = _CURSOR.fullmatch(raw.decode("ascii"))
     except (binascii.Error, UnicodeDecodeError, ValueError):
         match = None
     # A seq beyond BIGINT cannot come from us; SQLite would fail to bind it (INTERNAL)
@@ -920,6 +1072,55 @@ def _keyset_page(
     more = len(rows) > size
     next_cursor = _encode_cursor(kind, rows[size - 1].seq) if more else ""
     return Page(items=tuple(items), next_cursor=next_cursor)
+
+
+def _encode_audit_cursor(at: Any, seq: int) -> str:
+    micros = at if isinstance(at, int) else to_micros(at)
+    return base64.urlsafe_b64encode(f"audit:{micros}:{seq}".encode()).decode().rstrip("=")
+
+
+def _decode_audit_cursor(cursor: str) -> tuple[int, int] | None:
+    """(at in microseconds, seq) a cursor points after; None for the first page."""
+    if not cursor:
+        return None
+    try:
+        raw = base64.b64decode(cursor + "=" * (-len(cursor) % 4), altchars=b"-_", validate=True)
+        match = _AUDIT_CURSOR.fullmatch(raw.decode("ascii"))
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        match = None
+    if match is None:
+        raise InvalidArgumentError("page_token is invalid")
+    at, seq = int(match.group(1)), int(match.group(2))
+    # Values beyond BIGINT cannot come from us, and the drivers would fail to bind them.
+    if not _MIN_MICROS <= at <= _MAX_SEQ or seq > _MAX_SEQ:
+        raise InvalidArgumentError("page_token is invalid")
+    return at, seq
+
+
+def _audit_event(row: Sequence[Any]) -> AuditEvent:
+    """An AuditEvent from (seq, at, actor, action, resource, peer, detail)."""
+    at = row[1] if isinstance(row[1], datetime) else from_micros(int(row[1]))
+    return AuditEvent(
+        at=at, actor=row[2], action=row[3], resource=row[4], peer=row[5], detail=row[6]
+    )
+
+
+def _admin_row(admin: Admin) -> dict[str, Any]:
+    return {
+        "name": admin.name,
+        "created_at": admin.created_at,
+        "created_by": admin.created_by,
+        "revoked_at": admin.revoked_at,
+    }
+
+
+def _admin(row: Any) -> Admin:
+    return Admin(
+        name=row.name,
+        created_at=row.created_at,
+        created_by=row.created_by,
+        revoked_at=row.revoked_at,
+    )
 
 
 def _token_row(token: Token) -> dict[str, Any]:

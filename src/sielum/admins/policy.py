@@ -1,0 +1,71 @@
+"""Admin policy: which caller of the admin role may call now, and which certificates register.
+
+Pure functions of plain values and times; they raise typed errors.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sielum.ca.profile import ADMIN_TTL, BACKDATE, validate_name
+from sielum.errors import PermissionDeniedError
+from sielum.model import Admin
+
+# How an admin came to be registered, in Admin.created_by when no admin created
+# them: by `sielum-server init` or `issue-admin-cert` on the server host, or from a
+# certificate made before admins were recorded. The host commands are also their
+# actors in the audit trail, as server/<command>.
+BY_INIT = "init"
+BY_ISSUE_ADMIN_CERT = "issue-admin-cert"
+BY_CERTIFICATE = "certificate"
+
+
+def check_name(name: str) -> str:
+    """The name, if it may name an admin (sielum://admin/<name>); else InvalidArgumentError."""
+    return validate_name(name, what="admin name")
+
+
+def actor(name: str) -> str:
+    """How the audit trail names an admin: admin/<name>."""
+    return f"admin/{name}"
+
+
+def check_may_call(name: str, admin: Admin | None) -> None:
+    """An admin certificate (or session) is honoured only while its admin is active.
+
+    Revoked: refused from the very next call (tests/rpc/test_admins.py::
+    test_fail_a_revoked_admin_is_refused_at_its_next_call).
+    """
+    if admin is None:
+        raise PermissionDeniedError(f"admin {name} is not registered")
+    if admin.revoked_at is not None:
+        raise PermissionDeniedError(f"admin {name} has been revoked")
+
+
+def issued_at(not_before: datetime) -> datetime:
+    """When a Sielum certificate was signed: its not_before is backdated by BACKDATE."""
+    return not_before + BACKDATE
+
+
+def registers_on_first_use(not_before: datetime | None, cutoff: datetime | None) -> bool:
+    """Whether an unregistered admin's certificate registers its admin on first use.
+
+    Only a certificate signed before the database started to record admins
+    (cutoff, stored by the migration that made the admin table) does: it was
+    made when registering was not possible. Every later certificate came from
+    init, issue-admin-cert or CreateAdmin, which register their admin, so an
+    unknown name then is refused. A dashboard session has no certificate.
+    """
+    if not_before is None or cutoff is None:
+        return False
+    return issued_at(not_before) <= cutoff
+
+
+def unregistered_certificates_may_be_valid(cutoff: datetime | None, now: datetime) -> bool:
+    """Whether a certificate of an admin never registered could still be honoured at now.
+
+    Such certificates were signed by cutoff at the latest and live ADMIN_TTL; until
+    the last of them expires, revoking an unknown name records it as revoked
+    rather than answering NOT_FOUND, so that its certificate never registers.
+    """
+    return cutoff is not None and now < cutoff + ADMIN_TTL

@@ -1,0 +1,200 @@
+"""The admin registry: the ADMIN gate, and creating, listing and revoking admins."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from sielum.admin.service import Caller, check_page_size
+from sielum.admins import policy
+from sielum.ca.authority import CertificateAuthority
+from sielum.ca.profile import load_checked_csr
+from sielum.clock import Clock
+from sielum.errors import AlreadyExistsError, InvalidArgumentError, NotFoundError
+from sielum.identity import Identity
+from sielum.logs import log_event
+from sielum.model import Admin, AuditEvent, Page
+from sielum.recorder import CertificateKind, NoRecorder, Recorder
+from sielum.store.store import ALREADY_REVOKED, Store
+
+log = logging.getLogger("sielum.admin")
+
+
+@dataclass(frozen=True)
+class NewAdmin:
+    """CreateAdmin's answer: the admin and the certificate for the key of its CSR."""
+
+    admin: Admin
+    certificate_pem: str
+    ca_certificate_pem: str
+
+
+class AdminRegistry:
+    """Who is an admin. The server asks check_may_call on every call of the admin role."""
+
+    def __init__(
+        self,
+        store: Store,
+        ca: CertificateAuthority,
+        clock: Clock,
+        recorder: Recorder | None = None,
+    ) -> None:
+        self._store = store
+        self._ca = ca
+        self._clock = clock
+        self._recorder = recorder or NoRecorder()
+
+    def check_may_call(self, caller: Identity) -> None:
+        """The ADMIN gate: raises PermissionDeniedError unless caller's admin is active.
+
+        One indexed lookup per call and nothing kept after it, so a revocation
+        holds from the next call on every worker and replica. A certificate
+        signed before admins were recorded registers its admin here, once
+        (sielum.admins.policy.registers_on_first_use).
+        """
+        admin = self._store.find_admin(caller.name)
+        if admin is None:
+            admin = self._register_on_first_use(caller)
+        policy.check_may_call(caller.name, admin)
+
+    def _register_on_first_use(self, caller: Identity) -> Admin | None:
+        cutoff = self._store.admin_first_use_cutoff()
+        if not policy.registers_on_first_use(caller.not_before, cutoff):
+            return None
+        now = self._clock.now()
+        admin, registered = self._store.register_admin_if_new(
+            Admin(name=caller.name, created_at=now, created_by=policy.BY_CERTIFICATE),
+            AuditEvent(
+                at=now,
+                actor=policy.actor(caller.name),
+                action="admin.register",
+                resource=policy.actor(caller.name),
+                detail=f"first use of a certificate made before admins were registered, "
+                f"serial={caller.serial}",
+            ),
+        )
+        if registered:
+            log_event(log, "admin.register", admin=caller.name, serial=caller.serial, outcome="ok")
+        return admin
+
+    def create(self, caller: Caller, name: str, csr_pem: str) -> NewAdmin:
+        """Register a new admin and certify the key of its CSR; every field is the server's."""
+        name = policy.check_name(name)
+        csr = load_checked_csr(csr_pem)
+        existing = self._store.find_admin(name)
+        if existing is not None:
+            # Checked before signing, to say so without making a certificate;
+            # create_admin's unique name decides a race.
+            if existing.revoked_at is not None:
+                raise AlreadyExistsError(
+                    f"admin {name} was revoked; a revoked admin's name is never reused"
+                )
+            raise AlreadyExistsError(f"admin {name} already exists")
+        now = self._clock.now()
+        issued = self._ca.sign_admin(csr.public_key, name, now)
+        admin = self._store.create_admin(
+            Admin(name=name, created_at=now, created_by=caller.name),
+            caller.audit("admin.create", policy.actor(name), now, f"serial={issued.serial}"),
+        )
+        self._recorder.certificate_issued(CertificateKind.ADMIN)
+        log_event(
+            log,
+            "admin.create",
+            admin=caller.name,
+            created=name,
+            serial=issued.serial,
+            peer=caller.peer,
+            outcome="ok",
+        )
+        return NewAdmin(admin, issued.certificate_pem, self._ca.certificate_pem)
+
+    def list(self, *, page_size: int, cursor: str) -> Page[Admin]:
+        return self._store.list_admins(page_size=check_page_size(page_size), cursor=cursor)
+
+    def revoke(self, caller: Caller, name: str) -> Admin:
+        """Revoke an admin: their certificates (and sessions) are refused from their next call."""
+        name = _check_existing_name(name)
+        now = self._clock.now()
+        audit = caller.audit("admin.revoke", policy.actor(name), now)
+        try:
+            admin = self._store.revoke_admin(name, now, audit)
+        except NotFoundError:
+            # A certificate made before admins were registered may still name
+            # them; record the name as revoked, so it never registers.
+            cutoff = self._store.admin_first_use_cutoff()
+            if not policy.unregistered_certificates_may_be_valid(cutoff, now):
+                raise
+            audit = caller.audit(
+                "admin.revoke",
+                policy.actor(name),
+                now,
+                "not registered: recorded as revoked, so no certificate of this name is honoured",
+            )
+            admin = self._store.revoke_admin(
+                name,
+                now,
+                audit,
+                if_unknown=Admin(
+                    name=name, created_at=now, created_by=policy.BY_CERTIFICATE, revoked_at=now
+                ),
+            )
+        log_event(
+            log,
+            "admin.revoke",
+            admin=caller.name,
+            revoked=name,
+            peer=caller.peer,
+            # The store sets revoked_at to this call's now only when this call revoked it.
+            outcome="ok" if admin.revoked_at == now else ALREADY_REVOKED,
+        )
+        return admin
+
+    def register_made_on_host(self, name: str, command: str, serial: str) -> bool:
+        """Record an admin whose certificate `sielum-server <command>` just made on the host.
+
+        A new name is registered (created_by = command) and True returned; an
+        active admin keeps their record and the new certificate is audited as
+        admin.certify (a renewal); a revoked admin's name is refused.
+        """
+        now = self._clock.now()
+        actor = f"server/{command}"
+        admin, registered = self._store.register_admin_if_new(
+            Admin(name=name, created_at=now, created_by=command),
+            AuditEvent(
+                at=now,
+                actor=actor,
+                action="admin.create",
+                resource=policy.actor(name),
+                detail=f"serial={serial}",
+            ),
+        )
+        self.check_not_revoked(name, admin)
+        if not registered:
+            self._store.record(
+                AuditEvent(
+                    at=now,
+                    actor=actor,
+                    action="admin.certify",
+                    resource=policy.actor(name),
+                    detail=f"serial={serial}",
+                )
+            )
+        return registered
+
+    def check_not_revoked(self, name: str, admin: Admin | None = None) -> None:
+        """Refuses a revoked admin's name, before the host makes a certificate for it."""
+        admin = admin if admin is not None else self._store.find_admin(policy.check_name(name))
+        if admin is not None and admin.revoked_at is not None:
+            raise AlreadyExistsError(
+                f"admin {name} was revoked; a revoked admin's name is never reused"
+            )
+
+
+def _check_existing_name(name: str) -> str:
+    """A name that cannot be an admin's is not found, without asking the database."""
+    if not name:
+        raise InvalidArgumentError("admin name is required")
+    try:
+        return policy.check_name(name)
+    except InvalidArgumentError:
+        raise NotFoundError("admin not found") from None

@@ -1,0 +1,342 @@
+"""Admins and the audit trail in the Store, on SQLite and PostgreSQL: names, revocation, paging."""
+
+from __future__ import annotations
+
+import base64
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from sielum.errors import (
+    AlreadyExistsError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+)
+from sielum.model import Admin, AdminState, AuditEvent, AuditFilter
+from sielum.store import Store, connect
+from sielum.store.database import is_sqlite
+
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+US = timedelta(microseconds=1)
+
+
+@pytest.fixture
+def store(database_url: str) -> Iterator[Store]:
+    s = Store.open(database_url)
+    yield s
+    s.close()
+
+
+def event(action: str, resource: str, at: datetime = T0, actor: str = "admin/root") -> AuditEvent:
+    return AuditEvent(at=at, actor=actor, action=action, resource=resource, peer="127.0.0.1")
+
+
+def add_admin(store: Store, name: str, by: str = "root") -> Admin:
+    return store.create_admin(
+        Admin(name=name, created_at=T0, created_by=by), event("admin.create", f"admin/{name}")
+    )
+
+
+def all_events(store: Store) -> list[AuditEvent]:
+    return list(store.list_audit_events(page_size=1000).items)
+
+
+# Admins
+
+
+def test_create_find_and_list_admins(store: Store) -> None:
+    assert store.find_admin("alice") is None
+    alice = add_admin(store, "alice", by="init")
+    assert alice == Admin(name="alice", created_at=T0, created_by="init")
+    assert alice.state is AdminState.ACTIVE
+    assert store.find_admin("alice") == alice
+    add_admin(store, "bob")
+    assert [a.name for a in store.list_admins().items] == ["bob", "alice"]  # newest first
+    assert [e.resource for e in all_events(store)] == ["admin/bob", "admin/alice"]
+
+
+def test_fail_a_name_is_never_reused(store: Store) -> None:
+    add_admin(store, "alice")
+    add_admin(store, "bob")
+    with pytest.raises(AlreadyExistsError, match=r"^admin alice already exists$"):
+        add_admin(store, "alice")
+    store.revoke_admin("alice", T0, event("admin.revoke", "admin/alice"))
+    with pytest.raises(AlreadyExistsError, match=r"^admin alice was revoked; .* never reused$"):
+        add_admin(store, "alice")
+    # The refusals changed nothing, and audited nothing.
+    assert store.find_admin("alice") == Admin("alice", T0, "root", revoked_at=T0)
+    assert [e.action for e in all_events(store)] == ["admin.revoke", "admin.create", "admin.create"]
+
+
+def test_revoke_keeps_the_first_time_and_audits_each_call(store: Store) -> None:
+    add_admin(store, "alice")
+    add_admin(store, "bob")
+    first = store.revoke_admin("bob", T0 + US, event("admin.revoke", "admin/bob"))
+    again = store.revoke_admin("bob", T0 + 2 * US, event("admin.revoke", "admin/bob"))
+    assert first.revoked_at == again.revoked_at == T0 + US
+    assert first.state is AdminState.REVOKED
+    trail = store.list_audit(resource="admin/bob")
+    assert [(e.action, e.detail) for e in trail] == [
+        ("admin.revoke", "already revoked"),
+        ("admin.revoke", ""),
+        ("admin.create", ""),
+    ]
+
+
+def test_fail_revoking_the_last_active_admin(store: Store) -> None:
+    add_admin(store, "alice")
+    add_admin(store, "bob")
+    store.revoke_admin("bob", T0, event("admin.revoke", "admin/bob"))
+    with pytest.raises(
+        FailedPreconditionError,
+        match=r"^admin alice is the last active admin: create another before revoking it$",
+    ):
+        store.revoke_admin("alice", T0, event("admin.revoke", "admin/alice"))
+    assert store.find_admin("alice") == Admin("alice", T0, "root")
+    # Revoking the revoked one again is no change, so it is allowed.
+    assert store.revoke_admin("bob", T0, event("admin.revoke", "admin/bob")).revoked_at == T0
+
+
+def test_revoking_an_unknown_name(store: Store) -> None:
+    add_admin(store, "alice")
+    with pytest.raises(NotFoundError, match=r"^admin not found$"):
+        store.revoke_admin("ghost", T0, event("admin.revoke", "admin/ghost"))
+    assert store.find_admin("ghost") is None
+    ghost = Admin("ghost", T0, "certificate", revoked_at=T0)
+    audit = event("admin.revoke", "admin/ghost")
+    recorded = store.revoke_admin("ghost", T0, audit, if_unknown=ghost)
+    assert recorded == ghost
+    assert store.find_admin("ghost") == recorded
+
+
+def test_register_if_new_registers_once(database_url: str) -> None:
+    """Many first calls of one certificate at once: one row, one audit event."""
+    stores = [Store(connect(database_url)) for _ in range(6)]
+    stores[0].migrate()
+    start = threading.Barrier(len(stores))
+    outcomes: list[tuple[Admin, bool]] = []
+    lock = threading.Lock()
+
+    def register(store: Store, i: int) -> None:
+        start.wait()
+        result = store.register_admin_if_new(
+            Admin("carol", T0 + i * US, "certificate"), event("admin.register", "admin/carol")
+        )
+        with lock:
+            outcomes.append(result)
+
+    threads = [threading.Thread(target=register, args=(s, i)) for i, s in enumerate(stores)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    try:
+        assert sum(registered for _, registered in outcomes) == 1
+        assert len({admin for admin, _ in outcomes}) == 1  # every call sees the one row
+        assert [e.action for e in stores[0].list_audit(resource="admin/carol")] == [
+            "admin.register"
+        ]
+    finally:
+        for s in stores:
+            s.close()
+
+
+def test_register_if_new_returns_a_revoked_admin_as_it_is(store: Store) -> None:
+    add_admin(store, "alice")
+    add_admin(store, "dave")
+    store.revoke_admin("dave", T0, event("admin.revoke", "admin/dave"))
+    admin, registered = store.register_admin_if_new(
+        Admin("dave", T0 + US, "certificate"), event("admin.register", "admin/dave")
+    )
+    assert not registered and admin.revoked_at == T0
+
+
+def test_admins_revoking_each_other_at_once(database_url: str) -> None:
+    """Two admins revoke each other at the same instant, 20 times over: one always remains.
+
+    Each side has its own Store (its own connections, its own SQLite write lock),
+    as two server replicas would.
+    """
+    left, right = Store.open(database_url), Store(connect(database_url))
+    try:
+        for round_ in range(20):
+            a, b = f"a{round_}", f"b{round_}"
+            add_admin(left, a)
+            add_admin(left, b)
+            if round_:
+                # The survivor of the last round goes, so only this round's pair is
+                # active: each revocation would leave the other as the last one.
+                left.revoke_admin(f"a{round_ - 1}", T0, event("admin.revoke", "x/y"))
+                left.revoke_admin(f"b{round_ - 1}", T0, event("admin.revoke", "x/y"))
+            start = threading.Barrier(2)
+            results: dict[str, object] = {}
+
+            def revoke(store: Store, name: str) -> None:
+                start.wait()
+                try:
+                    results[name] = store.revoke_admin(name, T0, event("admin.revoke", "x/y"))
+                except FailedPreconditionError as error:
+                    results[name] = error
+
+            threads = [
+                threading.Thread(target=revoke, args=(left, b)),
+                threading.Thread(target=revoke, args=(right, a)),
+            ]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(timeout=60)
+            refused = [n for n, r in results.items() if isinstance(r, FailedPreconditionError)]
+            assert len(refused) == 1, results
+            active = [a.name for a in left.list_admins().items if a.revoked_at is None]
+            assert active == refused
+    finally:
+        left.close()
+        right.close()
+
+
+def test_list_admins_pages(store: Store) -> None:
+    names = [f"admin-{i}" for i in range(7)]
+    for name in names:
+        add_admin(store, name)
+    seen: list[str] = []
+    cursor = ""
+    while True:
+        page = store.list_admins(page_size=3, cursor=cursor)
+        assert len(page.items) <= 3
+        seen += [a.name for a in page.items]
+        cursor = page.next_cursor
+        if not cursor:
+            break
+    assert seen == list(reversed(names))
+    with pytest.raises(InvalidArgumentError, match="page_token is invalid"):
+        store.list_admins(cursor=_cursor("tokens:1"))
+
+
+# The audit trail
+
+
+def _cursor(text: str) -> str:
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+def _page_through(store: Store, where: AuditFilter, size: int) -> list[AuditEvent]:
+    seen: list[AuditEvent] = []
+    cursor = ""
+    while True:
+        page = store.list_audit_events(where, page_size=size, cursor=cursor)
+        assert len(page.items) <= size
+        seen += page.items
+        cursor = page.next_cursor
+        if not cursor:
+            return seen
+
+
+def _trail(store: Store) -> list[AuditEvent]:
+    """31 events: three actors, three actions, ten resources; times with ties and out of order."""
+    events = []
+    for i in range(31):
+        # Every third event shares its time with the one before; event 20 was
+        # recorded late (another replica's clock), so it sorts before 19..10.
+        at = T0 + (i - i % 3) * US if i != 20 else T0 + 9 * US
+        events.append(
+            AuditEvent(
+                at=at,
+                actor=("admin/alice", "admin/bob", "token/t1")[i % 3],
+                action=("token.create", "device.revoke", "admin.create")[i % 3],
+                resource=f"device/d{i % 10}",
+                peer="10.0.0.1",
+                detail=f"n={i}",
+            )
+        )
+        store.record(events[-1])
+    # Newest first by time; equal times newest recorded first.
+    return sorted(events, key=lambda e: (e.at, int(e.detail[2:])), reverse=True)
+
+
+def test_audit_events_page_newest_first(store: Store) -> None:
+    expected = _trail(store)
+    for size in (1, 4, 31, 100):
+        assert _page_through(store, AuditFilter(), size) == expected
+    assert store.list_audit_events(page_size=31).next_cursor == ""
+    assert store.list_audit_events(page_size=30).next_cursor != ""
+
+
+FILTERS = (
+    AuditFilter(actor="admin/bob"),
+    AuditFilter(resource="device/d3"),
+    AuditFilter(action="admin.create"),
+    AuditFilter(since=T0 + 12 * US),
+    AuditFilter(actor="admin/alice", since=T0 + 9 * US),
+    AuditFilter(actor="admin/alice", action="token.create", resource="device/d6"),
+    AuditFilter(actor="admin/nobody"),
+    AuditFilter(since=T0 + 1000 * US),
+)
+
+
+def test_audit_event_filters(store: Store) -> None:
+    trail = _trail(store)
+    for where in FILTERS:
+        expected = [
+            e
+            for e in trail
+            if (not where.actor or e.actor == where.actor)
+            and (not where.resource or e.resource == where.resource)
+            and (not where.action or e.action == where.action)
+            and (where.since is None or e.at >= where.since)
+        ]
+        assert _page_through(store, where, 2) == expected, where
+        assert _page_through(store, where, 1000) == expected, where
+
+
+FORGED_CURSORS = (
+    "garbage!",
+    _cursor("audit:1"),
+    _cursor("audit:1:0"),
+    _cursor("audit:x:1"),
+    _cursor(f"audit:{2**63}:1"),
+    _cursor(f"audit:-{2**63 + 1}:1"),
+    _cursor(f"audit:1:{2**63}"),
+    _cursor("tokens:5"),
+    _cursor("audit:1:2\n"),
+)
+
+
+def test_fail_forged_audit_cursors(store: Store) -> None:
+    store.record(event("x.y", "a/b"))
+    for cursor in FORGED_CURSORS:
+        with pytest.raises(InvalidArgumentError, match=r"^page_token is invalid$"):
+            store.list_audit_events(cursor=cursor)
+
+
+def test_audit_cursor_at_the_edges_of_bigint(store: Store) -> None:
+    store.record(event("x.y", "a/b"))
+    assert store.list_audit_events(cursor=_cursor(f"audit:{2**63 - 1}:{2**63 - 1}")).items
+    assert not store.list_audit_events(cursor=_cursor(f"audit:{-(2**63)}:1")).items
+
+
+def test_every_audit_filter_has_an_index(store: Store) -> None:
+    """SQLite's plan for each filter is a search of an index, never a scan or a sort."""
+    if not is_sqlite(store.db):
+        pytest.skip("EXPLAIN QUERY PLAN is SQLite's; bench/scale_bench.py times PostgreSQL")
+    A = store._t.audit_event
+    for condition, index in (
+        (None, "audit_event_at_seq"),
+        (A.at >= T0, "audit_event_at_seq"),
+        (A.actor == "admin/a", "audit_event_actor_at_seq"),
+        (A.resource == "token/t", "audit_event_resource_at_seq"),
+        (A.action == "token.create", "audit_event_action_at_seq"),
+        ((A.actor == "admin/a") & (A.at >= T0), "audit_event_actor_at_seq"),
+    ):
+        query = A.select(A.seq).order_by(A.at.desc(), A.seq.desc()).limit(101)
+        if condition is not None:
+            query = query.where(condition)
+        sql, params = query.sql()
+        plan = " ".join(
+            str(row[3]) for row in store.db.execute_sql(f"EXPLAIN QUERY PLAN {sql}", params)
+        )
+        assert f"INDEX {index}" in plan, plan
+        assert "TEMP B-TREE" not in plan, plan
