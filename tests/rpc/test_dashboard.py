@@ -283,7 +283,10 @@ def test_ok_a_connection_that_never_shakes_hands_is_closed(tmp_path: Path) -> No
 def test_ok_connect_calls_are_counted_apart_from_grpc_ones(tmp_path: Path) -> None:
     h = start_harness(tmp_path, dashboard_addr="127.0.0.1:0", metrics_addr="127.0.0.1:0")
     try:
-        client = _signed_in(h)  # CreateDashboardLogin over gRPC
+        link = _link(h).url  # CreateDashboardLogin over gRPC
+        client = _client(h)
+        assert client.sign_in(link).status == 200
+        assert _client(h).sign_in(link).status == 401  # spent
         assert client.call("ListDevices").status == 200
         assert client.call("ListDevices").status == 200
         assert client.call("GetDevice", {"id": "nope"}).status == 404
@@ -303,3 +306,6 @@ def test_ok_connect_calls_are_counted_apart_from_grpc_ones(tmp_path: Path) -> No
     assert scrape.value(handled, **admin, grpc_method="GetDevice", grpc_code="NotFound") == 1
     assert scrape.value(handled, **admin, grpc_method="ListDevices", transport="grpc") == 0
     assert scrape.value(handled, **admin, grpc_method="CreateDashboardLogin", transport="grpc") == 1
+    assert scrape.value("sielum_dashboard_logins_total", result="ok") == 1
+    assert scrape.value("sielum_dashboard_logins_total", result="refused") == 1
+    assert scrape.value("sielum_dashboard_sessions") == 1

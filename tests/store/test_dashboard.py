@@ -212,6 +212,19 @@ def test_ending_all_sessions_of_an_admin_leaves_the_others(
     assert dashboard.check(bob.key.reveal()).admin == "bob"
 
 
+def test_open_sessions_are_counted_without_the_ended_ones(
+    dashboard: DashboardSessions, clock: FixedClock
+) -> None:
+    _sign_in(dashboard)
+    clock.advance(timedelta(minutes=20))
+    _sign_in(dashboard)
+    signed_out = _sign_in(dashboard)
+    dashboard.end(signed_out.key.reveal(), "10.0.0.9")
+    assert dashboard.count_open(clock.now()) == 2
+    clock.advance(timedelta(minutes=10))  # the first one has been idle 30 minutes now
+    assert dashboard.count_open(clock.now()) == 1
+
+
 def test_old_codes_and_ended_sessions_are_purged(
     store: Store, dashboard: DashboardSessions, clock: FixedClock
 ) -> None:

@@ -287,16 +287,16 @@ def test_v3_keeps_devices_enrolled_before_it(
         store.close()
 
 
-def test_v4_adds_the_dashboard_to_a_version_3_database(
+def test_v5_adds_the_dashboard_to_a_version_4_database(
     database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A database made by the release before the dashboard keeps its rows and gains its tables."""
     with monkeypatch.context() as patched:
-        patched.setattr(migrations, "MIGRATIONS", MIGRATIONS[:3])
-        patched.setattr(migrations, "LATEST_VERSION", 3)
+        patched.setattr(migrations, "MIGRATIONS", MIGRATIONS[:4])
+        patched.setattr(migrations, "LATEST_VERSION", 4)
         old = Store(connect(database_url))
         try:
-            assert old.migrate() == 3
+            assert old.migrate() == 4
             token = Token(
                 id="tok",
                 label="before",

@@ -23,6 +23,7 @@ from sielum.clock import Clock
 from sielum.errors import UnauthenticatedError
 from sielum.logs import log_event
 from sielum.model import AuditEvent, DashboardLogin, DashboardSession
+from sielum.recorder import DashboardLoginResult, NoRecorder, Recorder
 from sielum.store.store import Store
 
 log = logging.getLogger("sielum.dashboard")
@@ -149,10 +150,12 @@ class DashboardSessions:
         self,
         store: Store,
         clock: Clock,
+        recorder: Recorder | None = None,
         randbytes: Callable[[int], bytes] = secrets.token_bytes,
     ) -> None:
         self._store = store
         self._clock = clock
+        self._recorder: Recorder = recorder or NoRecorder()
         self._randbytes = randbytes
 
     def create_login(
@@ -225,8 +228,10 @@ class DashboardSessions:
             except UnauthenticatedError as error:
                 refusal = error
             log_event(log, "dashboard.login", peer=peer, outcome="refused", reason=refusal.message)
+            self._recorder.dashboard_login(DashboardLoginResult.REFUSED)
             raise refusal
         log_event(log, "dashboard.login", admin=session.admin, peer=peer, outcome="ok")
+        self._recorder.dashboard_login(DashboardLoginResult.OK)
         return NewSession(key=key, session=session)
 
     def check(self, key_text: str) -> DashboardSession:
@@ -252,6 +257,10 @@ class DashboardSessions:
         if ended is not None:
             log_event(log, "dashboard.logout", admin=ended.admin, peer=peer, outcome="ok")
         return ended
+
+    def count_open(self, now: datetime) -> int:
+        """Sessions open at now: neither past their 8 hours nor idle for 30 minutes."""
+        return self._store.count_dashboard_sessions(now, now - IDLE_LIMIT)
 
     def end_all_of(self, admin: str) -> int:
         """End every session of admin (revoked): the count ended."""

@@ -245,7 +245,7 @@ class SielumServer:
 
         limiter = FailureLimiter(config.failure_limit)
         enroller = Enroller(self.store, self.ca, self.clock, limiter, recorder)
-        sessions = DashboardSessions(self.store, self.clock)
+        sessions = DashboardSessions(self.store, self.clock, recorder)
         listener = self._dashboard_listener()
         links = None if listener is None else LoginLinks(sessions, listener.base_url)
         # Each service's methods, by full name; the dashboard serves AdminService's too.
@@ -291,9 +291,11 @@ class SielumServer:
         )
         self.grpc_server.add_generic_rpc_handlers((_reflection_v1_handler(reflection_servicer),))
         if self.metrics is not None:
-            # The dashboard adds sessions=<its count of open sessions> here.
             state = StateCollector(
-                self.store.state_counts, self.ca.certificate.not_valid_after_utc, self.clock
+                self.store.state_counts,
+                self.ca.certificate.not_valid_after_utc,
+                self.clock,
+                sessions=None if self.dashboard is None else sessions.count_open,
             )
             self._metrics_endpoint = MetricsEndpoint(self.metrics.registry(state), self.store.close)
             self._metrics_socket = (

@@ -747,6 +747,12 @@ class Store:
             return int(S.delete().where(S.admin == admin).execute())
 
     @_guarded
+    def count_dashboard_sessions(self, now: datetime, idle_since: datetime) -> int:
+        """Sessions neither expired at now nor idle since idle_since (for metrics)."""
+        S = self._t.dashboard_session
+        return int(S.select().where((S.expires_at > now) & (S.last_seen_at > idle_since)).count())
+
+    @_guarded
     def purge_dashboard_credentials(self, now: datetime, idle_since: datetime) -> None:
         """Forget login codes past their expiry and sessions ended by time (expired or idle)."""
         L, S = self._t.dashboard_login, self._t.dashboard_session
