@@ -28,7 +28,7 @@ from playwright.sync_api import Page, expect
 
 from sielum.admin.v1 import admin_pb2, admin_pb2_grpc
 from sielum.enroll.v1 import enroll_pb2, enroll_pb2_grpc
-from tests.e2e.conftest import log_events, run
+from tests.e2e.conftest import admin, log_events, run
 from tests.rpc.conftest import make_csr, make_key
 
 from .conftest import DESKTOP, DOCS_IMAGES, PHONE, SCREENSHOTS, Dashboard
@@ -188,6 +188,24 @@ def test_the_documented_flow(
     expect(device_row.get_by_text("Revoked")).to_be_visible()
     status = run("sielum-agent", "status", "--cert-dir", str(first))
     assert status.returncode == 9, status.stderr
+
+    # Audit: both revocations, by this admin, newest first, after the sign-in.
+    page.get_by_role("link", name="Audit", exact=True).click()
+    expect(page.get_by_role("heading", name="Audit", exact=True)).to_be_visible()
+    expect(row(page, f"device/{device_id}").filter(has_text="device.revoke")).to_have_count(1)
+    lines = page.locator("main table tbody tr").all_inner_texts()
+    token_id = secret[4:20]
+
+    def first_line(action: str, resource: str) -> int:
+        found = [n for n, line in enumerate(lines) if action in line and resource in line]
+        assert found, (action, resource, lines)
+        assert "admin/admin" in lines[found[0]]
+        return found[0]
+
+    device_revoke = first_line("device.revoke", f"device/{device_id}")
+    token_revoke = first_line("token.revoke", f"token/{token_id}")
+    login = first_line("dashboard.login", "admin/admin")
+    assert device_revoke < token_revoke < login, lines
 
     assert errors == []
     shared.update(token_id=secret[4:20], device_id=device_id, secret=secret)
@@ -399,6 +417,36 @@ def test_sign_out_ends_the_session(context: Any, dashboard: Dashboard) -> None:
     assert dashboard.everything() == before
 
 
+def test_refused_a_revoked_admins_session(
+    browser: Any, dashboard: Dashboard, tmp_path: Path
+) -> None:
+    """An admin signed in, then revoked by another: refused from the next request."""
+    bundle = tmp_path / "leaving-admin"
+    created = admin(dashboard.server, "admins", "create", "leaving", "--out", str(bundle))
+    assert created.returncode == 0, created.stderr
+    link = admin(dashboard.server, "--cert-dir", str(bundle), "dashboard", "login")
+    assert link.returncode == 0, link.stderr
+    context = browser.new_context(viewport=DESKTOP)
+    try:
+        page = context.new_page()
+        sign_in(page, dashboard, link.stdout.strip())
+        expect(page.locator("#who")).to_have_text("leaving")
+        revoked = admin(dashboard.server, "admins", "revoke", "leaving")
+        assert revoked.returncode == 0, revoked.stderr
+        before = dashboard.everything()
+        answer = _connect_from_page(page, "CreateEnrollmentToken", {"label": "left already"})
+        assert answer == {
+            "status": 403,
+            "body": {"code": "permission_denied", "message": "admin leaving has been revoked"},
+        }
+        page.goto(f"{dashboard.url}/settings/enrollment-tokens")
+        expect(page.get_by_role("heading", name="You are signed out", exact=True)).to_be_visible()
+        expect(page.get_by_text("Admin leaving has been revoked.")).to_be_visible()
+        assert dashboard.everything() == before
+    finally:
+        context.close()
+
+
 # --- screenshots -------------------------------------------------------------------------------
 
 
@@ -418,7 +466,7 @@ def _seed(dashboard: Dashboard) -> None:
         f"localhost:{dashboard.server.enroll_port}",
         grpc.ssl_channel_credentials(root_certificates=dashboard.ca_pem),
     )
-    admin = admin_pb2_grpc.AdminServiceStub(admin_channel)
+    api = admin_pb2_grpc.AdminServiceStub(admin_channel)
     enroll = enroll_pb2_grpc.EnrollServiceStub(enroll_channel)
     in_a_week = datetime.now(UTC) + timedelta(days=7)
     fleet = (
@@ -434,7 +482,7 @@ def _seed(dashboard: Dashboard) -> None:
                 request.max_uses = max_uses
             if expires_at is not None:
                 request.expires_at.FromDatetime(expires_at)
-            token = admin.CreateEnrollmentToken(request, timeout=30)
+            token = api.CreateEnrollmentToken(request, timeout=30)
             for hostname in hostnames:
                 enroll.Enroll(
                     enroll_pb2.EnrollRequest(
@@ -443,15 +491,15 @@ def _seed(dashboard: Dashboard) -> None:
                     timeout=30,
                 )
             if label == "pilot-2025":
-                admin.RevokeEnrollmentToken(
+                api.RevokeEnrollmentToken(
                     admin_pb2.RevokeEnrollmentTokenRequest(id=token.token.id), timeout=30
                 )
         printer = [
             d
-            for d in admin.ListDevices(admin_pb2.ListDevicesRequest(), timeout=30).devices
+            for d in api.ListDevices(admin_pb2.ListDevicesRequest(), timeout=30).devices
             if d.hostname == "lab-printer"
         ]
-        admin.RevokeDevice(admin_pb2.RevokeDeviceRequest(id=printer[0].id), timeout=30)
+        api.RevokeDevice(admin_pb2.RevokeDeviceRequest(id=printer[0].id), timeout=30)
 
 
 def _settled(page: Page) -> None:

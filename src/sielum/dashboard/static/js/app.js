@@ -72,7 +72,8 @@ async function start() {
     me = await session("current");
   } catch (error) {
     if (error instanceof ApiError && error.endsSession) {
-      showSignedOut(null);
+      // Why, when there is more to say than the heading does (expired, revoked).
+      showSignedOut(error.message === "you are signed out" ? null : error.message);
       return;
     }
     main.replaceChildren(h("div", { class: "alert alert-error", role: "alert" }, error.message));
