@@ -550,6 +550,8 @@ def test_screenshots_of_every_page(browser: Any, dashboard: Dashboard) -> None:
             viewer.screenshot(path=SCREENSHOTS / f"{size}-new-token.png")
             dialog.get_by_role("button", name="Create").click()
             expect(viewer.get_by_role("dialog", name="Token created")).to_be_visible()
+            if size == "1280":
+                viewer.mouse.move(0, 0)  # no button drawn as hovered
             viewer.screenshot(path=SCREENSHOTS / f"{size}-token-created.png")
             viewer.keyboard.press("Escape")
             taken += [
