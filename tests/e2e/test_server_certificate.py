@@ -193,12 +193,16 @@ def test_a_running_server_notices_renewed_files_by_itself(
 ) -> None:
     data_dir = init_data_dir(tmp_path)
     ca_pem = (data_dir / "ca.pem").read_bytes()
-    server = start_server(data_dir, "--certificate-check-interval", "0.2")
+    server = start_server(data_dir, "--workers", "2", "--certificate-check-interval", "0.2")
     server_factory.append(server)
+    _wait_for_log(server, "workers ready")
     first = _served_certificate(server.enroll_port, ca_pem)
     assert run("sielum-server", "renew-server-cert", "--data-dir", str(data_dir)).returncode == 0
-    _wait_for_log(server, 'server certificate reloaded trigger="files changed"')
-    assert _served_certificate(server.enroll_port, ca_pem).serial_number != first.serial_number
+    # Each worker watches the files on its own; both must have taken the new pair
+    # before any new connection is sure to get it.
+    _wait_for_log(server, 'server certificate reloaded trigger="files changed"', count=2)
+    for _ in range(4):
+        assert _served_certificate(server.enroll_port, ca_pem).serial_number != first.serial_number
 
 
 def test_workers_each_take_the_renewal_on_sighup(
