@@ -37,6 +37,17 @@ def test_ok_unlimited_token_has_no_max_uses(harness: Harness) -> None:
     assert not created.token.HasField("max_uses")
 
 
+def test_ok_the_audit_trail_states_a_new_tokens_terms_in_words(harness: Harness) -> None:
+    expires = datetime(2099, 1, 2, 3, 4, 5, tzinfo=UTC)
+    unlimited = harness.create_token(expires_at=to_timestamp(expires))
+    limited = harness.create_token(max_uses=7)
+    details = {e.resource: e.detail for e in harness.server.store.list_audit(limit=10)}
+    assert details[f"token/{unlimited.token.id}"] == (
+        "max_uses=unlimited expires_at=2099-01-02T03:04:05Z"
+    )
+    assert details[f"token/{limited.token.id}"] == "max_uses=7 expires_at=never"
+
+
 @pytest.mark.parametrize(
     ("fields", "message"),
     [

@@ -151,6 +151,13 @@ def check_page_size(page_size: int) -> int:
     return min(page_size or 100, MAX_PAGE_SIZE)
 
 
+def _token_terms(max_uses: int | None, expires_at: datetime | None) -> str:
+    """A new token's terms as the audit trail records them: 'max_uses=10 expires_at=never'."""
+    uses = "unlimited" if max_uses is None else str(max_uses)
+    expiry = "never" if expires_at is None else f"{expires_at.astimezone(UTC):%Y-%m-%dT%H:%M:%SZ}"
+    return f"max_uses={uses} expires_at={expiry}"
+
+
 class Administration:
     """The AdminService's decisions; the servicer only converts protobuf.
 
@@ -200,7 +207,7 @@ class Administration:
                 "token.create",
                 f"token/{token_id}",
                 now,
-                f"max_uses={max_uses} expires_at={expires_at or 'never'}",
+                _token_terms(max_uses, expires_at),
             ),
         )
         log_event(
