@@ -426,9 +426,16 @@ def test_ssl_context_on_an_event_loop_takes_reloads_on_that_loop(data_dir: Path)
         with _connect(port, ca_pem) as after:
             assert _peer(after).serial_number == renewed.pair.certificate.serial_number
     finally:
-        server.close()
+        # asyncio objects are not thread-safe: close the listener on its own loop, and
+        # let the echo handlers of the test's connections finish before the loop stops.
+        async def close() -> None:
+            server.close()
+            await server.wait_closed()
+
+        asyncio.run_coroutine_threadsafe(close(), loop).result(10)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
+        loop.close()
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="only root may give files to another owner")
