@@ -31,18 +31,16 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import procstat
 from csrpool import csr_pool
-from enroll_bench import Row, git_revision, machine, measure
+from enroll_bench import git_revision, machine
+from paired import Side, alternate, summarize
 from sielum_proc import SielumProcess, start_sielum
 
 _FLOOR = r"""
@@ -165,31 +163,6 @@ def floor(calls: int) -> dict[str, float]:
     return dict(json.loads(out.stdout))
 
 
-class Scraper:
-    """GETs /metrics every interval seconds on a thread while the metrics server is loaded."""
-
-    def __init__(self, port: int, interval: float) -> None:
-        self.port, self.interval = port, interval
-        self.scrapes = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            url = f"http://127.0.0.1:{self.port}/metrics"
-            with urllib.request.urlopen(url, timeout=30) as reply:
-                reply.read()
-            self.scrapes += 1
-
-    def __enter__(self) -> Scraper:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=5, help="on/off pairs")
@@ -240,68 +213,26 @@ def main(argv: list[str] | None = None) -> int:
         "off": start_sielum(data_dir, workers=args.workers, metrics=False),
         "on": start_sielum(data_dir, workers=args.workers, metrics=True),
     }
-    rows: list[dict[str, Any]] = []
     try:
         for server in servers.values():
             if args.workers and args.workers > 1:
                 procstat.wait_for_children(server.pid, args.workers)
         time.sleep(1.0)
         token = servers["on"].create_token()  # one database: either server takes it
-        for index in range(runs):
-            # on, off, off, on, on, off, ...: each round's first run is the other's last.
-            state = ("on", "off")[(index + index // 2) % 2]
-            server = servers[state]
-            payloads = pool[index * args.max_calls : (index + 1) * args.max_calls]
-            print(f"round {index // 2 + 1}, metrics {state}", flush=True)
-            scraper = Scraper(server.metrics_port, args.scrape_interval) if state == "on" else None
-            if scraper is not None:
-                scraper.__enter__()
-            try:
-                row: Row = measure(
-                    f"metrics-{state}", "enroll", args.mode, args.concurrency,
-                    server.enroll_target, server.ca_pem, server.pid, payloads, token, args,
-                )  # fmt: skip
-            finally:
-                if scraper is not None:
-                    scraper.__exit__()
-            rows.append(
-                {
-                    "round": index // 2 + 1,
-                    "metrics": state,
-                    "us_per_enrollment": row.server_us_per_call,
-                    "enrollments_per_second": row.figures.per_second,
-                    "ok": row.figures.ok,
-                    "errors": dict(row.figures.errors),
-                    "scrapes": 0 if scraper is None else scraper.scrapes,
-                    "other_cpu_seconds": row.other_cpu_seconds,
-                }
-            )
+        sides = {
+            "on": Side(servers["on"], token, scrape_interval=args.scrape_interval),
+            "off": Side(servers["off"], token),
+        }
+        rows = alternate(sides, pool, args, label=lambda state: f"metrics-{state}")
     finally:
         codes = {state: server.stop() for state, server in servers.items()}
         shutil.rmtree(work, ignore_errors=True)
 
-    ratios = []
-    print()
-    print("| round | off µs/enroll | on µs/enroll | on ÷ off | scrapes | other CPU s (off, on) |")
-    print("|---|---|---|---|---|---|")
-    for n in range(1, args.rounds + 1):
-        pair = {r["metrics"]: r for r in rows if r["round"] == n}
-        ratio = pair["on"]["us_per_enrollment"] / pair["off"]["us_per_enrollment"]
-        ratios.append(ratio)
-        off_us, on_us = pair["off"]["us_per_enrollment"], pair["on"]["us_per_enrollment"]
-        print(
-            f"| {n} | {off_us:.0f} | {on_us:.0f} | {ratio:.3f} | {pair['on']['scrapes']}"
-            f" | {pair['off']['other_cpu_seconds']:.1f}, {pair['on']['other_cpu_seconds']:.1f} |"
-        )
-    off = [r["us_per_enrollment"] for r in rows if r["metrics"] == "off"]
-    on = [r["us_per_enrollment"] for r in rows if r["metrics"] == "on"]
+    paired = summarize(rows, "off", "on")
+    ratios = paired["paired_ratio_range"]
     summary = {
-        "off_us_median": statistics.median(off),
-        "on_us_median": statistics.median(on),
-        "ratio_of_medians": statistics.median(on) / statistics.median(off),
-        "paired_ratio_median": statistics.median(ratios),
-        "paired_ratio_range": [min(ratios), max(ratios)],
-        "floor_share_of_off_median": bare["us_per_enrollment"] / statistics.median(off),
+        **paired,
+        "floor_share_of_off_median": bare["us_per_enrollment"] / paired["off_us_median"],
         "steps_off_us_median": statistics.median(r["off"] for r in step_rows),
         "steps_on_us_median": statistics.median(r["on"] for r in step_rows),
         "steps_ratio_median": statistics.median(step_ratios),
@@ -311,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"server CPU per enrollment: off {summary['off_us_median']:.0f} µs, on "
         f"{summary['on_us_median']:.0f} µs (medians of {args.rounds}); on ÷ off "
-        f"{summary['ratio_of_medians']:.3f}; paired rounds {min(ratios):.3f}-{max(ratios):.3f} "
+        f"{summary['ratio_of_medians']:.3f}; paired rounds {ratios[0]:.3f}-{ratios[1]:.3f} "
         f"(median {summary['paired_ratio_median']:.3f})"
     )
     print(

@@ -25,13 +25,22 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def init_data_dir(data_dir: Path) -> None:
+def server_env(server_src: Path | None) -> dict[str, str]:
+    """The environment of a server process: another checkout's src/ ahead of the installed one."""
+    env = {k: v for k, v in os.environ.items() if k != "SIELUM_DATABASE_URL"}
+    if server_src is not None:
+        env["PYTHONPATH"] = str(server_src)
+    return env
+
+
+def init_data_dir(data_dir: Path, server_src: Path | None = None) -> None:
     if (data_dir / "ca.pem").exists():
         return
     subprocess.run(
         [str(BIN / "sielum-server"), "init", "--data-dir", str(data_dir)],
         check=True,
         capture_output=True,
+        env=server_env(server_src),
     )
 
 
@@ -93,10 +102,26 @@ def start_sielum(
     log_path: Path | None = None,
     server_src: Path | None = None,
     metrics: bool = True,
+    dashboard: bool = False,
 ) -> SielumProcess:
-    init_data_dir(data_dir)
+    """Starts `sielum-server serve` and waits until it answers.
+
+    With `server_src` (another checkout's src/, the "before" of a comparison), the server
+    may predate the dashboard and metrics flags: neither is passed, and `extra` may set them.
+    """
+    init_data_dir(data_dir, server_src)
     enroll_port, api_port = free_port(), free_port()
-    metrics_port = free_port() if metrics else 0
+    metrics_port = free_port() if metrics and server_src is None else 0
+    optional = (
+        []
+        if server_src is not None
+        else [
+            "--metrics-addr",
+            f"127.0.0.1:{metrics_port}" if metrics else "off",
+            "--dashboard-addr",
+            f"127.0.0.1:{free_port()}" if dashboard else "off",
+        ]
+    )
     log_path = log_path or data_dir.parent / f"sielum-{enroll_port}.log"
     args = [
         str(BIN / "sielum-server"),
@@ -107,27 +132,18 @@ def start_sielum(
         f"127.0.0.1:{enroll_port}",
         "--api-addr",
         f"127.0.0.1:{api_port}",
-        "--dashboard-addr",
-        "off",
         "--log-format",
         "json",
-        # A server from another checkout may predate the flag; `extra` may set it there.
-        *(
-            []
-            if server_src
-            else ["--metrics-addr", f"127.0.0.1:{metrics_port}" if metrics else "off"]
-        ),
+        *optional,
         *extra,
     ]
     if database_url:
         args += ["--database", database_url]
     if workers is not None:
         args += ["--workers", str(workers)]
-    env = {k: v for k, v in os.environ.items() if k != "SIELUM_DATABASE_URL"}
-    if server_src is not None:
-        # Another checkout's src/ ahead of the installed one: the "before" of a comparison.
-        env["PYTHONPATH"] = str(server_src)
-    process = subprocess.Popen(args, stdout=log_path.open("wb"), stderr=subprocess.STDOUT, env=env)
+    process = subprocess.Popen(
+        args, stdout=log_path.open("wb"), stderr=subprocess.STDOUT, env=server_env(server_src)
+    )
     server = SielumProcess(process, data_dir, enroll_port, api_port, log_path, metrics_port)
     channel = grpc.secure_channel(
         server.enroll_target, grpc.ssl_channel_credentials(root_certificates=server.ca_pem)
