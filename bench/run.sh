@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The whole benchmark in one command: setup, then the mass-rollout run and the scale run.
+# The whole benchmark in one command: setup, then the mass-rollout, scale, metrics-cost
+# and revision-cost runs.
 #   bash bench/run.sh            # full: about 10 minutes on 2 cores
 #   bash bench/run.sh --quick    # 2-second runs, 20,000-device scale run: about 3 minutes
 # Figures are printed and written as JSON to bench/results/.
@@ -16,3 +17,5 @@ timeout 900 .venv/bin/python bench/scale_bench.py "${quick[@]}" \
   --json-out "bench/results/scale-${stamp}.json"
 timeout 900 .venv/bin/python bench/metrics_cost.py "${quick[@]}" \
   --json-out "bench/results/metrics-cost-${stamp}.json"
+timeout 900 .venv/bin/python bench/revision_cost.py "${quick[@]}" \
+  --json-out "bench/results/revision-cost-${stamp}.json"
