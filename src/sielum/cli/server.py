@@ -32,6 +32,8 @@ from sielum.ca.datadir import (
 )
 from sielum.ca.profile import DEFAULT_DEVICE_TTL, fingerprint
 from sielum.ca.servercert import renew_server_certificate
+from sielum.cli import conventions
+from sielum.cli.conventions import CommandError, print_json
 from sielum.cli.durations import parse_duration
 from sielum.enroll.ratelimit import FailureLimit
 from sielum.errors import InvalidArgumentError, SielumError
@@ -52,6 +54,7 @@ if TYPE_CHECKING:
     from sielum.server.app import ServerConfig
     from sielum.store.store import Store
 
+PROG = "sielum-server"
 EXIT_USAGE = 2
 EXIT_FAILED = 1
 # Linux's default fs.nr_open, for a hard limit of "unlimited" that setrlimit refuses.
@@ -76,6 +79,16 @@ serve uses (--database URL or SIELUM_DATABASE_URL; default SQLite in the data di
 
 A running server takes a renewed server certificate on SIGHUP, or by itself
 within 10 seconds of the files changing.
+
+--json (before or after the command; not for serve, which logs with
+--log-format json) prints the result as one JSON document, and a failure as
+{"error": {"code", "message", "exit_code"}} on stdout as well as the line on
+stderr.
+
+exit codes:
+  0  success
+  1  failure: a file cannot be read or written, the database or the server failed
+  2  bad arguments: a bad --san, a missing or wrong passphrase, no data directory
 """
 DATABASE_ENV = "SIELUM_DATABASE_URL"
 
@@ -136,6 +149,16 @@ def _cmd_init(args: argparse.Namespace) -> int:
         )
     finally:
         store.close()
+    if args.json:
+        print_json(
+            {
+                "caFingerprint": result.fingerprint,
+                "dataDir": str(paths.root),
+                "adminBundle": str(paths.admin_dir),
+                "firstAdmin": FIRST_ADMIN_NAME,
+            }
+        )
+        return 0
     print(f"CA fingerprint: {result.fingerprint}")
     print(f"data dir:       {paths.root}")
     print(f"admin bundle:   {paths.admin_dir}  (admin.pem, admin.key, ca.pem)")
@@ -148,7 +171,11 @@ def _cmd_init(args: argparse.Namespace) -> int:
 
 
 def _cmd_fingerprint(args: argparse.Namespace) -> int:
-    print(fingerprint(load_ca_certificate(Path(args.data_dir))))
+    value = fingerprint(load_ca_certificate(Path(args.data_dir)))
+    if args.json:
+        print_json({"caFingerprint": value})
+    else:
+        print(value)
     return 0
 
 
@@ -159,6 +186,20 @@ def _cmd_renew_server_cert(args: argparse.Namespace) -> int:
     )
     pair = renewed.pair
     added = [name for name in pair.names if name not in renewed.previous.names]
+    if args.json:
+        print_json(
+            {
+                "certificate": str(DataDirPaths.of(data_dir).server_cert),
+                "serial": pair.serial,
+                "previousSerial": renewed.previous.serial,
+                "notAfter": _when(pair.not_after),
+                "names": list(pair.names),
+                "addedNames": added,
+                "caFingerprint": renewed.ca_fingerprint,
+                "caNotAfter": _when(renewed.ca_not_after),
+            }
+        )
+        return 0
     print(f"renewed the server certificate: {DataDirPaths.of(data_dir).server_cert}")
     print(f"  serial:          {pair.serial} (was {renewed.previous.serial})")
     print(f"  expires:         {_when(pair.not_after)}")
@@ -193,6 +234,16 @@ def _cmd_issue_admin_cert(args: argparse.Namespace) -> int:
         registered = registry.register_made_on_host(args.name, BY_ISSUE_ADMIN_CERT, _serial(out))
     finally:
         store.close()
+    if args.json:
+        print_json(
+            {
+                "name": args.name,
+                "bundleDir": str(out),
+                "serial": _serial(out),
+                "registered": registered,
+            }
+        )
+        return 0
     print(f"admin certificate for {args.name!r} written to {out}")
     if registered:
         print(f"admin {args.name} is registered")
@@ -274,6 +325,10 @@ def raise_open_files_limit() -> tuple[int, int, int]:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    if args.json:
+        raise InvalidArgumentError(
+            "serve logs one line per event instead of printing a result: use --log-format json"
+        )
     configure_logging(args.log_format)
     if args.workers < 1:
         raise InvalidArgumentError("--workers must be at least 1")
@@ -438,12 +493,17 @@ def _database_option(parser: argparse.ArgumentParser, what: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="sielum-server",
+    parser = conventions.Parser(
+        prog=PROG,
         description=_DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    conventions.add_version_option(parser)
+    conventions.add_json_option(parser, top=True, help=conventions.JSON_HELP)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def json_option(command: argparse.ArgumentParser) -> None:
+        conventions.add_json_option(command, top=False, help=conventions.JSON_HELP)
 
     init = commands.add_parser("init", help="make the CA, server and first admin certificates")
     init.add_argument(
@@ -458,6 +518,7 @@ def build_parser() -> argparse.ArgumentParser:
         "localhost, 127.0.0.1 and ::1 are always included",
     )
     _database_option(init, "the database serve will use, where the first admin is registered")
+    json_option(init)
     init.set_defaults(run=_cmd_init)
 
     serve = commands.add_parser(
@@ -592,6 +653,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     fp = commands.add_parser("fingerprint", help="print the CA fingerprint (sha256:<hex>)")
     fp.add_argument("--data-dir", required=True)
+    json_option(fp)
     fp.set_defaults(run=_cmd_fingerprint)
 
     issue = commands.add_parser(
@@ -603,6 +665,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", required=True, metavar="DIR", help="directory for admin.pem, admin.key, ca.pem"
     )
     _database_option(issue, "the database serve uses, where the admin is registered")
+    json_option(issue)
     issue.set_defaults(run=_cmd_issue_admin_cert)
 
     renew = commands.add_parser(
@@ -621,22 +684,29 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="a DNS name or IP address to add to the certificate's names (repeatable)",
     )
+    json_option(renew)
     renew.set_defaults(run=_cmd_renew_server_cert)
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+def _command(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     args.argv = argv
-    try:
-        return int(args.run(args))
-    except SielumError as error:
-        print(f"sielum-server: {error.message}", file=sys.stderr)
-        return EXIT_USAGE if error.code.name == "INVALID_ARGUMENT" else EXIT_FAILED
-    except OSError as error:
-        print(f"sielum-server: {error}", file=sys.stderr)
-        return EXIT_FAILED
+    return int(args.run(args))
+
+
+def _translate(error: Exception) -> CommandError | None:
+    if isinstance(error, SielumError):
+        if error.code.name == "INVALID_ARGUMENT":
+            return CommandError(error.message, EXIT_USAGE, "usage")
+        return CommandError(error.message, EXIT_FAILED, "failed")
+    if isinstance(error, OSError):
+        return CommandError(str(error), EXIT_FAILED, "failed")
+    return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return conventions.run_main(PROG, sys.argv[1:] if argv is None else argv, _command, _translate)
 
 
 if __name__ == "__main__":
