@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 from collections.abc import Iterator
 from importlib import metadata
@@ -18,11 +19,15 @@ from .conftest import (
     admin,
     agent,
     agent_enroll,
+    ca_fingerprint,
     create_token,
+    enroll_args,
+    free_port,
     init_data_dir,
     run,
     script,
     start_server,
+    token_uses,
 )
 
 pytestmark = pytest.mark.e2e
@@ -240,3 +245,110 @@ def test_a_pipeline_into_head_keeps_the_first_line(server: ServerProcess) -> Non
     assert "Traceback" not in result.stderr and "Exception" not in result.stderr
     # 0 when the list fitted in the pipe before head left, 141 when it did not.
     assert result.returncode in (0, 141)
+
+
+def _pointed_at(cert_dir: Path, tmp_path: Path, api_endpoint: str) -> Path:
+    """A copy of an enrolled cert dir whose agent.json names another API endpoint."""
+    copy = tmp_path / f"agent-{api_endpoint.rsplit(':', 1)[1]}"
+    shutil.copytree(cert_dir, copy)
+    state = json.loads((copy / "agent.json").read_text())
+    state["api_endpoint"] = api_endpoint
+    (copy / "agent.json").write_text(json.dumps(state))
+    return copy
+
+
+def test_an_unreachable_server_reads_the_same_from_every_command(
+    server: ServerProcess, cert_dir: Path, tmp_path: Path
+) -> None:
+    port = free_port()  # nothing listens there
+    expected = f"cannot reach 127.0.0.1:{port}: connection refused"
+    down = _pointed_at(cert_dir, tmp_path, f"127.0.0.1:{port}")
+    before = {p.name: p.read_bytes() for p in down.iterdir()}
+    results = {
+        "enroll": run(
+            "sielum-agent", "enroll", "--server", f"https://127.0.0.1:{port}",
+            "--ca-fingerprint", ca_fingerprint(server.data_dir),
+            "--cert-dir", str(tmp_path / "new"), env={"SIELUM_ENROLLMENT_TOKEN": _A_TOKEN},
+        ),
+        "status": agent("status", "--cert-dir", str(down)),
+        "renew": agent("renew", "--cert-dir", str(down)),
+        "admin": run(
+            "sielum-admin", "--server", f"127.0.0.1:{port}",
+            "--cert-dir", str(server.data_dir / "admin"), "tokens", "list",
+        ),
+    }  # fmt: skip
+    for name, result in results.items():
+        prog = "sielum-admin" if name == "admin" else "sielum-agent"
+        assert result.returncode == 5, (name, result.stderr)
+        assert result.stderr.splitlines() == [f"{prog}: {expected}"], name
+    # The failed renewal changed nothing.
+    assert {p.name: p.read_bytes() for p in down.iterdir()} == before
+
+    as_json = agent("status", "--cert-dir", str(down), "--json")
+    assert _error(as_json, "sielum-agent") == {
+        "code": "unreachable",
+        "message": expected,
+        "exit_code": 5,
+    }
+
+
+def test_an_agent_at_the_api_port_is_told_to_enroll_on_the_enroll_port(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    token_id, secret = create_token(server, "--label", "wrong-port", "--max-uses", "1")
+    args = enroll_args(server, tmp_path / "agent", "--json")
+    args[args.index("--server") + 1] = f"https://127.0.0.1:{server.api_port}"
+    result = run(*args, env={"SIELUM_ENROLLMENT_TOKEN": secret})
+    assert result.returncode == 5, result.stderr
+    error = _error(result, "sielum-agent")
+    assert error["code"] == "wrong_port"
+    assert error["message"] == (
+        f"127.0.0.1:{server.api_port} is Sielum's API port (it asks for a client "
+        "certificate); enroll on the enroll port instead, 8443 unless the server was "
+        "started with another --enroll-addr"
+    )
+    assert token_uses(server, token_id) == 0
+
+
+def test_admin_and_agent_calls_at_the_enroll_port_are_told_to_use_the_api_port(
+    server: ServerProcess, cert_dir: Path, tmp_path: Path
+) -> None:
+    target = f"127.0.0.1:{server.enroll_port}"
+    admin_result = run(
+        "sielum-admin", "--server", target, "--cert-dir", str(server.data_dir / "admin"),
+        "tokens", "list", "--json",
+    )  # fmt: skip
+    assert admin_result.returncode == 5, admin_result.stderr
+    error = _error(admin_result, "sielum-admin")
+    assert error["code"] == "wrong_port"
+    assert error["message"] == (
+        f"{target} is Sielum's enroll port (it asks for no client certificate); admin calls "
+        "go to the API port, 8444 unless the server was started with another --api-addr"
+    )
+
+    misdirected = _pointed_at(cert_dir, tmp_path, target)
+    for command in ("status", "renew"):
+        result = agent(command, "--cert-dir", str(misdirected))
+        assert result.returncode == 5, (command, result.stderr)
+        assert result.stderr.splitlines() == [
+            f"sielum-agent: {target} is Sielum's enroll port (it asks for no client "
+            "certificate); device calls go to the API port, 8444 unless the server was "
+            "started with another --api-addr"
+        ]
+
+    # At the right port a refusal is still the certificate's: a device is not an admin.
+    device = run(
+        "sielum-admin", "--server", f"127.0.0.1:{server.api_port}", "--cert-dir",
+        str(_as_admin_bundle(cert_dir, tmp_path)), "tokens", "list", "--json",
+    )  # fmt: skip
+    assert device.returncode == 6, device.stderr
+    assert _error(device, "sielum-admin")["code"] == "denied"
+
+
+def _as_admin_bundle(cert_dir: Path, tmp_path: Path) -> Path:
+    bundle = tmp_path / "device-as-admin"
+    bundle.mkdir()
+    shutil.copy(cert_dir / "device.pem", bundle / "admin.pem")
+    shutil.copy(cert_dir / "device.key", bundle / "admin.key")
+    shutil.copy(cert_dir / "ca.pem", bundle / "ca.pem")
+    return bundle

@@ -57,6 +57,16 @@ class ServerUnreachableError(AgentError):
     code = "unreachable"
 
 
+class WrongPortError(ServerUnreachableError):
+    """The address is a Sielum port, but the other one: the API port for enroll, or the reverse.
+
+    Exit code 5 like any server the agent cannot use at that address; the code
+    word and the message say which port to use instead.
+    """
+
+    code = "wrong_port"
+
+
 class CertDirError(AgentError):
     """The cert dir cannot be created, written or read."""
 

@@ -24,8 +24,9 @@ from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from sielum.admin.v1 import admin_pb2, admin_pb2_grpc
+from sielum.agent import reach
 from sielum.agent.address import ServerAddress, parse_server
-from sielum.agent.errors import UsageError
+from sielum.agent.errors import UsageError, WrongPortError
 from sielum.ca.datadir import PRIVATE_MODE, PUBLIC_MODE, write_private_file
 from sielum.ca.profile import fingerprint, role_of
 from sielum.cli import conventions
@@ -104,7 +105,7 @@ exit codes:
   {EXIT_USAGE}  bad arguments (here or as judged by the server: INVALID_ARGUMENT)
   {EXIT_CREDENTIALS}  the admin certificate bundle is missing or unreadable
   {EXIT_NOT_FOUND}  no token, device or admin has that id or name
-  {EXIT_UNREACHABLE}  the server is unreachable
+  {EXIT_UNREACHABLE}  the server is unreachable, or --server is Sielum's enroll port (not the API)
   {EXIT_DENIED}  the server refused this certificate (not an admin, a revoked admin, or not
      from its CA)
 
@@ -476,10 +477,26 @@ def _rpc_error(error: grpc.RpcError, server: ServerAddress, ca_pem: bytes) -> Ad
     code = error.code() if isinstance(error, grpc.Call) else grpc.StatusCode.UNKNOWN
     raw = error.details() if isinstance(error, grpc.Call) else ""
     details = re.sub(r"\s+", " ", raw or "").strip() or code.name.lower()
-    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-        return AdminError(
-            f"cannot reach the Sielum API at {server.target}: {details}", EXIT_UNREACHABLE
-        )
+    if code is grpc.StatusCode.DEADLINE_EXCEEDED:
+        return AdminError(reach.cannot_reach(server.target, "no answer in time"), EXIT_UNREACHABLE)
+    if code in (
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.UNAUTHENTICATED,
+    ):
+        # gRPC's text does not tell a closed port from a refused handshake, and the
+        # enroll port refuses admin calls as if the certificate were wrong (it asks
+        # for none): look again, and say what it is, as the agent does.
+        try:
+            ca: x509.Certificate | None = x509.load_pem_x509_certificate(ca_pem)
+        except ValueError:
+            ca = None
+        found = reach.explain_failure(server, ca, "api", details)
+        if isinstance(found, WrongPortError):
+            return AdminError(found.message, EXIT_UNREACHABLE, found.code)
+        if code is grpc.StatusCode.UNAVAILABLE:
+            message = (found or reach.unreachable(server, details)).message
+            return AdminError(message, EXIT_UNREACHABLE)
     exit_code = {
         grpc.StatusCode.NOT_FOUND: EXIT_NOT_FOUND,
         grpc.StatusCode.INVALID_ARGUMENT: EXIT_USAGE,

@@ -44,7 +44,8 @@ exit codes:
   {errors.EXIT_USAGE}  bad arguments: --server, --ca-fingerprint, or a malformed/mistyped token
   {errors.EXIT_PIN_MISMATCH}  CA fingerprint mismatch: the server is not the pinned one
   {errors.EXIT_TOKEN_REFUSED}  token refused: invalid, expired, exhausted or revoked
-  {errors.EXIT_UNREACHABLE}  server unreachable (refused, timed out, name not found, TLS failed)
+  {errors.EXIT_UNREACHABLE}  server unreachable (refused, timed out, name not found, TLS failed),
+     or the other Sielum port: enroll on the enroll port, status/renew on the API port
   {errors.EXIT_CERT_DIR}  cert dir cannot be created, written or read
   {errors.EXIT_ALREADY_ENROLLED}  already enrolled: the cert dir holds an enrollment (see --force)
   {errors.EXIT_NOT_ENROLLED}  not enrolled: status/renew found no enrollment in the cert dir
