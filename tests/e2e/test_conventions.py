@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
@@ -352,3 +353,65 @@ def _as_admin_bundle(cert_dir: Path, tmp_path: Path) -> Path:
     shutil.copy(cert_dir / "device.key", bundle / "admin.key")
     shutil.copy(cert_dir / "ca.pem", bundle / "ca.pem")
     return bundle
+
+
+def _as_nobody(*args: str) -> subprocess.CompletedProcess[str]:
+    """A console script run as uid/gid 65534 with no other group: a monitoring user."""
+    return subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", script(args[0]), *args[1:]],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "HOME": "/"},
+    )
+
+
+def _tree(directory: Path) -> dict[str, tuple[bytes, int, int]]:
+    return {
+        p.name: (p.read_bytes(), p.stat().st_mode, p.stat().st_gid) for p in directory.iterdir()
+    }
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root")
+def test_status_for_a_monitoring_user_and_a_read_only_cert_dir(server: ServerProcess) -> None:
+    _, secret = create_token(server, "--label", "monitoring", "--expires-in", "1h")
+    # Outside pytest's 0700 tmp dir, which uid 65534 could not enter.
+    base = Path(tempfile.mkdtemp(prefix="sielum-monitoring-"))
+    try:
+        base.chmod(0o755)
+        cert_dir = base / "agent"
+        assert agent_enroll(server, secret, cert_dir).returncode == 0
+        device_id = json.loads((cert_dir / "agent.json").read_text())["device_id"]
+        # The README's recipe: the monitoring group may read the cert dir and the key.
+        for path in (cert_dir, *cert_dir.iterdir()):
+            os.chown(path, -1, 65534)
+        cert_dir.chmod(0o750)
+        (cert_dir / "device.key").chmod(0o640)
+
+        def status_as_nobody() -> None:
+            before = _tree(cert_dir)
+            result = _as_nobody("sielum-agent", "status", "--cert-dir", str(cert_dir), "--json")
+            assert result.returncode == 0, result.stderr
+            assert json.loads(result.stdout)["deviceId"] == device_id
+            assert _tree(cert_dir) == before
+
+        # The lock file is the agent's (0600): the monitoring user reads without it.
+        status_as_nobody()
+        renewed = agent("renew", "--cert-dir", str(cert_dir))
+        assert renewed.returncode == 0, renewed.stderr
+        key = (cert_dir / "device.key").stat()
+        assert (key.st_mode & 0o777, key.st_gid) == (0o640, 65534)
+        status_as_nobody()
+
+        # Read-only, without a lock file: status makes none, even as root.
+        (cert_dir / ".lock").unlink()
+        subprocess.run(["chmod", "-R", "a-w", str(cert_dir)], check=True)
+        status_as_nobody()
+        before = _tree(cert_dir)
+        as_root = agent("status", "--cert-dir", str(cert_dir))
+        assert as_root.returncode == 0, as_root.stderr
+        assert _tree(cert_dir) == before
+    finally:
+        subprocess.run(["chmod", "-R", "u+w", str(base)], check=False)
+        shutil.rmtree(base, ignore_errors=True)

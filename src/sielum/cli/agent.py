@@ -230,6 +230,15 @@ def _cmd_renew(args: argparse.Namespace) -> int:
     return errors.EXIT_OK
 
 
+_STATUS_DESCRIPTION = """\
+Heartbeat over mTLS with the stored certificate; print the device id, the server,
+the certificate's expiry and when renewal is due (--json for check scripts).
+
+Writes nothing to the cert dir, not even its lock file: it runs on a read-only
+mount, and as a monitoring user who may read the cert dir and device.key (give
+one group read access, device.key mode 0640; renewals keep that group and bit).
+"""
+
 _RUN_DESCRIPTION = """\
 Stay up as a service (examples/systemd/sielum-agent.service): a heartbeat every
 --interval, a renewal at a random moment soon after the server's renew_after,
@@ -325,6 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     status_cmd = commands.add_parser(
         "status",
         help="heartbeat over mTLS; print device id, server, expiry, renewal",
+        description=_STATUS_DESCRIPTION,
         epilog=_EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
