@@ -7,14 +7,11 @@ import logging
 import os
 import resource
 import shutil
-import signal
 import socket
 import sys
-import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from types import FrameType
 from typing import TYPE_CHECKING
 
 from cryptography import x509
@@ -39,6 +36,7 @@ from sielum.enroll.ratelimit import FailureLimit
 from sielum.errors import InvalidArgumentError, SielumError
 from sielum.logs import configure_logging, log_event
 from sielum.server import multiproc
+from sielum.server.signals import SignalInbox
 from sielum.server.workers import (
     Supervisor,
     default_workers,
@@ -325,6 +323,9 @@ def raise_open_files_limit() -> tuple[int, int, int]:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    # First of all: a SIGTERM from now on is noted, not fatal, however early it comes.
+    signals = SignalInbox()
+    signals.install()
     if args.json:
         raise InvalidArgumentError(
             "serve logs one line per event instead of printing a result: use --log-format json"
@@ -343,7 +344,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             raise InvalidArgumentError("--metrics-addr must be HOST:PORT or off") from None
     _check_dashboard_options(args)
     if args.worker_index is not None:  # a worker: the supervisor set up the run
-        return _serve_with_core_log(args)
+        return _serve_with_core_log(args, signals)
     before, soft, hard = raise_open_files_limit()
     log_event(
         logging.getLogger("sielum.server"),
@@ -361,54 +362,45 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     try:
         if args.workers > 1:
             # The supervisor runs no grpc; its workers each capture their own C-core lines.
-            return _supervise(args)
-        return _serve_with_core_log(args)
+            return _supervise(args, signals)
+        return _serve_with_core_log(args, signals)
     finally:
         if run_directory is not None:
             multiproc.remove_run_directory(run_directory)
 
 
-def _serve_with_core_log(args: argparse.Namespace) -> int:
+def _serve_with_core_log(args: argparse.Namespace, signals: SignalInbox) -> int:
     """One server process, alone or a worker, with grpc's C-core lines in its log."""
     from sielum.server.corelog import CoreLogCapture
 
     capture = CoreLogCapture()
     configure_logging(args.log_format, stream=capture.start())
     try:
-        return _serve(args)
+        return _serve(args, signals)
     finally:
         capture.stop()
 
 
-def _serve(args: argparse.Namespace) -> int:
-    wake = threading.Event()
-    received: list[int] = []
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        # Only noted here; the loop below acts on it outside the signal handler.
-        received.append(signum)
-        wake.set()
-
-    # SIGHUP first, before the server starts: its default action would end the process.
-    for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, on_signal)
+def _serve(args: argparse.Namespace, signals: SignalInbox) -> int:
+    log = logging.getLogger("sielum.server")
     from sielum.server.app import SielumServer
 
+    if signals.stop is not None:
+        log.info("%s received while starting: stopping", signals.stop_name)
+        return 0
+    # A stop signal during start() is noted by the handler and acted on below.
     server = SielumServer(_server_config(args)).start()
     if args.ready_fd is not None:
         signal_ready(args.ready_fd)
     supervisor = os.getppid() if args.worker_index is not None else None
-    log = logging.getLogger("sielum.server")
     while True:
-        wake.wait(1.0)
-        wake.clear()
-        signals, received[:] = list(received), []
-        stopping = [sig for sig in signals if sig != signal.SIGHUP]
-        if stopping:
-            log.info("%s received: finishing calls in flight", signal.Signals(stopping[0]).name)
+        if signals.stop is not None:
+            log.info("%s received: finishing calls in flight", signals.stop_name)
             break
-        if signals:
+        if signals.take_hangups():
             server.reload_certificate()
+        signals.wake.wait(1.0)
+        signals.wake.clear()
         if supervisor is not None and os.getppid() != supervisor:
             # The supervisor died without telling us (SIGKILL): a worker nobody
             # watches would hold the port forever, so it stops as on SIGTERM.
@@ -418,7 +410,7 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _supervise(args: argparse.Namespace) -> int:
+def _supervise(args: argparse.Namespace, signals: SignalInbox) -> int:
     """Check what every worker would (CA, database schema) once, then run the workers."""
     from sielum.store.store import Store
 
@@ -468,6 +460,7 @@ def _supervise(args: argparse.Namespace) -> int:
             command=command,
             grace=args.grace,
             pass_fds=() if metrics is None else (metrics.fileno(),),
+            signals=signals,
         ).run()
     finally:
         for holder in (*holders, metrics):
