@@ -235,8 +235,8 @@ def test_failures_are_one_line_with_their_exit_code(server: ServerProcess, tmp_p
         "list",
     )
     assert down.returncode == 5
-    assert _one_line(down.stderr).startswith(
-        f"sielum-admin: cannot reach the Sielum API at 127.0.0.1:{port}: "
+    assert (
+        _one_line(down.stderr) == f"sielum-admin: cannot reach 127.0.0.1:{port}: connection refused"
     )
 
 

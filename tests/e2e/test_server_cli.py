@@ -337,3 +337,43 @@ def test_grpc_core_lines_reach_the_log_in_its_json_format(
         assert entry["level"] in ("warning", "error")
         assert entry["source"].startswith("ssl_transport_security.cc:")
     assert [e["event"] for e in entries if e["logger"] == "sielum.server"][-1] == "stopped"
+
+
+@pytest.mark.parametrize(
+    ("workers", "moment"),
+    [
+        ("1", "open files limit"),  # the first line: signal handlers are set
+        ("2", "open files limit"),  # the supervisor is loading the CA and the database
+        ("2", "starting workers"),  # the workers are being started
+        ("2", " serving "),  # one worker serves, the other may still be starting
+    ],
+)
+def test_sigterm_while_starting_stops_cleanly(tmp_path: Path, workers: str, moment: str) -> None:
+    data_dir = tmp_path / "data"
+    assert run("sielum-server", "init", "--data-dir", str(data_dir)).returncode == 0
+    process = subprocess.Popen(
+        [
+            script("sielum-server"), "serve", "--data-dir", str(data_dir),
+            "--enroll-addr", "127.0.0.1:0", "--api-addr", "127.0.0.1:0",
+            "--metrics-addr", "off", "--dashboard-addr", "off", "--workers", workers,
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    assert process.stderr is not None
+    lines: list[str] = []
+    try:
+        for line in process.stderr:
+            lines.append(line)
+            if moment in line:
+                process.send_signal(signal.SIGTERM)
+                break
+        rest = process.communicate(timeout=60)[1]
+    finally:
+        if process.poll() is None:
+            process.kill()
+    log = "".join(lines) + rest
+    assert any(moment in line for line in lines), log
+    assert process.returncode == 0, log
+    assert "Traceback" not in log
+    assert "SIGTERM received" in log

@@ -369,3 +369,68 @@ def test_ok_a_cert_dir_reached_through_a_symlink_is_used(tmp_path: Path, ca: Ca)
     link = tmp_path / "link"
     link.symlink_to(cert_dir.root)
     assert CertDir(link).load_locked().key_pem == private_pem(key)
+
+
+def test_read_uses_a_staged_certificate_and_writes_nothing(tmp_path: Path, ca: Ca) -> None:
+    cert_dir, _ = _enrolled(tmp_path, ca)
+    root = cert_dir.root
+    new_key = ec.generate_private_key(ec.SECP256R1())
+    new_pem = ca.issue(new_key)
+    # Between commit_renewal's two renames, as a reader without the lock may see it.
+    (root / "renew.pem.pending").write_bytes(new_pem)
+    (root / "device.key").write_bytes(private_pem(new_key))
+    before = _files(cert_dir)
+    assert ".lock" not in before
+    stored = cert_dir.read()
+    assert stored.certificate_pem == new_pem
+    assert _files(cert_dir) == before  # nothing renamed, no lock file made
+
+
+def test_read_takes_a_shared_lock_when_it_can(tmp_path: Path, ca: Ca) -> None:
+    cert_dir, key = _enrolled(tmp_path, ca)
+    with cert_dir.lock():  # makes .lock; a writer holds it exclusively
+        pass
+    assert cert_dir.read().key_pem == private_pem(key)
+    (cert_dir.root / ".lock").chmod(0o000)  # root opens it anyway; others could not
+    assert cert_dir.read().key_pem == private_pem(key)
+
+
+def test_fail_read_of_files_that_never_belong_together(tmp_path: Path, ca: Ca) -> None:
+    cert_dir, _ = _enrolled(tmp_path, ca)
+    other = ec.generate_private_key(ec.SECP256R1())
+    # A certificate for the key on disk, but of another device: read again, then refused.
+    key = serialization.load_pem_private_key(
+        (cert_dir.root / "device.key").read_bytes(), password=None
+    )
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    (cert_dir.root / "device.pem").write_bytes(ca.issue(key, device_id="dev-2"))
+    with pytest.raises(CertDirError) as caught:
+        cert_dir.read()
+    assert caught.value.message == (
+        f"{cert_dir.root / 'device.pem'} is not the certificate of device dev-1 that "
+        f"{cert_dir.root / 'agent.json'} names: re-enroll with `sielum-agent enroll --force`"
+    )
+    (cert_dir.root / "device.pem").write_bytes(ca.issue(other))
+    with pytest.raises(CertDirError, match="does not match"):
+        cert_dir.read()
+
+
+def test_renewal_keeps_the_group_read_bit_an_operator_gave_the_key(tmp_path: Path, ca: Ca) -> None:
+    cert_dir, _ = _enrolled(tmp_path, ca)
+    key_path = cert_dir.root / "device.key"
+    monitoring_gid = 65534
+    os.chown(key_path, -1, monitoring_gid)
+    key_path.chmod(0o640)
+    new_key = ec.generate_private_key(ec.SECP256R1())
+    cert_dir.stage_renewal_key(new_key)
+    cert_dir.commit_renewal(ca.issue(new_key))
+    info = key_path.stat()
+    assert key_path.read_bytes() == private_pem(new_key)
+    assert (info.st_mode & 0o777, info.st_gid) == (0o640, monitoring_gid)
+
+    # A key the group may not read stays 0600 after the next renewal.
+    key_path.chmod(0o600)
+    newer = ec.generate_private_key(ec.SECP256R1())
+    cert_dir.stage_renewal_key(newer)
+    cert_dir.commit_renewal(ca.issue(newer))
+    assert key_path.stat().st_mode & 0o777 == 0o600

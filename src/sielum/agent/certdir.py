@@ -9,16 +9,19 @@ import json
 import os
 import secrets
 import stat
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from sielum.agent.errors import CertDirError, NotEnrolledError
+from sielum.ca.profile import role_of
 
 KEY_FILE = "device.key"
 CERT_FILE = "device.pem"
@@ -35,9 +38,15 @@ RENEW_CERT_FILE = "renew.pem.pending"
 LOCK_FILE = ".lock"
 
 PRIVATE_MODE = 0o600
+# A key an operator let a group read (a monitoring user running `status`).
+GROUP_READABLE_KEY_MODE = 0o640
 PUBLIC_MODE = 0o644
 DIR_MODE = 0o700
 STATE_VERSION = 1
+# A reader without the lock that finds files that do not belong together (a renewal
+# or re-enrollment between its reads) reads them all again, this many times.
+READ_ATTEMPTS = 5
+READ_RETRY_DELAY = 0.05  # seconds, times the attempt number
 
 
 @dataclass(frozen=True)
@@ -257,6 +266,7 @@ class CertDir:
             raise CertDirError(f"{self.path(PENDING_KEY_FILE)} vanished during enrollment")
         self._write(CERT_FILE, certificate_pem, PUBLIC_MODE)
         self._write(CA_FILE, ca_pem, PUBLIC_MODE)
+        self._keep_group_read(PENDING_KEY_FILE)
         self._rename(PENDING_KEY_FILE, KEY_FILE)
         self._write(STATE_FILE, state.to_json(), PUBLIC_MODE)
 
@@ -274,8 +284,33 @@ class CertDir:
         so the pair on disk is always one that works.
         """
         self._write(RENEW_CERT_FILE, certificate_pem, PUBLIC_MODE)
+        self._keep_group_read(RENEW_KEY_FILE)
         self._rename(RENEW_KEY_FILE, KEY_FILE)
         self._rename(RENEW_CERT_FILE, CERT_FILE)
+
+    def _keep_group_read(self, new_key: str) -> None:
+        """Gives a new key the group and group read bit of the key it replaces, if it had them.
+
+        An operator who let a group read device.key (so that a monitoring user can
+        run `status`) keeps that after every renewal. Never the others' bits; and
+        the read bit only once the group is the old key's, so a key never becomes
+        readable by a group nobody chose. Best effort: a renewal is not failed for it.
+        """
+        try:
+            old = os.lstat(self.path(KEY_FILE))
+        except OSError:
+            return
+        if not stat.S_ISREG(old.st_mode) or not old.st_mode & stat.S_IRGRP:
+            return
+        fd = self._open(new_key)
+        try:
+            if os.fstat(fd).st_gid != old.st_gid:
+                os.fchown(fd, -1, old.st_gid)
+            os.fchmod(fd, GROUP_READABLE_KEY_MODE)
+        except OSError:
+            pass  # not in that group: the key stays 0600, readable by its owner only
+        finally:
+            os.close(fd)
 
     def discard_renewal(self) -> None:
         self.discard(RENEW_KEY_FILE)
@@ -289,6 +324,43 @@ class CertDir:
         with self.lock():
             return self.load()
 
+    def read(self) -> StoredEnrollment:
+        """The enrollment, for a reader that writes nothing (status): no lock file is made.
+
+        A read-only cert dir, or a monitoring user allowed to read the files (see the
+        README, "Monitoring"), can run `status`. Under a shared lock when the lock file
+        opens read-only (the agent's own user, root): no writer is then at work.
+        Without one, every file is still whole (each is replaced by an atomic rename),
+        and a set of files that does not belong together, read while a renewal or
+        re-enrollment swapped them, is read again (tests/unit/test_agent_certdir.py).
+        """
+        self.require_dir()
+        self.check_dir()
+        lock = self._open_lock_for_reading()
+        if lock is not None:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_SH)
+                return self._load(finish=False)
+            finally:
+                os.close(lock)
+        for attempt in range(1, READ_ATTEMPTS + 1):
+            try:
+                return self._load(finish=False)
+            except _MixedFilesError:
+                if attempt == READ_ATTEMPTS:
+                    raise
+                time.sleep(READ_RETRY_DELAY * attempt)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _open_lock_for_reading(self) -> int | None:
+        """A read-only descriptor of the lock file; None when it is absent or not ours to read."""
+        try:
+            return os.open(
+                self.path(LOCK_FILE), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+            )
+        except OSError:
+            return None
+
     def require_dir(self) -> None:
         if not self.root.is_dir():
             raise NotEnrolledError(
@@ -299,6 +371,10 @@ class CertDir:
         """Reads and cross-checks the enrollment; finishes an interrupted renewal first."""
         self.require_dir()
         self.check_dir()
+        return self._load(finish=True)
+
+    def _load(self, *, finish: bool) -> StoredEnrollment:
+        """Reads and cross-checks the files; finish: complete an interrupted renewal on disk."""
         state_path = self.path(STATE_FILE)
         try:
             state = AgentState.from_json(self._read_file(STATE_FILE)[0])
@@ -317,22 +393,51 @@ class CertDir:
         key_pem, key = self._read_key(KEY_FILE)
         certificate_pem, certificate = self._read_certificate(CERT_FILE)
         if not same_key(key, certificate):
-            certificate_pem, certificate = self._finish_interrupted_renewal(key)
+            certificate_pem, certificate = self._finish_interrupted_renewal(key, finish=finish)
         ca_pem, ca = self._read_certificate(CA_FILE)
+        if not finish:
+            # Without the lock, what a re-enrollment (--force) swaps file by file.
+            self._check_belong_together(state, certificate, ca)
         return StoredEnrollment(state, key, key_pem, certificate, certificate_pem, ca, ca_pem)
 
     def _finish_interrupted_renewal(
-        self, key: ec.EllipticCurvePrivateKey
+        self, key: ec.EllipticCurvePrivateKey, *, finish: bool
     ) -> tuple[bytes, x509.Certificate]:
-        if os.path.lexists(self.path(RENEW_CERT_FILE)):
-            pem, staged = self._read_certificate(RENEW_CERT_FILE)
-            if same_key(key, staged):
+        """The staged certificate of the new key; moved into place only if finish."""
+        staged: x509.Certificate | None = None
+        pending = self.path(RENEW_CERT_FILE)
+        if os.path.lexists(pending):
+            try:
+                pem, staged = self._read_certificate(RENEW_CERT_FILE)
+            except CertDirError:
+                if os.path.lexists(pending):
+                    raise
+                # Moved into place meanwhile by the renewal: a reader without the
+                # lock reads every file again.
+        if staged is not None and same_key(key, staged):
+            if finish:
                 self._rename(RENEW_CERT_FILE, CERT_FILE)
-                return pem, staged
-        raise CertDirError(
+            return pem, staged
+        raise _MixedFilesError(
             f"{self.path(KEY_FILE)} does not match {self.path(CERT_FILE)}: "
             "re-enroll with `sielum-agent enroll --force`"
         )
+
+    def _check_belong_together(
+        self, state: AgentState, certificate: x509.Certificate, ca: x509.Certificate
+    ) -> None:
+        if role_of(certificate) != ("device", state.device_id):
+            raise _MixedFilesError(
+                f"{self.path(CERT_FILE)} is not the certificate of device {state.device_id} "
+                f"that {self.path(STATE_FILE)} names: re-enroll with `sielum-agent enroll --force`"
+            )
+        try:
+            certificate.verify_directly_issued_by(ca)
+        except (ValueError, TypeError, InvalidSignature):
+            raise _MixedFilesError(
+                f"{self.path(CERT_FILE)} is not issued by {self.path(CA_FILE)}: "
+                "re-enroll with `sielum-agent enroll --force`"
+            ) from None
 
     def _read(self, name: str) -> tuple[Path, bytes]:
         path = self.path(name)
@@ -401,6 +506,10 @@ class CertDir:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+class _MixedFilesError(CertDirError):
+    """Files that do not belong together: read mid-swap without the lock, or damaged."""
 
 
 def _check_trusted(info: os.stat_result, what: str) -> None:

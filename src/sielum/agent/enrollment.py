@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from sielum.agent import pinning
+from sielum.agent import pinning, reach
 from sielum.agent.address import ServerAddress, parse_server, resolve_api_endpoint
 from sielum.agent.certdir import STATE_FILE, AgentState, CertDir, StoredEnrollment, same_key
 from sielum.agent.errors import (
@@ -30,8 +30,8 @@ from sielum.agent.errors import (
     RenewedElsewhereError,
     ServerAnswerError,
     ServerBusyError,
-    ServerUnreachableError,
     TokenRefusedError,
+    WrongPortError,
 )
 from sielum.agent.v1 import agent_pb2, agent_pb2_grpc
 from sielum.ca.profile import fingerprint, role_of
@@ -325,7 +325,8 @@ def _call_enroll(
                 ) from None
             if code is grpc.StatusCode.PERMISSION_DENIED:
                 raise TokenRefusedError(f"token refused: {details}") from None
-            raise _common_error(code, details, options.server.target) from None
+            ca = x509.load_pem_x509_certificate(ca_pem)
+            raise _common_error(code, details, options.server, ca, "enroll") from None
     return reply
 
 
@@ -338,7 +339,9 @@ def status(
     agent sends it anyway, since only the server may say the device is done for (this
     machine's clock may be the one that is wrong).
     """
-    stored = cert_dir.load_locked()
+    # Read without writing anything, the lock file included: a monitoring user
+    # who may only read the cert dir can run status.
+    stored = cert_dir.read()
     if not allow_expired:
         _check_not_expired(stored)
     reply = _call_agent(
@@ -433,8 +436,13 @@ def _call_agent(
         except grpc.RpcError as error:
             code, details = _status(error)
             if code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
+                # The enroll port asks for no client certificate, so it refuses
+                # every device call: that is a wrong address, not a refused device.
+                wrong = reach.explain_failure(api, stored.ca, "api", details, caller="device")
+                if isinstance(wrong, WrongPortError):
+                    raise wrong from None
                 raise DeviceRefusedError(f"the server refused this device: {details}") from None
-            raise _common_error(code, details, api.target) from None
+            raise _common_error(code, details, api, stored.ca, "api") from None
 
 
 def _status(error: grpc.RpcError) -> tuple[grpc.StatusCode, str]:
@@ -444,11 +452,20 @@ def _status(error: grpc.RpcError) -> tuple[grpc.StatusCode, str]:
     return code, re.sub(r"\s+", " ", details or "").strip()
 
 
-def _common_error(code: grpc.StatusCode, details: str, target: str) -> AgentError:
+def _common_error(
+    code: grpc.StatusCode,
+    details: str,
+    server: ServerAddress,
+    ca: x509.Certificate,
+    want: reach.Port,
+) -> AgentError:
     if code is grpc.StatusCode.UNAVAILABLE:
-        return ServerUnreachableError(f"cannot reach {target}: {details or 'unavailable'}")
+        # gRPC's text is the same for a closed port and for a refused handshake:
+        # look again to say which, in the words enroll uses (agent/reach.py).
+        found = reach.explain_failure(server, ca, want, details, caller="device")
+        return found or reach.unreachable(server, details)
     if code is grpc.StatusCode.DEADLINE_EXCEEDED:
-        return ServerUnreachableError(f"{target} did not answer in time")
+        return reach.unreachable(server, "no answer in time")
     if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
         return ServerBusyError(f"the server asks this client to slow down: {details}")
     return ServerAnswerError(f"the server refused the request ({code.name}): {details}")

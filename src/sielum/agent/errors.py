@@ -21,6 +21,8 @@ class AgentError(Exception):
     """Base of every agent failure; the message is one line, safe to print, never a secret."""
 
     exit_code = EXIT_FAILED
+    # A word for scripts, in the --json error object (sielum/cli/conventions.py).
+    code = "failed"
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -31,59 +33,82 @@ class UsageError(AgentError):
     """A flag or input is malformed: --server, --ca-fingerprint, a mistyped token."""
 
     exit_code = EXIT_USAGE
+    code = "usage"
 
 
 class PinMismatchError(AgentError):
     """The server could not prove it holds a certificate from the pinned CA: nothing was sent."""
 
     exit_code = EXIT_PIN_MISMATCH
+    code = "pin_mismatch"
 
 
 class TokenRefusedError(AgentError):
     """The server refused the token: invalid, expired, exhausted or revoked."""
 
     exit_code = EXIT_TOKEN_REFUSED
+    code = "token_refused"
 
 
 class ServerUnreachableError(AgentError):
     """No connection (refused, timed out, name not found, TLS handshake failed)."""
 
     exit_code = EXIT_UNREACHABLE
+    code = "unreachable"
+
+
+class WrongPortError(ServerUnreachableError):
+    """The address is a Sielum port, but the other one: the API port for enroll, or the reverse.
+
+    Exit code 5 like any server the agent cannot use at that address; the code
+    word and the message say which port to use instead.
+    """
+
+    code = "wrong_port"
 
 
 class CertDirError(AgentError):
     """The cert dir cannot be created, written or read."""
 
     exit_code = EXIT_CERT_DIR
+    code = "cert_dir"
 
 
 class AlreadyEnrolledError(AgentError):
     """The cert dir holds an enrollment already and --force was not given."""
 
     exit_code = EXIT_ALREADY_ENROLLED
+    code = "already_enrolled"
 
 
 class NotEnrolledError(AgentError):
     """status or renew on a cert dir without a (complete) enrollment."""
 
     exit_code = EXIT_NOT_ENROLLED
+    code = "not_enrolled"
 
 
 class DeviceRefusedError(AgentError):
     """The server refused this device's certificate: revoked or unknown."""
 
     exit_code = EXIT_DEVICE_REFUSED
+    code = "device_refused"
 
 
 class ServerAnswerError(AgentError):
     """The server answered, but with an error or with something that fails our checks."""
 
     exit_code = EXIT_FAILED
+    code = "failed"
 
 
 class ServerBusyError(ServerAnswerError):
     """RESOURCE_EXHAUSTED: the server asks this client to call less often; try again later."""
 
+    code = "busy"
+
 
 class RenewedElsewhereError(AgentError):
     """The certificate on disk changed since it was read: another process renewed it."""
+
+    code = "renewed_elsewhere"

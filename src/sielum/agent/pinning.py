@@ -5,8 +5,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
-import socket
-import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -16,13 +14,13 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from sielum.agent import reach
 from sielum.agent.address import ServerAddress
-from sielum.agent.errors import PinMismatchError, ServerUnreachableError
+from sielum.agent.errors import PinMismatchError
 
 # How far our clock may run behind or ahead of the server's before a freshly issued
 # certificate looks not-yet-valid or expired; the CA backdates by five minutes too.
 CLOCK_SKEW = timedelta(minutes=5)
-DER_ENCODING = 2  # _ssl.ENCODING_DER, not exported publicly before Python 3.13
 
 
 @dataclass(frozen=True)
@@ -148,63 +146,16 @@ def fetch_chain(server: ServerAddress, timeout: float) -> list[x509.Certificate]
 
     Nothing but the handshake happens on this connection: no application byte is
     written, so a server that fails the checks has learnt nothing but our address.
+    Verification is ours to do, against the pin, once the chain is in hand.
     """
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    # Verification is ours to do, against the pin, once the chain is in hand.
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.set_alpn_protocols(["h2"])
-    try:
-        raw = socket.create_connection((server.host, server.port), timeout=timeout)
-    except TimeoutError:
-        raise ServerUnreachableError(
-            f"cannot reach {server.target}: connection timed out after {timeout:g}s"
-        ) from None
-    except OSError as error:
-        raise ServerUnreachableError(f"cannot reach {server.target}: {_reason(error)}") from None
-    with raw:
-        try:
-            # server_hostname sets SNI so a server with several names picks the right one.
-            with context.wrap_socket(raw, server_hostname=server.host) as tls:
-                ders = _unverified_chain(tls)
-        except TimeoutError:
-            raise ServerUnreachableError(
-                f"TLS handshake with {server.target} timed out after {timeout:g}s"
-            ) from None
-        except (ssl.SSLError, OSError) as error:
-            raise ServerUnreachableError(
-                f"TLS handshake with {server.target} failed: {_reason(error)}"
-            ) from None
+    with reach.tls_connection(server, timeout, reach.unverified_context()) as tls:
+        ders = reach.unverified_chain(tls)
     try:
         return [x509.load_der_x509_certificate(der) for der in ders]
     except ValueError:
         raise PinMismatchError(
             f"{server.target} sent a certificate that cannot be parsed; the token was not sent"
         ) from None
-
-
-def _unverified_chain(tls: ssl.SSLSocket) -> list[bytes]:
-    public = getattr(tls, "get_unverified_chain", None)
-    if public is not None:  # Python 3.13+
-        items = public()
-    else:  # Python 3.10-3.12 expose the same call on the private SSLObject only
-        sslobj = tls._sslobj  # type: ignore[attr-defined]
-        items = sslobj.get_unverified_chain()
-    result: list[bytes] = []
-    for item in items or ():
-        result.append(item if isinstance(item, bytes) else item.public_bytes(DER_ENCODING))
-    return result
-
-
-def _reason(error: BaseException) -> str:
-    if isinstance(error, ssl.SSLError) and error.reason:
-        return str(error.reason).lower().replace("_", " ")
-    if isinstance(error, socket.gaierror):
-        return f"name not found ({error.strerror})"
-    if isinstance(error, OSError) and error.strerror:
-        return error.strerror.lower()
-    return str(error) or type(error).__name__
 
 
 def probe(server: ServerAddress, pin: bytes, timeout: float = 10.0) -> PinnedServer:

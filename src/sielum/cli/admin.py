@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import shlex
@@ -12,7 +11,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any, TypeVar
 
 import grpc
 from cryptography import x509
@@ -25,10 +24,13 @@ from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from sielum.admin.v1 import admin_pb2, admin_pb2_grpc
+from sielum.agent import reach
 from sielum.agent.address import ServerAddress, parse_server
-from sielum.agent.errors import UsageError
+from sielum.agent.errors import UsageError, WrongPortError
 from sielum.ca.datadir import PRIVATE_MODE, PUBLIC_MODE, write_private_file
 from sielum.ca.profile import fingerprint, role_of
+from sielum.cli import conventions
+from sielum.cli.conventions import CommandError
 from sielum.cli.durations import parse_duration
 from sielum.errors import InvalidArgumentError
 from sielum.tokens import PREFIX as SECRET_PREFIX
@@ -55,6 +57,15 @@ EXIT_CREDENTIALS = 3
 EXIT_NOT_FOUND = 4
 EXIT_UNREACHABLE = 5
 EXIT_DENIED = 6
+# The word for each exit code in the --json error object (sielum/cli/conventions.py).
+_CODES = {
+    EXIT_FAILED: "failed",
+    EXIT_USAGE: "usage",
+    EXIT_CREDENTIALS: "credentials",
+    EXIT_NOT_FOUND: "not_found",
+    EXIT_UNREACHABLE: "unreachable",
+    EXIT_DENIED: "denied",
+}
 
 _TOKEN_STATES = {
     "active": admin_pb2.TOKEN_STATE_ACTIVE,
@@ -94,29 +105,22 @@ exit codes:
   {EXIT_USAGE}  bad arguments (here or as judged by the server: INVALID_ARGUMENT)
   {EXIT_CREDENTIALS}  the admin certificate bundle is missing or unreadable
   {EXIT_NOT_FOUND}  no token, device or admin has that id or name
-  {EXIT_UNREACHABLE}  the server is unreachable
+  {EXIT_UNREACHABLE}  the server is unreachable, or --server is Sielum's enroll port (not the API)
   {EXIT_DENIED}  the server refused this certificate (not an admin, a revoked admin, or not
      from its CA)
 
-Every failure prints one line on stderr. --json prints the API's JSON (the
-field names buf curl and grpcurl show) for scripts.
+Every failure prints one line on stderr. --json (before or after the command)
+prints the API's JSON (the field names buf curl and grpcurl show) for scripts,
+and on failure {{"error": {{"code", "message", "exit_code"}}}} on stdout as well as
+the line on stderr.
 """
 
 
-class AdminError(Exception):
+class AdminError(CommandError):
     """A failure with its exit code; the message is one line, safe to print."""
 
-    def __init__(self, message: str, exit_code: int = EXIT_FAILED) -> None:
-        super().__init__(message)
-        self.message = message
-        self.exit_code = exit_code
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse with one-line errors."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"{PROG}: {message} (see {self.prog} --help)\n")
+    def __init__(self, message: str, exit_code: int = EXIT_FAILED, code: str = "") -> None:
+        super().__init__(message, exit_code, code or _CODES.get(exit_code, "failed"))
 
 
 @dataclass(frozen=True)
@@ -211,10 +215,6 @@ def _server(text: str) -> ServerAddress:
 def _to_dict(message: Message) -> dict[str, Any]:
     # Canonical proto3 JSON: the names and shapes buf curl and grpcurl print.
     return json_format.MessageToDict(message, always_print_fields_with_no_presence=True)
-
-
-def _print_json(document: object) -> None:
-    print(json.dumps(document, indent=2, sort_keys=False))
 
 
 def _when(stamp: Timestamp, unset: str) -> str:
@@ -376,6 +376,7 @@ class Api:
             certificate_chain=bundle.certificate_pem,
         )
         self.server = server
+        self.ca_pem = bundle.ca_pem
         self.timeout = timeout
         self.channel = grpc.secure_channel(server.target, credentials)
         self.stub = admin_pb2_grpc.AdminServiceStub(self.channel)
@@ -384,7 +385,10 @@ class Api:
         try:
             return method(request, timeout=self.timeout)
         except grpc.RpcError as error:
-            raise _rpc_error(error, self.server) from None
+            raise self.error(error) from None
+
+    def error(self, error: grpc.RpcError) -> AdminError:
+        return _rpc_error(error, self.server, self.ca_pem)
 
     def pages(
         self,
@@ -443,7 +447,7 @@ class Api:
                     if code is grpc.StatusCode.RESOURCE_EXHAUSTED and size > 1:
                         size //= 2
                         continue
-                    raise _rpc_error(error, self.server) from None
+                    raise self.error(error) from None
                 return reply.devices, reply.next_page_token
 
         return self.pages(fetch, limit, page_size)
@@ -469,14 +473,30 @@ class Api:
         return self.pages(fetch, limit, page_size)
 
 
-def _rpc_error(error: grpc.RpcError, server: ServerAddress) -> AdminError:
+def _rpc_error(error: grpc.RpcError, server: ServerAddress, ca_pem: bytes) -> AdminError:
     code = error.code() if isinstance(error, grpc.Call) else grpc.StatusCode.UNKNOWN
     raw = error.details() if isinstance(error, grpc.Call) else ""
     details = re.sub(r"\s+", " ", raw or "").strip() or code.name.lower()
-    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-        return AdminError(
-            f"cannot reach the Sielum API at {server.target}: {details}", EXIT_UNREACHABLE
-        )
+    if code is grpc.StatusCode.DEADLINE_EXCEEDED:
+        return AdminError(reach.cannot_reach(server.target, "no answer in time"), EXIT_UNREACHABLE)
+    if code in (
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.UNAUTHENTICATED,
+    ):
+        # gRPC's text does not tell a closed port from a refused handshake, and the
+        # enroll port refuses admin calls as if the certificate were wrong (it asks
+        # for none): look again, and say what it is, as the agent does.
+        try:
+            ca: x509.Certificate | None = x509.load_pem_x509_certificate(ca_pem)
+        except ValueError:
+            ca = None
+        found = reach.explain_failure(server, ca, "api", details)
+        if isinstance(found, WrongPortError):
+            return AdminError(found.message, EXIT_UNREACHABLE, found.code)
+        if code is grpc.StatusCode.UNAVAILABLE:
+            message = (found or reach.unreachable(server, details)).message
+            return AdminError(message, EXIT_UNREACHABLE)
     exit_code = {
         grpc.StatusCode.NOT_FOUND: EXIT_NOT_FOUND,
         grpc.StatusCode.INVALID_ARGUMENT: EXIT_USAGE,
@@ -537,7 +557,9 @@ def _cmd_tokens_create(args: argparse.Namespace, api: Api, bundle: AdminBundle) 
             file=sys.stderr,
         )
     if args.json:
-        _print_json({**_to_dict(reply), "caFingerprint": ca_fingerprint, "enrollCommand": command})
+        conventions.print_json(
+            {**_to_dict(reply), "caFingerprint": ca_fingerprint, "enrollCommand": command}
+        )
         return EXIT_OK
     token = reply.token
     print(
@@ -557,7 +579,7 @@ def _cmd_tokens_list(args: argparse.Namespace, api: Api, bundle: AdminBundle) ->
     state = _TOKEN_STATES[args.state] if args.state else admin_pb2.TOKEN_STATE_UNSPECIFIED
     tokens = list(api.tokens(state, args.limit, args.page_size))
     if args.json:
-        _print_json({"tokens": [_to_dict(t) for t in tokens]})
+        conventions.print_json({"tokens": [_to_dict(t) for t in tokens]})
     elif tokens:
         print(token_rows(tokens))
     else:
@@ -588,7 +610,7 @@ def _cmd_tokens_get(args: argparse.Namespace, api: Api, bundle: AdminBundle) -> 
     request = admin_pb2.GetEnrollmentTokenRequest(id=token_id_of(args.id))
     reply = api.call(api.stub.GetEnrollmentToken, request)
     if args.json:
-        _print_json(_to_dict(reply))
+        conventions.print_json(_to_dict(reply))
     else:
         print(_token_details(reply.token))
     return EXIT_OK
@@ -606,7 +628,7 @@ def _cmd_tokens_revoke(args: argparse.Namespace, api: Api, bundle: AdminBundle) 
         api.stub.RevokeEnrollmentToken, admin_pb2.RevokeEnrollmentTokenRequest(id=token_id)
     )
     if args.json:
-        _print_json({**_to_dict(reply), "alreadyRevoked": already})
+        conventions.print_json({**_to_dict(reply), "alreadyRevoked": already})
     elif already:
         print(
             f"token {reply.token.id} was already revoked at "
@@ -628,7 +650,7 @@ def _cmd_devices_list(args: argparse.Namespace, api: Api, bundle: AdminBundle) -
         )
     )
     if args.json:
-        _print_json({"devices": [_to_dict(d) for d in devices]})
+        conventions.print_json({"devices": [_to_dict(d) for d in devices]})
     elif devices:
         print(device_rows(devices))
     else:
@@ -639,7 +661,7 @@ def _cmd_devices_list(args: argparse.Namespace, api: Api, bundle: AdminBundle) -
 def _cmd_devices_get(args: argparse.Namespace, api: Api, bundle: AdminBundle) -> int:
     reply = api.call(api.stub.GetDevice, admin_pb2.GetDeviceRequest(id=args.id))
     if args.json:
-        _print_json(_to_dict(reply))
+        conventions.print_json(_to_dict(reply))
     else:
         print(_device_details(reply.device))
     return EXIT_OK
@@ -651,7 +673,7 @@ def _cmd_devices_revoke(args: argparse.Namespace, api: Api, bundle: AdminBundle)
     already = before.HasField("revoked_at")
     reply = api.call(api.stub.RevokeDevice, admin_pb2.RevokeDeviceRequest(id=args.id))
     if args.json:
-        _print_json({**_to_dict(reply), "alreadyRevoked": already})
+        conventions.print_json({**_to_dict(reply), "alreadyRevoked": already})
     elif already:
         print(
             f"device {reply.device.id} was already revoked at "
@@ -763,7 +785,7 @@ def _cmd_admins_create(args: argparse.Namespace, api: Api, bundle: AdminBundle) 
             f"{_why(error)}"
         ) from None
     if args.json:
-        _print_json({**_to_dict(reply), "bundleDir": str(out)})
+        conventions.print_json({**_to_dict(reply), "bundleDir": str(out)})
         return EXIT_OK
     print(f"created admin {reply.admin.name}; bundle written to {out}")
     if key is None:
@@ -777,7 +799,7 @@ def _cmd_admins_create(args: argparse.Namespace, api: Api, bundle: AdminBundle) 
 def _cmd_admins_list(args: argparse.Namespace, api: Api, bundle: AdminBundle) -> int:
     admins = list(api.admins(args.limit, args.page_size))
     if args.json:
-        _print_json({"admins": [_to_dict(a) for a in admins]})
+        conventions.print_json({"admins": [_to_dict(a) for a in admins]})
     elif admins:
         print(admin_rows(admins))
     else:
@@ -792,7 +814,7 @@ def _cmd_admins_revoke(args: argparse.Namespace, api: Api, bundle: AdminBundle) 
     already = before is not None and before.HasField("revoked_at")
     reply = api.call(api.stub.RevokeAdmin, admin_pb2.RevokeAdminRequest(name=args.name))
     if args.json:
-        _print_json({**_to_dict(reply), "alreadyRevoked": already})
+        conventions.print_json({**_to_dict(reply), "alreadyRevoked": already})
     elif already:
         print(
             f"admin {reply.admin.name} was already revoked at "
@@ -816,7 +838,7 @@ def _cmd_audit_list(args: argparse.Namespace, api: Api, bundle: AdminBundle) -> 
         template.since.FromDatetime(args.since)
     events = list(api.events(template, args.limit, args.page_size))
     if args.json:
-        _print_json({"events": [_to_dict(e) for e in events]})
+        conventions.print_json({"events": [_to_dict(e) for e in events]})
     elif events:
         print(event_rows(events))
     else:
@@ -829,7 +851,7 @@ def _cmd_dashboard_login(args: argparse.Namespace, api: Api, bundle: AdminBundle
         api.stub.CreateDashboardLogin, admin_pb2.CreateDashboardLoginRequest()
     )
     if args.json:
-        _print_json(_to_dict(reply))
+        conventions.print_json(_to_dict(reply))
         return EXIT_OK
     # The link alone on stdout, so that `xdg-open "$(sielum-admin dashboard login)"` works.
     print(reply.url)
@@ -864,9 +886,7 @@ def _global_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
         metavar="DIR",
         help=f"admin.pem, admin.key, ca.pem (default ${CERT_DIR_ENV}, else ./{DEFAULT_CERT_DIR})",
     )
-    parser.add_argument(
-        "--json", action="store_true", default=default(False), help="machine-readable output"
-    )
+    conventions.add_json_option(parser, top=top, help=conventions.JSON_HELP)
     parser.add_argument(
         "--timeout",
         type=float,
@@ -887,19 +907,20 @@ def _page_size_option(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = conventions.Parser(
         prog=PROG,
         description=_DESCRIPTION,
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    conventions.add_version_option(parser)
     _global_options(parser, top=True)
     groups = parser.add_subparsers(
         dest="group", required=True, metavar="{tokens,devices,admins,audit,dashboard}"
     )
 
     def leaf(
-        sub: argparse._SubParsersAction[_Parser],
+        sub: argparse._SubParsersAction[conventions.Parser],
         name: str,
         help_text: str,
         run: Callable[[argparse.Namespace, Api, AdminBundle], int],
@@ -1036,20 +1057,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _command(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     cert_dir = Path(args.cert_dir or os.environ.get(CERT_DIR_ENV) or DEFAULT_CERT_DIR)
-    try:
-        bundle = AdminBundle.load(cert_dir)
-        api = Api(args.server, bundle, args.timeout)
-        with api.channel:
-            return int(args.run(args, api, bundle))
-    except AdminError as error:
-        print(f"{PROG}: {error.message}", file=sys.stderr)
-        return error.exit_code
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
+    bundle = AdminBundle.load(cert_dir)
+    api = Api(args.server, bundle, args.timeout)
+    with api.channel:
+        return int(args.run(args, api, bundle))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    # AdminError is a CommandError: nothing else is the tool's to translate.
+    return conventions.run_main(
+        PROG, sys.argv[1:] if argv is None else argv, _command, lambda error: None
+    )
 
 
 if __name__ == "__main__":

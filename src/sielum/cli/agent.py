@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import NoReturn
 
 from sielum.agent import errors
 from sielum.agent.address import parse_server
@@ -18,6 +16,8 @@ from sielum.agent.daemon import DEFAULT_INTERVAL, DaemonOptions, serve
 from sielum.agent.enrollment import DEFAULT_TIMEOUT, EnrollOptions, enroll, renew, status
 from sielum.agent.errors import AgentError, UsageError
 from sielum.ca.profile import parse_fingerprint
+from sielum.cli import conventions
+from sielum.cli.conventions import CommandError, print_json
 from sielum.cli.durations import parse_duration
 from sielum.errors import InvalidArgumentError
 from sielum.logs import configure_logging
@@ -44,13 +44,17 @@ exit codes:
   {errors.EXIT_USAGE}  bad arguments: --server, --ca-fingerprint, or a malformed/mistyped token
   {errors.EXIT_PIN_MISMATCH}  CA fingerprint mismatch: the server is not the pinned one
   {errors.EXIT_TOKEN_REFUSED}  token refused: invalid, expired, exhausted or revoked
-  {errors.EXIT_UNREACHABLE}  server unreachable (refused, timed out, name not found, TLS failed)
+  {errors.EXIT_UNREACHABLE}  server unreachable (refused, timed out, name not found, TLS failed),
+     or the other Sielum port: enroll on the enroll port, status/renew on the API port
   {errors.EXIT_CERT_DIR}  cert dir cannot be created, written or read
   {errors.EXIT_ALREADY_ENROLLED}  already enrolled: the cert dir holds an enrollment (see --force)
   {errors.EXIT_NOT_ENROLLED}  not enrolled: status/renew found no enrollment in the cert dir
   {errors.EXIT_DEVICE_REFUSED}  device refused: revoked, unknown, or its certificate expired
 
-Every failure prints one line on stderr. The token is never printed.
+Every failure prints one line on stderr. The token is never printed. With
+--json (before or after the command), enroll, status and renew print one JSON
+document on stdout, and a failure prints {{"error": {{"code", "message",
+"exit_code"}}}} there as well as the line on stderr.
 `run` exits 0 on SIGTERM or SIGINT and 9 only when the server refuses the device.
 """
 
@@ -67,13 +71,6 @@ and IPv6 in brackets: https://[2001:db8::1]:8443.
 the AB:CD:... form of `openssl x509 -noout -fingerprint -sha256 -in ca.pem`.
 
 {_EXIT_CODES}"""
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse with one-line errors and the usage exit code of the table."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(errors.EXIT_USAGE, f"{PROG}: {message} (see {self.prog} --help)\n")
 
 
 def _timeout(text: str) -> float:
@@ -133,17 +130,35 @@ def _cmd_enroll(args: argparse.Namespace) -> int:
         **({"hostname": args.hostname} if args.hostname else {}),
     )
     result = enroll(options)
-    print(f"enrolled as device {result.device_id}")
-    print(f"  cert dir:    {args.cert_dir}")
-    print(f"  certificate: expires {_when(result.not_after)}")
-    print(f"  api:         {result.api_endpoint}")
     previous = result.previous
-    if previous is not None and previous.ended:
-        note = f" ({previous.reason})" if previous.reason else ""
-        print(f"ended the previous enrollment, device {previous.device_id}{note}")
-    elif previous is not None:
+    if args.json:
+        print_json(
+            {
+                "deviceId": result.device_id,
+                "certDir": args.cert_dir,
+                "notAfter": _when(result.not_after),
+                "apiEndpoint": result.api_endpoint,
+                "previous": None
+                if previous is None
+                else {
+                    "deviceId": previous.device_id,
+                    "ended": previous.ended,
+                    "reason": previous.reason,
+                },
+            }
+        )
+    else:
+        print(f"enrolled as device {result.device_id}")
+        print(f"  cert dir:    {args.cert_dir}")
+        print(f"  certificate: expires {_when(result.not_after)}")
+        print(f"  api:         {result.api_endpoint}")
+        if previous is not None and previous.ended:
+            note = f" ({previous.reason})" if previous.reason else ""
+            print(f"ended the previous enrollment, device {previous.device_id}{note}")
+    if previous is not None and not previous.ended:
         # The new enrollment stands; the old device stays active on the server
-        # until an admin revokes it, so say exactly which one.
+        # until an admin revokes it, so say exactly which one (on stderr, with
+        # --json too).
         revoke = (
             f"revoke it with `sielum-admin devices revoke {previous.device_id}`"
             if previous.device_id
@@ -169,7 +184,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
             "renewAfter": _when(report.renew_after),
             "renewalDue": report.renewal_due,
         }
-        print(json.dumps(document, indent=2))
+        print_json(document)
         return errors.EXIT_OK
     days_left = (report.not_after - report.server_time).days
     print(f"device:      {report.device_id}")
@@ -187,14 +202,42 @@ def _cmd_renew(args: argparse.Namespace) -> int:
     if args.if_due:
         report = status(cert_dir, timeout=args.timeout)
         if not report.renewal_due:
-            print(f"renewal not due until {_when(report.renew_after)}: nothing done")
+            if args.json:
+                print_json(
+                    {
+                        "renewed": False,
+                        "deviceId": report.device_id,
+                        "renewAfter": _when(report.renew_after),
+                    }
+                )
+            else:
+                print(f"renewal not due until {_when(report.renew_after)}: nothing done")
             return errors.EXIT_OK
     result = renew(cert_dir, timeout=args.timeout)
+    if args.json:
+        print_json(
+            {
+                "renewed": True,
+                "deviceId": result.device_id,
+                "serial": result.serial,
+                "notAfter": _when(result.not_after),
+            }
+        )
+        return errors.EXIT_OK
     print(f"renewed the certificate of device {result.device_id}")
     print(f"  serial:      {result.serial}")
     print(f"  certificate: expires {_when(result.not_after)}")
     return errors.EXIT_OK
 
+
+_STATUS_DESCRIPTION = """\
+Heartbeat over mTLS with the stored certificate; print the device id, the server,
+the certificate's expiry and when renewal is due (--json for check scripts).
+
+Writes nothing to the cert dir, not even its lock file: it runs on a read-only
+mount, and as a monitoring user who may read the cert dir and device.key (give
+one group read access, device.key mode 0640; renewals keep that group and bit).
+"""
 
 _RUN_DESCRIPTION = """\
 Stay up as a service (examples/systemd/sielum-agent.service): a heartbeat every
@@ -214,6 +257,10 @@ def _interval(text: str) -> timedelta:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    if args.json:
+        raise UsageError(
+            "run logs one line per event instead of printing a result: use --log-format json"
+        )
     configure_logging(args.log_format)
     options = DaemonOptions(
         cert_dir=CertDir(Path(args.cert_dir)), interval=args.interval, timeout=args.timeout
@@ -222,15 +269,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = conventions.Parser(
         prog=PROG,
         description=_DESCRIPTION,
         epilog=_EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    conventions.add_version_option(parser)
+    conventions.add_json_option(parser, top=True, help=conventions.JSON_HELP)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def common(sub: argparse.ArgumentParser) -> None:
+    def common(sub: argparse.ArgumentParser, *, json: bool = True) -> None:
+        if json:
+            conventions.add_json_option(sub, top=False, help=conventions.JSON_HELP)
         sub.add_argument(
             "--cert-dir",
             default=DEFAULT_CERT_DIR,
@@ -283,10 +334,10 @@ def build_parser() -> argparse.ArgumentParser:
     status_cmd = commands.add_parser(
         "status",
         help="heartbeat over mTLS; print device id, server, expiry, renewal",
+        description=_STATUS_DESCRIPTION,
         epilog=_EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    status_cmd.add_argument("--json", action="store_true", help="print JSON for scripts")
     common(status_cmd)
     status_cmd.set_defaults(run=_cmd_status)
 
@@ -324,21 +375,24 @@ def build_parser() -> argparse.ArgumentParser:
         default="text",
         help="one line per event on stderr, as text or JSON (default %(default)s)",
     )
-    common(run_cmd)
+    common(run_cmd, json=False)
     run_cmd.set_defaults(run=_cmd_run)
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _command(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return int(args.run(args))
-    except AgentError as error:
-        print(f"{PROG}: {error.message}", file=sys.stderr)
-        return error.exit_code
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
+    return int(args.run(args))
+
+
+def _translate(error: Exception) -> CommandError | None:
+    if isinstance(error, AgentError):
+        return CommandError(error.message, error.exit_code, error.code)
+    return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return conventions.run_main(PROG, sys.argv[1:] if argv is None else argv, _command, _translate)
 
 
 if __name__ == "__main__":

@@ -7,14 +7,11 @@ import logging
 import os
 import resource
 import shutil
-import signal
 import socket
 import sys
-import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from types import FrameType
 from typing import TYPE_CHECKING
 
 from cryptography import x509
@@ -32,11 +29,14 @@ from sielum.ca.datadir import (
 )
 from sielum.ca.profile import DEFAULT_DEVICE_TTL, fingerprint
 from sielum.ca.servercert import renew_server_certificate
+from sielum.cli import conventions
+from sielum.cli.conventions import CommandError, print_json
 from sielum.cli.durations import parse_duration
 from sielum.enroll.ratelimit import FailureLimit
 from sielum.errors import InvalidArgumentError, SielumError
 from sielum.logs import configure_logging, log_event
 from sielum.server import multiproc
+from sielum.server.signals import SignalInbox
 from sielum.server.workers import (
     Supervisor,
     default_workers,
@@ -52,6 +52,7 @@ if TYPE_CHECKING:
     from sielum.server.app import ServerConfig
     from sielum.store.store import Store
 
+PROG = "sielum-server"
 EXIT_USAGE = 2
 EXIT_FAILED = 1
 # Linux's default fs.nr_open, for a hard limit of "unlimited" that setrlimit refuses.
@@ -76,6 +77,16 @@ serve uses (--database URL or SIELUM_DATABASE_URL; default SQLite in the data di
 
 A running server takes a renewed server certificate on SIGHUP, or by itself
 within 10 seconds of the files changing.
+
+--json (before or after the command; not for serve, which logs with
+--log-format json) prints the result as one JSON document, and a failure as
+{"error": {"code", "message", "exit_code"}} on stdout as well as the line on
+stderr.
+
+exit codes:
+  0  success
+  1  failure: a file cannot be read or written, the database or the server failed
+  2  bad arguments: a bad --san, a missing or wrong passphrase, no data directory
 """
 DATABASE_ENV = "SIELUM_DATABASE_URL"
 
@@ -136,6 +147,16 @@ def _cmd_init(args: argparse.Namespace) -> int:
         )
     finally:
         store.close()
+    if args.json:
+        print_json(
+            {
+                "caFingerprint": result.fingerprint,
+                "dataDir": str(paths.root),
+                "adminBundle": str(paths.admin_dir),
+                "firstAdmin": FIRST_ADMIN_NAME,
+            }
+        )
+        return 0
     print(f"CA fingerprint: {result.fingerprint}")
     print(f"data dir:       {paths.root}")
     print(f"admin bundle:   {paths.admin_dir}  (admin.pem, admin.key, ca.pem)")
@@ -148,7 +169,11 @@ def _cmd_init(args: argparse.Namespace) -> int:
 
 
 def _cmd_fingerprint(args: argparse.Namespace) -> int:
-    print(fingerprint(load_ca_certificate(Path(args.data_dir))))
+    value = fingerprint(load_ca_certificate(Path(args.data_dir)))
+    if args.json:
+        print_json({"caFingerprint": value})
+    else:
+        print(value)
     return 0
 
 
@@ -159,6 +184,20 @@ def _cmd_renew_server_cert(args: argparse.Namespace) -> int:
     )
     pair = renewed.pair
     added = [name for name in pair.names if name not in renewed.previous.names]
+    if args.json:
+        print_json(
+            {
+                "certificate": str(DataDirPaths.of(data_dir).server_cert),
+                "serial": pair.serial,
+                "previousSerial": renewed.previous.serial,
+                "notAfter": _when(pair.not_after),
+                "names": list(pair.names),
+                "addedNames": added,
+                "caFingerprint": renewed.ca_fingerprint,
+                "caNotAfter": _when(renewed.ca_not_after),
+            }
+        )
+        return 0
     print(f"renewed the server certificate: {DataDirPaths.of(data_dir).server_cert}")
     print(f"  serial:          {pair.serial} (was {renewed.previous.serial})")
     print(f"  expires:         {_when(pair.not_after)}")
@@ -193,6 +232,16 @@ def _cmd_issue_admin_cert(args: argparse.Namespace) -> int:
         registered = registry.register_made_on_host(args.name, BY_ISSUE_ADMIN_CERT, _serial(out))
     finally:
         store.close()
+    if args.json:
+        print_json(
+            {
+                "name": args.name,
+                "bundleDir": str(out),
+                "serial": _serial(out),
+                "registered": registered,
+            }
+        )
+        return 0
     print(f"admin certificate for {args.name!r} written to {out}")
     if registered:
         print(f"admin {args.name} is registered")
@@ -274,6 +323,13 @@ def raise_open_files_limit() -> tuple[int, int, int]:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    # First of all: a SIGTERM from now on is noted, not fatal, however early it comes.
+    signals = SignalInbox()
+    signals.install()
+    if args.json:
+        raise InvalidArgumentError(
+            "serve logs one line per event instead of printing a result: use --log-format json"
+        )
     configure_logging(args.log_format)
     if args.workers < 1:
         raise InvalidArgumentError("--workers must be at least 1")
@@ -288,7 +344,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             raise InvalidArgumentError("--metrics-addr must be HOST:PORT or off") from None
     _check_dashboard_options(args)
     if args.worker_index is not None:  # a worker: the supervisor set up the run
-        return _serve_with_core_log(args)
+        return _serve_with_core_log(args, signals)
     before, soft, hard = raise_open_files_limit()
     log_event(
         logging.getLogger("sielum.server"),
@@ -306,54 +362,45 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     try:
         if args.workers > 1:
             # The supervisor runs no grpc; its workers each capture their own C-core lines.
-            return _supervise(args)
-        return _serve_with_core_log(args)
+            return _supervise(args, signals)
+        return _serve_with_core_log(args, signals)
     finally:
         if run_directory is not None:
             multiproc.remove_run_directory(run_directory)
 
 
-def _serve_with_core_log(args: argparse.Namespace) -> int:
+def _serve_with_core_log(args: argparse.Namespace, signals: SignalInbox) -> int:
     """One server process, alone or a worker, with grpc's C-core lines in its log."""
     from sielum.server.corelog import CoreLogCapture
 
     capture = CoreLogCapture()
     configure_logging(args.log_format, stream=capture.start())
     try:
-        return _serve(args)
+        return _serve(args, signals)
     finally:
         capture.stop()
 
 
-def _serve(args: argparse.Namespace) -> int:
-    wake = threading.Event()
-    received: list[int] = []
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        # Only noted here; the loop below acts on it outside the signal handler.
-        received.append(signum)
-        wake.set()
-
-    # SIGHUP first, before the server starts: its default action would end the process.
-    for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, on_signal)
+def _serve(args: argparse.Namespace, signals: SignalInbox) -> int:
+    log = logging.getLogger("sielum.server")
     from sielum.server.app import SielumServer
 
+    if signals.stop is not None:
+        log.info("%s received while starting: stopping", signals.stop_name)
+        return 0
+    # A stop signal during start() is noted by the handler and acted on below.
     server = SielumServer(_server_config(args)).start()
     if args.ready_fd is not None:
         signal_ready(args.ready_fd)
     supervisor = os.getppid() if args.worker_index is not None else None
-    log = logging.getLogger("sielum.server")
     while True:
-        wake.wait(1.0)
-        wake.clear()
-        signals, received[:] = list(received), []
-        stopping = [sig for sig in signals if sig != signal.SIGHUP]
-        if stopping:
-            log.info("%s received: finishing calls in flight", signal.Signals(stopping[0]).name)
+        if signals.stop is not None:
+            log.info("%s received: finishing calls in flight", signals.stop_name)
             break
-        if signals:
+        if signals.take_hangups():
             server.reload_certificate()
+        signals.wake.wait(1.0)
+        signals.wake.clear()
         if supervisor is not None and os.getppid() != supervisor:
             # The supervisor died without telling us (SIGKILL): a worker nobody
             # watches would hold the port forever, so it stops as on SIGTERM.
@@ -363,7 +410,7 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _supervise(args: argparse.Namespace) -> int:
+def _supervise(args: argparse.Namespace, signals: SignalInbox) -> int:
     """Check what every worker would (CA, database schema) once, then run the workers."""
     from sielum.store.store import Store
 
@@ -413,6 +460,7 @@ def _supervise(args: argparse.Namespace) -> int:
             command=command,
             grace=args.grace,
             pass_fds=() if metrics is None else (metrics.fileno(),),
+            signals=signals,
         ).run()
     finally:
         for holder in (*holders, metrics):
@@ -438,12 +486,17 @@ def _database_option(parser: argparse.ArgumentParser, what: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="sielum-server",
+    parser = conventions.Parser(
+        prog=PROG,
         description=_DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    conventions.add_version_option(parser)
+    conventions.add_json_option(parser, top=True, help=conventions.JSON_HELP)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def json_option(command: argparse.ArgumentParser) -> None:
+        conventions.add_json_option(command, top=False, help=conventions.JSON_HELP)
 
     init = commands.add_parser("init", help="make the CA, server and first admin certificates")
     init.add_argument(
@@ -458,6 +511,7 @@ def build_parser() -> argparse.ArgumentParser:
         "localhost, 127.0.0.1 and ::1 are always included",
     )
     _database_option(init, "the database serve will use, where the first admin is registered")
+    json_option(init)
     init.set_defaults(run=_cmd_init)
 
     serve = commands.add_parser(
@@ -592,6 +646,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     fp = commands.add_parser("fingerprint", help="print the CA fingerprint (sha256:<hex>)")
     fp.add_argument("--data-dir", required=True)
+    json_option(fp)
     fp.set_defaults(run=_cmd_fingerprint)
 
     issue = commands.add_parser(
@@ -603,6 +658,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", required=True, metavar="DIR", help="directory for admin.pem, admin.key, ca.pem"
     )
     _database_option(issue, "the database serve uses, where the admin is registered")
+    json_option(issue)
     issue.set_defaults(run=_cmd_issue_admin_cert)
 
     renew = commands.add_parser(
@@ -621,22 +677,29 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="a DNS name or IP address to add to the certificate's names (repeatable)",
     )
+    json_option(renew)
     renew.set_defaults(run=_cmd_renew_server_cert)
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+def _command(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     args.argv = argv
-    try:
-        return int(args.run(args))
-    except SielumError as error:
-        print(f"sielum-server: {error.message}", file=sys.stderr)
-        return EXIT_USAGE if error.code.name == "INVALID_ARGUMENT" else EXIT_FAILED
-    except OSError as error:
-        print(f"sielum-server: {error}", file=sys.stderr)
-        return EXIT_FAILED
+    return int(args.run(args))
+
+
+def _translate(error: Exception) -> CommandError | None:
+    if isinstance(error, SielumError):
+        if error.code.name == "INVALID_ARGUMENT":
+            return CommandError(error.message, EXIT_USAGE, "usage")
+        return CommandError(error.message, EXIT_FAILED, "failed")
+    if isinstance(error, OSError):
+        return CommandError(str(error), EXIT_FAILED, "failed")
+    return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return conventions.run_main(PROG, sys.argv[1:] if argv is None else argv, _command, _translate)
 
 
 if __name__ == "__main__":

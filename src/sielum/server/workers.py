@@ -12,9 +12,9 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from types import FrameType
 
 from sielum.logs import log_event
+from sielum.server.signals import SignalInbox
 
 log = logging.getLogger("sielum.server")
 
@@ -116,47 +116,40 @@ class Supervisor:
     command: Callable[[int, int], Sequence[str]]
     grace: float
     pass_fds: tuple[int, ...] = ()  # inherited by every worker (the metrics socket)
+    # Installed by serve before anything else, so a SIGTERM during start-up is kept.
+    signals: SignalInbox = field(default_factory=SignalInbox)
     workers: dict[int, _Worker] = field(default_factory=dict)
     restarts: list[float] = field(default_factory=list)
-    _stop_signal: int | None = None
-    _hangups: int = 0
+
+    @property
+    def _stop_signal(self) -> int | None:
+        return self.signals.stop
 
     def run(self) -> int:
         """Until SIGTERM or SIGINT; 0 when every worker then exits 0."""
-        previous = {
-            sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)
-        }
-        previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, self._on_hangup)
-        try:
-            for index in range(self.count):
-                self._spawn(index)
-            if not self._await_ready():
+        if self._stop_signal is not None:
+            log.info("%s received before the workers started: stopping", self.signals.stop_name)
+            return 0
+        for index in range(self.count):
+            self._spawn(index)
+        if not self._await_ready():
+            if self._stop_signal is None:
                 return self._stop_all(failed=True)
-            log_event(
-                log,
-                "workers ready",
-                workers=self.count,
-                pids=",".join(str(w.process.pid) for w in self.workers.values()),
-            )
-            while self._stop_signal is None:
-                if not self._watch(timeout=0.5):
-                    return self._stop_all(failed=True)
-                self._forward_hangups()
-            log.info(
-                "%s received: stopping %d workers",
-                signal.Signals(self._stop_signal).name,
-                len(self.workers),
-            )
+            # A stop asked for while the workers started is a stop, not a failure.
+            log.info("%s received while the workers started: stopping them", self.signals.stop_name)
             return self._stop_all(failed=False)
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-
-    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
-        self._stop_signal = signum
-
-    def _on_hangup(self, signum: int, frame: FrameType | None) -> None:
-        self._hangups += 1
+        log_event(
+            log,
+            "workers ready",
+            workers=self.count,
+            pids=",".join(str(w.process.pid) for w in self.workers.values()),
+        )
+        while self._stop_signal is None:
+            if not self._watch(timeout=0.5):
+                return self._stop_all(failed=True)
+            self._forward_hangups()
+        log.info("%s received: stopping %d workers", self.signals.stop_name, len(self.workers))
+        return self._stop_all(failed=False)
 
     def _forward_hangups(self) -> None:
         """SIGHUP (reload the server certificate) goes on to every worker that serves.
@@ -165,9 +158,8 @@ class Supervisor:
         starting, while one still starting could be ended by SIGHUP's default action.
         One starting now reads the files as they are anyway.
         """
-        if not self._hangups:
+        if not self.signals.take_hangups():
             return
-        self._hangups = 0
         serving = [w for w in self.workers.values() if w.ready and w.process.poll() is None]
         for worker in serving:
             worker.process.send_signal(signal.SIGHUP)
@@ -254,17 +246,22 @@ class Supervisor:
                 worker.process.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + self.grace + STOP_MARGIN
         codes: list[int] = []
+        clean = not failed
         for worker in self.workers.values():
             try:
-                codes.append(worker.process.wait(max(0.0, deadline - time.monotonic())))
+                code = worker.process.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 log_event(log, "worker killed", level=logging.ERROR, worker=worker.index)
                 worker.process.kill()
-                codes.append(worker.process.wait())
+                code = worker.process.wait()
+            codes.append(code)
+            # A worker still starting may not have set its handlers yet: our SIGTERM
+            # then ends it by its default action, which is the stop we asked for.
+            stopped_starting = code == -signal.SIGTERM and not worker.ready
+            clean = clean and (code == 0 or stopped_starting)
             if worker.ready_fd >= 0:
                 os.close(worker.ready_fd)
                 worker.ready_fd = -1
-        clean = not failed and all(code == 0 for code in codes)
         log_event(log, "stopped", workers=len(codes), exit_codes=",".join(map(str, codes)))
         return 0 if clean else 1
 
