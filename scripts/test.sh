@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Installs Sielum with its test tools and runs every check: lint, types, generated
 # code, buf lint, and the whole pytest suite on SQLite and PostgreSQL.
+#   bash scripts/test.sh                  # everything: two pytest workers, then the
+#                                         # tests that stop PostgreSQL, alone
+#   bash scripts/test.sh tests/e2e -x     # arguments: one pytest run of just those
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh --test
@@ -18,5 +21,15 @@ echo "==> mypy"
 .venv/bin/mypy
 echo "==> buf lint"
 node_modules/.bin/buf lint
-echo "==> pytest"
-exec .venv/bin/pytest "$@"
+if [ "$#" -gt 0 ]; then
+  echo "==> pytest $*"
+  exec .venv/bin/pytest "$@"
+fi
+# Most tests wait on servers, subprocesses and PostgreSQL rather than the CPU: two
+# workers (pytest-xdist) take the suite in about two thirds of the time. Work stealing
+# evens out the long tests. A test marked `exclusive` stops the PostgreSQL server the
+# others share, so it runs after them, alone.
+echo "==> pytest, two workers"
+.venv/bin/pytest -n 2 --dist worksteal -m "not exclusive"
+echo "==> pytest, the tests that stop PostgreSQL"
+exec .venv/bin/pytest -m exclusive

@@ -16,6 +16,12 @@ PG_USER = os.environ.get("SIELUM_TEST_PG_USER", "postgres")
 PG_ADMIN_DB = os.environ.get("SIELUM_TEST_PG_DB", "test")
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked long go first: a parallel run starts a worker on them while the rest share
+    the other, instead of one worker finishing a long test alone at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("long") is None)
+
+
 def _pg_admin() -> object:
     import psycopg2
 

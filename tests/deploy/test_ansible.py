@@ -177,6 +177,7 @@ def _run_exec_start(root: Path, enrolled: list[dict[str, Any]]) -> None:
 
 
 @pytest.mark.timeout(900)
+@pytest.mark.long
 def test_ansible_rollout_of_20_hosts(
     tmp_path: Path, server: Serve, wheel: Path, shared_deps: Path
 ) -> None:

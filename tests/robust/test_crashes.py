@@ -191,6 +191,7 @@ DEADLINE = 5.0
 
 
 @pytest.mark.postgres
+@pytest.mark.exclusive
 def test_ok_postgresql_outage_answers_unavailable_then_recovers(
     tmp_path: Path, restartable_postgres_url: str
 ) -> None:
