@@ -7,6 +7,7 @@ import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,6 +21,40 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests marked long go first: a parallel run starts a worker on them while the rest share
     the other, instead of one worker finishing a long test alone at the end."""
     items.sort(key=lambda item: item.get_closest_marker("long") is None)
+
+
+# Which browser the dashboard's tests ran: in the header, and after the run. With
+# pytest-xdist the tests run in worker processes, so each worker hands the versions it
+# launched to the controller, which prints them (hence here, the conftest it loads).
+def pytest_report_header() -> str:
+    from tests.browser.conftest import CHROMIUM, chromium_version
+
+    return f"browser: {chromium_version()} at {CHROMIUM}"
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    output = getattr(session.config, "workeroutput", None)
+    if output is not None:  # an xdist worker
+        from tests.browser.conftest import RAN
+
+        output["chromium_ran"] = sorted(set(RAN))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    from tests.browser.conftest import RAN
+
+    RAN.extend(getattr(node, "workeroutput", {}).get("chromium_ran", []))
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    from tests.browser.conftest import CHROMIUM, RAN, SCREENSHOTS
+
+    if RAN:
+        terminalreporter.write_line(
+            f"dashboard browser tests ran in Chromium {', '.join(sorted(set(RAN)))} "
+            f"({CHROMIUM}); screenshots in {SCREENSHOTS}"
+        )
 
 
 def _pg_admin() -> object:

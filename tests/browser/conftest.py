@@ -50,20 +50,7 @@ def chromium_version() -> str:
     return result.stdout.strip() or result.stderr.strip().splitlines()[-1]
 
 
-RAN: list[str] = []  # the version of each browser the tests launched
-
-
-def pytest_report_header() -> str:
-    return f"browser: {chromium_version()} at {CHROMIUM}"
-
-
-def pytest_terminal_summary(terminalreporter: Any) -> None:
-    if RAN:
-        versions = ", ".join(sorted(set(RAN)))
-        terminalreporter.write_line(
-            f"dashboard browser tests ran in Chromium {versions} ({CHROMIUM}); "
-            f"screenshots in {SCREENSHOTS}"
-        )
+RAN: list[str] = []  # the version of each browser the tests launched (tests/conftest.py reports it)
 
 
 def require_chromium() -> None:
