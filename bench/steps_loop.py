@@ -58,6 +58,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--calls", type=int, default=3000)
     parser.add_argument("--sql", action="store_true", help="time each SQL statement too")
+    parser.add_argument(
+        "--drop-index",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="drop this index first, to see what keeping it up costs an enrollment (repeatable)",
+    )
     args = parser.parse_args()
 
     import sielum
@@ -85,6 +92,8 @@ def main() -> int:
 
         clock = SystemClock()
         store = Store.open(f"sqlite:///{work / 'sielum.db'}")
+        for name in args.drop_index:
+            store.db.execute_sql(f'DROP INDEX "{name}"')
         ca = CertificateAuthority.load(work, passphrase=None)
         created = Administration(store, clock).create_token(
             Caller(name="bench", peer="127.0.0.1"), label="steps", max_uses=None, expires_at=None

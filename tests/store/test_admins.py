@@ -246,7 +246,8 @@ def _trail(store: Store) -> list[AuditEvent]:
             AuditEvent(
                 at=at,
                 actor=("admin/alice", "admin/bob", "token/t1")[i % 3],
-                action=("token.create", "device.revoke", "admin.create")[i % 3],
+                # device.enroll: read through another index than the other actions.
+                action=("token.create", "device.enroll", "admin.create")[i % 3],
                 resource=f"device/d{i % 10}",
                 peer="10.0.0.1",
                 detail=f"n={i}",
@@ -269,6 +270,7 @@ FILTERS = (
     AuditFilter(actor="admin/bob"),
     AuditFilter(resource="device/d3"),
     AuditFilter(action="admin.create"),
+    AuditFilter(action="device.enroll"),
     AuditFilter(since=T0 + 12 * US),
     AuditFilter(actor="admin/alice", since=T0 + 9 * US),
     AuditFilter(actor="admin/alice", action="token.create", resource="device/d6"),
@@ -326,19 +328,18 @@ def test_every_audit_filter_has_an_index(store: Store) -> None:
     order, the plan then names that index and sorts nothing (bench/scale_bench.py
     times both backends at 1,000,000 events).
     """
-    A = store._t.audit_event
     sqlite = is_sqlite(store.db)
-    for condition, index in (
-        (None, "audit_event_at_seq"),
-        (A.at >= T0, "audit_event_at_seq"),
-        (A.actor == "admin/a", "audit_event_actor_at_seq"),
-        (A.resource == "token/t", "audit_event_resource_at_seq"),
-        (A.action == "token.create", "audit_event_action_at_seq"),
-        ((A.actor == "admin/a") & (A.at >= T0), "audit_event_actor_at_seq"),
+    for where, index in (
+        (AuditFilter(), "audit_event_at_seq"),
+        (AuditFilter(since=T0), "audit_event_at_seq"),
+        (AuditFilter(actor="admin/a"), "audit_event_actor_at_seq"),
+        (AuditFilter(resource="token/t"), "audit_event_resource_at_seq"),
+        (AuditFilter(action="token.create"), "audit_event_action_at_seq"),
+        # Enrollments, nearly every event, are left out of the action index (migration 6).
+        (AuditFilter(action="device.enroll"), "audit_event_at_seq"),
+        (AuditFilter(actor="admin/a", since=T0), "audit_event_actor_at_seq"),
     ):
-        query = A.select(A.seq).order_by(A.at.desc(), A.seq.desc()).limit(101)
-        if condition is not None:
-            query = query.where(condition)
+        query = store._audit_query(where, None, 101)
         sql, params = query.sql()
         if sqlite:
             rows = store.db.execute_sql(f"EXPLAIN QUERY PLAN {sql}", params)

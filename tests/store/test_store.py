@@ -1068,6 +1068,8 @@ def test_connect_sqlite_pragmas(sqlite_url: str) -> None:
         assert pragma("busy_timeout") == 10000
         assert pragma("foreign_keys") == 1
         assert pragma("synchronous") == 1  # NORMAL
+        assert pragma("wal_autocheckpoint") == 10_000
+        assert pragma("journal_size_limit") == 64 * 1024 * 1024
     finally:
         db.close()
 

@@ -33,7 +33,7 @@ from sielum.errors import (
     UnavailableError,
 )
 from sielum.logs import log_event
-from sielum.model import AuditEvent, Device, Token
+from sielum.model import ENROLL_ACTION, AuditEvent, Device, Token
 from sielum.recorder import CertificateKind, EnrollmentResult, NoRecorder, Recorder
 from sielum.store.store import Store
 
@@ -269,7 +269,7 @@ class Enroller:
         audit = AuditEvent(
             at=now,
             actor=f"token/{token.id}",
-            action="device.enroll",
+            action=ENROLL_ACTION,
             resource=f"device/{device_id}",
             peer=request.peer,
             detail=f"token={token.id} serial={issued.serial}",

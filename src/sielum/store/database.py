@@ -29,11 +29,22 @@ log = logging.getLogger("sielum.store")
 # busy_timeout comes first: switching a fresh file to WAL takes a lock, and two
 # processes starting at once must wait for each other rather than fail
 # (tests/store/test_migrations.py::test_processes_migrating_at_once).
+#
+# An enrollment writes about 16 pages to the WAL (the device and audit rows and their
+# indexes). At SQLite's default the WAL is copied back into the database every 1,000
+# pages, about every 60 enrollments; the pages every enrollment touches (the token's
+# row, the newest leaf of each index) are then copied again each time. Every 10,000
+# pages (40 MiB of WAL at most) they are copied a tenth as often: server CPU per
+# enrollment fell by about 9 % (bench/steps_loop.py, bench/RESULTS.md). After a
+# checkpoint the WAL file is cut back to journal_size_limit.
+SQLITE_WAL_AUTOCHECKPOINT_PAGES = 10_000
 SQLITE_PRAGMAS = (
     ("busy_timeout", 10000),
     ("journal_mode", "wal"),
     ("foreign_keys", 1),
     ("synchronous", "normal"),
+    ("wal_autocheckpoint", SQLITE_WAL_AUTOCHECKPOINT_PAGES),
+    ("journal_size_limit", 64 * 1024 * 1024),
 )
 SQLITE_TIMEOUT_SECONDS = 10
 

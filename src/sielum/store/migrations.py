@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import peewee
 
 from sielum.errors import InternalError
+from sielum.model import ENROLL_ACTION
 from sielum.store.database import execute, is_sqlite, write_transaction
 
 # Any constant will do; it only has to be the same in every Sielum process.
@@ -194,12 +195,25 @@ def _v5_dashboard(d: Dialect) -> Sequence[str]:
     )
 
 
+def _v6_action_without_enrollments(d: Dialect) -> Sequence[str]:
+    # Every enrollment writes a page of each index of audit_event to the WAL; this one
+    # need not hold enrollments. Listing them by action reads audit_event_at_seq,
+    # where nearly every row is one (Store.list_audit_events); every other action
+    # keeps its index, now a small one.
+    return (
+        "DROP INDEX audit_event_action_at_seq",
+        "CREATE INDEX audit_event_action_at_seq ON audit_event (action, at, seq)"
+        f" WHERE action <> '{ENROLL_ACTION}'",
+    )
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema: token, device, audit_event", _v1_initial_schema),
     Migration(2, "indexes for listing devices by hostname and state", _v2_device_filters),
     Migration(3, "device: previous certificate and overlap, renewal pace", _v3_superseded),
     Migration(4, "admins; audit_event indexes per filter", _v4_admins_and_audit_indexes),
     Migration(5, "dashboard logins and sessions; device index by enrollment time", _v5_dashboard),
+    Migration(6, "audit_event: no enrollments in the action index", _v6_action_without_enrollments),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 
