@@ -63,6 +63,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--scrape-interval", type=float, default=15.0, help="seconds between /metrics GETs"
     )
+    parser.add_argument(
+        "--after-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="one more `serve` argument for the after server, e.g. --after-arg=--metrics-addr=off "
+        "to see what a feature costs (repeatable; it overrides the defaults above)",
+    )
     parser.add_argument("--quick", action="store_true", help="3 rounds of 2 s")
     parser.add_argument("--json-out", type=Path)
     args = parser.parse_args(argv)
@@ -80,7 +88,11 @@ def main(argv: list[str] | None = None) -> int:
             work / "before-data", workers=args.workers, server_src=base_src
         )
         servers["after"] = start_sielum(
-            work / "after-data", workers=args.workers, metrics=True, dashboard=True
+            work / "after-data",
+            workers=args.workers,
+            metrics=True,
+            dashboard=True,
+            extra=tuple(args.after_arg),
         )
         for server in servers.values():
             if args.workers and args.workers > 1:
