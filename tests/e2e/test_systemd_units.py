@@ -102,3 +102,9 @@ def test_the_server_unit_runs_the_contracts_command() -> None:
     argv = shlex.split(exec_start)
     assert argv[0] == f"{INSTALLED_BIN}sielum-server"
     assert server_parser().parse_args(argv[1:]).command == "serve"
+
+
+def test_the_server_unit_reloads_with_sighup() -> None:
+    """`systemctl reload` sends SIGHUP, which makes serve take a renewed certificate."""
+    (exec_reload,) = _directives(UNITS / "sielum-server.service")["ExecReload"]
+    assert shlex.split(exec_reload) == ["/bin/kill", "-HUP", "$MAINPID"]
