@@ -414,3 +414,31 @@ def test_stop_signals_end_a_sleep_at_once() -> None:
         signal.signal(signal.SIGTERM, previous[0])
         signal.signal(signal.SIGINT, previous[1])
         signals.close()
+
+
+@pytest.mark.timeout(120)
+def test_a_signal_taken_by_another_thread_ends_the_sleep() -> None:
+    """grpc's threads may take the SIGTERM meant for the process: the sleep ends all the same.
+
+    The signal goes to a helper thread here, so the main thread's select is not
+    interrupted by it; before the wakeup fd, the hour's sleep ran to its end.
+    """
+    previous = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    wakeup = signal.set_wakeup_fd(-1)
+    signal.set_wakeup_fd(wakeup)
+    signals = StopSignals()
+    signals.install()
+    try:
+
+        def kill_this_thread() -> None:
+            signal.pthread_kill(threading.get_ident(), signal.SIGTERM)
+
+        threading.Timer(0.2, kill_this_thread).start()
+        assert signals.wait(3600)
+        assert signals.stop_reason == "SIGTERM"
+    finally:
+        signal.signal(signal.SIGTERM, previous[0])
+        signal.signal(signal.SIGINT, previous[1])
+        signals.close()
+    assert signal.set_wakeup_fd(-1) == wakeup  # close() put the previous one back
+    signal.set_wakeup_fd(wakeup)

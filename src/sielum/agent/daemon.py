@@ -80,11 +80,21 @@ class Waiter(Protocol):
         ...
 
 
+_STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
+
+
 class StopSignals:
     """SIGTERM and SIGINT request a stop: a sleep ends at once, a call in flight is finished.
 
     The handler only sets a flag and writes a byte to a pipe the sleep waits on: no lock
     is taken in a signal handler, so a signal can never deadlock the loop.
+
+    The kernel may deliver a signal to any thread, and grpc runs threads of its own;
+    Python runs the handler in the main thread only when that thread next wakes, which
+    could be at the end of a five-minute sleep. So the pipe is also Python's wakeup fd:
+    whichever thread takes the signal writes its number there, the sleep ends, and the
+    number read from the pipe is a stop even before the handler has run
+    (tests/unit/test_agent_daemon.py::test_a_signal_taken_by_another_thread_ends_the_sleep).
     """
 
     def __init__(self) -> None:
@@ -92,10 +102,14 @@ class StopSignals:
         os.set_blocking(self._read, False)
         os.set_blocking(self._write, False)
         self.signal: int | None = None
+        self._previous_wakeup_fd = -1
+        self._installed = False
 
     def install(self) -> None:
         signal.signal(signal.SIGTERM, self._handle)
         signal.signal(signal.SIGINT, self._handle)
+        self._previous_wakeup_fd = signal.set_wakeup_fd(self._write, warn_on_full_buffer=False)
+        self._installed = True
 
     def _handle(self, signum: int, _frame: FrameType | None) -> None:
         self.request_stop(signum)
@@ -117,10 +131,14 @@ class StopSignals:
         if not self.stopped:
             select.select([self._read], [], [], max(0.0, seconds))
         with contextlib.suppress(BlockingIOError):
-            os.read(self._read, 64)
+            for number in os.read(self._read, 64):
+                if number in _STOP_SIGNALS and self.signal is None:
+                    self.signal = number
         return self.stopped
 
     def close(self) -> None:
+        if self._installed:
+            signal.set_wakeup_fd(self._previous_wakeup_fd)
         os.close(self._read)
         os.close(self._write)
 
