@@ -399,8 +399,7 @@ def _serve(args: argparse.Namespace, signals: SignalInbox) -> int:
             break
         if signals.take_hangups():
             server.reload_certificate()
-        signals.wake.wait(1.0)
-        signals.wake.clear()
+        signals.wait(1.0)
         if supervisor is not None and os.getppid() != supervisor:
             # The supervisor died without telling us (SIGKILL): a worker nobody
             # watches would hold the port forever, so it stops as on SIGTERM.

@@ -8,8 +8,10 @@ the start-up finishes or is skipped, and the server stops cleanly with exit code
 
 from __future__ import annotations
 
+import contextlib
+import os
+import select
 import signal
-import threading
 from types import FrameType
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -18,12 +20,17 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 class SignalInbox:
     """SIGTERM and SIGINT (stop) and SIGHUP (reload), noted by the handler, acted on by a loop.
 
-    The handler only notes the signal and wakes the waiting loop: nothing else is
-    safe to do at an arbitrary point of the start-up.
+    The handler only notes the signal and writes a byte to a pipe the loop waits on:
+    nothing else is safe at an arbitrary point of the start-up, and no lock may be
+    taken. (A threading.Event did: the handler's set() wants the Event's lock, which
+    the interrupted main thread may be holding in wait() or clear(), and the worker
+    then never stopped: seen once in a two-worker test, SIGTERM ignored until killed.)
     """
 
     def __init__(self) -> None:
-        self.wake = threading.Event()
+        self._read, self._write = os.pipe()
+        os.set_blocking(self._read, False)
+        os.set_blocking(self._write, False)
         self._stop: int | None = None
         self._hangups = 0
 
@@ -37,7 +44,15 @@ class SignalInbox:
             self._hangups += 1
         elif self._stop is None:
             self._stop = signum
-        self.wake.set()
+        with contextlib.suppress(BlockingIOError):
+            os.write(self._write, b"\0")
+
+    def wait(self, seconds: float) -> None:
+        """Sleep until a signal is noted or seconds pass."""
+        if self._stop is None:
+            select.select([self._read], [], [], max(0.0, seconds))
+        with contextlib.suppress(BlockingIOError):
+            os.read(self._read, 64)
 
     @property
     def stop(self) -> int | None:
