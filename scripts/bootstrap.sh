@@ -10,10 +10,12 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 extra=""
-[ "${1:-}" = "--test" ] && extra="[test]"
+pins=()
+# The test tools: every tool whose output is committed or compared at its exact version.
+[ "${1:-}" = "--test" ] && extra="[test]" && pins=(-c scripts/pins.txt)
 echo "==> installing sielum${extra} into .venv"
 .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".${extra}" 2>&1 | grep -v "^WARNING: Location" || true
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".${extra}" "${pins[@]}" 2>&1 | grep -v "^WARNING: Location" || true
 .venv/bin/python -c "import sielum, grpc, cryptography, peewee" || { echo "install failed" >&2; exit 1; }
 if [ "${1:-}" = "--test" ]; then
   bash scripts/install-test-packages.sh
