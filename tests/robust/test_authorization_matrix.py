@@ -8,6 +8,7 @@ refusal checked to have changed nothing.
 from __future__ import annotations
 
 import itertools
+import re
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -465,3 +466,14 @@ def test_fail_stolen_session_cannot_manage_admins(world: World) -> None:
         timeout=10,
     )
     assert made.certificate_pem
+
+
+def test_managing_identities_needs_a_certificate_and_nothing_else_does() -> None:
+    """The table keeps exactly the methods that make or revoke an identity (admins, and
+    services when they come) from a dashboard session; every other admin method takes one."""
+    manage = re.compile(r"/(Create|Revoke)(Admin|Service)$")
+    for method, rule in METHOD_ROLES.items():
+        if rule.role is not Role.ADMIN:
+            continue
+        assert rule.admits(CredentialKind.CERTIFICATE), method
+        assert rule.admits(CredentialKind.SESSION) is not bool(manage.search(method)), method

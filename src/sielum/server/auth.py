@@ -39,7 +39,9 @@ DEVICE = Rule(Role.DEVICE)
 # dashboard session: a session is a bearer cookie that a stolen login link or a
 # compromised browser hands over, and must not be able to mint an admin
 # certificate that outlives it by a year
-# (tests/robust/test_authorization_matrix.py::test_fail_stolen_session_cannot_manage_admins).
+# (tests/robust/test_authorization_matrix.py::test_fail_stolen_session_cannot_manage_admins;
+# ::test_managing_identities_needs_a_certificate_and_nothing_else_does holds every
+# Create/Revoke of an Admin or a Service to this rule, and no other method).
 ADMIN_BY_CERTIFICATE = Rule(Role.ADMIN, frozenset({CredentialKind.CERTIFICATE}))
 
 # Every method the server answers, with the rule its caller must meet. A method
