@@ -47,7 +47,8 @@ Next, in another terminal:
        $(q "$BIN/sielum-agent") status --cert-dir $(q "$DATA/agent")
   3. list enrolled devices:
        $(q "$BIN/sielum-admin") --server $API_ADDR --cert-dir $(q "$DATA/admin") devices list
-  4. or do it all in the web dashboard: open the one-time link this prints
+  4. or do it all in the web dashboard: paste the one-time link this prints into your
+     browser's address bar, never into a command ("dashboard open" opens it for you)
        $(q "$BIN/sielum-admin") --server $API_ADDR --cert-dir $(q "$DATA/admin") dashboard login
 
 On a real endpoint, install Sielum there and run step 2 as root with --cert-dir

@@ -13,6 +13,13 @@ class Role(enum.Enum):
     DEVICE = "device"
 
 
+class CredentialKind(enum.Enum):
+    """What a caller proved itself with; the method table may ask for one in particular."""
+
+    CERTIFICATE = "client certificate"
+    SESSION = "dashboard session"
+
+
 @dataclass(frozen=True)
 class Identity:
     """A caller as its credential names it: a client certificate or a dashboard session.
@@ -28,6 +35,7 @@ class Identity:
     not_before: datetime | None = None
     not_after: datetime | None = None
     public_key_sha256: str = ""  # ca.profile.public_key_sha256 of the certificate's key
+    credential: CredentialKind = CredentialKind.CERTIFICATE
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ import re
 import shlex
 import shutil
 import ssl
+import sys
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -576,3 +577,35 @@ def test_screenshots_of_every_page(browser: Any, dashboard: Dashboard) -> None:
         shutil.copy(
             SCREENSHOTS / "1280-token-created.png", DOCS_IMAGES / "dashboard-token-created.png"
         )
+
+
+_COPYING_BROWSER = """\
+import os, shutil, sys
+from urllib.parse import unquote, urlsplit
+
+# Keeps the page it is handed, for chromium to open after the command removed it.
+shutil.copy2(unquote(urlsplit(sys.argv[-1]).path), os.environ["KEEP_PAGE_AT"])
+"""
+
+
+def test_ok_dashboard_open_signs_in_through_its_private_page(
+    context: Any, dashboard: Dashboard, tmp_path: Path
+) -> None:
+    """The page `sielum-admin dashboard open` hands the browser takes chromium from a file
+    to the dashboard, signed in, the code out of the address bar."""
+    launcher = tmp_path / "copying-browser"
+    launcher.write_text(f"#!{sys.executable}\n{_COPYING_BROWSER}")
+    launcher.chmod(0o700)
+    kept = tmp_path / "login.html"
+    result = admin(
+        dashboard.server,
+        "dashboard",
+        "open",
+        env={"BROWSER": str(launcher), "KEEP_PAGE_AT": str(kept)},
+    )
+    assert result.returncode == 0, result.stderr
+    page = context.new_page()
+    page.goto(kept.as_uri())
+    expect(page).to_have_url(f"{dashboard.url}/")
+    expect(page.get_by_role("button", name="Sign out")).to_be_visible()
+    assert "#" not in page.url

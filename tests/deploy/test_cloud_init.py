@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from sielum.cli.admin import build_parser as admin_parser
 from tests.deploy.conftest import (
     EXAMPLES,
     UNIT,
@@ -131,3 +133,68 @@ def test_first_boot_enrolls_once(tmp_path: Path, server: Serve) -> None:
     assert token_uses(server, token_id) == 1
     assert len(devices(server, token_id)) == 1
     assert leaks(secret, output=first.stdout + first.stderr + second.stdout + second.stderr) == []
+
+
+FORGET_SCRIPT = "/var/lib/cloud/scripts/per-boot/sielum-forget-user-data"
+
+
+def test_fail_cloud_init_keeps_the_token_on_disk(tmp_path: Path) -> None:
+    """cloud-init keeps the raw user-data, token part included, in /var/lib/cloud/instance
+    for good (and writes it again at every boot), so it reaches snapshots and images.
+
+    The example says so instead of "never on the VM's disk", removes the text copies
+    after enrolling and at every boot (keeping cloud-init's cache, without which the VM
+    could be taken for a new instance), and asks for a single-use, short-lived token.
+    """
+    user_data = _load(USER_DATA)
+    header = USER_DATA.read_text().split("\npackage_update:", 1)[0]
+    assert "never on the VM's disk" not in header
+    for copy in ("user-data.txt", "user-data.txt.i", "cloud-config.txt", "obj.pkl"):
+        assert copy in header, copy
+    # The token it recommends is single-use per VM and short-lived, in words the CLI takes.
+    (recommended,) = [line for line in header.splitlines() if "sielum-admin tokens create" in line]
+    argv = recommended.split("sielum-admin", 1)[1].split()
+    args = admin_parser().parse_args(argv)
+    assert (args.max_uses, args.expires_in) == (20, timedelta(hours=2)), args
+    assert "single-use" in TOKEN_PART.read_text() and "short-lived" in TOKEN_PART.read_text()
+
+    # The script that forgets the user-data: root's alone, run after the enroll entry
+    # on first boot and by cloud-init at every boot after.
+    forget = _written(user_data)[FORGET_SCRIPT]
+    assert (forget["owner"], forget["permissions"]) == ("root:root", "0700")
+    runcmd = [list(e) if isinstance(e, list) else [e] for e in user_data["runcmd"]]
+    assert runcmd[-1] == [FORGET_SCRIPT]
+    assert runcmd.index(_enroll_entry(user_data)) < len(runcmd) - 1
+
+    # Run as cloud-init would, on a copy of its instance directory.
+    secret = "slm_planted-token-secret"
+    instance = tmp_path / "instance"
+    (instance / "sem").mkdir(parents=True)
+    (instance / "sem" / "config_runcmd").write_text("done")
+    for name in ("user-data.txt", "user-data.txt.i", "cloud-config.txt", "obj.pkl"):
+        (instance / name).write_text(f"write_files: [{{content: {secret}}}]")
+    (instance / "vendor-data.txt").write_text("#cloud-config\n")
+    script = tmp_path / "sielum-forget-user-data"
+    script.write_text(forget["content"])
+    script.chmod(0o700)
+    result = subprocess.run(
+        [str(script)],
+        env={"SIELUM_CLOUD_INSTANCE_DIR": str(instance), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+    left = sorted(str(p.relative_to(instance)) for p in instance.rglob("*"))
+    assert left == ["obj.pkl", "sem", "sem/config_runcmd", "vendor-data.txt"]
+    # A second boot's run, with the files already gone, is quiet too.
+    again = subprocess.run(
+        [str(script)],
+        env={"SIELUM_CLOUD_INSTANCE_DIR": str(instance), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert (again.returncode, again.stderr) == (0, "")

@@ -224,6 +224,87 @@ def test_fail_database_password_in_the_url_query_reaches_the_serving_line(
         assert secret not in server.log
 
 
+# (URL, what of it is secret): each wrong in its own way, each with a password.
+BAD_DATABASE_URLS = (
+    # A stray % in the password: libpq's own message quoted it, twice, in a traceback.
+    ("postgresql://sielum:My%Pass@127.0.0.1/test", "My%Pass"),
+    ("postgresql://sielum:Secr3t-zz%zz@127.0.0.1/test", "Secr3t-zz"),
+    ("mysql://sielum:Secr3t-scheme@127.0.0.1/test", "Secr3t-scheme"),
+    ("postgresql://sielum:Secr3t-port@127.0.0.1:99999/test", "Secr3t-port"),
+    ("postgresql://sielum:Secr3t-word@127.0.0.1:port/test", "Secr3t-word"),
+    ("postgresql://sielum:Secr3t-ipv6@[::1/test", "Secr3t-ipv6"),
+    ("postgresql://sielum:Secr3t-query@127.0.0.1/test?no_such_parameter=1", "Secr3t-query"),
+    ("postgresql://sielum:Secr3t-nodb@127.0.0.1", "Secr3t-nodb"),
+)
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_fail_database_url_error_prints_the_password(tmp_path: Path, log_format: str) -> None:
+    """A bad --database URL: one clean line (a JSON one with --log-format json), exit 2,
+    no traceback, and nothing of the password, whatever is wrong with the URL."""
+    data_dir = tmp_path / "data"
+    assert run("sielum-server", "init", "--data-dir", str(data_dir)).returncode == 0
+    for url, secret in BAD_DATABASE_URLS:
+        for workers in ("1", "2"):
+            result = run(
+                "sielum-server",
+                "serve",
+                "--data-dir",
+                str(data_dir),
+                "--database",
+                url,
+                "--workers",
+                workers,
+                "--enroll-addr",
+                "127.0.0.1:0",
+                "--api-addr",
+                "127.0.0.1:0",
+                "--dashboard-addr",
+                "off",
+                "--metrics-addr",
+                "off",
+                "--log-format",
+                log_format,
+            )
+            output = result.stdout + result.stderr
+            assert result.returncode == 2, (url, output)
+            assert "Traceback" not in output, (url, output)
+            assert secret not in output, (url, output)
+            assert result.stdout == ""
+            lines = result.stderr.splitlines()
+            if log_format == "json":
+                entries = [json.loads(line) for line in lines]  # every line, or it raises
+                errors = [e for e in entries if e["level"] == "error"]
+                assert len(errors) == 1, (url, output)
+                (error,) = errors
+                message = error["event"]
+                assert (error["code"], error["exit_code"]) == ("usage", 2)
+            else:
+                # The start-up's INFO line, then the one error line.
+                errors = [line for line in lines if line.startswith("sielum-server: ")]
+                assert len(errors) == 1 and lines[-1] == errors[0], (url, output)
+                message = errors[0].removeprefix("sielum-server: ")
+            assert "database URL" in message, (url, output)
+
+
+def test_ok_database_password_with_special_characters(
+    tmp_path: Path, server_factory: list[ServerProcess], postgres_url: str
+) -> None:
+    """A password full of URL syntax, percent-encoded as it must be: serve starts, says nothing
+    of it. (The cluster trusts loopback, so libpq sends no password; the URL must still parse.)"""
+    data_dir = tmp_path / "data"
+    assert run("sielum-server", "init", "--data-dir", str(data_dir)).returncode == 0
+    user, _, rest = postgres_url.removeprefix("postgresql://").partition("@")
+    encoded = "p%40ss%3Aw%25rd%2F%23%3F%20x"  # p@ss:w%rd/#? x
+    server = start_server(
+        data_dir, "--database", f"postgresql://{user}:{encoded}@{rest}", "--log-format", "json"
+    )
+    server_factory.append(server)
+    assert server.stop(signal.SIGTERM) == 0
+    for secret in (encoded, "p@ss:w%rd", "w%25rd"):
+        assert secret not in server.log
+
+
 IDLE_CONNECTIONS = 1100
 
 

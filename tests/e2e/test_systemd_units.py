@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shlex
 import shutil
 import subprocess
@@ -73,6 +74,43 @@ def test_the_agent_unit_is_sandboxed(tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _exposure(unit: Path) -> float:
+    """systemd's overall exposure score of a unit, 0 (locked) to 10 (open)."""
+    assert ANALYZE is not None
+    result = subprocess.run(
+        [ANALYZE, "security", "--offline=yes", "--no-pager", str(unit)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    match = re.search(r"Overall exposure level for \S+: (\d+\.\d)", result.stdout)
+    assert match, result.stdout + result.stderr
+    return float(match.group(1))
+
+
+@needs_analyze
+def test_the_server_unit_is_sandboxed(tmp_path: Path) -> None:
+    """The server listens on the network and holds the CA key: 2.5 or below (it was 4.7)."""
+    assert _exposure(_here(UNITS / "sielum-server.service", tmp_path)) <= 2.5
+
+
+def test_the_server_unit_keeps_what_serve_needs() -> None:
+    """The sandbox leaves serve what it uses: setrlimit, sockets of its families, its state dir."""
+    unit = _directives(UNITS / "sielum-server.service")
+    filters = unit["SystemCallFilter"]
+    assert filters[0] == "@system-service"
+    # serve raises its soft open-files limit (setrlimit is in @resources).
+    assert not any("@resources" in f for f in filters[1:])
+    assert unit["RestrictAddressFamilies"] == ["AF_INET AF_INET6 AF_UNIX"]
+    assert unit["StateDirectory"] == ["sielum"]
+    assert unit["ProtectSystem"] == ["strict"]
+    # PostgreSQL's peer authentication must see the real user; agents and the
+    # database may be anywhere.
+    for key in ("PrivateUsers", "PrivateNetwork", "IPAddressDeny", "MemoryDenyWriteExecute"):
+        assert key not in unit
+    assert int(unit["LimitNOFILE"][0]) >= 65536
 
 
 def test_the_agent_unit_runs_the_contracts_command_and_stops_on_refusal() -> None:

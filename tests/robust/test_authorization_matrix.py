@@ -8,6 +8,7 @@ refusal checked to have changed nothing.
 from __future__ import annotations
 
 import itertools
+import re
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from sielum.ca.datadir import init_data_dir
 from sielum.ca.profile import admin_certificate, random_serial
 from sielum.enroll.ratelimit import FailureLimit
 from sielum.enroll.v1 import enroll_pb2
+from sielum.identity import CredentialKind
 from sielum.server.app import ADMIN_SERVICE, iter_services
 from sielum.server.auth import METHOD_ROLES, Role
 from tests.connect_client import DashboardClient
@@ -229,7 +231,7 @@ def _a(role: Role) -> str:
 
 def expected(method: str, port: str, identity: str) -> tuple[str, str | None]:
     """(status code name, details) the caller must get; details None: grpc's own text."""
-    role = METHOD_ROLES[method]
+    role = METHOD_ROLES[method].role
     if port == "enroll":
         # The enroll port asks for no client certificate, so none reaches the server.
         identity = "none"
@@ -329,6 +331,11 @@ def _browsers(h: Harness) -> dict[str, DashboardClient]:
     }
 
 
+def _certificate_only(method: str) -> bool:
+    """Managing identities needs an admin's own certificate: a dashboard session may only read."""
+    return not METHOD_ROLES[method].admits(CredentialKind.SESSION)
+
+
 def expected_connect(method: str, caller: str) -> tuple[int, str, str]:
     """(HTTP status, Connect code, message) for a Connect call; code "" for a success."""
     if caller == "other-origin":
@@ -339,10 +346,18 @@ def expected_connect(method: str, caller: str) -> tuple[int, str, str]:
         )
     if caller == "form-post":
         return 415, "invalid_argument", "Content-Type must be application/json"
-    if caller == "no-session":
-        return 403, "permission_denied", f"{method} needs an admin dashboard session"
     if caller == "signed-out":
         return 401, "unauthenticated", "you are signed out"
+    if _certificate_only(method):
+        # With a session or without one: no session would ever do.
+        return (
+            403,
+            "permission_denied",
+            f"{method} needs an admin's client certificate, not a dashboard session: "
+            "use sielum-admin",
+        )
+    if caller == "no-session":
+        return 403, "permission_denied", f"{method} needs an admin dashboard session"
     if caller == "revoked-admin":
         return 403, "permission_denied", "admin left has been revoked"
     if method in NOT_YET_ANSWERED:
@@ -351,10 +366,11 @@ def expected_connect(method: str, caller: str) -> tuple[int, str, str]:
 
 
 def _everything(h: Harness) -> tuple[object, ...]:
-    """What a refused call must leave as it was: tokens, devices, audit trail, sessions."""
+    """What a refused call must leave as it was: tokens, devices, admins, audit trail, sessions."""
     store = h.server.store
     tokens = store.list_tokens(now=h.clock.now(), page_size=1000).items
     devices = store.list_devices(page_size=1000).items
+    admins = store.list_admins(page_size=1000).items
     with store.db.connection_context():
         sessions = store.db.execute_sql(
             "SELECT admin, expires_at FROM dashboard_session ORDER BY seq"
@@ -362,6 +378,7 @@ def _everything(h: Harness) -> tuple[object, ...]:
     return (
         [(t.id, t.uses, t.revoked_at) for t in tokens],
         [(d.id, d.serial, d.revoked_at) for d in devices],
+        [(a.name, a.revoked_at) for a in admins],
         len(store.list_audit(limit=1000)),
         [tuple(row) for row in sessions],
     )
@@ -408,3 +425,55 @@ def test_connect_serves_no_other_service(world: World, method: str) -> None:
     assert (answer.status, answer.code) == (501, "unimplemented")
     assert answer.message == f"{method} is not a method served here"
     assert _everything(world.harness) == before
+
+
+def test_fail_stolen_session_cannot_manage_admins(world: World) -> None:
+    """A login link read from a process list gives its reader a session, and no more than that.
+
+    The reader signs in first (an Origin is easy to forge outside a browser) and
+    asks for an admin certificate of their own, or to revoke the real admin: both
+    are refused, saying to use sielum-admin, and nothing changes. The session may
+    still list admins, as the dashboard does.
+    """
+    h = world.harness
+    link = h.admin().CreateDashboardLogin(admin_pb2.CreateDashboardLoginRequest(), timeout=10)
+    thief = DashboardClient(h.server.dashboard_url, h.ca_pem)
+    assert thief.sign_in(link.url).status == 200
+    before = _everything(h)
+    refusal = "needs an admin's client certificate, not a dashboard session: use sielum-admin"
+
+    answer = thief.call(
+        "CreateAdmin",
+        json_format.MessageToDict(
+            admin_pb2.CreateAdminRequest(name="thief", csr_pem=make_csr(make_key()))
+        ),
+    )
+    assert (answer.status, answer.code) == (403, "permission_denied"), answer.body
+    assert answer.message == f"/{ADMIN_SERVICE.full_name}/CreateAdmin {refusal}"
+    assert "certificatePem" not in answer.json()
+
+    answer = thief.call("RevokeAdmin", {"name": "admin"})
+    assert (answer.status, answer.code) == (403, "permission_denied"), answer.body
+    assert answer.message == f"/{ADMIN_SERVICE.full_name}/RevokeAdmin {refusal}"
+    assert _everything(h) == before
+
+    listed = thief.call("ListAdmins", {})
+    assert listed.status == 200, listed.body
+    assert "thief" not in {admin["name"] for admin in listed.json()["admins"]}
+    # The certificate the session stood for still manages admins, over gRPC.
+    made = h.admin().CreateAdmin(
+        admin_pb2.CreateAdminRequest(name="by-certificate", csr_pem=make_csr(make_key())),
+        timeout=10,
+    )
+    assert made.certificate_pem
+
+
+def test_managing_identities_needs_a_certificate_and_nothing_else_does() -> None:
+    """The table keeps exactly the methods that make or revoke an identity (admins, and
+    services when they come) from a dashboard session; every other admin method takes one."""
+    manage = re.compile(r"/(Create|Revoke)(Admin|Service)$")
+    for method, rule in METHOD_ROLES.items():
+        if rule.role is not Role.ADMIN:
+            continue
+        assert rule.admits(CredentialKind.CERTIFICATE), method
+        assert rule.admits(CredentialKind.SESSION) is not bool(manage.search(method)), method

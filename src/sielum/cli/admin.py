@@ -29,7 +29,7 @@ from sielum.agent.address import ServerAddress, parse_server
 from sielum.agent.errors import UsageError, WrongPortError
 from sielum.ca.datadir import PRIVATE_MODE, PUBLIC_MODE, write_private_file
 from sielum.ca.profile import fingerprint, role_of
-from sielum.cli import conventions
+from sielum.cli import browser, conventions
 from sielum.cli.conventions import CommandError
 from sielum.cli.durations import parse_duration
 from sielum.errors import InvalidArgumentError
@@ -90,7 +90,9 @@ Sielum administration over mutual TLS with an admin certificate.
   devices get ID | devices revoke ID
   admins create NAME --out DIR | admins list | admins revoke NAME
   audit list [--since 1h] [--actor admin/NAME] [--resource token/ID] [--action A] [--limit N]
-  dashboard login      print a one-time link that signs you in to the web dashboard
+  dashboard open       open the web dashboard in this machine's browser, signed in
+  dashboard login      print a one-time link that signs you in (paste it into a browser,
+                       never into a command line: a process list would show it)
 
 The admin certificate bundle (admin.pem, admin.key, ca.pem) is read from
 --cert-dir, else $SIELUM_ADMIN_CERT_DIR, else ./sielum-data/admin (what
@@ -853,12 +855,52 @@ def _cmd_dashboard_login(args: argparse.Namespace, api: Api, bundle: AdminBundle
     if args.json:
         conventions.print_json(_to_dict(reply))
         return EXIT_OK
-    # The link alone on stdout, so that `xdg-open "$(sielum-admin dashboard login)"` works.
+    # The link alone on stdout, to copy into a browser (on another machine, say).
+    # Never into a command line: `xdg-open "$(...)"` would show it to every local
+    # user in the process list; `dashboard open` is the way to do that here.
     print(reply.url)
     print(
-        f"one-time link, valid until {_when(reply.expires_at, 'unknown')}: open it in your "
-        "browser; anyone who has it can sign in as you until then",
+        f"one-time link, valid until {_when(reply.expires_at, 'unknown')}: paste it into "
+        "your browser's address bar, never into a command; anyone who has it can sign in "
+        "as you until then (`sielum-admin dashboard open` opens it here for you)",
         file=sys.stderr,
+    )
+    return EXIT_OK
+
+
+def _cmd_dashboard_open(args: argparse.Namespace, api: Api, bundle: AdminBundle) -> int:
+    # Before asking for a link: without a browser there is nothing to open it with.
+    try:
+        found = browser.find_browser()
+    except browser.NoBrowserError:
+        raise AdminError(
+            "no web browser found here: run `sielum-admin dashboard login` and paste the "
+            "link it prints into your browser's address bar (never into a command)"
+        ) from None
+    reply: admin_pb2.CreateDashboardLoginResponse = api.call(
+        api.stub.CreateDashboardLogin, admin_pb2.CreateDashboardLoginRequest()
+    )
+    try:
+        read = browser.open_privately(reply.url, found)
+    except browser.NoBrowserError as error:
+        raise AdminError(
+            f"{error}: run `sielum-admin dashboard login` and paste the link it prints into "
+            "your browser's address bar (never into a command)"
+        ) from None
+    expires = _when(reply.expires_at, "unknown")
+    if args.json:
+        conventions.print_json(
+            {"opened": True, "read": read, "expiresAt": _to_dict(reply)["expiresAt"]}
+        )
+        return EXIT_OK
+    print(
+        "opened a one-time login link in your browser (through a private file, now removed; "
+        f"the link was on no command line), valid until {expires}"
+        + (
+            ""
+            if read
+            else ": if no dashboard page appeared, run `sielum-admin dashboard open` again"
+        )
     )
     return EXIT_OK
 
@@ -1051,8 +1093,24 @@ def build_parser() -> argparse.ArgumentParser:
     leaf(
         dashboard_commands,
         "login",
-        "print a one-time link that signs you in to the dashboard (valid 5 minutes)",
+        "print a one-time link that signs you in to the dashboard (valid 5 minutes), to "
+        "paste into a browser",
         _cmd_dashboard_login,
+    )
+    opener = leaf(
+        dashboard_commands,
+        "open",
+        "open the dashboard in this machine's browser, signed in, without putting the link "
+        "on any command line ($BROWSER, else the desktop's browser)",
+        _cmd_dashboard_open,
+    )
+    opener.description = (
+        "Ask for a one-time login link and open it in this machine's browser ($BROWSER, "
+        "else the desktop's default). The link goes on no command line, where every local "
+        "user could read it in the process list: the browser is given a file of yours "
+        "alone (mode 0600, in a new 0700 directory under $TMPDIR) that redirects to the "
+        "link, and the file is removed once the browser has read it (30 seconds at most). "
+        "Without a browser here, use `dashboard login` and paste the link it prints."
     )
     return parser
 

@@ -323,6 +323,32 @@ def raise_open_files_limit() -> tuple[int, int, int]:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    if args.log_format != "json":
+        return _run_serve(args)
+    # With --log-format json every line on stderr is a JSON object, a failure to
+    # start included (a bad --database URL, say): the one error line is a log
+    # line, and a bug's traceback a field of one
+    # (tests/e2e/test_server_cli.py::test_fail_database_url_error_prints_the_password).
+    try:
+        return _run_serve(args)
+    except Exception as error:
+        failure = error if isinstance(error, CommandError) else _translate(error)
+        configure_logging("json")
+        log = logging.getLogger("sielum.server")
+        if failure is None:
+            log.error("failed: internal error", exc_info=True)
+            return 1
+        log_event(
+            log,
+            failure.message,
+            level=logging.ERROR,
+            code=failure.code,
+            exit_code=failure.exit_code,
+        )
+        return failure.exit_code
+
+
+def _run_serve(args: argparse.Namespace) -> int:
     # First of all: a SIGTERM from now on is noted, not fatal, however early it comes.
     signals = SignalInbox()
     signals.install()

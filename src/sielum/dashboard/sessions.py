@@ -37,7 +37,7 @@ TOUCH_INTERVAL = timedelta(minutes=1)
 CREDENTIAL_BYTES = 32
 _CREDENTIAL = re.compile(r"^[A-Za-z0-9_-]{43}$")  # 32 bytes, base64url without padding
 
-# The pages add how to get a new link (`sielum-admin dashboard login`) to these.
+# The pages add how to sign in again (`sielum-admin dashboard open`) to these.
 SIGNED_OUT = "you are signed out"
 
 

@@ -45,7 +45,7 @@ from sielum.errors import (
     SielumError,
     UnauthenticatedError,
 )
-from sielum.identity import Identity, Role
+from sielum.identity import CredentialKind, Identity, Role
 from sielum.logs import log_event
 from sielum.server.auth import Authorizer
 from sielum.server.interceptor import CallObserver
@@ -57,7 +57,6 @@ log = logging.getLogger("sielum.dashboard")
 T = TypeVar("T")
 
 COOKIE = "__Host-sielum_session"
-CREDENTIAL = "dashboard session"
 SERVICE = "sielum.admin.v1.AdminService"
 MAX_BODY_BYTES = 256 * 1024  # as gRPC's message limit
 STOP_GRACE = 5.0  # seconds a dashboard request in flight gets at stop
@@ -452,7 +451,7 @@ class Dashboard:
             # the same check refuses on every call.)
             admin = self._sessions.admin_of(code)
             if admin is not None:
-                self._authorizer.admit(Identity(role=Role.ADMIN, name=admin), peer)
+                self._authorizer.admit(_identity(admin, None), peer)
             new = self._sessions.start_session(code, peer)
             return new.key.reveal(), new.session.admin
 
@@ -534,7 +533,7 @@ class Dashboard:
             # without a certificate.
             identity = None if key is None else self._identity(key)
             authorized = self._authorizer.authorize(
-                full_name, identity, peer, credential=CREDENTIAL
+                full_name, identity, peer, credential=CredentialKind.SESSION
             )
             return method.handler(
                 parse_request(body, method.request_class, full_name, peer), authorized
@@ -556,8 +555,17 @@ class Dashboard:
 
 
 def _identity(admin: str, session_expires_at: Any) -> Identity:
-    """The caller a session stands for. Its expiry caps any login link it asks for."""
-    return Identity(role=Role.ADMIN, name=admin, not_after=session_expires_at)
+    """The caller a session stands for. Its expiry caps any login link it asks for.
+
+    It says it is a session, not a certificate, so that the method table can keep
+    the methods that manage identities to certificates (server/auth.py).
+    """
+    return Identity(
+        role=Role.ADMIN,
+        name=admin,
+        not_after=session_expires_at,
+        credential=CredentialKind.SESSION,
+    )
 
 
 async def _json_object(request: web.Request) -> dict[str, Any]:

@@ -5,48 +5,81 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 from cryptography import x509
 
 from sielum.ca.profile import public_key_sha256, role_of
 from sielum.errors import PermissionDeniedError, SielumError
-from sielum.identity import Call, Identity, Role
+from sielum.identity import Call, CredentialKind, Identity, Role
 from sielum.logs import log_event
 
 log = logging.getLogger("sielum.server")
 
-# Every method the server answers, with the role it needs. A method served but
-# missing here is denied; tests/rpc/test_authorization.py walks every service
-# descriptor and fails if one is left out.
-METHOD_ROLES: Mapping[str, Role] = {
-    "/sielum.enroll.v1.EnrollService/Enroll": Role.PUBLIC,
-    "/sielum.admin.v1.AdminService/CreateEnrollmentToken": Role.ADMIN,
-    "/sielum.admin.v1.AdminService/GetEnrollmentToken": Role.ADMIN,
-    "/sielum.admin.v1.AdminService/ListEnrollmentTokens": Role.ADMIN,
-    "/sielum.admin.v1.AdminService/RevokeEnrollmentToken": Role.ADMIN,
-    "/sielum.admin.v1.AdminService/ListDevices": Role.ADMIN,
-    "/sielum.admin.v1.AdminService/GetDevice": Role.ADMIN,
-    "/sielum.admin.v1.AdminService/RevokeDevice": Role.ADMIN,
-    "/sielum.admin.v1.AdminService/CreateAdmin": Role.ADMIN,
-    "/sielum.admin.v1.AdminService/ListAdmins": Role.ADMIN,
-    "/sielum.admin.v1.AdminService/RevokeAdmin": Role.ADMIN,
-    "/sielum.admin.v1.AdminService/ListAuditEvents": Role.ADMIN,
-    "/sielum.admin.v1.AdminService/CreateDashboardLogin": Role.ADMIN,
-    "/sielum.admin.v1.AdminService/GetOverview": Role.ADMIN,
-    "/sielum.agent.v1.AgentService/Heartbeat": Role.DEVICE,
-    "/sielum.agent.v1.AgentService/RenewCertificate": Role.DEVICE,
-    "/sielum.agent.v1.AgentService/Unenroll": Role.DEVICE,
-    "/grpc.health.v1.Health/Check": Role.PUBLIC,
-    "/grpc.health.v1.Health/Watch": Role.PUBLIC,
-    "/grpc.health.v1.Health/List": Role.PUBLIC,
-    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": Role.PUBLIC,
-    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo": Role.PUBLIC,
+
+@dataclass(frozen=True)
+class Rule:
+    """Who may call a method: a role and, when it matters, the credential it must show.
+
+    credentials None takes any credential the role can hold (a client
+    certificate, or for an admin a dashboard session as well).
+    """
+
+    role: Role
+    credentials: frozenset[CredentialKind] | None = None
+
+    def admits(self, credential: CredentialKind) -> bool:
+        return self.credentials is None or credential in self.credentials
+
+
+PUBLIC = Rule(Role.PUBLIC)
+ADMIN = Rule(Role.ADMIN)
+DEVICE = Rule(Role.DEVICE)
+# Making or revoking an identity needs an admin's own certificate, never a
+# dashboard session: a session is a bearer cookie that a stolen login link or a
+# compromised browser hands over, and must not be able to mint an admin
+# certificate that outlives it by a year
+# (tests/robust/test_authorization_matrix.py::test_fail_stolen_session_cannot_manage_admins;
+# ::test_managing_identities_needs_a_certificate_and_nothing_else_does holds every
+# Create/Revoke of an Admin or a Service to this rule, and no other method).
+ADMIN_BY_CERTIFICATE = Rule(Role.ADMIN, frozenset({CredentialKind.CERTIFICATE}))
+
+# Every method the server answers, with the rule its caller must meet. A method
+# served but missing here is denied; tests/rpc/test_authorization.py walks every
+# service descriptor and fails if one is left out.
+METHOD_ROLES: Mapping[str, Rule] = {
+    "/sielum.enroll.v1.EnrollService/Enroll": PUBLIC,
+    "/sielum.admin.v1.AdminService/CreateEnrollmentToken": ADMIN,
+    "/sielum.admin.v1.AdminService/GetEnrollmentToken": ADMIN,
+    "/sielum.admin.v1.AdminService/ListEnrollmentTokens": ADMIN,
+    "/sielum.admin.v1.AdminService/RevokeEnrollmentToken": ADMIN,
+    "/sielum.admin.v1.AdminService/ListDevices": ADMIN,
+    "/sielum.admin.v1.AdminService/GetDevice": ADMIN,
+    "/sielum.admin.v1.AdminService/RevokeDevice": ADMIN,
+    "/sielum.admin.v1.AdminService/CreateAdmin": ADMIN_BY_CERTIFICATE,
+    "/sielum.admin.v1.AdminService/ListAdmins": ADMIN,
+    "/sielum.admin.v1.AdminService/RevokeAdmin": ADMIN_BY_CERTIFICATE,
+    "/sielum.admin.v1.AdminService/ListAuditEvents": ADMIN,
+    "/sielum.admin.v1.AdminService/CreateDashboardLogin": ADMIN,
+    "/sielum.admin.v1.AdminService/GetOverview": ADMIN,
+    "/sielum.agent.v1.AgentService/Heartbeat": DEVICE,
+    "/sielum.agent.v1.AgentService/RenewCertificate": DEVICE,
+    "/sielum.agent.v1.AgentService/Unenroll": DEVICE,
+    "/grpc.health.v1.Health/Check": PUBLIC,
+    "/grpc.health.v1.Health/Watch": PUBLIC,
+    "/grpc.health.v1.Health/List": PUBLIC,
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": PUBLIC,
+    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo": PUBLIC,
 }
 
 Gate = Callable[[Identity], None]
 """Raises PermissionDeniedError when a caller of a role may not call now (revoked, superseded)."""
 
-CERTIFICATE = "client certificate from the Sielum CA"
+# What a refusal says the caller lacks, for each credential a transport takes.
+_PROOF: Mapping[CredentialKind, str] = {
+    CredentialKind.CERTIFICATE: "client certificate from the Sielum CA",
+    CredentialKind.SESSION: "dashboard session",
+}
 
 
 @functools.lru_cache(maxsize=4096)
@@ -79,17 +112,23 @@ class Authorizer:
     method through both).
     """
 
-    def __init__(self, roles: Mapping[str, Role], gates: Mapping[Role, Gate]) -> None:
-        self._roles = roles
+    def __init__(self, rules: Mapping[str, Rule], gates: Mapping[Role, Gate]) -> None:
+        self._rules = rules
         self._gates = gates
 
     def authorize(
-        self, method: str, caller: Identity | None, peer: str, *, credential: str = CERTIFICATE
+        self,
+        method: str,
+        caller: Identity | None,
+        peer: str,
+        *,
+        credential: CredentialKind = CredentialKind.CERTIFICATE,
     ) -> Call:
         """The authorized call, or PermissionDeniedError (logged) saying why not.
 
-        credential names what the transport takes as proof ("client certificate
-        from the Sielum CA", "dashboard session"), for the refusal's message.
+        credential is what the transport takes as proof (a client certificate,
+        a dashboard session): a method whose rule does not take it is refused
+        even before a caller is looked for.
         """
         try:
             self._check(method, caller, credential)
@@ -119,14 +158,21 @@ class Authorizer:
             )
             raise
 
-    def _check(self, method: str, caller: Identity | None, credential: str) -> None:
-        needed = self._roles.get(method)
-        if needed is None:
+    def _check(self, method: str, caller: Identity | None, credential: CredentialKind) -> None:
+        rule = self._rules.get(method)
+        if rule is None:
             raise PermissionDeniedError(f"method {method} is not open to any caller")
+        needed = rule.role
         if needed is Role.PUBLIC:
             return
+        shown = caller.credential if caller is not None else credential
+        if not rule.admits(shown):
+            raise PermissionDeniedError(
+                f"{method} needs {_a(needed)}'s client certificate, not a {shown.value}: "
+                "use sielum-admin"
+            )
         if caller is None:
-            raise PermissionDeniedError(f"{method} needs {_a(needed)} {credential}")
+            raise PermissionDeniedError(f"{method} needs {_a(needed)} {_PROOF[credential]}")
         if caller.role is not needed:
             raise PermissionDeniedError(
                 f"{method} needs {_a(needed)} certificate; this one is {caller.role.value}"

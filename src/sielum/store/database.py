@@ -254,6 +254,7 @@ def _connect_postgresql(url: str) -> ReconnectingPostgresqlDatabase:
     if not parts.path.strip("/") and "dbname" not in query:
         raise InvalidArgumentError(f"PostgreSQL database URL names no database: {_URL_HELP}")
     dsn = urlunsplit(("postgresql", parts.netloc, parts.path, parts.query, parts.fragment))
+    _check_dsn(dsn)
     options = {key: value for key, value in _PG_DEFAULTS.items() if key not in query}
     return ReconnectingPostgresqlDatabase(
         dsn,
@@ -262,6 +263,31 @@ def _connect_postgresql(url: str) -> ReconnectingPostgresqlDatabase:
         stale_timeout=PG_POOL_RECYCLE_SECONDS,
         **options,
     )
+
+
+def _check_dsn(dsn: str) -> None:
+    """Refuses, now, a URL that libpq would refuse at the first connection.
+
+    libpq's own message quotes the part it cannot parse, which may be the
+    password ("invalid percent-encoded token: \"My%Pass\"") or the whole URL, so
+    it never reaches the caller or the log: the refusal names only the kind of
+    mistake (tests/e2e/test_server_cli.py::test_fail_database_url_error_prints_the_password).
+    """
+    if psycopg2 is None:  # pragma: no cover - psycopg2-binary is a declared dependency
+        return
+    try:
+        psycopg2.extensions.parse_dsn(dsn)
+    except psycopg2.Error as error:
+        reason = str(error)
+        if "percent-encoded" in reason:
+            hint = "a % must begin a percent-encoding such as %25 (a % itself), in the password too"
+        elif "query parameter" in reason:
+            hint = "its query has a parameter PostgreSQL does not know"
+        else:
+            hint = "PostgreSQL cannot parse it"
+        raise InvalidArgumentError(
+            f"PostgreSQL database URL is malformed: {hint}; {_URL_HELP}"
+        ) from None
 
 
 _LOCAL_HOSTS = {"", "localhost", "127.0.0.1", "::1"}

@@ -44,9 +44,11 @@ export function showSignedOut(reason) {
       h("img", { class: "signin-logo", src: "/static/icon.svg", alt: "", width: 48, height: 48 }),
       h("h1", {}, "You are signed out"),
       reason ? h("p", { class: "alert alert-info" }, sentence(reason)) : null,
-      h("p", {}, "Ask for a sign-in link on a machine that holds your admin certificate:"),
-      h("pre", { class: "command" }, h("code", {}, "sielum-admin dashboard login")),
-      h("p", { class: "muted" }, "Open the link it prints. A link works once, for 5 minutes.")));
+      h("p", {}, "Sign in again from a machine that holds your admin certificate:"),
+      h("pre", { class: "command" }, h("code", {}, "sielum-admin dashboard open")),
+      h("p", { class: "muted" },
+        "Or run sielum-admin dashboard login and paste the link it prints into the address " +
+        "bar, never into a command. A link works once, for 5 minutes.")));
   main.focus();
 }
 
