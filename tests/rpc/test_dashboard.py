@@ -309,3 +309,29 @@ def test_ok_connect_calls_are_counted_apart_from_grpc_ones(tmp_path: Path) -> No
     assert scrape.value("sielum_dashboard_logins_total", result="ok") == 1
     assert scrape.value("sielum_dashboard_logins_total", result="refused") == 1
     assert scrape.value("sielum_dashboard_sessions") == 1
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/session/login", "/sielum.admin.v1.AdminService/ListDevices"],
+    ids=["sign-in", "connect"],
+)
+def test_fail_deeply_nested_json_makes_a_500_and_a_traceback(
+    harness: Harness, path: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """About 200 KB of [[[...]]] to sign-in (before any authentication) or to a Connect method:
+    400 invalid_argument, one log line and no traceback, where the parser's RecursionError
+    answered 500."""
+    client = _client(harness) if path.startswith("/session/") else _signed_in(harness)
+    headers = {**client.browser_headers(), "Connect-Protocol-Version": "1"}
+    for body in (b"[" * 200_000, b'{"code": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"):
+        caplog.clear()
+        answer = client.request("POST", path, body, headers)
+        assert (answer.status, answer.code) == (400, "invalid_argument"), answer.message
+        assert set(answer.json()) == {"code", "message"}
+        ours = [r for r in caplog.records if r.name.startswith("sielum")]
+        assert len(ours) == 1, [r.getMessage() for r in ours]
+        assert ours[0].exc_info is None
+        assert "malformed request" in ours[0].getMessage()
+    # The listener goes on answering.
+    assert _signed_in(harness).call("ListDevices").status == 200

@@ -14,7 +14,6 @@ import asyncio
 import functools
 import html
 import ipaddress
-import json
 import logging
 import re
 import socket
@@ -35,6 +34,7 @@ from google.protobuf.message import Message
 from sielum.dashboard.connect import (
     ConnectError,
     check_browser_request,
+    load_json_object,
     parse_request,
     to_json,
 )
@@ -561,13 +561,7 @@ def _identity(admin: str, session_expires_at: Any) -> Identity:
 
 
 async def _json_object(request: web.Request) -> dict[str, Any]:
-    try:
-        value = json.loads(await request.read() or b"{}")
-    except ValueError:
-        raise ConnectError(grpc.StatusCode.INVALID_ARGUMENT, "the body is not JSON") from None
-    if not isinstance(value, dict):
-        raise ConnectError(grpc.StatusCode.INVALID_ARGUMENT, "the body is not a JSON object")
-    return value
+    return load_json_object(await request.read(), request.path[:200], request.remote or "")
 
 
 def _error_response(error: ConnectError) -> web.Response:
