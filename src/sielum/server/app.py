@@ -80,8 +80,10 @@ class ServerConfig:
     failure_limit: FailureLimit = field(default_factory=FailureLimit)
     ca_passphrase: bytes | None = None
     worker_index: int | None = None  # set in the workers of `serve --workers N`
-    # Streaming calls (health Watch, reflection) open at once, per connection and in all.
+    # Streaming calls (health Watch, reflection) open at once, per connection, per peer
+    # address (IPv6: per /64) and in all.
     max_streams_per_connection: int = 16
+    max_streams_per_address: int = 100
     max_streams: int = 1000
     # A connection that has not finished its TLS handshake by then is closed.
     handshake_timeout: timedelta = HANDSHAKE_TIMEOUT
@@ -218,7 +220,9 @@ class SielumServer:
             {Role.DEVICE: device_service.check_may_call, Role.ADMIN: self.admins.check_may_call},
         )
         ours = [f"/{service.full_name}/{m.name}" for service in SERVICES for m in service.methods]
-        self.streams = StreamLimit(config.max_streams_per_connection, config.max_streams)
+        self.streams = StreamLimit(
+            config.max_streams_per_connection, config.max_streams, config.max_streams_per_address
+        )
         interceptor = ServerInterceptor(self.authorizer, self._runner, ours, self.streams, observe)
         self.grpc_server = grpc.aio.server(
             interceptors=[interceptor],
