@@ -272,6 +272,7 @@ def _server_config(args: argparse.Namespace) -> ServerConfig:
         metrics_addr=args.metrics_addr,
         metrics_fd=args.metrics_fd,
         metrics_dir=Path(os.environ[multiproc.ENV]) if _metrics_on(args) else None,
+        metrics_hosts=tuple(args.metrics_host),
         dashboard_addr=None if _dashboard_off(args) else args.dashboard_addr,
         dashboard_url=args.dashboard_url,
         dashboard_cert=Path(args.dashboard_cert) if args.dashboard_cert else None,
@@ -596,6 +597,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="plain HTTP /metrics in the Prometheus format, summed over all workers; "
         "'off' disables (default %(default)s)",
+    )
+    serve.add_argument(
+        "--metrics-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a name Prometheus scrapes /metrics through (repeatable); /metrics answers "
+        "only a Host that is the listener's own address, localhost on loopback, or one "
+        "of these, so that no web page reads it through DNS rebinding",
     )
     # Set by the supervisor on the workers it starts; not for people.
     serve.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)

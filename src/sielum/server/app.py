@@ -95,6 +95,8 @@ class ServerConfig:
     metrics_addr: str = "off"
     metrics_fd: int | None = None
     metrics_dir: Path | None = None
+    # Names beside the listener's own address that /metrics answers as Host (--metrics-host).
+    metrics_hosts: tuple[str, ...] = ()
     dashboard_addr: str | None = None  # None: no dashboard
     dashboard_url: str = ""  # empty: https://<dashboard_addr's host>:<its port>
     dashboard_cert: Path | None = None  # None: the server certificate and chain
@@ -301,7 +303,9 @@ class SielumServer:
                 self.clock,
                 sessions=None if self.dashboard is None else sessions.count_open,
             )
-            self._metrics_endpoint = MetricsEndpoint(self.metrics.registry(state), self.store.close)
+            self._metrics_endpoint = MetricsEndpoint(
+                self.metrics.registry(state), self.store.close, hosts=config.metrics_hosts
+            )
             self._metrics_socket = (
                 socket.socket(fileno=config.metrics_fd)
                 if config.metrics_fd is not None
