@@ -268,6 +268,7 @@ def _server_config(args: argparse.Namespace) -> ServerConfig:
         ca_passphrase=_passphrase(),
         worker_index=args.worker_index,
         handshake_timeout=timedelta(seconds=args.handshake_timeout),
+        idle_timeout=timedelta(seconds=args.idle_timeout),
         certificate_check_interval=args.certificate_check_interval,
         metrics_addr=args.metrics_addr,
         metrics_fd=args.metrics_fd,
@@ -338,6 +339,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         raise InvalidArgumentError("--threads must be 0 or more")
     if args.handshake_timeout <= 0:
         raise InvalidArgumentError("--handshake-timeout must be positive")
+    if args.idle_timeout <= 0:
+        raise InvalidArgumentError("--idle-timeout must be positive")
     if _metrics_on(args):
         try:
             split_address(args.metrics_addr)
@@ -637,6 +640,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="close a connection that has not finished its TLS handshake by then "
         "(default %(default)g)",
+    )
+    serve.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="on the dashboard and metrics ports: close a connection that has not sent a "
+        "whole request's headers this long after it opened or after its last answer, and "
+        "answer 408 to a request body that has not arrived within it (default %(default)g)",
     )
     serve.add_argument(
         "--grace",

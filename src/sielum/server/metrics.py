@@ -42,6 +42,7 @@ from sielum.errors import SielumError
 from sielum.logs import log_event
 from sielum.model import DeviceState, StateCounts, TokenState
 from sielum.recorder import CertificateKind, DashboardLoginResult, EnrollmentResult
+from sielum.server.listeners import BoundedSite, HttpLimits
 
 log = logging.getLogger("sielum.server")
 
@@ -327,20 +328,26 @@ class MetricsEndpoint:
         close: Callable[[], None] = lambda: None,
         *,
         hosts: Iterable[str] = (),
+        limits: HttpLimits | None = None,
     ) -> None:
         self._registry = registry
         self._close = close
+        self._limits = limits or HttpLimits()
         # --metrics-host: names, beside the listener's own address, that Host may carry.
         self._hosts = frozenset(n.strip().lower().rstrip(".") for n in hosts if n.strip())
         self._pool = futures.ThreadPoolExecutor(1, thread_name_prefix="metrics")
         self._runner: web.AppRunner | None = None
+        self.site: BoundedSite | None = None
 
     async def start(self, sock: socket.socket) -> None:
         app = web.Application()
         app.router.add_get("/metrics", self._metrics)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        self._runner = web.AppRunner(
+            app, access_log=None, handle_signals=False, **self._limits.runner_options()
+        )
         await self._runner.setup()
-        await web.SockSite(self._runner, sock).start()
+        self.site = BoundedSite(self._runner, sock, limits=self._limits, label="metrics")
+        await self.site.start()
 
     async def stop(self) -> None:
         if self._runner is not None:
