@@ -324,6 +324,22 @@ def _wait_closed_by_server(sockets: list[socket.socket], seconds: float) -> None
 HTTP_ATTACKERS = 380
 
 
+def _connections_held(pid: int, port: int) -> int:
+    """The TCP connections on local port that process pid holds a descriptor of."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    held = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[1].split(":")[1], 16) == port and fields[3] == "01" and fields[9] in inodes:
+            held += 1
+    return held
+
+
 def _open_files_400() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (400, 400))
 
@@ -365,6 +381,7 @@ def test_fail_idle_http_connections_starve_the_admin_api(tmp_path: Path) -> None
 
         for _ in range(HTTP_ATTACKERS):
             held.append(socket.create_connection(("127.0.0.1", metrics_port), timeout=10))
+        assert _connections_held(process.pid, metrics_port) <= 50
 
         tls = ssl.create_default_context(cadata=ca_pem.decode())
         origin = f"https://127.0.0.1:{dashboard_port}"
@@ -391,6 +408,7 @@ def test_fail_idle_http_connections_starve_the_admin_api(tmp_path: Path) -> None
 
         fds = len(os.listdir(f"/proc/{process.pid}/fd"))
         assert fds < 300, f"the server holds {fds} descriptors"
+        assert _connections_held(process.pid, dashboard_port) <= 50
         tokens = _admin_stub(server).ListEnrollmentTokens(
             admin_pb2.ListEnrollmentTokensRequest(), timeout=30
         )
