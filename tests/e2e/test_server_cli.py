@@ -13,6 +13,7 @@ import ssl
 import stat
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -376,6 +377,132 @@ def test_fail_idle_connections_starve_the_admin_api(tmp_path: Path) -> None:
         assert len(os.listdir(f"/proc/{process.pid}/fd")) < 200
     finally:
         for sock in idle:
+            sock.close()
+        server.stop()
+
+
+def _wait_closed_by_server(sockets: list[socket.socket], seconds: float) -> None:
+    """Wait until the server has closed every socket (end of file or a reset when read)."""
+    waiting = selectors.DefaultSelector()
+    for sock in sockets:
+        waiting.register(sock, selectors.EVENT_READ)
+    deadline = time.monotonic() + seconds
+    while waiting.get_map():
+        left = len(waiting.get_map())
+        assert time.monotonic() < deadline, f"{left} idle connections still open"
+        for key, _ in waiting.select(timeout=1.0):
+            sock = key.fileobj
+            assert isinstance(sock, socket.socket)
+            try:
+                closed = sock.recv(65536) == b""  # an answer first (a 408), then the end
+            except (OSError, ssl.SSLError):
+                closed = True
+            if closed:
+                waiting.unregister(sock)
+    waiting.close()
+
+
+HTTP_ATTACKERS = 380
+
+
+def _connections_held(pid: int, port: int) -> int:
+    """The TCP connections on local port that process pid holds a descriptor of."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    held = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[1].split(":")[1], 16) == port and fields[3] == "01" and fields[9] in inodes:
+            held += 1
+    return held
+
+
+def _open_files_400() -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (400, 400))
+
+
+def test_fail_idle_http_connections_starve_the_admin_api(tmp_path: Path) -> None:
+    """Against a server whose open-files limit is 400 (soft and hard), 380 plain TCP
+    connections to the metrics port that send nothing, then 380 dashboard POSTs with a
+    plausible Origin whose body never finishes: the admin API still answers, each listener
+    holds at most its share of the limit (1/8: 50), and the server closes every one of the
+    connections once --idle-timeout has passed (a 408 for the bodies)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < 2 * HTTP_ATTACKERS + 200:
+        if hard != resource.RLIM_INFINITY and hard < 2 * HTTP_ATTACKERS + 200:
+            pytest.skip(f"the hard open-files limit ({hard}) leaves no room for the attack")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # this test's own sockets
+    data_dir = tmp_path / "data"
+    assert run("sielum-server", "init", "--data-dir", str(data_dir)).returncode == 0
+    enroll_port, api_port, metrics_port, dashboard_port = (free_port() for _ in range(4))
+    log_path = tmp_path / "serve.log"
+    with log_path.open("w") as log_file:
+        process = subprocess.Popen(
+            [
+                script("sielum-server"), "serve", "--data-dir", str(data_dir), "--workers", "1",
+                "--enroll-addr", f"127.0.0.1:{enroll_port}", "--api-addr", f"127.0.0.1:{api_port}",
+                "--metrics-addr", f"127.0.0.1:{metrics_port}",
+                "--dashboard-addr", f"127.0.0.1:{dashboard_port}",
+                "--idle-timeout", "3", "--handshake-timeout", "3",
+            ],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_open_files_400,  # only setrlimit before exec: safe after fork
+        )  # fmt: skip
+    server = ServerProcess(process, data_dir, enroll_port, api_port, log_path)  # type: ignore[arg-type]
+    held: list[socket.socket] = []
+    try:
+        ca_pem = (data_dir / "ca.pem").read_bytes()
+        wait_ready(enroll_port, ca_pem, process)
+        assert "soft=400 hard=400" in server.log
+
+        for _ in range(HTTP_ATTACKERS):
+            held.append(socket.create_connection(("127.0.0.1", metrics_port), timeout=10))
+        assert _connections_held(process.pid, metrics_port) <= 50
+
+        tls = ssl.create_default_context(cadata=ca_pem.decode())
+        origin = f"https://127.0.0.1:{dashboard_port}"
+        request = (
+            "POST /sielum.admin.v1.AdminService/ListEnrollmentTokens HTTP/1.1\r\n"
+            f"Host: 127.0.0.1:{dashboard_port}\r\nOrigin: {origin}\r\n"
+            "Content-Type: application/json\r\nConnect-Protocol-Version: 1\r\n"
+            "Content-Length: 100000\r\n\r\n{"
+        ).encode()
+        slow_bodies = 0
+        for _ in range(HTTP_ATTACKERS):
+            raw = socket.create_connection(("127.0.0.1", dashboard_port), timeout=10)
+            try:
+                conn = tls.wrap_socket(raw, server_hostname="localhost")
+                conn.sendall(request)  # and the rest of the body never comes
+            except TimeoutError:
+                raise AssertionError("the dashboard took a connection and never answered it")
+            except (OSError, ssl.SSLError):
+                raw.close()  # refused at once: the listener is full
+                continue
+            held.append(conn)
+            slow_bodies += 1
+        assert 0 < slow_bodies <= HTTP_ATTACKERS
+
+        fds = len(os.listdir(f"/proc/{process.pid}/fd"))
+        assert fds < 300, f"the server holds {fds} descriptors"
+        assert _connections_held(process.pid, dashboard_port) <= 50
+        tokens = _admin_stub(server).ListEnrollmentTokens(
+            admin_pb2.ListEnrollmentTokensRequest(), timeout=30
+        )
+        assert list(tokens.tokens) == []
+
+        _wait_closed_by_server(held, 60)
+        assert "listener=metrics" in server.log and "listener=dashboard" in server.log
+        assert "EMFILE" not in server.log and "Too many open files" not in server.log
+        # Once the attack is over, both listeners answer again.
+        scrape = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10)
+        assert scrape.status == 200
+    finally:
+        for sock in held:
             sock.close()
         server.stop()
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import re
 import socket
+import ssl
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -309,3 +311,93 @@ def test_ok_connect_calls_are_counted_apart_from_grpc_ones(tmp_path: Path) -> No
     assert scrape.value("sielum_dashboard_logins_total", result="ok") == 1
     assert scrape.value("sielum_dashboard_logins_total", result="refused") == 1
     assert scrape.value("sielum_dashboard_sessions") == 1
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/session/login", "/sielum.admin.v1.AdminService/ListDevices"],
+    ids=["sign-in", "connect"],
+)
+def test_fail_deeply_nested_json_makes_a_500_and_a_traceback(
+    harness: Harness, path: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """About 200 KB of [[[...]]] to sign-in (before any authentication) or to a Connect method:
+    400 invalid_argument, one log line and no traceback, where the parser's RecursionError
+    answered 500."""
+    client = _client(harness) if path.startswith("/session/") else _signed_in(harness)
+    headers = {**client.browser_headers(), "Connect-Protocol-Version": "1"}
+    for body in (b"[" * 200_000, b'{"code": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"):
+        caplog.clear()
+        answer = client.request("POST", path, body, headers)
+        assert (answer.status, answer.code) == (400, "invalid_argument"), answer.message
+        assert set(answer.json()) == {"code", "message"}
+        ours = [r for r in caplog.records if r.name.startswith("sielum")]
+        assert len(ours) == 1, [r.getMessage() for r in ours]
+        assert ours[0].exc_info is None
+        assert "malformed request" in ours[0].getMessage()
+    # The listener goes on answering.
+    assert _signed_in(harness).call("ListDevices").status == 200
+
+
+def test_fail_a_body_that_trickles_in_holds_its_connection(tmp_path: Path) -> None:
+    """A POST with a plausible Origin whose body never finishes: 408 deadline_exceeded once
+    the idle timeout has passed, and the server closes the connection."""
+    h = start_harness(tmp_path, dashboard_addr="127.0.0.1:0", idle_timeout=timedelta(seconds=0.5))
+    try:
+        port = h.server.dashboard.listener.port  # type: ignore[union-attr]
+        tls = ssl.create_default_context(cadata=h.ca_pem.decode())
+        raw = socket.create_connection(("127.0.0.1", port), timeout=30)
+        with tls.wrap_socket(raw, server_hostname="localhost") as conn:
+            conn.sendall(
+                b"POST /session/login HTTP/1.1\r\n"
+                + f"Host: 127.0.0.1:{port}\r\nOrigin: {h.server.dashboard_url}\r\n".encode()
+                + b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"
+            )
+            answer = b""
+            while chunk := conn.recv(65536):  # until the server closes, long before 30 s
+                answer += chunk
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 408 ")
+        assert json.loads(body)["code"] == "deadline_exceeded"
+        assert _client(h).request("GET", "/").status == 200
+    finally:
+        h.server.stop(grace=1)
+
+
+def test_fail_connections_beyond_the_cap_are_closed_at_once(tmp_path: Path) -> None:
+    """Each HTTP listener holds at most its cap of connections; one more is closed at once,
+    and a slot that frees serves again."""
+    h = start_harness(
+        tmp_path,
+        dashboard_addr="127.0.0.1:0",
+        metrics_addr="127.0.0.1:0",
+        max_http_connections=3,
+    )
+    try:
+        dashboard = h.server.dashboard.listener.port  # type: ignore[union-attr]
+        for port, served in (
+            (h.server.metrics_port, lambda: Exposition(h.server.metrics_port).text != ""),
+            (dashboard, lambda: _client(h).request("GET", "/").status == 200),
+        ):
+            idle = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(3)]
+            with socket.create_connection(("127.0.0.1", port), timeout=30) as extra:
+                try:
+                    assert extra.recv(1) == b""  # closed by the server, long before our 30 s
+                except ConnectionResetError:
+                    pass
+            idle.pop().close()
+            # The server notices the close, and the freed slot serves again.
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    ok = served()
+                except (OSError, ssl.SSLError):
+                    ok = False
+                if ok:
+                    break
+                assert time.monotonic() < deadline, "the freed slot never served"
+                time.sleep(0.05)
+            for sock in idle:
+                sock.close()
+    finally:
+        h.server.stop(grace=1)

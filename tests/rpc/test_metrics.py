@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -239,3 +240,57 @@ def test_rate_limited_enrollments_are_counted(tmp_path: Path) -> None:
 def test_metrics_are_off_unless_asked_for(harness: Harness) -> None:
     assert harness.server.metrics is None
     assert harness.server.metrics_port == 0
+
+
+def _get_metrics(port: int, host: str | None, address: str = "127.0.0.1") -> int:
+    """The status of GET /metrics sent to address with this Host header (None: without one)."""
+    connection = http.client.HTTPConnection(address, port, timeout=10)
+    try:
+        connection.putrequest("GET", "/metrics", skip_host=True)
+        if host is not None:
+            connection.putheader("Host", host)
+        connection.endheaders()
+        response = connection.getresponse()
+        response.read()
+        return response.status
+    finally:
+        connection.close()
+
+
+@pytest.mark.parametrize(
+    ("bind", "host", "status"),
+    [
+        ("127.0.0.1", "127.0.0.1:{port}", 200),  # what Prometheus sends for its target
+        ("127.0.0.1", "127.0.0.1", 200),
+        ("127.0.0.1", "localhost:{port}", 200),  # loopback's own name
+        ("127.0.0.1", "LocalHost.", 200),
+        ("127.0.0.1", "metrics.example.test:{port}", 200),  # --metrics-host
+        ("127.0.0.1", "Metrics.Example.Test", 200),
+        ("127.0.0.1", "evil.example:{port}", 421),  # a name rebound to 127.0.0.1
+        ("127.0.0.1", "evil.example", 421),
+        ("127.0.0.1", "localhost.evil.example:{port}", 421),
+        ("127.0.0.1", "127.0.0.2:{port}", 421),  # not this listener's address
+        ("127.0.0.1", "", 421),
+        ("127.0.0.1", None, 400),  # HTTP/1.1 without Host: aiohttp's own refusal
+        ("0.0.0.0", "127.0.0.1:{port}", 200),  # a wildcard: the address the call came in on
+        ("0.0.0.0", "evil.example:{port}", 421),
+        ("::1", "[::1]:{port}", 200),
+        ("::1", "localhost:{port}", 200),
+        ("::1", "127.0.0.1:{port}", 421),
+    ],
+)
+def test_fail_metrics_answers_any_host_dns_rebinding(
+    tmp_path: Path, bind: str, host: str | None, status: int
+) -> None:
+    """A web page can read /metrics through DNS rebinding only if it answers a Host that names
+    the attacker's domain: it answers only its own address, localhost on loopback, and the
+    names given with --metrics-host; anything else is 421 Misdirected Request."""
+    shown = f"[{bind}]" if ":" in bind else bind
+    h = start_harness(tmp_path, metrics_addr=f"{shown}:0", metrics_hosts=("metrics.example.test",))
+    try:
+        port = h.server.metrics_port
+        address = "::1" if bind == "::1" else "127.0.0.1"
+        wanted = None if host is None else host.format(port=port)
+        assert _get_metrics(port, wanted, address) == status
+    finally:
+        h.server.stop(grace=1)

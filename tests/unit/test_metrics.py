@@ -19,7 +19,13 @@ from sielum.enroll.service import enrollment_result
 from sielum.model import DeviceState, StateCounts, TokenState
 from sielum.recorder import CertificateKind, EnrollmentResult
 from sielum.server import multiproc
-from sielum.server.metrics import Metrics, StateCollector, grpc_code_name
+from sielum.server.metrics import (
+    Metrics,
+    StateCollector,
+    grpc_code_name,
+    host_is_ours,
+    host_name,
+)
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
 ENROLL = "/sielum.enroll.v1.EnrollService/Enroll"
@@ -172,3 +178,34 @@ def test_run_directories_of_dead_processes_are_removed(tmp_path: Path) -> None:
     assert live.exists() and unrelated.exists()
     multiproc.remove_run_directory(run)
     assert not run.exists()
+
+
+@pytest.mark.parametrize(
+    ("header", "name"),
+    [
+        ("127.0.0.1:9464", "127.0.0.1"),
+        ("LocalHost.", "localhost"),
+        ("[::1]:9464", "::1"),
+        ("[::1]", "::1"),
+        ("Metrics.Example.Test:80", "metrics.example.test"),
+        ("::1", None),  # IPv6 needs brackets in Host
+        ("[::1", None),
+        ("[::1]x", None),
+        ("127.0.0.1:port", None),
+        ("", None),
+        (":9464", None),
+    ],
+)
+def test_host_header_names(header: str, name: str | None) -> None:
+    assert host_name(header) == name
+
+
+def test_only_our_address_localhost_on_loopback_and_given_names_are_our_host() -> None:
+    names = frozenset({"metrics.example.test"})
+    assert host_is_ours("10.0.0.5:9464", "10.0.0.5", names)
+    assert host_is_ours("10.0.0.5:9464", "::ffff:10.0.0.5", names)  # a dual-stack socket
+    assert host_is_ours("metrics.example.test.", "10.0.0.5", names)
+    assert not host_is_ours("localhost:9464", "10.0.0.5", names)  # not loopback
+    assert host_is_ours("localhost:9464", "127.0.0.1", names)
+    assert not host_is_ours("10.0.0.6:9464", "10.0.0.5", names)
+    assert not host_is_ours("evil.example:9464", "10.0.0.5", names)

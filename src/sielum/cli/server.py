@@ -268,10 +268,12 @@ def _server_config(args: argparse.Namespace) -> ServerConfig:
         ca_passphrase=_passphrase(),
         worker_index=args.worker_index,
         handshake_timeout=timedelta(seconds=args.handshake_timeout),
+        idle_timeout=timedelta(seconds=args.idle_timeout),
         certificate_check_interval=args.certificate_check_interval,
         metrics_addr=args.metrics_addr,
         metrics_fd=args.metrics_fd,
         metrics_dir=Path(os.environ[multiproc.ENV]) if _metrics_on(args) else None,
+        metrics_hosts=tuple(args.metrics_host),
         dashboard_addr=None if _dashboard_off(args) else args.dashboard_addr,
         dashboard_url=args.dashboard_url,
         dashboard_cert=Path(args.dashboard_cert) if args.dashboard_cert else None,
@@ -363,6 +365,8 @@ def _run_serve(args: argparse.Namespace) -> int:
         raise InvalidArgumentError("--threads must be 0 or more")
     if args.handshake_timeout <= 0:
         raise InvalidArgumentError("--handshake-timeout must be positive")
+    if args.idle_timeout <= 0:
+        raise InvalidArgumentError("--idle-timeout must be positive")
     if _metrics_on(args):
         try:
             split_address(args.metrics_addr)
@@ -623,6 +627,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="plain HTTP /metrics in the Prometheus format, summed over all workers; "
         "'off' disables (default %(default)s)",
     )
+    serve.add_argument(
+        "--metrics-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a name Prometheus scrapes /metrics through (repeatable); /metrics answers "
+        "only a Host that is the listener's own address, localhost on loopback, or one "
+        "of these, so that no web page reads it through DNS rebinding",
+    )
     # Set by the supervisor on the workers it starts; not for people.
     serve.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
     serve.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
@@ -653,6 +666,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="close a connection that has not finished its TLS handshake by then "
         "(default %(default)g)",
+    )
+    serve.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="on the dashboard and metrics ports: close a connection that has not sent a "
+        "whole request's headers this long after it opened or after its last answer, and "
+        "answer 408 to a request body that has not arrived within it (default %(default)g)",
     )
     serve.add_argument(
         "--grace",

@@ -114,22 +114,50 @@ def check_browser_request(
         )
 
 
+def load_json_object(body: bytes, method: str, peer: str) -> dict[str, Any]:
+    """The JSON object in body (empty means {}), or INVALID_ARGUMENT and one log line.
+
+    Every JSON body the dashboard takes is decoded here. Deep nesting ("[[[...") makes
+    the parser raise RecursionError rather than ValueError: that is the caller's
+    malformed body too, not a server error with a traceback
+    (tests/rpc/test_dashboard.py::test_fail_deeply_nested_json_makes_a_500_and_a_traceback).
+    """
+    try:
+        document = json.loads(body.decode("utf-8")) if body.strip() else {}
+    except (ValueError, RecursionError) as error:
+        too_deep = isinstance(error, RecursionError)
+        reason = "the body is nested too deeply" if too_deep else "the body is not UTF-8 JSON"
+        raise _malformed(reason, method, peer) from None
+    if not isinstance(document, dict):
+        raise _malformed("the body is not a JSON object", method, peer)
+    return document
+
+
+def _malformed(reason: str, method: str, peer: str) -> ConnectError:
+    log_event(
+        log, "malformed request", level=logging.WARNING, method=method, peer=peer, reason=reason
+    )
+    return ConnectError(grpc.StatusCode.INVALID_ARGUMENT, reason)
+
+
 def parse_request(body: bytes, request_class: type[Message], method: str, peer: str) -> Message:
     """The request message in body's JSON (empty means {}), or INVALID_ARGUMENT saying why."""
     message = request_class()
     name = message.DESCRIPTOR.full_name
     try:
-        document = json.loads(body.decode("utf-8")) if body.strip() else {}
-        if not isinstance(document, dict):
-            raise json_format.ParseError("the request must be a JSON object")
+        document = load_json_object(body, method, peer)
         json_format.ParseDict(document, message)
-    except (ValueError, json_format.ParseError) as error:
-        log_event(log, "malformed request", level=logging.WARNING, method=method, peer=peer)
-        # The parser's words are about the caller's own JSON (a field name, a
-        # type), so they help and reveal nothing of the server.
-        reason = "the body is not UTF-8 JSON"
+    except ConnectError as error:
+        raise ConnectError(
+            error.code, f"request is not a valid {name} message: {error.message}"
+        ) from None
+    except (json_format.ParseError, RecursionError) as error:
+        reason = "the body is nested too deeply"
         if isinstance(error, json_format.ParseError):
+            # The parser's words are about the caller's own JSON (a field name, a
+            # type), so they help and reveal nothing of the server.
             reason = str(error).splitlines()[0][:200]
+        _malformed(reason, method, peer)
         raise ConnectError(
             grpc.StatusCode.INVALID_ARGUMENT,
             f"request is not a valid {name} message: {reason}",

@@ -14,7 +14,6 @@ import asyncio
 import functools
 import html
 import ipaddress
-import json
 import logging
 import re
 import socket
@@ -35,6 +34,7 @@ from google.protobuf.message import Message
 from sielum.dashboard.connect import (
     ConnectError,
     check_browser_request,
+    load_json_object,
     parse_request,
     to_json,
 )
@@ -49,6 +49,7 @@ from sielum.identity import CredentialKind, Identity, Role
 from sielum.logs import log_event
 from sielum.server.auth import Authorizer
 from sielum.server.interceptor import CallObserver
+from sielum.server.listeners import BoundedSite, HttpLimits
 from sielum.server.runner import Runner
 from sielum.server.services import UnaryMethod
 from sielum.server.workers import split_address
@@ -60,6 +61,7 @@ COOKIE = "__Host-sielum_session"
 SERVICE = "sielum.admin.v1.AdminService"
 MAX_BODY_BYTES = 256 * 1024  # as gRPC's message limit
 STOP_GRACE = 5.0  # seconds a dashboard request in flight gets at stop
+REQUEST_TIMEOUT = 408  # the HTTP status of a body that did not arrive in time
 PAGES = ("/", "/settings", "/settings/enrollment-tokens", "/devices", "/audit")
 
 # No inline script or style, nothing from elsewhere, never framed, never a form
@@ -263,34 +265,6 @@ def _load_static() -> dict[str, tuple[bytes, str]]:
 # --- the listener ---------------------------------------------------------------------
 
 
-class _Site(web.SockSite):
-    """aiohttp's SockSite, with a bound on the TLS handshake (asyncio's default is 60 s).
-
-    A connection that has not finished its handshake in time is closed, as on the
-    gRPC ports (--handshake-timeout), so idle half-open connections hold no file
-    descriptor for long.
-    """
-
-    def __init__(
-        self, runner: web.BaseRunner, sock: socket.socket, *, ssl_context: ssl.SSLContext,
-        handshake_timeout: float,
-    ) -> None:  # fmt: skip
-        super().__init__(runner, sock, ssl_context=ssl_context)
-        self._handshake_timeout = handshake_timeout
-
-    async def start(self) -> None:
-        await web.BaseSite.start(self)  # registers the site with its runner
-        server = self._runner.server
-        assert server is not None
-        self._server = await asyncio.get_running_loop().create_server(
-            server,
-            sock=self._sock,
-            ssl=self._ssl_context,
-            backlog=self._backlog,
-            ssl_handshake_timeout=self._handshake_timeout,
-        )
-
-
 class Dashboard:
     """The aiohttp application and its runner; start() and stop() on grpc.aio's loop."""
 
@@ -303,11 +277,11 @@ class Dashboard:
         run: Runner,
         methods: Iterable[UnaryMethod],
         pages: PageConfig,
-        handshake_timeout: float = 10.0,
+        limits: HttpLimits | None = None,
         observe: CallObserver | None = None,
     ) -> None:
         self.listener = listener
-        self._handshake_timeout = handshake_timeout
+        self._limits = limits or HttpLimits()
         self._observe = observe
         self._sessions = sessions
         self._authorizer = authorizer
@@ -331,19 +305,24 @@ class Dashboard:
         app.router.add_route("*", "/{path:.*}", self._not_found)
         self._app = app
         self._runner: web.AppRunner | None = None
+        self.site: BoundedSite | None = None
 
     async def start(self) -> None:
         runner = web.AppRunner(
-            self._app, access_log=None, shutdown_timeout=STOP_GRACE, keepalive_timeout=30.0
+            self._app,
+            access_log=None,
+            shutdown_timeout=STOP_GRACE,
+            **self._limits.runner_options(),
         )
         await runner.setup()
-        site = _Site(
+        self.site = BoundedSite(
             runner,
             self.listener.sock,
+            limits=self._limits,
             ssl_context=self.listener.ssl_context,
-            handshake_timeout=self._handshake_timeout,
+            label="dashboard",
         )
-        await site.start()
+        await self.site.start()
         self._runner = runner
 
     async def stop(self) -> None:
@@ -363,6 +342,8 @@ class Dashboard:
             response = await handler(request)
         except ConnectError as error:
             response = _error_response(error)
+            if error.http_status == REQUEST_TIMEOUT:
+                response.force_close()  # "Connection: close": it ends after this answer
         except web.HTTPException as error:
             if request.method == "POST":
                 response = _error_response(_http_error(error))
@@ -429,6 +410,37 @@ class Dashboard:
             )
             raise
 
+    # Request bodies
+
+    async def _read_body(self, request: web.Request) -> bytes:
+        """The whole body, which must arrive within the idle timeout.
+
+        Without a bound, a body trickled in a byte at a time holds its connection for
+        as long as the peer likes (tests/e2e/test_server_cli.py::
+        test_fail_idle_http_connections_starve_the_admin_api).
+        """
+        timeout = self._limits.idle_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                return await request.read()
+        except TimeoutError:
+            log_event(
+                log,
+                "request body too slow",
+                level=logging.WARNING,
+                path=request.path[:200],
+                peer=request.remote or "",
+            )
+            raise ConnectError(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"the request body did not arrive within {timeout:g} seconds",
+                http_status=REQUEST_TIMEOUT,
+            ) from None
+
+    async def _json_object(self, request: web.Request) -> dict[str, Any]:
+        body = await self._read_body(request)
+        return load_json_object(body, request.path[:200], request.remote or "")
+
     # Sign-in, sign-out and who is signed in
 
     async def _blocking(self, call: Callable[[], T]) -> T:
@@ -440,7 +452,7 @@ class Dashboard:
 
     async def _sign_in(self, request: web.Request) -> web.Response:
         self._check_browser(request, connect=False)
-        code = (await _json_object(request)).get("code")
+        code = (await self._json_object(request)).get("code")
         if not isinstance(code, str):
             raise ConnectError(grpc.StatusCode.INVALID_ARGUMENT, "code must be a string")
         peer = request.remote or ""
@@ -523,7 +535,7 @@ class Dashboard:
             raise ConnectError(
                 grpc.StatusCode.UNIMPLEMENTED, f"{full_name} is not a method served here"
             )
-        body = await request.read()
+        body = await self._read_body(request)
         key = request.cookies.get(COOKIE)
         peer = request.remote or ""
 
@@ -566,16 +578,6 @@ def _identity(admin: str, session_expires_at: Any) -> Identity:
         not_after=session_expires_at,
         credential=CredentialKind.SESSION,
     )
-
-
-async def _json_object(request: web.Request) -> dict[str, Any]:
-    try:
-        value = json.loads(await request.read() or b"{}")
-    except ValueError:
-        raise ConnectError(grpc.StatusCode.INVALID_ARGUMENT, "the body is not JSON") from None
-    if not isinstance(value, dict):
-        raise ConnectError(grpc.StatusCode.INVALID_ARGUMENT, "the body is not a JSON object")
-    return value
 
 
 def _error_response(error: ConnectError) -> web.Response:

@@ -40,6 +40,7 @@ from sielum.recorder import NoRecorder, Recorder
 from sielum.server.auth import METHOD_ROLES, Authorizer
 from sielum.server.certificates import CertificateWatch, grpc_credentials
 from sielum.server.interceptor import CallObserver, ServerInterceptor, StreamLimit
+from sielum.server.listeners import IDLE_TIMEOUT, HttpLimits, connection_cap
 from sielum.server.metrics import Metrics, MetricsEndpoint, StateCollector
 from sielum.server.runner import InlineRunner, Runner, ThreadRunner
 from sielum.server.services import UnaryMethod, grpc_handler, unary_methods
@@ -80,11 +81,19 @@ class ServerConfig:
     failure_limit: FailureLimit = field(default_factory=FailureLimit)
     ca_passphrase: bytes | None = None
     worker_index: int | None = None  # set in the workers of `serve --workers N`
-    # Streaming calls (health Watch, reflection) open at once, per connection and in all.
+    # Streaming calls (health Watch, reflection) open at once, per connection, per peer
+    # address (IPv6: per /64) and in all.
     max_streams_per_connection: int = 16
+    max_streams_per_address: int = 100
     max_streams: int = 1000
     # A connection that has not finished its TLS handshake by then is closed.
     handshake_timeout: timedelta = HANDSHAKE_TIMEOUT
+    # The HTTP listeners (dashboard, metrics): a connection without a whole request's
+    # headers for this long is closed, and a request body must arrive within it.
+    idle_timeout: timedelta = IDLE_TIMEOUT
+    # Connections each HTTP listener holds at once; None: a share of the open-files
+    # limit (server/listeners.py).
+    max_http_connections: int | None = None
     # How often the server certificate's files are checked for a renewal.
     certificate_check_interval: float = 10.0
     # /metrics: "off", or HOST:PORT to listen on; metrics_fd, a socket already
@@ -93,11 +102,20 @@ class ServerConfig:
     metrics_addr: str = "off"
     metrics_fd: int | None = None
     metrics_dir: Path | None = None
+    # Names beside the listener's own address that /metrics answers as Host (--metrics-host).
+    metrics_hosts: tuple[str, ...] = ()
     dashboard_addr: str | None = None  # None: no dashboard
     dashboard_url: str = ""  # empty: https://<dashboard_addr's host>:<its port>
     dashboard_cert: Path | None = None  # None: the server certificate and chain
     dashboard_key: Path | None = None
     advertise_enroll_url: str = ""  # the dashboard's agent command; empty: derived
+
+    def http_limits(self) -> HttpLimits:
+        return HttpLimits(
+            max_connections=self.max_http_connections or connection_cap(),
+            idle_timeout=self.idle_timeout.total_seconds(),
+            handshake_timeout=self.handshake_timeout.total_seconds(),
+        )
 
     @property
     def metrics_enabled(self) -> bool:
@@ -218,7 +236,9 @@ class SielumServer:
             {Role.DEVICE: device_service.check_may_call, Role.ADMIN: self.admins.check_may_call},
         )
         ours = [f"/{service.full_name}/{m.name}" for service in SERVICES for m in service.methods]
-        self.streams = StreamLimit(config.max_streams_per_connection, config.max_streams)
+        self.streams = StreamLimit(
+            config.max_streams_per_connection, config.max_streams, config.max_streams_per_address
+        )
         interceptor = ServerInterceptor(self.authorizer, self._runner, ours, self.streams, observe)
         self.grpc_server = grpc.aio.server(
             interceptors=[interceptor],
@@ -267,7 +287,7 @@ class SielumServer:
                 authorizer=self.authorizer,
                 run=self._runner,
                 methods=self.services[ADMIN_SERVICE.full_name],
-                handshake_timeout=config.handshake_timeout.total_seconds(),
+                limits=config.http_limits(),
                 observe=None
                 if self.metrics is None
                 else functools.partial(self.metrics.observe_call, "connect"),
@@ -297,7 +317,12 @@ class SielumServer:
                 self.clock,
                 sessions=None if self.dashboard is None else sessions.count_open,
             )
-            self._metrics_endpoint = MetricsEndpoint(self.metrics.registry(state), self.store.close)
+            self._metrics_endpoint = MetricsEndpoint(
+                self.metrics.registry(state),
+                self.store.close,
+                hosts=config.metrics_hosts,
+                limits=config.http_limits(),
+            )
             self._metrics_socket = (
                 socket.socket(fileno=config.metrics_fd)
                 if config.metrics_fd is not None

@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 import grpc
 
+from sielum.enroll.ratelimit import peer_group
 from sielum.errors import (
     InternalError,
     InvalidArgumentError,
@@ -56,26 +57,38 @@ def identify(context: GrpcContext) -> Identity | None:
 
 
 class StreamLimit:
-    """Counts open streaming calls per connection and in all, and refuses one beyond either cap.
+    """Counts open streaming calls per connection, per address and in all; refuses one beyond a cap.
 
     Streams (health Watch, reflection) are open to anyone on the enroll port and each
     holds memory until its client goes: unbounded, 20,000 of them cost 370 MB
-    (tests/rpc/test_streams.py::test_fail_many_watch_streams_are_capped).
+    (tests/rpc/test_streams.py::test_fail_many_watch_streams_are_capped). The cap per
+    address keeps one client from holding every slot of the server on many connections
+    (tests/rpc/test_streams.py::test_fail_one_client_holds_all_the_stream_slots); an
+    address is counted as the failure limit counts it, IPv6 by its /64.
     """
 
-    def __init__(self, per_connection: int, total: int) -> None:
+    def __init__(self, per_connection: int, total: int, per_address: int | None = None) -> None:
         self._per_connection = per_connection
         self._total = total
+        self._per_address = total if per_address is None else per_address
         self._lock = threading.Lock()
         self._open: dict[str, int] = {}  # connection (its peer address and port) -> streams
+        self._by_address: dict[str, int] = {}  # peer_group of the address -> streams
         self._count = 0
 
     def acquire(self, connection: str) -> None:
-        """Take a slot for one stream of connection, or raise ResourceExhaustedError."""
+        """Take a slot for one stream of connection (grpc's peer string), or raise
+        ResourceExhaustedError."""
+        address = peer_group(peer_host(connection))
         with self._lock:
             if self._count >= self._total:
                 raise ResourceExhaustedError(
                     f"too many open streams on this server (at most {self._total}); try later"
+                )
+            from_address = self._by_address.get(address, 0)
+            if from_address >= self._per_address:
+                raise ResourceExhaustedError(
+                    f"too many open streams from this address (at most {self._per_address})"
                 )
             held = self._open.get(connection, 0)
             if held >= self._per_connection:
@@ -83,13 +96,18 @@ class StreamLimit:
                     f"too many open streams on this connection (at most {self._per_connection})"
                 )
             self._open[connection] = held + 1
+            self._by_address[address] = from_address + 1
             self._count += 1
 
     def release(self, connection: str) -> None:
+        address = peer_group(peer_host(connection))
         with self._lock:
             held = self._open.pop(connection, 0) - 1
             if held > 0:
                 self._open[connection] = held
+            from_address = self._by_address.pop(address, 0) - 1
+            if from_address > 0:
+                self._by_address[address] = from_address
             self._count -= 1
 
     @property

@@ -17,11 +17,12 @@ can grow the number of series.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from concurrent import futures
 from datetime import datetime
 from pathlib import Path
@@ -41,6 +42,7 @@ from sielum.errors import SielumError
 from sielum.logs import log_event
 from sielum.model import DeviceState, StateCounts, TokenState
 from sielum.recorder import CertificateKind, DashboardLoginResult, EnrollmentResult
+from sielum.server.listeners import BoundedSite, HttpLimits
 
 log = logging.getLogger("sielum.server")
 
@@ -252,6 +254,62 @@ class StateCollector:
             )
 
 
+MISDIRECTED = 421
+
+
+def host_name(header: str) -> str | None:
+    """The name or address in a Host header, lower-case, without port, brackets or final dot.
+
+    'LocalHost.:9464' -> 'localhost', '[::1]:9464' -> '::1'; None for what is no Host
+    (empty, an IPv6 address without brackets, a port that is not digits).
+    """
+    value = header.strip().lower()
+    if value.startswith("["):
+        name, bracket, port = value[1:].partition("]")
+        if not bracket or (port and not (port.startswith(":") and port[1:].isdigit())):
+            return None
+    else:
+        name, colon, port = value.partition(":")
+        if colon and not port.isdigit():
+            return None
+    name = name.rstrip(".")
+    return name or None
+
+
+def _address(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """An IP address, IPv4-mapped IPv6 as its IPv4 address; None for a name."""
+    try:
+        address = ipaddress.ip_address(value.split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def host_is_ours(header: str, local_address: str, names: Collection[str] = ()) -> bool:
+    """Whether a request's Host names this listener, so that no DNS rebinding reads /metrics.
+
+    A web page can reach a loopback or private port through a name of its own that it
+    rebinds to that address; the browser then sends that name as Host. So the answer
+    goes only to a Host that is the address the connection came in on (local_address:
+    what Prometheus sends for a target given as HOST:PORT), localhost on a loopback
+    address, or one of names (--metrics-host) an operator scrapes through
+    (tests/rpc/test_metrics.py::test_fail_metrics_answers_any_host_dns_rebinding).
+    """
+    name = host_name(header)
+    if name is None:
+        return False
+    if name in names:
+        return True
+    ours = _address(local_address)
+    if ours is None:
+        return False
+    if name == "localhost":
+        return ours.is_loopback
+    return _address(name) == ours
+
+
 class MetricsEndpoint:
     """GET /metrics over plain HTTP, served by aiohttp on the server's event loop.
 
@@ -265,19 +323,31 @@ class MetricsEndpoint:
     """
 
     def __init__(
-        self, registry: CollectorRegistry, close: Callable[[], None] = lambda: None
+        self,
+        registry: CollectorRegistry,
+        close: Callable[[], None] = lambda: None,
+        *,
+        hosts: Iterable[str] = (),
+        limits: HttpLimits | None = None,
     ) -> None:
         self._registry = registry
         self._close = close
+        self._limits = limits or HttpLimits()
+        # --metrics-host: names, beside the listener's own address, that Host may carry.
+        self._hosts = frozenset(n.strip().lower().rstrip(".") for n in hosts if n.strip())
         self._pool = futures.ThreadPoolExecutor(1, thread_name_prefix="metrics")
         self._runner: web.AppRunner | None = None
+        self.site: BoundedSite | None = None
 
     async def start(self, sock: socket.socket) -> None:
         app = web.Application()
         app.router.add_get("/metrics", self._metrics)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        self._runner = web.AppRunner(
+            app, access_log=None, handle_signals=False, **self._limits.runner_options()
+        )
         await self._runner.setup()
-        await web.SockSite(self._runner, sock).start()
+        self.site = BoundedSite(self._runner, sock, limits=self._limits, label="metrics")
+        await self.site.start()
 
     async def stop(self) -> None:
         if self._runner is not None:
@@ -286,6 +356,14 @@ class MetricsEndpoint:
         self._pool.shutdown(wait=True)
 
     async def _metrics(self, request: web.Request) -> web.Response:
+        sockname = request.transport.get_extra_info("sockname") if request.transport else None
+        local = str(sockname[0]) if sockname else ""
+        if not host_is_ours(request.headers.get("Host", ""), local, self._hosts):
+            # 421: this server does not answer for that name (RFC 9110, 15.5.20).
+            return web.Response(
+                status=MISDIRECTED,
+                text="Host is not an address or name of this listener (see --metrics-host)\n",
+            )
         encode, content_type = choose_encoder(request.headers.get("Accept", ""))
         body = await asyncio.get_running_loop().run_in_executor(self._pool, encode, self._registry)
         return web.Response(body=body, headers={"Content-Type": content_type})
