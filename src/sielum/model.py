@@ -89,7 +89,8 @@ class DeviceStanding:
     """What the device gate reads on every call: revocation, and which certificates count.
 
     `serial` is the current certificate's; `previous_serial` the one its last renewal
-    replaced, still honoured until `previous_until`. `renewal_tat` paces renewals
+    replaced, honoured until `previous_until` (its own not_after), which the first
+    call with the current certificate clears to None. `renewal_tat` paces renewals
     (devices/policy.py).
     """
 

@@ -276,7 +276,6 @@ def test_v3_keeps_devices_enrolled_before_it(
             certificate_pem="PEM 2",
             not_after=T0,
             now=T0,
-            overlap_until=T0,
             pace=RenewalPace(burst=5, interval=timedelta(days=9)),
             audit=AuditEvent(at=T0, actor="device/dev1", action="device.renew", resource="d"),
         )

@@ -63,9 +63,26 @@ class DeviceService:
         """The authorizer's gate for device calls: one indexed lookup per call.
 
         Refuses a revoked device, and a certificate that a renewal superseded once
-        its overlap has passed (devices/policy.py).
+        the new one has been used (devices/policy.py). The first call with a new
+        certificate retires the previous one: the only call of the gate that writes.
         """
-        devices.check_may_call(self._standing(caller.name), caller.serial, self._clock.now())
+        now = self._clock.now()
+        standing = self._standing(caller.name)
+        devices.check_may_call(standing, caller.serial, now)
+        if devices.retires_previous(standing, caller.serial, now):
+            if self._store.retire_previous_certificate(caller.name, caller.serial):
+                log_event(
+                    log,
+                    "retire",
+                    outcome="ok",
+                    device=caller.name,
+                    serial=caller.serial,
+                    previous=standing.previous_serial or "",
+                )
+            else:
+                # Another worker retired it first, or a renewal from the previous
+                # certificate replaced this one in between: judge the row as it is now.
+                devices.check_may_call(self._standing(caller.name), caller.serial, now)
 
     def heartbeat(self, device_id: str, not_before: datetime, not_after: datetime) -> Heartbeat:
         now = self._clock.now()
@@ -132,7 +149,6 @@ class DeviceService:
                 certificate_pem=issued.certificate_pem,
                 not_after=issued.not_after,
                 now=now,
-                overlap_until=now + devices.RENEWAL_OVERLAP,
                 pace=self._pace,
                 audit=AuditEvent(
                     at=now,

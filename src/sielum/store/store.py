@@ -395,32 +395,32 @@ class Store:
         certificate_pem: str,
         not_after: datetime,
         now: datetime,
-        overlap_until: datetime,
         pace: RenewalPace,
         audit: AuditEvent,
     ) -> Device:
         """Swap in the device's new key and certificate, if caller_serial may still renew.
 
         One conditional UPDATE checks and swaps, like a token's use: the device is not
-        revoked, caller_serial is its current certificate (or the previous one inside
-        its overlap), the new key is not the current one, and the renewal pace allows
-        one more (renewal_tat, a GCRA). So however renewals from one certificate race,
-        on any number of replicas, one chain survives: the last renewal's certificate
-        and the one it replaced
+        revoked, caller_serial is its current certificate (or the previous one, while
+        the current one has never been used), the new key is not the current one, and
+        the renewal pace allows one more (renewal_tat, a GCRA). So however renewals
+        from one certificate race, on any number of replicas, one chain survives: the
+        last renewal's certificate and the one it replaced
         (tests/store/test_store.py::test_renewals_racing_from_one_certificate_leave_one_chain).
 
         The caller's certificate becomes previous_serial: renewing from the current
-        certificate opens a new overlap until overlap_until; renewing from the previous
-        one (a retry after a lost answer) keeps its overlap's end and drops the
-        certificate that retry replaces. RenewalRefusedError when the UPDATE matched
-        nothing; the device service re-reads the device to say why.
+        certificate honours it until its own not_after (the row's not_after before the
+        swap) or until the new one is first used (retire_previous_certificate);
+        renewing from the previous one (a retry after a lost answer) keeps it as it was
+        and drops the unused certificate that retry replaces. RenewalRefusedError when
+        the UPDATE matched nothing; the device service re-reads the device to say why.
         """
         now_us, interval_us = to_micros(now), pace.interval // _MICROSECOND
         limit_us = now_us + interval_us * (pace.burst - 1)
         params = (
             public_key_sha256, serial, certificate_pem, to_micros(not_after),
             now_us, caller_serial,
-            caller_serial, to_micros(overlap_until),
+            caller_serial,
             now_us, now_us, interval_us,
             device_id, public_key_sha256,
             caller_serial, caller_serial, now_us,
@@ -436,6 +436,22 @@ class Store:
         except peewee.IntegrityError as exc:
             raise AlreadyExistsError(_KEY_ENROLLED) from exc
         return _device(row)
+
+    @_guarded
+    def retire_previous_certificate(self, device_id: str, serial: str) -> bool:
+        """The first use of the device's current certificate serial: the previous one is refused
+        from now on. False when nothing changed (retired already, or serial is no longer
+        current).
+
+        One conditional UPDATE, on the first use only (the device gate asks it when the
+        standing it read still honours a previous certificate). It clears previous_until
+        rather than comparing times, so that a renewal from the previous certificate racing
+        with it on another replica fails its own `previous_until > now`, whatever the
+        clocks say (tests/store/test_store.py::test_first_use_and_a_renewal_from_the_previous_race).
+        """
+        with write_transaction(self.db):
+            cursor = execute(self.db, self._sql.retire_previous, (device_id, serial))
+            return bool(cursor.rowcount)
 
     # Admins
 
@@ -835,7 +851,8 @@ _RENEW_DEVICE = (
     "UPDATE device SET"
     " public_key_sha256 = ?, serial = ?, certificate_pem = ?, not_after = ?,"
     " last_seen_at = ?, previous_serial = ?,"
-    " previous_until = CASE WHEN serial = ? THEN ? ELSE previous_until END,"
+    # In SET, not_after is the row's before the swap: the caller's own, when it is current.
+    " previous_until = CASE WHEN serial = ? THEN not_after ELSE previous_until END,"
     " renewal_tat = CASE WHEN renewal_tat IS NULL OR renewal_tat < ? THEN ? ELSE renewal_tat END"
     " + ?"
     " WHERE id = ? AND revoked_at IS NULL AND public_key_sha256 <> ?"
@@ -861,6 +878,7 @@ class _EnrollmentSql:
     select_device_by_key: str
     select_standing: str
     renew_device: str
+    retire_previous: str
     consume_use: str
     consume_use_template: tuple[object, ...]
     insert_device: str
@@ -892,6 +910,10 @@ class _EnrollmentSql:
                 f" renewal_tat FROM device WHERE id = {p}"
             ),
             renew_device=_RENEW_DEVICE.replace("?", p),
+            retire_previous=(
+                "UPDATE device SET previous_until = NULL"  # noqa: S608
+                f" WHERE id = {p} AND serial = {p} AND previous_until IS NOT NULL"
+            ),
             consume_use=consume_sql,
             consume_use_template=tuple(template),
             insert_device=f"INSERT INTO device ({device_columns}) VALUES ({device_values})",  # noqa: S608
