@@ -78,6 +78,13 @@ class Admin:
     # admins were registered).
     created_by: str
     revoked_at: datetime | None = None
+    # Which of the admin's certificates are honoured (admins/policy.py::is_honoured):
+    # the newest, `serial` (None: none was recorded, every one made before is); the one
+    # before it, `previous_serial` (None: any made before `serial`), until
+    # `previous_until`, which the first use of the newest clears to None.
+    serial: str | None = None
+    previous_serial: str | None = None
+    previous_until: datetime | None = None
 
     @property
     def state(self) -> AdminState:

@@ -354,3 +354,44 @@ def test_every_audit_filter_has_an_index(store: Store) -> None:
             plan = " ".join(str(row[0]) for row in rows)
         assert f"using {index}" in plan, plan
         assert "Sort" not in plan, plan
+
+
+# Which certificates of an admin are honoured
+
+
+def test_certify_admin_keeps_the_certificate_in_use(store: Store) -> None:
+    """A new certificate makes the one in use the previous one; another new one, while the
+    last is unused, replaces that unused one and keeps the one in use. Its first use retires
+    the previous one, once; a revoked or unknown admin is certified nothing."""
+    until = T0 + timedelta(days=365)
+    store.create_admin(
+        Admin(name="alice", created_at=T0, created_by="root", serial="s1"),
+        event("admin.create", "admin/alice"),
+    )
+    add_admin(store, "root")
+
+    def certify(serial: str, name: str = "alice") -> Admin:
+        return store.certify_admin(
+            name, serial, until, event("admin.certify", f"admin/{name}", actor="server/x")
+        )
+
+    s2 = certify("s2")
+    assert (s2.serial, s2.previous_serial, s2.previous_until) == ("s2", "s1", until)
+    s3 = certify("s3")  # s2 was never used: s1 stays the previous one
+    assert (s3.serial, s3.previous_serial, s3.previous_until) == ("s3", "s1", until)
+    assert store.retire_previous_admin_certificate("alice", "s2") is False
+    assert store.retire_previous_admin_certificate("alice", "s3") is True
+    assert store.retire_previous_admin_certificate("alice", "s3") is False
+    retired = store.find_admin("alice")
+    assert retired is not None
+    assert (retired.serial, retired.previous_serial, retired.previous_until) == ("s3", "s1", None)
+    s4 = certify("s4")  # s3 was used: it becomes the previous one
+    assert (s4.serial, s4.previous_serial, s4.previous_until) == ("s4", "s3", until)
+    assert [e.action for e in store.list_audit(resource="admin/alice")].count("admin.certify") == 3
+
+    store.revoke_admin("alice", T0, event("admin.revoke", "admin/alice"))
+    for name in ("alice", "nobody"):
+        with pytest.raises(NotFoundError, match=r"^admin not found$"):
+            certify("s5", name)
+    revoked = store.find_admin("alice")
+    assert revoked is not None and revoked.serial == "s4"

@@ -501,6 +501,55 @@ class Store:
         return _admin(row), registered
 
     @_guarded
+    def certify_admin(
+        self, name: str, serial: str, previous_until: datetime, audit: AuditEvent
+    ) -> Admin:
+        """Record serial as the newest certificate of the active admin name.
+
+        The certificate it replaces stays honoured until previous_until, or until serial
+        is first used (retire_previous_admin_certificate). When the one it replaces has
+        never been used while an earlier one is still honoured, that earlier one stays
+        the previous certificate and the unused one is dropped, as a device's retried
+        renewal drops its unused certificate: the admin keeps the certificate they use
+        (tests/store/test_admins.py::test_certify_admin_keeps_the_certificate_in_use).
+        NotFoundError when no active admin has that name.
+        """
+        A = self._t.admin
+        retired = A.previous_until.is_null()
+        with write_transaction(self.db):
+            changed = (
+                A.update(
+                    serial=serial,
+                    previous_serial=peewee.Case(None, ((retired, A.serial),), A.previous_serial),
+                    previous_until=peewee.Case(
+                        None, ((retired, to_micros(previous_until)),), A.previous_until
+                    ),
+                )
+                .where((A.name == name) & A.revoked_at.is_null())
+                .execute()
+            )
+            if not changed:
+                raise NotFoundError(_ADMIN_NOT_FOUND)
+            self._insert_audit(audit)
+            row = A.get(A.name == name)
+        return _admin(row)
+
+    @_guarded
+    def retire_previous_admin_certificate(self, name: str, serial: str) -> bool:
+        """The first use of the admin's newest certificate serial: the one before it is refused
+        from now on. False when nothing changed (retired already, or serial is no longer
+        the newest); one conditional UPDATE, like retire_previous_certificate's.
+        """
+        A = self._t.admin
+        with write_transaction(self.db):
+            changed = (
+                A.update(previous_until=None)
+                .where((A.name == name) & (A.serial == serial) & A.previous_until.is_null(False))
+                .execute()
+            )
+        return bool(changed)
+
+    @_guarded
     def admin_first_use_cutoff(self) -> datetime | None:
         """Admin certificates issued up to this time may register on first use."""
         F = self._t.admin_first_use
@@ -1147,6 +1196,9 @@ def _admin_row(admin: Admin) -> dict[str, Any]:
         "created_at": admin.created_at,
         "created_by": admin.created_by,
         "revoked_at": admin.revoked_at,
+        "serial": admin.serial,
+        "previous_serial": admin.previous_serial,
+        "previous_until": admin.previous_until,
     }
 
 
@@ -1156,6 +1208,9 @@ def _admin(row: Any) -> Admin:
         created_at=row.created_at,
         created_by=row.created_by,
         revoked_at=row.revoked_at,
+        serial=row.serial,
+        previous_serial=row.previous_serial,
+        previous_until=row.previous_until,
     )
 
 
