@@ -300,3 +300,83 @@ def test_ok_agent_lost_renewal_answer_and_days_offline_renews_again(
     assert (grpc.StatusCode.PERMISSION_DENIED, SUPERSEDED) == status_of(lambda: _beat(held))
     status = _agent("status", "--cert-dir", str(cert_dir))
     assert status.returncode == 0, status.stderr
+
+
+_ROW = (
+    "serial", "public_key_sha256", "certificate_pem", "not_after", "previous_serial",
+    "previous_until", "renewal_tat",
+)  # fmt: skip
+
+
+def _back_up(h: Harness, device_id: str) -> tuple[object, ...]:
+    """The device's row as a backup taken now holds it."""
+    db = h.server.store.db
+    with db.connection_context():
+        cursor = db.execute_sql(
+            f"SELECT {', '.join(_ROW)} FROM device WHERE id = {db.param}",
+            (device_id,),
+        )
+        return tuple(cursor.fetchone())
+
+
+def _restore(h: Harness, device_id: str, row: tuple[object, ...]) -> None:
+    db = h.server.store.db
+    with db.connection_context():
+        db.execute_sql(
+            f"UPDATE device SET {', '.join(f'{c} = {db.param}' for c in _ROW)}"
+            f" WHERE id = {db.param}",
+            (*row, device_id),
+        )
+
+
+def test_ok_restored_backup_takes_the_newer_certificate(h: Harness) -> None:
+    """The database is restored from a backup taken before the device renewed twice: the
+    certificate the device holds, issued after the one the backup names, becomes current on
+    its first call instead of being refused for good; the ones before it stay refused."""
+    h.clock.advance(-2 * OFFLINE)  # every certificate here valid in real time
+    enrolled, key_a = h.enroll(h.create_token().secret)
+    backup = _back_up(h, enrolled.device_id)
+    h.clock.advance(OFFLINE)
+    key_b, key_c = make_key(), make_key()
+    cert_b = _renew(h.agent(key_a, enrolled.certificate_pem), key_b).certificate_pem
+    assert _beat(h.agent(key_b, cert_b)).device_id == enrolled.device_id
+    h.clock.advance(OFFLINE)
+    cert_c = _renew(h.agent(key_b, cert_b), key_c).certificate_pem
+    _restore(h, enrolled.device_id, backup)
+
+    device = h.agent(key_c, cert_c)
+    assert _beat(device).device_id == enrolled.device_id
+    assert _device(h, enrolled.device_id).serial == _serial(cert_c)
+    for key, pem in ((key_a, enrolled.certificate_pem), (key_b, cert_b)):
+        stale = h.agent(key, pem)
+        assert (grpc.StatusCode.PERMISSION_DENIED, SUPERSEDED) == status_of(lambda: _beat(stale))
+        assert (grpc.StatusCode.PERMISSION_DENIED, SUPERSEDED) == status_of(
+            lambda: _renew(stale, make_key())
+        )
+    renewed = _renew(device, make_key())
+    assert _device(h, enrolled.device_id).serial == _serial(renewed.certificate_pem)
+    adopted = [
+        e for e in h.server.store.list_audit(resource=f"device/{enrolled.device_id}")
+        if e.action == "device.adopt"
+    ]  # fmt: skip
+    assert [e.detail for e in adopted] == [
+        f"serial={_serial(cert_c)} previous={_serial(enrolled.certificate_pem)}: issued after "
+        "the certificate the database held (a restored backup)"
+    ]
+
+
+def test_fail_restored_backup_adopts_nothing_for_a_revoked_device(h: Harness) -> None:
+    """Revocation wins after a restore too: the certificate rows go back to before a renewal
+    while the device stays revoked, and its newer certificate is refused as revoked."""
+    h.clock.advance(-OFFLINE)
+    enrolled, key_a = h.enroll(h.create_token().secret)
+    backup = _back_up(h, enrolled.device_id)
+    h.clock.advance(OFFLINE)
+    key_b = make_key()
+    cert_b = _renew(h.agent(key_a, enrolled.certificate_pem), key_b).certificate_pem
+    h.admin().RevokeDevice(admin_pb2.RevokeDeviceRequest(id=enrolled.device_id), timeout=10)
+    _restore(h, enrolled.device_id, backup)  # revoked_at is not among the restored columns
+    assert (grpc.StatusCode.PERMISSION_DENIED, REVOKED) == status_of(
+        lambda: _beat(h.agent(key_b, cert_b))
+    )
+    assert _device(h, enrolled.device_id).serial == _serial(enrolled.certificate_pem)

@@ -767,6 +767,43 @@ def test_fail_superseded_cert_renewal_made_before_the_new_rule_keeps_its_overlap
     assert store.get_device("dev1").serial == "serial-key-c"
 
 
+def test_adopt_certificate_only_over_the_current_one_of_an_active_device(store: Store) -> None:
+    """A certificate the database lost (a restored backup) replaces the current one, which
+    becomes the previous one, retired; not when the current one changed since it was judged,
+    nor for a revoked device, nor with a key enrolled as another device."""
+    add_token(store)
+    enroll(store, "dev1", key="key-a")
+    enroll(store, "dev2", key="key-other")
+
+    def adopt(device_id: str, current: str, key: str) -> bool:
+        return store.adopt_certificate(
+            device_id,
+            current_serial=current,
+            serial=f"serial-{key}",
+            public_key_sha256=key,
+            certificate_pem=f"PEM of {key}",
+            not_after=T0 + timedelta(days=120),
+            audit=audit("device.adopt", f"device/{device_id}"),
+        )
+
+    with pytest.raises(AlreadyExistsError, match=r"^this public key is already enrolled$"):
+        adopt("dev1", "serial-dev1", "key-other")
+    assert adopt("dev1", "serial-elsewhere", "key-c") is False
+    assert adopt("dev1", "serial-dev1", "key-c") is True
+    device = store.get_device("dev1")
+    assert (device.serial, device.public_key_sha256, device.not_after) == (
+        "serial-key-c",
+        "key-c",
+        T0 + timedelta(days=120),
+    )
+    standing = store.get_device_standing("dev1")
+    assert (standing.previous_serial, standing.previous_until) == ("serial-dev1", None)
+    store.revoke_device("dev2", T0, audit("device.revoke", "device/dev2"))
+    assert adopt("dev2", "serial-dev2", "key-d") is False
+    assert [e.action for e in store.list_audit(resource="device/dev1")].count("device.adopt") == 1
+    assert store.check_integrity() == []
+
+
 def test_fail_renewal_loop_is_paced(store: Store) -> None:
     """Five renewals at once, then one per interval: a loop cannot make the CA sign forever."""
     add_token(store)

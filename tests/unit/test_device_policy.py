@@ -102,3 +102,11 @@ def test_renewal_pace_is_a_burst_then_one_per_tenth_of_the_lifetime() -> None:
         policy.check_renewal_pace(_standing(renewal_tat=tat), pace, now)
         tat = policy.next_renewal_tat(tat, pace, now)
         now += timedelta(seconds=40)
+
+
+def test_only_a_certificate_issued_well_after_the_current_one_is_a_lost_renewal() -> None:
+    margin = policy.LOST_RENEWAL_MARGIN
+    assert policy.is_lost_renewal(T0 + margin + timedelta(seconds=1), T0)
+    assert policy.is_lost_renewal(T0 + timedelta(days=30), T0)
+    for issued in (T0 + margin, T0, T0 - timedelta(days=1)):
+        assert not policy.is_lost_renewal(issued, T0)

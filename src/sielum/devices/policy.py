@@ -7,6 +7,12 @@ from datetime import datetime, timedelta
 from sielum.errors import InvalidArgumentError, PermissionDeniedError, ResourceExhaustedError
 from sielum.model import Device, DeviceStanding, DeviceState, RenewalPace
 
+# A certificate of a device issued this much later than the one the database names as
+# current can only come from a renewal the database no longer holds (restored from a
+# backup, or a failover that lost commits). Otherwise the current certificate is always
+# the newest one handed out; the margin covers clocks of replicas that disagree, under
+# which a certificate replaced while unused may look a little newer than its successor.
+LOST_RENEWAL_MARGIN = timedelta(minutes=5)
 # Renewals a device may make at once before it is paced (retries of lost answers).
 RENEWAL_BURST = 5
 # One renewal more per this share of the certificate lifetime: an agent renewing
@@ -111,6 +117,16 @@ def retires_previous(standing: DeviceStanding, serial: str, now: datetime) -> bo
         and standing.previous_until is not None
         and now < standing.previous_until
     )
+
+
+def is_lost_renewal(issued: datetime, current_issued: datetime) -> bool:
+    """Whether a certificate of the device that the database does not honour is a renewal the
+    database lost (a restored backup): issued well after the current one, by not_before.
+
+    The device gate then makes it current rather than lock the device out
+    (tests/rpc/test_superseded.py::test_ok_restored_backup_takes_the_newer_certificate).
+    """
+    return issued > current_issued + LOST_RENEWAL_MARGIN
 
 
 def check_may_call(standing: DeviceStanding, serial: str, now: datetime) -> None:

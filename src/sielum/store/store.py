@@ -453,6 +453,48 @@ class Store:
             cursor = execute(self.db, self._sql.retire_previous, (device_id, serial))
             return bool(cursor.rowcount)
 
+    @_guarded
+    def adopt_certificate(
+        self,
+        device_id: str,
+        *,
+        current_serial: str,
+        serial: str,
+        public_key_sha256: str,
+        certificate_pem: str,
+        not_after: datetime,
+        audit: AuditEvent,
+    ) -> bool:
+        """Make a certificate the database lost (a restored backup) the device's current one.
+
+        One conditional UPDATE: the device is not revoked and current_serial, judged
+        by the caller, is still current. The certificate it replaces becomes the
+        previous one, retired at once (the adopted one is in use). False when the
+        UPDATE matched nothing; AlreadyExistsError when the key is another device's.
+        """
+        D = self._t.device
+        try:
+            with write_transaction(self.db):
+                changed = (
+                    D.update(
+                        serial=serial,
+                        public_key_sha256=public_key_sha256,
+                        certificate_pem=certificate_pem,
+                        not_after=not_after,
+                        previous_serial=D.serial,
+                        previous_until=None,
+                    )
+                    .where(
+                        (D.id == device_id) & (D.serial == current_serial) & D.revoked_at.is_null()
+                    )
+                    .execute()
+                )
+                if changed:
+                    self._insert_audit(audit)
+        except peewee.IntegrityError as exc:
+            raise AlreadyExistsError(_KEY_ENROLLED) from exc
+        return bool(changed)
+
     # Admins
 
     @_guarded
