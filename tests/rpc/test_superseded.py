@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -24,6 +26,7 @@ from sielum.admin.v1 import admin_pb2
 from sielum.agent.v1 import agent_pb2, agent_pb2_grpc
 from sielum.enroll.ratelimit import FailureLimit
 from tests.e2e.conftest import run
+from tests.e2e.test_agent_run import AgentRun, start_run
 
 from .conftest import Harness, make_csr, make_key, start_harness, status_of
 
@@ -300,6 +303,35 @@ def test_ok_agent_lost_renewal_answer_and_days_offline_renews_again(
     assert (grpc.StatusCode.PERMISSION_DENIED, SUPERSEDED) == status_of(lambda: _beat(held))
     status = _agent("status", "--cert-dir", str(cert_dir))
     assert status.returncode == 0, status.stderr
+
+
+@pytest.fixture
+def runs() -> Iterator[list[AgentRun]]:
+    started: list[AgentRun] = []
+    yield started
+    for started_run in started:
+        if started_run.process.poll() is None:
+            started_run.process.kill()
+            started_run.process.wait(timeout=30)
+
+
+def test_ok_agent_run_after_a_lost_renewal_answer_and_days_offline_keeps_running(
+    on_sqlite: Harness, tmp_path: Path, runs: list[AgentRun]
+) -> None:
+    """The attack review's lock-out, with `sielum-agent run` itself: the renewal answer was
+    lost and the machine stayed offline for 3 days. The service heartbeats with the pair it
+    holds and keeps running, instead of exiting 9 and staying stopped under systemd."""
+    on_sqlite.clock.advance(-OFFLINE)
+    cert_dir = tmp_path / "agent"
+    _enroll_agent(on_sqlite, cert_dir)
+    _renew(_stored_agent(cert_dir), make_key())  # an answer that never reached the agent
+    on_sqlite.clock.advance(OFFLINE)
+    run = start_run(runs, cert_dir)
+    run.wait_until(lambda: bool(run.named("connected")), "first heartbeat")
+    time.sleep(5)  # a few more heartbeats, every 2 s
+    assert run.process.poll() is None, run.log
+    assert not run.named("device_refused"), run.log
+    assert run.stop(signal.SIGTERM) == 0, run.log
 
 
 _ROW = (
