@@ -81,10 +81,12 @@ class Admin:
     # Which of the admin's certificates are honoured (admins/policy.py::is_honoured):
     # the newest, `serial` (None: none was recorded, every one made before is); the one
     # before it, `previous_serial` (None: any made before `serial`), until
-    # `previous_until`, which the first use of the newest clears to None.
+    # `previous_until`, which the first use of the newest clears to None. `certified_at`
+    # is when `serial` was issued.
     serial: str | None = None
     previous_serial: str | None = None
     previous_until: datetime | None = None
+    certified_at: datetime | None = None
 
     @property
     def state(self) -> AdminState:

@@ -567,3 +567,41 @@ def test_fail_reissued_admin_cert_of_an_admin_whose_certificates_were_never_reco
             grpc.StatusCode.PERMISSION_DENIED,
             "admin admin has been revoked",
         )
+
+
+def test_ok_restored_backup_takes_the_admins_newer_certificate(
+    on_both: Harness, tmp_path: Path
+) -> None:
+    """The database is restored from a backup taken before an admin got a new certificate
+    and used it: that certificate, issued after the one the backup records, becomes the
+    admin's newest on its first call instead of being refused; the older one stays refused."""
+    h = on_both
+    h.clock.advance(-timedelta(days=1))  # every certificate here valid in real time
+    reply, key = create_admin(h, "kim")
+    old = stub_of(h, key, reply.certificate_pem)
+    db = h.server.store.db
+    columns = "serial, previous_serial, previous_until, certified_at"
+    with db.connection_context():
+        backup = db.execute_sql(
+            f"SELECT {columns} FROM admin WHERE name = {db.param}", ("kim",)
+        ).fetchone()
+    h.clock.advance(timedelta(days=1))
+    new = issue_on_host(h, "kim", tmp_path / "kim2")
+    new.ListAdmins(LIST_ADMINS, timeout=10)
+    with db.connection_context():
+        db.execute_sql(
+            f"UPDATE admin SET {', '.join(f'{c} = {db.param}' for c in columns.split(', '))}"
+            f" WHERE name = {db.param}",
+            (*backup, "kim"),
+        )
+
+    new.ListAdmins(LIST_ADMINS, timeout=10)
+    assert status_of(lambda: old.ListAdmins(LIST_ADMINS, timeout=10)) == (
+        grpc.StatusCode.PERMISSION_DENIED,
+        ADMIN_SUPERSEDED,
+    )
+    new.ListAdmins(LIST_ADMINS, timeout=10)
+    trail = h.admin().ListAuditEvents(
+        admin_pb2.ListAuditEventsRequest(resource="admin/kim", action="admin.adopt"), timeout=10
+    )
+    assert [e.actor for e in trail.events] == ["admin/kim"]

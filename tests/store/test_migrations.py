@@ -348,9 +348,11 @@ def test_v7_keeps_admins_and_renewals_made_before_it(
         alice = store.find_admin("alice")
         assert alice is not None
         assert (alice.serial, alice.previous_serial, alice.previous_until) == (None, None, None)
+        assert alice.certified_at is None
         certified = store.certify_admin(
             "alice",
             "ab12",
+            T0,
             T0 + timedelta(days=365),
             AuditEvent(at=T0, actor="server/x", action="admin.certify", resource="admin/alice"),
         )

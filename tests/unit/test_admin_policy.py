@@ -55,3 +55,13 @@ def test_revoked_and_unknown_admins_are_refused_first() -> None:
         assert _refused(revoked, serial) == "admin alice has been revoked"
     with pytest.raises(PermissionDeniedError, match=r"^admin alice is not registered$"):
         policy.check_may_call("alice", None, "b", T0)
+
+
+def test_only_a_certificate_issued_well_after_the_newest_is_a_lost_one() -> None:
+    recorded = _admin(serial="b", certified_at=T0)
+    margin = policy.LOST_RENEWAL_MARGIN
+    assert policy.is_lost_certificate(recorded, T0 + margin + timedelta(seconds=1))
+    for issued in (T0 + margin, T0, T0 - timedelta(days=1)):
+        assert not policy.is_lost_certificate(recorded, issued)
+    # Nothing recorded to compare with: nothing is adopted.
+    assert not policy.is_lost_certificate(_admin(serial="b"), T0 + timedelta(days=30))

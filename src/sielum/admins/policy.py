@@ -8,6 +8,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from sielum.ca.profile import ADMIN_TTL, BACKDATE, validate_name
+from sielum.devices.policy import LOST_RENEWAL_MARGIN
 from sielum.errors import PermissionDeniedError
 from sielum.model import Admin
 
@@ -61,6 +62,15 @@ def retires_previous(admin: Admin, serial: str, now: datetime) -> bool:
         and admin.previous_until is not None
         and now < admin.previous_until
     )
+
+
+def is_lost_certificate(admin: Admin, issued: datetime) -> bool:
+    """Whether an admin certificate the database does not honour was issued well after the
+    newest one it records: one a restored backup does not know of, made its newest on first
+    use rather than locking the admin out. The margin is the devices' (LOST_RENEWAL_MARGIN)
+    (tests/rpc/test_admins.py::test_ok_restored_backup_takes_the_admins_newer_certificate).
+    """
+    return admin.certified_at is not None and issued > admin.certified_at + LOST_RENEWAL_MARGIN
 
 
 def check_may_call(name: str, admin: Admin | None, serial: str, now: datetime) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import datetime
 
 from sielum.admin.service import Caller, check_page_size
 from sielum.admins import policy
@@ -58,6 +59,14 @@ class AdminRegistry:
         if admin is None:
             admin = self._register_on_first_use(caller)
         now = self._clock.now()
+        if (
+            admin is not None
+            and admin.revoked_at is None
+            and not policy.is_honoured(admin, caller.serial, now)
+        ):
+            if self._adopt_lost_certificate(caller, admin, now):
+                return
+            admin = self._store.find_admin(caller.name)  # another worker may have adopted it
         policy.check_may_call(caller.name, admin, caller.serial, now)
         if admin is not None and policy.retires_previous(admin, caller.serial, now):
             if self._store.retire_previous_admin_certificate(caller.name, caller.serial):
@@ -75,6 +84,39 @@ class AdminRegistry:
                 policy.check_may_call(
                     caller.name, self._store.find_admin(caller.name), caller.serial, now
                 )
+
+    def _adopt_lost_certificate(self, caller: Identity, admin: Admin, now: datetime) -> bool:
+        """Take caller's certificate as the admin's newest if a restored database lost it."""
+        if caller.not_before is None or admin.serial is None:
+            return False
+        issued = policy.issued_at(caller.not_before)
+        if not policy.is_lost_certificate(admin, issued):
+            return False
+        adopted = self._store.adopt_admin_certificate(
+            caller.name,
+            current_serial=admin.serial,
+            serial=caller.serial,
+            certified_at=issued,
+            audit=AuditEvent(
+                at=now,
+                actor=policy.actor(caller.name),
+                action="admin.adopt",
+                resource=policy.actor(caller.name),
+                detail=f"serial={caller.serial} previous={admin.serial}: issued after the "
+                "certificate the database held (a restored backup)",
+            ),
+        )
+        if adopted:
+            log_event(
+                log,
+                "admin.adopt",
+                level=logging.WARNING,
+                admin=caller.name,
+                serial=caller.serial,
+                previous=admin.serial,
+                outcome="ok",
+            )
+        return adopted
 
     def _register_on_first_use(self, caller: Identity) -> Admin | None:
         cutoff = self._store.admin_first_use_cutoff()
@@ -112,7 +154,13 @@ class AdminRegistry:
         now = self._clock.now()
         issued = self._ca.sign_admin(csr.public_key, name, now)
         admin = self._store.create_admin(
-            Admin(name=name, created_at=now, created_by=caller.name, serial=issued.serial),
+            Admin(
+                name=name,
+                created_at=now,
+                created_by=caller.name,
+                serial=issued.serial,
+                certified_at=now,
+            ),
             caller.audit("admin.create", policy.actor(name), now, f"serial={issued.serial}"),
         )
         self._recorder.certificate_issued(CertificateKind.ADMIN)
@@ -179,7 +227,7 @@ class AdminRegistry:
         now = self._clock.now()
         actor = f"server/{command}"
         admin, registered = self._store.register_admin_if_new(
-            Admin(name=name, created_at=now, created_by=command, serial=serial),
+            Admin(name=name, created_at=now, created_by=command, serial=serial, certified_at=now),
             AuditEvent(
                 at=now,
                 actor=actor,
@@ -200,7 +248,7 @@ class AdminRegistry:
             try:
                 # Every certificate made before this one was signed by now, so none of
                 # them outlives now + ADMIN_TTL; TLS holds each to its own not_after.
-                self._store.certify_admin(name, serial, now + ADMIN_TTL, certify)
+                self._store.certify_admin(name, serial, now, now + ADMIN_TTL, certify)
             except NotFoundError:
                 self.check_not_revoked(name)  # revoked in between
                 raise

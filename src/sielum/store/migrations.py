@@ -215,6 +215,8 @@ def _v7_admin_certificates(d: Dialect) -> Sequence[str]:
     recorded (all made before this step: each is honoured, as before). previous_serial is
     the one before it (NULL: any certificate made before serial, none of them recorded),
     honoured until previous_until; the first use of serial sets previous_until to NULL.
+    certified_at is when serial was issued, so that a newer certificate a restored
+    database does not know can be told from an older one.
     device.previous_until (step 3) now reads the same way: the previous certificate's own
     not_after, cleared by the first use of the current one (for a renewal made before this
     step it still holds the end of that renewal's 15-minute overlap, a tighter bound).
@@ -223,6 +225,7 @@ def _v7_admin_certificates(d: Dialect) -> Sequence[str]:
         "ALTER TABLE admin ADD COLUMN serial TEXT",
         "ALTER TABLE admin ADD COLUMN previous_serial TEXT",
         "ALTER TABLE admin ADD COLUMN previous_until BIGINT",
+        "ALTER TABLE admin ADD COLUMN certified_at BIGINT",
     )
 
 

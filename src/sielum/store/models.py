@@ -137,6 +137,7 @@ def bind_tables(db: peewee.Database) -> Tables:
         serial = peewee.TextField(null=True)
         previous_serial = peewee.TextField(null=True)
         previous_until = UtcMicrosField(null=True)
+        certified_at = UtcMicrosField(null=True)
 
         class Meta:
             table_name = "admin"

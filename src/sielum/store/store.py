@@ -544,9 +544,9 @@ class Store:
 
     @_guarded
     def certify_admin(
-        self, name: str, serial: str, previous_until: datetime, audit: AuditEvent
+        self, name: str, serial: str, now: datetime, previous_until: datetime, audit: AuditEvent
     ) -> Admin:
-        """Record serial as the newest certificate of the active admin name.
+        """Record serial, issued at now, as the newest certificate of the active admin name.
 
         The certificate it replaces stays honoured until previous_until, or until serial
         is first used (retire_previous_admin_certificate). When the one it replaces has
@@ -562,6 +562,7 @@ class Store:
             changed = (
                 A.update(
                     serial=serial,
+                    certified_at=now,
                     previous_serial=peewee.Case(None, ((retired, A.serial),), A.previous_serial),
                     previous_until=peewee.Case(
                         None, ((retired, to_micros(previous_until)),), A.previous_until
@@ -589,6 +590,38 @@ class Store:
                 .where((A.name == name) & (A.serial == serial) & A.previous_until.is_null(False))
                 .execute()
             )
+        return bool(changed)
+
+    @_guarded
+    def adopt_admin_certificate(
+        self,
+        name: str,
+        *,
+        current_serial: str,
+        serial: str,
+        certified_at: datetime,
+        audit: AuditEvent,
+    ) -> bool:
+        """Make a certificate the database lost (a restored backup) the admin's newest one.
+
+        One conditional UPDATE, like Store.adopt_certificate's: the admin is active and
+        current_serial, judged by the caller, is still the newest. The one it replaces
+        becomes the previous certificate, retired at once. False when nothing matched.
+        """
+        A = self._t.admin
+        with write_transaction(self.db):
+            changed = (
+                A.update(
+                    serial=serial,
+                    certified_at=certified_at,
+                    previous_serial=A.serial,
+                    previous_until=None,
+                )
+                .where((A.name == name) & (A.serial == current_serial) & A.revoked_at.is_null())
+                .execute()
+            )
+            if changed:
+                self._insert_audit(audit)
         return bool(changed)
 
     @_guarded
@@ -1241,6 +1274,7 @@ def _admin_row(admin: Admin) -> dict[str, Any]:
         "serial": admin.serial,
         "previous_serial": admin.previous_serial,
         "previous_until": admin.previous_until,
+        "certified_at": admin.certified_at,
     }
 
 
@@ -1253,6 +1287,7 @@ def _admin(row: Any) -> Admin:
         serial=row.serial,
         previous_serial=row.previous_serial,
         previous_until=row.previous_until,
+        certified_at=row.certified_at,
     )
 
 
