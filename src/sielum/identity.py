@@ -24,8 +24,8 @@ class CredentialKind(enum.Enum):
 class Identity:
     """A caller as its credential names it: a client certificate or a dashboard session.
 
-    `serial`, `not_before`, `not_after` and `public_key_sha256` are the
-    certificate's; a dashboard session has no certificate of its own, so they are
+    `serial`, `not_before`, `not_after`, `public_key_sha256` and `certificate_pem` are
+    the certificate's; a dashboard session has no certificate of its own, so they are
     empty there.
     """
 
@@ -36,6 +36,7 @@ class Identity:
     not_after: datetime | None = None
     public_key_sha256: str = ""  # ca.profile.public_key_sha256 of the certificate's key
     credential: CredentialKind = CredentialKind.CERTIFICATE
+    certificate_pem: str = ""  # the certificate itself, as the peer presented it
 
 
 @dataclass(frozen=True)

@@ -78,6 +78,15 @@ class Admin:
     # admins were registered).
     created_by: str
     revoked_at: datetime | None = None
+    # Which of the admin's certificates are honoured (admins/policy.py::is_honoured):
+    # the newest, `serial` (None: none was recorded, every one made before is); the one
+    # before it, `previous_serial` (None: any made before `serial`), until
+    # `previous_until`, which the first use of the newest clears to None. `certified_at`
+    # is when `serial` was issued.
+    serial: str | None = None
+    previous_serial: str | None = None
+    previous_until: datetime | None = None
+    certified_at: datetime | None = None
 
     @property
     def state(self) -> AdminState:
@@ -89,7 +98,8 @@ class DeviceStanding:
     """What the device gate reads on every call: revocation, and which certificates count.
 
     `serial` is the current certificate's; `previous_serial` the one its last renewal
-    replaced, still honoured until `previous_until`. `renewal_tat` paces renewals
+    replaced, honoured until `previous_until` (its own not_after), which the first
+    call with the current certificate clears to None. `renewal_tat` paces renewals
     (devices/policy.py).
     """
 

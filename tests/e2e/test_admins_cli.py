@@ -184,6 +184,33 @@ def test_issue_admin_cert_registers_and_refuses_a_revoked_name(
     assert not (tmp_path / "fay3").exists()
 
 
+def test_fail_issue_admin_cert_again_retires_the_old_certificate_once_the_new_one_is_used(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    """`issue-admin-cert` for an existing admin: the old bundle works until the new one is
+    first used, then it is refused (exit 6, "superseded"); the new one keeps working."""
+    issue = (
+        "sielum-server", "issue-admin-cert", "--data-dir", str(server.data_dir), "--name", "gil",
+    )  # fmt: skip
+    old, new = tmp_path / "gil", tmp_path / "gil2"
+    assert run(*issue, "--out", str(old)).returncode == 0
+    assert as_admin(server, old, "tokens", "list").returncode == 0
+    again = run(*issue, "--out", str(new))
+    assert again.returncode == 0, again.stderr
+    assert "admin gil was registered already: this certificate replaces theirs, which is " in (
+        again.stdout
+    )
+    assert as_admin(server, old, "tokens", "list").returncode == 0  # the new one is unused
+    assert as_admin(server, new, "tokens", "list").returncode == 0
+    refused = as_admin(server, old, "tokens", "list")
+    assert refused.returncode == 6
+    assert _one_line(refused.stderr) == (
+        "sielum-admin: this admin certificate has been superseded by a newer one for the same "
+        "admin; use that one (PERMISSION_DENIED)"
+    )
+    assert as_admin(server, new, "tokens", "list").returncode == 0
+
+
 def test_init_makes_nothing_when_its_database_is_unreachable(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     result = run(

@@ -239,7 +239,7 @@ def test_run_renews_rides_out_an_outage_and_stops_cleanly(
     assert all(json.loads(line) for line in run.log.splitlines())
 
     # The certificate from two renewals back is refused: only the current one (and the
-    # previous inside its overlap) is honoured.
+    # previous one until the current one is first used) is honoured.
     assert superseded in (None, grpc.StatusCode.PERMISSION_DENIED)
 
 

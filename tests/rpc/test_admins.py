@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import threading
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from sielum.admin.v1 import admin_pb2, admin_pb2_grpc
 from sielum.agent.v1 import agent_pb2
 from sielum.ca.authority import CertificateAuthority
+from sielum.ca.datadir import write_admin_bundle
 from sielum.ca.profile import admin_certificate, random_serial
 from sielum.pb import to_timestamp
 from tests.conftest import openssl_verify
@@ -458,3 +460,148 @@ def test_ok_an_admin_certificate_is_counted_once(tmp_path: Path) -> None:
         assert issued("sielum_certificates_issued_total", kind="device") == 0
     finally:
         h.server.stop(grace=1)
+
+
+# A new certificate for an admin retires the previous one once used, on SQLite and PostgreSQL.
+
+ADMIN_SUPERSEDED = (
+    "this admin certificate has been superseded by a newer one for the same admin; use that one"
+)
+
+
+@pytest.fixture
+def on_both(tmp_path: Path, database_url: str) -> Iterator[Harness]:
+    harness = start_harness(tmp_path, database_url)
+    try:
+        yield harness
+    finally:
+        harness.server.stop(grace=1)
+
+
+def issue_on_host(harness: Harness, name: str, out: Path) -> admin_pb2_grpc.AdminServiceStub:
+    """What `sielum-server issue-admin-cert` does: a bundle made with the CA key, registered."""
+    ca = CertificateAuthority.load(harness.data_dir, passphrase=None)
+    write_admin_bundle(ca, name, out, now=harness.clock.now())
+    serial = format(
+        x509.load_pem_x509_certificate((out / "admin.pem").read_bytes()).serial_number, "x"
+    )
+    harness.server.admins.register_made_on_host(name, "issue-admin-cert", serial)
+    return admin_pb2_grpc.AdminServiceStub(
+        harness.api_channel((out / "admin.key").read_bytes(), (out / "admin.pem").read_bytes())
+    )
+
+
+def test_fail_reissued_admin_cert_old_one_refused_once_the_new_one_is_used(
+    on_both: Harness, tmp_path: Path
+) -> None:
+    """`issue-admin-cert` for an existing admin: the old certificate keeps working, days
+    later too, until the new one is first used; from then on it is refused, and the new one
+    is not."""
+    h = on_both
+    reply, key = create_admin(h, "gus")
+    old = stub_of(h, key, reply.certificate_pem)
+    old.ListAdmins(LIST_ADMINS, timeout=10)
+    new = issue_on_host(h, "gus", tmp_path / "gus2")
+    h.clock.advance(timedelta(days=3))
+    old.ListAdmins(LIST_ADMINS, timeout=10)  # the new certificate is still unused
+    new.ListAdmins(LIST_ADMINS, timeout=10)  # its first use retires the old one
+    for call in (
+        lambda: old.ListAdmins(LIST_ADMINS, timeout=10),
+        lambda: old.CreateEnrollmentToken(
+            admin_pb2.CreateEnrollmentTokenRequest(label="x"), timeout=10
+        ),
+    ):
+        assert status_of(call) == (grpc.StatusCode.PERMISSION_DENIED, ADMIN_SUPERSEDED)
+    token = new.CreateEnrollmentToken(admin_pb2.CreateEnrollmentTokenRequest(label="g"), timeout=10)
+    assert token.token.created_by == "gus"
+    trail = h.admin().ListAuditEvents(
+        admin_pb2.ListAuditEventsRequest(resource="admin/gus"), timeout=10
+    )
+    assert [(e.actor, e.action) for e in trail.events] == [
+        ("server/issue-admin-cert", "admin.certify"),
+        ("admin/admin", "admin.create"),
+    ]
+
+
+def test_fail_reissued_admin_cert_unused_one_replaced_by_the_next(
+    on_both: Harness, tmp_path: Path
+) -> None:
+    """Two certificates issued in turn while neither is used: the admin keeps the one in use
+    until the newest is used; the unused one in between is dropped."""
+    h = on_both
+    reply, key = create_admin(h, "hal")
+    in_use = stub_of(h, key, reply.certificate_pem)
+    lost = issue_on_host(h, "hal", tmp_path / "hal2")
+    newest = issue_on_host(h, "hal", tmp_path / "hal3")
+    in_use.ListAdmins(LIST_ADMINS, timeout=10)
+    assert status_of(lambda: lost.ListAdmins(LIST_ADMINS, timeout=10)) == (
+        grpc.StatusCode.PERMISSION_DENIED,
+        ADMIN_SUPERSEDED,
+    )
+    newest.ListAdmins(LIST_ADMINS, timeout=10)
+    assert status_of(lambda: in_use.ListAdmins(LIST_ADMINS, timeout=10)) == (
+        grpc.StatusCode.PERMISSION_DENIED,
+        ADMIN_SUPERSEDED,
+    )
+
+
+def test_fail_reissued_admin_cert_of_an_admin_whose_certificates_were_never_recorded(
+    on_both: Harness, tmp_path: Path
+) -> None:
+    """The first admin here registered on first use of a certificate made before admins
+    were recorded, so its serial is not known: a new certificate retires it all the same,
+    once used; a revoked admin's certificates are refused whichever is used."""
+    h = on_both
+    reply, key = create_admin(h, "ivy")  # another admin, to revoke "admin" with afterwards
+    ivy = stub_of(h, key, reply.certificate_pem)
+    new = issue_on_host(h, "admin", tmp_path / "admin2")
+    h.admin().ListAdmins(LIST_ADMINS, timeout=10)
+    new.ListAdmins(LIST_ADMINS, timeout=10)
+    assert status_of(lambda: h.admin().ListAdmins(LIST_ADMINS, timeout=10)) == (
+        grpc.StatusCode.PERMISSION_DENIED,
+        ADMIN_SUPERSEDED,
+    )
+    ivy.RevokeAdmin(admin_pb2.RevokeAdminRequest(name="admin"), timeout=10)
+    for stub in (new, h.admin()):
+        assert status_of(lambda stub=stub: stub.ListAdmins(LIST_ADMINS, timeout=10)) == (
+            grpc.StatusCode.PERMISSION_DENIED,
+            "admin admin has been revoked",
+        )
+
+
+def test_ok_restored_backup_takes_the_admins_newer_certificate(
+    on_both: Harness, tmp_path: Path
+) -> None:
+    """The database is restored from a backup taken before an admin got a new certificate
+    and used it: that certificate, issued after the one the backup records, becomes the
+    admin's newest on its first call instead of being refused; the older one stays refused."""
+    h = on_both
+    h.clock.advance(-timedelta(days=1))  # every certificate here valid in real time
+    reply, key = create_admin(h, "kim")
+    old = stub_of(h, key, reply.certificate_pem)
+    db = h.server.store.db
+    columns = "serial, previous_serial, previous_until, certified_at"
+    with db.connection_context():
+        backup = db.execute_sql(
+            f"SELECT {columns} FROM admin WHERE name = {db.param}", ("kim",)
+        ).fetchone()
+    h.clock.advance(timedelta(days=1))
+    new = issue_on_host(h, "kim", tmp_path / "kim2")
+    new.ListAdmins(LIST_ADMINS, timeout=10)
+    with db.connection_context():
+        db.execute_sql(
+            f"UPDATE admin SET {', '.join(f'{c} = {db.param}' for c in columns.split(', '))}"
+            f" WHERE name = {db.param}",
+            (*backup, "kim"),
+        )
+
+    new.ListAdmins(LIST_ADMINS, timeout=10)
+    assert status_of(lambda: old.ListAdmins(LIST_ADMINS, timeout=10)) == (
+        grpc.StatusCode.PERMISSION_DENIED,
+        ADMIN_SUPERSEDED,
+    )
+    new.ListAdmins(LIST_ADMINS, timeout=10)
+    trail = h.admin().ListAuditEvents(
+        admin_pb2.ListAuditEventsRequest(resource="admin/kim", action="admin.adopt"), timeout=10
+    )
+    assert [e.actor for e in trail.events] == ["admin/kim"]

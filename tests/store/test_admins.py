@@ -354,3 +354,80 @@ def test_every_audit_filter_has_an_index(store: Store) -> None:
             plan = " ".join(str(row[0]) for row in rows)
         assert f"using {index}" in plan, plan
         assert "Sort" not in plan, plan
+
+
+# Which certificates of an admin are honoured
+
+
+def test_certify_admin_keeps_the_certificate_in_use(store: Store) -> None:
+    """A new certificate makes the one in use the previous one; another new one, while the
+    last is unused, replaces that unused one and keeps the one in use. Its first use retires
+    the previous one, once; a revoked or unknown admin is certified nothing."""
+    until = T0 + timedelta(days=365)
+    store.create_admin(
+        Admin(name="alice", created_at=T0, created_by="root", serial="s1"),
+        event("admin.create", "admin/alice"),
+    )
+    add_admin(store, "root")
+
+    def certify(serial: str, name: str = "alice") -> Admin:
+        return store.certify_admin(
+            name, serial, T0, until, event("admin.certify", f"admin/{name}", actor="server/x")
+        )
+
+    s2 = certify("s2")
+    assert (s2.serial, s2.previous_serial, s2.previous_until) == ("s2", "s1", until)
+    assert s2.certified_at == T0
+    s3 = certify("s3")  # s2 was never used: s1 stays the previous one
+    assert (s3.serial, s3.previous_serial, s3.previous_until) == ("s3", "s1", until)
+    assert store.retire_previous_admin_certificate("alice", "s2") is False
+    assert store.retire_previous_admin_certificate("alice", "s3") is True
+    assert store.retire_previous_admin_certificate("alice", "s3") is False
+    retired = store.find_admin("alice")
+    assert retired is not None
+    assert (retired.serial, retired.previous_serial, retired.previous_until) == ("s3", "s1", None)
+    s4 = certify("s4")  # s3 was used: it becomes the previous one
+    assert (s4.serial, s4.previous_serial, s4.previous_until) == ("s4", "s3", until)
+    assert [e.action for e in store.list_audit(resource="admin/alice")].count("admin.certify") == 3
+
+    store.revoke_admin("alice", T0, event("admin.revoke", "admin/alice"))
+    for name in ("alice", "nobody"):
+        with pytest.raises(NotFoundError, match=r"^admin not found$"):
+            certify("s5", name)
+    revoked = store.find_admin("alice")
+    assert revoked is not None and revoked.serial == "s4"
+
+
+def test_adopt_admin_certificate_only_over_the_newest_one_of_an_active_admin(store: Store) -> None:
+    """A certificate a restored database lost becomes the admin's newest; the one it replaces
+    is retired at once. Not when the newest changed since it was judged, nor for a revoked
+    admin."""
+    store.create_admin(
+        Admin(name="alice", created_at=T0, created_by="root", serial="s1", certified_at=T0),
+        event("admin.create", "admin/alice"),
+    )
+    add_admin(store, "root")
+    later = T0 + timedelta(days=30)
+
+    def adopt(current: str, serial: str) -> bool:
+        return store.adopt_admin_certificate(
+            "alice",
+            current_serial=current,
+            serial=serial,
+            certified_at=later,
+            audit=event("admin.adopt", "admin/alice", actor="admin/alice"),
+        )
+
+    assert adopt("s0", "s9") is False
+    assert adopt("s1", "s9") is True
+    alice = store.find_admin("alice")
+    assert alice is not None
+    assert (alice.serial, alice.previous_serial, alice.previous_until, alice.certified_at) == (
+        "s9",
+        "s1",
+        None,
+        later,
+    )
+    store.revoke_admin("alice", later, event("admin.revoke", "admin/alice"))
+    assert adopt("s9", "s10") is False
+    assert [e.action for e in store.list_audit(resource="admin/alice")].count("admin.adopt") == 1

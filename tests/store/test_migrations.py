@@ -276,7 +276,6 @@ def test_v3_keeps_devices_enrolled_before_it(
             certificate_pem="PEM 2",
             not_after=T0,
             now=T0,
-            overlap_until=T0,
             pace=RenewalPace(burst=5, interval=timedelta(days=9)),
             audit=AuditEvent(at=T0, actor="device/dev1", action="device.renew", resource="d"),
         )
@@ -319,6 +318,50 @@ def test_v5_adds_the_dashboard_to_a_version_4_database(
         assert {"dashboard_login", "dashboard_session"} <= tables
         assert "device_enrolled_at" in _indexes(store)
         assert store.state_counts(T0).tokens[TokenState.ACTIVE] == 1
+        assert store.check_integrity() == []
+    finally:
+        store.close()
+
+
+def test_v7_keeps_admins_and_renewals_made_before_it(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Admins registered before step 7 have no recorded certificate (each of theirs stays
+    honoured), and a device renewed before it keeps its 15-minute bound."""
+    with monkeypatch.context() as patched:
+        patched.setattr(migrations, "MIGRATIONS", MIGRATIONS[:6])
+        patched.setattr(migrations, "LATEST_VERSION", 6)
+        old = Store(connect(database_url))
+        try:
+            assert old.migrate() == 6
+            with old.db.connection_context():
+                p = old.db.param
+                old.db.execute_sql(
+                    f"INSERT INTO admin (name, created_at, created_by) VALUES ({p}, {p}, {p})",
+                    ("alice", 0, "init"),
+                )
+        finally:
+            old.close()
+    store = Store.open(database_url)
+    try:
+        assert _schema_version_rows(store) == [(1, LATEST_VERSION)]
+        alice = store.find_admin("alice")
+        assert alice is not None
+        assert (alice.serial, alice.previous_serial, alice.previous_until) == (None, None, None)
+        assert alice.certified_at is None
+        certified = store.certify_admin(
+            "alice",
+            "ab12",
+            T0,
+            T0 + timedelta(days=365),
+            AuditEvent(at=T0, actor="server/x", action="admin.certify", resource="admin/alice"),
+        )
+        # Every certificate made before ab12 is honoured until ab12 is first used.
+        assert (certified.serial, certified.previous_serial, certified.previous_until) == (
+            "ab12",
+            None,
+            T0 + timedelta(days=365),
+        )
         assert store.check_integrity() == []
     finally:
         store.close()

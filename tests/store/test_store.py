@@ -626,7 +626,6 @@ def test_touch_device_sets_last_seen(store: Store) -> None:
 
 
 PACE = RenewalPace(burst=5, interval=timedelta(days=9))
-OVERLAP = timedelta(minutes=15)
 
 
 def renew_in(
@@ -648,7 +647,6 @@ def renew_in(
         certificate_pem=f"PEM of {key}",
         not_after=now + timedelta(days=90),
         now=now,
-        overlap_until=now + OVERLAP,
         pace=pace,
         audit=audit("device.renew", f"device/{device_id}", now),
     )
@@ -667,7 +665,6 @@ def test_renew_device(store: Store) -> None:
         certificate_pem="PEM renewed",
         not_after=now + timedelta(days=90),
         now=now,
-        overlap_until=now + OVERLAP,
         pace=PACE,
         audit=audit("device.renew", "device/dev1", now),
     )
@@ -687,7 +684,7 @@ def test_renew_device(store: Store) -> None:
         id="dev1",
         serial="serial-renewed",
         previous_serial="serial-dev1",
-        previous_until=now + OVERLAP,
+        previous_until=T0 + timedelta(days=90),  # the previous certificate's own not_after
         renewal_tat=now + PACE.interval,
     )
 
@@ -712,27 +709,99 @@ def test_renew_device(store: Store) -> None:
     assert store.check_integrity() == []
 
 
-def test_fail_superseded_cert_renews_only_inside_its_overlap(store: Store) -> None:
-    """The certificate a renewal replaced may renew (a lost answer) until the overlap ends,
-    and its renewal drops the certificate it replaces: one chain survives."""
+def test_ok_lost_renewal_answer_renews_again_while_the_new_certificate_is_unused(
+    store: Store,
+) -> None:
+    """The certificate a renewal replaced may renew again (a lost answer), days later, while
+    the new one is unused; its renewal drops the unused one and keeps its own bound: one
+    chain survives. Once the current certificate is used, the previous one is refused."""
     add_token(store)
     enroll(store, "dev1", key="key-a")  # serial-dev1, the first certificate A
     now = T0 + timedelta(days=60)
-    renew_in(store, "dev1", "key-b", now)  # A -> B; A honoured until now + 15 min
-    # A's answer was lost: A renews again inside the overlap, onto C. B is dropped,
-    # and the overlap keeps its end (a retry does not extend it).
-    later = now + timedelta(minutes=10)
+    renew_in(store, "dev1", "key-b", now)  # A -> B; A honoured until B is used
+    standing = store.get_device_standing("dev1")
+    assert standing.previous_until == T0 + timedelta(days=90)  # A's own not_after
+    # A's answer was lost and the device stayed offline for days: A renews onto C.
+    later = now + timedelta(days=3)
     renew_in(store, "dev1", "key-c", later, caller="serial-dev1")
     standing = store.get_device_standing("dev1")
     assert (standing.serial, standing.previous_serial) == ("serial-key-c", "serial-dev1")
-    assert standing.previous_until == now + OVERLAP
+    assert standing.previous_until == T0 + timedelta(days=90)
+    # B was dropped: it renews nothing.
     with pytest.raises(RenewalRefusedError):
         renew_in(store, "dev1", "key-d", later, caller="serial-key-b")
-    # After the overlap, A is superseded for good.
+    # The first use of C retires A, once.
+    assert store.retire_previous_certificate("dev1", "serial-key-c") is True
+    assert store.retire_previous_certificate("dev1", "serial-key-c") is False
+    standing = store.get_device_standing("dev1")
+    assert (standing.serial, standing.previous_serial, standing.previous_until) == (
+        "serial-key-c",
+        "serial-dev1",
+        None,
+    )
     with pytest.raises(RenewalRefusedError):
-        renew_in(store, "dev1", "key-d", now + OVERLAP, caller="serial-dev1")
+        renew_in(store, "dev1", "key-d", later, caller="serial-dev1")
+    # A serial that is not current retires nothing.
+    assert store.retire_previous_certificate("dev1", "serial-dev1") is False
     assert store.get_device("dev1").serial == "serial-key-c"
     assert [e.action for e in store.list_audit(resource="device/dev1")].count("device.renew") == 2
+
+
+def test_fail_superseded_cert_renewal_made_before_the_new_rule_keeps_its_overlap(
+    store: Store,
+) -> None:
+    """A renewal recorded by an earlier release bounded the previous certificate by a
+    15-minute overlap in previous_until: that bound still holds (no row gains a longer life)."""
+    add_token(store)
+    enroll(store, "dev1", key="key-a")
+    now = T0 + timedelta(days=60)
+    renew_in(store, "dev1", "key-b", now)
+    run_sql(
+        store,
+        "UPDATE device SET previous_until = ? WHERE id = ?",
+        (to_micros(now + timedelta(minutes=15)), "dev1"),
+    )
+    with pytest.raises(RenewalRefusedError):
+        renew_in(store, "dev1", "key-c", now + timedelta(minutes=15), caller="serial-dev1")
+    renew_in(store, "dev1", "key-c", now + timedelta(minutes=14), caller="serial-dev1")
+    assert store.get_device("dev1").serial == "serial-key-c"
+
+
+def test_adopt_certificate_only_over_the_current_one_of_an_active_device(store: Store) -> None:
+    """A certificate the database lost (a restored backup) replaces the current one, which
+    becomes the previous one, retired; not when the current one changed since it was judged,
+    nor for a revoked device, nor with a key enrolled as another device."""
+    add_token(store)
+    enroll(store, "dev1", key="key-a")
+    enroll(store, "dev2", key="key-other")
+
+    def adopt(device_id: str, current: str, key: str) -> bool:
+        return store.adopt_certificate(
+            device_id,
+            current_serial=current,
+            serial=f"serial-{key}",
+            public_key_sha256=key,
+            certificate_pem=f"PEM of {key}",
+            not_after=T0 + timedelta(days=120),
+            audit=audit("device.adopt", f"device/{device_id}"),
+        )
+
+    with pytest.raises(AlreadyExistsError, match=r"^this public key is already enrolled$"):
+        adopt("dev1", "serial-dev1", "key-other")
+    assert adopt("dev1", "serial-elsewhere", "key-c") is False
+    assert adopt("dev1", "serial-dev1", "key-c") is True
+    device = store.get_device("dev1")
+    assert (device.serial, device.public_key_sha256, device.not_after) == (
+        "serial-key-c",
+        "key-c",
+        T0 + timedelta(days=120),
+    )
+    standing = store.get_device_standing("dev1")
+    assert (standing.previous_serial, standing.previous_until) == ("serial-dev1", None)
+    store.revoke_device("dev2", T0, audit("device.revoke", "device/dev2"))
+    assert adopt("dev2", "serial-dev2", "key-d") is False
+    assert [e.action for e in store.list_audit(resource="device/dev1")].count("device.adopt") == 1
+    assert store.check_integrity() == []
 
 
 def test_fail_renewal_loop_is_paced(store: Store) -> None:
@@ -799,6 +868,65 @@ def test_renewals_racing_from_one_certificate_leave_one_chain(database_url: str)
         losers = {f"serial-key-{i}" for i in range(12)} - {winner.serial}
         assert len(losers) == 11
         assert not losers & {standing.serial, standing.previous_serial}
+    finally:
+        for store in replicas:
+            store.close()
+
+
+def test_first_use_and_a_renewal_from_the_previous_race(database_url: str) -> None:
+    """The first use of the new certificate and a renewal from the previous one (a thief
+    holding the old key), at once on two replicas, many times: either the renewal wins and
+    the first use retires nothing, or the retirement wins and the renewal is refused; never
+    both, so the old key never outlives the first use of the new one."""
+    replicas = [Store.open(database_url), Store(connect(database_url))]
+    try:
+        add_token(replicas[0])
+        pace = RenewalPace(burst=1000, interval=timedelta(seconds=1))
+        outcomes: set[tuple[bool, bool]] = set()
+        for round_ in range(20):
+            device_id = f"dev{round_}"
+            enroll(replicas[0], device_id, key=f"key-a{round_}")
+            now = T0 + timedelta(days=60)
+            renew_in(replicas[0], device_id, f"key-b{round_}", now, pace=pace)
+            start = threading.Barrier(2)
+            result: dict[str, bool] = {}
+
+            def retire(device_id: str = device_id, round_: int = round_) -> None:
+                start.wait()
+                result["retired"] = replicas[1].retire_previous_certificate(
+                    device_id, f"serial-key-b{round_}"
+                )
+
+            def renew(device_id: str = device_id, round_: int = round_) -> None:
+                start.wait()
+                try:
+                    renew_in(
+                        replicas[0],
+                        device_id,
+                        f"key-c{round_}",
+                        now + timedelta(seconds=1),
+                        caller=f"serial-{device_id}",
+                        pace=pace,
+                    )
+                    result["renewed"] = True
+                except RenewalRefusedError:
+                    result["renewed"] = False
+
+            threads = [threading.Thread(target=retire), threading.Thread(target=renew)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(timeout=60)
+            assert result["retired"] != result["renewed"], result
+            outcomes.add((result["retired"], result["renewed"]))
+            standing = replicas[0].get_device_standing(device_id)
+            if result["retired"]:
+                assert standing.serial == f"serial-key-b{round_}"
+                assert standing.previous_until is None
+            else:
+                assert standing.serial == f"serial-key-c{round_}"
+                assert standing.previous_serial == f"serial-{device_id}"
+        assert replicas[0].check_integrity() == []
     finally:
         for store in replicas:
             store.close()

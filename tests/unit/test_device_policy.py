@@ -54,17 +54,33 @@ def _standing(**fields: object) -> DeviceStanding:
     return DeviceStanding(id="dev", serial="b", **fields)  # type: ignore[arg-type]
 
 
-def test_only_the_current_or_the_previous_certificate_inside_its_overlap_is_honoured() -> None:
-    standing = _standing(previous_serial="a", previous_until=T0 + timedelta(minutes=15))
+def test_only_the_current_or_the_previous_certificate_until_retired_is_honoured() -> None:
+    """The previous certificate is honoured however long the current one stays unused, up to
+    its own bound (previous_until); retired (None) it is refused, and revocation wins."""
+    standing = _standing(previous_serial="a", previous_until=T0 + timedelta(days=90))
     policy.check_may_call(standing, "b", T0 + timedelta(days=300))
-    policy.check_may_call(standing, "a", T0 + timedelta(minutes=15) - timedelta(microseconds=1))
-    for serial, at in (("a", T0 + timedelta(minutes=15)), ("c", T0), ("", T0)):
+    policy.check_may_call(standing, "a", T0 + timedelta(days=3))
+    policy.check_may_call(standing, "a", T0 + timedelta(days=90) - timedelta(microseconds=1))
+    assert policy.retires_previous(standing, "b", T0 + timedelta(days=3))
+    assert not policy.retires_previous(standing, "a", T0 + timedelta(days=3))
+    assert not policy.retires_previous(standing, "b", T0 + timedelta(days=90))
+    retired = _standing(previous_serial="a", previous_until=None)
+    assert not policy.retires_previous(retired, "b", T0)
+    assert not policy.retires_previous(_standing(), "b", T0)
+    for case, serial, at in (
+        (standing, "a", T0 + timedelta(days=90)),
+        (retired, "a", T0),
+        (standing, "c", T0),
+        (standing, "", T0),
+    ):
         with pytest.raises(PermissionDeniedError) as refused:
-            policy.check_may_call(standing, serial, at)
+            policy.check_may_call(case, serial, at)
         assert refused.value.message == policy.SUPERSEDED
-    with pytest.raises(PermissionDeniedError) as refused:
-        policy.check_may_call(_standing(revoked_at=T0), "b", T0)
-    assert refused.value.message == "device has been revoked"
+    revoked = _standing(previous_serial="a", previous_until=T0 + timedelta(days=90), revoked_at=T0)
+    for serial in ("a", "b"):
+        with pytest.raises(PermissionDeniedError) as refused:
+            policy.check_may_call(revoked, serial, T0)
+        assert refused.value.message == "device has been revoked"
 
 
 def test_renewal_pace_is_a_burst_then_one_per_tenth_of_the_lifetime() -> None:
@@ -86,3 +102,11 @@ def test_renewal_pace_is_a_burst_then_one_per_tenth_of_the_lifetime() -> None:
         policy.check_renewal_pace(_standing(renewal_tat=tat), pace, now)
         tat = policy.next_renewal_tat(tat, pace, now)
         now += timedelta(seconds=40)
+
+
+def test_only_a_certificate_issued_well_after_the_current_one_is_a_lost_renewal() -> None:
+    margin = policy.LOST_RENEWAL_MARGIN
+    assert policy.is_lost_renewal(T0 + margin + timedelta(seconds=1), T0)
+    assert policy.is_lost_renewal(T0 + timedelta(days=30), T0)
+    for issued in (T0 + margin, T0, T0 - timedelta(days=1)):
+        assert not policy.is_lost_renewal(issued, T0)

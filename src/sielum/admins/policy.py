@@ -8,6 +8,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from sielum.ca.profile import ADMIN_TTL, BACKDATE, validate_name
+from sielum.devices.policy import LOST_RENEWAL_MARGIN
 from sielum.errors import PermissionDeniedError
 from sielum.model import Admin
 
@@ -30,8 +31,52 @@ def actor(name: str) -> str:
     return f"admin/{name}"
 
 
-def check_may_call(name: str, admin: Admin | None) -> None:
-    """An admin certificate (or session) is honoured only while its admin is active.
+SUPERSEDED = (
+    "this admin certificate has been superseded by a newer one for the same admin; use that one"
+)
+
+
+def is_honoured(admin: Admin, serial: str, now: datetime) -> bool:
+    """Whether the admin's certificate serial is honoured at now (revocation aside).
+
+    The newest certificate is; the one before it too, until the newest is first used
+    (then previous_until is None) and at most until previous_until. An admin none of
+    whose certificates was recorded (serial None: all made before Sielum recorded them)
+    has each honoured, as before. A dashboard session has no serial and is not judged
+    here (tests/rpc/test_admins.py::
+    test_fail_reissued_admin_cert_old_one_refused_once_the_new_one_is_used).
+    """
+    if not serial or admin.serial is None or serial == admin.serial:
+        return True
+    if admin.previous_until is None or now >= admin.previous_until:
+        return False
+    return admin.previous_serial is None or serial == admin.previous_serial
+
+
+def retires_previous(admin: Admin, serial: str, now: datetime) -> bool:
+    """Whether a call with serial is the first use of the admin's newest certificate while the
+    one before it is still honoured: only then does the admin gate write."""
+    return (
+        bool(serial)
+        and serial == admin.serial
+        and admin.previous_until is not None
+        and now < admin.previous_until
+    )
+
+
+def is_lost_certificate(admin: Admin, issued: datetime) -> bool:
+    """Whether an admin certificate the database does not honour was issued well after the
+    newest one it records: one a restored backup does not know of, made its newest on first
+    use rather than locking the admin out. The margin is the devices' (LOST_RENEWAL_MARGIN)
+    (tests/rpc/test_admins.py::test_ok_restored_backup_takes_the_admins_newer_certificate).
+    """
+    return admin.certified_at is not None and issued > admin.certified_at + LOST_RENEWAL_MARGIN
+
+
+def check_may_call(name: str, admin: Admin | None, serial: str, now: datetime) -> None:
+    """An admin certificate (or session) is honoured only while its admin is active, and a
+    certificate only while it is the admin's newest, or the one before it until the newest
+    is first used.
 
     Revoked: refused from the very next call (tests/rpc/test_admins.py::
     test_fail_a_revoked_admin_is_refused_at_its_next_call).
@@ -40,6 +85,8 @@ def check_may_call(name: str, admin: Admin | None) -> None:
         raise PermissionDeniedError(f"admin {name} is not registered")
     if admin.revoked_at is not None:
         raise PermissionDeniedError(f"admin {name} has been revoked")
+    if not is_honoured(admin, serial, now):
+        raise PermissionDeniedError(SUPERSEDED)
 
 
 def issued_at(not_before: datetime) -> datetime:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import datetime
 
 from sielum.admin.service import Caller, check_page_size
 from sielum.admins import policy
 from sielum.ca.authority import CertificateAuthority
-from sielum.ca.profile import load_checked_csr
+from sielum.ca.profile import ADMIN_TTL, load_checked_csr
 from sielum.clock import Clock
 from sielum.errors import AlreadyExistsError, InvalidArgumentError, NotFoundError
 from sielum.identity import Identity
@@ -45,17 +46,77 @@ class AdminRegistry:
         self._recorder = recorder or NoRecorder()
 
     def check_may_call(self, caller: Identity) -> None:
-        """The ADMIN gate: raises PermissionDeniedError unless caller's admin is active.
+        """The ADMIN gate: raises PermissionDeniedError unless caller's admin is active and
+        caller's certificate is one the admin may still use.
 
         One indexed lookup per call and nothing kept after it, so a revocation
         holds from the next call on every worker and replica. A certificate
         signed before admins were recorded registers its admin here, once
-        (sielum.admins.policy.registers_on_first_use).
+        (sielum.admins.policy.registers_on_first_use). The first call with an
+        admin's newest certificate retires the one before it: the only other write.
         """
         admin = self._store.find_admin(caller.name)
         if admin is None:
             admin = self._register_on_first_use(caller)
-        policy.check_may_call(caller.name, admin)
+        now = self._clock.now()
+        if (
+            admin is not None
+            and admin.revoked_at is None
+            and not policy.is_honoured(admin, caller.serial, now)
+        ):
+            if self._adopt_lost_certificate(caller, admin, now):
+                return
+            admin = self._store.find_admin(caller.name)  # another worker may have adopted it
+        policy.check_may_call(caller.name, admin, caller.serial, now)
+        if admin is not None and policy.retires_previous(admin, caller.serial, now):
+            if self._store.retire_previous_admin_certificate(caller.name, caller.serial):
+                log_event(
+                    log,
+                    "admin.retire",
+                    admin=caller.name,
+                    serial=caller.serial,
+                    previous=admin.previous_serial or "",
+                    outcome="ok",
+                )
+            else:
+                # Retired by another worker, or a newer certificate was recorded in
+                # between: judge the admin as they are now.
+                policy.check_may_call(
+                    caller.name, self._store.find_admin(caller.name), caller.serial, now
+                )
+
+    def _adopt_lost_certificate(self, caller: Identity, admin: Admin, now: datetime) -> bool:
+        """Take caller's certificate as the admin's newest if a restored database lost it."""
+        if caller.not_before is None or admin.serial is None:
+            return False
+        issued = policy.issued_at(caller.not_before)
+        if not policy.is_lost_certificate(admin, issued):
+            return False
+        adopted = self._store.adopt_admin_certificate(
+            caller.name,
+            current_serial=admin.serial,
+            serial=caller.serial,
+            certified_at=issued,
+            audit=AuditEvent(
+                at=now,
+                actor=policy.actor(caller.name),
+                action="admin.adopt",
+                resource=policy.actor(caller.name),
+                detail=f"serial={caller.serial} previous={admin.serial}: issued after the "
+                "certificate the database held (a restored backup)",
+            ),
+        )
+        if adopted:
+            log_event(
+                log,
+                "admin.adopt",
+                level=logging.WARNING,
+                admin=caller.name,
+                serial=caller.serial,
+                previous=admin.serial,
+                outcome="ok",
+            )
+        return adopted
 
     def _register_on_first_use(self, caller: Identity) -> Admin | None:
         cutoff = self._store.admin_first_use_cutoff()
@@ -93,7 +154,13 @@ class AdminRegistry:
         now = self._clock.now()
         issued = self._ca.sign_admin(csr.public_key, name, now)
         admin = self._store.create_admin(
-            Admin(name=name, created_at=now, created_by=caller.name),
+            Admin(
+                name=name,
+                created_at=now,
+                created_by=caller.name,
+                serial=issued.serial,
+                certified_at=now,
+            ),
             caller.audit("admin.create", policy.actor(name), now, f"serial={issued.serial}"),
         )
         self._recorder.certificate_issued(CertificateKind.ADMIN)
@@ -153,13 +220,14 @@ class AdminRegistry:
         """Record an admin whose certificate `sielum-server <command>` just made on the host.
 
         A new name is registered (created_by = command) and True returned; an
-        active admin keeps their record and the new certificate is audited as
-        admin.certify (a renewal); a revoked admin's name is refused.
+        active admin keeps their record, the new certificate becomes their newest
+        (audited as admin.certify, a renewal), and the one they used before is
+        honoured until the new one is first used; a revoked admin's name is refused.
         """
         now = self._clock.now()
         actor = f"server/{command}"
         admin, registered = self._store.register_admin_if_new(
-            Admin(name=name, created_at=now, created_by=command),
+            Admin(name=name, created_at=now, created_by=command, serial=serial, certified_at=now),
             AuditEvent(
                 at=now,
                 actor=actor,
@@ -170,15 +238,20 @@ class AdminRegistry:
         )
         self.check_not_revoked(name, admin)
         if not registered:
-            self._store.record(
-                AuditEvent(
-                    at=now,
-                    actor=actor,
-                    action="admin.certify",
-                    resource=policy.actor(name),
-                    detail=f"serial={serial}",
-                )
+            certify = AuditEvent(
+                at=now,
+                actor=actor,
+                action="admin.certify",
+                resource=policy.actor(name),
+                detail=f"serial={serial}",
             )
+            try:
+                # Every certificate made before this one was signed by now, so none of
+                # them outlives now + ADMIN_TTL; TLS holds each to its own not_after.
+                self._store.certify_admin(name, serial, now, now + ADMIN_TTL, certify)
+            except NotFoundError:
+                self.check_not_revoked(name)  # revoked in between
+                raise
         return registered
 
     def check_not_revoked(self, name: str, admin: Admin | None = None) -> None:

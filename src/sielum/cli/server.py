@@ -74,6 +74,8 @@ never from a flag.
 
 init and issue-admin-cert register the admin they make in the database that
 serve uses (--database URL or SIELUM_DATABASE_URL; default SQLite in the data dir).
+For an existing admin, issue-admin-cert makes a new certificate: their previous one
+is refused once the new one is first used.
 
 A running server takes a renewed server certificate on SIGHUP, or by itself
 within 10 seconds of the files changing.
@@ -246,7 +248,10 @@ def _cmd_issue_admin_cert(args: argparse.Namespace) -> int:
     if registered:
         print(f"admin {args.name} is registered")
     else:
-        print(f"admin {args.name} was registered already: this is another certificate for them")
+        print(
+            f"admin {args.name} was registered already: this certificate replaces theirs, "
+            "which is refused once this one is used"
+        )
     print(f"  sielum-admin --cert-dir {out} tokens list")
     return 0
 

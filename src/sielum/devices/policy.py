@@ -7,10 +7,12 @@ from datetime import datetime, timedelta
 from sielum.errors import InvalidArgumentError, PermissionDeniedError, ResourceExhaustedError
 from sielum.model import Device, DeviceStanding, DeviceState, RenewalPace
 
-# How long the certificate a renewal replaced is still honoured: long enough for an
-# agent whose renewal answer was lost to retry with the certificate it still holds,
-# short enough that a stolen key stops working soon after the device renews.
-RENEWAL_OVERLAP = timedelta(minutes=15)
+# A certificate of a device issued this much later than the one the database names as
+# current can only come from a renewal the database no longer holds (restored from a
+# backup, or a failover that lost commits). Otherwise the current certificate is always
+# the newest one handed out; the margin covers clocks of replicas that disagree, under
+# which a certificate replaced while unused may look a little newer than its successor.
+LOST_RENEWAL_MARGIN = timedelta(minutes=5)
 # Renewals a device may make at once before it is paced (retries of lost answers).
 RENEWAL_BURST = 5
 # One renewal more per this share of the certificate lifetime: an agent renewing
@@ -88,7 +90,15 @@ def renewal_pace(device_ttl: timedelta) -> RenewalPace:
 
 
 def is_honoured(standing: DeviceStanding, serial: str, now: datetime) -> bool:
-    """The current certificate, or the one the last renewal replaced while its overlap lasts."""
+    """The current certificate, or the one the last renewal replaced until it is retired.
+
+    The previous certificate stays honoured while the current one has never been
+    used, however long that takes: an agent whose renewal answer was lost still
+    holds it, and asks again with it. previous_until is its own not_after (or, for a
+    renewal made before this rule, the end of the old 15-minute overlap); the first
+    call with the current certificate sets it to None
+    (tests/rpc/test_superseded.py::test_ok_lost_renewal_answer_and_days_offline_keep_the_device).
+    """
     if serial == standing.serial:
         return True
     return (
@@ -98,10 +108,33 @@ def is_honoured(standing: DeviceStanding, serial: str, now: datetime) -> bool:
     )
 
 
+def retires_previous(standing: DeviceStanding, serial: str, now: datetime) -> bool:
+    """Whether a call with serial is the first use of the current certificate, which retires
+    the previous one: only then does the device gate write, once per renewal."""
+    return (
+        serial == standing.serial
+        and standing.previous_serial is not None
+        and standing.previous_until is not None
+        and now < standing.previous_until
+    )
+
+
+def is_lost_renewal(issued: datetime, current_issued: datetime) -> bool:
+    """Whether a certificate of the device that the database does not honour is a renewal the
+    database lost (a restored backup): issued well after the current one, by not_before.
+
+    The device gate then makes it current rather than lock the device out
+    (tests/rpc/test_superseded.py::test_ok_restored_backup_takes_the_newer_certificate).
+    """
+    return issued > current_issued + LOST_RENEWAL_MARGIN
+
+
 def check_may_call(standing: DeviceStanding, serial: str, now: datetime) -> None:
     """A revoked device, or a certificate a renewal superseded, is refused on its next call.
 
-    (tests/rpc/test_superseded.py::test_fail_superseded_cert_heartbeat_after_the_overlap)
+    Revocation wins over everything; a previous certificate is refused once the
+    current one has been used
+    (tests/rpc/test_superseded.py::test_fail_superseded_cert_stolen_old_key_stops_once_the_device_uses_its_new_one).
     """
     if standing.revoked_at is not None:
         raise PermissionDeniedError(REVOKED)

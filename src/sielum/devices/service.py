@@ -6,6 +6,8 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime
 
+from cryptography import x509
+
 from sielum.ca.authority import CertificateAuthority, IssuedCertificate
 from sielum.ca.profile import load_checked_csr, public_key_sha256
 from sielum.clock import Clock
@@ -63,9 +65,80 @@ class DeviceService:
         """The authorizer's gate for device calls: one indexed lookup per call.
 
         Refuses a revoked device, and a certificate that a renewal superseded once
-        its overlap has passed (devices/policy.py).
+        the new one has been used (devices/policy.py). The first call with a new
+        certificate retires the previous one: the only call of the gate that writes.
+        A certificate issued after the one the database names as current (a
+        database restored from a backup) becomes current instead of being refused.
         """
-        devices.check_may_call(self._standing(caller.name), caller.serial, self._clock.now())
+        now = self._clock.now()
+        standing = self._standing(caller.name)
+        if standing.revoked_at is None and not devices.is_honoured(standing, caller.serial, now):
+            if self._adopt_lost_renewal(caller):
+                return
+            standing = self._standing(caller.name)  # another worker may have adopted it
+        devices.check_may_call(standing, caller.serial, now)
+        if devices.retires_previous(standing, caller.serial, now):
+            if self._store.retire_previous_certificate(caller.name, caller.serial):
+                log_event(
+                    log,
+                    "retire",
+                    outcome="ok",
+                    device=caller.name,
+                    serial=caller.serial,
+                    previous=standing.previous_serial or "",
+                )
+            else:
+                # Another worker retired it first, or a renewal from the previous
+                # certificate replaced this one in between: judge the row as it is now.
+                devices.check_may_call(self._standing(caller.name), caller.serial, now)
+
+    def _adopt_lost_renewal(self, caller: Identity) -> bool:
+        """Take caller's certificate as current if the database lost the renewal that made it.
+
+        Only on a call the gate would refuse, so the common path never reads the
+        certificate. The adopted certificate is the newest this CA made for the
+        device that anyone has used since; one made earlier stays refused.
+        """
+        if caller.not_before is None or caller.not_after is None or not caller.certificate_pem:
+            return False
+        device = self._store.get_device(caller.name)
+        try:
+            current = x509.load_pem_x509_certificate(device.certificate_pem.encode())
+        except ValueError:
+            return False
+        if not devices.is_lost_renewal(caller.not_before, current.not_valid_before_utc):
+            return False
+        now = self._clock.now()
+        try:
+            adopted = self._store.adopt_certificate(
+                caller.name,
+                current_serial=device.serial,
+                serial=caller.serial,
+                public_key_sha256=caller.public_key_sha256,
+                certificate_pem=caller.certificate_pem,
+                not_after=caller.not_after,
+                audit=AuditEvent(
+                    at=now,
+                    actor=f"device/{caller.name}",
+                    action="device.adopt",
+                    resource=f"device/{caller.name}",
+                    detail=f"serial={caller.serial} previous={device.serial}: issued after "
+                    "the certificate the database held (a restored backup)",
+                ),
+            )
+        except AlreadyExistsError:
+            return False
+        if adopted:
+            log_event(
+                log,
+                "adopt",
+                level=logging.WARNING,
+                outcome="ok",
+                device=caller.name,
+                serial=caller.serial,
+                previous=device.serial,
+            )
+        return adopted
 
     def heartbeat(self, device_id: str, not_before: datetime, not_after: datetime) -> Heartbeat:
         now = self._clock.now()
@@ -132,7 +205,6 @@ class DeviceService:
                 certificate_pem=issued.certificate_pem,
                 not_after=issued.not_after,
                 now=now,
-                overlap_until=now + devices.RENEWAL_OVERLAP,
                 pace=self._pace,
                 audit=AuditEvent(
                     at=now,

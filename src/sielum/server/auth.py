@@ -100,6 +100,7 @@ def identity_from_certificate(pem: bytes) -> Identity | None:
         not_before=certificate.not_valid_before_utc,
         not_after=certificate.not_valid_after_utc,
         public_key_sha256=public_key_sha256(certificate.public_key()),
+        certificate_pem=pem.decode("ascii", "replace"),
     )
 
 

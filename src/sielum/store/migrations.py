@@ -207,6 +207,28 @@ def _v6_action_without_enrollments(d: Dialect) -> Sequence[str]:
     )
 
 
+def _v7_admin_certificates(d: Dialect) -> Sequence[str]:
+    """Which certificates of an admin are honoured: the newest, and the one before it until
+    the newest is first used (sielum/admins/policy.py::is_honoured).
+
+    serial is the newest certificate's, NULL for an admin none of whose certificates was
+    recorded (all made before this step: each is honoured, as before). previous_serial is
+    the one before it (NULL: any certificate made before serial, none of them recorded),
+    honoured until previous_until; the first use of serial sets previous_until to NULL.
+    certified_at is when serial was issued, so that a newer certificate a restored
+    database does not know can be told from an older one.
+    device.previous_until (step 3) now reads the same way: the previous certificate's own
+    not_after, cleared by the first use of the current one (for a renewal made before this
+    step it still holds the end of that renewal's 15-minute overlap, a tighter bound).
+    """
+    return (
+        "ALTER TABLE admin ADD COLUMN serial TEXT",
+        "ALTER TABLE admin ADD COLUMN previous_serial TEXT",
+        "ALTER TABLE admin ADD COLUMN previous_until BIGINT",
+        "ALTER TABLE admin ADD COLUMN certified_at BIGINT",
+    )
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema: token, device, audit_event", _v1_initial_schema),
     Migration(2, "indexes for listing devices by hostname and state", _v2_device_filters),
@@ -214,6 +236,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(4, "admins; audit_event indexes per filter", _v4_admins_and_audit_indexes),
     Migration(5, "dashboard logins and sessions; device index by enrollment time", _v5_dashboard),
     Migration(6, "audit_event: no enrollments in the action index", _v6_action_without_enrollments),
+    Migration(7, "admin: newest and previous certificate", _v7_admin_certificates),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 

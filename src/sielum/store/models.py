@@ -134,6 +134,10 @@ def bind_tables(db: peewee.Database) -> Tables:
         created_at = UtcMicrosField()
         created_by = peewee.TextField()
         revoked_at = UtcMicrosField(null=True)
+        serial = peewee.TextField(null=True)
+        previous_serial = peewee.TextField(null=True)
+        previous_until = UtcMicrosField(null=True)
+        certified_at = UtcMicrosField(null=True)
 
         class Meta:
             table_name = "admin"

@@ -395,32 +395,32 @@ class Store:
         certificate_pem: str,
         not_after: datetime,
         now: datetime,
-        overlap_until: datetime,
         pace: RenewalPace,
         audit: AuditEvent,
     ) -> Device:
         """Swap in the device's new key and certificate, if caller_serial may still renew.
 
         One conditional UPDATE checks and swaps, like a token's use: the device is not
-        revoked, caller_serial is its current certificate (or the previous one inside
-        its overlap), the new key is not the current one, and the renewal pace allows
-        one more (renewal_tat, a GCRA). So however renewals from one certificate race,
-        on any number of replicas, one chain survives: the last renewal's certificate
-        and the one it replaced
+        revoked, caller_serial is its current certificate (or the previous one, while
+        the current one has never been used), the new key is not the current one, and
+        the renewal pace allows one more (renewal_tat, a GCRA). So however renewals
+        from one certificate race, on any number of replicas, one chain survives: the
+        last renewal's certificate and the one it replaced
         (tests/store/test_store.py::test_renewals_racing_from_one_certificate_leave_one_chain).
 
         The caller's certificate becomes previous_serial: renewing from the current
-        certificate opens a new overlap until overlap_until; renewing from the previous
-        one (a retry after a lost answer) keeps its overlap's end and drops the
-        certificate that retry replaces. RenewalRefusedError when the UPDATE matched
-        nothing; the device service re-reads the device to say why.
+        certificate honours it until its own not_after (the row's not_after before the
+        swap) or until the new one is first used (retire_previous_certificate);
+        renewing from the previous one (a retry after a lost answer) keeps it as it was
+        and drops the unused certificate that retry replaces. RenewalRefusedError when
+        the UPDATE matched nothing; the device service re-reads the device to say why.
         """
         now_us, interval_us = to_micros(now), pace.interval // _MICROSECOND
         limit_us = now_us + interval_us * (pace.burst - 1)
         params = (
             public_key_sha256, serial, certificate_pem, to_micros(not_after),
             now_us, caller_serial,
-            caller_serial, to_micros(overlap_until),
+            caller_serial,
             now_us, now_us, interval_us,
             device_id, public_key_sha256,
             caller_serial, caller_serial, now_us,
@@ -436,6 +436,64 @@ class Store:
         except peewee.IntegrityError as exc:
             raise AlreadyExistsError(_KEY_ENROLLED) from exc
         return _device(row)
+
+    @_guarded
+    def retire_previous_certificate(self, device_id: str, serial: str) -> bool:
+        """The first use of the device's current certificate serial: the previous one is refused
+        from now on. False when nothing changed (retired already, or serial is no longer
+        current).
+
+        One conditional UPDATE, on the first use only (the device gate asks it when the
+        standing it read still honours a previous certificate). It clears previous_until
+        rather than comparing times, so that a renewal from the previous certificate racing
+        with it on another replica fails its own `previous_until > now`, whatever the
+        clocks say (tests/store/test_store.py::test_first_use_and_a_renewal_from_the_previous_race).
+        """
+        with write_transaction(self.db):
+            cursor = execute(self.db, self._sql.retire_previous, (device_id, serial))
+            return bool(cursor.rowcount)
+
+    @_guarded
+    def adopt_certificate(
+        self,
+        device_id: str,
+        *,
+        current_serial: str,
+        serial: str,
+        public_key_sha256: str,
+        certificate_pem: str,
+        not_after: datetime,
+        audit: AuditEvent,
+    ) -> bool:
+        """Make a certificate the database lost (a restored backup) the device's current one.
+
+        One conditional UPDATE: the device is not revoked and current_serial, judged
+        by the caller, is still current. The certificate it replaces becomes the
+        previous one, retired at once (the adopted one is in use). False when the
+        UPDATE matched nothing; AlreadyExistsError when the key is another device's.
+        """
+        D = self._t.device
+        try:
+            with write_transaction(self.db):
+                changed = (
+                    D.update(
+                        serial=serial,
+                        public_key_sha256=public_key_sha256,
+                        certificate_pem=certificate_pem,
+                        not_after=not_after,
+                        previous_serial=D.serial,
+                        previous_until=None,
+                    )
+                    .where(
+                        (D.id == device_id) & (D.serial == current_serial) & D.revoked_at.is_null()
+                    )
+                    .execute()
+                )
+                if changed:
+                    self._insert_audit(audit)
+        except peewee.IntegrityError as exc:
+            raise AlreadyExistsError(_KEY_ENROLLED) from exc
+        return bool(changed)
 
     # Admins
 
@@ -483,6 +541,88 @@ class Store:
                 self._insert_audit(audit)
             row = A.get(A.name == admin.name)
         return _admin(row), registered
+
+    @_guarded
+    def certify_admin(
+        self, name: str, serial: str, now: datetime, previous_until: datetime, audit: AuditEvent
+    ) -> Admin:
+        """Record serial, issued at now, as the newest certificate of the active admin name.
+
+        The certificate it replaces stays honoured until previous_until, or until serial
+        is first used (retire_previous_admin_certificate). When the one it replaces has
+        never been used while an earlier one is still honoured, that earlier one stays
+        the previous certificate and the unused one is dropped, as a device's retried
+        renewal drops its unused certificate: the admin keeps the certificate they use
+        (tests/store/test_admins.py::test_certify_admin_keeps_the_certificate_in_use).
+        NotFoundError when no active admin has that name.
+        """
+        A = self._t.admin
+        retired = A.previous_until.is_null()
+        with write_transaction(self.db):
+            changed = (
+                A.update(
+                    serial=serial,
+                    certified_at=now,
+                    previous_serial=peewee.Case(None, ((retired, A.serial),), A.previous_serial),
+                    previous_until=peewee.Case(
+                        None, ((retired, to_micros(previous_until)),), A.previous_until
+                    ),
+                )
+                .where((A.name == name) & A.revoked_at.is_null())
+                .execute()
+            )
+            if not changed:
+                raise NotFoundError(_ADMIN_NOT_FOUND)
+            self._insert_audit(audit)
+            row = A.get(A.name == name)
+        return _admin(row)
+
+    @_guarded
+    def retire_previous_admin_certificate(self, name: str, serial: str) -> bool:
+        """The first use of the admin's newest certificate serial: the one before it is refused
+        from now on. False when nothing changed (retired already, or serial is no longer
+        the newest); one conditional UPDATE, like retire_previous_certificate's.
+        """
+        A = self._t.admin
+        with write_transaction(self.db):
+            changed = (
+                A.update(previous_until=None)
+                .where((A.name == name) & (A.serial == serial) & A.previous_until.is_null(False))
+                .execute()
+            )
+        return bool(changed)
+
+    @_guarded
+    def adopt_admin_certificate(
+        self,
+        name: str,
+        *,
+        current_serial: str,
+        serial: str,
+        certified_at: datetime,
+        audit: AuditEvent,
+    ) -> bool:
+        """Make a certificate the database lost (a restored backup) the admin's newest one.
+
+        One conditional UPDATE, like Store.adopt_certificate's: the admin is active and
+        current_serial, judged by the caller, is still the newest. The one it replaces
+        becomes the previous certificate, retired at once. False when nothing matched.
+        """
+        A = self._t.admin
+        with write_transaction(self.db):
+            changed = (
+                A.update(
+                    serial=serial,
+                    certified_at=certified_at,
+                    previous_serial=A.serial,
+                    previous_until=None,
+                )
+                .where((A.name == name) & (A.serial == current_serial) & A.revoked_at.is_null())
+                .execute()
+            )
+            if changed:
+                self._insert_audit(audit)
+        return bool(changed)
 
     @_guarded
     def admin_first_use_cutoff(self) -> datetime | None:
@@ -835,7 +975,8 @@ _RENEW_DEVICE = (
     "UPDATE device SET"
     " public_key_sha256 = ?, serial = ?, certificate_pem = ?, not_after = ?,"
     " last_seen_at = ?, previous_serial = ?,"
-    " previous_until = CASE WHEN serial = ? THEN ? ELSE previous_until END,"
+    # In SET, not_after is the row's before the swap: the caller's own, when it is current.
+    " previous_until = CASE WHEN serial = ? THEN not_after ELSE previous_until END,"
     " renewal_tat = CASE WHEN renewal_tat IS NULL OR renewal_tat < ? THEN ? ELSE renewal_tat END"
     " + ?"
     " WHERE id = ? AND revoked_at IS NULL AND public_key_sha256 <> ?"
@@ -861,6 +1002,7 @@ class _EnrollmentSql:
     select_device_by_key: str
     select_standing: str
     renew_device: str
+    retire_previous: str
     consume_use: str
     consume_use_template: tuple[object, ...]
     insert_device: str
@@ -892,6 +1034,10 @@ class _EnrollmentSql:
                 f" renewal_tat FROM device WHERE id = {p}"
             ),
             renew_device=_RENEW_DEVICE.replace("?", p),
+            retire_previous=(
+                "UPDATE device SET previous_until = NULL"  # noqa: S608
+                f" WHERE id = {p} AND serial = {p} AND previous_until IS NOT NULL"
+            ),
             consume_use=consume_sql,
             consume_use_template=tuple(template),
             insert_device=f"INSERT INTO device ({device_columns}) VALUES ({device_values})",  # noqa: S608
@@ -1125,6 +1271,10 @@ def _admin_row(admin: Admin) -> dict[str, Any]:
         "created_at": admin.created_at,
         "created_by": admin.created_by,
         "revoked_at": admin.revoked_at,
+        "serial": admin.serial,
+        "previous_serial": admin.previous_serial,
+        "previous_until": admin.previous_until,
+        "certified_at": admin.certified_at,
     }
 
 
@@ -1134,6 +1284,10 @@ def _admin(row: Any) -> Admin:
         created_at=row.created_at,
         created_by=row.created_by,
         revoked_at=row.revoked_at,
+        serial=row.serial,
+        previous_serial=row.previous_serial,
+        previous_until=row.previous_until,
+        certified_at=row.certified_at,
     )
 
 
