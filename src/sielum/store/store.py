@@ -4,20 +4,15 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import dataclasses
-import functools
 import json
-import logging
 import re
-import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta
-from typing import Any, Concatenate, Generic, ParamSpec, TypeVar, cast
+from typing import Any, cast
 
 import peewee
-import psycopg2
-from playhouse.pool import MaxConnectionsExceeded, PooledDatabase
+from playhouse.pool import PooledDatabase
 
 from sielum.errors import (
     AlreadyExistsError,
@@ -26,7 +21,6 @@ from sielum.errors import (
     NotFoundError,
     RenewalRefusedError,
     TokenUnusableError,
-    UnavailableError,
 )
 from sielum.model import (
     ENROLL_ACTION,
@@ -45,98 +39,51 @@ from sielum.model import (
     TokenState,
 )
 from sielum.store import migrations
-from sielum.store.database import (
-    connect,
-    describe_error,
-    execute,
-    is_sqlite,
-    is_unavailable,
-    write_transaction,
+from sielum.store.base import (
+    _MAX_SEQ,
+    ALREADY_REVOKED,
+    DEFAULT_PAGE_SIZE,
+    MAX_PAGE_SIZE,
+    PageBudget,
+    StoreBase,
+    _guarded,
+    _keyset_page,
+    _micros,
+    _page_size,
+    _time,
 )
-from sielum.store.models import Tables, bind_tables, from_micros, to_micros
+from sielum.store.database import connect, execute, is_sqlite, write_transaction
+from sielum.store.models import from_micros, to_micros
+from sielum.store.statements import token_state_condition
 
 _MICROSECOND = timedelta(microseconds=1)
 
-log = logging.getLogger("sielum.store")
-
-DEFAULT_PAGE_SIZE = 100
-MAX_PAGE_SIZE = 1000
-
 _TOKEN_NOT_FOUND = "enrollment token not found"  # noqa: S105 - a message, not a secret
+
 _DEVICE_NOT_FOUND = "device not found"
 _KEY_ENROLLED = "this public key is already enrolled"
+
 _ADMIN_NOT_FOUND = "admin not found"
-# The audit detail of a revoke that found the token, device or admin revoked already.
-ALREADY_REVOKED = "already revoked"
-_MAX_SEQ = 2**63 - 1
+
 _DAY_MICROS = 86_400_000_000
+
 _MIN_MICROS = -(2**63)
-_CURSOR = re.compile(r"^(tokens|devices|admins):([1-9][0-9]{0,18})$")
+
 _AUDIT_CURSOR = re.compile(r"^audit:(-?[0-9]{1,19}):([1-9][0-9]{0,18})$")
+
 # Any constant will do, the same in every Sielum process, other than the migration's:
 # 'sladmin' in ASCII. RevokeAdmin holds it so that two revocations cannot each see
 # the other's admin as the one left active.
 _PG_ADMIN_LOCK = 0x736C61646D696E
 
-P = ParamSpec("P")
-R = TypeVar("R")
 
-# The drivers' errors that mean "connection trouble", when they escape peewee unwrapped.
-_RAW_DRIVER_ERRORS: tuple[type[BaseException], ...] = (
-    sqlite3.OperationalError,
-    psycopg2.OperationalError,
-    psycopg2.InterfaceError,
-)
-
-
-def _guarded(method: Callable[Concatenate[Store, P], R]) -> Callable[Concatenate[Store, P], R]:
-    """Run a Store method on a connection and turn "database unreachable" into UnavailableError.
-
-    Other database errors are bugs and propagate as they are. The cause is
-    logged (the driver's message never holds a password); the client gets only
-    the generic message.
-    """
-
-    def wrapper(store: Store, /, *args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            with store._connection():
-                return method(store, *args, **kwargs)
-        except (peewee.OperationalError, peewee.InterfaceError, MaxConnectionsExceeded) as exc:
-            if not is_unavailable(exc):
-                raise
-            log.warning("database unavailable in %s: %s", method.__name__, describe_error(exc))
-            raise UnavailableError("database unavailable, try again") from exc
-        except _RAW_DRIVER_ERRORS as exc:
-            # peewee wraps the driver's errors only while a statement executes; reading
-            # the rows afterwards raises the driver's own, e.g. psycopg2's "cursor
-            # already closed" when the connection died in between (seen with
-            # PostgreSQL unreachable). Judged as if peewee had wrapped them
-            # (tests/robust/test_crashes.py::test_ok_connection_lost_while_reading_rows).
-            wrapped = peewee.OperationalError(exc)
-            wrapped.__context__ = exc  # where peewee's own wrapping leaves the cause
-            if not is_unavailable(wrapped):
-                raise
-            log.warning("database unavailable in %s: %s", method.__name__, describe_error(wrapped))
-            raise UnavailableError("database unavailable, try again") from exc
-
-    functools.update_wrapper(wrapper, method)
-    return wrapper
-
-
-class Store:
+class Store(StoreBase):
     """All storage of Sielum. Safe to call from many threads at once.
 
     On SQLite each thread keeps its own connection; on PostgreSQL each call
     borrows one from the pool and gives it back. Every write is one
     transaction, so a call either happens entirely or not at all.
     """
-
-    def __init__(self, db: peewee.Database) -> None:
-        self.db = db
-        self._t: Tables = bind_tables(db)
-        self._pooled = isinstance(db, PooledDatabase)
-        self._sql = _EnrollmentSql.build(db, self._t)
-        self._count_sql = _CountSql.build(db, self._t)
 
     @classmethod
     def open(cls, url: str) -> Store:
@@ -148,13 +95,6 @@ class Store:
             store.close()
             raise
         return store
-
-    def _connection(self) -> contextlib.AbstractContextManager[Any]:
-        if self._pooled:
-            return self.db.connection_context()
-        # SQLite: the thread's connection stays open between calls (peewee opens
-        # it on first use); opening a file and setting pragmas per call would cost.
-        return contextlib.nullcontext()
 
     @_guarded
     def migrate(self) -> int:
@@ -351,30 +291,6 @@ class Store:
     def revoke_device(self, device_id: str, now: datetime, audit: AuditEvent) -> Device:
         """Revoke; revoking again keeps the first revoked_at."""
         return _device(self._revoke(self._t.device, device_id, now, audit, _DEVICE_NOT_FOUND))
-
-    def _revoke(
-        self, model: Any, row_id: str, now: datetime, audit: AuditEvent, not_found: str
-    ) -> Any:
-        """Set revoked_at once and audit the call; a repeat changes nothing.
-
-        A repeat keeps the first revoked_at, and its audit event says "already
-        revoked", so the trail shows one revocation and every later attempt apart
-        from it (tests/store/test_store.py::test_revoke_token_is_idempotent_and_keeps_first_time).
-        """
-        with write_transaction(self.db):
-            changed = (
-                model.update(revoked_at=now)
-                .where((model.id == row_id) & model.revoked_at.is_null())
-                .execute()
-            )
-            row = model.get_or_none(model.id == row_id)
-            if row is None:
-                raise NotFoundError(not_found)
-            if not changed:
-                detail = " ".join(filter(None, (ALREADY_REVOKED, audit.detail)))
-                audit = dataclasses.replace(audit, detail=detail)
-            self._insert_audit(audit)
-        return row
 
     @_guarded
     def touch_device(self, device_id: str, now: datetime) -> None:
@@ -613,9 +529,6 @@ class Store:
         page = self.list_audit_events(AuditFilter(resource=resource), page_size=limit)
         return list(page.items)
 
-    def _insert_audit(self, event: AuditEvent) -> None:
-        execute(self.db, self._sql.insert_audit, _audit_values(event))
-
     # Counts
 
     @_guarded
@@ -769,28 +682,6 @@ class Store:
             S.delete().where((S.expires_at <= now) | (S.last_seen_at <= idle_since)).execute()
 
 
-def token_state_condition(T: Any, state: TokenState, now: datetime) -> Any:
-    """SQL that holds exactly when tokens.token_state() gives state at now.
-
-    First match wins, as there: Revoked > Expired > Exhausted > Active, and
-    expires_at == now is expired
-    (tests/store/test_store.py::test_state_filter_agrees_with_token_state).
-    """
-    to_micros(now)  # rejects a naive now here rather than deep inside peewee
-    not_revoked = T.revoked_at.is_null()
-    expired = T.expires_at.is_null(False) & (T.expires_at <= now)
-    not_expired = T.expires_at.is_null() | (T.expires_at > now)
-    exhausted = T.max_uses.is_null(False) & (T.uses >= T.max_uses)
-    uses_left = T.max_uses.is_null() | (T.uses < T.max_uses)
-    if state is TokenState.REVOKED:
-        return T.revoked_at.is_null(False)
-    if state is TokenState.EXPIRED:
-        return not_revoked & expired
-    if state is TokenState.EXHAUSTED:
-        return not_revoked & not_expired & exhausted
-    return not_revoked & not_expired & uses_left
-
-
 def device_state_condition(
     D: Any, state: DeviceState, now: datetime, *, sqlite: bool = False
 ) -> Any:
@@ -816,153 +707,6 @@ def device_state_condition(
     return D.revoked_at.is_null() & (D.not_after > now)
 
 
-_TOKEN_COLUMNS = (
-    "id", "label", "secret_hash", "max_uses", "uses", "expires_at", "created_at", "created_by",
-    "revoked_at", "last_used_at",
-)  # fmt: skip
-_DEVICE_COLUMNS = (
-    "id", "hostname", "token_id", "public_key_sha256", "serial", "certificate_pem", "not_after",
-    "enrolled_at", "last_seen_at", "revoked_at", "peer", "facts",
-)  # fmt: skip
-_AUDIT_COLUMNS = ("at", "actor", "action", "resource", "peer", "detail")
-# Stand-ins compiled into the consume-use UPDATE, replaced by real values per call.
-_TOKEN_ID_SLOT = "\x00token-id"  # noqa: S105 - a placeholder, not a secret
-_NOW_SLOT = datetime(2999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
-
-
-# Store.renew_device's check-and-swap; its parameters are listed there, in this order.
-_RENEW_DEVICE = (
-    "UPDATE device SET"
-    " public_key_sha256 = ?, serial = ?, certificate_pem = ?, not_after = ?,"
-    " last_seen_at = ?, previous_serial = ?,"
-    " previous_until = CASE WHEN serial = ? THEN ? ELSE previous_until END,"
-    " renewal_tat = CASE WHEN renewal_tat IS NULL OR renewal_tat < ? THEN ? ELSE renewal_tat END"
-    " + ?"
-    " WHERE id = ? AND revoked_at IS NULL AND public_key_sha256 <> ?"
-    " AND (serial = ? OR (previous_serial = ? AND previous_until > ?))"
-    " AND (renewal_tat IS NULL OR renewal_tat <= ?)"
-)
-
-
-def _columns(names: Sequence[str]) -> str:
-    return ", ".join(f'"{name}"' for name in names)
-
-
-@dataclasses.dataclass(frozen=True)
-class _EnrollmentSql:
-    """The enrollment path's statements, and the device gate's, made once per Store.
-
-    peewee builds a query's SQL anew on every call, and on the enrollment path that
-    cost more CPU than the database itself (bench/profile_enroll.py, bench/RESULTS.md);
-    these are built once and only their parameters change per call.
-    """
-
-    select_token: str
-    select_device_by_key: str
-    select_standing: str
-    renew_device: str
-    consume_use: str
-    consume_use_template: tuple[object, ...]
-    insert_device: str
-    insert_audit: str
-
-    @classmethod
-    def build(cls, db: peewee.Database, tables: Tables) -> _EnrollmentSql:
-        T, p = tables.token, db.param
-        # The UPDATE comes from token_state_condition itself, so the SQL that
-        # consumes a use and the state every list shows cannot drift apart.
-        usable = token_state_condition(T, TokenState.ACTIVE, _NOW_SLOT)
-        consume_sql, template = (
-            T.update(uses=T.uses + 1, last_used_at=_NOW_SLOT)
-            .where((T.id == _TOKEN_ID_SLOT) & usable)
-            .sql()
-        )
-        # Only constant column names are formatted in; every value is a parameter.
-        token_columns, device_columns = _columns(_TOKEN_COLUMNS), _columns(_DEVICE_COLUMNS)
-        device_values = ", ".join([p] * len(_DEVICE_COLUMNS))
-        audit_values = ", ".join([p] * len(_AUDIT_COLUMNS))
-        return cls(
-            select_token=f"SELECT {token_columns} FROM token WHERE id = {p}",  # noqa: S608
-            select_device_by_key=(
-                f"SELECT {device_columns} FROM device WHERE public_key_sha256 = {p}"  # noqa: S608
-            ),
-            # The device gate's one lookup, on every device call: no PEM, no facts.
-            select_standing=(
-                "SELECT id, serial, previous_serial, previous_until, revoked_at,"  # noqa: S608
-                f" renewal_tat FROM device WHERE id = {p}"
-            ),
-            renew_device=_RENEW_DEVICE.replace("?", p),
-            consume_use=consume_sql,
-            consume_use_template=tuple(template),
-            insert_device=f"INSERT INTO device ({device_columns}) VALUES ({device_values})",  # noqa: S608
-            insert_audit=(
-                f"INSERT INTO audit_event ({_columns(_AUDIT_COLUMNS)}) VALUES ({audit_values})"  # noqa: S608
-            ),
-        )
-
-    def consume_use_params(self, device: Device, now: datetime) -> list[object]:
-        now_micros, slot_micros = to_micros(now), to_micros(_NOW_SLOT)
-        return [
-            device.token_id
-            if value == _TOKEN_ID_SLOT
-            else now_micros
-            if value == slot_micros
-            else value
-            for value in self.consume_use_template
-        ]
-
-
-@dataclasses.dataclass(frozen=True)
-class _CountSql:
-    """state_counts' statements, made once per Store.
-
-    Building them with peewee at each call took a hundred times longer than
-    running them on a small database (6 ms against 0.07 ms).
-    """
-
-    tokens: str
-    tokens_template: tuple[object, ...]
-    devices: str
-
-    @classmethod
-    def build(cls, db: peewee.Database, tables: Tables) -> _CountSql:
-        T = tables.token
-        by_state = [
-            peewee.fn.COALESCE(
-                peewee.fn.SUM(
-                    peewee.Case(None, ((token_state_condition(T, state, _NOW_SLOT), 1),), 0)
-                ),
-                0,
-            )
-            for state in TokenState
-        ]
-        tokens_sql, template = T.select(
-            *by_state, peewee.fn.COALESCE(peewee.fn.SUM(T.uses), 0)
-        ).sql()
-        p = db.param
-        return cls(
-            tokens=tokens_sql,
-            tokens_template=tuple(template),
-            # Each WHERE implies its partial index's own, so the planner counts on it.
-            devices=(
-                "SELECT (SELECT COUNT(*) FROM device WHERE revoked_at IS NOT NULL), (SELECT"  # noqa: S608
-                f" COUNT(*) FROM device WHERE revoked_at IS NULL AND not_after <= {p})"
-            ),
-        )
-
-    def tokens_params(self, now: datetime) -> list[object]:
-        now_micros, slot_micros = to_micros(now), to_micros(_NOW_SLOT)
-        return [now_micros if value == slot_micros else value for value in self.tokens_template]
-
-
-def _micros(value: datetime | None) -> int | None:
-    return None if value is None else to_micros(value)
-
-
-def _time(value: int | None) -> datetime | None:
-    return None if value is None else from_micros(int(value))
-
-
 def _device_values(device: Device, facts_json: str) -> tuple[object, ...]:
     return (
         device.id,
@@ -977,17 +721,6 @@ def _device_values(device: Device, facts_json: str) -> tuple[object, ...]:
         _micros(device.revoked_at),
         device.peer,
         facts_json,
-    )
-
-
-def _audit_values(event: AuditEvent) -> tuple[object, ...]:
-    return (
-        to_micros(event.at),
-        event.actor,
-        event.action,
-        event.resource,
-        event.peer,
-        event.detail,
     )
 
 
@@ -1023,69 +756,6 @@ def _device_from_tuple(row: Sequence[Any]) -> Device:
         peer=row[10],
         facts=_facts(row[11]),
     )
-
-
-def _page_size(requested: int) -> int:
-    if requested <= 0:
-        return DEFAULT_PAGE_SIZE
-    return min(requested, MAX_PAGE_SIZE)
-
-
-def _encode_cursor(kind: str, seq: int) -> str:
-    return base64.urlsafe_b64encode(f"{kind}:{seq}".encode()).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str, kind: str) -> int | None:
-    """The seq a cursor points after, None for the first page; InvalidArgumentError if forged."""
-    if not cursor:
-        return None
-    try:
-        raw = base64.b64decode(cursor + "=" * (-len(cursor) % 4), altchars=b"-_", validate=True)
-        match = _CURSOR.fullmatch(raw.decode("ascii"))
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        match = None
-    # A seq beyond BIGINT cannot come from us; SQLite would fail to bind it (INTERNAL)
-    # (tests/robust/test_hostile_input.py::test_admin_list_calls_with_hostile_paging).
-    if match is None or match.group(1) != kind or int(match.group(2)) > _MAX_SEQ:
-        raise InvalidArgumentError("page_token is invalid")
-    return int(match.group(2))
-
-
-@dataclasses.dataclass(frozen=True)
-class PageBudget(Generic[R]):
-    """At most max_bytes of items in one page, each item counted by size_of."""
-
-    max_bytes: int
-    size_of: Callable[[R], int]
-
-
-def _keyset_page(
-    model: Any,
-    query: Any,
-    kind: str,
-    page_size: int,
-    cursor: str,
-    convert: Callable[[Any], R],
-    budget: PageBudget[R] | None = None,
-) -> Page[R]:
-    """One page of query, newest first, after the cursor's seq; one row more says "more"."""
-    size = _page_size(page_size)
-    after = _decode_cursor(cursor, kind)
-    if after is not None:
-        query = query.where(model.seq < after)
-    rows = list(query.order_by(model.seq.desc()).limit(size + 1))
-    items = [convert(r) for r in rows[:size]]
-    if budget is not None:
-        spent = 0
-        for i, item in enumerate(items):
-            spent += budget.size_of(item)
-            if spent > budget.max_bytes and i > 0:
-                items, rows = items[:i], rows[: i + 1]  # rows[i] now says "more"
-                size = i
-                break
-    more = len(rows) > size
-    next_cursor = _encode_cursor(kind, rows[size - 1].seq) if more else ""
-    return Page(items=tuple(items), next_cursor=next_cursor)
 
 
 def _encode_audit_cursor(at: Any, seq: int) -> str:
@@ -1229,3 +899,14 @@ def _device(row: Any) -> Device:
         last_seen_at=row.last_seen_at,
         revoked_at=row.revoked_at,
     )
+
+
+__all__ = [
+    "ALREADY_REVOKED",
+    "DEFAULT_PAGE_SIZE",
+    "MAX_PAGE_SIZE",
+    "PageBudget",
+    "Store",
+    "device_state_condition",
+    "token_state_condition",
+]
