@@ -4,24 +4,16 @@ from __future__ import annotations
 
 import base64
 import binascii
-import dataclasses
 import re
 from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime, timedelta
-from typing import Any, cast
+from typing import Any
 
-import peewee
 from playhouse.pool import PooledDatabase
 
-from sielum.errors import (
-    AlreadyExistsError,
-    FailedPreconditionError,
-    InvalidArgumentError,
-    NotFoundError,
-)
+from sielum.errors import InvalidArgumentError
 from sielum.model import (
     ENROLL_ACTION,
-    Admin,
     AuditEvent,
     AuditFilter,
     DashboardLogin,
@@ -40,16 +32,14 @@ from sielum.store.base import (
     PageBudget,
     StoreBase,
     _guarded,
-    _keyset_page,
     _page_size,
 )
 from sielum.store.database import connect, execute, is_sqlite, write_transaction
 from sielum.store.devices import DeviceStore, device_state_condition
+from sielum.store.identities import IdentityStore
 from sielum.store.models import from_micros, to_micros
 from sielum.store.statements import token_state_condition
 from sielum.store.tokens import TokenStore
-
-_ADMIN_NOT_FOUND = "admin not found"
 
 _DAY_MICROS = 86_400_000_000
 
@@ -57,13 +47,8 @@ _MIN_MICROS = -(2**63)
 
 _AUDIT_CURSOR = re.compile(r"^audit:(-?[0-9]{1,19}):([1-9][0-9]{0,18})$")
 
-# Any constant will do, the same in every Sielum process, other than the migration's:
-# 'sladmin' in ASCII. RevokeAdmin holds it so that two revocations cannot each see
-# the other's admin as the one left active.
-_PG_ADMIN_LOCK = 0x736C61646D696E
 
-
-class Store(TokenStore, DeviceStore, StoreBase):
+class Store(TokenStore, DeviceStore, IdentityStore, StoreBase):
     """All storage of Sielum. Safe to call from many threads at once.
 
     On SQLite each thread keeps its own connection; on PostgreSQL each call
@@ -134,119 +119,6 @@ class Store(TokenStore, DeviceStore, StoreBase):
         for device_id, token_id in cursor.fetchall():
             problems.append(f"device {device_id}: its token {token_id} does not exist")
         return problems
-
-    # Admins
-
-    @_guarded
-    def find_admin(self, name: str) -> Admin | None:
-        """The admin of that name, None if none was ever registered (one indexed lookup)."""
-        A = self._t.admin
-        row = A.get_or_none(A.name == name)
-        return None if row is None else _admin(row)
-
-    @_guarded
-    def create_admin(self, admin: Admin, audit: AuditEvent) -> Admin:
-        """Register a new admin; a name taken before, even by a revoked admin, is refused."""
-        A = self._t.admin
-        try:
-            with write_transaction(self.db):
-                A.insert(**_admin_row(admin)).execute()
-                self._insert_audit(audit)
-        except peewee.IntegrityError as exc:
-            existing = A.get_or_none(A.name == admin.name)
-            if existing is not None and existing.revoked_at is not None:
-                raise AlreadyExistsError(
-                    f"admin {admin.name} was revoked; a revoked admin's name is never reused"
-                ) from exc
-            raise AlreadyExistsError(f"admin {admin.name} already exists") from exc
-        return admin
-
-    @_guarded
-    def register_admin_if_new(self, admin: Admin, audit: AuditEvent) -> tuple[Admin, bool]:
-        """Register admin unless an admin of its name exists.
-
-        Returns the admin of that name, and whether this call registered it.
-
-        Two first calls at once register it once: the INSERT does nothing when a
-        row of that name exists, and only the call whose INSERT made the row
-        records audit. A row made in between (a revocation of the name) is the
-        one returned.
-        """
-        A = self._t.admin
-        with write_transaction(self.db):
-            # INSERT OR IGNORE on SQLite, ON CONFLICT DO NOTHING on PostgreSQL.
-            cursor = cast(Any, self.db).execute(A.insert(**_admin_row(admin)).on_conflict_ignore())
-            registered = cursor.rowcount == 1
-            if registered:
-                self._insert_audit(audit)
-            row = A.get(A.name == admin.name)
-        return _admin(row), registered
-
-    @_guarded
-    def admin_first_use_cutoff(self) -> datetime | None:
-        """Admin certificates issued up to this time may register on first use."""
-        F = self._t.admin_first_use
-        row = F.get_or_none(F.id == 1)
-        return None if row is None else row.issued_until
-
-    @_guarded
-    def list_admins(self, *, page_size: int = DEFAULT_PAGE_SIZE, cursor: str = "") -> Page[Admin]:
-        """Admins newest first, revoked ones included."""
-        A = self._t.admin
-        return _keyset_page(A, A.select(), "admins", page_size, cursor, _admin)
-
-    @_guarded
-    def revoke_admin(
-        self, name: str, now: datetime, audit: AuditEvent, *, if_unknown: Admin | None = None
-    ) -> Admin:
-        """Revoke the admin; revoking again keeps the first revoked_at ("already revoked").
-
-        Revoking the last active admin is FailedPreconditionError, whatever runs at
-        the same time: on SQLite writers take turns, on PostgreSQL every revocation
-        holds one advisory lock for its transaction, so two admins revoking each
-        other at once cannot both see the other one left
-        (tests/store/test_admins.py::test_admins_revoking_each_other_at_once).
-        A name never registered is NotFoundError, or, given if_unknown (a revoked
-        admin of that name), recorded as that: then a certificate of that name
-        made before admins were registered never registers.
-        """
-        if if_unknown is not None and (if_unknown.name != name or if_unknown.revoked_at is None):
-            raise ValueError("if_unknown must be a revoked admin of that name")
-        A = self._t.admin
-        with write_transaction(self.db):
-            if not is_sqlite(self.db):
-                execute(self.db, "SELECT pg_advisory_xact_lock(%s)", (_PG_ADMIN_LOCK,))
-            row = A.get_or_none(A.name == name)
-            if row is None:
-                if if_unknown is None:
-                    raise NotFoundError(_ADMIN_NOT_FOUND)
-                A.insert(**_admin_row(if_unknown)).execute()
-            elif row.revoked_at is None:
-                other = (
-                    A.select(A.name)
-                    .where(A.revoked_at.is_null() & (A.name != name))
-                    .order_by(A.name)
-                    .limit(1)
-                )
-                if not is_sqlite(self.db):
-                    # The admin left active is locked too: should the database run
-                    # transactions in repeatable read rather than the default read
-                    # committed, a revocation of that admin committed since this
-                    # transaction's snapshot then fails it (UNAVAILABLE, try again)
-                    # instead of going unseen.
-                    other = other.for_update()
-                if not list(other):
-                    raise FailedPreconditionError(
-                        f"admin {name} is the last active admin: create another before revoking it"
-                    )
-                A.update(revoked_at=now).where(A.name == name).execute()
-            else:
-                # A repeat: as for tokens and devices, audited apart from the revocation.
-                detail = " ".join(filter(None, (ALREADY_REVOKED, audit.detail)))
-                audit = dataclasses.replace(audit, detail=detail)
-            self._insert_audit(audit)
-            row = A.get(A.name == name)
-        return _admin(row)
 
     # Audit trail
 
@@ -492,24 +364,6 @@ def _audit_event(row: Sequence[Any]) -> AuditEvent:
     at = row[1] if isinstance(row[1], datetime) else from_micros(int(row[1]))
     return AuditEvent(
         at=at, actor=row[2], action=row[3], resource=row[4], peer=row[5], detail=row[6]
-    )
-
-
-def _admin_row(admin: Admin) -> dict[str, Any]:
-    return {
-        "name": admin.name,
-        "created_at": admin.created_at,
-        "created_by": admin.created_by,
-        "revoked_at": admin.revoked_at,
-    }
-
-
-def _admin(row: Any) -> Admin:
-    return Admin(
-        name=row.name,
-        created_at=row.created_at,
-        created_by=row.created_by,
-        revoked_at=row.revoked_at,
     )
 
 
