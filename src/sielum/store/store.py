@@ -1,12 +1,9 @@
-"""The Store: tokens, devices, admins and the audit trail in SQL, as sielum.model dataclasses."""
+"""The Store: all of Sielum's storage in one class, made of one part per thing it stores."""
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, timedelta
-
 from playhouse.pool import PooledDatabase
 
-from sielum.model import DeviceState, StateCounts, TokenState
 from sielum.store import migrations
 from sielum.store.audit import AuditStore
 from sielum.store.base import (
@@ -14,26 +11,30 @@ from sielum.store.base import (
     DEFAULT_PAGE_SIZE,
     MAX_PAGE_SIZE,
     PageBudget,
-    StoreBase,
     _guarded,
 )
+from sielum.store.counts import CountStore
 from sielum.store.database import connect, execute, is_sqlite
 from sielum.store.devices import DeviceStore, device_state_condition
 from sielum.store.identities import IdentityStore
-from sielum.store.models import to_micros
 from sielum.store.sessions import SessionStore
 from sielum.store.statements import token_state_condition
 from sielum.store.tokens import TokenStore
 
-_DAY_MICROS = 86_400_000_000
 
-
-class Store(TokenStore, DeviceStore, IdentityStore, AuditStore, SessionStore, StoreBase):
+class Store(TokenStore, DeviceStore, IdentityStore, AuditStore, SessionStore, CountStore):
     """All storage of Sielum. Safe to call from many threads at once.
 
     On SQLite each thread keeps its own connection; on PostgreSQL each call
     borrows one from the pool and gives it back. Every write is one
     transaction, so a call either happens entirely or not at all.
+
+    Each part holds the methods of one thing stored (TokenStore in
+    sielum.store.tokens, DeviceStore in .devices, and so on) over StoreBase, which
+    holds the database they share: the services still call one object, and every
+    write appends its audit event in the transaction that makes the change. This
+    class adds what concerns the whole database: opening, migrating, closing and
+    checking it.
     """
 
     @classmethod
@@ -99,48 +100,6 @@ class Store(TokenStore, DeviceStore, IdentityStore, AuditStore, SessionStore, St
         for device_id, token_id in cursor.fetchall():
             problems.append(f"device {device_id}: its token {token_id} does not exist")
         return problems
-
-    # Counts
-
-    @_guarded
-    def state_counts(self, now: datetime) -> StateCounts:
-        """How many tokens and devices are in each state at now; every state is present.
-
-        Built to be asked often (each metrics scrape) of a database with a million
-        devices without reading every device row: tokens are counted with
-        token_state_condition, the SQL of the state filter; all devices are the
-        sum of the tokens' uses (a use is consumed in the transaction that records
-        its device, and check_integrity holds them equal); revoked and expired
-        devices are counted on the partial indexes of migration 2, so their cost
-        grows with those devices alone
-        (tests/store/test_store.py::test_state_counts_agree_with_the_policies,
-        ::test_state_counts_read_indexes_not_the_device_table).
-        """
-        sql = self._count_sql
-        *by_state, devices = execute(self.db, sql.tokens, sql.tokens_params(now)).fetchone()
-        revoked, expired = (
-            int(n) for n in execute(self.db, sql.devices, (to_micros(now),)).fetchone()
-        )
-        return StateCounts(
-            tokens={state: int(n) for state, n in zip(TokenState, by_state, strict=True)},
-            devices={
-                DeviceState.ACTIVE: int(devices) - revoked - expired,
-                DeviceState.EXPIRED: expired,
-                DeviceState.REVOKED: revoked,
-            },
-        )
-
-    @_guarded
-    def enrollments_per_day(self, since: datetime) -> dict[date, int]:
-        """Devices enrolled at or after since, counted per UTC day (days without any absent)."""
-        rows = execute(
-            self.db,
-            f"SELECT enrolled_at / {_DAY_MICROS}, COUNT(*) FROM device"  # noqa: S608 - a constant
-            f" WHERE enrolled_at >= {self.db.param} GROUP BY 1",
-            (to_micros(since),),
-        ).fetchall()
-        epoch = datetime(1970, 1, 1, tzinfo=UTC).date()
-        return {epoch + timedelta(days=int(day)): int(count) for day, count in rows}
 
 
 __all__ = [
