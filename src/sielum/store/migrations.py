@@ -156,7 +156,7 @@ def _v4_admins_and_audit_indexes(d: Dialect) -> Sequence[str]:
         f"INSERT INTO admin_first_use (id, issued_until) VALUES (1, {now})",  # noqa: S608
         # ListAuditEvents lists newest first by (at, seq), with or without one filter
         # of each kind; each index serves its filter and `since` as one range scan
-        # (store.py::Store.list_audit_events). The resource index of step 1 is
+        # (audit.py::AuditStore.list_audit_events). The resource index of step 1 is
         # replaced by its (resource, at, seq) form.
         "DROP INDEX audit_event_resource_seq",
         "CREATE INDEX audit_event_at_seq ON audit_event (at, seq)",

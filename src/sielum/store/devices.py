@@ -1,0 +1,353 @@
+"""Devices in SQL: enrolled with a token's use, read, listed, revoked, touched and renewed."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+import peewee
+
+from sielum.errors import AlreadyExistsError, NotFoundError, RenewalRefusedError, TokenUnusableError
+from sielum.model import AuditEvent, Device, DeviceStanding, DeviceState, Page, RenewalPace
+from sielum.store.base import (
+    DEFAULT_PAGE_SIZE,
+    PageBudget,
+    StoreBase,
+    _guarded,
+    _keyset_page,
+    _micros,
+    _time,
+)
+from sielum.store.database import execute, is_sqlite, write_transaction
+from sielum.store.models import from_micros, to_micros
+
+_MICROSECOND = timedelta(microseconds=1)
+
+_DEVICE_NOT_FOUND = "device not found"
+_KEY_ENROLLED = "this public key is already enrolled"
+
+
+class DeviceStore(StoreBase):
+    """Devices: enrollment with a token's use, the device gate's lookup, renewal."""
+
+    # Enrollment
+
+    @_guarded
+    def find_device_by_key(self, public_key_sha256: str) -> Device | None:
+        row = execute(self.db, self._sql.select_device_by_key, (public_key_sha256,)).fetchone()
+        return None if row is None else _device_from_tuple(row)
+
+    @_guarded
+    def enroll_device(self, device: Device, now: datetime, audit: AuditEvent) -> Device:
+        """Consume one use of device.token_id and record the device, in one transaction.
+
+        The conditional UPDATE is the whole guarantee that a token with max_uses N
+        yields at most N devices: PostgreSQL re-checks its WHERE against the row
+        as the previous writer committed it, SQLite runs writers one at a time
+        (tests/store/test_store.py::test_concurrent_enrollment_respects_max_uses).
+        """
+        sql = self._sql
+        facts = _facts_json(device.facts)
+        try:
+            with write_transaction(self.db):
+                consumed = execute(self.db, sql.consume_use, sql.consume_use_params(device, now))
+                if consumed.rowcount == 0:
+                    raise TokenUnusableError("enrollment token cannot be used")
+                execute(self.db, sql.insert_device, _device_values(device, facts))
+                self._insert_audit(audit)
+        except peewee.IntegrityError as exc:
+            # The transaction rolled back, so the use was not consumed.
+            raise AlreadyExistsError(_KEY_ENROLLED) from exc
+        # Every column was written from device, so reading the row back would
+        # only return it again; facts as the store gives them everywhere else.
+        return dataclasses.replace(device, facts=_facts(facts))
+
+    # Devices
+
+    @_guarded
+    def get_device(self, device_id: str) -> Device:
+        D = self._t.device
+        row = D.get_or_none(D.id == device_id)
+        if row is None:
+            raise NotFoundError(_DEVICE_NOT_FOUND)
+        return _device(row)
+
+    @_guarded
+    def get_device_standing(self, device_id: str) -> DeviceStanding:
+        """What the device gate needs, in one indexed lookup of a few short columns."""
+        row = execute(self.db, self._sql.select_standing, (device_id,)).fetchone()
+        if row is None:
+            raise NotFoundError(_DEVICE_NOT_FOUND)
+        return DeviceStanding(
+            id=row[0],
+            serial=row[1],
+            previous_serial=row[2],
+            previous_until=_time(row[3]),
+            revoked_at=_time(row[4]),
+            renewal_tat=_time(row[5]),
+        )
+
+    @_guarded
+    def list_devices(
+        self,
+        *,
+        token_id: str = "",
+        hostname: str = "",
+        state: DeviceState | None = None,
+        now: datetime | None = None,
+        page_size: int = DEFAULT_PAGE_SIZE,
+        cursor: str = "",
+        budget: PageBudget[Device] | None = None,
+    ) -> Page[Device]:
+        """Devices newest first: all, or those of token_id, with hostname, in state at now.
+
+        Each filter has an index (migrations v1 and v2): token_id and hostname walk
+        theirs newest first; revoked ones are a partial index of their own; expired
+        ones are read from the unrevoked devices' not_after index; active ones are
+        most devices, found by walking the table newest first
+        (tests/store/test_store.py::test_device_filters_use_their_indexes).
+
+        With a budget, the page also ends before the device that would take it over
+        budget.max_bytes (never before the first), and the cursor resumes there.
+        """
+        D = self._t.device
+        query = D.select()
+        if token_id:
+            query = query.where(D.token_id == token_id)
+        if hostname:
+            query = query.where(D.hostname == hostname)
+        if state is not None:
+            if now is None:
+                raise ValueError("a state filter needs now")
+            query = query.where(device_state_condition(D, state, now, sqlite=is_sqlite(self.db)))
+        return _keyset_page(D, query, "devices", page_size, cursor, _device, budget)
+
+    @_guarded
+    def revoke_device(self, device_id: str, now: datetime, audit: AuditEvent) -> Device:
+        """Revoke; revoking again keeps the first revoked_at."""
+        return _device(self._revoke(self._t.device, device_id, now, audit, _DEVICE_NOT_FOUND))
+
+    @_guarded
+    def touch_device(self, device_id: str, now: datetime) -> None:
+        """Record that the device was heard from at now (one UPDATE: heartbeats are frequent)."""
+        D = self._t.device
+        with write_transaction(self.db):
+            if D.update(last_seen_at=now).where(D.id == device_id).execute() == 0:
+                raise NotFoundError(_DEVICE_NOT_FOUND)
+
+    @_guarded
+    def renew_device(
+        self,
+        device_id: str,
+        *,
+        caller_serial: str,
+        public_key_sha256: str,
+        serial: str,
+        certificate_pem: str,
+        not_after: datetime,
+        now: datetime,
+        pace: RenewalPace,
+        audit: AuditEvent,
+    ) -> Device:
+        """Swap in the device's new key and certificate, if caller_serial may still renew.
+
+        One conditional UPDATE checks and swaps, like a token's use: the device is not
+        revoked, caller_serial is its current certificate (or the previous one, while
+        the current one has never been used), the new key is not the current one, and
+        the renewal pace allows one more (renewal_tat, a GCRA). So however renewals
+        from one certificate race, on any number of replicas, one chain survives: the
+        last renewal's certificate and the one it replaced
+        (tests/store/test_store.py::test_renewals_racing_from_one_certificate_leave_one_chain).
+
+        The caller's certificate becomes previous_serial: renewing from the current
+        certificate honours it until its own not_after (the row's not_after before the
+        swap) or until the new one is first used (retire_previous_certificate);
+        renewing from the previous one (a retry after a lost answer) keeps it as it was
+        and drops the unused certificate that retry replaces. RenewalRefusedError when
+        the UPDATE matched nothing; the device service re-reads the device to say why.
+        """
+        now_us, interval_us = to_micros(now), pace.interval // _MICROSECOND
+        limit_us = now_us + interval_us * (pace.burst - 1)
+        params = (
+            public_key_sha256, serial, certificate_pem, to_micros(not_after),
+            now_us, caller_serial,
+            caller_serial,
+            now_us, now_us, interval_us,
+            device_id, public_key_sha256,
+            caller_serial, caller_serial, now_us,
+            limit_us,
+        )  # fmt: skip
+        D = self._t.device
+        try:
+            with write_transaction(self.db):
+                if execute(self.db, self._sql.renew_device, params).rowcount == 0:
+                    raise RenewalRefusedError("device cannot renew now")
+                self._insert_audit(audit)
+                row = D.get(D.id == device_id)
+        except peewee.IntegrityError as exc:
+            raise AlreadyExistsError(_KEY_ENROLLED) from exc
+        return _device(row)
+
+    @_guarded
+    def retire_previous_certificate(self, device_id: str, serial: str) -> bool:
+        """The first use of the device's current certificate serial: the previous one is refused
+        from now on. False when nothing changed (retired already, or serial is no longer
+        current).
+
+        One conditional UPDATE, on the first use only (the device gate asks it when the
+        standing it read still honours a previous certificate). It clears previous_until
+        rather than comparing times, so that a renewal from the previous certificate racing
+        with it on another replica fails its own `previous_until > now`, whatever the
+        clocks say (tests/store/test_store.py::test_first_use_and_a_renewal_from_the_previous_race).
+        """
+        with write_transaction(self.db):
+            cursor = execute(self.db, self._sql.retire_previous, (device_id, serial))
+            return bool(cursor.rowcount)
+
+    @_guarded
+    def adopt_certificate(
+        self,
+        device_id: str,
+        *,
+        current_serial: str,
+        serial: str,
+        public_key_sha256: str,
+        certificate_pem: str,
+        not_after: datetime,
+        audit: AuditEvent,
+    ) -> bool:
+        """Make a certificate the database lost (a restored backup) the device's current one.
+
+        One conditional UPDATE: the device is not revoked and current_serial, judged
+        by the caller, is still current. The certificate it replaces becomes the
+        previous one, retired at once (the adopted one is in use). False when the
+        UPDATE matched nothing; AlreadyExistsError when the key is another device's.
+        """
+        D = self._t.device
+        try:
+            with write_transaction(self.db):
+                changed = (
+                    D.update(
+                        serial=serial,
+                        public_key_sha256=public_key_sha256,
+                        certificate_pem=certificate_pem,
+                        not_after=not_after,
+                        previous_serial=D.serial,
+                        previous_until=None,
+                    )
+                    .where(
+                        (D.id == device_id) & (D.serial == current_serial) & D.revoked_at.is_null()
+                    )
+                    .execute()
+                )
+                if changed:
+                    self._insert_audit(audit)
+        except peewee.IntegrityError as exc:
+            raise AlreadyExistsError(_KEY_ENROLLED) from exc
+        return bool(changed)
+
+
+def device_state_condition(
+    D: Any, state: DeviceState, now: datetime, *, sqlite: bool = False
+) -> Any:
+    """SQL that holds exactly when devices.policy.device_state() gives state at now.
+
+    Revoked > Expired (not_after <= now) > Active
+    (tests/store/test_store.py::test_device_state_filter_agrees_with_device_state).
+    """
+    to_micros(now)  # rejects a naive now here rather than deep inside peewee
+    if state is DeviceState.REVOKED:
+        return D.revoked_at.is_null(False)
+    expired = D.revoked_at.is_null() & (D.not_after <= now)
+    if state is DeviceState.EXPIRED and sqlite:
+        # SQLite, asked for the newest first, would rather walk the whole table in seq
+        # order than read the few expired rows from their index and sort them; for a
+        # subquery it reads the index. PostgreSQL reads the index for the plain
+        # condition, but walks the table to merge-join the subquery
+        # (bench/device_filters.py).
+        E = D.alias()
+        return D.seq.in_(E.select(E.seq).where(E.revoked_at.is_null() & (E.not_after <= now)))
+    if state is DeviceState.EXPIRED:
+        return expired
+    return D.revoked_at.is_null() & (D.not_after > now)
+
+
+def _device_values(device: Device, facts_json: str) -> tuple[object, ...]:
+    return (
+        device.id,
+        device.hostname,
+        device.token_id,
+        device.public_key_sha256,
+        device.serial,
+        device.certificate_pem,
+        to_micros(device.not_after),
+        to_micros(device.enrolled_at),
+        _micros(device.last_seen_at),
+        _micros(device.revoked_at),
+        device.peer,
+        facts_json,
+    )
+
+
+def _device_from_tuple(row: Sequence[Any]) -> Device:
+    """A Device from a row of _DEVICE_COLUMNS."""
+    return Device(
+        id=row[0],
+        hostname=row[1],
+        token_id=row[2],
+        public_key_sha256=row[3],
+        serial=row[4],
+        certificate_pem=row[5],
+        not_after=from_micros(int(row[6])),
+        enrolled_at=from_micros(int(row[7])),
+        last_seen_at=_time(row[8]),
+        revoked_at=_time(row[9]),
+        peer=row[10],
+        facts=_facts(row[11]),
+    )
+
+
+def _device_row(device: Device) -> dict[str, Any]:
+    return {
+        "id": device.id,
+        "hostname": device.hostname,
+        "token_id": device.token_id,
+        "public_key_sha256": device.public_key_sha256,
+        "serial": device.serial,
+        "certificate_pem": device.certificate_pem,
+        "not_after": device.not_after,
+        "enrolled_at": device.enrolled_at,
+        "last_seen_at": device.last_seen_at,
+        "revoked_at": device.revoked_at,
+        "peer": device.peer,
+        "facts": _facts_json(device.facts),
+    }
+
+
+def _facts_json(facts: Mapping[str, str]) -> str:
+    return json.dumps(dict(facts), sort_keys=True, separators=(",", ":"))
+
+
+def _facts(text: str) -> dict[str, str]:
+    value = json.loads(text or "{}")
+    return {str(k): str(v) for k, v in value.items()}
+
+
+def _device(row: Any) -> Device:
+    return Device(
+        id=row.id,
+        hostname=row.hostname,
+        token_id=row.token_id,
+        public_key_sha256=row.public_key_sha256,
+        serial=row.serial,
+        certificate_pem=row.certificate_pem,
+        not_after=row.not_after,
+        enrolled_at=row.enrolled_at,
+        peer=row.peer,
+        facts=_facts(row.facts),
+        last_seen_at=row.last_seen_at,
+        revoked_at=row.revoked_at,
+    )
