@@ -1071,7 +1071,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     return conventions.run_main(
         PROG, sys.argv[1:] if argv is None else argv, _command, lambda error: None
     )
-
-
-if __name__ == "__main__":
-    sys.exit(main())
