@@ -7,7 +7,7 @@ import os
 import re
 import shlex
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -23,6 +23,13 @@ from sielum.agent.errors import UsageError
 from sielum.ca.datadir import PRIVATE_MODE, PUBLIC_MODE, write_private_file
 from sielum.ca.profile import role_of
 from sielum.cli import conventions
+from sielum.cli.admin.arguments import (
+    _global_options,
+    _page_size_option,
+    _positive_int,
+    leaf,
+    parse_rfc3339,
+)
 from sielum.cli.admin.client import (
     _EPILOG,
     CERT_DIR_ENV,
@@ -44,10 +51,7 @@ from sielum.errors import InvalidArgumentError
 from sielum.tokens import PREFIX as SECRET_PREFIX
 from sielum.tokens import parse_secret
 
-DEFAULT_SERVER = "127.0.0.1:8444"
-DEFAULT_API_PORT = 8444
 DEFAULT_ENROLL_PORT = 8443
-DEFAULT_TIMEOUT = 30.0
 AGENT_CERT_DIR = "/etc/sielum"
 AUDIT_LIMIT = 100
 BUNDLE_FILES = ("admin.pem", "admin.key", "ca.pem")
@@ -88,32 +92,6 @@ admin; `admins revoke NAME` refuses it from the admin's next call.
 # --- arguments ------------------------------------------------------------------
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
-
-
-def parse_rfc3339(text: str) -> datetime:
-    """'2026-12-31T23:59:59Z' or with an offset; a time without a zone is refused."""
-    value = text.strip()
-    if not re.fullmatch(
-        r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?([Zz]|[+-]\d{2}:\d{2})", value
-    ):
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not an RFC 3339 time with a zone, like 2026-12-31T23:59:59Z"
-        )
-    try:
-        moment = datetime.fromisoformat(value.replace("z", "Z").replace("Z", "+00:00"))
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(f"{text!r}: {error}") from None
-    return moment.astimezone(UTC)
-
-
 def parse_since(text: str) -> datetime:
     """--since: a duration back from now (1h, 7d) or an RFC 3339 time."""
     if re.fullmatch(r"\s*\d+\s*[smhdw]\s*", text):
@@ -126,13 +104,6 @@ def parse_since(text: str) -> datetime:
             f"{text!r} is neither a duration (like 1h or 7d) nor an RFC 3339 time "
             "(like 2026-12-31T23:59:59Z)"
         ) from None
-
-
-def _server(text: str) -> ServerAddress:
-    try:
-        return parse_server(text, default_port=DEFAULT_API_PORT)
-    except UsageError as error:
-        raise argparse.ArgumentTypeError(error.message.replace("--server ", "")) from None
 
 
 # --- output ---------------------------------------------------------------------
@@ -627,46 +598,6 @@ def _cmd_dashboard_login(args: argparse.Namespace, api: Api, bundle: AdminBundle
 # --- parser ---------------------------------------------------------------------
 
 
-def _global_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
-    # The same options are accepted before and after the command. Below the top
-    # level their default is SUPPRESS, so a subcommand never overwrites a value
-    # given before it with its own default.
-    def default(value: object) -> object:
-        return value if top else argparse.SUPPRESS
-
-    parser.add_argument(
-        "--server",
-        type=_server,
-        default=default(_server(DEFAULT_SERVER)),
-        metavar="HOST:PORT",
-        help=f"the API port (mTLS), default {DEFAULT_SERVER}",
-    )
-    parser.add_argument(
-        "--cert-dir",
-        default=default(None),
-        metavar="DIR",
-        help=f"admin.pem, admin.key, ca.pem (default ${CERT_DIR_ENV}, else ./{DEFAULT_CERT_DIR})",
-    )
-    conventions.add_json_option(parser, top=top, help=conventions.JSON_HELP)
-    parser.add_argument(
-        "--timeout",
-        type=float,
-        default=default(DEFAULT_TIMEOUT),
-        metavar="SECONDS",
-        help=f"per call (default {DEFAULT_TIMEOUT:g})",
-    )
-
-
-def _page_size_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--page-size",
-        type=_positive_int,
-        default=PAGE_SIZE,
-        metavar="N",
-        help="items asked for per call; every page is fetched (default %(default)s)",
-    )
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = conventions.Parser(
         prog=PROG,
@@ -679,22 +610,6 @@ def build_parser() -> argparse.ArgumentParser:
     groups = parser.add_subparsers(
         dest="group", required=True, metavar="{tokens,devices,admins,audit,dashboard}"
     )
-
-    def leaf(
-        sub: argparse._SubParsersAction[conventions.Parser],
-        name: str,
-        help_text: str,
-        run: Callable[[argparse.Namespace, Api, AdminBundle], int],
-    ) -> argparse.ArgumentParser:
-        command = sub.add_parser(
-            name,
-            help=help_text,
-            epilog=_EPILOG,
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-        )
-        _global_options(command, top=False)
-        command.set_defaults(run=run)
-        return command
 
     tokens = groups.add_parser("tokens", help="enrollment tokens")
     token_commands = tokens.add_subparsers(dest="command", required=True, metavar="COMMAND")
