@@ -1,4 +1,8 @@
-"""sielum-admin: tokens, devices, admins, the audit trail and dashboard links, over mTLS."""
+"""sielum-admin: tokens, devices, admins, the audit trail and dashboard links, over mTLS.
+
+One module per command group registers its commands (`register`); they share
+client.py (the bundle, the calls, output and exit codes) and arguments.py.
+"""
 
 from __future__ import annotations
 
@@ -8,21 +12,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from sielum.admin.v1 import admin_pb2
 from sielum.cli import conventions
-from sielum.cli.admin import admins, audit, devices, tokens
-from sielum.cli.admin.arguments import _global_options, leaf
-from sielum.cli.admin.client import (
-    _EPILOG,
-    CERT_DIR_ENV,
-    DEFAULT_CERT_DIR,
-    EXIT_OK,
-    PROG,
-    AdminBundle,
-    Api,
-    _to_dict,
-    _when,
-)
+from sielum.cli.admin import admins, audit, dashboard, devices, tokens
+from sielum.cli.admin.arguments import _global_options
+from sielum.cli.admin.client import _EPILOG, CERT_DIR_ENV, DEFAULT_CERT_DIR, PROG, AdminBundle, Api
 
 _DESCRIPTION = """\
 Sielum administration over mutual TLS with an admin certificate.
@@ -41,26 +34,6 @@ The admin certificate bundle (admin.pem, admin.key, ca.pem) is read from
 scripts/serve-dev.sh makes). `admins create NAME --out DIR` makes one for a new
 admin; `admins revoke NAME` refuses it from the admin's next call.
 """
-
-
-# --- commands -------------------------------------------------------------------
-
-
-def _cmd_dashboard_login(args: argparse.Namespace, api: Api, bundle: AdminBundle) -> int:
-    reply: admin_pb2.CreateDashboardLoginResponse = api.call(
-        api.stub.CreateDashboardLogin, admin_pb2.CreateDashboardLoginRequest()
-    )
-    if args.json:
-        conventions.print_json(_to_dict(reply))
-        return EXIT_OK
-    # The link alone on stdout, so that `xdg-open "$(sielum-admin dashboard login)"` works.
-    print(reply.url)
-    print(
-        f"one-time link, valid until {_when(reply.expires_at, 'unknown')}: open it in your "
-        "browser; anyone who has it can sign in as you until then",
-        file=sys.stderr,
-    )
-    return EXIT_OK
 
 
 # --- parser ---------------------------------------------------------------------
@@ -83,15 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     devices.register(groups)
     admins.register(groups)
     audit.register(groups)
-
-    dashboard = groups.add_parser("dashboard", help="the web dashboard")
-    dashboard_commands = dashboard.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    leaf(
-        dashboard_commands,
-        "login",
-        "print a one-time link that signs you in to the dashboard (valid 5 minutes)",
-        _cmd_dashboard_login,
-    )
+    dashboard.register(groups)
     return parser
 
 
