@@ -37,15 +37,16 @@ from grpc_health.v1 import health, health_pb2_grpc
 from loadgen import LoadSpec, RunFigures, run_load, split
 from sielum_proc import free_port
 
-from sielum.admin.service import Administration, Caller
+from sielum.admin.service import Administration
 from sielum.ca.authority import CertificateAuthority
 from sielum.ca.datadir import init_data_dir, load_server_credentials
 from sielum.clock import SystemClock
+from sielum.core.runner import InlineRunner
 from sielum.enroll.ratelimit import FailureLimit, FailureLimiter
 from sielum.enroll.service import Enroller
 from sielum.enroll.servicer import EnrollServicer
 from sielum.enroll.v1 import enroll_pb2_grpc
-from sielum.server.runner import InlineRunner
+from sielum.identity import Caller
 from sielum.store.store import Store
 
 KINDS = ("sync", "aio-inline", "aio-threads", "aio-inline-take-in")

@@ -81,7 +81,8 @@ import grpc
 from pathlib import Path
 sys.path.insert(0, sys.argv[3])
 from csrpool import csr_pool
-from sielum.admin.service import Administration, Caller
+from sielum.admin.service import Administration
+from sielum.identity import Caller
 from sielum.ca.authority import CertificateAuthority
 from sielum.clock import SystemClock
 from sielum.enroll.ratelimit import FailureLimit, FailureLimiter

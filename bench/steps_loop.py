@@ -68,14 +68,14 @@ def main() -> int:
     args = parser.parse_args()
 
     import sielum
-    from sielum.admin.service import Administration, Caller
+    from sielum.admin.service import Administration
     from sielum.ca.authority import CertificateAuthority
     from sielum.clock import SystemClock
     from sielum.enroll.ratelimit import FailureLimit, FailureLimiter
     from sielum.enroll.service import Enroller
     from sielum.enroll.servicer import EnrollServicer
     from sielum.enroll.v1 import enroll_pb2
-    from sielum.identity import Call
+    from sielum.identity import Call, Caller
     from sielum.logs import configure_logging
     from sielum.store.store import Store
 

@@ -6,6 +6,8 @@ import enum
 from dataclasses import dataclass
 from datetime import datetime
 
+from sielum.model import AuditEvent
+
 
 class Role(enum.Enum):
     PUBLIC = "public"
@@ -44,7 +46,7 @@ class Call:
     """What a handler knows of the call it answers, after authorization.
 
     Every transport (gRPC, the dashboard's Connect protocol) builds one through
-    the same Authorizer (server/auth.py), so a handler never sees an unchecked caller.
+    the same Authorizer (core/authorization.py), so a handler never sees an unchecked caller.
     """
 
     method: str  # the full method name, "/sielum.admin.v1.AdminService/ListDevices"
@@ -56,3 +58,22 @@ class Call:
         if self.caller is None:
             raise RuntimeError(f"{self.method} was called without an identity")
         return self.caller
+
+
+@dataclass(frozen=True)
+class Caller:
+    """The admin making the call, and from where."""
+
+    name: str
+    peer: str
+
+    def audit(self, action: str, resource: str, at: datetime, detail: str = "") -> AuditEvent:
+        """The audit event for this admin's action on resource."""
+        return AuditEvent(
+            at=at,
+            actor=f"admin/{self.name}",
+            action=action,
+            resource=resource,
+            peer=self.peer,
+            detail=detail,
+        )

@@ -26,11 +26,11 @@ from sielum.agent.v1 import agent_pb2
 from sielum.ca.authority import CertificateAuthority
 from sielum.ca.datadir import init_data_dir
 from sielum.ca.profile import admin_certificate, random_serial
+from sielum.core.authorization import METHOD_ROLES, Role
 from sielum.enroll.ratelimit import FailureLimit
 from sielum.enroll.v1 import enroll_pb2
 from sielum.identity import CredentialKind
 from sielum.server.app import ADMIN_SERVICE, iter_services
-from sielum.server.auth import METHOD_ROLES, Role
 from tests.connect_client import DashboardClient
 from tests.rpc.conftest import Harness, key_pem, make_csr, make_key, start_harness
 

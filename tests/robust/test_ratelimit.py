@@ -13,7 +13,8 @@ import grpc
 import pytest
 
 from sielum.admin.v1 import admin_pb2
-from sielum.enroll.ratelimit import LIMITED, FailureLimit, FailureLimiter, peer_group
+from sielum.core.addresses import peer_group
+from sielum.enroll.ratelimit import LIMITED, FailureLimit, FailureLimiter
 from sielum.enroll.v1 import enroll_pb2, enroll_pb2_grpc
 from sielum.errors import ResourceExhaustedError
 from sielum.pb import to_timestamp

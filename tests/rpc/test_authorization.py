@@ -7,8 +7,8 @@ import pytest
 
 from sielum.admin.v1 import admin_pb2, admin_pb2_grpc
 from sielum.agent.v1 import agent_pb2, agent_pb2_grpc
+from sielum.core.authorization import METHOD_ROLES
 from sielum.server.app import iter_services
-from sielum.server.auth import METHOD_ROLES
 
 from .conftest import Harness, status_of
 

@@ -13,14 +13,14 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from sielum.clock import FixedClock
-from sielum.dashboard.sessions import (
+from sielum.errors import UnauthenticatedError
+from sielum.model import AuditEvent, Device, Token
+from sielum.sessions import (
     IDLE_LIMIT,
     DashboardSessions,
     NewSession,
     new_credential,
 )
-from sielum.errors import UnauthenticatedError
-from sielum.model import AuditEvent, Device, Token
 from sielum.store import Store
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)

@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from sielum.admins import policy
 from sielum.errors import PermissionDeniedError
+from sielum.identities import policy
 from sielum.model import Admin
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)

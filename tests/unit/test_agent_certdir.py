@@ -13,15 +13,15 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from sielum.agent.certdir import (
+from sielum.ca import profile
+from sielum.endpoint.certdir import (
     AgentState,
     CertDir,
     private_pem,
 )
-from sielum.agent.enrollment import check_issued
-from sielum.agent.errors import CertDirError, NotEnrolledError, ServerAnswerError
-from sielum.agent.pinning import sha256_der
-from sielum.ca import profile
+from sielum.endpoint.enrollment import check_issued
+from sielum.endpoint.errors import CertDirError, NotEnrolledError, ServerAnswerError
+from sielum.endpoint.pinning import sha256_der
 
 NOW = datetime.now(UTC)
 

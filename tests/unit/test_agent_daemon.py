@@ -19,10 +19,12 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from sielum.agent.certdir import AgentState, CertDir, StoredEnrollment, private_pem
-from sielum.agent.daemon import Daemon, DaemonOptions, State, StopSignals
-from sielum.agent.enrollment import RenewResult, Status
-from sielum.agent.errors import (
+from sielum.ca import profile
+from sielum.devices.policy import renew_after
+from sielum.endpoint.certdir import AgentState, CertDir, StoredEnrollment, private_pem
+from sielum.endpoint.daemon import Daemon, DaemonOptions, State, StopSignals
+from sielum.endpoint.enrollment import RenewResult, Status
+from sielum.endpoint.errors import (
     EXIT_CERT_DIR,
     EXIT_DEVICE_REFUSED,
     EXIT_OK,
@@ -34,8 +36,6 @@ from sielum.agent.errors import (
     ServerBusyError,
     ServerUnreachableError,
 )
-from sielum.ca import profile
-from sielum.devices.policy import renew_after
 
 START = datetime(2026, 6, 1, 9, 0, tzinfo=UTC)
 DEVICE = "dev-1"

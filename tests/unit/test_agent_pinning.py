@@ -16,10 +16,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from sielum.agent.address import ServerAddress, parse_server, resolve_api_endpoint
-from sielum.agent.errors import PinMismatchError, ServerUnreachableError, UsageError
-from sielum.agent.pinning import check_chain, fetch_chain, find_pinned, names_host, probe
 from sielum.ca import profile
+from sielum.endpoint.address import ServerAddress, parse_server, resolve_api_endpoint
+from sielum.endpoint.errors import PinMismatchError, ServerUnreachableError, UsageError
+from sielum.endpoint.pinning import check_chain, fetch_chain, find_pinned, names_host, probe
 
 NOW = datetime.now(UTC)
 

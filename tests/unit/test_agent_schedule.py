@@ -8,15 +8,15 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from sielum.agent.schedule import (
+from sielum.ca.profile import BACKDATE, DEFAULT_DEVICE_TTL
+from sielum.devices.policy import renew_after
+from sielum.endpoint.schedule import (
     BACKOFF_BASE,
     RENEWAL_SPREAD,
     backoff_delay,
     heartbeat_delay,
     renewal_time,
 )
-from sielum.ca.profile import BACKDATE, DEFAULT_DEVICE_TTL
-from sielum.devices.policy import renew_after
 
 FLEET = 100_000
 START = datetime(2026, 6, 1, 9, 0, tzinfo=UTC)

@@ -8,8 +8,8 @@ from datetime import UTC, datetime, timedelta
 import grpc
 import pytest
 
+from sielum import sessions
 from sielum.admin.v1 import admin_pb2
-from sielum.dashboard import sessions
 from sielum.dashboard.connect import (
     CONNECT_CODES,
     ConnectError,

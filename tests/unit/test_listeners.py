@@ -8,7 +8,7 @@ from datetime import timedelta
 import pytest
 
 from sielum.cli.server import _server_config, build_parser
-from sielum.server.listeners import connection_cap
+from sielum.core.listeners import connection_cap
 
 
 @pytest.mark.parametrize(

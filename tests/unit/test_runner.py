@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from sielum.server.runner import QUIET, InlineRunner, ThreadRunner
+from sielum.core.runner import QUIET, InlineRunner, ThreadRunner
 
 
 def test_inline_runs_on_the_loop_thread_and_threads_elsewhere() -> None:

@@ -14,6 +14,7 @@ from sielum.clock import Clock
 from sielum.devices import policy as devices
 from sielum.devices.policy import check_hostname
 from sielum.errors import InvalidArgumentError, NotFoundError
+from sielum.identity import Caller
 from sielum.logs import log_event
 from sielum.model import (
     AuditEvent,
@@ -25,6 +26,7 @@ from sielum.model import (
     Token,
     TokenState,
 )
+from sielum.paging import check_page_size
 from sielum.recorder import NoRecorder, Recorder
 from sielum.store.store import ALREADY_REVOKED, PageBudget, Store
 
@@ -32,7 +34,6 @@ log = logging.getLogger("sielum.admin")
 
 MAX_LABEL = 200
 MAX_USES_LIMIT = 1_000_000_000
-MAX_PAGE_SIZE = 1000
 DEFAULT_OVERVIEW_DAYS = 30
 MAX_OVERVIEW_DAYS = 366
 # The largest reply the server sends (server/app.py gives grpc this send limit), and
@@ -48,25 +49,6 @@ _DEVICE_PAGE_BUDGET: PageBudget[Device] = PageBudget(DEVICE_PAGE_BYTES, devices.
 # reaches the database.
 _AUDIT_SUBJECT = re.compile(r"[a-z][a-z0-9-]{0,31}/[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _AUDIT_ACTION = re.compile(r"[a-z][a-z0-9_-]{0,31}(\.[a-z][a-z0-9_-]{0,31}){1,3}")
-
-
-@dataclass(frozen=True)
-class Caller:
-    """The admin making the call, and from where."""
-
-    name: str
-    peer: str
-
-    def audit(self, action: str, resource: str, at: datetime, detail: str = "") -> AuditEvent:
-        """The audit event for this admin's action on resource."""
-        return AuditEvent(
-            at=at,
-            actor=f"admin/{self.name}",
-            action=action,
-            resource=resource,
-            peer=self.peer,
-            detail=detail,
-        )
 
 
 @dataclass(frozen=True)
@@ -142,13 +124,6 @@ def check_audit_filter(
     if action and not _AUDIT_ACTION.fullmatch(action):
         raise InvalidArgumentError("action must be like token.create or admin.revoke")
     return AuditFilter(actor=actor, resource=resource, action=action, since=since)
-
-
-def check_page_size(page_size: int) -> int:
-    """The page size to ask the store for: 0 is the default, above the cap is the cap."""
-    if page_size < 0:
-        raise InvalidArgumentError("page_size must not be negative")
-    return min(page_size or 100, MAX_PAGE_SIZE)
 
 
 def _token_terms(max_uses: int | None, expires_at: datetime | None) -> str:

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 from sielum import tokens
-from sielum.admin.service import Administration, Caller, check_audit_filter
+from sielum.admin.service import Administration, check_audit_filter
 from sielum.admin.v1 import admin_pb2
-from sielum.admins.service import AdminRegistry
-from sielum.dashboard.sessions import LoginLinks
 from sielum.devices import policy as devices
 from sielum.errors import FailedPreconditionError, InvalidArgumentError
-from sielum.identity import Call
+from sielum.identities.service import AdminRegistry
+from sielum.identity import Call, Caller
 from sielum.model import Admin, AdminState, AuditEvent, Device, DeviceState, Token, TokenState
 from sielum.pb import from_timestamp, to_timestamp
+from sielum.sessions import LoginLinks
 
 _TOKEN_STATES = {
     TokenState.ACTIVE: admin_pb2.TOKEN_STATE_ACTIVE,

@@ -9,16 +9,16 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from sielum.agent import errors
-from sielum.agent.address import parse_server
-from sielum.agent.certdir import CertDir
-from sielum.agent.daemon import DEFAULT_INTERVAL, DaemonOptions, serve
-from sielum.agent.enrollment import DEFAULT_TIMEOUT, EnrollOptions, enroll, renew, status
-from sielum.agent.errors import AgentError, UsageError
 from sielum.ca.profile import parse_fingerprint
 from sielum.cli import conventions
 from sielum.cli.conventions import CommandError, print_json
 from sielum.cli.durations import parse_duration
+from sielum.endpoint import errors
+from sielum.endpoint.address import parse_server
+from sielum.endpoint.certdir import CertDir
+from sielum.endpoint.daemon import DEFAULT_INTERVAL, DaemonOptions, serve
+from sielum.endpoint.enrollment import DEFAULT_TIMEOUT, EnrollOptions, enroll, renew, status
+from sielum.endpoint.errors import AgentError, UsageError
 from sielum.errors import InvalidArgumentError
 from sielum.logs import configure_logging
 from sielum.tokens import Secret, parse_secret

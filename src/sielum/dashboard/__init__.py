@@ -1,1 +1,1 @@
-"""The web dashboard: sessions, the Connect transport for AdminService, and the pages."""
+"""The dashboard transport: AdminService over the Connect protocol, and the pages."""

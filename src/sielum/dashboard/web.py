@@ -31,6 +31,12 @@ from aiohttp import web
 from cryptography import x509
 from google.protobuf.message import Message
 
+from sielum.core.addresses import split_address
+from sielum.core.authorization import Authorizer
+from sielum.core.listeners import BoundedSite, HttpLimits
+from sielum.core.methods import UnaryMethod
+from sielum.core.observer import CallObserver
+from sielum.core.runner import Runner
 from sielum.dashboard.connect import (
     ConnectError,
     check_browser_request,
@@ -38,7 +44,6 @@ from sielum.dashboard.connect import (
     parse_request,
     to_json,
 )
-from sielum.dashboard.sessions import SIGNED_OUT, DashboardSessions
 from sielum.errors import (
     InternalError,
     InvalidArgumentError,
@@ -47,12 +52,7 @@ from sielum.errors import (
 )
 from sielum.identity import CredentialKind, Identity, Role
 from sielum.logs import log_event
-from sielum.server.auth import Authorizer
-from sielum.server.interceptor import CallObserver
-from sielum.server.listeners import BoundedSite, HttpLimits
-from sielum.server.runner import Runner
-from sielum.server.services import UnaryMethod
-from sielum.server.workers import split_address
+from sielum.sessions import SIGNED_OUT, DashboardSessions
 
 log = logging.getLogger("sielum.dashboard")
 T = TypeVar("T")
@@ -570,7 +570,7 @@ def _identity(admin: str, session_expires_at: Any) -> Identity:
     """The caller a session stands for. Its expiry caps any login link it asks for.
 
     It says it is a session, not a certificate, so that the method table can keep
-    the methods that manage identities to certificates (server/auth.py).
+    the methods that manage identities to certificates (core/authorization.py).
     """
     return Identity(
         role=Role.ADMIN,

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import ipaddress
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from sielum.core.addresses import peer_group
 from sielum.errors import ResourceExhaustedError
 
 LIMITED = "too many failed enrollments from this address; wait and retry"
-IPV6_GROUP_PREFIX = 64
 
 
 @dataclass(frozen=True)
@@ -22,26 +21,6 @@ class FailureLimit:
     burst: int = 20
     rate_per_second: float = 0.2
     max_peers: int = 100_000
-
-
-def peer_group(peer: str) -> str:
-    """The address a limit counts against: IPv4 as is, IPv6 by its /64.
-
-    One host is usually given a whole /64, so counting IPv6 addresses one by one
-    would give it millions of buckets. An IPv4-mapped IPv6 address (a dual-stack
-    socket) counts as the IPv4 address it carries; anything else (a Unix socket)
-    counts whole.
-    """
-    try:
-        address = ipaddress.ip_address(peer)
-    except ValueError:
-        return peer
-    if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped is not None:
-            return str(address.ipv4_mapped)
-        network = ipaddress.IPv6Network((address, IPV6_GROUP_PREFIX), strict=False)
-        return str(network)
-    return str(address)
 
 
 class FailureLimiter:

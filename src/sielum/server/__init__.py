@@ -1,1 +1,1 @@
-"""Server wiring: one grpc.server on two ports, the interceptor, logging and start-up."""
+"""The server process: wiring, worker supervisor, signals, metrics, the server certificate."""

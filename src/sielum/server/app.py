@@ -20,13 +20,16 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_g
 from sielum.admin.service import MAX_REPLY_BYTES, Administration
 from sielum.admin.servicer import AdminServicer
 from sielum.admin.v1 import admin_pb2
-from sielum.admins.service import AdminRegistry
 from sielum.agent.v1 import agent_pb2
 from sielum.ca.authority import CertificateAuthority
 from sielum.ca.profile import DEFAULT_DEVICE_TTL
 from sielum.ca.servercert import ServerCertificate
 from sielum.clock import Clock, SystemClock
-from sielum.dashboard.sessions import DashboardSessions, LoginLinks
+from sielum.core.authorization import METHOD_ROLES, Authorizer
+from sielum.core.listeners import IDLE_TIMEOUT, HttpLimits, connection_cap
+from sielum.core.methods import UnaryMethod, unary_methods
+from sielum.core.observer import CallObserver
+from sielum.core.runner import InlineRunner, Runner, ThreadRunner
 from sielum.dashboard.web import Dashboard, Listener, PageConfig, own_certificate
 from sielum.devices.service import DeviceService
 from sielum.devices.servicer import AgentServicer
@@ -34,17 +37,16 @@ from sielum.enroll.ratelimit import FailureLimit, FailureLimiter
 from sielum.enroll.service import Enroller
 from sielum.enroll.servicer import EnrollServicer
 from sielum.enroll.v1 import enroll_pb2
+from sielum.identities.service import AdminRegistry
 from sielum.identity import Role
 from sielum.logs import log_event
 from sielum.recorder import NoRecorder, Recorder
-from sielum.server.auth import METHOD_ROLES, Authorizer
+from sielum.rpc.handlers import grpc_handler
+from sielum.rpc.interceptor import ServerInterceptor, StreamLimit
 from sielum.server.certificates import CertificateWatch, grpc_credentials
-from sielum.server.interceptor import CallObserver, ServerInterceptor, StreamLimit
-from sielum.server.listeners import IDLE_TIMEOUT, HttpLimits, connection_cap
 from sielum.server.metrics import Metrics, MetricsEndpoint, StateCollector
-from sielum.server.runner import InlineRunner, Runner, ThreadRunner
-from sielum.server.services import UnaryMethod, grpc_handler, unary_methods
 from sielum.server.workers import listen_socket
+from sielum.sessions import DashboardSessions, LoginLinks
 from sielum.store.database import is_on_this_host, redact_url
 from sielum.store.store import Store
 
@@ -92,7 +94,7 @@ class ServerConfig:
     # headers for this long is closed, and a request body must arrive within it.
     idle_timeout: timedelta = IDLE_TIMEOUT
     # Connections each HTTP listener holds at once; None: a share of the open-files
-    # limit (server/listeners.py).
+    # limit (core/listeners.py).
     max_http_connections: int | None = None
     # How often the server certificate's files are checked for a renewal.
     certificate_check_interval: float = 10.0
@@ -163,7 +165,7 @@ class SielumServer:
 
     grpc.aio serves every call on one event loop, in a thread of its own, so the
     methods here are plain blocking ones. Sielum's handlers block on the store,
-    and where they run depends on what the store waits for (server/runner.py):
+    and where they run depends on what the store waits for (core/runner.py):
     by default, with the database on this host (SQLite, or PostgreSQL on a Unix
     socket or loopback address), inline on the loop; with a database across a
     network, on DATABASE_THREADS threads, so the loop serves other calls while

@@ -38,11 +38,11 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import CollectorRegistry
 
 from sielum.clock import Clock
+from sielum.core.listeners import BoundedSite, HttpLimits
 from sielum.errors import SielumError
 from sielum.logs import log_event
 from sielum.model import DeviceState, StateCounts, TokenState
 from sielum.recorder import CertificateKind, DashboardLoginResult, EnrollmentResult
-from sielum.server.listeners import BoundedSite, HttpLimits
 
 log = logging.getLogger("sielum.server")
 

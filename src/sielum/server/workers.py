@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from sielum.core.addresses import split_address
 from sielum.logs import log_event
 from sielum.server.signals import SignalInbox
 
@@ -35,14 +36,6 @@ def default_workers() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - not Linux
         return max(1, os.cpu_count() or 1)
-
-
-def split_address(address: str) -> tuple[str, int]:
-    """'127.0.0.1:8443' -> ('127.0.0.1', 8443); '[::1]:0' -> ('::1', 0)."""
-    host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ValueError(f"address must be HOST:PORT, got {address!r}")
-    return host.strip("[]"), int(port)
 
 
 def reserve_port(address: str) -> tuple[str, socket.socket | None]:

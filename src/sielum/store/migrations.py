@@ -148,7 +148,7 @@ def _v4_admins_and_audit_indexes(d: Dialect) -> Sequence[str]:
         )""",
         # Admin certificates issued up to this time, when admins were not yet
         # recorded, register on first use; later ones must have been registered
-        # (sielum/admins/policy.py::registers_on_first_use).
+        # (sielum/identities/policy.py::registers_on_first_use).
         """CREATE TABLE admin_first_use (
             id INTEGER PRIMARY KEY CHECK (id = 1),
             issued_until BIGINT NOT NULL
@@ -209,7 +209,7 @@ def _v6_action_without_enrollments(d: Dialect) -> Sequence[str]:
 
 def _v7_admin_certificates(d: Dialect) -> Sequence[str]:
     """Which certificates of an admin are honoured: the newest, and the one before it until
-    the newest is first used (sielum/admins/policy.py::is_honoured).
+    the newest is first used (sielum/identities/policy.py::is_honoured).
 
     serial is the newest certificate's, NULL for an admin none of whose certificates was
     recorded (all made before this step: each is honoured, as before). previous_serial is

@@ -7,8 +7,6 @@ import re
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from sielum.agent.address import ServerAddress, parse_server
-from sielum.agent.errors import UsageError
 from sielum.cli import conventions
 from sielum.cli.admin.client import (
     _EPILOG,
@@ -18,6 +16,8 @@ from sielum.cli.admin.client import (
     AdminBundle,
     Api,
 )
+from sielum.endpoint.address import ServerAddress, parse_server
+from sielum.endpoint.errors import UsageError
 
 DEFAULT_SERVER = "127.0.0.1:8444"
 DEFAULT_API_PORT = 8444

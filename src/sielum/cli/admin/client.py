@@ -16,11 +16,11 @@ from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from sielum.admin.v1 import admin_pb2, admin_pb2_grpc
-from sielum.agent import reach
-from sielum.agent.address import ServerAddress
-from sielum.agent.errors import WrongPortError
 from sielum.ca.profile import fingerprint
 from sielum.cli.conventions import CommandError
+from sielum.endpoint import reach
+from sielum.endpoint.address import ServerAddress
+from sielum.endpoint.errors import WrongPortError
 
 PROG = "sielum-admin"
 CERT_DIR_ENV = "SIELUM_ADMIN_CERT_DIR"

@@ -9,8 +9,6 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 from sielum.admin.v1 import admin_pb2
-from sielum.agent.address import ServerAddress, parse_server
-from sielum.agent.errors import UsageError
 from sielum.cli import conventions
 from sielum.cli.admin.arguments import _page_size_option, _positive_int, leaf, parse_rfc3339
 from sielum.cli.admin.client import (
@@ -25,6 +23,8 @@ from sielum.cli.admin.client import (
     _when,
 )
 from sielum.cli.durations import parse_duration
+from sielum.endpoint.address import ServerAddress, parse_server
+from sielum.endpoint.errors import UsageError
 from sielum.errors import InvalidArgumentError
 from sielum.tokens import PREFIX as SECRET_PREFIX
 from sielum.tokens import parse_secret

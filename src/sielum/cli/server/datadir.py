@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING
 
 from cryptography import x509
 
-from sielum.admins.policy import BY_INIT, BY_ISSUE_ADMIN_CERT
 from sielum.ca.authority import CertificateAuthority, load_ca_certificate
 from sielum.ca.datadir import (
     ADMIN_CERT_FILE,
@@ -24,6 +23,7 @@ from sielum.ca.datadir import (
 from sielum.ca.profile import fingerprint
 from sielum.ca.servercert import renew_server_certificate
 from sielum.cli.conventions import print_json
+from sielum.identities.policy import BY_INIT, BY_ISSUE_ADMIN_CERT
 
 if TYPE_CHECKING:
     pass

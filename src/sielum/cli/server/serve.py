@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from sielum.ca.authority import CertificateAuthority
 from sielum.cli.conventions import CommandError
+from sielum.core.addresses import split_address
 from sielum.enroll.ratelimit import FailureLimit
 from sielum.errors import InvalidArgumentError
 from sielum.logs import configure_logging, log_event
@@ -23,7 +24,6 @@ from sielum.server.workers import (
     listen_socket,
     reserve_port,
     signal_ready,
-    split_address,
     worker_command,
 )
 

@@ -13,7 +13,10 @@ from typing import Any, Protocol
 
 import grpc
 
-from sielum.enroll.ratelimit import peer_group
+from sielum.core.addresses import peer_group
+from sielum.core.authorization import Authorizer, identity_from_certificate
+from sielum.core.observer import CallObserver, observe_nothing
+from sielum.core.runner import Runner
 from sielum.errors import (
     InternalError,
     InvalidArgumentError,
@@ -23,17 +26,8 @@ from sielum.errors import (
 from sielum.identity import Call, Identity
 from sielum.logs import log_event
 from sielum.pb import peer_host
-from sielum.server.auth import Authorizer, identity_from_certificate
-from sielum.server.runner import Runner
 
 log = logging.getLogger("sielum.server")
-
-CallObserver = Callable[[str, grpc.StatusCode, float], None]
-"""Told of every call answered: full method name, status code, seconds it took."""
-
-
-def _observe_nothing(method: str, code: grpc.StatusCode, seconds: float) -> None:
-    pass
 
 
 class GrpcContext(Protocol):
@@ -120,7 +114,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
 
     Sielum's own handlers (the methods named in `ours`) are plain blocking
     functions of (request, Call); the runner decides where they run
-    (server/runner.py). Library handlers (health, reflection) take grpc's own
+    (core/runner.py). Library handlers (health, reflection) take grpc's own
     context; their coroutines run on the loop.
 
     Unknown methods pass through as None, so grpc answers UNIMPLEMENTED: clients
@@ -143,7 +137,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         self._run = run
         self._ours = frozenset(ours)
         self._streams = streams
-        self._observe: CallObserver = observe or _observe_nothing
+        self._observe: CallObserver = observe or observe_nothing
         # Registrations are fixed before the server starts, so each method's
         # wrapped handler is built once, not per call.
         self._wrapped: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}

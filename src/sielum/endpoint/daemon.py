@@ -14,10 +14,11 @@ from enum import Enum
 from types import FrameType
 from typing import Any, Protocol
 
-from sielum.agent import enrollment
-from sielum.agent.certdir import CertDir, StoredEnrollment
-from sielum.agent.enrollment import DEFAULT_TIMEOUT, RenewResult, Status
-from sielum.agent.errors import (
+from sielum.clock import Clock, SystemClock
+from sielum.endpoint import enrollment
+from sielum.endpoint.certdir import CertDir, StoredEnrollment
+from sielum.endpoint.enrollment import DEFAULT_TIMEOUT, RenewResult, Status
+from sielum.endpoint.errors import (
     EXIT_DEVICE_REFUSED,
     EXIT_OK,
     AgentError,
@@ -28,8 +29,7 @@ from sielum.agent.errors import (
     ServerBusyError,
     ServerUnreachableError,
 )
-from sielum.agent.schedule import backoff_delay, heartbeat_delay, renewal_time
-from sielum.clock import Clock, SystemClock
+from sielum.endpoint.schedule import backoff_delay, heartbeat_delay, renewal_time
 from sielum.logs import log_event
 
 DEFAULT_INTERVAL = timedelta(minutes=5)

@@ -14,9 +14,9 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from sielum.agent import reach
-from sielum.agent.address import ServerAddress
-from sielum.agent.errors import PinMismatchError
+from sielum.endpoint import reach
+from sielum.endpoint.address import ServerAddress
+from sielum.endpoint.errors import PinMismatchError
 
 # How far our clock may run behind or ahead of the server's before a freshly issued
 # certificate looks not-yet-valid or expired; the CA backdates by five minutes too.

@@ -20,8 +20,8 @@ from typing import Literal
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
-from sielum.agent.address import ServerAddress
-from sielum.agent.errors import AgentError, ServerUnreachableError, WrongPortError
+from sielum.endpoint.address import ServerAddress
+from sielum.endpoint.errors import AgentError, ServerUnreachableError, WrongPortError
 
 DEFAULT_ENROLL_PORT = 8443
 DEFAULT_API_PORT = 8444

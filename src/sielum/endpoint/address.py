@@ -6,7 +6,7 @@ import ipaddress
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from sielum.agent.errors import UsageError
+from sielum.endpoint.errors import UsageError
 
 DEFAULT_HTTPS_PORT = 443
 _HELP = "use https://HOST[:PORT] or HOST:PORT (IPv6 in brackets: https://[::1]:8443)"

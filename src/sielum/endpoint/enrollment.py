@@ -19,10 +19,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from sielum.agent import pinning, reach
-from sielum.agent.address import ServerAddress, parse_server, resolve_api_endpoint
-from sielum.agent.certdir import STATE_FILE, AgentState, CertDir, StoredEnrollment, same_key
-from sielum.agent.errors import (
+from sielum.agent.v1 import agent_pb2, agent_pb2_grpc
+from sielum.ca.profile import fingerprint, role_of
+from sielum.endpoint import pinning, reach
+from sielum.endpoint.address import ServerAddress, parse_server, resolve_api_endpoint
+from sielum.endpoint.certdir import STATE_FILE, AgentState, CertDir, StoredEnrollment, same_key
+from sielum.endpoint.errors import (
     AgentError,
     AlreadyEnrolledError,
     DeviceRefusedError,
@@ -33,8 +35,6 @@ from sielum.agent.errors import (
     TokenRefusedError,
     WrongPortError,
 )
-from sielum.agent.v1 import agent_pb2, agent_pb2_grpc
-from sielum.ca.profile import fingerprint, role_of
 from sielum.enroll.v1 import enroll_pb2, enroll_pb2_grpc
 from sielum.tokens import Secret
 

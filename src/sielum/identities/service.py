@@ -6,15 +6,15 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime
 
-from sielum.admin.service import Caller, check_page_size
-from sielum.admins import policy
 from sielum.ca.authority import CertificateAuthority
 from sielum.ca.profile import ADMIN_TTL, load_checked_csr
 from sielum.clock import Clock
 from sielum.errors import AlreadyExistsError, InvalidArgumentError, NotFoundError
-from sielum.identity import Identity
+from sielum.identities import policy
+from sielum.identity import Caller, Identity
 from sielum.logs import log_event
 from sielum.model import Admin, AuditEvent, Page
+from sielum.paging import check_page_size
 from sielum.recorder import CertificateKind, NoRecorder, Recorder
 from sielum.store.store import ALREADY_REVOKED, Store
 
@@ -52,7 +52,7 @@ class AdminRegistry:
         One indexed lookup per call and nothing kept after it, so a revocation
         holds from the next call on every worker and replica. A certificate
         signed before admins were recorded registers its admin here, once
-        (sielum.admins.policy.registers_on_first_use). The first call with an
+        (sielum.identities.policy.registers_on_first_use). The first call with an
         admin's newest certificate retires the one before it: the only other write.
         """
         admin = self._store.find_admin(caller.name)

@@ -1,16 +1,15 @@
 """Sielum's services as data: each unary method with its message classes and handler.
 
-The gRPC server registers these, and the dashboard's Connect transport serves
-the same ones, so both transports call one handler per method.
+The gRPC transport (rpc/handlers.py) registers these, and the dashboard's Connect
+transport serves the same ones, so both transports call one handler per method.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import grpc
 from google.protobuf import message_factory
 from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import Message
@@ -50,18 +49,3 @@ def unary_methods(service: ServiceDescriptor, servicer: object) -> tuple[UnaryMe
             )
         )
     return tuple(methods)
-
-
-def grpc_handler(service_name: str, methods: Iterable[UnaryMethod]) -> grpc.GenericRpcHandler:
-    """The methods as one gRPC service; the interceptor authorizes and parses each call."""
-    return grpc.method_handlers_generic_handler(
-        service_name,
-        {
-            method.name.rsplit("/", 1)[1]: grpc.unary_unary_rpc_method_handler(
-                method.handler,
-                request_deserializer=method.request_class.FromString,
-                response_serializer=method.response_class.SerializeToString,
-            )
-            for method in methods
-        },
-    )

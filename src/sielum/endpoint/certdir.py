@@ -20,8 +20,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from sielum.agent.errors import CertDirError, NotEnrolledError
 from sielum.ca.profile import role_of
+from sielum.endpoint.errors import CertDirError, NotEnrolledError
 
 KEY_FILE = "device.key"
 CERT_FILE = "device.pem"

@@ -1,0 +1,1 @@
+"""What every transport calls: the method table, the Authorizer, the runner, the observer."""

@@ -1,0 +1,1 @@
+"""Identities that may call: admins, checked on every call, created and revoked."""

@@ -1,0 +1,1 @@
+"""The gRPC transport: the interceptor every call passes, and the services registered."""
