@@ -197,3 +197,10 @@ def test_backoff_grows_to_its_cap_with_full_jitter() -> None:
     delays = [backoff.delay(attempt, rng) for attempt in range(200)]
     assert all(0 <= d <= 30.0 for d in delays)
     assert all(d <= 0.5 for d in delays[:1]) and max(delays[100:]) > 15
+
+
+def test_an_empty_log_resumes_after_sequence_zero_not_from_a_snapshot() -> None:
+    index = Index()
+    assert Stream(index).receive(event(0, Kind.DEVICE_EVENT_KIND_SYNCED))
+    request = index.request()
+    assert request.HasField("after_sequence") and request.after_sequence == 0

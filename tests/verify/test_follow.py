@@ -5,8 +5,9 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import grpc
+import pytest
 
-from sielum.verify import DeviceVerifier
+from sielum.verify import CertificateExpiredError, DeviceVerifier
 from tests.verify.conftest import Directory, FakeMonotonic, new_id, wait_until
 
 
@@ -172,3 +173,20 @@ def test_stop_ends_the_stream_and_refuses_everything(directory: Directory) -> No
     verifier.stop()
     wait_until(lambda: fake.open_streams == 0)
     assert not verifier.check(a.pem)
+
+
+def test_fail_a_certificate_outside_its_validity_period(directory: Directory) -> None:
+    ca, fake = directory.ca, directory.fake
+    a = ca.device("a", ttl=timedelta(days=1))
+    fake.enroll("a", a)
+    clock = [a.certificate.not_valid_after_utc.timestamp()]
+    with directory.verifier(clock=lambda: clock[0]) as verifier:
+        assert verifier.wait_synced(10)
+        assert verifier.check(a.pem), "valid up to and including notAfter"
+        clock[0] += 1
+        with pytest.raises(CertificateExpiredError) as refused:
+            verifier.verify(a.pem)
+        assert refused.value.code == grpc.StatusCode.PERMISSION_DENIED
+        assert refused.value.message == "device certificate has expired or is not yet valid"
+        clock[0] = a.certificate.not_valid_before_utc.timestamp() - 1
+        assert not verifier.check(a.pem)
