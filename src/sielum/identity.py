@@ -39,6 +39,7 @@ class Identity:
     public_key_sha256: str = ""  # ca.profile.public_key_sha256 of the certificate's key
     credential: CredentialKind = CredentialKind.CERTIFICATE
     certificate_pem: str = ""  # the certificate itself, as the peer presented it
+    issuer: str = ""  # the key identifier of the CA that signed it (ca.profile.issuer_key_id)
 
 
 @dataclass(frozen=True)

@@ -82,11 +82,14 @@ class Admin:
     # the newest, `serial` (None: none was recorded, every one made before is); the one
     # before it, `previous_serial` (None: any made before `serial`), until
     # `previous_until`, which the first use of the newest clears to None. `certified_at`
-    # is when `serial` was issued.
+    # is when `serial` was issued; `issuer` is the key identifier of the CA that signed
+    # it: a certificate of another CA (a CA rollover on a shared database) is no newer
+    # or older than these, and is judged by the admin's name alone.
     serial: str | None = None
     previous_serial: str | None = None
     previous_until: datetime | None = None
     certified_at: datetime | None = None
+    issuer: str | None = None
 
     @property
     def state(self) -> AdminState:

@@ -65,3 +65,20 @@ def test_only_a_certificate_issued_well_after_the_newest_is_a_lost_one() -> None
         assert not policy.is_lost_certificate(recorded, issued)
     # Nothing recorded to compare with: nothing is adopted.
     assert not policy.is_lost_certificate(_admin(serial="b"), T0 + timedelta(days=30))
+
+
+def test_a_second_ca_on_the_same_database_keeps_its_own_chain() -> None:
+    # A CA rollover: the new CA's server shares the database, whose admin row records the
+    # old CA's certificates. A certificate of the new CA is in no chain recorded there
+    # and is judged by the admin's name alone; the old CA's own chain still holds.
+    retired = _admin(serial="b", previous_serial="a", previous_until=None, issuer="0ld")
+    policy.check_may_call("alice", retired, "n1", T0, "beef")
+    assert policy.is_honoured(retired, "n1", T0, "beef")
+    assert not policy.is_honoured(retired, "a", T0, "0ld")
+    with pytest.raises(PermissionDeniedError) as refused:
+        policy.check_may_call("alice", retired, "a", T0, "0ld")
+    assert refused.value.message == policy.SUPERSEDED
+    revoked = _admin(serial="b", issuer="0ld", revoked_at=T0)
+    with pytest.raises(PermissionDeniedError) as refused:
+        policy.check_may_call("alice", revoked, "n1", T0, "beef")
+    assert refused.value.message == "admin alice has been revoked"

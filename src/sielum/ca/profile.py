@@ -195,6 +195,25 @@ def public_key_sha256(public_key: PublicKeyTypes) -> str:
     return hashlib.sha256(der).hexdigest()
 
 
+def issuer_key_id(certificate: x509.Certificate) -> str:
+    """Lowercase hex of the key identifier of the CA that signed certificate ('' without one).
+
+    Every certificate Sielum signs carries the CA's key identifier (AKI); a CA certificate
+    is its own issuer, named by its SKI, so a leaf's issuer_key_id equals its CA's.
+    """
+    try:
+        aki = certificate.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
+        if aki.key_identifier is not None:
+            return aki.key_identifier.hex()
+    except x509.ExtensionNotFound:
+        pass
+    try:
+        ski = certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    except x509.ExtensionNotFound:
+        return ""
+    return ski.digest.hex()
+
+
 def validate_name(name: str, *, what: str) -> str:
     """Returns name if it may be an admin name or device id, else raises InvalidArgumentError."""
     # fullmatch, not match with "$": "$" would let a trailing newline through.

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from cryptography import x509
 
-from sielum.ca.profile import public_key_sha256, role_of
+from sielum.ca.profile import issuer_key_id, public_key_sha256, role_of
 from sielum.errors import PermissionDeniedError, SielumError
 from sielum.identity import Call, CredentialKind, Identity, Role
 from sielum.logs import log_event
@@ -101,6 +101,7 @@ def identity_from_certificate(pem: bytes) -> Identity | None:
         not_after=certificate.not_valid_after_utc,
         public_key_sha256=public_key_sha256(certificate.public_key()),
         certificate_pem=pem.decode("ascii", "replace"),
+        issuer=issuer_key_id(certificate),
     )
 
 

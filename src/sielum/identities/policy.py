@@ -36,7 +36,7 @@ SUPERSEDED = (
 )
 
 
-def is_honoured(admin: Admin, serial: str, now: datetime) -> bool:
+def is_honoured(admin: Admin, serial: str, now: datetime, issuer: str = "") -> bool:
     """Whether the admin's certificate serial is honoured at now (revocation aside).
 
     The newest certificate is; the one before it too, until the newest is first used
@@ -45,8 +45,15 @@ def is_honoured(admin: Admin, serial: str, now: datetime) -> bool:
     has each honoured, as before. A dashboard session has no serial and is not judged
     here (tests/rpc/test_admins.py::
     test_fail_reissued_admin_cert_old_one_refused_once_the_new_one_is_used).
+
+    A certificate of another CA than the one that signed the newest (issuer: a CA
+    rollover, with a second server on the same database) is in no chain recorded here,
+    and honoured as before (tests/e2e/test_ca_rollover.py::
+    test_agents_move_to_a_new_ca_with_enroll_force).
     """
     if not serial or admin.serial is None or serial == admin.serial:
+        return True
+    if issuer and admin.issuer and issuer != admin.issuer:
         return True
     if admin.previous_until is None or now >= admin.previous_until:
         return False
@@ -73,7 +80,9 @@ def is_lost_certificate(admin: Admin, issued: datetime) -> bool:
     return admin.certified_at is not None and issued > admin.certified_at + LOST_RENEWAL_MARGIN
 
 
-def check_may_call(name: str, admin: Admin | None, serial: str, now: datetime) -> None:
+def check_may_call(
+    name: str, admin: Admin | None, serial: str, now: datetime, issuer: str = ""
+) -> None:
     """An admin certificate (or session) is honoured only while its admin is active, and a
     certificate only while it is the admin's newest, or the one before it until the newest
     is first used.
@@ -85,7 +94,7 @@ def check_may_call(name: str, admin: Admin | None, serial: str, now: datetime) -
         raise PermissionDeniedError(f"admin {name} is not registered")
     if admin.revoked_at is not None:
         raise PermissionDeniedError(f"admin {name} has been revoked")
-    if not is_honoured(admin, serial, now):
+    if not is_honoured(admin, serial, now, issuer):
         raise PermissionDeniedError(SUPERSEDED)
 
 

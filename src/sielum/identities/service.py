@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sielum.ca.authority import CertificateAuthority
-from sielum.ca.profile import ADMIN_TTL, load_checked_csr
+from sielum.ca.profile import ADMIN_TTL, issuer_key_id, load_checked_csr
 from sielum.clock import Clock
 from sielum.errors import AlreadyExistsError, InvalidArgumentError, NotFoundError
 from sielum.identities import policy
@@ -42,6 +42,8 @@ class AdminRegistry:
     ) -> None:
         self._store = store
         self._ca = ca
+        # The chain of an admin's certificates is kept per CA (admins/policy.py::is_honoured).
+        self._issuer = issuer_key_id(ca.certificate)
         self._clock = clock
         self._recorder = recorder or NoRecorder()
 
@@ -62,12 +64,12 @@ class AdminRegistry:
         if (
             admin is not None
             and admin.revoked_at is None
-            and not policy.is_honoured(admin, caller.serial, now)
+            and not policy.is_honoured(admin, caller.serial, now, caller.issuer)
         ):
             if self._adopt_lost_certificate(caller, admin, now):
                 return
             admin = self._store.find_admin(caller.name)  # another worker may have adopted it
-        policy.check_may_call(caller.name, admin, caller.serial, now)
+        policy.check_may_call(caller.name, admin, caller.serial, now, caller.issuer)
         if admin is not None and policy.retires_previous(admin, caller.serial, now):
             if self._store.retire_previous_admin_certificate(caller.name, caller.serial):
                 log_event(
@@ -82,7 +84,11 @@ class AdminRegistry:
                 # Retired by another worker, or a newer certificate was recorded in
                 # between: judge the admin as they are now.
                 policy.check_may_call(
-                    caller.name, self._store.find_admin(caller.name), caller.serial, now
+                    caller.name,
+                    self._store.find_admin(caller.name),
+                    caller.serial,
+                    now,
+                    caller.issuer,
                 )
 
     def _adopt_lost_certificate(self, caller: Identity, admin: Admin, now: datetime) -> bool:
@@ -97,6 +103,7 @@ class AdminRegistry:
             current_serial=admin.serial,
             serial=caller.serial,
             certified_at=issued,
+            issuer=caller.issuer or None,
             audit=AuditEvent(
                 at=now,
                 actor=policy.actor(caller.name),
@@ -160,6 +167,7 @@ class AdminRegistry:
                 created_by=caller.name,
                 serial=issued.serial,
                 certified_at=now,
+                issuer=self._issuer,
             ),
             caller.audit("admin.create", policy.actor(name), now, f"serial={issued.serial}"),
         )
@@ -227,7 +235,14 @@ class AdminRegistry:
         now = self._clock.now()
         actor = f"server/{command}"
         admin, registered = self._store.register_admin_if_new(
-            Admin(name=name, created_at=now, created_by=command, serial=serial, certified_at=now),
+            Admin(
+                name=name,
+                created_at=now,
+                created_by=command,
+                serial=serial,
+                certified_at=now,
+                issuer=self._issuer,
+            ),
             AuditEvent(
                 at=now,
                 actor=actor,
@@ -248,7 +263,9 @@ class AdminRegistry:
             try:
                 # Every certificate made before this one was signed by now, so none of
                 # them outlives now + ADMIN_TTL; TLS holds each to its own not_after.
-                self._store.certify_admin(name, serial, now, now + ADMIN_TTL, certify)
+                self._store.certify_admin(
+                    name, serial, now, now + ADMIN_TTL, certify, issuer=self._issuer
+                )
             except NotFoundError:
                 self.check_not_revoked(name)  # revoked in between
                 raise

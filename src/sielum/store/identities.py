@@ -72,7 +72,13 @@ class IdentityStore(StoreBase):
 
     @_guarded
     def certify_admin(
-        self, name: str, serial: str, now: datetime, previous_until: datetime, audit: AuditEvent
+        self,
+        name: str,
+        serial: str,
+        now: datetime,
+        previous_until: datetime,
+        audit: AuditEvent,
+        issuer: str | None = None,
     ) -> Admin:
         """Record serial, issued at now, as the newest certificate of the active admin name.
 
@@ -91,6 +97,7 @@ class IdentityStore(StoreBase):
                 A.update(
                     serial=serial,
                     certified_at=now,
+                    issuer=issuer,
                     previous_serial=peewee.Case(None, ((retired, A.serial),), A.previous_serial),
                     previous_until=peewee.Case(
                         None, ((retired, to_micros(previous_until)),), A.previous_until
@@ -129,6 +136,7 @@ class IdentityStore(StoreBase):
         serial: str,
         certified_at: datetime,
         audit: AuditEvent,
+        issuer: str | None = None,
     ) -> bool:
         """Make a certificate the database lost (a restored backup) the admin's newest one.
 
@@ -142,6 +150,7 @@ class IdentityStore(StoreBase):
                 A.update(
                     serial=serial,
                     certified_at=certified_at,
+                    issuer=issuer,
                     previous_serial=A.serial,
                     previous_until=None,
                 )
@@ -229,6 +238,7 @@ def _admin_row(admin: Admin) -> dict[str, Any]:
         "previous_serial": admin.previous_serial,
         "previous_until": admin.previous_until,
         "certified_at": admin.certified_at,
+        "issuer": admin.issuer,
     }
 
 
@@ -242,4 +252,5 @@ def _admin(row: Any) -> Admin:
         previous_serial=row.previous_serial,
         previous_until=row.previous_until,
         certified_at=row.certified_at,
+        issuer=row.issuer,
     )

@@ -216,7 +216,9 @@ def _v7_admin_certificates(d: Dialect) -> Sequence[str]:
     the one before it (NULL: any certificate made before serial, none of them recorded),
     honoured until previous_until; the first use of serial sets previous_until to NULL.
     certified_at is when serial was issued, so that a newer certificate a restored
-    database does not know can be told from an older one.
+    database does not know can be told from an older one. issuer is the key identifier of
+    the CA that signed serial: during a CA rollover a second server with another CA may
+    share the database, and its certificates are not in this chain.
     device.previous_until (step 3) now reads the same way: the previous certificate's own
     not_after, cleared by the first use of the current one (for a renewal made before this
     step it still holds the end of that renewal's 15-minute overlap, a tighter bound).
@@ -226,6 +228,7 @@ def _v7_admin_certificates(d: Dialect) -> Sequence[str]:
         "ALTER TABLE admin ADD COLUMN previous_serial TEXT",
         "ALTER TABLE admin ADD COLUMN previous_until BIGINT",
         "ALTER TABLE admin ADD COLUMN certified_at BIGINT",
+        "ALTER TABLE admin ADD COLUMN issuer TEXT",
     )
 
 

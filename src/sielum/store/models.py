@@ -138,6 +138,7 @@ def bind_tables(db: peewee.Database) -> Tables:
         previous_serial = peewee.TextField(null=True)
         previous_until = UtcMicrosField(null=True)
         certified_at = UtcMicrosField(null=True)
+        issuer = peewee.TextField(null=True)
 
         class Meta:
             table_name = "admin"

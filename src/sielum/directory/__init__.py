@@ -1,0 +1,1 @@
+"""The DirectoryService protocol (v1/): stubs only."""

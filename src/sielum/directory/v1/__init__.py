@@ -1,0 +1,1 @@
+"""Generated protobuf and gRPC stubs (scripts/generate.sh); do not edit."""
