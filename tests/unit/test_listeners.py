@@ -7,7 +7,8 @@ from datetime import timedelta
 
 import pytest
 
-from sielum.cli.server import _server_config, build_parser
+from sielum.cli.server import build_parser
+from sielum.cli.server.serve import _server_config
 from sielum.core.listeners import connection_cap
 
 
