@@ -537,6 +537,29 @@ def test_settings_lists_admins_and_services(
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=SCREENSHOTS / "1280-settings-services.png", full_page=True)
 
+    # The trail shows who made and revoked them, a page of 50 at a time (the same
+    # paging as the lists above).
+    admin_dir = dashboard.server.data_dir / "admin"
+    with grpc.secure_channel(
+        f"localhost:{dashboard.server.api_port}",
+        grpc.ssl_channel_credentials(
+            root_certificates=dashboard.ca_pem,
+            private_key=(admin_dir / "admin.key").read_bytes(),
+            certificate_chain=(admin_dir / "admin.pem").read_bytes(),
+        ),
+    ) as channel:
+        api = admin_pb2_grpc.AdminServiceStub(channel)
+        # Revoking again changes nothing but is audited: 50 events, no other trace.
+        for _ in range(50):
+            api.RevokeService(admin_pb2.RevokeServiceRequest(name="old-crm"), timeout=10)
+    page.get_by_role("link", name="Audit", exact=True).click()
+    expect(page.locator("main table tbody tr")).to_have_count(50)
+    expect(row(page, "already revoked")).to_have_count(50)
+    expect(row(page, "service/billing-api")).to_have_count(0)  # older than the first page
+    page.get_by_role("button", name="Show older events").click()
+    expect(row(page, "service/billing-api")).to_contain_text("service.create")
+    expect(row(page, "service/billing-api")).to_contain_text("admin/admin")
+
 
 def _settled(page: Page) -> None:
     """Every call of the page answered and drawn."""

@@ -37,11 +37,6 @@ def actor(name: str) -> str:
     return f"admin/{name}"
 
 
-def check_service_name(name: str) -> str:
-    """The name, if it may name a service (sielum://service/<name>); else InvalidArgumentError."""
-    return validate_name(name, what="service name")
-
-
 def service_resource(name: str) -> str:
     """How the audit trail names a service: service/<name>."""
     return f"service/{name}"

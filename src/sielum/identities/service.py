@@ -3,22 +3,45 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from sielum.ca.authority import CertificateAuthority
-from sielum.ca.profile import ADMIN_TTL, issuer_key_id, load_checked_csr
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from sielum.ca.authority import CertificateAuthority, IssuedCertificate
+from sielum.ca.profile import ADMIN_TTL, issuer_key_id, load_checked_csr, validate_name
 from sielum.clock import Clock
 from sielum.errors import AlreadyExistsError, NotFoundError
 from sielum.identities import policy
 from sielum.identity import Caller, Identity
 from sielum.logs import log_event
-from sielum.model import Admin, AuditEvent, Page
+from sielum.model import Admin, AuditEvent, Page, Service
 from sielum.paging import check_page_size
 from sielum.recorder import CertificateKind, NoRecorder, Recorder
 from sielum.store.store import ALREADY_REVOKED, Store
 
 log = logging.getLogger("sielum.admin")
+
+
+def certify_new_identity(
+    role: str,
+    name: str,
+    csr_pem: str,
+    find: Callable[[str], Admin | Service | None],
+    sign: Callable[[ec.EllipticCurvePublicKey, str, datetime], IssuedCertificate],
+    now: datetime,
+) -> tuple[str, IssuedCertificate]:
+    """The checked name of a new admin or service (role) and the certificate signed for the
+    key of its CSR, after the checks that refuse it without signing anything.
+
+    The name is looked up (find) before signing, to say it is taken without making a
+    certificate; the store's unique name decides a race.
+    """
+    name = validate_name(name, what=f"{role} name")
+    csr = load_checked_csr(csr_pem)
+    policy.check_name_unused(role, name, find(name))
+    return name, sign(csr.public_key, name, now)
 
 
 def record_created(
@@ -178,13 +201,10 @@ class AdminRegistry:
 
     def create(self, caller: Caller, name: str, csr_pem: str) -> NewAdmin:
         """Register a new admin and certify the key of its CSR; every field is the server's."""
-        name = policy.check_name(name)
-        csr = load_checked_csr(csr_pem)
-        # Checked before signing, to say so without making a certificate;
-        # create_admin's unique name decides a race.
-        policy.check_name_unused("admin", name, self._store.find_admin(name))
         now = self._clock.now()
-        issued = self._ca.sign_admin(csr.public_key, name, now)
+        name, issued = certify_new_identity(
+            "admin", name, csr_pem, self._store.find_admin, self._ca.sign_admin, now
+        )
         admin = self._store.create_admin(
             Admin(
                 name=name,

@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sielum.ca.authority import CertificateAuthority
-from sielum.ca.profile import issuer_key_id, load_checked_csr
+from sielum.ca.profile import issuer_key_id
 from sielum.clock import Clock
 from sielum.identities import policy
-from sielum.identities.service import log_revoked, record_created
+from sielum.identities.service import certify_new_identity, log_revoked, record_created
 from sielum.identity import Caller, Identity
 from sielum.model import Page, Service
 from sielum.paging import check_page_size
@@ -55,13 +55,10 @@ class ServiceRegistry:
 
     def create(self, caller: Caller, name: str, csr_pem: str) -> NewService:
         """Register a new service and certify the key of its CSR; every field is the server's."""
-        name = policy.check_service_name(name)
-        csr = load_checked_csr(csr_pem)
-        # Checked before signing, to say so without making a certificate;
-        # create_service's unique name decides a race.
-        policy.check_name_unused("service", name, self._store.find_service(name))
         now = self._clock.now()
-        issued = self._ca.sign_service(csr.public_key, name, now)
+        name, issued = certify_new_identity(
+            "service", name, csr_pem, self._store.find_service, self._ca.sign_service, now
+        )
         service = self._store.create_service(
             Service(
                 name=name,

@@ -1,8 +1,7 @@
 // Settings: the sections an admin configures, and who may call Sielum (admins and services).
 
-import { call } from "../api.js";
-import { badge, emptyState, h, pageHeader, spinner, stateName, table, when } from "../ui.js";
-import { report, setTitle } from "./common.js";
+import { badge, emptyState, h, pageHeader, stateName, table, when } from "../ui.js";
+import { pagedList, setTitle } from "./common.js";
 
 const PAGE_SIZE = 100;
 
@@ -47,8 +46,6 @@ export async function render(main) {
 
 // One read-only list, a page at a time: name, state, created, created by, revoked.
 function identitySection(kind) {
-  let pageToken = "";
-  const rows = [];
   const headingId = `${kind.id}-heading`;
   const list = h("div", { class: "panel" });
   const more = h("div", { class: "more" });
@@ -57,24 +54,14 @@ function identitySection(kind) {
     h("p", { class: "intro" }, kind.intro()),
     list,
     more);
-
-  async function load() {
-    more.replaceChildren();
-    if (!rows.length) list.replaceChildren(spinner());
-    let answer;
-    try {
-      answer = await call(kind.method, { pageSize: PAGE_SIZE, pageToken });
-    } catch (error) {
-      report(list, error, load);
-      return;
-    }
-    rows.push(...(answer[kind.field] ?? []));
-    pageToken = answer.nextPageToken ?? "";
-    if (!rows.length) {
-      list.replaceChildren(emptyState({ title: `No ${kind.title.toLowerCase()}`, text: kind.empty }));
-      return;
-    }
-    list.replaceChildren(table({
+  const load = pagedList({
+    list,
+    more,
+    method: kind.method,
+    request: { pageSize: PAGE_SIZE },
+    field: kind.field,
+    empty: () => emptyState({ title: `No ${kind.title.toLowerCase()}`, text: kind.empty }),
+    draw: (rows) => table({
       caption: `${kind.title}, newest first`,
       columns: [
         { title: "Name", cell: (i) => h("span", { class: "mono" }, i.name) },
@@ -84,12 +71,8 @@ function identitySection(kind) {
         { title: "Revoked", cell: (i) => when(i.revokedAt) },
       ],
       rows: rows.map((identity) => ({ item: identity })),
-    }));
-    if (pageToken) {
-      more.replaceChildren(h("button", { type: "button", class: "button button-quiet", onclick: load },
-        `Show more ${kind.title.toLowerCase()}`));
-    }
-  }
-
+    }),
+    moreText: `Show more ${kind.title.toLowerCase()}`,
+  });
   return { element, load };
 }
