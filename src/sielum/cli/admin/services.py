@@ -1,5 +1,4 @@
-"""sielum-admin services: create service identities with their certificate bundles, list and
-revoke them."""
+"""sielum-admin services: create service identities with their bundles, list and revoke them."""
 
 from __future__ import annotations
 
