@@ -12,6 +12,7 @@ from sielum.model import AuditEvent
 class Role(enum.Enum):
     PUBLIC = "public"
     ADMIN = "admin"
+    SERVICE = "service"  # another system that integrates with Sielum (sielum://service/<name>)
     DEVICE = "device"
 
 
@@ -32,7 +33,7 @@ class Identity:
     """
 
     role: Role
-    name: str  # the admin's name or the device id
+    name: str  # the admin's or service's name, or the device id
     serial: str = ""
     not_before: datetime | None = None
     not_after: datetime | None = None

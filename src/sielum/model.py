@@ -1,4 +1,4 @@
-"""Plain values shared by every layer: tokens, devices, admins, audit events, as dataclasses."""
+"""Plain values shared by every layer: tokens, devices, admins, services, audit events."""
 
 from __future__ import annotations
 
@@ -25,6 +25,11 @@ class DeviceState(enum.Enum):
 
 
 class AdminState(enum.Enum):
+    ACTIVE = "active"
+    REVOKED = "revoked"
+
+
+class ServiceState(enum.Enum):
     ACTIVE = "active"
     REVOKED = "revoked"
 
@@ -94,6 +99,27 @@ class Admin:
     @property
     def state(self) -> AdminState:
         return AdminState.ACTIVE if self.revoked_at is None else AdminState.REVOKED
+
+
+@dataclass(frozen=True)
+class Service:
+    """A service identity: another system that calls Sielum with the certificate that names
+    sielum://service/<name>. A name is never reused once revoked, so service/<name> in the
+    audit trail always means one system.
+    """
+
+    name: str
+    created_at: datetime
+    created_by: str  # the admin who created it
+    # The one certificate made for it (CreateService), and the key identifier of the CA
+    # that signed it: only that certificate is honoured.
+    serial: str
+    issuer: str
+    revoked_at: datetime | None = None
+
+    @property
+    def state(self) -> ServiceState:
+        return ServiceState.ACTIVE if self.revoked_at is None else ServiceState.REVOKED
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,7 @@ class CertificateKind(enum.Enum):
     DEVICE = "device"  # a first enrollment
     RENEWAL = "renewal"  # a device's new key
     ADMIN = "admin"  # AdminService/CreateAdmin
+    SERVICE = "service"  # AdminService/CreateService
 
 
 class DashboardLoginResult(enum.Enum):

@@ -506,6 +506,62 @@ def _seed(dashboard: Dashboard) -> None:
         api.RevokeDevice(admin_pb2.RevokeDeviceRequest(id=printer[0].id), timeout=30)
 
 
+def test_settings_lists_admins_and_services(
+    context: Any, dashboard: Dashboard, tmp_path: Path
+) -> None:
+    """Settings -> Admins and Services: read-only lists, fed by ListAdmins and ListServices."""
+    for name in ("billing-api", "old-crm"):
+        made = admin(dashboard.server, "services", "create", name, "--out", str(tmp_path / name))
+        assert made.returncode == 0, made.stderr
+    assert admin(dashboard.server, "services", "revoke", "old-crm").returncode == 0
+    page = context.new_page()
+    sign_in(page, dashboard)
+    page.get_by_role("link", name="Settings", exact=True).click()
+    expect(page).to_have_url(f"{dashboard.url}/settings")
+
+    services = page.get_by_role("region", name="Services")
+    expect(services.get_by_role("heading", name="Services", exact=True)).to_be_visible()
+    billing = services.locator("tbody tr").filter(has_text="billing-api")
+    expect(billing).to_contain_text("Active")
+    expect(billing.locator("td[data-label='Created by']")).to_have_text("admin")
+    crm = services.locator("tbody tr").filter(has_text="old-crm")
+    expect(crm).to_contain_text("Revoked")
+    expect(crm.locator("td[data-label='Revoked'] time")).to_have_count(1)
+    admins = page.get_by_role("region", name="Admins")
+    first = admins.locator("tbody tr").filter(
+        has=page.locator("td[data-label='Name']", has_text=re.compile(r"^admin$"))
+    )
+    expect(first).to_contain_text("Active")
+    # Read-only: nothing on the page makes or revokes an identity.
+    expect(page.locator("main").get_by_role("button", name="Revoke")).to_have_count(0)
+    page.wait_for_load_state("networkidle")
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=SCREENSHOTS / "1280-settings-services.png", full_page=True)
+
+    # The trail shows who made and revoked them, a page of 50 at a time (the same
+    # paging as the lists above).
+    admin_dir = dashboard.server.data_dir / "admin"
+    with grpc.secure_channel(
+        f"localhost:{dashboard.server.api_port}",
+        grpc.ssl_channel_credentials(
+            root_certificates=dashboard.ca_pem,
+            private_key=(admin_dir / "admin.key").read_bytes(),
+            certificate_chain=(admin_dir / "admin.pem").read_bytes(),
+        ),
+    ) as channel:
+        api = admin_pb2_grpc.AdminServiceStub(channel)
+        # Revoking again changes nothing but is audited: 50 events, no other trace.
+        for _ in range(50):
+            api.RevokeService(admin_pb2.RevokeServiceRequest(name="old-crm"), timeout=10)
+    page.get_by_role("link", name="Audit", exact=True).click()
+    expect(page.locator("main table tbody tr")).to_have_count(50)
+    expect(row(page, "already revoked")).to_have_count(50)
+    expect(row(page, "service/billing-api")).to_have_count(0)  # older than the first page
+    page.get_by_role("button", name="Show older events").click()
+    expect(row(page, "service/billing-api")).to_contain_text("service.create")
+    expect(row(page, "service/billing-api")).to_contain_text("admin/admin")
+
+
 def _settled(page: Page) -> None:
     """Every call of the page answered and drawn."""
     page.wait_for_load_state("networkidle")

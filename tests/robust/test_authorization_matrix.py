@@ -1,6 +1,6 @@
 """Every method of every service x every kind of caller x every transport: the expected outcome.
 
-gRPC: both ports, six kinds of client certificate. The dashboard's Connect
+gRPC: both ports, nine kinds of client certificate (and none). The dashboard's Connect
 transport: every AdminService method with six kinds of browser request, each
 refusal checked to have changed nothing.
 """
@@ -40,6 +40,8 @@ IDENTITIES = (
     "device",
     "revoked-device",
     "revoked-admin",
+    "service",
+    "revoked-service",
     "expired",
     "foreign-ca",
 )
@@ -85,6 +87,7 @@ class World:
     spare_token_id: str
     spare_device_id: str
     spare_admin: str
+    spare_service: str
     browsers: dict[str, DashboardClient]  # Connect caller -> a client playing it
 
     def channel(self, port: str, identity: str) -> grpc.Channel:
@@ -139,6 +142,21 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         spare_admin = h.admin().CreateAdmin(
             admin_pb2.CreateAdminRequest(name="spare", csr_pem=make_csr(make_key())), timeout=10
         )
+        # A service, and one created and revoked: neither may call any method yet.
+        service_key, gone_service_key = make_key(), make_key()
+        service = h.admin().CreateService(
+            admin_pb2.CreateServiceRequest(name="matrix-svc", csr_pem=make_csr(service_key)),
+            timeout=10,
+        )
+        gone_service = h.admin().CreateService(
+            admin_pb2.CreateServiceRequest(name="gone-svc", csr_pem=make_csr(gone_service_key)),
+            timeout=10,
+        )
+        h.admin().RevokeService(admin_pb2.RevokeServiceRequest(name="gone-svc"), timeout=10)
+        spare_service = h.admin().CreateService(
+            admin_pb2.CreateServiceRequest(name="spare-svc", csr_pem=make_csr(make_key())),
+            timeout=10,
+        )
         foreign = tmp / "foreign"
         init_data_dir(foreign)
         admin_dir = h.data_dir / "admin"
@@ -153,6 +171,11 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
                 "device": (key_pem(device_key), device.certificate_pem.encode()),
                 "revoked-device": (key_pem(revoked_key), revoked.certificate_pem.encode()),
                 "revoked-admin": (key_pem(gone_key), gone.certificate_pem.encode()),
+                "service": (key_pem(service_key), service.certificate_pem.encode()),
+                "revoked-service": (
+                    key_pem(gone_service_key),
+                    gone_service.certificate_pem.encode(),
+                ),
                 "device-to-unenroll": (key_pem(leaving_key), leaving.certificate_pem.encode()),
                 "expired": _expired_admin(h.data_dir),
                 "foreign-ca": (
@@ -167,6 +190,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             spare_token_id=h.create_token(label="spare").token.id,
             spare_device_id=spare.device_id,
             spare_admin=spare_admin.admin.name,
+            spare_service=spare_service.service.name,
             browsers=_browsers(h),
         )
     finally:
@@ -193,6 +217,10 @@ def _request(method: str, world: World) -> Any:
             name=f"matrix-{uuid.uuid4().hex[:8]}", csr_pem=make_csr(make_key())
         ),
         "RevokeAdmin": lambda: admin_pb2.RevokeAdminRequest(name=world.spare_admin),
+        "CreateService": lambda: admin_pb2.CreateServiceRequest(
+            name=f"matrix-{uuid.uuid4().hex[:8]}", csr_pem=make_csr(make_key())
+        ),
+        "RevokeService": lambda: admin_pb2.RevokeServiceRequest(name=world.spare_service),
         "Heartbeat": agent_pb2.HeartbeatRequest,
         "RenewCertificate": lambda: agent_pb2.RenewCertificateRequest(csr_pem=make_csr(make_key())),
     }
@@ -226,7 +254,14 @@ def _call(channel: grpc.Channel, method: str, request: Any) -> None:
 
 
 def _a(role: Role) -> str:
-    return "an admin" if role is Role.ADMIN else "a device"
+    return {Role.ADMIN: "an admin", Role.SERVICE: "a service"}.get(role, "a device")
+
+
+def _role_of(identity: str) -> str:
+    """The role of an identity's certificate, as a refusal names it."""
+    return (
+        identity.removeprefix("revoked-") if identity.endswith(("admin", "service")) else "device"
+    )
 
 
 def expected(method: str, port: str, identity: str) -> tuple[str, str | None]:
@@ -248,13 +283,15 @@ def expected(method: str, port: str, identity: str) -> tuple[str, str | None]:
             "PERMISSION_DENIED",
             f"{method} needs {_a(role)} client certificate from the Sielum CA",
         )
-    caller = "admin" if identity in ("admin", "revoked-admin") else "device"
+    caller = _role_of(identity)
     if role.value != caller:
         return "PERMISSION_DENIED", f"{method} needs {_a(role)} certificate; this one is {caller}"
     if identity == "revoked-device":
         return "PERMISSION_DENIED", "device has been revoked"
     if identity == "revoked-admin":
         return "PERMISSION_DENIED", "admin gone has been revoked"
+    if identity == "revoked-service":
+        return "PERMISSION_DENIED", "service gone-svc has been revoked"
     if method in NOT_YET_ANSWERED:
         return "UNIMPLEMENTED", f"{method.rsplit('/', 1)[1]} is not implemented yet"
     return "OK", ""
@@ -366,11 +403,13 @@ def expected_connect(method: str, caller: str) -> tuple[int, str, str]:
 
 
 def _everything(h: Harness) -> tuple[object, ...]:
-    """What a refused call must leave as it was: tokens, devices, admins, audit trail, sessions."""
+    """What a refused call must leave as it was: tokens, devices, admins, services, audit trail,
+    sessions."""
     store = h.server.store
     tokens = store.list_tokens(now=h.clock.now(), page_size=1000).items
     devices = store.list_devices(page_size=1000).items
     admins = store.list_admins(page_size=1000).items
+    services = store.list_services(page_size=1000).items
     with store.db.connection_context():
         sessions = store.db.execute_sql(
             "SELECT admin, expires_at FROM dashboard_session ORDER BY seq"
@@ -379,6 +418,7 @@ def _everything(h: Harness) -> tuple[object, ...]:
         [(t.id, t.uses, t.revoked_at) for t in tokens],
         [(d.id, d.serial, d.revoked_at) for d in devices],
         [(a.name, a.revoked_at) for a in admins],
+        [(s.name, s.revoked_at) for s in services],
         len(store.list_audit(limit=1000)),
         [tuple(row) for row in sessions],
     )
@@ -466,6 +506,34 @@ def test_fail_stolen_session_cannot_manage_admins(world: World) -> None:
         timeout=10,
     )
     assert made.certificate_pem
+
+
+def test_fail_stolen_session_cannot_manage_services(world: World) -> None:
+    """A session may list services, as the dashboard does, but neither make one (a
+    certificate that would outlive the session by a year) nor revoke one."""
+    h = world.harness
+    thief = world.browsers["session"]
+    before = _everything(h)
+    refusal = "needs an admin's client certificate, not a dashboard session: use sielum-admin"
+    answer = thief.call(
+        "CreateService",
+        json_format.MessageToDict(
+            admin_pb2.CreateServiceRequest(name="thief-svc", csr_pem=make_csr(make_key()))
+        ),
+    )
+    assert (answer.status, answer.code) == (403, "permission_denied"), answer.body
+    assert answer.message == f"/{ADMIN_SERVICE.full_name}/CreateService {refusal}"
+    assert "certificatePem" not in answer.json()
+    answer = thief.call("RevokeService", {"name": "matrix-svc"})
+    assert (answer.status, answer.code) == (403, "permission_denied"), answer.body
+    assert answer.message == f"/{ADMIN_SERVICE.full_name}/RevokeService {refusal}"
+    assert _everything(h) == before
+    listed = thief.call("ListServices", {})
+    assert listed.status == 200, listed.body
+    states = {s["name"]: s["state"] for s in listed.json()["services"]}
+    assert states["matrix-svc"] == "SERVICE_STATE_ACTIVE"
+    assert states["gone-svc"] == "SERVICE_STATE_REVOKED"
+    assert "thief-svc" not in states
 
 
 def test_managing_identities_needs_a_certificate_and_nothing_else_does() -> None:

@@ -71,16 +71,19 @@ class Target:
     admin_channel: grpc.Channel
 
     def state(self) -> tuple[Any, ...]:
-        """Everything a refused call must leave as it was: tokens, uses, devices, keys."""
+        """Everything a refused call must leave as it was: tokens, uses, devices, keys,
+        admins and services."""
         store = self.harness.server.store
         now = datetime.now(UTC)
         tokens = store.list_tokens(now=now, page_size=1000).items
         devices = store.list_devices(page_size=1000).items
         admins = store.list_admins(page_size=1000).items
+        services = store.list_services(page_size=1000).items
         return (
             sorted((t.id, t.uses, t.revoked_at, t.last_used_at) for t in tokens),
             sorted((d.id, d.serial, d.public_key_sha256, d.revoked_at) for d in devices),
             sorted((a.name, a.revoked_at) for a in admins),
+            sorted((s.name, s.revoked_at) for s in services),
         )
 
 
@@ -1020,6 +1023,46 @@ def test_create_and_revoke_admin_with_hostile_names(target: Target, name: str, c
         # Known or not, a name that may be an admin's is revoked from now on.
         assert _ADMIN_NAME.fullmatch(name) and name != "admin"
         revoked = target.harness.server.store.find_admin(name)
+        assert revoked is not None and revoked.revoked_at is not None
+
+
+@FAST
+@given(name=_bogus_ids, csr=st.booleans())
+@example(name="admin", csr=True)
+@example(name="x\x00", csr=True)
+def test_create_and_revoke_service_with_hostile_names(target: Target, name: str, csr: bool) -> None:
+    """A bad name is refused and changes nothing; a good one is created, then revoked."""
+    csr_pem = _valid_csr_pem() if csr else "not a CSR"
+    before = target.state()
+    try:
+        target.admin.CreateService(admin_pb2.CreateServiceRequest(name=name, csr_pem=csr_pem))
+    except grpc.RpcError as error:
+        code, details = error.code(), error.details()  # type: ignore[attr-defined]
+        assert target.state() == before
+        if not _ADMIN_NAME.fullmatch(name):
+            assert (code, details.split(" must ")[0]) == (
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "service name",
+            )
+        elif not csr:
+            assert code is grpc.StatusCode.INVALID_ARGUMENT and details.startswith("CSR ")
+        else:
+            assert code is grpc.StatusCode.ALREADY_EXISTS, details  # made by an earlier example
+    else:
+        assert _ADMIN_NAME.fullmatch(name) and csr
+    known = target.harness.server.store.find_service(name) if _ADMIN_NAME.fullmatch(name) else None
+    try:
+        target.admin.RevokeService(admin_pb2.RevokeServiceRequest(name=name))
+    except grpc.RpcError as error:
+        code, details = error.code(), error.details()  # type: ignore[attr-defined]
+        if not name:
+            assert (code, details) == (grpc.StatusCode.INVALID_ARGUMENT, "service name is required")
+        else:
+            assert known is None
+            assert (code, details) == (grpc.StatusCode.NOT_FOUND, "service not found")
+    else:
+        assert known is not None
+        revoked = target.harness.server.store.find_service(name)
         assert revoked is not None and revoked.revoked_at is not None
 
 

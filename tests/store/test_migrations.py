@@ -9,7 +9,16 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from sielum.model import AuditEvent, AuditFilter, Device, RenewalPace, Token, TokenState
+from sielum.model import (
+    Admin,
+    AuditEvent,
+    AuditFilter,
+    Device,
+    RenewalPace,
+    Service,
+    Token,
+    TokenState,
+)
 from sielum.store import Store, connect, migrations
 from sielum.store.database import is_sqlite
 from sielum.store.migrations import LATEST_VERSION, MIGRATIONS, SchemaVersionError
@@ -362,6 +371,45 @@ def test_v7_keeps_admins_and_renewals_made_before_it(
             None,
             T0 + timedelta(days=365),
         )
+        assert store.check_integrity() == []
+    finally:
+        store.close()
+
+
+def test_v8_adds_services_to_a_version_7_database(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A database made by the release before services keeps its admins and gains the service
+    table, which starts empty."""
+    with monkeypatch.context() as patched:
+        patched.setattr(migrations, "MIGRATIONS", MIGRATIONS[:7])
+        patched.setattr(migrations, "LATEST_VERSION", 7)
+        old = Store(connect(database_url))
+        try:
+            assert old.migrate() == 7
+            old.create_admin(
+                Admin(name="alice", created_at=T0, created_by="init"),
+                AuditEvent(at=T0, actor="server/init", action="admin.create", resource="admin/a"),
+            )
+            with old.db.connection_context():
+                assert "service" not in old.db.get_tables()
+        finally:
+            old.close()
+    store = Store.open(database_url)
+    try:
+        assert _schema_version_rows(store) == [(1, LATEST_VERSION)]
+        assert store.find_admin("alice") == Admin(name="alice", created_at=T0, created_by="init")
+        assert store.list_services().items == ()
+        service = Service(
+            name="billing", created_at=T0, created_by="alice", serial="ab12", issuer="c0ffee"
+        )
+        store.create_service(
+            service,
+            AuditEvent(
+                at=T0, actor="admin/alice", action="service.create", resource="service/billing"
+            ),
+        )
+        assert store.find_service("billing") == service
         assert store.check_integrity() == []
     finally:
         store.close()

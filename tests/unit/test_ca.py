@@ -502,6 +502,37 @@ def test_admin_certificate_fail_bad_name(ca: ThrowawayCA, name: str) -> None:
     assert error.value.message.startswith("admin name must be 1 to 64 characters")
 
 
+def test_service_certificate_profile(ca: ThrowawayCA, tmp_path: Path) -> None:
+    key = p256()
+    issued = ca.authority.sign_service(key.public_key(), "billing-api", NOW)
+    cert = x509.load_pem_x509_certificate(issued.certificate_pem.encode())
+    assert cert.public_key() == key.public_key()
+    assert cert.subject.rfc4514_string() == "CN=billing-api"
+    assert list(extension(cert, x509.SubjectAlternativeName).value) == [
+        x509.UniformResourceIdentifier("sielum://service/billing-api")
+    ]
+    assert list(extension(cert, x509.ExtendedKeyUsage).value) == [ExtendedKeyUsageOID.CLIENT_AUTH]
+    assert extension(cert, x509.BasicConstraints).value.ca is False
+    assert cert.not_valid_before_utc == NOW - profile.BACKDATE
+    assert cert.not_valid_after_utc == NOW + timedelta(days=365)
+    assert issued.serial == format(cert.serial_number, "x")
+    assert profile.role_of(cert) == ("service", "billing-api")
+    service_pem = tmp_path / "service.pem"
+    service_pem.write_bytes(pem(cert))
+    result = openssl_verify(ca.pem_path, service_pem, "sslclient")
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("name", ["", "svc\n", "_svc", "a b", "a/b", "x" * 65])
+def test_service_certificate_fail_bad_name_or_key(ca: ThrowawayCA, name: str) -> None:
+    with pytest.raises(InvalidArgumentError) as error:
+        ca.authority.sign_service(p256().public_key(), name, NOW)
+    assert error.value.message.startswith("service name must be 1 to 64 characters")
+    with pytest.raises(InvalidArgumentError) as error:
+        ca.authority.sign_service(ec.generate_private_key(ec.SECP384R1()).public_key(), "ok", NOW)
+    assert error.value.message.startswith("service key must be ECDSA P-256")
+
+
 def test_random_serial_positive_and_distinct() -> None:
     serials = {profile.random_serial() for _ in range(100)}
     assert len(serials) == 100
@@ -532,6 +563,8 @@ def cert_with_sans(ca: ThrowawayCA, names: list[x509.GeneralName] | None) -> x50
     [
         (["sielum://admin/alice"], ("admin", "alice")),
         (["sielum://device/dev_01HZX"], ("device", "dev_01HZX")),
+        (["sielum://service/billing-api"], ("service", "billing-api")),
+        (["sielum://service/a/b"], None),
         (["sielum://admin/alice", "sielum://device/d1"], None),
         (["sielum://device/d1", "spiffe://example.org/x"], None),
         (["spiffe://example.org/admin/alice"], None),

@@ -8,8 +8,19 @@ from sielum.admin.v1 import admin_pb2
 from sielum.devices import policy as devices
 from sielum.errors import FailedPreconditionError, InvalidArgumentError
 from sielum.identities.service import AdminRegistry
+from sielum.identities.services import ServiceRegistry
 from sielum.identity import Call, Caller
-from sielum.model import Admin, AdminState, AuditEvent, Device, DeviceState, Token, TokenState
+from sielum.model import (
+    Admin,
+    AdminState,
+    AuditEvent,
+    Device,
+    DeviceState,
+    Service,
+    ServiceState,
+    Token,
+    TokenState,
+)
 from sielum.pb import from_timestamp, to_timestamp
 from sielum.sessions import LoginLinks
 
@@ -30,6 +41,10 @@ _DEVICE_STATE_FILTERS = {number: state for state, number in _DEVICE_STATES.items
 _ADMIN_STATES = {
     AdminState.ACTIVE: admin_pb2.ADMIN_STATE_ACTIVE,
     AdminState.REVOKED: admin_pb2.ADMIN_STATE_REVOKED,
+}
+_SERVICE_STATES = {
+    ServiceState.ACTIVE: admin_pb2.SERVICE_STATE_ACTIVE,
+    ServiceState.REVOKED: admin_pb2.SERVICE_STATE_REVOKED,
 }
 
 
@@ -106,6 +121,18 @@ def admin_to_proto(admin: Admin) -> admin_pb2.Admin:
     return message
 
 
+def service_to_proto(service: Service) -> admin_pb2.Service:
+    message = admin_pb2.Service(
+        name=service.name,
+        created_at=to_timestamp(service.created_at),
+        created_by=service.created_by,
+        state=_SERVICE_STATES[service.state],
+    )
+    if service.revoked_at is not None:
+        message.revoked_at.CopyFrom(to_timestamp(service.revoked_at))
+    return message
+
+
 def audit_event_to_proto(event: AuditEvent) -> admin_pb2.AuditEvent:
     return admin_pb2.AuditEvent(
         at=to_timestamp(event.at),
@@ -124,10 +151,12 @@ class AdminServicer:
         self,
         administration: Administration,
         admins: AdminRegistry,
+        services: ServiceRegistry,
         links: LoginLinks | None = None,
     ) -> None:
         self._admin = administration
         self._admins = admins
+        self._services = services
         self._links = links  # None: this server runs no dashboard
 
     def _caller(self, call: Call) -> Caller:
@@ -260,6 +289,31 @@ class AdminServicer:
     ) -> admin_pb2.RevokeAdminResponse:
         admin = self._admins.revoke(self._caller(call), request.name)
         return admin_pb2.RevokeAdminResponse(admin=admin_to_proto(admin))
+
+    def CreateService(
+        self, request: admin_pb2.CreateServiceRequest, call: Call
+    ) -> admin_pb2.CreateServiceResponse:
+        created = self._services.create(self._caller(call), request.name, request.csr_pem)
+        return admin_pb2.CreateServiceResponse(
+            service=service_to_proto(created.service),
+            certificate_pem=created.certificate_pem,
+            ca_certificate_pem=created.ca_certificate_pem,
+        )
+
+    def ListServices(
+        self, request: admin_pb2.ListServicesRequest, call: Call
+    ) -> admin_pb2.ListServicesResponse:
+        page = self._services.list(page_size=request.page_size, cursor=request.page_token)
+        return admin_pb2.ListServicesResponse(
+            services=[service_to_proto(service) for service in page.items],
+            next_page_token=page.next_cursor,
+        )
+
+    def RevokeService(
+        self, request: admin_pb2.RevokeServiceRequest, call: Call
+    ) -> admin_pb2.RevokeServiceResponse:
+        service = self._services.revoke(self._caller(call), request.name)
+        return admin_pb2.RevokeServiceResponse(service=service_to_proto(service))
 
     def ListAuditEvents(
         self, request: admin_pb2.ListAuditEventsRequest, call: Call

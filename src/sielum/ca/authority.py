@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -86,7 +87,22 @@ class CertificateAuthority:
         self, public_key: ec.EllipticCurvePublicKey, name: str, now: datetime
     ) -> IssuedCertificate:
         """An admin client certificate for the given key."""
-        certificate = profile.admin_certificate(
+        return self._sign_identity(profile.admin_certificate, public_key, name, now)
+
+    def sign_service(
+        self, public_key: ec.EllipticCurvePublicKey, name: str, now: datetime
+    ) -> IssuedCertificate:
+        """A service identity's client certificate for the given key."""
+        return self._sign_identity(profile.service_certificate, public_key, name, now)
+
+    def _sign_identity(
+        self,
+        make: Callable[..., x509.Certificate],
+        public_key: ec.EllipticCurvePublicKey,
+        name: str,
+        now: datetime,
+    ) -> IssuedCertificate:
+        certificate = make(
             public_key=public_key,
             name=name,
             ca_certificate=self.certificate,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import ipaddress
 import re
@@ -22,6 +23,7 @@ from sielum.errors import InternalError, InvalidArgumentError
 
 DEFAULT_DEVICE_TTL = timedelta(days=90)
 ADMIN_TTL = timedelta(days=365)
+SERVICE_TTL = timedelta(days=365)
 SERVER_TTL = timedelta(days=730)
 CA_TTL = timedelta(days=3650)
 # Certificates start a few minutes in the past so that a peer whose clock runs a
@@ -35,9 +37,10 @@ DEFAULT_SERVER_SANS = ("localhost", "127.0.0.1", "::1")
 
 URI_SCHEME = "sielum"
 ADMIN_ROLE = "admin"
+SERVICE_ROLE = "service"
 DEVICE_ROLE = "device"
 
-# Admin names and device ids land unescaped in a URI path and in the subject CN, so
+# Admin and service names and device ids land unescaped in a URI path and in the subject CN, so
 # they are limited to URI-unreserved characters and to the CN's 64-character bound.
 _NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _DNS_NAME_PATTERN = re.compile(
@@ -215,7 +218,8 @@ def issuer_key_id(certificate: x509.Certificate) -> str:
 
 
 def validate_name(name: str, *, what: str) -> str:
-    """Returns name if it may be an admin name or device id, else raises InvalidArgumentError."""
+    """Returns name if it may be an admin or service name or a device id, else raises
+    InvalidArgumentError."""
     # fullmatch, not match with "$": "$" would let a trailing newline through.
     if not isinstance(name, str) or _NAME_PATTERN.fullmatch(name) is None:
         raise InvalidArgumentError(
@@ -254,7 +258,8 @@ def device_certificate(
     )
 
 
-def admin_certificate(
+def _identity_certificate(
+    role: str,
     *,
     public_key: ec.EllipticCurvePublicKey,
     name: str,
@@ -262,20 +267,26 @@ def admin_certificate(
     ca_key: ec.EllipticCurvePrivateKey,
     serial: int,
     now: datetime,
-    ttl: timedelta = ADMIN_TTL,
+    ttl: timedelta,
 ) -> x509.Certificate:
-    """An admin's client certificate: CN=<name>, URI SAN sielum://admin/<name>."""
-    validate_name(name, what="admin name")
+    """The client certificate of a named identity: CN=<name>, URI SAN sielum://<role>/<name>."""
+    validate_name(name, what=f"{role} name")
     return _client_certificate(
-        role=ADMIN_ROLE,
+        role=role,
         name=name,
-        public_key=require_p256(public_key, what="admin key"),
+        public_key=require_p256(public_key, what=f"{role} key"),
         ca_certificate=ca_certificate,
         ca_key=ca_key,
         serial=serial,
         now=now,
         ttl=ttl,
     )
+
+
+# An admin's client certificate (sielum://admin/<name>) and a service identity's
+# (sielum://service/<name>): one year unless ttl says otherwise.
+admin_certificate = functools.partial(_identity_certificate, ADMIN_ROLE, ttl=ADMIN_TTL)
+service_certificate = functools.partial(_identity_certificate, SERVICE_ROLE, ttl=SERVICE_TTL)
 
 
 def _client_certificate(
@@ -465,12 +476,14 @@ def _require_aware(now: datetime) -> None:
 
 
 def role_uri(role: str, name: str) -> str:
-    """The URI SAN that names a role: sielum://admin/<name> or sielum://device/<id>."""
+    """The URI SAN that names a role: sielum://admin/<name>, sielum://service/<name> or
+    sielum://device/<id>."""
     return f"{URI_SCHEME}://{role}/{name}"
 
 
 def role_of(certificate: x509.Certificate) -> tuple[str, str] | None:
-    """("admin", name) or ("device", id) from the certificate's one URI SAN, else None.
+    """("admin", name), ("service", name) or ("device", id) from the certificate's one URI
+    SAN, else None.
 
     A certificate with several URI SANs is ambiguous and has no role: we never issue
     one, so meeting one means something is wrong.
@@ -482,7 +495,8 @@ def role_of(certificate: x509.Certificate) -> tuple[str, str] | None:
     uris = san.value.get_values_for_type(x509.UniformResourceIdentifier)
     if len(uris) != 1:
         return None
-    match = re.fullmatch(rf"{URI_SCHEME}://({ADMIN_ROLE}|{DEVICE_ROLE})/(.+)", uris[0])
+    roles = "|".join((ADMIN_ROLE, SERVICE_ROLE, DEVICE_ROLE))
+    match = re.fullmatch(rf"{URI_SCHEME}://({roles})/(.+)", uris[0])
     if match is None or _NAME_PATTERN.fullmatch(match.group(2)) is None:
         return None
     return match.group(1), match.group(2)

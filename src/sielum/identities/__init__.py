@@ -1,1 +1,1 @@
-"""Identities that may call: admins, checked on every call, created and revoked."""
+"""Identities that may call: admins and services, checked on every call, created and revoked."""

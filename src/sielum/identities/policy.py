@@ -1,4 +1,5 @@
-"""Admin policy: which caller of the admin role may call now, and which certificates register.
+"""Identity policy: which caller of the admin or service role may call now, which admin
+certificates register, and which names are free.
 
 Pure functions of plain values and times; they raise typed errors.
 """
@@ -9,8 +10,13 @@ from datetime import datetime
 
 from sielum.ca.profile import ADMIN_TTL, BACKDATE, validate_name
 from sielum.devices.policy import LOST_RENEWAL_MARGIN
-from sielum.errors import PermissionDeniedError
-from sielum.model import Admin
+from sielum.errors import (
+    AlreadyExistsError,
+    InvalidArgumentError,
+    NotFoundError,
+    PermissionDeniedError,
+)
+from sielum.model import Admin, Service
 
 # How an admin came to be registered, in Admin.created_by when no admin created
 # them: by `sielum-server init` or `issue-admin-cert` on the server host, or from a
@@ -29,6 +35,52 @@ def check_name(name: str) -> str:
 def actor(name: str) -> str:
     """How the audit trail names an admin: admin/<name>."""
     return f"admin/{name}"
+
+
+def service_resource(name: str) -> str:
+    """How the audit trail names a service: service/<name>."""
+    return f"service/{name}"
+
+
+def check_name_unused(what: str, name: str, found: Admin | Service | None) -> None:
+    """AlreadyExistsError if an admin or service (what) of that name was ever registered:
+    a name is never reused, so admin/<name> or service/<name> in the audit trail always
+    means one identity."""
+    if found is None:
+        return
+    if found.revoked_at is not None:
+        raise AlreadyExistsError(
+            f"{what} {name} was revoked; a revoked {what}'s name is never reused"
+        )
+    raise AlreadyExistsError(f"{what} {name} already exists")
+
+
+def check_existing_name(what: str, name: str) -> str:
+    """The name of an admin or service (what) to look up; one that cannot be such a name is
+    not found, without asking the database."""
+    if not name:
+        raise InvalidArgumentError(f"{what} name is required")
+    try:
+        return validate_name(name, what=f"{what} name")
+    except InvalidArgumentError:
+        raise NotFoundError(f"{what} not found") from None
+
+
+def check_service_may_call(name: str, service: Service | None, serial: str, issuer: str) -> None:
+    """A service's certificate is honoured only while its service is registered and not
+    revoked, and only if it is the one certificate CreateService made for it.
+
+    Revoked: refused from the very next call (tests/rpc/test_services.py::
+    test_fail_a_revoked_service_is_refused_at_its_next_call).
+    """
+    if service is None:
+        raise PermissionDeniedError(f"service {name} is not registered")
+    if service.revoked_at is not None:
+        raise PermissionDeniedError(f"service {name} has been revoked")
+    if serial != service.serial or (issuer and issuer != service.issuer):
+        raise PermissionDeniedError(
+            f"this certificate is not the one made for service {name}: use that one"
+        )
 
 
 SUPERSEDED = (

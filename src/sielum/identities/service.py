@@ -3,22 +3,76 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from sielum.ca.authority import CertificateAuthority
-from sielum.ca.profile import ADMIN_TTL, issuer_key_id, load_checked_csr
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from sielum.ca.authority import CertificateAuthority, IssuedCertificate
+from sielum.ca.profile import ADMIN_TTL, issuer_key_id, load_checked_csr, validate_name
 from sielum.clock import Clock
-from sielum.errors import AlreadyExistsError, InvalidArgumentError, NotFoundError
+from sielum.errors import AlreadyExistsError, NotFoundError
 from sielum.identities import policy
 from sielum.identity import Caller, Identity
 from sielum.logs import log_event
-from sielum.model import Admin, AuditEvent, Page
+from sielum.model import Admin, AuditEvent, Page, Service
 from sielum.paging import check_page_size
 from sielum.recorder import CertificateKind, NoRecorder, Recorder
 from sielum.store.store import ALREADY_REVOKED, Store
 
 log = logging.getLogger("sielum.admin")
+
+
+def certify_new_identity(
+    role: str,
+    name: str,
+    csr_pem: str,
+    find: Callable[[str], Admin | Service | None],
+    sign: Callable[[ec.EllipticCurvePublicKey, str, datetime], IssuedCertificate],
+    now: datetime,
+) -> tuple[str, IssuedCertificate]:
+    """The checked name of a new admin or service (role) and the certificate signed for the
+    key of its CSR, after the checks that refuse it without signing anything.
+
+    The name is looked up (find) before signing, to say it is taken without making a
+    certificate; the store's unique name decides a race.
+    """
+    name = validate_name(name, what=f"{role} name")
+    csr = load_checked_csr(csr_pem)
+    policy.check_name_unused(role, name, find(name))
+    return name, sign(csr.public_key, name, now)
+
+
+def record_created(
+    recorder: Recorder, kind: CertificateKind, caller: Caller, name: str, serial: str
+) -> None:
+    """Count and log the certificate of a new admin or service (kind) that caller created."""
+    recorder.certificate_issued(kind)
+    log_event(
+        log,
+        f"{kind.value}.create",
+        admin=caller.name,
+        created=name,
+        serial=serial,
+        peer=caller.peer,
+        outcome="ok",
+    )
+
+
+def log_revoked(role: str, caller: Caller, name: str, revoked_now: bool) -> None:
+    """Log caller's revocation of an admin or service (role); revoked_now False: a repeat.
+
+    The store sets revoked_at to the call's now only when that call revoked it.
+    """
+    log_event(
+        log,
+        f"{role}.revoke",
+        admin=caller.name,
+        revoked=name,
+        peer=caller.peer,
+        outcome="ok" if revoked_now else ALREADY_REVOKED,
+    )
 
 
 @dataclass(frozen=True)
@@ -147,19 +201,10 @@ class AdminRegistry:
 
     def create(self, caller: Caller, name: str, csr_pem: str) -> NewAdmin:
         """Register a new admin and certify the key of its CSR; every field is the server's."""
-        name = policy.check_name(name)
-        csr = load_checked_csr(csr_pem)
-        existing = self._store.find_admin(name)
-        if existing is not None:
-            # Checked before signing, to say so without making a certificate;
-            # create_admin's unique name decides a race.
-            if existing.revoked_at is not None:
-                raise AlreadyExistsError(
-                    f"admin {name} was revoked; a revoked admin's name is never reused"
-                )
-            raise AlreadyExistsError(f"admin {name} already exists")
         now = self._clock.now()
-        issued = self._ca.sign_admin(csr.public_key, name, now)
+        name, issued = certify_new_identity(
+            "admin", name, csr_pem, self._store.find_admin, self._ca.sign_admin, now
+        )
         admin = self._store.create_admin(
             Admin(
                 name=name,
@@ -171,16 +216,7 @@ class AdminRegistry:
             ),
             caller.audit("admin.create", policy.actor(name), now, f"serial={issued.serial}"),
         )
-        self._recorder.certificate_issued(CertificateKind.ADMIN)
-        log_event(
-            log,
-            "admin.create",
-            admin=caller.name,
-            created=name,
-            serial=issued.serial,
-            peer=caller.peer,
-            outcome="ok",
-        )
+        record_created(self._recorder, CertificateKind.ADMIN, caller, name, issued.serial)
         return NewAdmin(admin, issued.certificate_pem, self._ca.certificate_pem)
 
     def list(self, *, page_size: int, cursor: str) -> Page[Admin]:
@@ -188,7 +224,7 @@ class AdminRegistry:
 
     def revoke(self, caller: Caller, name: str) -> Admin:
         """Revoke an admin: their certificates (and sessions) are refused from their next call."""
-        name = _check_existing_name(name)
+        name = policy.check_existing_name("admin", name)
         now = self._clock.now()
         audit = caller.audit("admin.revoke", policy.actor(name), now)
         try:
@@ -213,15 +249,7 @@ class AdminRegistry:
                     name=name, created_at=now, created_by=policy.BY_CERTIFICATE, revoked_at=now
                 ),
             )
-        log_event(
-            log,
-            "admin.revoke",
-            admin=caller.name,
-            revoked=name,
-            peer=caller.peer,
-            # The store sets revoked_at to this call's now only when this call revoked it.
-            outcome="ok" if admin.revoked_at == now else ALREADY_REVOKED,
-        )
+        log_revoked("admin", caller, name, admin.revoked_at == now)
         return admin
 
     def register_made_on_host(self, name: str, command: str, serial: str) -> bool:
@@ -278,13 +306,3 @@ class AdminRegistry:
             raise AlreadyExistsError(
                 f"admin {name} was revoked; a revoked admin's name is never reused"
             )
-
-
-def _check_existing_name(name: str) -> str:
-    """A name that cannot be an admin's is not found, without asking the database."""
-    if not name:
-        raise InvalidArgumentError("admin name is required")
-    try:
-        return policy.check_name(name)
-    except InvalidArgumentError:
-        raise NotFoundError("admin not found") from None

@@ -38,6 +38,7 @@ from sielum.enroll.service import Enroller
 from sielum.enroll.servicer import EnrollServicer
 from sielum.enroll.v1 import enroll_pb2
 from sielum.identities.service import AdminRegistry
+from sielum.identities.services import ServiceRegistry
 from sielum.identity import Role
 from sielum.logs import log_event
 from sielum.recorder import NoRecorder, Recorder
@@ -233,9 +234,14 @@ class SielumServer:
             observe = functools.partial(self.metrics.observe_call, "grpc")
         device_service = DeviceService(self.store, self.ca, self.clock, recorder)
         self.admins = AdminRegistry(self.store, self.ca, self.clock, recorder)
+        self.service_registry = ServiceRegistry(self.store, self.ca, self.clock, recorder)
         self.authorizer = Authorizer(
             METHOD_ROLES,
-            {Role.DEVICE: device_service.check_may_call, Role.ADMIN: self.admins.check_may_call},
+            {
+                Role.DEVICE: device_service.check_may_call,
+                Role.ADMIN: self.admins.check_may_call,
+                Role.SERVICE: self.service_registry.check_may_call,
+            },
         )
         ours = [f"/{service.full_name}/{m.name}" for service in SERVICES for m in service.methods]
         self.streams = StreamLimit(
@@ -277,7 +283,12 @@ class SielumServer:
             ),
             ADMIN_SERVICE.full_name: unary_methods(
                 ADMIN_SERVICE,
-                AdminServicer(Administration(self.store, self.clock, recorder), self.admins, links),
+                AdminServicer(
+                    Administration(self.store, self.clock, recorder),
+                    self.admins,
+                    self.service_registry,
+                    links,
+                ),
             ),
             AGENT_SERVICE.full_name: unary_methods(AGENT_SERVICE, AgentServicer(device_service)),
         }

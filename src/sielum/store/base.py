@@ -29,11 +29,11 @@ log = logging.getLogger("sielum.store")
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 
-# The audit detail of a revoke that found the token, device or admin revoked already.
+# The audit detail of a revoke that found the token, device, admin or service revoked already.
 ALREADY_REVOKED = "already revoked"
 _MAX_SEQ = 2**63 - 1
 
-_CURSOR = re.compile(r"^(tokens|devices|admins):([1-9][0-9]{0,18})$")
+_CURSOR = re.compile(r"^(tokens|devices|admins|services):([1-9][0-9]{0,18})$")
 
 P = ParamSpec("P")
 R = TypeVar("R")

@@ -1,4 +1,4 @@
-"""Identities in SQL: the admins (registered, listed, revoked); service identities to come."""
+"""Identities in SQL: admins and services (registered, listed, revoked), each by name."""
 
 from __future__ import annotations
 
@@ -9,12 +9,13 @@ from typing import Any, cast
 import peewee
 
 from sielum.errors import AlreadyExistsError, FailedPreconditionError, NotFoundError
-from sielum.model import Admin, AuditEvent, Page
+from sielum.model import Admin, AuditEvent, Page, Service
 from sielum.store.base import ALREADY_REVOKED, DEFAULT_PAGE_SIZE, StoreBase, _guarded, _keyset_page
 from sielum.store.database import execute, is_sqlite, write_transaction
 from sielum.store.models import to_micros
 
 _ADMIN_NOT_FOUND = "admin not found"
+_SERVICE_NOT_FOUND = "service not found"
 
 # Any constant will do, the same in every Sielum process, other than the migration's:
 # 'sladmin' in ASCII. RevokeAdmin holds it so that two revocations cannot each see
@@ -23,7 +24,7 @@ _PG_ADMIN_LOCK = 0x736C61646D696E
 
 
 class IdentityStore(StoreBase):
-    """Admins, by name; a revoked admin's name is never reused."""
+    """Admins and services, by name; a revoked admin's or service's name is never reused."""
 
     @_guarded
     def find_admin(self, name: str) -> Admin | None:
@@ -35,19 +36,24 @@ class IdentityStore(StoreBase):
     @_guarded
     def create_admin(self, admin: Admin, audit: AuditEvent) -> Admin:
         """Register a new admin; a name taken before, even by a revoked admin, is refused."""
-        A = self._t.admin
+        self._insert_named(self._t.admin, "admin", _admin_row(admin), audit)
+        return admin
+
+    def _insert_named(self, table: Any, what: str, row: dict[str, Any], audit: AuditEvent) -> None:
+        """Insert the row of a new admin or service with its audit event; a name taken
+        before, even by a revoked one, is AlreadyExistsError saying which."""
+        name = row["name"]
         try:
             with write_transaction(self.db):
-                A.insert(**_admin_row(admin)).execute()
+                table.insert(**row).execute()
                 self._insert_audit(audit)
         except peewee.IntegrityError as exc:
-            existing = A.get_or_none(A.name == admin.name)
+            existing = table.get_or_none(table.name == name)
             if existing is not None and existing.revoked_at is not None:
                 raise AlreadyExistsError(
-                    f"admin {admin.name} was revoked; a revoked admin's name is never reused"
+                    f"{what} {name} was revoked; a revoked {what}'s name is never reused"
                 ) from exc
-            raise AlreadyExistsError(f"admin {admin.name} already exists") from exc
-        return admin
+            raise AlreadyExistsError(f"{what} {name} already exists") from exc
 
     @_guarded
     def register_admin_if_new(self, admin: Admin, audit: AuditEvent) -> tuple[Admin, bool]:
@@ -226,6 +232,59 @@ class IdentityStore(StoreBase):
             self._insert_audit(audit)
             row = A.get(A.name == name)
         return _admin(row)
+
+    @_guarded
+    def find_service(self, name: str) -> Service | None:
+        """The service of that name, None if none was ever created (one indexed lookup)."""
+        S = self._t.service
+        row = S.get_or_none(S.name == name)
+        return None if row is None else _service(row)
+
+    @_guarded
+    def create_service(self, service: Service, audit: AuditEvent) -> Service:
+        """Register a new service; a name taken before, even by a revoked service, is refused
+        (tests/store/test_services.py::test_a_revoked_services_name_is_never_reused)."""
+        self._insert_named(self._t.service, "service", dataclasses.asdict(service), audit)
+        return service
+
+    @_guarded
+    def list_services(
+        self, *, page_size: int = DEFAULT_PAGE_SIZE, cursor: str = ""
+    ) -> Page[Service]:
+        """Services newest first, revoked ones included."""
+        S = self._t.service
+        return _keyset_page(S, S.select(), "services", page_size, cursor, _service)
+
+    @_guarded
+    def revoke_service(self, name: str, now: datetime, audit: AuditEvent) -> Service:
+        """Revoke the service; revoking again keeps the first revoked_at ("already revoked").
+
+        NotFoundError for a name never created.
+        """
+        S = self._t.service
+        with write_transaction(self.db):
+            changed = (
+                S.update(revoked_at=now).where((S.name == name) & S.revoked_at.is_null()).execute()
+            )
+            row = S.get_or_none(S.name == name)
+            if row is None:
+                raise NotFoundError(_SERVICE_NOT_FOUND)
+            if not changed:
+                detail = " ".join(filter(None, (ALREADY_REVOKED, audit.detail)))
+                audit = dataclasses.replace(audit, detail=detail)
+            self._insert_audit(audit)
+        return _service(row)
+
+
+def _service(row: Any) -> Service:
+    return Service(
+        name=row.name,
+        created_at=row.created_at,
+        created_by=row.created_by,
+        serial=row.serial,
+        issuer=row.issuer,
+        revoked_at=row.revoked_at,
+    )
 
 
 def _admin_row(admin: Admin) -> dict[str, Any]:

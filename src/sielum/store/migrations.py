@@ -232,6 +232,26 @@ def _v7_admin_certificates(d: Dialect) -> Sequence[str]:
     )
 
 
+def _v8_services(d: Dialect) -> Sequence[str]:
+    """Service identities: other systems that call Sielum with a certificate naming
+    sielum://service/<name>. serial is the one certificate CreateService made for the
+    service, issuer the key identifier of the CA that signed it; only that certificate is
+    honoured, and only while revoked_at is NULL (sielum/identities/services.py). A name,
+    once used, is never used again: the row stays when the service is revoked.
+    """
+    return (
+        f"""CREATE TABLE service (
+            seq {d.serial_primary_key},
+            name TEXT NOT NULL UNIQUE,
+            created_at BIGINT NOT NULL,
+            created_by TEXT NOT NULL,
+            revoked_at BIGINT,
+            serial TEXT NOT NULL,
+            issuer TEXT NOT NULL
+        )""",
+    )
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema: token, device, audit_event", _v1_initial_schema),
     Migration(2, "indexes for listing devices by hostname and state", _v2_device_filters),
@@ -240,6 +260,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(5, "dashboard logins and sessions; device index by enrollment time", _v5_dashboard),
     Migration(6, "audit_event: no enrollments in the action index", _v6_action_without_enrollments),
     Migration(7, "admin: newest and previous certificate", _v7_admin_certificates),
+    Migration(8, "service identities", _v8_services),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 

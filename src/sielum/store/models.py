@@ -51,6 +51,7 @@ class Tables:
     audit_event: Any
     admin: Any
     admin_first_use: Any
+    service: Any
     schema_version: Any
     dashboard_login: Any
     dashboard_session: Any
@@ -62,6 +63,7 @@ class Tables:
             self.audit_event,
             self.admin,
             self.admin_first_use,
+            self.service,
             self.schema_version,
             self.dashboard_login,
             self.dashboard_session,
@@ -150,6 +152,18 @@ def bind_tables(db: peewee.Database) -> Tables:
         class Meta:
             table_name = "admin_first_use"
 
+    class ServiceRow(_Base):
+        seq = peewee.BigAutoField()
+        name = peewee.TextField(unique=True)
+        created_at = UtcMicrosField()
+        created_by = peewee.TextField()
+        revoked_at = UtcMicrosField(null=True)
+        serial = peewee.TextField()
+        issuer = peewee.TextField()
+
+        class Meta:
+            table_name = "service"
+
     class SchemaVersionRow(_Base):
         id = peewee.IntegerField(primary_key=True)
         version = peewee.IntegerField()
@@ -186,6 +200,7 @@ def bind_tables(db: peewee.Database) -> Tables:
         audit_event=AuditEventRow,
         admin=AdminRow,
         admin_first_use=AdminFirstUseRow,
+        service=ServiceRow,
         schema_version=SchemaVersionRow,
         dashboard_login=DashboardLoginRow,
         dashboard_session=DashboardSessionRow,

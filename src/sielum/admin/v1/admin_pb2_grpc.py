@@ -26,10 +26,11 @@ if _version_not_supported:
 
 
 class AdminServiceStub:
-    """AdminService manages enrollment tokens, enrolled devices and admins, and reads
-    the audit trail. Every method requires an active admin: an admin client
-    certificate (mTLS) on the gRPC API port, or a dashboard session on the
-    dashboard port (the Connect protocol).
+    """AdminService manages enrollment tokens, enrolled devices, admins and service
+    identities, and reads the audit trail. Every method requires an active admin:
+    an admin client certificate (mTLS) on the gRPC API port, or a dashboard
+    session on the dashboard port (the Connect protocol). Creating and revoking
+    admins and services take the certificate alone.
     """
 
     def __init__(self, channel):
@@ -88,6 +89,21 @@ class AdminServiceStub:
                 request_serializer=sielum_dot_admin_dot_v1_dot_admin__pb2.RevokeAdminRequest.SerializeToString,
                 response_deserializer=sielum_dot_admin_dot_v1_dot_admin__pb2.RevokeAdminResponse.FromString,
                 _registered_method=True)
+        self.CreateService = channel.unary_unary(
+                '/sielum.admin.v1.AdminService/CreateService',
+                request_serializer=sielum_dot_admin_dot_v1_dot_admin__pb2.CreateServiceRequest.SerializeToString,
+                response_deserializer=sielum_dot_admin_dot_v1_dot_admin__pb2.CreateServiceResponse.FromString,
+                _registered_method=True)
+        self.ListServices = channel.unary_unary(
+                '/sielum.admin.v1.AdminService/ListServices',
+                request_serializer=sielum_dot_admin_dot_v1_dot_admin__pb2.ListServicesRequest.SerializeToString,
+                response_deserializer=sielum_dot_admin_dot_v1_dot_admin__pb2.ListServicesResponse.FromString,
+                _registered_method=True)
+        self.RevokeService = channel.unary_unary(
+                '/sielum.admin.v1.AdminService/RevokeService',
+                request_serializer=sielum_dot_admin_dot_v1_dot_admin__pb2.RevokeServiceRequest.SerializeToString,
+                response_deserializer=sielum_dot_admin_dot_v1_dot_admin__pb2.RevokeServiceResponse.FromString,
+                _registered_method=True)
         self.ListAuditEvents = channel.unary_unary(
                 '/sielum.admin.v1.AdminService/ListAuditEvents',
                 request_serializer=sielum_dot_admin_dot_v1_dot_admin__pb2.ListAuditEventsRequest.SerializeToString,
@@ -106,10 +122,11 @@ class AdminServiceStub:
 
 
 class AdminServiceServicer:
-    """AdminService manages enrollment tokens, enrolled devices and admins, and reads
-    the audit trail. Every method requires an active admin: an admin client
-    certificate (mTLS) on the gRPC API port, or a dashboard session on the
-    dashboard port (the Connect protocol).
+    """AdminService manages enrollment tokens, enrolled devices, admins and service
+    identities, and reads the audit trail. Every method requires an active admin:
+    an admin client certificate (mTLS) on the gRPC API port, or a dashboard
+    session on the dashboard port (the Connect protocol). Creating and revoking
+    admins and services take the certificate alone.
     """
 
     def CreateEnrollmentToken(self, request, context):
@@ -175,6 +192,31 @@ class AdminServiceServicer:
         """RevokeAdmin refuses the admin's certificates and ends their dashboard
         sessions from their very next call. Revoking the last active admin is
         FAILED_PRECONDITION.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateService(self, request, context):
+        """CreateService registers a service identity (another system that integrates
+        with Sielum) and certifies the key of its CSR: URI SAN
+        sielum://service/<name>, clientAuth, one year. Like CreateAdmin it needs an
+        admin's client certificate; a name is never reused, even once revoked.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListServices(self, request, context):
+        """ListServices lists service identities newest first, revoked ones included.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeService(self, request, context):
+        """RevokeService refuses the service's certificate from its very next call.
+        Revoking a revoked service again answers it unchanged.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -255,6 +297,21 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     request_deserializer=sielum_dot_admin_dot_v1_dot_admin__pb2.RevokeAdminRequest.FromString,
                     response_serializer=sielum_dot_admin_dot_v1_dot_admin__pb2.RevokeAdminResponse.SerializeToString,
             ),
+            'CreateService': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateService,
+                    request_deserializer=sielum_dot_admin_dot_v1_dot_admin__pb2.CreateServiceRequest.FromString,
+                    response_serializer=sielum_dot_admin_dot_v1_dot_admin__pb2.CreateServiceResponse.SerializeToString,
+            ),
+            'ListServices': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListServices,
+                    request_deserializer=sielum_dot_admin_dot_v1_dot_admin__pb2.ListServicesRequest.FromString,
+                    response_serializer=sielum_dot_admin_dot_v1_dot_admin__pb2.ListServicesResponse.SerializeToString,
+            ),
+            'RevokeService': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeService,
+                    request_deserializer=sielum_dot_admin_dot_v1_dot_admin__pb2.RevokeServiceRequest.FromString,
+                    response_serializer=sielum_dot_admin_dot_v1_dot_admin__pb2.RevokeServiceResponse.SerializeToString,
+            ),
             'ListAuditEvents': grpc.unary_unary_rpc_method_handler(
                     servicer.ListAuditEvents,
                     request_deserializer=sielum_dot_admin_dot_v1_dot_admin__pb2.ListAuditEventsRequest.FromString,
@@ -279,10 +336,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class AdminService:
-    """AdminService manages enrollment tokens, enrolled devices and admins, and reads
-    the audit trail. Every method requires an active admin: an admin client
-    certificate (mTLS) on the gRPC API port, or a dashboard session on the
-    dashboard port (the Connect protocol).
+    """AdminService manages enrollment tokens, enrolled devices, admins and service
+    identities, and reads the audit trail. Every method requires an active admin:
+    an admin client certificate (mTLS) on the gRPC API port, or a dashboard
+    session on the dashboard port (the Connect protocol). Creating and revoking
+    admins and services take the certificate alone.
     """
 
     @staticmethod
@@ -545,6 +603,87 @@ class AdminService:
             '/sielum.admin.v1.AdminService/RevokeAdmin',
             sielum_dot_admin_dot_v1_dot_admin__pb2.RevokeAdminRequest.SerializeToString,
             sielum_dot_admin_dot_v1_dot_admin__pb2.RevokeAdminResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateService(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sielum.admin.v1.AdminService/CreateService',
+            sielum_dot_admin_dot_v1_dot_admin__pb2.CreateServiceRequest.SerializeToString,
+            sielum_dot_admin_dot_v1_dot_admin__pb2.CreateServiceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListServices(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sielum.admin.v1.AdminService/ListServices',
+            sielum_dot_admin_dot_v1_dot_admin__pb2.ListServicesRequest.SerializeToString,
+            sielum_dot_admin_dot_v1_dot_admin__pb2.ListServicesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeService(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sielum.admin.v1.AdminService/RevokeService',
+            sielum_dot_admin_dot_v1_dot_admin__pb2.RevokeServiceRequest.SerializeToString,
+            sielum_dot_admin_dot_v1_dot_admin__pb2.RevokeServiceResponse.FromString,
             options,
             channel_credentials,
             insecure,

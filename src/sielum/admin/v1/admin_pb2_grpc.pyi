@@ -27,10 +27,11 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class AdminServiceStub:
-    """AdminService manages enrollment tokens, enrolled devices and admins, and reads
-    the audit trail. Every method requires an active admin: an admin client
-    certificate (mTLS) on the gRPC API port, or a dashboard session on the
-    dashboard port (the Connect protocol).
+    """AdminService manages enrollment tokens, enrolled devices, admins and service
+    identities, and reads the audit trail. Every method requires an active admin:
+    an admin client certificate (mTLS) on the gRPC API port, or a dashboard
+    session on the dashboard port (the Connect protocol). Creating and revoking
+    admins and services take the certificate alone.
     """
 
     @_typing.overload
@@ -57,6 +58,18 @@ class AdminServiceStub:
     sessions from their very next call. Revoking the last active admin is
     FAILED_PRECONDITION.
     """
+    CreateService: _grpc.UnaryUnaryMultiCallable[_admin_pb2.CreateServiceRequest, _admin_pb2.CreateServiceResponse]
+    """CreateService registers a service identity (another system that integrates
+    with Sielum) and certifies the key of its CSR: URI SAN
+    sielum://service/<name>, clientAuth, one year. Like CreateAdmin it needs an
+    admin's client certificate; a name is never reused, even once revoked.
+    """
+    ListServices: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListServicesRequest, _admin_pb2.ListServicesResponse]
+    """ListServices lists service identities newest first, revoked ones included."""
+    RevokeService: _grpc.UnaryUnaryMultiCallable[_admin_pb2.RevokeServiceRequest, _admin_pb2.RevokeServiceResponse]
+    """RevokeService refuses the service's certificate from its very next call.
+    Revoking a revoked service again answers it unchanged.
+    """
     ListAuditEvents: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListAuditEventsRequest, _admin_pb2.ListAuditEventsResponse]
     """ListAuditEvents reads the audit trail, newest first."""
     CreateDashboardLogin: _grpc.UnaryUnaryMultiCallable[_admin_pb2.CreateDashboardLoginRequest, _admin_pb2.CreateDashboardLoginResponse]
@@ -68,10 +81,11 @@ class AdminServiceStub:
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
-    """AdminService manages enrollment tokens, enrolled devices and admins, and reads
-    the audit trail. Every method requires an active admin: an admin client
-    certificate (mTLS) on the gRPC API port, or a dashboard session on the
-    dashboard port (the Connect protocol).
+    """AdminService manages enrollment tokens, enrolled devices, admins and service
+    identities, and reads the audit trail. Every method requires an active admin:
+    an admin client certificate (mTLS) on the gRPC API port, or a dashboard
+    session on the dashboard port (the Connect protocol). Creating and revoking
+    admins and services take the certificate alone.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -95,6 +109,18 @@ class AdminServiceAsyncStub(AdminServiceStub):
     sessions from their very next call. Revoking the last active admin is
     FAILED_PRECONDITION.
     """
+    CreateService: _aio.UnaryUnaryMultiCallable[_admin_pb2.CreateServiceRequest, _admin_pb2.CreateServiceResponse]  # type: ignore[assignment]
+    """CreateService registers a service identity (another system that integrates
+    with Sielum) and certifies the key of its CSR: URI SAN
+    sielum://service/<name>, clientAuth, one year. Like CreateAdmin it needs an
+    admin's client certificate; a name is never reused, even once revoked.
+    """
+    ListServices: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListServicesRequest, _admin_pb2.ListServicesResponse]  # type: ignore[assignment]
+    """ListServices lists service identities newest first, revoked ones included."""
+    RevokeService: _aio.UnaryUnaryMultiCallable[_admin_pb2.RevokeServiceRequest, _admin_pb2.RevokeServiceResponse]  # type: ignore[assignment]
+    """RevokeService refuses the service's certificate from its very next call.
+    Revoking a revoked service again answers it unchanged.
+    """
     ListAuditEvents: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListAuditEventsRequest, _admin_pb2.ListAuditEventsResponse]  # type: ignore[assignment]
     """ListAuditEvents reads the audit trail, newest first."""
     CreateDashboardLogin: _aio.UnaryUnaryMultiCallable[_admin_pb2.CreateDashboardLoginRequest, _admin_pb2.CreateDashboardLoginResponse]  # type: ignore[assignment]
@@ -105,10 +131,11 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """GetOverview counts tokens and devices by state and enrollments per day."""
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
-    """AdminService manages enrollment tokens, enrolled devices and admins, and reads
-    the audit trail. Every method requires an active admin: an admin client
-    certificate (mTLS) on the gRPC API port, or a dashboard session on the
-    dashboard port (the Connect protocol).
+    """AdminService manages enrollment tokens, enrolled devices, admins and service
+    identities, and reads the audit trail. Every method requires an active admin:
+    an admin client certificate (mTLS) on the gRPC API port, or a dashboard
+    session on the dashboard port (the Connect protocol). Creating and revoking
+    admins and services take the certificate alone.
     """
 
     @_abc_1.abstractmethod
@@ -189,6 +216,36 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         """RevokeAdmin refuses the admin's certificates and ends their dashboard
         sessions from their very next call. Revoking the last active admin is
         FAILED_PRECONDITION.
+        """
+
+    @_abc_1.abstractmethod
+    def CreateService(
+        self,
+        request: _admin_pb2.CreateServiceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.CreateServiceResponse, _abc.Awaitable[_admin_pb2.CreateServiceResponse]]:
+        """CreateService registers a service identity (another system that integrates
+        with Sielum) and certifies the key of its CSR: URI SAN
+        sielum://service/<name>, clientAuth, one year. Like CreateAdmin it needs an
+        admin's client certificate; a name is never reused, even once revoked.
+        """
+
+    @_abc_1.abstractmethod
+    def ListServices(
+        self,
+        request: _admin_pb2.ListServicesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListServicesResponse, _abc.Awaitable[_admin_pb2.ListServicesResponse]]:
+        """ListServices lists service identities newest first, revoked ones included."""
+
+    @_abc_1.abstractmethod
+    def RevokeService(
+        self,
+        request: _admin_pb2.RevokeServiceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.RevokeServiceResponse, _abc.Awaitable[_admin_pb2.RevokeServiceResponse]]:
+        """RevokeService refuses the service's certificate from its very next call.
+        Revoking a revoked service again answers it unchanged.
         """
 
     @_abc_1.abstractmethod

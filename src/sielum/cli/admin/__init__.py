@@ -1,4 +1,4 @@
-"""sielum-admin: tokens, devices, admins, the audit trail and dashboard links, over mTLS.
+"""sielum-admin: tokens, devices, admins, services, the audit trail and dashboard links.
 
 One module per command group registers its commands (`register`); they share
 client.py (the bundle, the calls, output and exit codes) and arguments.py.
@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from sielum.cli import conventions
-from sielum.cli.admin import admins, audit, dashboard, devices, tokens
+from sielum.cli.admin import admins, audit, dashboard, devices, services, tokens
 from sielum.cli.admin.arguments import _global_options
 from sielum.cli.admin.client import _EPILOG, CERT_DIR_ENV, DEFAULT_CERT_DIR, PROG, AdminBundle, Api
 
@@ -26,6 +26,7 @@ Sielum administration over mutual TLS with an admin certificate.
   devices list [--state active|expired|revoked] [--hostname NAME] [--token ID] [--limit N]
   devices get ID | devices revoke ID
   admins create NAME --out DIR | admins list | admins revoke NAME
+  services create NAME --out DIR [--csr FILE] | services list | services revoke NAME
   audit list [--since 1h] [--actor admin/NAME] [--resource token/ID] [--action A] [--limit N]
   dashboard open       open the web dashboard in this machine's browser, signed in
   dashboard login      print a one-time link that signs you in (paste it into a browser,
@@ -34,7 +35,9 @@ Sielum administration over mutual TLS with an admin certificate.
 The admin certificate bundle (admin.pem, admin.key, ca.pem) is read from
 --cert-dir, else $SIELUM_ADMIN_CERT_DIR, else ./sielum-data/admin (what
 scripts/serve-dev.sh makes). `admins create NAME --out DIR` makes one for a new
-admin; `admins revoke NAME` refuses it from the admin's next call.
+admin; `admins revoke NAME` refuses it from the admin's next call. `services
+create NAME --out DIR` makes service.pem, service.key and ca.pem for another
+system that calls Sielum as sielum://service/NAME.
 """
 
 
@@ -51,12 +54,13 @@ def build_parser() -> argparse.ArgumentParser:
     conventions.add_version_option(parser)
     _global_options(parser, top=True)
     groups = parser.add_subparsers(
-        dest="group", required=True, metavar="{tokens,devices,admins,audit,dashboard}"
+        dest="group", required=True, metavar="{tokens,devices,admins,services,audit,dashboard}"
     )
 
     tokens.register(groups)
     devices.register(groups)
     admins.register(groups)
+    services.register(groups)
     audit.register(groups)
     dashboard.register(groups)
     return parser

@@ -52,7 +52,7 @@ exit codes:
   {EXIT_FAILED}  the server failed the request
   {EXIT_USAGE}  bad arguments (here or as judged by the server: INVALID_ARGUMENT)
   {EXIT_CREDENTIALS}  the admin certificate bundle is missing or unreadable
-  {EXIT_NOT_FOUND}  no token, device or admin has that id or name
+  {EXIT_NOT_FOUND}  no token, device, admin or service has that id or name
   {EXIT_UNREACHABLE}  the server is unreachable, or --server is Sielum's enroll port (not the API)
   {EXIT_DENIED}  the server refused this certificate (not an admin, a revoked admin, or not
      from its CA)
@@ -226,6 +226,14 @@ class Api:
             request = admin_pb2.ListAdminsRequest(page_size=size, page_token=page_token)
             reply = self.call(self.stub.ListAdmins, request)
             return reply.admins, reply.next_page_token
+
+        return self.pages(fetch, limit, page_size)
+
+    def services(self, limit: int | None, page_size: int) -> Iterator[admin_pb2.Service]:
+        def fetch(size: int, page_token: str) -> tuple[Sequence[admin_pb2.Service], str]:
+            request = admin_pb2.ListServicesRequest(page_size=size, page_token=page_token)
+            reply = self.call(self.stub.ListServices, request)
+            return reply.services, reply.next_page_token
 
         return self.pages(fetch, limit, page_size)
 
