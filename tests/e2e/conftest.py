@@ -26,10 +26,26 @@ def script(name: str) -> str:
     return str(path)
 
 
+# Ports this test process has handed out. The server binds with SO_REUSEPORT (its
+# workers share a port), so a port handed out twice does not fail to bind: two servers
+# would share it, and a call meant for one server's API port could reach the other's
+# enroll port (seen once in CI as "needs an admin client certificate"). Each pytest-xdist
+# worker takes only its share of the ports, so that two workers never hand out the same
+# one either: by port // 2, since Linux gives bind(("", 0)) ports of one parity.
+_HANDED_OUT: set[int] = set()
+_WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port free now, never handed out before by this run of the tests."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if (port // 2) % _WORKERS == _WORKER % _WORKERS and port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def run(
