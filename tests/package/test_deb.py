@@ -225,3 +225,11 @@ def test_maintainer_scripts_refuse_an_unknown_action(unpacked: Path, tmp_path: P
         result = maintainer_script(unpacked, name, tmp_path, "frobnicate")
         assert result.returncode == 1
         assert "unknown argument 'frobnicate'" in result.stderr
+
+
+def test_the_readme_states_this_glibc_floor(built: Artifacts) -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Installing the agent without Python", 1)[1].split("\n## ", 1)[0]
+    assert f"**Runs on glibc {built.glibc} or later**" in section
+    assert f"`Depends: libc6 (>= {built.glibc})`" in section
+    assert built.deb.name in section
