@@ -100,6 +100,25 @@ while IFS= read -r -d '' file; do
 done < <(find "$DIST/sielum-agent" "$libs" -type f -print0)
 echo "    glibc >= $GLIBC (the newest symbol version needed, by $GLIBC_FILE)"
 echo "$GLIBC" >"$BUILD/glibc-version"
+# The bootloader runs before anything is unpacked, so what it links against must come
+# from the system: glibc's libraries, and zlib. Each one not of glibc gets the
+# dependency its Debian package declares in its shlibs file (as dpkg-shlibdeps would).
+GLIBC_LIBS=" libc.so.6 libdl.so.2 libpthread.so.0 libm.so.6 librt.so.1 libutil.so.1 ld-linux-x86-64.so.2 "
+DEPENDS="libc6 (>= $GLIBC)"
+for lib in $(objdump -p "$DIST/sielum-agent" | awk '$1 == "NEEDED" { print $2 }'); do
+  case "$GLIBC_LIBS" in *" $lib "*) continue ;; esac
+  owner=$(dpkg -S "*/$lib" 2>/dev/null | head -1 | cut -d' ' -f1 | sed 's/:$//')
+  shlibs="/var/lib/dpkg/info/$owner.shlibs"
+  name=${lib%%.so.*}
+  depend=$(awk -v n="$name" -v v="${lib#*.so.}" \
+    '$1 == n && $2 == v { $1 = ""; $2 = ""; sub(/^ +/, ""); print; exit }' "$shlibs" 2>/dev/null || true)
+  if [ -z "$depend" ]; then
+    echo "build-agent.sh: the executable needs $lib from the system, and no Debian package's shlibs says which" >&2
+    exit 1
+  fi
+  echo "    the bootloader needs $lib: $depend"
+  DEPENDS="$DEPENDS, $depend"
+done
 
 step "staging the .deb tree in $BUILD/deb"
 root="$BUILD/deb"
@@ -163,7 +182,7 @@ Version: $VERSION
 Architecture: amd64
 Maintainer: $MAINTAINER
 Installed-Size: $installed_size
-Depends: libc6 (>= $GLIBC)
+Depends: $DEPENDS
 Section: admin
 Priority: optional
 Homepage: https://github.com/sielum/sielum
