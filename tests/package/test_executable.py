@@ -14,6 +14,7 @@ import pytest
 
 from tests.e2e.conftest import (
     ServerProcess,
+    admin,
     ca_fingerprint,
     create_token,
     init_data_dir,
@@ -220,3 +221,21 @@ def test_enroll_status_renew_and_run_against_a_real_server(
     events = [json.loads(line)["event"] for line in log_path.read_text().splitlines()]
     assert events[0] == "agent_started" and "connected" in events
     assert events[-1] == "agent_stopped"
+
+    # The exit code the unit's RestartPreventExitStatus=9 relies on comes through the
+    # onefile bootloader (a parent process) unchanged.
+    assert admin(server, "devices", "revoke", device_id).returncode == 0
+    refused = bare(built.executable, "run", "--cert-dir", str(cert_dir), cwd=empty)
+    assert refused.returncode == 9, refused.stderr
+    assert "device_refused" in refused.stderr
+
+
+def test_exit_codes_and_errors_come_through(built: Artifacts, tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    usage = bare(built.executable, "enroll", cwd=empty)
+    assert usage.returncode == 2
+    assert usage.stderr.startswith("sielum-agent: ")
+    not_enrolled = bare(built.executable, "status", "--cert-dir", str(tmp_path / "none"), cwd=empty)
+    assert not_enrolled.returncode == 8
+    assert "holds no enrollment" in not_enrolled.stderr
