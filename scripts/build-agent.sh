@@ -13,7 +13,7 @@ Usage: bash scripts/build-agent.sh [--help]
 Builds, into dist/ (gitignored):
   sielum-agent                      one executable file that carries its own Python and
                                     only the agent (no server module or dependency)
-  sielum-agent_<version>_amd64.deb  /usr/bin/sielum-agent, the systemd unit (not enabled),
+  sielum-agent_<version>_amd64.deb  /usr/bin/sielum-agent, the systemd unit (not enabled), a man page,
                                     /etc/sielum made 0700 by postinst
   SHA256SUMS                        sha256sum of both; check with `sha256sum -c SHA256SUMS`
 
@@ -170,6 +170,10 @@ commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
   printf ' -- %s  %s\n' "$MAINTAINER" "$(date -u -R -d "@$SOURCE_DATE_EPOCH")"
 } | gzip -9n >"$doc/changelog.gz"
 chmod 0644 "$doc/changelog.gz"
+
+install -d "$root/usr/share/man/man1"
+gzip -9n <packaging/deb/sielum-agent.1 >"$root/usr/share/man/man1/sielum-agent.1.gz"
+chmod 0644 "$root/usr/share/man/man1/sielum-agent.1.gz"
 
 mkdir -p "$root/DEBIAN"
 for script in postinst prerm postrm; do

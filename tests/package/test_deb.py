@@ -22,14 +22,13 @@ ANALYZE = shutil.which("systemd-analyze")
 KNOWN_WARNINGS = {
     # PyInstaller's prebuilt bootloader is not a position-independent executable.
     "hardening-no-pie",
-    # `sielum-agent --help` is the manual; there is no man page yet.
-    "no-manual-page",
 }
 FILES = {
     "./usr/bin/sielum-agent": ("-rwxr-xr-x", "root/root"),
     "./lib/systemd/system/sielum-agent.service": ("-rw-r--r--", "root/root"),
     "./usr/share/doc/sielum-agent/copyright": ("-rw-r--r--", "root/root"),
     "./usr/share/doc/sielum-agent/changelog.gz": ("-rw-r--r--", "root/root"),
+    "./usr/share/man/man1/sielum-agent.1.gz": ("-rw-r--r--", "root/root"),
 }
 DIRECTORIES = {
     "./",
@@ -41,6 +40,8 @@ DIRECTORIES = {
     "./usr/share/",
     "./usr/share/doc/",
     "./usr/share/doc/sielum-agent/",
+    "./usr/share/man/",
+    "./usr/share/man/man1/",
 }
 
 
