@@ -27,7 +27,8 @@ libraries it bundles: the .deb's libc6 dependency), the .deb with
 Needs: python3 (3.11 or later, with its shared libpython, as Debian's and pyenv's are),
 binutils (objdump, strip) and dpkg-deb. Environment:
   PYTHON           the interpreter for .venv-build (default python3)
-  DEB_MAINTAINER   the .deb's Maintainer field (default "Sielum maintainers <sielum@example.org>")
+  DEB_MAINTAINER   the .deb's Maintainer field, "Name <email>" (default: the git identity
+                   of whoever builds, `git config user.name` and `user.email`)
 Check the .deb with `lintian dist/sielum-agent_*_amd64.deb`; tests/package/ runs all of it.
 EOF
 }
@@ -40,7 +41,17 @@ esac
 # The .deb's directories must be 0755 and its files 0644/0755 whatever the caller's umask.
 umask 022
 PYTHON="${PYTHON:-python3}"
-MAINTAINER="${DEB_MAINTAINER:-Sielum maintainers <sielum@example.org>}"
+# Whoever builds the package maintains it, unless told otherwise.
+MAINTAINER="${DEB_MAINTAINER:-}"
+if [ -z "$MAINTAINER" ]; then
+  name=$(git config user.name || true)
+  email=$(git config user.email || true)
+  if [ -z "$name" ] || [ -z "$email" ]; then
+    echo "build-agent.sh: set DEB_MAINTAINER=\"Name <email>\" (or git's user.name and user.email)" >&2
+    exit 2
+  fi
+  MAINTAINER="$name <$email>"
+fi
 BUILD=build/agent
 DIST=dist
 START=$SECONDS
@@ -66,7 +77,9 @@ fi
 
 step "PyInstaller: $DIST/sielum-agent (packaging/sielum-agent.spec)"
 mkdir -p "$BUILD" "$DIST"
-.venv-build/bin/pyinstaller --noconfirm --log-level WARN \
+# No __pycache__ in src/ from the analysis (tests/test_generated.py compares src/ with
+# what the generator writes, and the sources are not this build's to change).
+PYTHONDONTWRITEBYTECODE=1 .venv-build/bin/pyinstaller --noconfirm --log-level WARN \
   --distpath "$BUILD/pyinstaller-dist" --workpath "$BUILD/pyinstaller-work" \
   packaging/sielum-agent.spec
 install -m 0755 "$BUILD/pyinstaller-dist/sielum-agent" "$DIST/sielum-agent"
@@ -189,7 +202,6 @@ Installed-Size: $installed_size
 Depends: $DEPENDS
 Section: admin
 Priority: optional
-Homepage: https://github.com/sielum/sielum
 Description: Sielum endpoint agent: device certificate enrollment and renewal
  sielum-agent exchanges a one-time enrollment token for a device certificate
  signed by the Sielum CA (enroll), then keeps it fresh over mutual TLS:

@@ -29,6 +29,7 @@ class Artifacts:
     version: str
     glibc: str
     build_seconds: float  # 0.0: built by the other xdist worker of this run
+    built_after: float  # time.time() before the build started (0.0: not built here)
 
 
 def project_version() -> str:
@@ -47,10 +48,12 @@ def built() -> Iterator[Artifacts]:
     lock_path = ROOT / "build" / "agent" / ".tests.lock"
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     seconds = 0.0
+    built_after = 0.0
     with lock_path.open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not (STAMP.exists() and STAMP.read_text() == run_id):
             STAMP.unlink(missing_ok=True)
+            built_after = time.time() - 1  # file systems round times
             started = time.monotonic()
             with BUILD_LOG.open("w") as log:
                 result = subprocess.run(
@@ -75,4 +78,5 @@ def built() -> Iterator[Artifacts]:
         version=version,
         glibc=(ROOT / "build" / "agent" / "glibc-version").read_text().strip(),
         build_seconds=seconds,
+        built_after=built_after,
     )

@@ -1,13 +1,14 @@
-"""The build's inputs, checked without building: pins, the entry module, the script's help."""
+"""The build's inputs (pins, the script's help) and what it must leave alone (src/)."""
 
 from __future__ import annotations
 
 import subprocess
 import tomllib
 
+import pytest
 from packaging.requirements import Requirement
 
-from .conftest import ROOT
+from .conftest import ROOT, Artifacts
 
 REQUIREMENTS = ROOT / "scripts" / "agent-build-requirements.txt"
 
@@ -57,3 +58,13 @@ def test_help_explains_the_build() -> None:
     )
     assert wrong.returncode == 2
     assert "unknown argument" in wrong.stderr
+
+
+@pytest.mark.package
+def test_the_build_writes_nothing_into_src(built: Artifacts) -> None:
+    """PyInstaller's analysis would leave __pycache__ in src/ (which
+    tests/test_generated.py compares with the generator's output): the script stops it."""
+    if not built.built_after:
+        pytest.skip("built by the other worker of this run")
+    written = [p for p in (ROOT / "src").rglob("*") if p.stat().st_mtime >= built.built_after]
+    assert written == []
