@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -239,3 +242,73 @@ def test_exit_codes_and_errors_come_through(built: Artifacts, tmp_path: Path) ->
     not_enrolled = bare(built.executable, "status", "--cert-dir", str(tmp_path / "none"), cwd=empty)
     assert not_enrolled.returncode == 8
     assert "holds no enrollment" in not_enrolled.stderr
+
+
+CHROOT = shutil.which("chroot") or shutil.which("chroot", path="/usr/sbin:/sbin")
+# What the system must provide (tests/package/test_deb.py checks that it is all): glibc's
+# libraries and the dynamic loader, and zlib for the bootloader.
+SYSTEM_LIBS = (
+    "libc.so.6",
+    "libdl.so.2",
+    "libpthread.so.0",
+    "libm.so.6",
+    "librt.so.1",
+    "libutil.so.1",
+    "libz.so.1",
+)
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or CHROOT is None, reason="chroot needs root")
+def test_enrolls_from_a_root_with_glibc_and_zlib_alone(
+    built: Artifacts, server: ServerProcess, tmp_path: Path
+) -> None:
+    """No Python, no OpenSSL, no /proc, no /etc: a root with the executable, glibc, zlib
+    and /dev/urandom."""
+    assert CHROOT is not None
+    root = tmp_path / "root"
+    libs = root / "lib" / "x86_64-linux-gnu"
+    libs.mkdir(parents=True)
+    for name in SYSTEM_LIBS:
+        shutil.copy(Path("/lib/x86_64-linux-gnu") / name, libs / name)  # follows links
+    (root / "lib64").mkdir()
+    shutil.copy("/lib64/ld-linux-x86-64.so.2", root / "lib64")
+    # gRPC seeds its random generators from /dev/urandom, which every system has.
+    (root / "dev").mkdir()
+    try:
+        os.mknod(root / "dev" / "urandom", 0o666 | stat.S_IFCHR, os.makedev(1, 9))
+    except PermissionError:
+        pytest.skip("cannot make /dev/urandom in the scratch root here (mknod refused)")
+    (root / "tmp").mkdir(mode=0o1777)
+    (root / "tmp").chmod(0o1777)
+    shutil.copy(built.executable, root / "sielum-agent")
+    assert not list(root.rglob("*python*")) and not list(root.rglob("libssl*"))
+
+    def chrooted(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [CHROOT, str(root), "/sielum-agent", *args],
+            env=env or {},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+    version = chrooted("--version")
+    assert (version.returncode, version.stdout) == (0, f"sielum-agent {built.version}\n")
+    _, secret = create_token(server)
+    enrolled = chrooted(
+        "enroll",
+        "--server",
+        f"https://127.0.0.1:{server.enroll_port}",
+        "--ca-fingerprint",
+        ca_fingerprint(server.data_dir),
+        "--cert-dir",
+        "/sielum",
+        env={"SIELUM_ENROLLMENT_TOKEN": secret},
+    )
+    assert enrolled.returncode == 0, enrolled.stderr
+    status = chrooted("status", "--cert-dir", "/sielum", "--json")
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["deviceId"]
+    # onefile cleaned up after itself each time.
+    assert list((root / "tmp").iterdir()) == []
