@@ -74,6 +74,12 @@ installed=$(.venv-build/bin/python -c 'import importlib.metadata as m; print(m.v
 if [ "$installed" != "$VERSION" ]; then
   "${pip[@]}" --no-deps -e . 2>&1 | grep -v "^WARNING: Location" || true
 fi
+# pip's own failure is filtered above with its warnings: check what it should have done.
+.venv-build/bin/python -c "
+import importlib.metadata as m, sys
+import PyInstaller, grpc, google.protobuf, cryptography
+sys.exit(m.version('sielum') != '$VERSION')
+" || { echo "build-agent.sh: installing into .venv-build failed" >&2; exit 1; }
 
 step "PyInstaller: $DIST/sielum-agent (packaging/sielum-agent.spec)"
 mkdir -p "$BUILD" "$DIST"

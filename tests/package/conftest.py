@@ -28,7 +28,6 @@ class Artifacts:
     sums: Path
     version: str
     glibc: str
-    build_seconds: float  # 0.0: built by the other xdist worker of this run
     built_after: float  # time.time() before the build started (0.0: not built here)
 
 
@@ -47,14 +46,12 @@ def built() -> Iterator[Artifacts]:
     run_id = os.environ.get("PYTEST_XDIST_TESTRUNUID", f"single-{os.getpid()}")
     lock_path = ROOT / "build" / "agent" / ".tests.lock"
     lock_path.parent.mkdir(parents=True, exist_ok=True)
-    seconds = 0.0
     built_after = 0.0
     with lock_path.open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not (STAMP.exists() and STAMP.read_text() == run_id):
             STAMP.unlink(missing_ok=True)
             built_after = time.time() - 1  # file systems round times
-            started = time.monotonic()
             with BUILD_LOG.open("w") as log:
                 result = subprocess.run(
                     ["bash", "scripts/build-agent.sh"],
@@ -64,7 +61,6 @@ def built() -> Iterator[Artifacts]:
                     timeout=600,
                     check=False,
                 )
-            seconds = time.monotonic() - started
             if result.returncode != 0:
                 pytest.fail(
                     f"scripts/build-agent.sh exited {result.returncode}:\n{BUILD_LOG.read_text()}"
@@ -77,6 +73,5 @@ def built() -> Iterator[Artifacts]:
         sums=ROOT / "dist" / "SHA256SUMS",
         version=version,
         glibc=(ROOT / "build" / "agent" / "glibc-version").read_text().strip(),
-        build_seconds=seconds,
         built_after=built_after,
     )
