@@ -15,7 +15,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILD_LOG = ROOT / "build" / "agent" / "build-agent.log"
-# Written after a build that succeeded, with the id of the test run that made it.
+# Written after a build that succeeded: the id of the test run that made it, and when
+# the build started.
 STAMP = ROOT / "build" / "agent" / "tests-built-by"
 
 
@@ -28,7 +29,7 @@ class Artifacts:
     sums: Path
     version: str
     glibc: str
-    built_after: float  # time.time() before the build started (0.0: not built here)
+    built_after: float  # time.time() before the build of this run started
 
 
 def project_version() -> str:
@@ -46,10 +47,12 @@ def built() -> Iterator[Artifacts]:
     run_id = os.environ.get("PYTEST_XDIST_TESTRUNUID", f"single-{os.getpid()}")
     lock_path = ROOT / "build" / "agent" / ".tests.lock"
     lock_path.parent.mkdir(parents=True, exist_ok=True)
-    built_after = 0.0
     with lock_path.open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (STAMP.exists() and STAMP.read_text() == run_id):
+        stamp = STAMP.read_text().split() if STAMP.exists() else []
+        if stamp[:1] == [run_id]:
+            built_after = float(stamp[1])
+        else:
             STAMP.unlink(missing_ok=True)
             built_after = time.time() - 1  # file systems round times
             with BUILD_LOG.open("w") as log:
@@ -65,7 +68,7 @@ def built() -> Iterator[Artifacts]:
                 pytest.fail(
                     f"scripts/build-agent.sh exited {result.returncode}:\n{BUILD_LOG.read_text()}"
                 )
-            STAMP.write_text(run_id)
+            STAMP.write_text(f"{run_id} {built_after}")
     version = project_version()
     yield Artifacts(
         executable=ROOT / "dist" / "sielum-agent",

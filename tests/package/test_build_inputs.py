@@ -64,7 +64,10 @@ def test_help_explains_the_build() -> None:
 def test_the_build_writes_nothing_into_src(built: Artifacts) -> None:
     """PyInstaller's analysis would leave __pycache__ in src/ (which
     tests/test_generated.py compares with the generator's output): the script stops it."""
-    if not built.built_after:
-        pytest.skip("built by the other worker of this run")
-    written = [p for p in (ROOT / "src").rglob("*") if p.stat().st_mtime >= built.built_after]
+    # sielum.egg-info is pip's: other tests of the run install the project meanwhile.
+    written = [
+        p
+        for p in (ROOT / "src").rglob("*")
+        if p.stat().st_mtime >= built.built_after and ".egg-info" not in str(p)
+    ]
     assert written == []
