@@ -83,7 +83,7 @@ class Admin:
     # admins were registered).
     created_by: str
     revoked_at: datetime | None = None
-    # Which of the admin's certificates are honoured (admins/policy.py::is_honoured):
+    # Which of the admin's certificates are honoured (identities/policy.py::is_honoured):
     # the newest, `serial` (None: none was recorded, every one made before is); the one
     # before it, `previous_serial` (None: any made before `serial`), until
     # `previous_until`, which the first use of the newest clears to None. `certified_at`

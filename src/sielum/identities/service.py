@@ -96,7 +96,7 @@ class AdminRegistry:
     ) -> None:
         self._store = store
         self._ca = ca
-        # The chain of an admin's certificates is kept per CA (admins/policy.py::is_honoured).
+        # The chain of an admin's certificates is kept per CA (identities/policy.py::is_honoured).
         self._issuer = issuer_key_id(ca.certificate)
         self._clock = clock
         self._recorder = recorder or NoRecorder()
