@@ -151,7 +151,8 @@ mkdir -p "$(dirname "$unit")"
   cat <<'EOF'
 # /lib/systemd/system/sielum-agent.service, from the sielum-agent package.
 #
-# Keeps this endpoint's device certificate fresh: a heartbeat every --interval,
+# Keeps this endpoint's device certificate fresh: a heartbeat as often as the server
+# advises (5 minutes unless changed there; --interval pins it here instead),
 # a renewal soon after the server's renew_after, backoff while the server is away.
 # The package enables nothing: enroll first (as root, once), then enable:
 #

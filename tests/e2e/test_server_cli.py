@@ -148,6 +148,24 @@ def test_serve_refuses_negative_workers_and_threads(tmp_path: Path) -> None:
         assert message in result.stderr, result.stderr
 
 
+def test_serve_refuses_a_heartbeat_interval_outside_ten_seconds_to_a_day(tmp_path: Path) -> None:
+    # Outside the bounds: a fleet in a tight loop, or devices silent for days.
+    for value in ("5s", "2d"):
+        result = run(
+            "sielum-server",
+            "serve",
+            "--data-dir",
+            str(tmp_path / "x"),
+            "--heartbeat-interval",
+            value,
+        )
+        assert result.returncode == 2, result.stderr
+        assert (
+            "argument --heartbeat-interval: heartbeat interval must be between 10s and 1d"
+            in result.stderr
+        ), result.stderr
+
+
 def test_encrypted_ca_needs_the_passphrase(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     short = run(

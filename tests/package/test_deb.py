@@ -141,7 +141,7 @@ def test_the_unit_is_the_example_run_from_usr_bin(unpacked: Path) -> None:
     # The same unit below the header comment, with ExecStart in /usr/bin.
     body = example.split("\n\n", 1)[1].replace("/opt/sielum/venv/bin/", "/usr/bin/")
     assert packaged.split("\n\n", 1)[1] == body
-    assert "ExecStart=/usr/bin/sielum-agent run --cert-dir /etc/sielum " in packaged
+    assert "\nExecStart=/usr/bin/sielum-agent run --cert-dir /etc/sielum\n" in packaged
     assert "/opt/sielum" not in packaged
 
 

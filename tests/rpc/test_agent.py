@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import grpc
 from cryptography import x509
@@ -10,8 +11,9 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from sielum.admin.v1 import admin_pb2
 from sielum.agent.v1 import agent_pb2, agent_pb2_grpc
+from sielum.enroll.ratelimit import FailureLimit
 
-from .conftest import Harness, make_csr, make_key, status_of
+from .conftest import Harness, make_csr, make_key, start_harness, status_of
 
 
 def test_ok_heartbeat_updates_last_seen(harness: Harness) -> None:
@@ -128,3 +130,30 @@ def test_fail_unenroll_needs_a_device_certificate(harness: Harness) -> None:
         grpc.StatusCode.PERMISSION_DENIED,
         "/sielum.agent.v1.AgentService/Unenroll needs a device certificate; this one is admin",
     )
+
+
+def test_ok_heartbeat_advises_the_interval_the_operator_set(
+    harness: Harness, tmp_path: Path
+) -> None:
+    created = harness.create_token()
+    response, key = harness.enroll(created.secret)
+    beat = harness.agent(key, response.certificate_pem).Heartbeat(
+        agent_pb2.HeartbeatRequest(), timeout=10
+    )
+    assert beat.HasField("heartbeat_interval")
+    assert beat.heartbeat_interval.ToTimedelta() == timedelta(minutes=5)  # the default
+
+    other = start_harness(
+        tmp_path / "other",
+        heartbeat_interval=timedelta(minutes=15),
+        failure_limit=FailureLimit(burst=1000, rate_per_second=1000.0),
+    )
+    try:
+        created = other.create_token()
+        response, key = other.enroll(created.secret)
+        beat = other.agent(key, response.certificate_pem).Heartbeat(
+            agent_pb2.HeartbeatRequest(), timeout=10
+        )
+        assert beat.heartbeat_interval.ToTimedelta() == timedelta(minutes=15)
+    finally:
+        other.server.stop(grace=1)

@@ -85,6 +85,7 @@ class FakeServer:
         self.status_errors: list[AgentError] = []
         self.renew_errors: list[AgentError] = []
         self.on_status: Callable[[], None] = lambda: None
+        self.advised: timedelta | None = None  # HeartbeatResponse.heartbeat_interval
 
     def _issue(self) -> StoredEnrollment:
         key = ec.generate_private_key(ec.SECP256R1())
@@ -135,6 +136,7 @@ class FakeServer:
             renew_after=renew_after(
                 certificate.not_valid_before_utc, certificate.not_valid_after_utc
             ),
+            heartbeat_interval=self.advised,
         )
 
     def renew(self, cert_dir: CertDir, timeout: float, expected_serial: int) -> RenewResult:
@@ -162,7 +164,7 @@ def server(time: FakeTime) -> FakeServer:
 
 
 def make_daemon(
-    time: FakeTime, server: FakeServer, seed: int = 1, interval: timedelta = INTERVAL
+    time: FakeTime, server: FakeServer, seed: int = 1, interval: timedelta | None = INTERVAL
 ) -> Daemon:
     return Daemon(
         DaemonOptions(CertDir(Path("/nonexistent")), interval=interval, timeout=5),
@@ -442,3 +444,42 @@ def test_a_signal_taken_by_another_thread_ends_the_sleep() -> None:
         signals.close()
     assert signal.set_wakeup_fd(-1) == wakeup  # close() put the previous one back
     signal.set_wakeup_fd(wakeup)
+
+
+def test_follows_the_interval_the_server_advises_unless_given_one(
+    time: FakeTime, server: FakeServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # No --interval: 5 minutes until the first answer, then what the server advises.
+    server.advised = timedelta(minutes=30)
+    time.stop_when = lambda: server.heartbeats >= 6
+    assert make_daemon(time, server, interval=None).run() == EXIT_OK
+    assert all(27 * 60 <= s <= 33 * 60 for s in time.sleeps[:-1]), time.sleeps
+    (changed,) = fields(caplog, "interval_changed")
+    assert changed == {"interval": "1800s", "previous": "300s", "source": "server"}
+
+    # The operator lowers it: the next answer takes effect.
+    server.advised = timedelta(minutes=1)
+    time.sleeps.clear()
+    time.stop_when = lambda: server.heartbeats >= 12
+    time._stopped = False
+    assert make_daemon(time, server, interval=None).run() == EXIT_OK
+    assert all(54 <= s <= 66 for s in time.sleeps[1:-1]), time.sleeps
+
+
+def test_an_interval_given_on_the_command_line_wins_over_the_server(
+    time: FakeTime, server: FakeServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    server.advised = timedelta(minutes=30)
+    time.stop_when = lambda: server.heartbeats >= 5
+    assert make_daemon(time, server, interval=timedelta(minutes=2)).run() == EXIT_OK
+    assert all(108 <= s <= 132 for s in time.sleeps[:-1]), time.sleeps
+    assert fields(caplog, "interval_changed") == []
+
+
+def test_a_server_advising_a_tight_loop_is_held_to_ten_seconds(
+    time: FakeTime, server: FakeServer
+) -> None:
+    server.advised = timedelta(milliseconds=1)
+    time.stop_when = lambda: server.heartbeats >= 5
+    assert make_daemon(time, server, interval=None).run() == EXIT_OK
+    assert all(s >= 9 for s in time.sleeps), time.sleeps

@@ -13,6 +13,7 @@ from sielum.devices.policy import renew_after
 from sielum.endpoint.schedule import (
     BACKOFF_BASE,
     RENEWAL_SPREAD,
+    advised_interval,
     backoff_delay,
     heartbeat_delay,
     renewal_time,
@@ -130,3 +131,12 @@ def test_backoff_under_a_short_interval_is_capped_by_it() -> None:
     rng = random.Random(17)
     cap = timedelta(seconds=2)
     assert all(backoff_delay(n, cap, rng) <= cap for n in range(1, 50))
+
+
+def test_an_advised_interval_is_held_between_ten_seconds_and_a_day() -> None:
+    fallback = timedelta(minutes=5)
+    assert advised_interval(None, fallback) == fallback
+    assert advised_interval(timedelta(0), fallback) == fallback
+    assert advised_interval(timedelta(minutes=20), fallback) == timedelta(minutes=20)
+    assert advised_interval(timedelta(milliseconds=5), fallback) == timedelta(seconds=10)
+    assert advised_interval(timedelta(days=30), fallback) == timedelta(days=1)

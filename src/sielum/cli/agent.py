@@ -16,7 +16,7 @@ from sielum.cli.durations import parse_duration
 from sielum.endpoint import errors
 from sielum.endpoint.address import parse_server
 from sielum.endpoint.certdir import CertDir
-from sielum.endpoint.daemon import DEFAULT_INTERVAL, DaemonOptions, serve
+from sielum.endpoint.daemon import DaemonOptions, serve
 from sielum.endpoint.enrollment import DEFAULT_TIMEOUT, EnrollOptions, enroll, renew, status
 from sielum.endpoint.errors import AgentError, UsageError
 from sielum.errors import InvalidArgumentError
@@ -241,11 +241,12 @@ one group read access, device.key mode 0640; renewals keep that group and bit).
 
 _RUN_DESCRIPTION = """\
 Stay up as a service (examples/systemd/sielum-agent.service): a heartbeat every
---interval, a renewal at a random moment soon after the server's renew_after,
-exponential backoff (up to --interval) while the server is away; the stored key
-and certificate are only ever replaced by a complete new pair. The cert dir is
-read again before every call, so a renewal or re-enrollment done by hand is used
-without a restart. One log line per renewal and per change of state.
+--interval (by default the interval the server advises), a renewal at a random
+moment soon after the server's renew_after, exponential backoff (up to the
+interval) while the server is away; the stored key and certificate are only ever
+replaced by a complete new pair. The cert dir is read again before every call, so
+a renewal or re-enrollment done by hand is used without a restart. One log line
+per renewal and per change of state.
 """
 
 
@@ -365,9 +366,11 @@ def build_parser() -> argparse.ArgumentParser:
     run_cmd.add_argument(
         "--interval",
         type=_interval,
-        default=DEFAULT_INTERVAL,
+        default=None,
         metavar="DURATION",
-        help="heartbeat every DURATION, jittered by 10%% (default 5m; like 30s, 5m, 1h)",
+        help="heartbeat every DURATION, jittered by 10%% (like 30s, 5m, 1h); default: what "
+        "the server advises in each heartbeat's answer (serve --heartbeat-interval, 5m "
+        "unless its operator changed it)",
     )
     run_cmd.add_argument(
         "--log-format",

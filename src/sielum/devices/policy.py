@@ -13,6 +13,12 @@ from sielum.model import Device, DeviceStanding, DeviceState, RenewalPace
 # the newest one handed out; the margin covers clocks of replicas that disagree, under
 # which a certificate replaced while unused may look a little newer than its successor.
 LOST_RENEWAL_MARGIN = timedelta(minutes=5)
+# How often agents are asked to heartbeat (HeartbeatResponse.heartbeat_interval), and
+# the bounds an operator may set it within (serve --heartbeat-interval): often enough to
+# notice a silent device, rarely enough that a large fleet costs little.
+DEFAULT_HEARTBEAT_INTERVAL = timedelta(minutes=5)
+MIN_HEARTBEAT_INTERVAL = timedelta(seconds=10)
+MAX_HEARTBEAT_INTERVAL = timedelta(days=1)
 # Renewals a device may make at once before it is paced (retries of lost answers).
 RENEWAL_BURST = 5
 # One renewal more per this share of the certificate lifetime: an agent renewing
@@ -77,6 +83,13 @@ def _field(n: int) -> int:
 
 _TIMESTAMP = _field((1 + 10) + (1 + 5))  # seconds and nanos as the longest varints
 _ENUM = 1 + 10
+
+
+def check_heartbeat_interval(interval: timedelta) -> timedelta:
+    """An interval an operator may ask agents to heartbeat at: 10 seconds to 1 day."""
+    if not MIN_HEARTBEAT_INTERVAL <= interval <= MAX_HEARTBEAT_INTERVAL:
+        raise InvalidArgumentError("heartbeat interval must be between 10s and 1d")
+    return interval
 
 
 def renew_after(not_before: datetime, not_after: datetime) -> datetime:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from cryptography import x509
 
@@ -37,6 +37,7 @@ class Heartbeat:
     server_time: datetime
     not_after: datetime
     renew_after: datetime
+    heartbeat_interval: timedelta
 
 
 class DeviceService:
@@ -48,12 +49,15 @@ class DeviceService:
         ca: CertificateAuthority,
         clock: Clock,
         recorder: Recorder | None = None,
+        *,
+        heartbeat_interval: timedelta = devices.DEFAULT_HEARTBEAT_INTERVAL,
     ) -> None:
         self._store = store
         self._ca = ca
         self._clock = clock
         self._recorder: Recorder = recorder or NoRecorder()
         self._pace = devices.renewal_pace(ca.device_ttl)
+        self._heartbeat_interval = devices.check_heartbeat_interval(heartbeat_interval)
 
     def _standing(self, device_id: str) -> DeviceStanding:
         try:
@@ -148,6 +152,7 @@ class DeviceService:
             server_time=now,
             not_after=not_after,
             renew_after=devices.renew_after(not_before, not_after),
+            heartbeat_interval=self._heartbeat_interval,
         )
 
     def renew(self, caller: Identity, csr_pem: str, peer: str) -> IssuedCertificate:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from sielum.agent.v1 import agent_pb2
 from sielum.devices.service import DeviceService
 from sielum.identity import Call
-from sielum.pb import to_timestamp
+from sielum.pb import to_duration, to_timestamp
 
 
 class AgentServicer:
@@ -26,6 +26,7 @@ class AgentServicer:
             server_time=to_timestamp(beat.server_time),
             not_after=to_timestamp(beat.not_after),
             renew_after=to_timestamp(beat.renew_after),
+            heartbeat_interval=to_duration(beat.heartbeat_interval),
         )
 
     def RenewCertificate(

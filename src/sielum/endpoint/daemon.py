@@ -29,10 +29,15 @@ from sielum.endpoint.errors import (
     ServerBusyError,
     ServerUnreachableError,
 )
-from sielum.endpoint.schedule import backoff_delay, heartbeat_delay, renewal_time
+from sielum.endpoint.schedule import (
+    DEFAULT_INTERVAL,
+    advised_interval,
+    backoff_delay,
+    heartbeat_delay,
+    renewal_time,
+)
 from sielum.logs import log_event
 
-DEFAULT_INTERVAL = timedelta(minutes=5)
 # A renewal this close to its moment is due now: waking up a hair early (the local
 # clock against the server's) must not cost a whole extra sleep.
 _DUE_SLACK = timedelta(seconds=1)
@@ -165,7 +170,9 @@ class Plan:
 @dataclass(frozen=True)
 class DaemonOptions:
     cert_dir: CertDir
-    interval: timedelta = DEFAULT_INTERVAL
+    # None: the interval the server advises in each heartbeat's answer (DEFAULT_INTERVAL
+    # until the first answer, or from a server that advises none); set: this one, always.
+    interval: timedelta | None = None
     timeout: float = DEFAULT_TIMEOUT
 
 
@@ -198,6 +205,7 @@ class Daemon:
         self._serial: int | None = None  # the certificate on disk at the last attempt
         self._renewed_elsewhere = False  # seen, not yet reported with its plan
         self._plan: Plan | None = None
+        self._interval = options.interval or DEFAULT_INTERVAL
 
     @property
     def state(self) -> State:
@@ -209,7 +217,11 @@ class Daemon:
         self._event(
             "agent_started",
             cert_dir=str(options.cert_dir.root),
-            interval=f"{options.interval.total_seconds():g}s",
+            interval=(
+                f"{options.interval.total_seconds():g}s"
+                if options.interval is not None
+                else "as the server advises"
+            ),
         )
         while not self._waiter.stopped:
             try:
@@ -228,7 +240,7 @@ class Daemon:
                 delay = timedelta(0)
             except AgentError as error:
                 self._failures += 1
-                delay = backoff_delay(self._failures, options.interval, self._rng)
+                delay = backoff_delay(self._failures, self._interval, self._rng)
                 self._failed(error, delay)
             if self._waiter.wait(delay.total_seconds()):
                 break
@@ -257,6 +269,7 @@ class Daemon:
             )
 
         status = self._calls.status(options.cert_dir, options.timeout)
+        self._follow(status)
         plan, new_plan = self._plan_for(status)
         due = plan.renew_at - status.server_time <= _DUE_SLACK
         if self._renewed_elsewhere:
@@ -274,7 +287,7 @@ class Daemon:
         if due:
             return self._renew(serial)
         self._succeeded(status, plan)
-        return min(heartbeat_delay(options.interval, self._rng), plan.renew_at - status.server_time)
+        return min(heartbeat_delay(self._interval, self._rng), plan.renew_at - status.server_time)
 
     def _renew(self, serial: int) -> timedelta:
         options = self._options
@@ -292,14 +305,29 @@ class Daemon:
         except AgentError:
             self._event("renewed", **fields)
             raise
+        self._follow(status)
         plan, _ = self._plan_for(status)
         self._succeeded(status, plan)
         self._event("renewed", **fields, next_renewal=_when(plan.renew_at))
-        beat = heartbeat_delay(options.interval, self._rng)
+        beat = heartbeat_delay(self._interval, self._rng)
         remaining = plan.renew_at - status.server_time
         # Never two renewals within one heartbeat, whatever the plan says (a certificate
         # born due, a draw of zero): a loop of renewals is what the server rate-limits.
         return beat if remaining <= _DUE_SLACK else min(beat, remaining)
+
+    def _follow(self, status: Status) -> None:
+        """Take the heartbeat interval the server advises, unless --interval was given."""
+        if self._options.interval is not None:
+            return
+        interval = advised_interval(status.heartbeat_interval, self._interval)
+        if interval != self._interval:
+            self._event(
+                "interval_changed",
+                interval=f"{interval.total_seconds():g}s",
+                previous=f"{self._interval.total_seconds():g}s",
+                source="server",
+            )
+            self._interval = interval
 
     def _plan_for(self, status: Status) -> tuple[Plan, bool]:
         """The plan for the certificate the server just saw; drawn once per certificate."""

@@ -7,7 +7,7 @@ import platform
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from importlib import metadata
 from typing import TypeVar
 
@@ -78,6 +78,8 @@ class Status:
     server_time: datetime
     not_after: datetime
     renew_after: datetime
+    # What the server asks agents to heartbeat at; None from a server that says nothing.
+    heartbeat_interval: timedelta | None = None
 
     @property
     def renewal_due(self) -> bool:
@@ -358,6 +360,9 @@ def status(
         server_time=_datetime(reply.server_time),
         not_after=_datetime(reply.not_after),
         renew_after=_datetime(reply.renew_after),
+        heartbeat_interval=(
+            reply.heartbeat_interval.ToTimedelta() if reply.HasField("heartbeat_interval") else None
+        ),
     )
 
 

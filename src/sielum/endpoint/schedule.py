@@ -15,6 +15,12 @@ RENEWAL_SPREAD = 1 / 3
 # Heartbeats are spread by this fraction either side of the interval, so agents
 # started together (a rack after a power cut) drift apart instead of calling in step.
 INTERVAL_JITTER = 0.10
+# The interval the agent keeps when the server advises none (an older server), and the
+# bounds it holds an advised one to, whatever the server says: never a tight loop, never
+# a day without a word.
+DEFAULT_INTERVAL = timedelta(minutes=5)
+MIN_ADVISED_INTERVAL = timedelta(seconds=10)
+MAX_ADVISED_INTERVAL = timedelta(days=1)
 # The first retry after a failure waits about this long; each further one doubles it.
 BACKOFF_BASE = timedelta(seconds=1)
 
@@ -37,6 +43,13 @@ def renewal_time(
 def heartbeat_delay(interval: timedelta, rng: random.Random) -> timedelta:
     """The interval, plus or minus INTERVAL_JITTER of it."""
     return interval * (1 + INTERVAL_JITTER * (2 * rng.random() - 1))
+
+
+def advised_interval(advised: timedelta | None, fallback: timedelta) -> timedelta:
+    """The server's advised heartbeat interval within bounds, or fallback without one."""
+    if advised is None or advised <= timedelta(0):
+        return fallback
+    return min(max(advised, MIN_ADVISED_INTERVAL), MAX_ADVISED_INTERVAL)
 
 
 def backoff_delay(failures: int, cap: timedelta, rng: random.Random) -> timedelta:

@@ -31,6 +31,7 @@ from sielum.core.methods import UnaryMethod, unary_methods
 from sielum.core.observer import CallObserver
 from sielum.core.runner import InlineRunner, Runner, ThreadRunner
 from sielum.dashboard.web import Dashboard, Listener, PageConfig, own_certificate
+from sielum.devices.policy import DEFAULT_HEARTBEAT_INTERVAL
 from sielum.devices.service import DeviceService
 from sielum.devices.servicer import AgentServicer
 from sielum.enroll.ratelimit import FailureLimit, FailureLimiter
@@ -77,6 +78,7 @@ class ServerConfig:
     api_addr: str = "127.0.0.1:8444"
     database_url: str = ""  # empty: sqlite:///<data_dir>/sielum.db
     device_ttl: timedelta = DEFAULT_DEVICE_TTL
+    heartbeat_interval: timedelta = DEFAULT_HEARTBEAT_INTERVAL  # what agents are asked to keep
     advertise_api: str = ""  # empty: derived from api_addr
     # Threads for the handlers; 0: on the event loop; None: 0 with the database on
     # this host, DATABASE_THREADS with one across a network.
@@ -232,7 +234,13 @@ class SielumServer:
         if config.metrics_enabled:
             self.metrics = recorder = Metrics(method_types(), directory=config.metrics_dir)
             observe = functools.partial(self.metrics.observe_call, "grpc")
-        device_service = DeviceService(self.store, self.ca, self.clock, recorder)
+        device_service = DeviceService(
+            self.store,
+            self.ca,
+            self.clock,
+            recorder,
+            heartbeat_interval=config.heartbeat_interval,
+        )
         self.admins = AdminRegistry(self.store, self.ca, self.clock, recorder)
         self.service_registry = ServiceRegistry(self.store, self.ca, self.clock, recorder)
         self.authorizer = Authorizer(

@@ -22,28 +22,29 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bsielum/agent/v1/agent.proto\x12\x0fsielum.agent.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x12\n\x10HeartbeatRequest\"\xb7\x01\n\x11HeartbeatResponse\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12/\n\x0bserver_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tnot_after\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0brenew_after\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"*\n\x17RenewCertificateRequest\x12\x0f\n\x07\x63sr_pem\x18\x01 \x01(\t\"~\n\x18RenewCertificateResponse\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x01 \x01(\t\x12\x1a\n\x12\x63\x61_certificate_pem\x18\x02 \x01(\t\x12-\n\tnot_after\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x11\n\x0fUnenrollRequest\"U\n\x10UnenrollResponse\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12.\n\nrevoked_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp2\x9c\x02\n\x0c\x41gentService\x12R\n\tHeartbeat\x12!.sielum.agent.v1.HeartbeatRequest\x1a\".sielum.agent.v1.HeartbeatResponse\x12g\n\x10RenewCertificate\x12(.sielum.agent.v1.RenewCertificateRequest\x1a).sielum.agent.v1.RenewCertificateResponse\x12O\n\x08Unenroll\x12 .sielum.agent.v1.UnenrollRequest\x1a!.sielum.agent.v1.UnenrollResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bsielum/agent/v1/agent.proto\x12\x0fsielum.agent.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x12\n\x10HeartbeatRequest\"\xee\x01\n\x11HeartbeatResponse\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12/\n\x0bserver_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tnot_after\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0brenew_after\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x12heartbeat_interval\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\"*\n\x17RenewCertificateRequest\x12\x0f\n\x07\x63sr_pem\x18\x01 \x01(\t\"~\n\x18RenewCertificateResponse\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x01 \x01(\t\x12\x1a\n\x12\x63\x61_certificate_pem\x18\x02 \x01(\t\x12-\n\tnot_after\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x11\n\x0fUnenrollRequest\"U\n\x10UnenrollResponse\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12.\n\nrevoked_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp2\x9c\x02\n\x0c\x41gentService\x12R\n\tHeartbeat\x12!.sielum.agent.v1.HeartbeatRequest\x1a\".sielum.agent.v1.HeartbeatResponse\x12g\n\x10RenewCertificate\x12(.sielum.agent.v1.RenewCertificateRequest\x1a).sielum.agent.v1.RenewCertificateResponse\x12O\n\x08Unenroll\x12 .sielum.agent.v1.UnenrollRequest\x1a!.sielum.agent.v1.UnenrollResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'sielum.agent.v1.agent_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_HEARTBEATREQUEST']._serialized_start=81
-  _globals['_HEARTBEATREQUEST']._serialized_end=99
-  _globals['_HEARTBEATRESPONSE']._serialized_start=102
-  _globals['_HEARTBEATRESPONSE']._serialized_end=285
-  _globals['_RENEWCERTIFICATEREQUEST']._serialized_start=287
-  _globals['_RENEWCERTIFICATEREQUEST']._serialized_end=329
-  _globals['_RENEWCERTIFICATERESPONSE']._serialized_start=331
-  _globals['_RENEWCERTIFICATERESPONSE']._serialized_end=457
-  _globals['_UNENROLLREQUEST']._serialized_start=459
-  _globals['_UNENROLLREQUEST']._serialized_end=476
-  _globals['_UNENROLLRESPONSE']._serialized_start=478
-  _globals['_UNENROLLRESPONSE']._serialized_end=563
-  _globals['_AGENTSERVICE']._serialized_start=566
-  _globals['_AGENTSERVICE']._serialized_end=850
+  _globals['_HEARTBEATREQUEST']._serialized_start=113
+  _globals['_HEARTBEATREQUEST']._serialized_end=131
+  _globals['_HEARTBEATRESPONSE']._serialized_start=134
+  _globals['_HEARTBEATRESPONSE']._serialized_end=372
+  _globals['_RENEWCERTIFICATEREQUEST']._serialized_start=374
+  _globals['_RENEWCERTIFICATEREQUEST']._serialized_end=416
+  _globals['_RENEWCERTIFICATERESPONSE']._serialized_start=418
+  _globals['_RENEWCERTIFICATERESPONSE']._serialized_end=544
+  _globals['_UNENROLLREQUEST']._serialized_start=546
+  _globals['_UNENROLLREQUEST']._serialized_end=563
+  _globals['_UNENROLLRESPONSE']._serialized_start=565
+  _globals['_UNENROLLRESPONSE']._serialized_end=650
+  _globals['_AGENTSERVICE']._serialized_start=653
+  _globals['_AGENTSERVICE']._serialized_end=937
 # @@protoc_insertion_point(module_scope)

@@ -4,6 +4,7 @@ isort:skip_file
 """
 
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 import builtins as _builtins
@@ -40,6 +41,7 @@ class HeartbeatResponse(_message.Message):
     SERVER_TIME_FIELD_NUMBER: _builtins.int
     NOT_AFTER_FIELD_NUMBER: _builtins.int
     RENEW_AFTER_FIELD_NUMBER: _builtins.int
+    HEARTBEAT_INTERVAL_FIELD_NUMBER: _builtins.int
     device_id: _builtins.str
     @_builtins.property
     def server_time(self) -> _timestamp_pb2.Timestamp: ...
@@ -51,6 +53,13 @@ class HeartbeatResponse(_message.Message):
     def renew_after(self) -> _timestamp_pb2.Timestamp:
         """When the agent should renew (two thirds into the certificate's lifetime)."""
 
+    @_builtins.property
+    def heartbeat_interval(self) -> _duration_pb2.Duration:
+        """How often the server asks agents to heartbeat (`serve --heartbeat-interval`, default
+        5 minutes): `sielum-agent run` follows it unless given --interval, so that an
+        operator trades freshness for load without touching the endpoints.
+        """
+
     def __init__(
         self,
         *,
@@ -58,10 +67,11 @@ class HeartbeatResponse(_message.Message):
         server_time: _timestamp_pb2.Timestamp | None = ...,
         not_after: _timestamp_pb2.Timestamp | None = ...,
         renew_after: _timestamp_pb2.Timestamp | None = ...,
+        heartbeat_interval: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["not_after", b"not_after", "renew_after", b"renew_after", "server_time", b"server_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["heartbeat_interval", b"heartbeat_interval", "not_after", b"not_after", "renew_after", b"renew_after", "server_time", b"server_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_id", b"device_id", "not_after", b"not_after", "renew_after", b"renew_after", "server_time", b"server_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_id", b"device_id", "heartbeat_interval", b"heartbeat_interval", "not_after", b"not_after", "renew_after", b"renew_after", "server_time", b"server_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

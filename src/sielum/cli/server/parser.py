@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from sielum.ca.profile import DEFAULT_DEVICE_TTL
 from sielum.cli import conventions
 from sielum.cli.durations import parse_duration
+from sielum.devices.policy import DEFAULT_HEARTBEAT_INTERVAL, check_heartbeat_interval
+from sielum.errors import InvalidArgumentError
 from sielum.server.workers import (
     default_workers,
 )
@@ -55,6 +58,13 @@ exit codes:
   1  failure: a file cannot be read or written, the database or the server failed
   2  bad arguments: a bad --san, a missing or wrong passphrase, no data directory
 """
+
+
+def _heartbeat_interval(text: str) -> timedelta:
+    try:
+        return check_heartbeat_interval(parse_duration(text))
+    except InvalidArgumentError as error:
+        raise argparse.ArgumentTypeError(error.message) from None
 
 
 def _database_option(parser: argparse.ArgumentParser, what: str) -> None:
@@ -147,6 +157,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_DEVICE_TTL,
         metavar="DURATION",
         help="device certificate lifetime, like 90d (default 90d)",
+    )
+    serve.add_argument(
+        "--heartbeat-interval",
+        type=_heartbeat_interval,
+        default=DEFAULT_HEARTBEAT_INTERVAL,
+        metavar="DURATION",
+        help="how often agents are asked to heartbeat, 10s to 1d (default 5m): "
+        "`sielum-agent run` follows it unless given --interval; longer means less load "
+        "on the server, shorter that a silent device is noticed sooner",
     )
     serve.add_argument(
         "--advertise-api-addr",

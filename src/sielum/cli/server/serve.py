@@ -44,6 +44,7 @@ def _server_config(args: argparse.Namespace) -> ServerConfig:
         api_addr=args.api_addr,
         database_url=args.database or os.environ.get(DATABASE_ENV, ""),
         device_ttl=args.device_cert_ttl,
+        heartbeat_interval=args.heartbeat_interval,
         advertise_api=args.advertise_api_addr,
         threads=args.threads,
         failure_limit=FailureLimit(
