@@ -574,9 +574,9 @@ def test_screenshots_of_every_page(browser: Any, dashboard: Dashboard) -> None:
     Kept under tests/browser/screenshots/ (CI keeps the folder as an artefact);
     with SIELUM_UPDATE_DOCS_IMAGES=1 the README's two images are refreshed too.
     """
-    if SCREENSHOTS.exists():
-        shutil.rmtree(SCREENSHOTS)
-    SCREENSHOTS.mkdir(parents=True)
+    # Each file below is written anew; the folder is kept, since another test of the
+    # module (run at once on the other worker) writes its own screenshot there too.
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     _seed(dashboard)
     link = dashboard.login_link()
     desktop = browser.new_context(viewport=DESKTOP)

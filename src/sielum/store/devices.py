@@ -310,23 +310,6 @@ def _device_from_tuple(row: Sequence[Any]) -> Device:
     )
 
 
-def _device_row(device: Device) -> dict[str, Any]:
-    return {
-        "id": device.id,
-        "hostname": device.hostname,
-        "token_id": device.token_id,
-        "public_key_sha256": device.public_key_sha256,
-        "serial": device.serial,
-        "certificate_pem": device.certificate_pem,
-        "not_after": device.not_after,
-        "enrolled_at": device.enrolled_at,
-        "last_seen_at": device.last_seen_at,
-        "revoked_at": device.revoked_at,
-        "peer": device.peer,
-        "facts": _facts_json(device.facts),
-    }
-
-
 def _facts_json(facts: Mapping[str, str]) -> str:
     return json.dumps(dict(facts), sort_keys=True, separators=(",", ":"))
 
