@@ -327,9 +327,12 @@ def test_ok_database_password_with_special_characters(
 IDLE_CONNECTIONS = 1100
 
 
-def _soft_limit_1024() -> None:
-    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-    resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))
+# The server's open-files limit is set by util-linux's prlimit, which sets it and then
+# execs the server: a preexec_fn would run Python in a fork of this test process, whose
+# gRPC threads' fork handlers then poll a descriptor the fork closes, and abort the child
+# now and then (SIGABRT, "epoll_wait error: Bad file descriptor", seen once in CI).
+SOFT_LIMIT_1024 = ("prlimit", "--nofile=1024:", "--")
+OPEN_FILES_400 = ("prlimit", "--nofile=400:400", "--")
 
 
 def test_fail_idle_connections_starve_the_admin_api(tmp_path: Path) -> None:
@@ -348,13 +351,13 @@ def test_fail_idle_connections_starve_the_admin_api(tmp_path: Path) -> None:
     with log_path.open("w") as log_file:
         process = subprocess.Popen(
             [
+                *SOFT_LIMIT_1024,
                 script("sielum-server"), "serve", "--data-dir", str(data_dir), "--workers", "1",
                 "--enroll-addr", f"127.0.0.1:{enroll_port}", "--api-addr", f"127.0.0.1:{api_port}",
                 "--handshake-timeout", "5",
             ],
             stdout=log_file,
             stderr=subprocess.STDOUT,
-            preexec_fn=_soft_limit_1024,  # only setrlimit before exec: safe after fork
         )  # fmt: skip
     server = ServerProcess(process, data_dir, enroll_port, api_port, log_path)  # type: ignore[arg-type]
     idle: list[socket.socket] = []
@@ -439,10 +442,6 @@ def _connections_held(pid: int, port: int) -> int:
     return held
 
 
-def _open_files_400() -> None:
-    resource.setrlimit(resource.RLIMIT_NOFILE, (400, 400))
-
-
 def test_fail_idle_http_connections_starve_the_admin_api(tmp_path: Path) -> None:
     """Against a server whose open-files limit is 400 (soft and hard), 380 plain TCP
     connections to the metrics port that send nothing, then 380 dashboard POSTs with a
@@ -461,6 +460,7 @@ def test_fail_idle_http_connections_starve_the_admin_api(tmp_path: Path) -> None
     with log_path.open("w") as log_file:
         process = subprocess.Popen(
             [
+                *OPEN_FILES_400,
                 script("sielum-server"), "serve", "--data-dir", str(data_dir), "--workers", "1",
                 "--enroll-addr", f"127.0.0.1:{enroll_port}", "--api-addr", f"127.0.0.1:{api_port}",
                 "--metrics-addr", f"127.0.0.1:{metrics_port}",
@@ -469,7 +469,6 @@ def test_fail_idle_http_connections_starve_the_admin_api(tmp_path: Path) -> None
             ],
             stdout=log_file,
             stderr=subprocess.STDOUT,
-            preexec_fn=_open_files_400,  # only setrlimit before exec: safe after fork
         )  # fmt: skip
     server = ServerProcess(process, data_dir, enroll_port, api_port, log_path)  # type: ignore[arg-type]
     held: list[socket.socket] = []
