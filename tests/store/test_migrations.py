@@ -20,7 +20,8 @@ from sielum.model import (
     TokenState,
 )
 from sielum.store import Store, connect, migrations
-from sielum.store.database import is_sqlite
+from sielum.store.database import execute, is_sqlite
+from sielum.store.devices import _device_values
 from sielum.store.migrations import LATEST_VERSION, MIGRATIONS, SchemaVersionError
 from sielum.store.models import bind_tables
 
@@ -31,6 +32,18 @@ def _schema_version_rows(store: Store) -> list[tuple[int, int]]:
     with store.db.connection_context():
         cursor = store.db.execute_sql("SELECT id, version FROM schema_version")
         return [tuple(row) for row in cursor.fetchall()]
+
+
+def _enroll_in_old_schema(store: Store, device: Device) -> None:
+    """Record device and its token's use as an older Sielum did: the columns of version 1,
+    no event log (today's enroll_device appends to the log of version 9)."""
+    with store.db.connection_context(), store.db.atomic():
+        execute(store.db, store._sql.insert_device, _device_values(device, "{}"))
+        execute(
+            store.db,
+            f"UPDATE token SET uses = uses + 1 WHERE id = {store.db.param}",
+            (device.token_id,),
+        )
 
 
 def test_versions_are_numbered_from_one_without_gaps() -> None:
@@ -222,7 +235,7 @@ def test_v2_indexes_a_version_1_database_keeping_its_rows(
             id="dev", hostname="web-1", token_id="tok", public_key_sha256="k", serial="1",
             certificate_pem="PEM", not_after=T0, enrolled_at=T0, peer="p",
         )  # fmt: skip
-        old.enroll_device(device, T0, AuditEvent(at=T0, actor="a", action="y", resource="d"))
+        _enroll_in_old_schema(old, device)
         assert not _indexes(old) & {"device_hostname_seq", "device_revoked_seq"}
     finally:
         old.close()
@@ -263,7 +276,7 @@ def test_v3_keeps_devices_enrolled_before_it(
             id="dev1", hostname="h", token_id="tok", public_key_sha256="key1", serial="ab12",
             certificate_pem="PEM", not_after=T0, enrolled_at=T0, peer="p",
         )  # fmt: skip
-        old.enroll_device(device, T0, AuditEvent(at=T0, actor="a", action="y", resource="d"))
+        _enroll_in_old_schema(old, device)
     finally:
         old.close()
 

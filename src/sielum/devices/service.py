@@ -22,7 +22,7 @@ from sielum.errors import (
 )
 from sielum.identity import Identity
 from sielum.logs import log_event
-from sielum.model import AuditEvent, Device, DeviceStanding
+from sielum.model import AuditEvent, Device, DeviceEventKind, DeviceStanding
 from sielum.recorder import CertificateKind, NoRecorder, Recorder
 from sielum.store.store import Store
 
@@ -82,7 +82,7 @@ class DeviceService:
             standing = self._standing(caller.name)  # another worker may have adopted it
         devices.check_may_call(standing, caller.serial, now)
         if devices.retires_previous(standing, caller.serial, now):
-            if self._store.retire_previous_certificate(caller.name, caller.serial):
+            if self._store.retire_previous_certificate(caller.name, caller.serial, now):
                 log_event(
                     log,
                     "retire",
@@ -249,6 +249,7 @@ class DeviceService:
                 resource=f"device/{device_id}",
                 peer=peer,
             ),
+            DeviceEventKind.UNENROLLED,
         )
         log_event(log, "unenroll", outcome="ok", device=device_id, peer=peer)
         return device

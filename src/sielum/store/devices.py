@@ -11,7 +11,15 @@ from typing import Any
 import peewee
 
 from sielum.errors import AlreadyExistsError, NotFoundError, RenewalRefusedError, TokenUnusableError
-from sielum.model import AuditEvent, Device, DeviceStanding, DeviceState, Page, RenewalPace
+from sielum.model import (
+    AuditEvent,
+    Device,
+    DeviceEventKind,
+    DeviceStanding,
+    DeviceState,
+    Page,
+    RenewalPace,
+)
 from sielum.store.base import (
     DEFAULT_PAGE_SIZE,
     PageBudget,
@@ -58,6 +66,7 @@ class DeviceStore(StoreBase):
                     raise TokenUnusableError("enrollment token cannot be used")
                 execute(self.db, sql.insert_device, _device_values(device, facts))
                 self._insert_audit(audit)
+                self._record_device_event(DeviceEventKind.ENROLLED, device.id, now)
         except peewee.IntegrityError as exc:
             # The transaction rolled back, so the use was not consumed.
             raise AlreadyExistsError(_KEY_ENROLLED) from exc
@@ -126,9 +135,23 @@ class DeviceStore(StoreBase):
         return _keyset_page(D, query, "devices", page_size, cursor, _device, budget)
 
     @_guarded
-    def revoke_device(self, device_id: str, now: datetime, audit: AuditEvent) -> Device:
-        """Revoke; revoking again keeps the first revoked_at."""
-        return _device(self._revoke(self._t.device, device_id, now, audit, _DEVICE_NOT_FOUND))
+    def revoke_device(
+        self,
+        device_id: str,
+        now: datetime,
+        audit: AuditEvent,
+        kind: DeviceEventKind = DeviceEventKind.REVOKED,
+    ) -> Device:
+        """Revoke (kind REVOKED) or unenroll; again keeps the first revoked_at and logs no event."""
+        row = self._revoke(
+            self._t.device,
+            device_id,
+            now,
+            audit,
+            _DEVICE_NOT_FOUND,
+            on_change=lambda: self._record_device_event(kind, device_id, now),
+        )
+        return _device(row)
 
     @_guarded
     def touch_device(self, device_id: str, now: datetime) -> None:
@@ -186,13 +209,14 @@ class DeviceStore(StoreBase):
                 if execute(self.db, self._sql.renew_device, params).rowcount == 0:
                     raise RenewalRefusedError("device cannot renew now")
                 self._insert_audit(audit)
+                self._record_device_event(DeviceEventKind.RENEWED, device_id, now)
                 row = D.get(D.id == device_id)
         except peewee.IntegrityError as exc:
             raise AlreadyExistsError(_KEY_ENROLLED) from exc
         return _device(row)
 
     @_guarded
-    def retire_previous_certificate(self, device_id: str, serial: str) -> bool:
+    def retire_previous_certificate(self, device_id: str, serial: str, now: datetime) -> bool:
         """The first use of the device's current certificate serial: the previous one is refused
         from now on. False when nothing changed (retired already, or serial is no longer
         current).
@@ -205,7 +229,10 @@ class DeviceStore(StoreBase):
         """
         with write_transaction(self.db):
             cursor = execute(self.db, self._sql.retire_previous, (device_id, serial))
-            return bool(cursor.rowcount)
+            if not cursor.rowcount:
+                return False
+            self._record_device_event(DeviceEventKind.RENEWED, device_id, now)
+            return True
 
     @_guarded
     def adopt_certificate(
@@ -245,6 +272,7 @@ class DeviceStore(StoreBase):
                 )
                 if changed:
                     self._insert_audit(audit)
+                    self._record_device_event(DeviceEventKind.RENEWED, device_id, audit.at)
         except peewee.IntegrityError as exc:
             raise AlreadyExistsError(_KEY_ENROLLED) from exc
         return bool(changed)

@@ -16,13 +16,16 @@ from sielum.store.base import (
 from sielum.store.counts import CountStore
 from sielum.store.database import connect, execute, is_sqlite
 from sielum.store.devices import DeviceStore, device_state_condition
+from sielum.store.events import EventStore
 from sielum.store.identities import IdentityStore
 from sielum.store.sessions import SessionStore
 from sielum.store.statements import token_state_condition
 from sielum.store.tokens import TokenStore
 
 
-class Store(TokenStore, DeviceStore, IdentityStore, AuditStore, SessionStore, CountStore):
+class Store(
+    TokenStore, DeviceStore, EventStore, IdentityStore, AuditStore, SessionStore, CountStore
+):
     """All storage of Sielum. Safe to call from many threads at once.
 
     On SQLite each thread keeps its own connection; on PostgreSQL each call
