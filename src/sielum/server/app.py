@@ -27,13 +27,17 @@ from sielum.ca.servercert import ServerCertificate
 from sielum.clock import Clock, SystemClock
 from sielum.core.authorization import METHOD_ROLES, Authorizer
 from sielum.core.listeners import IDLE_TIMEOUT, HttpLimits, connection_cap
-from sielum.core.methods import UnaryMethod, unary_methods
+from sielum.core.methods import Method, service_methods, unary_methods
 from sielum.core.observer import CallObserver
 from sielum.core.runner import InlineRunner, Runner, ThreadRunner
 from sielum.dashboard.web import Dashboard, Listener, PageConfig, own_certificate
+from sielum.devices.directory import Directory
+from sielum.devices.directory_servicer import DirectoryServicer
+from sielum.devices.feed import EventFeed, Watch
 from sielum.devices.policy import DEFAULT_HEARTBEAT_INTERVAL
 from sielum.devices.service import DeviceService
 from sielum.devices.servicer import AgentServicer
+from sielum.directory.v1 import directory_pb2
 from sielum.enroll.ratelimit import FailureLimit, FailureLimiter
 from sielum.enroll.service import Enroller
 from sielum.enroll.servicer import EnrollServicer
@@ -65,7 +69,8 @@ DATABASE_THREADS = 16  # handler threads when the database is across a network
 ENROLL_SERVICE = enroll_pb2.DESCRIPTOR.services_by_name["EnrollService"]
 ADMIN_SERVICE = admin_pb2.DESCRIPTOR.services_by_name["AdminService"]
 AGENT_SERVICE = agent_pb2.DESCRIPTOR.services_by_name["AgentService"]
-SERVICES = (ENROLL_SERVICE, ADMIN_SERVICE, AGENT_SERVICE)
+DIRECTORY_SERVICE = directory_pb2.DESCRIPTOR.services_by_name["DirectoryService"]
+SERVICES = (ENROLL_SERVICE, ADMIN_SERVICE, AGENT_SERVICE, DIRECTORY_SERVICE)
 SERVICE_NAMES = tuple(service.full_name for service in SERVICES)
 _REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
 T = TypeVar("T")
@@ -284,21 +289,30 @@ class SielumServer:
         sessions = DashboardSessions(self.store, self.clock, recorder)
         listener = self._dashboard_listener()
         links = None if listener is None else LoginLinks(sessions, listener.base_url)
+        self.feed = EventFeed(self.store, self._runner, on_streams=recorder.directory_streams)
+        admin_methods = unary_methods(
+            ADMIN_SERVICE,
+            AdminServicer(
+                Administration(self.store, self.clock, recorder),
+                self.admins,
+                self.service_registry,
+                links,
+            ),
+        )
         # Each service's methods, by full name; the dashboard serves AdminService's too.
-        self.services: dict[str, tuple[UnaryMethod, ...]] = {
-            ENROLL_SERVICE.full_name: unary_methods(
+        self.services: dict[str, tuple[Method, ...]] = {
+            ENROLL_SERVICE.full_name: service_methods(
                 ENROLL_SERVICE, EnrollServicer(enroller, self.api_endpoint)
             ),
-            ADMIN_SERVICE.full_name: unary_methods(
-                ADMIN_SERVICE,
-                AdminServicer(
-                    Administration(self.store, self.clock, recorder),
-                    self.admins,
-                    self.service_registry,
-                    links,
+            ADMIN_SERVICE.full_name: admin_methods,
+            AGENT_SERVICE.full_name: service_methods(AGENT_SERVICE, AgentServicer(device_service)),
+            DIRECTORY_SERVICE.full_name: service_methods(
+                DIRECTORY_SERVICE,
+                DirectoryServicer(
+                    Directory(self.store, self.ca.certificate, self.clock),
+                    Watch(self.feed, self.store, self.clock, recorder),
                 ),
             ),
-            AGENT_SERVICE.full_name: unary_methods(AGENT_SERVICE, AgentServicer(device_service)),
         }
         self.dashboard: Dashboard | None = None
         if listener is not None:
@@ -307,7 +321,7 @@ class SielumServer:
                 sessions=sessions,
                 authorizer=self.authorizer,
                 run=self._runner,
-                methods=self.services[ADMIN_SERVICE.full_name],
+                methods=admin_methods,
                 limits=config.http_limits(),
                 observe=None
                 if self.metrics is None
@@ -434,6 +448,7 @@ class SielumServer:
         if self.dashboard is not None:
             stopping.append(self.dashboard.stop())
         await asyncio.gather(*stopping)
+        await self.feed.close()
         # After the calls in flight, which it counts; scrapes were answered meanwhile.
         if self._metrics_endpoint is not None:
             await self._metrics_endpoint.stop()

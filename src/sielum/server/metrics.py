@@ -30,7 +30,7 @@ from typing import Literal
 
 import grpc
 from aiohttp import web
-from prometheus_client import Counter, Histogram, values
+from prometheus_client import Counter, Gauge, Histogram, values
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import Metric
@@ -113,6 +113,17 @@ class Metrics:
             ["result"],
             registry=None,
         )
+        self._subscribers = Gauge(
+            "sielum_directory_subscribers",
+            "DirectoryService/WatchDevices streams open.",
+            registry=None,
+            multiprocess_mode="livesum",
+        )
+        self._events = Counter(
+            "sielum_directory_events_streamed_total",
+            "Events sent on WatchDevices streams: snapshot entries, keepalives and changes.",
+            registry=None,
+        )
         # Every value of the small label sets starts at 0, so that rate() and alert
         # rules see a series before its first event.
         self._by_result = {r: self._enrollments.labels(r.value) for r in EnrollmentResult}
@@ -160,6 +171,12 @@ class Metrics:
     def dashboard_login(self, result: DashboardLoginResult) -> None:
         self._by_login[result].inc()
 
+    def directory_streams(self, change: int) -> None:
+        self._subscribers.inc(change)
+
+    def directory_events(self, count: int) -> None:
+        self._events.inc(count)
+
     def registry(self, *collectors: StateCollector) -> CollectorRegistry:
         """What /metrics shows: every process's values (or this one's), then the collectors'."""
         registry = CollectorRegistry()
@@ -172,6 +189,8 @@ class Metrics:
                 self._enrollments,
                 self._certificates,
                 self._logins,
+                self._subscribers,
+                self._events,
             ):
                 registry.register(metric)
         for collector in collectors:
