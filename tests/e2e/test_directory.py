@@ -282,3 +282,54 @@ def test_watch_with_two_replicas_sees_every_event_once(tmp_path: Path, postgres_
     finally:
         two.server.stop(grace=1)
         one.server.stop(grace=1)
+
+
+def test_metrics_count_open_streams_over_workers(
+    tmp_path: Path, server_factory: list[ServerProcess]
+) -> None:
+    """sielum_directory_subscribers is the streams open on every worker, summed; events
+    streamed count up; promtool accepts the exposition."""
+    from sielum.server import multiproc
+
+    from .test_metrics import promtool_accepts, scrape, value
+    from .test_workers import _workers_ready
+
+    base = tmp_path / "multiproc"
+    base.mkdir()
+    server = start_server(
+        init_data_dir(tmp_path), "--workers", "2", "--log-format", "json",
+        env={multiproc.ENV: str(base)},
+    )  # fmt: skip
+    server_factory.append(server)
+    _workers_ready(server)
+    admin_dir = server.data_dir / "admin"
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=(server.data_dir / "ca.pem").read_bytes(),
+        private_key=(admin_dir / "admin.key").read_bytes(),
+        certificate_chain=(admin_dir / "admin.pem").read_bytes(),
+    )
+    channels, calls = [], []
+    for i in range(4):
+        # A channel of its own each (a distinct option keeps grpc from sharing one
+        # connection), so the streams spread over the workers.
+        channel = grpc.secure_channel(
+            f"localhost:{server.api_port}", credentials, options=[("sielum.test", i)]
+        )
+        call = directory_pb2_grpc.DirectoryServiceStub(channel).WatchDevices(
+            directory_pb2.WatchDevicesRequest(), timeout=60
+        )
+        assert next(call).kind == Kind.DEVICE_EVENT_KIND_SYNCED
+        channels.append(channel)
+        calls.append(call)
+    text, samples = scrape(server.metrics_port)
+    promtool_accepts(text)
+    assert value(samples, "sielum_directory_subscribers") == 4
+    assert value(samples, "sielum_directory_events_streamed_total") >= 4
+    for call in calls:
+        call.cancel()
+    deadline = time.monotonic() + 10
+    while value(scrape(server.metrics_port)[1], "sielum_directory_subscribers") != 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    for channel in channels:
+        channel.close()
