@@ -168,6 +168,9 @@ class DeviceStanding:
     previous_until: datetime | None = None
     revoked_at: datetime | None = None
     renewal_tat: datetime | None = None
+    # Read for the directory (Store.get_directory_entry), not by the gate.
+    hostname: str = ""
+    not_after: datetime | None = None
 
 
 @dataclass(frozen=True)

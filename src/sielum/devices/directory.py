@@ -9,6 +9,7 @@ service refuses exactly what Sielum refuses.
 from __future__ import annotations
 
 import enum
+import functools
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -20,7 +21,7 @@ from sielum.ca.profile import DEVICE_ROLE, fingerprint, role_of
 from sielum.clock import Clock
 from sielum.devices import policy as devices
 from sielum.errors import InvalidArgumentError, NotFoundError
-from sielum.model import Device, DeviceStanding
+from sielum.model import DeviceStanding
 from sielum.store.store import Store
 
 MAX_CERTIFICATE_PEM = 16 * 1024  # a device certificate is about 700 bytes
@@ -39,8 +40,7 @@ class CertificateStatus(enum.IntEnum):
 @dataclass(frozen=True)
 class CertificateCheck:
     status: CertificateStatus
-    device: Device | None = None  # None for UNKNOWN
-    standing: DeviceStanding | None = None
+    device: DeviceStanding | None = None  # with hostname and not_after; None for UNKNOWN
 
     @property
     def valid(self) -> bool:
@@ -88,46 +88,66 @@ class Directory:
                 f"certificate_pem is longer than {MAX_CERTIFICATE_PEM} characters"
             )
         certificate = self._ours(certificate_pem)
-        found = None if certificate is None else role_of(certificate)
-        if certificate is None or found is None or found[0] != DEVICE_ROLE:
+        if certificate is None:
             return CertificateCheck(CertificateStatus.UNKNOWN)
         try:
-            standing = self._store.get_device_standing(found[1])
-            device = self._store.get_device(found[1])
+            standing = self._store.get_directory_entry(certificate.device_id)
         except NotFoundError:
             return CertificateCheck(CertificateStatus.UNKNOWN)
-        return CertificateCheck(
-            _status(certificate, device, standing, self._clock.now()), device, standing
-        )
+        return CertificateCheck(self._status(certificate, standing, self._clock.now()), standing)
 
-    def _ours(self, certificate_pem: str) -> x509.Certificate | None:
-        """The first certificate of the PEM if this CA signed it, else None."""
+    def _ours(self, certificate_pem: str) -> _DeviceCertificate | None:
+        """The device certificate of the PEM if this CA signed it, else None.
+
+        Parsed and verified once per distinct PEM: a relying service asks about the same
+        few certificates again and again, and the answer depends only on the bytes.
+        """
+        return _read_device_certificate(certificate_pem, self._ca)
+
+    def _status(
+        self, certificate: _DeviceCertificate, standing: DeviceStanding, now: datetime
+    ) -> CertificateStatus:
+        if standing.revoked_at is not None:
+            return CertificateStatus.REVOKED
+        if not certificate.not_before <= now < certificate.not_after:
+            return CertificateStatus.EXPIRED
+        if devices.is_honoured(standing, certificate.serial, now):
+            return CertificateStatus.CURRENT
+        if certificate.serial != standing.serial and self._newer_than_current(certificate):
+            return CertificateStatus.CURRENT  # the gate adopts it on its first call
+        return CertificateStatus.SUPERSEDED
+
+    def _newer_than_current(self, certificate: _DeviceCertificate) -> bool:
+        """A certificate issued after the one the database holds (a restored backup)."""
+        device = self._store.get_device(certificate.device_id)
         try:
-            certificate = x509.load_pem_x509_certificate(certificate_pem.encode("utf-8"))
-            certificate.verify_directly_issued_by(self._ca)
-        except (ValueError, TypeError, InvalidSignature, UnicodeEncodeError):
-            return None
-        return certificate
+            current = x509.load_pem_x509_certificate(device.certificate_pem.encode("ascii"))
+        except ValueError:
+            return False
+        return devices.is_lost_renewal(certificate.not_before, current.not_valid_before_utc)
 
 
-def _status(
-    certificate: x509.Certificate, device: Device, standing: DeviceStanding, now: datetime
-) -> CertificateStatus:
-    serial = format(certificate.serial_number, "x")
-    if standing.revoked_at is not None:
-        return CertificateStatus.REVOKED
-    if not certificate.not_valid_before_utc <= now < certificate.not_valid_after_utc:
-        return CertificateStatus.EXPIRED
-    if devices.is_honoured(standing, serial, now):
-        return CertificateStatus.CURRENT
-    if serial != standing.serial and _newer_than_current(certificate, device):
-        return CertificateStatus.CURRENT  # the gate adopts it on its first call
-    return CertificateStatus.SUPERSEDED
+@dataclass(frozen=True)
+class _DeviceCertificate:
+    device_id: str
+    serial: str
+    not_before: datetime
+    not_after: datetime
 
 
-def _newer_than_current(certificate: x509.Certificate, device: Device) -> bool:
+@functools.lru_cache(maxsize=4096)
+def _read_device_certificate(pem: str, ca: x509.Certificate) -> _DeviceCertificate | None:
     try:
-        current = x509.load_pem_x509_certificate(device.certificate_pem.encode("ascii"))
-    except ValueError:
-        return False
-    return devices.is_lost_renewal(certificate.not_valid_before_utc, current.not_valid_before_utc)
+        certificate = x509.load_pem_x509_certificate(pem.encode("utf-8"))
+        certificate.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature, UnicodeEncodeError):
+        return None
+    found = role_of(certificate)
+    if found is None or found[0] != DEVICE_ROLE:
+        return None
+    return _DeviceCertificate(
+        device_id=found[1],
+        serial=format(certificate.serial_number, "x"),
+        not_before=certificate.not_valid_before_utc,
+        not_after=certificate.not_valid_after_utc,
+    )

@@ -10,7 +10,7 @@ from sielum.devices.feed import Watch
 from sielum.directory.v1 import directory_pb2
 from sielum.identity import Call
 from sielum.logs import log_event
-from sielum.model import Device, DeviceEvent, DeviceStanding
+from sielum.model import DeviceEvent, DeviceStanding
 from sielum.pb import to_timestamp
 
 log = logging.getLogger("sielum.directory")
@@ -30,8 +30,8 @@ class DirectoryServicer:
         reply = directory_pb2.CheckCertificateResponse(
             valid=check.valid, status=directory_pb2.CertificateStatus.ValueType(check.status)
         )
-        if check.device is not None and check.standing is not None:
-            reply.device.CopyFrom(_device(check.device, check.standing))
+        if check.device is not None:
+            reply.device.CopyFrom(_device(check.device))
         return reply
 
     def GetTrustBundle(
@@ -75,16 +75,13 @@ def _event(event: DeviceEvent) -> directory_pb2.WatchDevicesResponse:
     return reply
 
 
-def _device(device: Device, standing: DeviceStanding) -> directory_pb2.Device:
-    reply = directory_pb2.Device(
-        id=device.id,
-        hostname=device.hostname,
-        serial=device.serial,
-        not_after=to_timestamp(device.not_after),
-    )
+def _device(standing: DeviceStanding) -> directory_pb2.Device:
+    reply = directory_pb2.Device(id=standing.id, hostname=standing.hostname, serial=standing.serial)
+    if standing.not_after is not None:
+        reply.not_after.CopyFrom(to_timestamp(standing.not_after))
     if standing.previous_serial and standing.previous_until is not None:
         reply.previous_serial = standing.previous_serial
         reply.previous_until.CopyFrom(to_timestamp(standing.previous_until))
-    if device.revoked_at is not None:
-        reply.revoked_at.CopyFrom(to_timestamp(device.revoked_at))
+    if standing.revoked_at is not None:
+        reply.revoked_at.CopyFrom(to_timestamp(standing.revoked_at))
     return reply

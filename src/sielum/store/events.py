@@ -7,7 +7,8 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sielum.model import DeviceEvent, DeviceEventKind
+from sielum.errors import NotFoundError
+from sielum.model import DeviceEvent, DeviceEventKind, DeviceStanding
 from sielum.store.base import StoreBase, _guarded, _time
 from sielum.store.database import execute
 from sielum.store.models import from_micros
@@ -39,6 +40,29 @@ class EventStore(StoreBase):
             (sequence, limit),
         ).fetchall()
         return [_event(row) for row in rows]
+
+    @_guarded
+    def get_directory_entry(self, device_id: str) -> DeviceStanding:
+        """The device's standing with its host name and not_after: what CheckCertificate
+        answers, in one indexed lookup that leaves the certificate itself unread."""
+        p = self.db.param
+        row = execute(
+            self.db,
+            "SELECT id, serial, previous_serial, previous_until, revoked_at, hostname, not_after"  # noqa: S608 - only the placeholder is formatted in
+            f" FROM device WHERE id = {p}",
+            (device_id,),
+        ).fetchone()
+        if row is None:
+            raise NotFoundError("device not found")
+        return DeviceStanding(
+            id=row[0],
+            serial=row[1],
+            previous_serial=row[2],
+            previous_until=_time(row[3]),
+            revoked_at=_time(row[4]),
+            hostname=row[5],
+            not_after=from_micros(int(row[6])),
+        )
 
     @_guarded
     def current_devices(
