@@ -30,7 +30,7 @@ T = TypeVar("T")
 Run = Callable[[Callable[[], Any]], Awaitable[Any]]
 """Runs a blocking store call where the server runs its handlers (core/runner.py)."""
 
-POLL_INTERVAL = 0.2  # seconds between reads of the log while anyone watches
+POLL_INTERVAL = 0.1  # seconds between reads of the log while anyone watches
 KEEPALIVE = 5.0  # a SYNCED at least this often on a quiet stream (the contract: 10 s)
 HEALTHY_FOR = 3.0  # a keepalive only while the last read of the log is this recent
 PAGE = 1000  # events or snapshot entries read at once
