@@ -295,3 +295,19 @@ def test_fail_revoking_a_service_ends_its_streams(harness: Harness) -> None:
         assert ended.value.details() == "service leaving has been revoked"  # type: ignore[attr-defined]
     finally:
         follower.close()
+
+
+def test_a_stopping_server_ends_its_streams_at_once(tmp_path: Path) -> None:
+    """SIGTERM's graceful stop does not wait out its grace period for WatchDevices streams,
+    which never end on their own: they end with UNAVAILABLE, to resume elsewhere."""
+    harness = start_harness(tmp_path)
+    follower = Follower(directory(harness))
+    assert follower.next().kind == Kind.DEVICE_EVENT_KIND_SYNCED
+    stopping = threading.Thread(target=harness.server.stop, kwargs={"grace": 60})
+    stopping.start()
+    with pytest.raises(grpc.RpcError) as ended:
+        follower.next(timeout=20)
+    assert ended.value.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+    assert ended.value.details() == "the server is stopping: watch again after sequence 0"  # type: ignore[attr-defined]
+    stopping.join(timeout=30)
+    assert not stopping.is_alive()  # well within the 60 s grace

@@ -12,6 +12,7 @@ itself. Nothing is missed, nothing is sent twice, whichever replica committed wh
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
@@ -19,7 +20,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 from sielum.clock import Clock
-from sielum.errors import OutOfRangeError, SielumError
+from sielum.errors import OutOfRangeError, SielumError, UnavailableError
 from sielum.model import DeviceEvent, DeviceEventKind
 from sielum.recorder import NoRecorder, Recorder
 from sielum.store.store import Store
@@ -41,13 +42,20 @@ class Subscription:
     """One stream's queue of live events."""
 
     def __init__(self) -> None:
-        self.queue: asyncio.Queue[DeviceEvent] = asyncio.Queue(QUEUE)
+        self.queue: asyncio.Queue[DeviceEvent | None] = asyncio.Queue(QUEUE)
+        self.closed = False
 
     def offer(self, event: DeviceEvent) -> None:
         try:
             self.queue.put_nowait(event)
         except asyncio.QueueFull:
             pass  # the stream sees the gap and reads the log (Watch._live)
+
+    def close(self) -> None:
+        """End the stream at its next read: the server is stopping."""
+        self.closed = True
+        with contextlib.suppress(asyncio.QueueFull):
+            self.queue.put_nowait(None)
 
 
 class EventFeed:
@@ -61,6 +69,7 @@ class EventFeed:
         self._subscriptions: set[Subscription] = set()
         self._task: asyncio.Task[None] | None = None
         self._on_streams = on_streams or (lambda change: None)
+        self._closed = False
         self.position = 0
         self.read_at = 0.0  # time.monotonic() of the last successful read of the log
 
@@ -69,6 +78,8 @@ class EventFeed:
         return time.monotonic() - self.read_at < HEALTHY_FOR
 
     def subscribe(self) -> Subscription:
+        if self._closed:
+            raise UnavailableError("the server is stopping: watch again on another replica")
         subscription = Subscription()
         self._subscriptions.add(subscription)
         self._on_streams(1)
@@ -82,6 +93,12 @@ class EventFeed:
             self._on_streams(-1)
 
     async def close(self) -> None:
+        """Stop polling and end every open stream with UNAVAILABLE, so that a stopping
+        server does not wait out its grace period for streams that never end, and
+        their subscribers resume on another replica at once."""
+        self._closed = True
+        for subscription in tuple(self._subscriptions):
+            subscription.close()
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
@@ -211,6 +228,10 @@ class Watch:
                     yield synced(position, self._clock.now())
                     quiet_since = time.monotonic()
                 continue
+            if event is None or subscription.closed:
+                raise UnavailableError(
+                    f"the server is stopping: watch again after sequence {position}"
+                )
             if event.sequence <= position:
                 continue  # read from the log already
             if event.sequence > position + 1:

@@ -444,11 +444,11 @@ class SielumServer:
 
     async def _stop(self, grace: float) -> None:
         await self.health.enter_graceful_shutdown()
+        await self.feed.close()  # WatchDevices streams end now, not after the grace period
         stopping = [self._runner.stop_server(self.grpc_server, grace)]
         if self.dashboard is not None:
             stopping.append(self.dashboard.stop())
         await asyncio.gather(*stopping)
-        await self.feed.close()
         # After the calls in flight, which it counts; scrapes were answered meanwhile.
         if self._metrics_endpoint is not None:
             await self._metrics_endpoint.stop()
