@@ -13,7 +13,6 @@ from sielum.model import (
     Admin,
     AuditEvent,
     AuditFilter,
-    Device,
     RenewalPace,
     Service,
     Token,
@@ -193,6 +192,20 @@ def test_a_database_from_before_admins_migrates_forward(
         store.close()
 
 
+def _insert_device(store: Store, device_id: str, *, hostname: str, key: str, serial: str) -> None:
+    """A device row as an older Sielum wrote it, with the columns of step 1 only: the
+    store of today also writes tables of later steps when it enrolls."""
+    with store.db.connection_context():
+        p = store.db.param
+        store.db.execute_sql(
+            "INSERT INTO device (id, hostname, token_id, public_key_sha256, serial,"
+            f" certificate_pem, not_after, enrolled_at, peer) VALUES ({', '.join([p] * 9)})",
+            (device_id, hostname, "tok", key, serial, "PEM", 0, 0, "p"),
+        )
+        # As enrolling did: the token's use.
+        store.db.execute_sql(f"UPDATE token SET uses = uses + 1 WHERE id = {p}", ("tok",))
+
+
 def _indexes(store: Store) -> set[str]:
     with store.db.connection_context():
         if is_sqlite(store.db):
@@ -218,11 +231,7 @@ def test_v2_indexes_a_version_1_database_keeping_its_rows(
             ),
             AuditEvent(at=T0, actor="a", action="x", resource="token/tok"),
         )  # fmt: skip
-        device = Device(
-            id="dev", hostname="web-1", token_id="tok", public_key_sha256="k", serial="1",
-            certificate_pem="PEM", not_after=T0, enrolled_at=T0, peer="p",
-        )  # fmt: skip
-        old.enroll_device(device, T0, AuditEvent(at=T0, actor="a", action="y", resource="d"))
+        _insert_device(old, "dev", hostname="web-1", key="k", serial="1")
         assert not _indexes(old) & {"device_hostname_seq", "device_revoked_seq"}
     finally:
         old.close()
@@ -259,11 +268,7 @@ def test_v3_keeps_devices_enrolled_before_it(
             ),
             AuditEvent(at=T0, actor="a", action="x", resource="token/tok"),
         )  # fmt: skip
-        device = Device(
-            id="dev1", hostname="h", token_id="tok", public_key_sha256="key1", serial="ab12",
-            certificate_pem="PEM", not_after=T0, enrolled_at=T0, peer="p",
-        )  # fmt: skip
-        old.enroll_device(device, T0, AuditEvent(at=T0, actor="a", action="y", resource="d"))
+        _insert_device(old, "dev1", hostname="h", key="key1", serial="ab12")
     finally:
         old.close()
 

@@ -731,8 +731,8 @@ def test_ok_lost_renewal_answer_renews_again_while_the_new_certificate_is_unused
     with pytest.raises(RenewalRefusedError):
         renew_in(store, "dev1", "key-d", later, caller="serial-key-b")
     # The first use of C retires A, once.
-    assert store.retire_previous_certificate("dev1", "serial-key-c") is True
-    assert store.retire_previous_certificate("dev1", "serial-key-c") is False
+    assert store.retire_previous_certificate("dev1", "serial-key-c", later) is True
+    assert store.retire_previous_certificate("dev1", "serial-key-c", later) is False
     standing = store.get_device_standing("dev1")
     assert (standing.serial, standing.previous_serial, standing.previous_until) == (
         "serial-key-c",
@@ -742,7 +742,7 @@ def test_ok_lost_renewal_answer_renews_again_while_the_new_certificate_is_unused
     with pytest.raises(RenewalRefusedError):
         renew_in(store, "dev1", "key-d", later, caller="serial-dev1")
     # A serial that is not current retires nothing.
-    assert store.retire_previous_certificate("dev1", "serial-dev1") is False
+    assert store.retire_previous_certificate("dev1", "serial-dev1", later) is False
     assert store.get_device("dev1").serial == "serial-key-c"
     assert [e.action for e in store.list_audit(resource="device/dev1")].count("device.renew") == 2
 
@@ -894,7 +894,7 @@ def test_first_use_and_a_renewal_from_the_previous_race(database_url: str) -> No
             def retire(device_id: str = device_id, round_: int = round_) -> None:
                 start.wait()
                 result["retired"] = replicas[1].retire_previous_certificate(
-                    device_id, f"serial-key-b{round_}"
+                    device_id, f"serial-key-b{round_}", now
                 )
 
             def renew(device_id: str = device_id, round_: int = round_) -> None:

@@ -82,7 +82,7 @@ class DeviceService:
             standing = self._standing(caller.name)  # another worker may have adopted it
         devices.check_may_call(standing, caller.serial, now)
         if devices.retires_previous(standing, caller.serial, now):
-            if self._store.retire_previous_certificate(caller.name, caller.serial):
+            if self._store.retire_previous_certificate(caller.name, caller.serial, now):
                 log_event(
                     log,
                     "retire",
@@ -249,6 +249,8 @@ class DeviceService:
                 resource=f"device/{device_id}",
                 peer=peer,
             ),
+            # The device ended its own use of its certificates (RFC 5280 section 5.3.1).
+            reason=x509.ReasonFlags.cessation_of_operation.value,
         )
         log_event(log, "unenroll", outcome="ok", device=device_id, peer=peer)
         return device

@@ -15,12 +15,12 @@ from sielum.model import AuditEvent, Device, DeviceStanding, DeviceState, Page, 
 from sielum.store.base import (
     DEFAULT_PAGE_SIZE,
     PageBudget,
-    StoreBase,
     _guarded,
     _keyset_page,
     _micros,
     _time,
 )
+from sielum.store.certificates import CertificateStore
 from sielum.store.database import execute, is_sqlite, write_transaction
 from sielum.store.models import from_micros, to_micros
 
@@ -30,7 +30,7 @@ _DEVICE_NOT_FOUND = "device not found"
 _KEY_ENROLLED = "this public key is already enrolled"
 
 
-class DeviceStore(StoreBase):
+class DeviceStore(CertificateStore):
     """Devices: enrollment with a token's use, the device gate's lookup, renewal."""
 
     # Enrollment
@@ -57,6 +57,7 @@ class DeviceStore(StoreBase):
                 if consumed.rowcount == 0:
                     raise TokenUnusableError("enrollment token cannot be used")
                 execute(self.db, sql.insert_device, _device_values(device, facts))
+                self._record_certificates(device.id, now)
                 self._insert_audit(audit)
         except peewee.IntegrityError as exc:
             # The transaction rolled back, so the use was not consumed.
@@ -126,9 +127,13 @@ class DeviceStore(StoreBase):
         return _keyset_page(D, query, "devices", page_size, cursor, _device, budget)
 
     @_guarded
-    def revoke_device(self, device_id: str, now: datetime, audit: AuditEvent) -> Device:
-        """Revoke; revoking again keeps the first revoked_at."""
-        return _device(self._revoke(self._t.device, device_id, now, audit, _DEVICE_NOT_FOUND))
+    def revoke_device(
+        self, device_id: str, now: datetime, audit: AuditEvent, reason: str = ""
+    ) -> Device:
+        """Revoke for reason (RFC 5280's name, '' unspecified); again keeps the first revoked_at
+        and reason."""
+        D, gone = self._t.device, _DEVICE_NOT_FOUND
+        return _device(self._revoke_with_reason(D, device_id, now, audit, gone, reason))
 
     @_guarded
     def touch_device(self, device_id: str, now: datetime) -> None:
@@ -185,6 +190,7 @@ class DeviceStore(StoreBase):
             with write_transaction(self.db):
                 if execute(self.db, self._sql.renew_device, params).rowcount == 0:
                     raise RenewalRefusedError("device cannot renew now")
+                self._record_certificates(device_id, now)
                 self._insert_audit(audit)
                 row = D.get(D.id == device_id)
         except peewee.IntegrityError as exc:
@@ -192,7 +198,7 @@ class DeviceStore(StoreBase):
         return _device(row)
 
     @_guarded
-    def retire_previous_certificate(self, device_id: str, serial: str) -> bool:
+    def retire_previous_certificate(self, device_id: str, serial: str, now: datetime) -> bool:
         """The first use of the device's current certificate serial: the previous one is refused
         from now on. False when nothing changed (retired already, or serial is no longer
         current).
@@ -205,6 +211,8 @@ class DeviceStore(StoreBase):
         """
         with write_transaction(self.db):
             cursor = execute(self.db, self._sql.retire_previous, (device_id, serial))
+            if cursor.rowcount:
+                self._record_certificates(device_id, now)
             return bool(cursor.rowcount)
 
     @_guarded
@@ -244,6 +252,7 @@ class DeviceStore(StoreBase):
                     .execute()
                 )
                 if changed:
+                    self._record_certificates(device_id, audit.at)
                     self._insert_audit(audit)
         except peewee.IntegrityError as exc:
             raise AlreadyExistsError(_KEY_ENROLLED) from exc

@@ -13,6 +13,7 @@ from sielum.store.base import (
     PageBudget,
     _guarded,
 )
+from sielum.store.certificates import CertificateStore
 from sielum.store.counts import CountStore
 from sielum.store.database import connect, execute, is_sqlite
 from sielum.store.devices import DeviceStore, device_state_condition
@@ -22,7 +23,15 @@ from sielum.store.statements import token_state_condition
 from sielum.store.tokens import TokenStore
 
 
-class Store(TokenStore, DeviceStore, IdentityStore, AuditStore, SessionStore, CountStore):
+class Store(
+    TokenStore,
+    DeviceStore,
+    CertificateStore,
+    IdentityStore,
+    AuditStore,
+    SessionStore,
+    CountStore,
+):
     """All storage of Sielum. Safe to call from many threads at once.
 
     On SQLite each thread keeps its own connection; on PostgreSQL each call
