@@ -181,6 +181,24 @@ class RenewalPace:
     interval: timedelta
 
 
+@dataclass(frozen=True)
+class CertificateRecord:
+    """One device certificate the CA issued, and whether relying parties must refuse it.
+
+    `serial` is lowercase hex. A certificate is refused once `superseded_at` is set (a
+    renewal replaced it and the new one was used, or the retry of a renewal dropped it)
+    or once its device is revoked (`revoked_at`, with the RFC 5280 reason as given,
+    spelled as cryptography's x509.ReasonFlags values: "keyCompromise", "unspecified").
+    """
+
+    serial: str
+    device_id: str
+    not_after: datetime
+    superseded_at: datetime | None = None
+    revoked_at: datetime | None = None
+    reason: str | None = None
+
+
 # The action of every enrollment: most of the trail, so the action index leaves it out
 # (store/migrations.py, step 6).
 ENROLL_ACTION = "device.enroll"

@@ -71,6 +71,7 @@ class ServerProcess:
     log_path: Path
     metrics_port: int = 0
     dashboard_port: int = 0  # 0: the dashboard is off
+    revocation_port: int = 0  # 0: the revocation port is off
 
     @property
     def dashboard_url(self) -> str:
@@ -116,6 +117,11 @@ def start_server(
     # Never the default port 8445: another test or server may hold it.
     dashboard_port = 0 if "--dashboard-addr" in extra else free_port()
     dashboard = [] if dashboard_port == 0 else ["--dashboard-addr", f"127.0.0.1:{dashboard_port}"]
+    # Never the default port 8446 either.
+    revocation_port = 0 if "--revocation-addr" in extra else free_port()
+    revocation = (
+        [] if revocation_port == 0 else ["--revocation-addr", f"127.0.0.1:{revocation_port}"]
+    )
     log_path = data_dir.parent / f"server-{enroll_port}.log"
     log_file = log_path.open("w")
     host = f"[{enroll_host}]" if ":" in enroll_host else enroll_host
@@ -134,6 +140,7 @@ def start_server(
             "--metrics-addr",
             f"127.0.0.1:{metrics_port}",
             *dashboard,
+            *revocation,
             *extra,
         ],
         stdout=log_file,
@@ -142,7 +149,14 @@ def start_server(
         env={**os.environ, **(env or {})},
     )
     server = ServerProcess(
-        process, data_dir, enroll_port, api_port, log_path, metrics_port, dashboard_port
+        process,
+        data_dir,
+        enroll_port,
+        api_port,
+        log_path,
+        metrics_port,
+        dashboard_port,
+        revocation_port,
     )
     try:
         wait_ready(enroll_port, (data_dir / "ca.pem").read_bytes(), process)

@@ -188,6 +188,7 @@ def test_port_zero_is_resolved_once_for_all_workers(tmp_path: Path) -> None:
                 script("sielum-server"), "serve", "--data-dir", str(data_dir), "--workers", "2",
                 "--enroll-addr", "127.0.0.1:0", "--api-addr", "127.0.0.1:0", "--log-format", "json",
                 "--metrics-addr", "127.0.0.1:0", "--dashboard-addr", "127.0.0.1:0",
+                "--revocation-addr", "127.0.0.1:0",
             ],
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -97,10 +97,12 @@ class Serve:
                     f"127.0.0.1:{self.enroll_port}",
                     "--api-addr",
                     f"127.0.0.1:{self.api_port}",
-                    # The default ports 8445 and 9464 may be held by another test or server.
+                    # The default ports 8445, 8446 and 9464 may be held by another test or server.
                     "--dashboard-addr",
                     "off",
                     "--metrics-addr",
+                    "off",
+                    "--revocation-addr",
                     "off",
                     *self.extra,
                 ],

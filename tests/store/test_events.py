@@ -39,7 +39,9 @@ def test_every_change_of_a_device_logs_one_event_with_its_standing(store: Store)
     store.revoke_device("dev2", later, audit("device.revoke", "device/dev2"))
     # A repeat changes nothing and logs nothing.
     store.revoke_device("dev2", later, audit("device.revoke", "device/dev2"))
-    store.revoke_device("dev1", later, audit("device.unenroll", "device/dev1"), Kind.UNENROLLED)
+    store.revoke_device(
+        "dev1", later, audit("device.unenroll", "device/dev1"), kind=Kind.UNENROLLED
+    )
 
     events = store.device_events_after(0, 100)
     assert [(e.sequence, e.kind, e.device_id) for e in events] == [

@@ -13,15 +13,13 @@ from sielum.model import (
     Admin,
     AuditEvent,
     AuditFilter,
-    Device,
     RenewalPace,
     Service,
     Token,
     TokenState,
 )
 from sielum.store import Store, connect, migrations
-from sielum.store.database import execute, is_sqlite
-from sielum.store.devices import _device_values
+from sielum.store.database import is_sqlite
 from sielum.store.migrations import LATEST_VERSION, MIGRATIONS, SchemaVersionError
 from sielum.store.models import bind_tables
 
@@ -32,18 +30,6 @@ def _schema_version_rows(store: Store) -> list[tuple[int, int]]:
     with store.db.connection_context():
         cursor = store.db.execute_sql("SELECT id, version FROM schema_version")
         return [tuple(row) for row in cursor.fetchall()]
-
-
-def _enroll_in_old_schema(store: Store, device: Device) -> None:
-    """Record device and its token's use as an older Sielum did: the columns of version 1,
-    no event log (today's enroll_device appends to the log of version 9)."""
-    with store.db.connection_context(), store.db.atomic():
-        execute(store.db, store._sql.insert_device, _device_values(device, "{}"))
-        execute(
-            store.db,
-            f"UPDATE token SET uses = uses + 1 WHERE id = {store.db.param}",
-            (device.token_id,),
-        )
 
 
 def test_versions_are_numbered_from_one_without_gaps() -> None:
@@ -206,6 +192,20 @@ def test_a_database_from_before_admins_migrates_forward(
         store.close()
 
 
+def _insert_device(store: Store, device_id: str, *, hostname: str, key: str, serial: str) -> None:
+    """A device row as an older Sielum wrote it, with the columns of step 1 only: the
+    store of today also writes tables of later steps when it enrolls."""
+    with store.db.connection_context():
+        p = store.db.param
+        store.db.execute_sql(
+            "INSERT INTO device (id, hostname, token_id, public_key_sha256, serial,"
+            f" certificate_pem, not_after, enrolled_at, peer) VALUES ({', '.join([p] * 9)})",
+            (device_id, hostname, "tok", key, serial, "PEM", 0, 0, "p"),
+        )
+        # As enrolling did: the token's use.
+        store.db.execute_sql(f"UPDATE token SET uses = uses + 1 WHERE id = {p}", ("tok",))
+
+
 def _indexes(store: Store) -> set[str]:
     with store.db.connection_context():
         if is_sqlite(store.db):
@@ -231,11 +231,7 @@ def test_v2_indexes_a_version_1_database_keeping_its_rows(
             ),
             AuditEvent(at=T0, actor="a", action="x", resource="token/tok"),
         )  # fmt: skip
-        device = Device(
-            id="dev", hostname="web-1", token_id="tok", public_key_sha256="k", serial="1",
-            certificate_pem="PEM", not_after=T0, enrolled_at=T0, peer="p",
-        )  # fmt: skip
-        _enroll_in_old_schema(old, device)
+        _insert_device(old, "dev", hostname="web-1", key="k", serial="1")
         assert not _indexes(old) & {"device_hostname_seq", "device_revoked_seq"}
     finally:
         old.close()
@@ -272,11 +268,7 @@ def test_v3_keeps_devices_enrolled_before_it(
             ),
             AuditEvent(at=T0, actor="a", action="x", resource="token/tok"),
         )  # fmt: skip
-        device = Device(
-            id="dev1", hostname="h", token_id="tok", public_key_sha256="key1", serial="ab12",
-            certificate_pem="PEM", not_after=T0, enrolled_at=T0, peer="p",
-        )  # fmt: skip
-        _enroll_in_old_schema(old, device)
+        _insert_device(old, "dev1", hostname="h", key="key1", serial="ab12")
     finally:
         old.close()
 

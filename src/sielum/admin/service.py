@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 from collections.abc import Callable
@@ -10,6 +11,7 @@ from datetime import UTC, date, datetime, time, timedelta
 
 from sielum import tokens
 from sielum.ca.profile import validate_name
+from sielum.ca.revocation import check_given_reason
 from sielum.clock import Clock
 from sielum.devices import policy as devices
 from sielum.devices.policy import check_hostname
@@ -245,12 +247,18 @@ class Administration:
             budget=_DEVICE_PAGE_BUDGET,
         )
 
-    def revoke_device(self, caller: Caller, device_id: str) -> Device:
+    def revoke_device(self, caller: Caller, device_id: str, reason: str = "") -> Device:
+        """Revoke for reason (RFC 5280's name as cryptography spells it, '' unspecified)."""
         now = self._clock.now()
         device_id = _check_device_id(device_id)  # canonical, as in revoke_token
-        device = self._store.revoke_device(
-            device_id, now, caller.audit("device.revoke", f"device/{device_id}", now)
-        )
+        try:
+            reason = check_given_reason(reason)
+        except ValueError as error:
+            raise InvalidArgumentError(str(error)) from None
+        audit = caller.audit("device.revoke", f"device/{device_id}", now)
+        if reason != "unspecified":
+            audit = dataclasses.replace(audit, detail=f"reason={reason}")
+        device = self._store.revoke_device(device_id, now, audit, reason=reason)
         log_event(
             log,
             "device.revoke",

@@ -24,6 +24,16 @@ from sielum.model import (
 from sielum.pb import from_timestamp, to_timestamp
 from sielum.sessions import LoginLinks
 
+# RevokeDeviceRequest.reason as stored: RFC 5280's name, spelled as cryptography does.
+_GIVEN_REASONS: dict[admin_pb2.RevocationReason.ValueType, str] = {
+    admin_pb2.REVOCATION_REASON_UNSPECIFIED: "unspecified",
+    admin_pb2.REVOCATION_REASON_KEY_COMPROMISE: "keyCompromise",
+    admin_pb2.REVOCATION_REASON_CA_COMPROMISE: "cACompromise",
+    admin_pb2.REVOCATION_REASON_AFFILIATION_CHANGED: "affiliationChanged",
+    admin_pb2.REVOCATION_REASON_CESSATION_OF_OPERATION: "cessationOfOperation",
+    admin_pb2.REVOCATION_REASON_PRIVILEGE_WITHDRAWN: "privilegeWithdrawn",
+}
+
 _TOKEN_STATES = {
     TokenState.ACTIVE: admin_pb2.TOKEN_STATE_ACTIVE,
     TokenState.EXPIRED: admin_pb2.TOKEN_STATE_EXPIRED,
@@ -232,7 +242,13 @@ class AdminServicer:
     def RevokeDevice(
         self, request: admin_pb2.RevokeDeviceRequest, call: Call
     ) -> admin_pb2.RevokeDeviceResponse:
-        device = self._admin.revoke_device(self._caller(call), request.id)
+        reason = _GIVEN_REASONS.get(request.reason)
+        if reason is None:
+            raise InvalidArgumentError(
+                f"reason {request.reason} cannot be given; one of: "
+                + ", ".join(admin_pb2.RevocationReason.Name(r) for r in _GIVEN_REASONS)
+            )
+        device = self._admin.revoke_device(self._caller(call), request.id, reason)
         return admin_pb2.RevokeDeviceResponse(device=self._device(device))
 
     def CreateDashboardLogin(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -11,7 +11,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from sielum.ca import profile
+from sielum.ca import profile, revocation
 from sielum.errors import InvalidArgumentError
 
 CA_CERT_FILE = "ca.pem"
@@ -42,6 +42,8 @@ class CertificateAuthority:
         key: ec.EllipticCurvePrivateKey,
         *,
         device_ttl: timedelta = profile.DEFAULT_DEVICE_TTL,
+        crl_url: str = "",
+        ocsp_url: str = "",
     ) -> None:
         if device_ttl <= timedelta(0):
             raise InvalidArgumentError("device certificate lifetime must be positive")
@@ -52,6 +54,9 @@ class CertificateAuthority:
         self.certificate_pem = certificate.public_bytes(serialization.Encoding.PEM).decode("ascii")
         self.fingerprint = profile.fingerprint(certificate)
         self.device_ttl = device_ttl
+        # Written into device certificates (serve --crl-url, --ocsp-url); "" for none.
+        self.crl_url = _public_url("--crl-url", crl_url)
+        self.ocsp_url = _public_url("--ocsp-url", ocsp_url)
         self._key = key
 
     def __repr__(self) -> str:
@@ -80,8 +85,24 @@ class CertificateAuthority:
             serial=profile.random_serial(),
             now=now,
             ttl=self.device_ttl,
+            crl_url=self.crl_url,
+            ocsp_url=self.ocsp_url,
         )
         return _issued(certificate)
+
+    def sign_crl(
+        self, revocations: Iterable[revocation.Revocation], number: int, now: datetime
+    ) -> bytes:
+        """The CRL, DER, listing revocations (those not yet expired at now)."""
+        return revocation.build_crl(
+            self.certificate, self._key, revocations, number=number, now=now
+        )
+
+    def answer_ocsp(
+        self, request_der: bytes, look_up: Callable[[int], revocation.Standing], now: datetime
+    ) -> bytes:
+        """The signed OCSP response to one DER request (ca/revocation.py::answer_ocsp)."""
+        return revocation.answer_ocsp(request_der, self.certificate, self._key, look_up, now=now)
 
     def sign_admin(
         self, public_key: ec.EllipticCurvePublicKey, name: str, now: datetime
@@ -137,6 +158,8 @@ class CertificateAuthority:
         *,
         passphrase: bytes | None,
         device_ttl: timedelta = profile.DEFAULT_DEVICE_TTL,
+        crl_url: str = "",
+        ocsp_url: str = "",
     ) -> CertificateAuthority:
         """Reads <data_dir>/ca.pem and ca.key; each failure says what to do about it."""
         certificate = load_ca_certificate(data_dir)
@@ -162,7 +185,16 @@ class CertificateAuthority:
             raise InvalidArgumentError(f"{key_path} is not a PEM private key") from None
         if not isinstance(key, ec.EllipticCurvePrivateKey):
             raise InvalidArgumentError(f"CA key {key_path} must be ECDSA P-256")
-        return cls(certificate, key, device_ttl=device_ttl)
+        return cls(certificate, key, device_ttl=device_ttl, crl_url=crl_url, ocsp_url=ocsp_url)
+
+
+def _public_url(flag: str, url: str) -> str:
+    if not url:
+        return ""
+    try:
+        return revocation.check_public_url(flag, url)
+    except ValueError as error:
+        raise InvalidArgumentError(str(error)) from None
 
 
 def load_ca_certificate(data_dir: Path) -> x509.Certificate:

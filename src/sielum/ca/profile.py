@@ -17,7 +17,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
 
 from sielum.errors import InternalError, InvalidArgumentError
 
@@ -243,8 +243,14 @@ def device_certificate(
     serial: int,
     now: datetime,
     ttl: timedelta,
+    crl_url: str = "",
+    ocsp_url: str = "",
 ) -> x509.Certificate:
-    """The device certificate: every field decided here; only the key comes from the agent."""
+    """The device certificate: every field decided here; only the key comes from the agent.
+
+    crl_url and ocsp_url (serve --crl-url, --ocsp-url) go into CRL Distribution Points
+    and Authority Information Access; without them, no such extension.
+    """
     validate_name(device_id, what="device id")
     return _client_certificate(
         role=DEVICE_ROLE,
@@ -255,7 +261,32 @@ def device_certificate(
         serial=serial,
         now=now,
         ttl=ttl,
+        extensions=revocation_extensions(crl_url, ocsp_url),
     )
+
+
+def revocation_extensions(crl_url: str, ocsp_url: str) -> tuple[x509.ExtensionType, ...]:
+    """Where relying parties check revocation: CRL Distribution Points, AIA's OCSP."""
+    extensions: list[x509.ExtensionType] = []
+    if crl_url:
+        point = x509.DistributionPoint(
+            full_name=[x509.UniformResourceIdentifier(crl_url)],
+            relative_name=None,
+            reasons=None,
+            crl_issuer=None,
+        )
+        extensions.append(x509.CRLDistributionPoints([point]))
+    if ocsp_url:
+        extensions.append(
+            x509.AuthorityInformationAccess(
+                [
+                    x509.AccessDescription(
+                        AuthorityInformationAccessOID.OCSP, x509.UniformResourceIdentifier(ocsp_url)
+                    )
+                ]
+            )
+        )
+    return tuple(extensions)
 
 
 def _identity_certificate(
@@ -299,6 +330,7 @@ def _client_certificate(
     serial: int,
     now: datetime,
     ttl: timedelta,
+    extensions: tuple[x509.ExtensionType, ...] = (),
 ) -> x509.Certificate:
     builder = _leaf_builder(
         common_name=name,
@@ -313,6 +345,8 @@ def _client_certificate(
         x509.SubjectAlternativeName([x509.UniformResourceIdentifier(role_uri(role, name))]),
         critical=False,
     ).add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+    for extension in extensions:
+        builder = builder.add_extension(extension, critical=False)
     return builder.sign(ca_key, hashes.SHA256())
 
 

@@ -9,6 +9,7 @@ profile for GET). Nothing here reads a clock: `now` is a parameter.
 from __future__ import annotations
 
 import enum
+import urllib.parse
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -35,6 +36,19 @@ REASONS: dict[str, x509.ReasonFlags] = {
     if flag not in (x509.ReasonFlags.unspecified, x509.ReasonFlags.remove_from_crl)
 }
 """The reason names an admin may give (RFC 5280 section 5.3.1 spelled as cryptography does)."""
+
+
+GIVEN_REASONS: tuple[x509.ReasonFlags, ...] = (
+    x509.ReasonFlags.unspecified,
+    x509.ReasonFlags.key_compromise,
+    x509.ReasonFlags.ca_compromise,
+    x509.ReasonFlags.affiliation_changed,
+    x509.ReasonFlags.cessation_of_operation,
+    x509.ReasonFlags.privilege_withdrawn,
+)
+"""The reasons an admin may give for revoking a device. Not superseded: Sielum gives it
+itself, to the certificate a renewal replaced; not certificateHold: a revocation is final;
+not removeFromCRL (delta CRLs only) nor aACompromise (attribute certificates)."""
 
 
 class CertificateStatus(enum.Enum):
@@ -75,6 +89,55 @@ def reason_from_name(name: str) -> x509.ReasonFlags | None:
     except KeyError:
         accepted = ", ".join(["unspecified", *sorted(REASONS)])
         raise ValueError(f"unknown revocation reason {name!r}; one of: {accepted}") from None
+
+
+def check_given_reason(name: str) -> str:
+    """An admin's reason as stored (cryptography's spelling, "keyCompromise"); '' is
+    "unspecified". Raises ValueError naming the accepted reasons for anything else."""
+    value = name or x509.ReasonFlags.unspecified.value
+    if value not in {flag.value for flag in GIVEN_REASONS}:
+        accepted = ", ".join(flag.value for flag in GIVEN_REASONS)
+        raise ValueError(f"revocation reason {name!r} cannot be given; one of: {accepted}")
+    return value
+
+
+def reason_flag(value: str | None) -> x509.ReasonFlags | None:
+    """A stored reason as the flag a CRL entry or OCSP answer carries; None: no reasonCode
+    (unspecified, or a reason this Sielum does not know)."""
+    try:
+        flag = x509.ReasonFlags(value or "unspecified")
+    except ValueError:
+        return None
+    return None if flag is x509.ReasonFlags.unspecified else flag
+
+
+def check_public_url(flag: str, url: str) -> str:
+    """A --crl-url or --ocsp-url: an absolute http:// or https:// URL with a host.
+
+    It is written into every certificate issued, so a typo would be signed in for the
+    certificates' whole lifetime: refused here with a message that says what is wrong.
+    """
+    parsed = urllib.parse.urlsplit(url)
+    try:
+        port = parsed.port
+    except ValueError:
+        port = -1
+    problem = ""
+    if parsed.scheme not in ("http", "https"):
+        problem = "must start with http:// or https://"
+    elif not parsed.hostname:
+        problem = "has no host"
+    elif port == -1:
+        problem = "has a port that is not a number from 0 to 65535"
+    elif parsed.username is not None or parsed.password is not None:
+        problem = "must not carry a user name or password"
+    elif parsed.fragment or "#" in url:
+        problem = "must not have a #fragment"
+    elif any(c.isspace() or ord(c) < 0x21 or ord(c) > 0x7E for c in url):
+        problem = "must be printable ASCII without spaces (percent-encode the rest)"
+    if problem:
+        raise ValueError(f"{flag} {url!r} {problem}")
+    return url
 
 
 def build_crl(

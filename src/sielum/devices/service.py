@@ -249,7 +249,9 @@ class DeviceService:
                 resource=f"device/{device_id}",
                 peer=peer,
             ),
-            DeviceEventKind.UNENROLLED,
+            kind=DeviceEventKind.UNENROLLED,
+            # The device ended its own use of its certificates (RFC 5280 section 5.3.1).
+            reason=x509.ReasonFlags.cessation_of_operation.value,
         )
         log_event(log, "unenroll", outcome="ok", device=device_id, peer=peer)
         return device

@@ -47,6 +47,8 @@ from sielum.identities.services import ServiceRegistry
 from sielum.identity import Role
 from sielum.logs import log_event
 from sielum.recorder import NoRecorder, Recorder
+from sielum.revocation.publisher import CrlPublisher
+from sielum.revocation.web import RevocationEndpoint
 from sielum.rpc.handlers import grpc_handler
 from sielum.rpc.interceptor import ServerInterceptor, StreamLimit
 from sielum.server.certificates import CertificateWatch, grpc_credentials
@@ -119,6 +121,13 @@ class ServerConfig:
     dashboard_cert: Path | None = None  # None: the server certificate and chain
     dashboard_key: Path | None = None
     advertise_enroll_url: str = ""  # the dashboard's agent command; empty: derived
+    # The revocation port (/crl, /ocsp): "off", or HOST:PORT; revocation_fd, a socket
+    # already listening (a worker's, from the supervisor). crl_url and ocsp_url go into
+    # the device certificates issued (serve --crl-url, --ocsp-url); "" for none.
+    revocation_addr: str = "off"
+    revocation_fd: int | None = None
+    crl_url: str = ""
+    ocsp_url: str = ""
 
     def http_limits(self) -> HttpLimits:
         return HttpLimits(
@@ -126,6 +135,10 @@ class ServerConfig:
             idle_timeout=self.idle_timeout.total_seconds(),
             handshake_timeout=self.handshake_timeout.total_seconds(),
         )
+
+    @property
+    def revocation_enabled(self) -> bool:
+        return self.revocation_fd is not None or self.revocation_addr.strip().lower() != "off"
 
     @property
     def metrics_enabled(self) -> bool:
@@ -185,7 +198,11 @@ class SielumServer:
         self.clock: Clock = clock or SystemClock()
         # The CA first: a missing data dir is best explained as "run init".
         self.ca = CertificateAuthority.load(
-            config.data_dir, passphrase=config.ca_passphrase, device_ttl=config.device_ttl
+            config.data_dir,
+            passphrase=config.ca_passphrase,
+            device_ttl=config.device_ttl,
+            crl_url=config.crl_url,
+            ocsp_url=config.ocsp_url,
         )
         # The server certificate may be renewed while serving (renew-server-cert): every
         # listener presenting it follows this one holder.
@@ -237,7 +254,9 @@ class SielumServer:
         recorder: Recorder = NoRecorder()
         observe: CallObserver | None = None
         if config.metrics_enabled:
-            self.metrics = recorder = Metrics(method_types(), directory=config.metrics_dir)
+            self.metrics = recorder = Metrics(
+                method_types(), directory=config.metrics_dir, crl=config.revocation_enabled
+            )
             observe = functools.partial(self.metrics.observe_call, "grpc")
         device_service = DeviceService(
             self.store,
@@ -364,6 +383,33 @@ class SielumServer:
                 else listen_socket(config.metrics_addr)
             )
             self.metrics_port = int(self._metrics_socket.getsockname()[1])
+        self._build_revocation()
+
+    def _build_revocation(self) -> None:
+        """The revocation port: the CRL kept by a thread of its own, OCSP through the runner."""
+        config = self.config
+        self.crl_publisher: CrlPublisher | None = None
+        self._revocation: RevocationEndpoint | None = None
+        self._revocation_socket: socket.socket | None = None
+        self.revocation_port = 0  # 0: no revocation port
+        if not config.revocation_enabled:
+            return
+        self.crl_publisher = CrlPublisher(
+            self.store,
+            self.ca,
+            self.clock,
+            on_age=None if self.metrics is None else self.metrics.crl_age,
+            close=self.store.close,
+        )
+        self._revocation = RevocationEndpoint(
+            self.crl_publisher, self.ca, self.clock, self._runner, limits=config.http_limits()
+        )
+        self._revocation_socket = (
+            socket.socket(fileno=config.revocation_fd)
+            if config.revocation_fd is not None
+            else listen_socket(config.revocation_addr)
+        )
+        self.revocation_port = int(self._revocation_socket.getsockname()[1])
 
     def _dashboard_listener(self) -> Listener | None:
         config = self.config
@@ -409,6 +455,7 @@ class SielumServer:
             dashboard=self.dashboard_url or "off",
             calls=self._runner.description,
             metrics=self._metrics_address(),
+            revocation=_address(self._revocation_socket),
             fingerprint=self.ca.fingerprint,
             certificate=self.server_certificate.current.serial,
             **({} if self.config.worker_index is None else {"worker": self.config.worker_index}),
@@ -427,6 +474,10 @@ class SielumServer:
         await self.grpc_server.start()
         if self.dashboard is not None:
             await self.dashboard.start()
+        if self._revocation is not None and self._revocation_socket is not None:
+            assert self.crl_publisher is not None
+            self.crl_publisher.start()
+            await self._revocation.start(self._revocation_socket)
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
@@ -452,6 +503,10 @@ class SielumServer:
         # After the calls in flight, which it counts; scrapes were answered meanwhile.
         if self._metrics_endpoint is not None:
             await self._metrics_endpoint.stop()
+        if self._revocation is not None:
+            await self._revocation.stop()
+        if self.crl_publisher is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.crl_publisher.stop)
         # On the thread that used it: an SQLite connection belongs to one thread.
         await self._runner(self.store.close)
 
@@ -462,6 +517,14 @@ class SielumServer:
     def wait(self) -> None:
         """Block until stop() has finished."""
         self._stopped.wait()
+
+
+def _address(sock: socket.socket | None) -> str:
+    """HOST:PORT a socket listens on, "off" for none."""
+    if sock is None:
+        return "off"
+    host, port = sock.getsockname()[:2]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _millis(duration: timedelta) -> int:

@@ -74,7 +74,9 @@ class Metrics:
     (an in-process server in the tests).
     """
 
-    def __init__(self, methods: Mapping[str, str], directory: Path | None = None) -> None:
+    def __init__(
+        self, methods: Mapping[str, str], directory: Path | None = None, *, crl: bool = False
+    ) -> None:
         if directory is not None and not values.ValueClass._multiprocess:
             raise RuntimeError(
                 "prometheus_client was imported before PROMETHEUS_MULTIPROC_DIR was set: "
@@ -124,6 +126,19 @@ class Metrics:
             "Events sent on WatchDevices streams: snapshot entries, keepalives and changes.",
             registry=None,
         )
+        # How old the CRL served is (revocation/publisher.py), when this server serves one.
+        # Each worker builds and serves its own; the oldest of those alive is what a
+        # relying party may get, hence livemax (the supervisor drops an exited
+        # worker's file: server/multiproc.py::forget_process).
+        self._crl_age: Gauge | None = None
+        if crl:
+            self._crl_age = Gauge(
+                "sielum_crl_age_seconds",
+                "How long ago the CRL served on the revocation port was built (oldest of the "
+                "workers).",
+                multiprocess_mode="livemax",
+                registry=None,
+            )
         # Every value of the small label sets starts at 0, so that rate() and alert
         # rules see a series before its first event.
         self._by_result = {r: self._enrollments.labels(r.value) for r in EnrollmentResult}
@@ -177,6 +192,11 @@ class Metrics:
     def directory_events(self, count: int) -> None:
         self._events.inc(count)
 
+    def crl_age(self, seconds: float) -> None:
+        """The CRL this process serves was built that many seconds ago."""
+        if self._crl_age is not None:
+            self._crl_age.set(seconds)
+
     def registry(self, *collectors: StateCollector) -> CollectorRegistry:
         """What /metrics shows: every process's values (or this one's), then the collectors'."""
         registry = CollectorRegistry()
@@ -191,6 +211,7 @@ class Metrics:
                 self._logins,
                 self._subscribers,
                 self._events,
+                *([] if self._crl_age is None else [self._crl_age]),
             ):
                 registry.register(metric)
         for collector in collectors:

@@ -11,8 +11,10 @@ inherit it.
 
 Each run gets a directory of its own, so no file of an earlier run can leak into
 this one's figures (tests/e2e/test_metrics.py::test_a_new_run_starts_from_zero).
-Sielum's metrics have no live gauge (the gauges are computed at scrape time from
-the database), so nothing needs prometheus_client's mark_process_dead.
+Sielum's gauges are computed at scrape time from the database, but for one:
+sielum_crl_age_seconds, which each worker sets for the CRL it serves (a "livemax"
+gauge); the supervisor forgets the file of a worker that exited
+(forget_process), so a dead worker's last age does not stay in the maximum.
 
 This module does not import prometheus_client: it runs before it may be.
 """
@@ -44,6 +46,14 @@ def create_run_directory(environ: Mapping[str, str]) -> Path:
 
 def remove_run_directory(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
+
+
+def forget_process(directory: Path, pid: int) -> None:
+    """Drop the live gauges' files of an exited process, as prometheus_client's
+    mark_process_dead does: its counters keep counting in the sum, its live gauges no more."""
+    for path in directory.glob(f"gauge_live*_{pid}.db"):
+        with contextlib.suppress(OSError):
+            path.unlink()
 
 
 def remove_stale_directories(base: Path) -> None:

@@ -108,7 +108,8 @@ class Supervisor:
     count: int
     command: Callable[[int, int], Sequence[str]]
     grace: float
-    pass_fds: tuple[int, ...] = ()  # inherited by every worker (the metrics socket)
+    pass_fds: tuple[int, ...] = ()  # inherited by every worker (metrics, revocation sockets)
+    exited: Callable[[int], None] = lambda pid: None  # told the pid of a worker that died
     # Installed by serve before anything else, so a SIGTERM during start-up is kept.
     signals: SignalInbox = field(default_factory=SignalInbox)
     workers: dict[int, _Worker] = field(default_factory=dict)
@@ -228,6 +229,7 @@ class Supervisor:
             )
             if worker.ready_fd >= 0:
                 os.close(worker.ready_fd)
+            self.exited(worker.process.pid)
             if len(self.restarts) > MAX_RESTARTS:
                 return False
             self._spawn(index)

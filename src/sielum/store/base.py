@@ -112,7 +112,6 @@ class StoreBase:
         now: datetime,
         audit: AuditEvent,
         not_found: str,
-        on_change: Callable[[], object] | None = None,
     ) -> Any:
         """Set revoked_at once and audit the call; a repeat changes nothing.
 
@@ -133,8 +132,6 @@ class StoreBase:
                 detail = " ".join(filter(None, (ALREADY_REVOKED, audit.detail)))
                 audit = dataclasses.replace(audit, detail=detail)
             self._insert_audit(audit)
-            if changed and on_change is not None:
-                on_change()  # last in the transaction: the device event log's rule
         return row
 
     def _insert_audit(self, event: AuditEvent) -> None:

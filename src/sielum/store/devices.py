@@ -23,12 +23,12 @@ from sielum.model import (
 from sielum.store.base import (
     DEFAULT_PAGE_SIZE,
     PageBudget,
-    StoreBase,
     _guarded,
     _keyset_page,
     _micros,
     _time,
 )
+from sielum.store.certificates import CertificateStore
 from sielum.store.database import execute, is_sqlite, write_transaction
 from sielum.store.models import from_micros, to_micros
 
@@ -38,7 +38,7 @@ _DEVICE_NOT_FOUND = "device not found"
 _KEY_ENROLLED = "this public key is already enrolled"
 
 
-class DeviceStore(StoreBase):
+class DeviceStore(CertificateStore):
     """Devices: enrollment with a token's use, the device gate's lookup, renewal."""
 
     # Enrollment
@@ -65,6 +65,7 @@ class DeviceStore(StoreBase):
                 if consumed.rowcount == 0:
                     raise TokenUnusableError("enrollment token cannot be used")
                 execute(self.db, sql.insert_device, _device_values(device, facts))
+                self._record_certificates(device.id, now)
                 self._insert_audit(audit)
                 self._record_device_event(DeviceEventKind.ENROLLED, device.id, now)
         except peewee.IntegrityError as exc:
@@ -140,15 +141,20 @@ class DeviceStore(StoreBase):
         device_id: str,
         now: datetime,
         audit: AuditEvent,
+        *,
         kind: DeviceEventKind = DeviceEventKind.REVOKED,
+        reason: str = "",
     ) -> Device:
-        """Revoke (kind REVOKED) or unenroll; again keeps the first revoked_at and logs no event."""
-        row = self._revoke(
-            self._t.device,
+        """Revoke (kind REVOKED) or unenroll for reason (RFC 5280's name, '' unspecified);
+        again keeps the first revoked_at and reason, and logs no event."""
+        D, gone = self._t.device, _DEVICE_NOT_FOUND
+        row = self._revoke_with_reason(
+            D,
             device_id,
             now,
             audit,
-            _DEVICE_NOT_FOUND,
+            gone,
+            reason,
             on_change=lambda: self._record_device_event(kind, device_id, now),
         )
         return _device(row)
@@ -208,6 +214,7 @@ class DeviceStore(StoreBase):
             with write_transaction(self.db):
                 if execute(self.db, self._sql.renew_device, params).rowcount == 0:
                     raise RenewalRefusedError("device cannot renew now")
+                self._record_certificates(device_id, now)
                 self._insert_audit(audit)
                 self._record_device_event(DeviceEventKind.RENEWED, device_id, now)
                 row = D.get(D.id == device_id)
@@ -231,6 +238,7 @@ class DeviceStore(StoreBase):
             cursor = execute(self.db, self._sql.retire_previous, (device_id, serial))
             if not cursor.rowcount:
                 return False
+            self._record_certificates(device_id, now)
             self._record_device_event(DeviceEventKind.RENEWED, device_id, now)
             return True
 
@@ -271,6 +279,7 @@ class DeviceStore(StoreBase):
                     .execute()
                 )
                 if changed:
+                    self._record_certificates(device_id, audit.at)
                     self._insert_audit(audit)
                     self._record_device_event(DeviceEventKind.RENEWED, device_id, audit.at)
         except peewee.IntegrityError as exc:

@@ -282,6 +282,68 @@ def _v9_device_events(d: Dialect) -> Sequence[str]:
     )
 
 
+def _v10_certificate_history(d: Dialect) -> Sequence[str]:
+    """Every device certificate issued, for the CRL and OCSP (sielum/revocation/).
+
+    A device row holds only its current certificate and the previous one; relying parties
+    that speak X.509 need every certificate Sielum refuses until it expires: a superseded
+    one (superseded_at: the first use of its successor retired it, or the retry of a
+    renewal dropped it unused) and every certificate of a revoked device, with the reason
+    given (device.revocation_reason, RFC 5280's name as cryptography spells it; set once,
+    with revoked_at). revocation_change.stamp grows with every such change in the same
+    transaction, so that the CRL is rebuilt after one read of one row, and no change
+    committed late is missed (a sequence assigned at insert is not commit order).
+    """
+    # The time this step runs, in microseconds since the epoch, from the database's clock.
+    now = (
+        "CAST(strftime('%s', 'now') AS INTEGER) * 1000000"
+        if d.name == "sqlite"
+        else "CAST(EXTRACT(EPOCH FROM now()) * 1000000 AS BIGINT)"
+    )
+    # The lifetime a certificate had by default: 90 days, in microseconds.
+    default_ttl = 90 * 24 * 3600 * 1_000_000
+    return (
+        """CREATE TABLE device_certificate (
+            serial TEXT NOT NULL PRIMARY KEY,
+            device_id TEXT NOT NULL REFERENCES device (id),
+            not_after BIGINT NOT NULL,
+            superseded_at BIGINT
+        )""",
+        # A device's certificates: superseding the ones it no longer holds, and the
+        # certificates of a revoked device for the CRL (Store.refused_certificates).
+        "CREATE INDEX device_certificate_device_id ON device_certificate (device_id)",
+        # The superseded certificates that have not yet expired, for the CRL.
+        "CREATE INDEX device_certificate_superseded ON device_certificate (not_after)"
+        " WHERE superseded_at IS NOT NULL",
+        "ALTER TABLE device ADD COLUMN revocation_reason TEXT",
+        """CREATE TABLE revocation_change (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            stamp BIGINT NOT NULL
+        )""",
+        "INSERT INTO revocation_change (id, stamp) VALUES (1, 1)",
+        # Backfill: every device's current certificate, exactly known.
+        "INSERT INTO device_certificate (serial, device_id, not_after)"
+        " SELECT serial, id, not_after FROM device",
+        # Its previous certificate: while honoured (previous_until still ahead), previous_until
+        # is that certificate's own not_after (step 7), and it is not superseded. Once retired
+        # (or past a bound of before step 7, the end of a 15-minute overlap), its not_after
+        # is not stored anywhere; the bound used is conservative: the current
+        # certificate's not_after plus the default lifetime of 90 days. A certificate cannot
+        # outlive one issued after it under the same --device-cert-ttl; the 90 days cover a
+        # lifetime lowered between the two. Listing it longer than needed costs a few bytes
+        # of CRL; listing it shorter would let a relying party accept it. Certificates
+        # older than previous_serial were never stored: nothing can list them.
+        "INSERT INTO device_certificate (serial, device_id, not_after, superseded_at)"  # noqa: S608
+        " SELECT previous_serial, id,"
+        f" CASE WHEN previous_until > {now} THEN previous_until"
+        f" ELSE not_after + {default_ttl} END,"
+        f" CASE WHEN previous_until > {now} THEN NULL ELSE {now} END"
+        " FROM device WHERE previous_serial IS NOT NULL AND previous_serial <> serial",
+        # Devices revoked before reasons were recorded: unspecified.
+        "UPDATE device SET revocation_reason = 'unspecified' WHERE revoked_at IS NOT NULL",
+    )
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema: token, device, audit_event", _v1_initial_schema),
     Migration(2, "indexes for listing devices by hostname and state", _v2_device_filters),
@@ -292,6 +354,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(7, "admin: newest and previous certificate", _v7_admin_certificates),
     Migration(8, "service identities", _v8_services),
     Migration(9, "the directory's device event log", _v9_device_events),
+    Migration(10, "device certificate history and revocation reasons", _v10_certificate_history),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 

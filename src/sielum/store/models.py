@@ -114,6 +114,7 @@ def bind_tables(db: peewee.Database) -> Tables:
         previous_serial = peewee.TextField(null=True)
         previous_until = UtcMicrosField(null=True)
         renewal_tat = UtcMicrosField(null=True)
+        revocation_reason = peewee.TextField(null=True)  # store/certificates.py
 
         class Meta:
             table_name = "device"

@@ -13,6 +13,7 @@ from sielum.store.base import (
     PageBudget,
     _guarded,
 )
+from sielum.store.certificates import CertificateStore
 from sielum.store.counts import CountStore
 from sielum.store.database import connect, execute, is_sqlite
 from sielum.store.devices import DeviceStore, device_state_condition
@@ -24,7 +25,14 @@ from sielum.store.tokens import TokenStore
 
 
 class Store(
-    TokenStore, DeviceStore, EventStore, IdentityStore, AuditStore, SessionStore, CountStore
+    TokenStore,
+    DeviceStore,
+    EventStore,
+    CertificateStore,
+    IdentityStore,
+    AuditStore,
+    SessionStore,
+    CountStore,
 ):
     """All storage of Sielum. Safe to call from many threads at once.
 

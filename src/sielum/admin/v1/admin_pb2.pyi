@@ -62,6 +62,34 @@ DEVICE_STATE_EXPIRED: DeviceState.ValueType  # 2
 DEVICE_STATE_REVOKED: DeviceState.ValueType  # 3
 Global___DeviceState: _TypeAlias = DeviceState  # noqa: Y015
 
+class _RevocationReason:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RevocationReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RevocationReason.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    REVOCATION_REASON_UNSPECIFIED: _RevocationReason.ValueType  # 0
+    REVOCATION_REASON_KEY_COMPROMISE: _RevocationReason.ValueType  # 1
+    REVOCATION_REASON_CA_COMPROMISE: _RevocationReason.ValueType  # 2
+    REVOCATION_REASON_AFFILIATION_CHANGED: _RevocationReason.ValueType  # 3
+    REVOCATION_REASON_CESSATION_OF_OPERATION: _RevocationReason.ValueType  # 5
+    REVOCATION_REASON_PRIVILEGE_WITHDRAWN: _RevocationReason.ValueType  # 9
+
+class RevocationReason(_RevocationReason, metaclass=_RevocationReasonEnumTypeWrapper):
+    """RevocationReason is the reason an admin gives for revoking a device, numbered
+    as RFC 5280's CRLReason. Sielum gives superseded (4) itself to the certificate
+    a renewal replaced; certificateHold (6) is not offered because a revocation is
+    final; removeFromCRL (8) and aACompromise (10) do not apply.
+    """
+
+REVOCATION_REASON_UNSPECIFIED: RevocationReason.ValueType  # 0
+REVOCATION_REASON_KEY_COMPROMISE: RevocationReason.ValueType  # 1
+REVOCATION_REASON_CA_COMPROMISE: RevocationReason.ValueType  # 2
+REVOCATION_REASON_AFFILIATION_CHANGED: RevocationReason.ValueType  # 3
+REVOCATION_REASON_CESSATION_OF_OPERATION: RevocationReason.ValueType  # 5
+REVOCATION_REASON_PRIVILEGE_WITHDRAWN: RevocationReason.ValueType  # 9
+Global___RevocationReason: _TypeAlias = RevocationReason  # noqa: Y015
+
 class _AdminState:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -514,15 +542,21 @@ class RevokeDeviceRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
     id: _builtins.str
+    reason: Global___RevocationReason.ValueType
+    """Why, as the CRL and OCSP say it (RFC 5280 section 5.3.1); unset is
+    REVOCATION_REASON_UNSPECIFIED. Revoking again keeps the first reason.
+    """
     def __init__(
         self,
         *,
         id: _builtins.str = ...,
+        reason: Global___RevocationReason.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "reason", b"reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

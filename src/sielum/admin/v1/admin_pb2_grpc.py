@@ -168,7 +168,8 @@ class AdminServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RevokeDevice(self, request, context):
-        """RevokeDevice refuses the device's certificate from its very next call.
+        """RevokeDevice refuses the device's certificate from its very next call, and
+        lists its certificates in the CRL and OCSP with the reason given.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -47,7 +47,9 @@ class AdminServiceStub:
     ListDevices: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListDevicesRequest, _admin_pb2.ListDevicesResponse]
     GetDevice: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetDeviceRequest, _admin_pb2.GetDeviceResponse]
     RevokeDevice: _grpc.UnaryUnaryMultiCallable[_admin_pb2.RevokeDeviceRequest, _admin_pb2.RevokeDeviceResponse]
-    """RevokeDevice refuses the device's certificate from its very next call."""
+    """RevokeDevice refuses the device's certificate from its very next call, and
+    lists its certificates in the CRL and OCSP with the reason given.
+    """
     CreateAdmin: _grpc.UnaryUnaryMultiCallable[_admin_pb2.CreateAdminRequest, _admin_pb2.CreateAdminResponse]
     """CreateAdmin registers a new admin and certifies the key of its CSR; the
     private key never leaves the new admin's machine.
@@ -98,7 +100,9 @@ class AdminServiceAsyncStub(AdminServiceStub):
     ListDevices: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListDevicesRequest, _admin_pb2.ListDevicesResponse]  # type: ignore[assignment]
     GetDevice: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetDeviceRequest, _admin_pb2.GetDeviceResponse]  # type: ignore[assignment]
     RevokeDevice: _aio.UnaryUnaryMultiCallable[_admin_pb2.RevokeDeviceRequest, _admin_pb2.RevokeDeviceResponse]  # type: ignore[assignment]
-    """RevokeDevice refuses the device's certificate from its very next call."""
+    """RevokeDevice refuses the device's certificate from its very next call, and
+    lists its certificates in the CRL and OCSP with the reason given.
+    """
     CreateAdmin: _aio.UnaryUnaryMultiCallable[_admin_pb2.CreateAdminRequest, _admin_pb2.CreateAdminResponse]  # type: ignore[assignment]
     """CreateAdmin registers a new admin and certifies the key of its CSR; the
     private key never leaves the new admin's machine.
@@ -188,7 +192,9 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_pb2.RevokeDeviceRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.RevokeDeviceResponse, _abc.Awaitable[_admin_pb2.RevokeDeviceResponse]]:
-        """RevokeDevice refuses the device's certificate from its very next call."""
+        """RevokeDevice refuses the device's certificate from its very next call, and
+        lists its certificates in the CRL and OCSP with the reason given.
+        """
 
     @_abc_1.abstractmethod
     def CreateAdmin(

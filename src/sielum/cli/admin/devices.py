@@ -16,6 +16,16 @@ _DEVICE_STATES = {
     "revoked": admin_pb2.DEVICE_STATE_REVOKED,
 }
 
+# --reason: RFC 5280's reasons an admin may give (superseded is Sielum's own).
+_REASONS = {
+    "unspecified": admin_pb2.REVOCATION_REASON_UNSPECIFIED,
+    "key_compromise": admin_pb2.REVOCATION_REASON_KEY_COMPROMISE,
+    "ca_compromise": admin_pb2.REVOCATION_REASON_CA_COMPROMISE,
+    "affiliation_changed": admin_pb2.REVOCATION_REASON_AFFILIATION_CHANGED,
+    "cessation_of_operation": admin_pb2.REVOCATION_REASON_CESSATION_OF_OPERATION,
+    "privilege_withdrawn": admin_pb2.REVOCATION_REASON_PRIVILEGE_WITHDRAWN,
+}
+
 
 # --- output ---------------------------------------------------------------------
 
@@ -92,7 +102,8 @@ def _cmd_devices_revoke(args: argparse.Namespace, api: Api, bundle: AdminBundle)
     # As for tokens: read first, then revoke (a repeat changes nothing but is audited).
     before = api.call(api.stub.GetDevice, admin_pb2.GetDeviceRequest(id=args.id)).device
     already = before.HasField("revoked_at")
-    reply = api.call(api.stub.RevokeDevice, admin_pb2.RevokeDeviceRequest(id=args.id))
+    request = admin_pb2.RevokeDeviceRequest(id=args.id, reason=_REASONS[args.reason])
+    reply = api.call(api.stub.RevokeDevice, request)
     if args.json:
         conventions.print_json({**_to_dict(reply), "alreadyRevoked": already})
     elif already:
@@ -131,3 +142,12 @@ def register(groups: argparse._SubParsersAction[conventions.Parser]) -> None:
         _cmd_devices_revoke,
     )
     drevoke.add_argument("id")
+    drevoke.add_argument(
+        "--reason",
+        choices=list(_REASONS),
+        default="unspecified",
+        metavar="REASON",
+        help="why, as the CRL and OCSP will say it (RFC 5280); one of: "
+        + ", ".join(_REASONS)
+        + " (default %(default)s; a first revocation's reason stays)",
+    )

@@ -208,10 +208,33 @@ def build_parser() -> argparse.ArgumentParser:
         "only a Host that is the listener's own address, localhost on loopback, or one "
         "of these, so that no web page reads it through DNS rebinding",
     )
+    serve.add_argument(
+        "--revocation-addr",
+        default="127.0.0.1:8446",
+        metavar="HOST:PORT",
+        help="plain HTTP revocation port for relying parties: GET /crl (the CA-signed DER "
+        "CRL) and OCSP at /ocsp (RFC 6960/5019, POST and GET); 'off' disables "
+        "(default %(default)s)",
+    )
+    serve.add_argument(
+        "--crl-url",
+        default="",
+        metavar="URL",
+        help="public http:// or https:// URL of /crl, written as CRL Distribution Points "
+        "into device certificates issued from now on (default: none)",
+    )
+    serve.add_argument(
+        "--ocsp-url",
+        default="",
+        metavar="URL",
+        help="public http:// or https:// URL of /ocsp, written as Authority Information "
+        "Access (OCSP) into device certificates issued from now on (default: none)",
+    )
     # Set by the supervisor on the workers it starts; not for people.
     serve.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
     serve.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
     serve.add_argument("--metrics-fd", type=int, default=None, help=argparse.SUPPRESS)
+    serve.add_argument("--revocation-fd", type=int, default=None, help=argparse.SUPPRESS)
     # How often the server certificate's files are checked; tests shorten it.
     serve.add_argument(
         "--certificate-check-interval", type=float, default=10.0, help=argparse.SUPPRESS

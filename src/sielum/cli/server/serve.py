@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import resource
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sielum.ca.authority import CertificateAuthority
+from sielum.ca.revocation import check_public_url
 from sielum.cli.conventions import CommandError
 from sielum.core.addresses import split_address
 from sielum.enroll.ratelimit import FailureLimit
@@ -64,7 +66,29 @@ def _server_config(args: argparse.Namespace) -> ServerConfig:
         dashboard_cert=Path(args.dashboard_cert) if args.dashboard_cert else None,
         dashboard_key=Path(args.dashboard_key) if args.dashboard_key else None,
         advertise_enroll_url=args.advertise_enroll_url,
+        revocation_addr="off" if _revocation_off(args) else args.revocation_addr,
+        revocation_fd=args.revocation_fd,
+        crl_url=args.crl_url,
+        ocsp_url=args.ocsp_url,
     )
+
+
+def _revocation_off(args: argparse.Namespace) -> bool:
+    return str(args.revocation_addr).strip().lower() == "off"
+
+
+def _check_revocation_options(args: argparse.Namespace) -> None:
+    if not _revocation_off(args):
+        try:
+            split_address(args.revocation_addr)
+        except ValueError as error:
+            raise InvalidArgumentError(f"--revocation-addr: {error} (or 'off')") from None
+    for flag, value in (("--crl-url", args.crl_url), ("--ocsp-url", args.ocsp_url)):
+        if value:
+            try:
+                check_public_url(flag, value)
+            except ValueError as error:
+                raise InvalidArgumentError(str(error)) from None
 
 
 def _metrics_on(args: argparse.Namespace) -> bool:
@@ -158,6 +182,7 @@ def _run_serve(args: argparse.Namespace) -> int:
         except ValueError:
             raise InvalidArgumentError("--metrics-addr must be HOST:PORT or off") from None
     _check_dashboard_options(args)
+    _check_revocation_options(args)
     if args.worker_index is not None:  # a worker: the supervisor set up the run
         return _serve_with_core_log(args, signals)
     before, soft, hard = raise_open_files_limit()
@@ -249,6 +274,10 @@ def _supervise(args: argparse.Namespace, signals: SignalInbox) -> int:
     # answers a scrape sums the values of all (server/metrics.py).
     metrics = listen_socket(args.metrics_addr) if _metrics_on(args) else None
     metrics_args = [] if metrics is None else ["--metrics-fd", str(metrics.fileno())]
+    # The revocation port likewise: one socket, every worker serving its own CRL on it.
+    revocation = None if _revocation_off(args) else listen_socket(args.revocation_addr)
+    if revocation is not None:
+        metrics_args += ["--revocation-fd", str(revocation.fileno())]
     argv = list(args.argv)
 
     def command(index: int, ready_fd: int) -> list[str]:
@@ -269,19 +298,26 @@ def _supervise(args: argparse.Namespace, signals: SignalInbox) -> int:
         api=api_addr,
         dashboard=dashboard[1] if dashboard else "off",
         metrics=_address(metrics),
+        revocation=_address(revocation),
     )
     try:
         return Supervisor(
             count=args.workers,
             command=command,
             grace=args.grace,
-            pass_fds=() if metrics is None else (metrics.fileno(),),
+            pass_fds=tuple(s.fileno() for s in (metrics, revocation) if s is not None),
             signals=signals,
+            exited=functools.partial(_forget_worker, os.environ.get(multiproc.ENV)),
         ).run()
     finally:
-        for holder in (*holders, metrics):
+        for holder in (*holders, metrics, revocation):
             if holder is not None:
                 holder.close()
+
+
+def _forget_worker(metrics_dir: str | None, pid: int) -> None:
+    if metrics_dir:
+        multiproc.forget_process(Path(metrics_dir), pid)
 
 
 def _address(sock: socket.socket | None) -> str:
