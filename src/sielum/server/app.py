@@ -31,7 +31,7 @@ from sielum.core.methods import UnaryMethod, unary_methods
 from sielum.core.observer import CallObserver
 from sielum.core.runner import InlineRunner, Runner, ThreadRunner
 from sielum.dashboard.web import Dashboard, Listener, PageConfig, own_certificate
-from sielum.devices.policy import DEFAULT_HEARTBEAT_INTERVAL
+from sielum.devices.policy import DEFAULT_HEARTBEAT_INTERVAL, connection_idle_limit
 from sielum.devices.service import DeviceService
 from sielum.devices.servicer import AgentServicer
 from sielum.enroll.ratelimit import FailureLimit, FailureLimiter
@@ -60,7 +60,6 @@ MAX_MESSAGE_BYTES = 256 * 1024
 # 120 s, time enough for a thousand idle sockets to use up the file descriptors.
 HANDSHAKE_TIMEOUT = timedelta(seconds=10)
 MAX_CONCURRENT_STREAMS = 128  # HTTP/2 streams per connection, calls in flight included
-MAX_CONNECTION_IDLE = timedelta(minutes=5)  # no call on it: GOAWAY, the client reconnects
 DATABASE_THREADS = 16  # handler threads when the database is across a network
 ENROLL_SERVICE = enroll_pb2.DESCRIPTOR.services_by_name["EnrollService"]
 ADMIN_SERVICE = admin_pb2.DESCRIPTOR.services_by_name["AdminService"]
@@ -264,7 +263,11 @@ class SielumServer:
                 ("grpc.so_reuseport", 1),
                 ("grpc.server_handshake_timeout_ms", _millis(config.handshake_timeout)),
                 ("grpc.max_concurrent_streams", MAX_CONCURRENT_STREAMS),
-                ("grpc.max_connection_idle_ms", _millis(MAX_CONNECTION_IDLE)),
+                # No call on it for this long: GOAWAY, and the client reconnects.
+                (
+                    "grpc.max_connection_idle_ms",
+                    _millis(connection_idle_limit(config.heartbeat_interval)),
+                ),
             ],
         )
         enroll_creds = grpc_credentials(self.server_certificate, client_ca_pem=None)
