@@ -31,7 +31,9 @@ from sielum.core.methods import UnaryMethod, unary_methods
 from sielum.core.observer import CallObserver
 from sielum.core.runner import InlineRunner, Runner, ThreadRunner
 from sielum.dashboard.web import Dashboard, Listener, PageConfig, own_certificate
+from sielum.devices.lastseen import FLUSH_EVERY, LastSeen
 from sielum.devices.policy import DEFAULT_HEARTBEAT_INTERVAL, connection_idle_limit
+from sielum.devices.ratelimit import HeartbeatLimit
 from sielum.devices.service import DeviceService
 from sielum.devices.servicer import AgentServicer
 from sielum.enroll.ratelimit import FailureLimit, FailureLimiter
@@ -83,6 +85,7 @@ class ServerConfig:
     # this host, DATABASE_THREADS with one across a network.
     threads: int | None = None
     failure_limit: FailureLimit = field(default_factory=FailureLimit)
+    heartbeat_limit: HeartbeatLimit = field(default_factory=HeartbeatLimit)
     ca_passphrase: bytes | None = None
     worker_index: int | None = None  # set in the workers of `serve --workers N`
     # Streaming calls (health Watch, reflection) open at once, per connection, per peer
@@ -200,6 +203,7 @@ class SielumServer:
             threads = 0 if local else DATABASE_THREADS
         self._runner: Runner = ThreadRunner(threads) if threads else InlineRunner()
         self._stopped = threading.Event()
+        self._flusher: asyncio.Task[None] | None = None
         self._loop = asyncio.new_event_loop()
         self._loop_thread = threading.Thread(
             target=self._loop.run_forever, name="grpc-loop", daemon=True
@@ -233,12 +237,15 @@ class SielumServer:
         if config.metrics_enabled:
             self.metrics = recorder = Metrics(method_types(), directory=config.metrics_dir)
             observe = functools.partial(self.metrics.observe_call, "grpc")
+        self.last_seen = LastSeen(self.store)
         device_service = DeviceService(
             self.store,
             self.ca,
             self.clock,
             recorder,
             heartbeat_interval=config.heartbeat_interval,
+            last_seen=self.last_seen,
+            heartbeat_limit=config.heartbeat_limit,
         )
         self.admins = AdminRegistry(self.store, self.ca, self.clock, recorder)
         self.service_registry = ServiceRegistry(self.store, self.ca, self.clock, recorder)
@@ -418,6 +425,24 @@ class SielumServer:
             await self.dashboard.start()
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._flusher = asyncio.create_task(self._flush_last_seen())
+
+    async def _flush_last_seen(self) -> None:
+        """Every FLUSH_EVERY, write what heartbeats saw: one transaction per process."""
+        while True:
+            await asyncio.sleep(FLUSH_EVERY.total_seconds())
+            await self._flush_once()
+
+    async def _flush_once(self) -> None:
+        try:
+            await self._runner(functools.partial(self.last_seen.flush, self.clock.now()))
+        except Exception:
+            # A bug, not an outage (flush logs those itself): keep heartbeats noted.
+            log.exception("writing last_seen_at failed")
+
+    def flush_last_seen(self) -> None:
+        """Write what heartbeats saw now, rather than at the next flush (tests, a stop)."""
+        self._on_loop(self._flush_once())
 
     def stop(self, grace: float = 10.0) -> None:
         """Refuse new calls, let calls in flight finish within grace seconds, then close."""
@@ -440,6 +465,10 @@ class SielumServer:
         # After the calls in flight, which it counts; scrapes were answered meanwhile.
         if self._metrics_endpoint is not None:
             await self._metrics_endpoint.stop()
+        # After the last heartbeat: what they saw is written before the store closes.
+        if self._flusher is not None:
+            self._flusher.cancel()
+        await self._flush_once()
         # On the thread that used it: an SQLite connection belongs to one thread.
         await self._runner(self.store.close)
 
