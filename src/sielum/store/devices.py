@@ -33,6 +33,8 @@ from sielum.store.database import execute, is_sqlite, write_transaction
 from sielum.store.models import from_micros, to_micros
 
 _MICROSECOND = timedelta(microseconds=1)
+# Devices per UPDATE of touch_devices: well under SQLite's limit on parameters.
+TOUCH_CHUNK = 1000
 
 _DEVICE_NOT_FOUND = "device not found"
 _KEY_ENROLLED = "this public key is already enrolled"
@@ -166,6 +168,34 @@ class DeviceStore(CertificateStore):
         with write_transaction(self.db):
             if D.update(last_seen_at=now).where(D.id == device_id).execute() == 0:
                 raise NotFoundError(_DEVICE_NOT_FOUND)
+
+    @_guarded
+    def touch_devices(self, seen: Mapping[str, datetime], at_most_every: timedelta) -> int:
+        """Record when each device was heard from, in one UPDATE per TOUCH_CHUNK devices.
+
+        A device's last_seen_at moves only forward, and only once it is at least
+        at_most_every old: so replicas that each flush the same device write it once
+        per at_most_every between them, and an older flush arriving late changes
+        nothing (tests/store/test_store.py::test_touch_devices_writes_once_per_minute).
+        Returns how many rows changed; unknown devices are skipped.
+        """
+        items = [(device_id, to_micros(at)) for device_id, at in seen.items()]
+        gap, p = at_most_every // _MICROSECOND, self.db.param
+        changed = 0
+        with write_transaction(self.db):
+            for start in range(0, len(items), TOUCH_CHUNK):
+                chunk = items[start : start + TOUCH_CHUNK]
+                rows = ", ".join([f"({p}, {p})"] * len(chunk))
+                params: list[object] = [value for item in chunk for value in item]
+                sql = (
+                    # Only placeholders are formatted in; the values are parameters.
+                    f"UPDATE device SET last_seen_at = v.column2 FROM (VALUES {rows}) AS v"  # noqa: S608
+                    " WHERE device.id = v.column1"
+                    " AND (device.last_seen_at IS NULL"
+                    f" OR device.last_seen_at <= v.column2 - {p})"
+                )
+                changed += execute(self.db, sql, (*params, gap)).rowcount
+        return changed
 
     @_guarded
     def renew_device(
