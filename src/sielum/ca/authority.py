@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -62,8 +62,9 @@ class CertificateAuthority:
         csr: x509.CertificateSigningRequest | profile.CheckedCsr,
         device_id: str,
         now: datetime,
+        tags: Sequence[str] = (),
     ) -> IssuedCertificate:
-        """A device certificate for the CSR's key.
+        """A device certificate for the CSR's key, carrying tags as sielum://tag/<tag> URIs.
 
         A plain CSR is checked again, whoever parsed it; a CheckedCsr from
         profile.load_checked_csr already was.
@@ -80,6 +81,7 @@ class CertificateAuthority:
             serial=profile.random_serial(),
             now=now,
             ttl=self.device_ttl,
+            tags=tags,
         )
         return _issued(certificate)
 

@@ -34,6 +34,7 @@ from sielum.dashboard.web import Dashboard, Listener, PageConfig, own_certificat
 from sielum.devices.policy import DEFAULT_HEARTBEAT_INTERVAL
 from sielum.devices.service import DeviceService
 from sielum.devices.servicer import AgentServicer
+from sielum.enroll.approval import Approvals
 from sielum.enroll.ratelimit import FailureLimit, FailureLimiter
 from sielum.enroll.service import Enroller
 from sielum.enroll.servicer import EnrollServicer
@@ -296,6 +297,7 @@ class SielumServer:
                     self.admins,
                     self.service_registry,
                     links,
+                    Approvals(self.store, self.ca, self.clock, recorder),
                 ),
             ),
             AGENT_SERVICE.full_name: unary_methods(AGENT_SERVICE, AgentServicer(device_service)),
@@ -337,6 +339,7 @@ class SielumServer:
                 self.ca.certificate.not_valid_after_utc,
                 self.clock,
                 sessions=None if self.dashboard is None else sessions.count_open,
+                pending=self.store.count_pending_requests,
             )
             self._metrics_endpoint = MetricsEndpoint(
                 self.metrics.registry(state),

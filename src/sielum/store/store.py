@@ -17,12 +17,21 @@ from sielum.store.counts import CountStore
 from sielum.store.database import connect, execute, is_sqlite
 from sielum.store.devices import DeviceStore, device_state_condition
 from sielum.store.identities import IdentityStore
+from sielum.store.requests import EnrollmentRequestStore, RequestDecidedError
 from sielum.store.sessions import SessionStore
 from sielum.store.statements import token_state_condition
 from sielum.store.tokens import TokenStore
 
 
-class Store(TokenStore, DeviceStore, IdentityStore, AuditStore, SessionStore, CountStore):
+class Store(
+    TokenStore,
+    DeviceStore,
+    IdentityStore,
+    AuditStore,
+    SessionStore,
+    CountStore,
+    EnrollmentRequestStore,
+):
     """All storage of Sielum. Safe to call from many threads at once.
 
     On SQLite each thread keeps its own connection; on PostgreSQL each call
@@ -107,6 +116,7 @@ __all__ = [
     "DEFAULT_PAGE_SIZE",
     "MAX_PAGE_SIZE",
     "PageBudget",
+    "RequestDecidedError",
     "Store",
     "device_state_condition",
     "token_state_condition",
