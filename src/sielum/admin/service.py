@@ -48,7 +48,8 @@ _DEVICE_PAGE_BUDGET: PageBudget[Device] = PageBudget(DEVICE_PAGE_BYTES, devices.
 # device/<uuid>, server/init) and its actions (token.create); a filter that cannot
 # match is refused rather than answered with nothing, and nothing unchecked
 # reaches the database.
-_AUDIT_SUBJECT = re.compile(r"[a-z][a-z0-9-]{0,31}/[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+# "server" alone is the server acting by itself (device.expire).
+_AUDIT_SUBJECT = re.compile(r"server|[a-z][a-z0-9-]{0,31}/[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _AUDIT_ACTION = re.compile(r"[a-z][a-z0-9_-]{0,31}(\.[a-z][a-z0-9_-]{0,31}){1,3}")
 
 

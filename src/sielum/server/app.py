@@ -31,6 +31,7 @@ from sielum.core.methods import UnaryMethod, unary_methods
 from sielum.core.observer import CallObserver
 from sielum.core.runner import InlineRunner, Runner, ThreadRunner
 from sielum.dashboard.web import Dashboard, Listener, PageConfig, own_certificate
+from sielum.devices.ephemeral import EphemeralSweep
 from sielum.devices.policy import DEFAULT_HEARTBEAT_INTERVAL
 from sielum.devices.service import DeviceService
 from sielum.devices.servicer import AgentServicer
@@ -48,6 +49,7 @@ from sielum.rpc.handlers import grpc_handler
 from sielum.rpc.interceptor import ServerInterceptor, StreamLimit
 from sielum.server.certificates import CertificateWatch, grpc_credentials
 from sielum.server.metrics import Metrics, MetricsEndpoint, StateCollector
+from sielum.server.periodic import PeriodicTask
 from sielum.server.workers import listen_socket
 from sielum.sessions import DashboardSessions, LoginLinks
 from sielum.store.database import is_on_this_host, redact_url
@@ -63,6 +65,9 @@ HANDSHAKE_TIMEOUT = timedelta(seconds=10)
 MAX_CONCURRENT_STREAMS = 128  # HTTP/2 streams per connection, calls in flight included
 MAX_CONNECTION_IDLE = timedelta(minutes=5)  # no call on it: GOAWAY, the client reconnects
 DATABASE_THREADS = 16  # handler threads when the database is across a network
+# How often a server looks for ephemeral devices to revoke: their ephemeral_after is at
+# least a minute, and last_seen_at is written at most once a minute.
+EPHEMERAL_SWEEP_SECONDS = 60.0
 ENROLL_SERVICE = enroll_pb2.DESCRIPTOR.services_by_name["EnrollService"]
 ADMIN_SERVICE = admin_pb2.DESCRIPTOR.services_by_name["AdminService"]
 AGENT_SERVICE = agent_pb2.DESCRIPTOR.services_by_name["AgentService"]
@@ -196,6 +201,15 @@ class SielumServer:
             warn=config.worker_index in (None, 0),
         )
         self.store = Store.open(config.resolved_database_url())
+        # Ephemeral devices: one sweeping thread per server (worker 0); replicas may sweep
+        # at once, each revocation being one conditional UPDATE (devices/ephemeral.py).
+        self.ephemeral = EphemeralSweep(self.store, self.clock)
+        self._sweep = PeriodicTask(
+            "ephemeral-sweep",
+            EPHEMERAL_SWEEP_SECONDS,
+            self.ephemeral.sweep,
+            finish=self.store.db.close,  # this thread's connection
+        )
         threads = config.threads
         if threads is None:
             local = is_on_this_host(config.resolved_database_url())
@@ -389,6 +403,8 @@ class SielumServer:
         except BaseException:
             self.certificate_watch.stop()
             raise
+        if self.config.worker_index in (None, 0):
+            self._sweep.start()
         log_event(
             log,
             "serving",
@@ -424,6 +440,7 @@ class SielumServer:
         if self._stopped.is_set():
             return
         self.certificate_watch.stop()
+        self._sweep.stop()
         try:
             self._on_loop(self._stop(grace))
         finally:
