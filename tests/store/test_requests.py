@@ -95,7 +95,7 @@ def _race(*calls: Callable[[], object]) -> list[object]:
         barrier.wait()
         try:
             results[i] = calls[i]()
-        except Exception as error:  # noqa: BLE001 - the outcome under test
+        except Exception as error:
             results[i] = error
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
@@ -175,8 +175,8 @@ def test_race_approve_against_token_revoke(stores: tuple[Store, Store]) -> None:
         request = _request(first, token_id)
         revoke = AuditEvent(at=T0, actor="admin/bob", action="token.revoke", resource="t")
         approved, _ = _race(
-            lambda: _approve(first, request),  # noqa: B023 - run before the next round
-            lambda: second.revoke_token(token_id, T0, revoke),  # noqa: B023
+            lambda: _approve(first, request),
+            lambda: second.revoke_token(token_id, T0, revoke),
         )
         final = first.get_enrollment_request(request.id)
         if isinstance(approved, Device):
