@@ -260,9 +260,8 @@ def test_approval_from_the_cli_and_at_most_max_uses(server: ServerProcess, tmp_p
     # A second machine waits on the same token, which has one use.
     second = WaitingAgent(server, secret, tmp_path / "second", "second-host")
     second_id = second.request_id()
-    assert "sielum-admin requests approve " + request_id in "".join(first.stderr + [
-        first.lines.get(timeout=30)
-    ])  # fmt: skip
+    how = first.lines.get(timeout=30)  # the line after the id: how to approve it
+    assert how.strip() == f"an admin approves it with: sielum-admin requests approve {request_id}"
     pending = admin_json(server, "requests", "list", "--state", "pending")["requests"]
     hosts = {r["id"]: r["hostname"] for r in pending}  # type: ignore[index, union-attr]
     assert hosts == {request_id: "first-host", second_id: "second-host"}, pending
