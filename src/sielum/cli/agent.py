@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import platform
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -17,7 +18,14 @@ from sielum.endpoint import errors
 from sielum.endpoint.address import parse_server
 from sielum.endpoint.certdir import CertDir
 from sielum.endpoint.daemon import DaemonOptions, serve
-from sielum.endpoint.enrollment import DEFAULT_TIMEOUT, EnrollOptions, enroll, renew, status
+from sielum.endpoint.enrollment import (
+    DEFAULT_TIMEOUT,
+    EnrollOptions,
+    default_facts,
+    enroll,
+    renew,
+    status,
+)
 from sielum.endpoint.errors import AgentError, UsageError
 from sielum.errors import InvalidArgumentError
 from sielum.logs import configure_logging
@@ -43,7 +51,8 @@ exit codes:
   {errors.EXIT_FAILED}  the server failed the request or sent an answer that fails our checks
   {errors.EXIT_USAGE}  bad arguments: --server, --ca-fingerprint, or a malformed/mistyped token
   {errors.EXIT_PIN_MISMATCH}  CA fingerprint mismatch: the server is not the pinned one
-  {errors.EXIT_TOKEN_REFUSED}  token refused: invalid, expired, exhausted or revoked
+  {errors.EXIT_TOKEN_REFUSED}  token refused: invalid, expired, exhausted or revoked, refused by
+     its policy ("token policy: ..."), or "enrollment denied" by an admin
   {errors.EXIT_UNREACHABLE}  server unreachable (refused, timed out, name not found, TLS failed),
      or the other Sielum port: enroll on the enroll port, status/renew on the API port
   {errors.EXIT_CERT_DIR}  cert dir cannot be created, written or read
@@ -63,6 +72,12 @@ The token is read from --token, --token-file PATH ('-' for stdin) or the
 {TOKEN_ENV} environment variable, in that order. Prefer the last two: a
 command line is visible to every user of the machine. Surrounding whitespace is
 ignored; a token that fails its checksum is refused before the server is dialled.
+
+With a token that requires approval, enroll prints the request id on stderr and
+waits, asking again with the same key (backing off to every 30 s), until an
+admin approves it (`sielum-admin requests approve ID`) or denies it (exit 4,
+"enrollment denied"). Stopped meanwhile, it resumes as the same request when run
+again with the same --cert-dir.
 
 --server accepts https://HOST, https://HOST:PORT (default port 443), HOST:PORT,
 and IPv6 in brackets: https://[2001:db8::1]:8443.
@@ -113,6 +128,25 @@ def _when(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _announce_pending(request_id: str) -> None:
+    """The enrollment waits for an admin: say which request, and how to decide it."""
+    print(
+        f"{PROG}: enrollment is waiting for approval: request {request_id}\n"
+        f"  an admin approves it with: sielum-admin requests approve {request_id}\n"
+        "  (or in the dashboard: Devices -> Pending); this agent keeps its key and asks "
+        "again until then",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def _fact(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, like role=web, got {text!r}")
+    return name, value
+
+
 def _cmd_enroll(args: argparse.Namespace) -> int:
     server = parse_server(args.server)
     try:
@@ -127,7 +161,9 @@ def _cmd_enroll(args: argparse.Namespace) -> int:
         cert_dir=CertDir(Path(args.cert_dir)),
         force=args.force,
         timeout=args.timeout,
-        **({"hostname": args.hostname} if args.hostname else {}),
+        on_pending=_announce_pending,
+        hostname=args.hostname or platform.node(),
+        facts={**default_facts(), **dict(args.fact)},
     )
     result = enroll(options)
     previous = result.previous
@@ -328,6 +364,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     enroll_cmd.add_argument(
         "--hostname", default="", metavar="NAME", help="name shown to admins (default: this host)"
+    )
+    enroll_cmd.add_argument(
+        "--fact",
+        action="append",
+        default=[],
+        type=_fact,
+        metavar="NAME=VALUE",
+        help="a fact to report besides os, os.release, arch and agent.version (which it may "
+        "override); a token may require facts; repeat for more",
     )
     common(enroll_cmd)
     enroll_cmd.set_defaults(run=_cmd_enroll)
