@@ -80,7 +80,7 @@ class DeviceStore(CertificateStore):
                 if consumed.rowcount == 0:
                     raise TokenUnusableError("enrollment token cannot be used")
                 execute(self.db, sql.insert_device, _device_values(device, facts))
-                self._record_certificates(device.id, now)
+                self._record_first_certificate(device.id)
                 self._insert_audit(audit)
                 self._record_device_event(DeviceEventKind.ENROLLED, device.id, now)
         except peewee.IntegrityError as exc:
