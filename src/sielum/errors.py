@@ -77,6 +77,12 @@ class ResourceExhaustedError(SielumError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
+class OutOfRangeError(SielumError):
+    """A position the server no longer holds or never held (WatchDevices' after_sequence)."""
+
+    code = grpc.StatusCode.OUT_OF_RANGE
+
+
 class UnavailableError(SielumError):
     """A dependency (the database) is unreachable for now; the call may be retried."""
 

@@ -34,6 +34,36 @@ class ServiceState(enum.Enum):
     REVOKED = "revoked"
 
 
+class DeviceEventKind(enum.IntEnum):
+    """What a directory event reports (the values are sielum.directory.v1.DeviceEventKind's)."""
+
+    CURRENT = 1  # a snapshot entry
+    SYNCED = 2  # the subscriber holds every event up to this sequence
+    ENROLLED = 3
+    RENEWED = 4  # the device's honoured certificates changed
+    REVOKED = 5
+    UNENROLLED = 6
+
+
+@dataclass(frozen=True)
+class DeviceEvent:
+    """One entry of the device event log, or a snapshot entry, carrying the device's standing.
+
+    serial is empty for a revoked device; previous_serial is set only while the
+    certificate the last renewal replaced is still honoured, until previous_until.
+    """
+
+    sequence: int
+    at: datetime
+    kind: DeviceEventKind
+    device_id: str = ""
+    serial: str = ""
+    previous_serial: str = ""
+    previous_until: datetime | None = None
+    hostname: str = ""
+    tags: tuple[str, ...] = ()
+
+
 @dataclass(frozen=True)
 class Token:
     """An enrollment token as stored: never the secret, only its hash."""
@@ -138,6 +168,9 @@ class DeviceStanding:
     previous_until: datetime | None = None
     revoked_at: datetime | None = None
     renewal_tat: datetime | None = None
+    # Read for the directory (Store.get_directory_entry), not by the gate.
+    hostname: str = ""
+    not_after: datetime | None = None
 
 
 @dataclass(frozen=True)

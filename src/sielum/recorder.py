@@ -60,6 +60,12 @@ class Recorder(Protocol):
 
     def dashboard_login(self, result: DashboardLoginResult) -> None: ...
 
+    def directory_streams(self, change: int) -> None:
+        """WatchDevices streams opened (+1) or ended (-1)."""
+
+    def directory_events(self, count: int) -> None:
+        """Events sent on WatchDevices streams (snapshot entries and keepalives included)."""
+
 
 class NoRecorder:
     """Records nothing: the default, and what `serve --metrics-addr off` runs with."""
@@ -71,4 +77,10 @@ class NoRecorder:
         pass
 
     def dashboard_login(self, result: DashboardLoginResult) -> None:
+        pass
+
+    def directory_streams(self, change: int) -> None:
+        pass
+
+    def directory_events(self, count: int) -> None:
         pass

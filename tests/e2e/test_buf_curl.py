@@ -239,9 +239,11 @@ def test_the_readme_commands_work_as_written(server: ServerProcess, tmp_path: Pa
     out = result.stdout
     assert '"status": "SERVING"' in out
     assert "sielum.enroll.v1.EnrollService" in out.split()
-    heartbeat, listed = (
-        json.loads(doc) for doc in re.findall(r"^\{\n.*?^\}$", out, re.M | re.S)[-2:]
+    checked, heartbeat, listed = (
+        json.loads(doc) for doc in re.findall(r"^\{\n.*?^\}$", out, re.M | re.S)[-3:]
     )
+    assert (checked["valid"], checked["status"]) == (True, "CERTIFICATE_STATUS_CURRENT")
+    assert checked["device"]["id"] == heartbeat["deviceId"]
     assert listed["devices"], out
     assert heartbeat["deviceId"] in [d["id"] for d in listed["devices"]]
     assert {d["hostname"] for d in listed["devices"]} == {"buf-host"}

@@ -27,6 +27,7 @@ from sielum.ca.authority import CertificateAuthority
 from sielum.ca.datadir import init_data_dir
 from sielum.ca.profile import admin_certificate, random_serial
 from sielum.core.authorization import METHOD_ROLES, Role
+from sielum.directory.v1 import directory_pb2
 from sielum.enroll.ratelimit import FailureLimit
 from sielum.enroll.v1 import enroll_pb2
 from sielum.identity import CredentialKind
@@ -89,6 +90,7 @@ class World:
     spare_admin: str
     spare_service: str
     browsers: dict[str, DashboardClient]  # Connect caller -> a client playing it
+    device_certificate_pem: str
 
     def channel(self, port: str, identity: str) -> grpc.Channel:
         if (port, identity) not in self.channels:
@@ -142,7 +144,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         spare_admin = h.admin().CreateAdmin(
             admin_pb2.CreateAdminRequest(name="spare", csr_pem=make_csr(make_key())), timeout=10
         )
-        # A service, and one created and revoked: neither may call any method yet.
+        # A service, and one created and revoked: the first may call the directory alone.
         service_key, gone_service_key = make_key(), make_key()
         service = h.admin().CreateService(
             admin_pb2.CreateServiceRequest(name="matrix-svc", csr_pem=make_csr(service_key)),
@@ -192,6 +194,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             spare_admin=spare_admin.admin.name,
             spare_service=spare_service.service.name,
             browsers=_browsers(h),
+            device_certificate_pem=device.certificate_pem,
         )
     finally:
         h.server.stop(grace=1)
@@ -223,6 +226,9 @@ def _request(method: str, world: World) -> Any:
         "RevokeService": lambda: admin_pb2.RevokeServiceRequest(name=world.spare_service),
         "Heartbeat": agent_pb2.HeartbeatRequest,
         "RenewCertificate": lambda: agent_pb2.RenewCertificateRequest(csr_pem=make_csr(make_key())),
+        "CheckCertificate": lambda: directory_pb2.CheckCertificateRequest(
+            certificate_pem=world.device_certificate_pem
+        ),
     }
     if name in requests:
         return requests[name]()
@@ -266,7 +272,8 @@ def _role_of(identity: str) -> str:
 
 def expected(method: str, port: str, identity: str) -> tuple[str, str | None]:
     """(status code name, details) the caller must get; details None: grpc's own text."""
-    role = METHOD_ROLES[method].role
+    rule = METHOD_ROLES[method]
+    needed = " or ".join(_a(role) for role in rule.roles)
     if port == "enroll":
         # The enroll port asks for no client certificate, so none reaches the server.
         identity = "none"
@@ -276,16 +283,16 @@ def expected(method: str, port: str, identity: str) -> tuple[str, str | None]:
     if method == _HEALTH_LIST:
         # In health.proto, but grpcio-health's servicer does not implement it.
         return "UNIMPLEMENTED", "Method not implemented!"
-    if role is Role.PUBLIC:
+    if rule.public:
         return "OK", ""
     if identity == "none":
         return (
             "PERMISSION_DENIED",
-            f"{method} needs {_a(role)} client certificate from the Sielum CA",
+            f"{method} needs {needed} client certificate from the Sielum CA",
         )
     caller = _role_of(identity)
-    if role.value != caller:
-        return "PERMISSION_DENIED", f"{method} needs {_a(role)} certificate; this one is {caller}"
+    if caller not in {role.value for role in rule.roles}:
+        return "PERMISSION_DENIED", f"{method} needs {needed} certificate; this one is {caller}"
     if identity == "revoked-device":
         return "PERMISSION_DENIED", "device has been revoked"
     if identity == "revoked-admin":
@@ -541,7 +548,7 @@ def test_managing_identities_needs_a_certificate_and_nothing_else_does() -> None
     services when they come) from a dashboard session; every other admin method takes one."""
     manage = re.compile(r"/(Create|Revoke)(Admin|Service)$")
     for method, rule in METHOD_ROLES.items():
-        if rule.role is not Role.ADMIN:
+        if Role.ADMIN not in rule.roles or Role.SERVICE in rule.roles:
             continue
         assert rule.admits(CredentialKind.CERTIFICATE), method
         assert rule.admits(CredentialKind.SESSION) is not bool(manage.search(method)), method

@@ -31,6 +31,7 @@ def test_ok_heartbeat_updates_last_seen(harness: Harness) -> None:
     assert abs(server_time - datetime.now(UTC)) < timedelta(seconds=5)
     renew_after = beat.renew_after.ToDatetime(tzinfo=UTC)
     assert server_time + timedelta(days=55) < renew_after < server_time + timedelta(days=61)
+    harness.server.flush_last_seen()  # written in batches, every few seconds
     after = harness.admin().GetDevice(admin_pb2.GetDeviceRequest(id=response.device_id)).device
     assert after.HasField("last_seen_at")
 

@@ -124,7 +124,10 @@ def test_revoking_lists_every_certificate_of_the_device_with_the_first_reason(
     stamp = store.revocation_stamp()
     revoked_at = T0 + 21 * DAY
     device = store.revoke_device(
-        "dev1", revoked_at, audit("device.revoke", "device/dev1", revoked_at), "keyCompromise"
+        "dev1",
+        revoked_at,
+        audit("device.revoke", "device/dev1", revoked_at),
+        reason="keyCompromise",
     )
     assert device.revoked_at == revoked_at
     assert store.revocation_stamp() != stamp
@@ -140,7 +143,7 @@ def test_revoking_lists_every_certificate_of_the_device_with_the_first_reason(
     # Revoking again keeps the first time and reason, and moves nothing.
     stamp = store.revocation_stamp()
     later = revoked_at + DAY
-    store.revoke_device("dev1", later, audit("device.revoke", "device/dev1", later), "")
+    store.revoke_device("dev1", later, audit("device.revoke", "device/dev1", later), reason="")
     assert (status(store, "serial-key-c").revoked_at, status(store, "serial-key-c").reason) == (
         revoked_at,
         "keyCompromise",

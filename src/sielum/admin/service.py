@@ -258,7 +258,7 @@ class Administration:
         audit = caller.audit("device.revoke", f"device/{device_id}", now)
         if reason != "unspecified":
             audit = dataclasses.replace(audit, detail=f"reason={reason}")
-        device = self._store.revoke_device(device_id, now, audit, reason)
+        device = self._store.revoke_device(device_id, now, audit, reason=reason)
         log_event(
             log,
             "device.revoke",

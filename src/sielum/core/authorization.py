@@ -19,22 +19,29 @@ log = logging.getLogger("sielum.server")
 
 @dataclass(frozen=True)
 class Rule:
-    """Who may call a method: a role and, when it matters, the credential it must show.
+    """Who may call a method: the roles it admits and, when it matters, the credential
+    the caller must show.
 
     credentials None takes any credential the role can hold (a client
     certificate, or for an admin a dashboard session as well).
     """
 
-    role: Role
+    roles: tuple[Role, ...]
     credentials: frozenset[CredentialKind] | None = None
 
     def admits(self, credential: CredentialKind) -> bool:
         return self.credentials is None or credential in self.credentials
 
+    @property
+    def public(self) -> bool:
+        return Role.PUBLIC in self.roles
 
-PUBLIC = Rule(Role.PUBLIC)
-ADMIN = Rule(Role.ADMIN)
-DEVICE = Rule(Role.DEVICE)
+
+PUBLIC = Rule((Role.PUBLIC,))
+ADMIN = Rule((Role.ADMIN,))
+DEVICE = Rule((Role.DEVICE,))
+# The directory answers the services that rely on device certificates, and admins.
+SERVICE_OR_ADMIN = Rule((Role.SERVICE, Role.ADMIN), frozenset({CredentialKind.CERTIFICATE}))
 # Making or revoking an identity needs an admin's own certificate, never a
 # dashboard session: a session is a bearer cookie that a stolen login link or a
 # compromised browser hands over, and must not be able to mint an admin
@@ -42,13 +49,13 @@ DEVICE = Rule(Role.DEVICE)
 # (tests/robust/test_authorization_matrix.py::test_fail_stolen_session_cannot_manage_admins;
 # ::test_managing_identities_needs_a_certificate_and_nothing_else_does holds every
 # Create/Revoke of an Admin or a Service to this rule, and no other method).
-ADMIN_BY_CERTIFICATE = Rule(Role.ADMIN, frozenset({CredentialKind.CERTIFICATE}))
+ADMIN_BY_CERTIFICATE = Rule((Role.ADMIN,), frozenset({CredentialKind.CERTIFICATE}))
 
 # Every method the server answers, with the rule its caller must meet. A method
 # served but missing here is denied; tests/rpc/test_authorization.py walks every
-# service descriptor and fails if one is left out. The service role has no method
-# yet (the DirectoryService will be its own): a service certificate is refused on
-# every AdminService and AgentService method
+# service descriptor and fails if one is left out. A service may call the
+# DirectoryService and nothing else: a service certificate is refused on every
+# AdminService and AgentService method
 # (tests/rpc/test_services.py::test_fail_a_service_may_call_no_admin_or_agent_method).
 METHOD_ROLES: Mapping[str, Rule] = {
     "/sielum.enroll.v1.EnrollService/Enroll": PUBLIC,
@@ -71,6 +78,9 @@ METHOD_ROLES: Mapping[str, Rule] = {
     "/sielum.agent.v1.AgentService/Heartbeat": DEVICE,
     "/sielum.agent.v1.AgentService/RenewCertificate": DEVICE,
     "/sielum.agent.v1.AgentService/Unenroll": DEVICE,
+    "/sielum.directory.v1.DirectoryService/CheckCertificate": SERVICE_OR_ADMIN,
+    "/sielum.directory.v1.DirectoryService/WatchDevices": SERVICE_OR_ADMIN,
+    "/sielum.directory.v1.DirectoryService/GetTrustBundle": SERVICE_OR_ADMIN,
     "/grpc.health.v1.Health/Check": PUBLIC,
     "/grpc.health.v1.Health/Watch": PUBLIC,
     "/grpc.health.v1.Health/List": PUBLIC,
@@ -170,20 +180,20 @@ class Authorizer:
         rule = self._rules.get(method)
         if rule is None:
             raise PermissionDeniedError(f"method {method} is not open to any caller")
-        needed = rule.role
-        if needed is Role.PUBLIC:
+        if rule.public:
             return
+        needed = " or ".join(_a(role) for role in rule.roles)
         shown = caller.credential if caller is not None else credential
         if not rule.admits(shown):
             raise PermissionDeniedError(
-                f"{method} needs {_a(needed)}'s client certificate, not a {shown.value}: "
+                f"{method} needs {needed}'s client certificate, not a {shown.value}: "
                 "use sielum-admin"
             )
         if caller is None:
-            raise PermissionDeniedError(f"{method} needs {_a(needed)} {_PROOF[credential]}")
-        if caller.role is not needed:
+            raise PermissionDeniedError(f"{method} needs {needed} {_PROOF[credential]}")
+        if caller.role not in rule.roles:
             raise PermissionDeniedError(
-                f"{method} needs {_a(needed)} certificate; this one is {caller.role.value}"
+                f"{method} needs {needed} certificate; this one is {caller.role.value}"
             )
         gate = self._gates.get(caller.role)
         if gate is not None:

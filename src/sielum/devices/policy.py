@@ -19,6 +19,16 @@ LOST_RENEWAL_MARGIN = timedelta(minutes=5)
 DEFAULT_HEARTBEAT_INTERVAL = timedelta(minutes=5)
 MIN_HEARTBEAT_INTERVAL = timedelta(seconds=10)
 MAX_HEARTBEAT_INTERVAL = timedelta(days=1)
+# The agent draws each heartbeat this fraction either side of the interval
+# (endpoint/schedule.py INTERVAL_JITTER, tests/unit/test_device_policy.py
+# ::test_the_idle_limit_outlasts_the_agents_longest_gap).
+AGENT_JITTER = 0.10
+# An open connection with no call on it is closed (GOAWAY) after connection_idle_limit:
+# never sooner than this, and never later than the cap, beyond which an agent opens a
+# new connection per heartbeat (a few a day) rather than hold one for hours.
+MIN_CONNECTION_IDLE = timedelta(minutes=5)
+MAX_CONNECTION_IDLE = timedelta(hours=2)
+CONNECTION_IDLE_SLACK = timedelta(minutes=1)
 # Renewals a device may make at once before it is paced (retries of lost answers).
 RENEWAL_BURST = 5
 # One renewal more per this share of the certificate lifetime: an agent renewing
@@ -90,6 +100,18 @@ def check_heartbeat_interval(interval: timedelta) -> timedelta:
     if not MIN_HEARTBEAT_INTERVAL <= interval <= MAX_HEARTBEAT_INTERVAL:
         raise InvalidArgumentError("heartbeat interval must be between 10s and 1d")
     return interval
+
+
+def connection_idle_limit(heartbeat_interval: timedelta) -> timedelta:
+    """How long the server keeps a connection that carries no call.
+
+    Longer than the agent's longest gap between heartbeats (the interval plus its
+    jitter, plus a minute for a slow call or a clock that drifts), so that the one
+    connection `sielum-agent run` keeps is still open at its next heartbeat, which then
+    costs no TCP or TLS handshake (bench/RESULTS.md, "Fleet scale").
+    """
+    longest_gap = heartbeat_interval * (1 + AGENT_JITTER) + CONNECTION_IDLE_SLACK
+    return min(max(longest_gap, MIN_CONNECTION_IDLE), MAX_CONNECTION_IDLE)
 
 
 def renew_after(not_before: datetime, not_after: datetime) -> datetime:

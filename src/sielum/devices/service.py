@@ -12,6 +12,8 @@ from sielum.ca.authority import CertificateAuthority, IssuedCertificate
 from sielum.ca.profile import load_checked_csr, public_key_sha256
 from sielum.clock import Clock
 from sielum.devices import policy as devices
+from sielum.devices.lastseen import LastSeen
+from sielum.devices.ratelimit import HeartbeatLimit, HeartbeatLimiter
 from sielum.errors import (
     AlreadyExistsError,
     InvalidArgumentError,
@@ -22,7 +24,7 @@ from sielum.errors import (
 )
 from sielum.identity import Identity
 from sielum.logs import log_event
-from sielum.model import AuditEvent, Device, DeviceStanding
+from sielum.model import AuditEvent, Device, DeviceEventKind, DeviceStanding
 from sielum.recorder import CertificateKind, NoRecorder, Recorder
 from sielum.store.store import Store
 
@@ -51,8 +53,13 @@ class DeviceService:
         recorder: Recorder | None = None,
         *,
         heartbeat_interval: timedelta = devices.DEFAULT_HEARTBEAT_INTERVAL,
+        last_seen: LastSeen | None = None,
+        heartbeat_limit: HeartbeatLimit | None = None,
     ) -> None:
         self._store = store
+        # Written in batches by whoever wires the service (server/app.py flushes it).
+        self.last_seen = last_seen if last_seen is not None else LastSeen(store)
+        self._heartbeats = HeartbeatLimiter(heartbeat_limit or HeartbeatLimit())
         self._ca = ca
         self._clock = clock
         self._recorder: Recorder = recorder or NoRecorder()
@@ -145,8 +152,10 @@ class DeviceService:
         return adopted
 
     def heartbeat(self, device_id: str, not_before: datetime, not_after: datetime) -> Heartbeat:
+        """Only reads: the gate read the device's standing; last_seen_at is noted in memory."""
+        self._heartbeats.check(device_id)
         now = self._clock.now()
-        self._store.touch_device(device_id, now)
+        self.last_seen.seen(device_id, now)
         return Heartbeat(
             device_id=device_id,
             server_time=now,
@@ -249,6 +258,7 @@ class DeviceService:
                 resource=f"device/{device_id}",
                 peer=peer,
             ),
+            kind=DeviceEventKind.UNENROLLED,
             # The device ended its own use of its certificates (RFC 5280 section 5.3.1).
             reason=x509.ReasonFlags.cessation_of_operation.value,
         )

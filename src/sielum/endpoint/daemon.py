@@ -17,6 +17,7 @@ from typing import Any, Protocol
 from sielum.clock import Clock, SystemClock
 from sielum.endpoint import enrollment
 from sielum.endpoint.certdir import CertDir, StoredEnrollment
+from sielum.endpoint.connection import AgentConnection
 from sielum.endpoint.enrollment import DEFAULT_TIMEOUT, RenewResult, Status
 from sielum.endpoint.errors import (
     EXIT_DEVICE_REFUSED,
@@ -56,19 +57,33 @@ class Calls(Protocol):
 
 
 class RemoteCalls:
-    """The real calls: the cert dir on disk (re-read every time) and AgentService over mTLS."""
+    """The real calls: the cert dir on disk (re-read every time) and AgentService over mTLS.
+
+    Every call goes over one kept connection (endpoint/connection.py): a heartbeat on an
+    open connection costs the server half of one that opens its own.
+    """
+
+    def __init__(self) -> None:
+        self.connection = AgentConnection()
 
     def load(self, cert_dir: CertDir) -> StoredEnrollment:
         return cert_dir.load_locked()
 
     def status(self, cert_dir: CertDir, timeout: float) -> Status:
         # An expired certificate is sent anyway: only the server may refuse the device.
-        return enrollment.status(cert_dir, timeout, allow_expired=True)
+        return enrollment.status(cert_dir, timeout, allow_expired=True, connection=self.connection)
 
     def renew(self, cert_dir: CertDir, timeout: float, expected_serial: int) -> RenewResult:
         return enrollment.renew(
-            cert_dir, timeout, allow_expired=True, expected_serial=expected_serial
+            cert_dir,
+            timeout,
+            allow_expired=True,
+            expected_serial=expected_serial,
+            connection=self.connection,
         )
+
+    def close(self) -> None:
+        self.connection.close()
 
 
 class Waiter(Protocol):
@@ -386,9 +401,11 @@ def serve(options: DaemonOptions) -> int:
     """The process: signals wired to a clean stop, then the loop until it ends."""
     signals = StopSignals()
     signals.install()
+    calls = RemoteCalls()
     try:
-        return Daemon(options, waiter=signals).run()
+        return Daemon(options, waiter=signals, calls=calls).run()
     finally:
+        calls.close()
         signals.close()
 
 

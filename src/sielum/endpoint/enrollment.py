@@ -24,6 +24,7 @@ from sielum.ca.profile import fingerprint, role_of
 from sielum.endpoint import pinning, reach
 from sielum.endpoint.address import ServerAddress, parse_server, resolve_api_endpoint
 from sielum.endpoint.certdir import STATE_FILE, AgentState, CertDir, StoredEnrollment, same_key
+from sielum.endpoint.connection import AgentConnection
 from sielum.endpoint.errors import (
     AgentError,
     AlreadyEnrolledError,
@@ -333,13 +334,18 @@ def _call_enroll(
 
 
 def status(
-    cert_dir: CertDir, timeout: float = DEFAULT_TIMEOUT, *, allow_expired: bool = False
+    cert_dir: CertDir,
+    timeout: float = DEFAULT_TIMEOUT,
+    *,
+    allow_expired: bool = False,
+    connection: AgentConnection | None = None,
 ) -> Status:
     """Heartbeat over mTLS with the stored certificate.
 
     An expired certificate is refused here (exit 9) unless allow_expired: the long-running
     agent sends it anyway, since only the server may say the device is done for (this
-    machine's clock may be the one that is wrong).
+    machine's clock may be the one that is wrong). With connection, the call goes over
+    the connection it keeps (`sielum-agent run`); without, over one of its own.
     """
     # Read without writing anything, the lock file included: a monitoring user
     # who may only read the cert dir can run status.
@@ -347,7 +353,9 @@ def status(
     if not allow_expired:
         _check_not_expired(stored)
     reply = _call_agent(
-        stored, lambda stub: stub.Heartbeat(agent_pb2.HeartbeatRequest(), timeout=timeout)
+        stored,
+        lambda stub: stub.Heartbeat(agent_pb2.HeartbeatRequest(), timeout=timeout),
+        connection,
     )
     if reply.device_id != stored.state.device_id:
         raise ServerAnswerError(
@@ -372,6 +380,7 @@ def renew(
     *,
     allow_expired: bool = False,
     expected_serial: int | None = None,
+    connection: AgentConnection | None = None,
 ) -> RenewResult:
     """New key, RenewCertificate, check, swap; the old key and certificate stay on any failure.
 
@@ -392,7 +401,9 @@ def renew(
         try:
             request = agent_pb2.RenewCertificateRequest(csr_pem=make_csr(key))
             reply = _call_agent(
-                stored, lambda stub: stub.RenewCertificate(request, timeout=timeout)
+                stored,
+                lambda stub: stub.RenewCertificate(request, timeout=timeout),
+                connection,
             )
             certificate, _ = check_issued(
                 reply.certificate_pem,
@@ -422,7 +433,9 @@ def _check_not_expired(stored: StoredEnrollment) -> None:
 
 
 def _call_agent(
-    stored: StoredEnrollment, call: Callable[[agent_pb2_grpc.AgentServiceStub], _Reply]
+    stored: StoredEnrollment,
+    call: Callable[[agent_pb2_grpc.AgentServiceStub], _Reply],
+    connection: AgentConnection | None = None,
 ) -> _Reply:
     try:
         api = parse_server(stored.state.api_endpoint)
@@ -430,16 +443,14 @@ def _call_agent(
         raise NotEnrolledError(
             f"agent.json names an unusable API endpoint {stored.state.api_endpoint!r}"
         ) from None
-    credentials = grpc.ssl_channel_credentials(
-        root_certificates=stored.ca_pem,
-        private_key=stored.key_pem,
-        certificate_chain=stored.certificate_pem,
-    )
-    with grpc.secure_channel(api.target, credentials) as channel:
+    own = AgentConnection() if connection is None else connection
+    try:
+        channel = own.channel(api.target, stored.ca_pem, stored.key_pem, stored.certificate_pem)
         try:
             return call(agent_pb2_grpc.AgentServiceStub(channel))
         except grpc.RpcError as error:
             code, details = _status(error)
+            own.failed(code)
             if code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
                 # The enroll port asks for no client certificate, so it refuses
                 # every device call: that is a wrong address, not a refused device.
@@ -448,6 +459,9 @@ def _call_agent(
                     raise wrong from None
                 raise DeviceRefusedError(f"the server refused this device: {details}") from None
             raise _common_error(code, details, api, stored.ca, "api") from None
+    finally:
+        if connection is None:
+            own.close()
 
 
 def _status(error: grpc.RpcError) -> tuple[grpc.StatusCode, str]:

@@ -3,22 +3,25 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import grpc
 
-from sielum.core.methods import UnaryMethod
+from sielum.core.methods import Method, UnaryMethod
 
 
-def grpc_handler(service_name: str, methods: Iterable[UnaryMethod]) -> grpc.GenericRpcHandler:
+def grpc_handler(service_name: str, methods: Iterable[Method]) -> grpc.GenericRpcHandler:
     """The methods as one gRPC service; the interceptor authorizes and parses each call."""
-    return grpc.method_handlers_generic_handler(
-        service_name,
-        {
-            method.name.rsplit("/", 1)[1]: grpc.unary_unary_rpc_method_handler(
-                method.handler,
-                request_deserializer=method.request_class.FromString,
-                response_serializer=method.response_class.SerializeToString,
-            )
-            for method in methods
-        },
-    )
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+    for method in methods:
+        make = (
+            grpc.unary_unary_rpc_method_handler
+            if isinstance(method, UnaryMethod)
+            else grpc.unary_stream_rpc_method_handler
+        )
+        handlers[method.name.rsplit("/", 1)[1]] = make(
+            method.handler,
+            request_deserializer=method.request_class.FromString,
+            response_serializer=method.response_class.SerializeToString,
+        )
+    return grpc.method_handlers_generic_handler(service_name, handlers)

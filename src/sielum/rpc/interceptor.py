@@ -29,6 +29,9 @@ from sielum.pb import peer_host
 
 log = logging.getLogger("sielum.server")
 
+# A stream of ours is authorized again this often while it lasts (seconds).
+REAUTHORIZE = 2.0
+
 
 class GrpcContext(Protocol):
     """What the guard reads of a grpc.aio call's context: the peer and its verified certificate."""
@@ -172,6 +175,16 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             if inspect.iscoroutinefunction(behavior):
                 return self._unary(method, parse, behavior, handler.response_serializer)
             return self._blocking_unary(method, parse, behavior, handler.response_serializer)
+        if handler.unary_stream is not None and method in self._ours:
+            return grpc.unary_stream_rpc_method_handler(
+                self._our_stream(
+                    method,
+                    _parser(handler.request_deserializer, method),
+                    handler.unary_stream,  # type: ignore[arg-type]  # ours take a Call
+                ),
+                request_deserializer=None,
+                response_serializer=handler.response_serializer,
+            )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
                 self._streaming(method, handler.unary_stream),
@@ -302,6 +315,71 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                 observe(method, code, time.perf_counter() - started)
 
         return guarded
+
+    def _our_stream(
+        self,
+        method: str,
+        parse: Callable[[bytes, str], Any],
+        behavior: Callable[[Any, Call], Any],
+    ) -> Callable[[bytes, Any], Awaitable[None]]:
+        """Sielum's own streams (DirectoryService/WatchDevices): an async generator of
+        (request, Call), authorized like a unary call and again every REAUTHORIZE
+        seconds while it lasts, so that revoking its caller ends it within that
+        (tests/rpc/test_directory.py::test_fail_revoking_a_service_ends_its_streams).
+        """
+
+        observe = self._observe
+
+        async def guarded(raw: bytes, context: Any) -> None:
+            started = time.perf_counter()
+            connection = context.peer()
+            try:
+                call = await self._run(functools.partial(self._admit, method, context))
+                request = parse(raw, call.peer)
+                self._streams.acquire(connection)
+            except SielumError as error:
+                observe(method, error.code, time.perf_counter() - started)
+                await context.abort(error.code, error.message)
+            code = grpc.StatusCode.OK
+            message = ""
+            pump = asyncio.ensure_future(_write_all(behavior(request, call), context))
+            try:
+                while not pump.done():
+                    await asyncio.wait((pump,), timeout=REAUTHORIZE)
+                    if pump.done():
+                        break
+                    try:
+                        await self._run(functools.partial(self._admit, method, context))
+                    except SielumError as error:
+                        code, message = error.code, error.message
+                        break
+                if code is grpc.StatusCode.OK:
+                    pump.result()  # raises what the stream raised
+            except SielumError as error:
+                code, message = error.code, error.message
+            except asyncio.CancelledError:
+                code = grpc.StatusCode.CANCELLED
+                raise
+            except Exception:
+                log.exception("unexpected error in %s", method)
+                internal = InternalError("internal error")
+                code, message = internal.code, internal.message
+            finally:
+                # Also when the client goes: grpc cancels this coroutine.
+                if not pump.done():
+                    pump.cancel()
+                    await asyncio.gather(pump, return_exceptions=True)
+                self._streams.release(connection)
+                observe(method, code, time.perf_counter() - started)
+            if code is not grpc.StatusCode.OK:
+                await context.abort(code, message)
+
+        return guarded
+
+
+async def _write_all(replies: Any, context: Any) -> None:
+    async for reply in replies:
+        await context.write(reply)
 
 
 def _code_set_on(context: Any) -> grpc.StatusCode | None:

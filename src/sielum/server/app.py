@@ -27,13 +27,19 @@ from sielum.ca.servercert import ServerCertificate
 from sielum.clock import Clock, SystemClock
 from sielum.core.authorization import METHOD_ROLES, Authorizer
 from sielum.core.listeners import IDLE_TIMEOUT, HttpLimits, connection_cap
-from sielum.core.methods import UnaryMethod, unary_methods
+from sielum.core.methods import Method, service_methods, unary_methods
 from sielum.core.observer import CallObserver
 from sielum.core.runner import InlineRunner, Runner, ThreadRunner
 from sielum.dashboard.web import Dashboard, Listener, PageConfig, own_certificate
-from sielum.devices.policy import DEFAULT_HEARTBEAT_INTERVAL
+from sielum.devices.directory import Directory
+from sielum.devices.directory_servicer import DirectoryServicer
+from sielum.devices.feed import EventFeed, Watch
+from sielum.devices.lastseen import FLUSH_EVERY, LastSeen
+from sielum.devices.policy import DEFAULT_HEARTBEAT_INTERVAL, connection_idle_limit
+from sielum.devices.ratelimit import HeartbeatLimit
 from sielum.devices.service import DeviceService
 from sielum.devices.servicer import AgentServicer
+from sielum.directory.v1 import directory_pb2
 from sielum.enroll.ratelimit import FailureLimit, FailureLimiter
 from sielum.enroll.service import Enroller
 from sielum.enroll.servicer import EnrollServicer
@@ -62,12 +68,12 @@ MAX_MESSAGE_BYTES = 256 * 1024
 # 120 s, time enough for a thousand idle sockets to use up the file descriptors.
 HANDSHAKE_TIMEOUT = timedelta(seconds=10)
 MAX_CONCURRENT_STREAMS = 128  # HTTP/2 streams per connection, calls in flight included
-MAX_CONNECTION_IDLE = timedelta(minutes=5)  # no call on it: GOAWAY, the client reconnects
 DATABASE_THREADS = 16  # handler threads when the database is across a network
 ENROLL_SERVICE = enroll_pb2.DESCRIPTOR.services_by_name["EnrollService"]
 ADMIN_SERVICE = admin_pb2.DESCRIPTOR.services_by_name["AdminService"]
 AGENT_SERVICE = agent_pb2.DESCRIPTOR.services_by_name["AgentService"]
-SERVICES = (ENROLL_SERVICE, ADMIN_SERVICE, AGENT_SERVICE)
+DIRECTORY_SERVICE = directory_pb2.DESCRIPTOR.services_by_name["DirectoryService"]
+SERVICES = (ENROLL_SERVICE, ADMIN_SERVICE, AGENT_SERVICE, DIRECTORY_SERVICE)
 SERVICE_NAMES = tuple(service.full_name for service in SERVICES)
 _REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
 T = TypeVar("T")
@@ -86,6 +92,7 @@ class ServerConfig:
     # this host, DATABASE_THREADS with one across a network.
     threads: int | None = None
     failure_limit: FailureLimit = field(default_factory=FailureLimit)
+    heartbeat_limit: HeartbeatLimit = field(default_factory=HeartbeatLimit)
     ca_passphrase: bytes | None = None
     worker_index: int | None = None  # set in the workers of `serve --workers N`
     # Streaming calls (health Watch, reflection) open at once, per connection, per peer
@@ -218,6 +225,7 @@ class SielumServer:
             threads = 0 if local else DATABASE_THREADS
         self._runner: Runner = ThreadRunner(threads) if threads else InlineRunner()
         self._stopped = threading.Event()
+        self._flusher: asyncio.Task[None] | None = None
         self._loop = asyncio.new_event_loop()
         self._loop_thread = threading.Thread(
             target=self._loop.run_forever, name="grpc-loop", daemon=True
@@ -253,12 +261,15 @@ class SielumServer:
                 method_types(), directory=config.metrics_dir, crl=config.revocation_enabled
             )
             observe = functools.partial(self.metrics.observe_call, "grpc")
+        self.last_seen = LastSeen(self.store)
         device_service = DeviceService(
             self.store,
             self.ca,
             self.clock,
             recorder,
             heartbeat_interval=config.heartbeat_interval,
+            last_seen=self.last_seen,
+            heartbeat_limit=config.heartbeat_limit,
         )
         self.admins = AdminRegistry(self.store, self.ca, self.clock, recorder)
         self.service_registry = ServiceRegistry(self.store, self.ca, self.clock, recorder)
@@ -283,7 +294,11 @@ class SielumServer:
                 ("grpc.so_reuseport", 1),
                 ("grpc.server_handshake_timeout_ms", _millis(config.handshake_timeout)),
                 ("grpc.max_concurrent_streams", MAX_CONCURRENT_STREAMS),
-                ("grpc.max_connection_idle_ms", _millis(MAX_CONNECTION_IDLE)),
+                # No call on it for this long: GOAWAY, and the client reconnects.
+                (
+                    "grpc.max_connection_idle_ms",
+                    _millis(connection_idle_limit(config.heartbeat_interval)),
+                ),
             ],
         )
         enroll_creds = grpc_credentials(self.server_certificate, client_ca_pem=None)
@@ -303,21 +318,30 @@ class SielumServer:
         sessions = DashboardSessions(self.store, self.clock, recorder)
         listener = self._dashboard_listener()
         links = None if listener is None else LoginLinks(sessions, listener.base_url)
+        self.feed = EventFeed(self.store, self._runner, on_streams=recorder.directory_streams)
+        admin_methods = unary_methods(
+            ADMIN_SERVICE,
+            AdminServicer(
+                Administration(self.store, self.clock, recorder),
+                self.admins,
+                self.service_registry,
+                links,
+            ),
+        )
         # Each service's methods, by full name; the dashboard serves AdminService's too.
-        self.services: dict[str, tuple[UnaryMethod, ...]] = {
-            ENROLL_SERVICE.full_name: unary_methods(
+        self.services: dict[str, tuple[Method, ...]] = {
+            ENROLL_SERVICE.full_name: service_methods(
                 ENROLL_SERVICE, EnrollServicer(enroller, self.api_endpoint)
             ),
-            ADMIN_SERVICE.full_name: unary_methods(
-                ADMIN_SERVICE,
-                AdminServicer(
-                    Administration(self.store, self.clock, recorder),
-                    self.admins,
-                    self.service_registry,
-                    links,
+            ADMIN_SERVICE.full_name: admin_methods,
+            AGENT_SERVICE.full_name: service_methods(AGENT_SERVICE, AgentServicer(device_service)),
+            DIRECTORY_SERVICE.full_name: service_methods(
+                DIRECTORY_SERVICE,
+                DirectoryServicer(
+                    Directory(self.store, self.ca.certificate, self.clock),
+                    Watch(self.feed, self.store, self.clock, recorder),
                 ),
             ),
-            AGENT_SERVICE.full_name: unary_methods(AGENT_SERVICE, AgentServicer(device_service)),
         }
         self.dashboard: Dashboard | None = None
         if listener is not None:
@@ -326,7 +350,7 @@ class SielumServer:
                 sessions=sessions,
                 authorizer=self.authorizer,
                 run=self._runner,
-                methods=self.services[ADMIN_SERVICE.full_name],
+                methods=admin_methods,
                 limits=config.http_limits(),
                 observe=None
                 if self.metrics is None
@@ -466,6 +490,24 @@ class SielumServer:
             await self._revocation.start(self._revocation_socket)
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._flusher = asyncio.create_task(self._flush_last_seen())
+
+    async def _flush_last_seen(self) -> None:
+        """Every FLUSH_EVERY, write what heartbeats saw: one transaction per process."""
+        while True:
+            await asyncio.sleep(FLUSH_EVERY.total_seconds())
+            await self._flush_once()
+
+    async def _flush_once(self) -> None:
+        try:
+            await self._runner(functools.partial(self.last_seen.flush, self.clock.now()))
+        except Exception:
+            # A bug, not an outage (flush logs those itself): keep heartbeats noted.
+            log.exception("writing last_seen_at failed")
+
+    def flush_last_seen(self) -> None:
+        """Write what heartbeats saw now, rather than at the next flush (tests, a stop)."""
+        self._on_loop(self._flush_once())
 
     def stop(self, grace: float = 10.0) -> None:
         """Refuse new calls, let calls in flight finish within grace seconds, then close."""
@@ -481,6 +523,7 @@ class SielumServer:
 
     async def _stop(self, grace: float) -> None:
         await self.health.enter_graceful_shutdown()
+        await self.feed.close()  # WatchDevices streams end now, not after the grace period
         stopping = [self._runner.stop_server(self.grpc_server, grace)]
         if self.dashboard is not None:
             stopping.append(self.dashboard.stop())
@@ -492,6 +535,10 @@ class SielumServer:
             await self._revocation.stop()
         if self.crl_publisher is not None:
             await asyncio.get_running_loop().run_in_executor(None, self.crl_publisher.stop)
+        # After the last heartbeat: what they saw is written before the store closes.
+        if self._flusher is not None:
+            self._flusher.cancel()
+        await self._flush_once()
         # On the thread that used it: an SQLite connection belongs to one thread.
         await self._runner(self.store.close)
 

@@ -115,6 +115,17 @@ class Metrics:
             ["result"],
             registry=None,
         )
+        self._subscribers = Gauge(
+            "sielum_directory_subscribers",
+            "DirectoryService/WatchDevices streams open.",
+            registry=None,
+            multiprocess_mode="livesum",
+        )
+        self._events = Counter(
+            "sielum_directory_events_streamed_total",
+            "Events sent on WatchDevices streams: snapshot entries, keepalives and changes.",
+            registry=None,
+        )
         # How old the CRL served is (revocation/publisher.py), when this server serves one.
         # Each worker builds and serves its own; the oldest of those alive is what a
         # relying party may get, hence livemax (the supervisor drops an exited
@@ -175,6 +186,12 @@ class Metrics:
     def dashboard_login(self, result: DashboardLoginResult) -> None:
         self._by_login[result].inc()
 
+    def directory_streams(self, change: int) -> None:
+        self._subscribers.inc(change)
+
+    def directory_events(self, count: int) -> None:
+        self._events.inc(count)
+
     def crl_age(self, seconds: float) -> None:
         """The CRL this process serves was built that many seconds ago."""
         if self._crl_age is not None:
@@ -192,6 +209,8 @@ class Metrics:
                 self._enrollments,
                 self._certificates,
                 self._logins,
+                self._subscribers,
+                self._events,
                 *([] if self._crl_age is None else [self._crl_age]),
             ):
                 registry.register(metric)

@@ -19,7 +19,7 @@ import psycopg2
 from playhouse.pool import MaxConnectionsExceeded, PooledDatabase
 
 from sielum.errors import InvalidArgumentError, NotFoundError, UnavailableError
-from sielum.model import AuditEvent, Page
+from sielum.model import AuditEvent, DeviceEventKind, Page
 from sielum.store.database import describe_error, execute, is_unavailable, write_transaction
 from sielum.store.models import Tables, bind_tables, from_micros, to_micros
 from sielum.store.statements import _CountSql, _EnrollmentSql
@@ -106,7 +106,12 @@ class StoreBase:
         return contextlib.nullcontext()
 
     def _revoke(
-        self, model: Any, row_id: str, now: datetime, audit: AuditEvent, not_found: str
+        self,
+        model: Any,
+        row_id: str,
+        now: datetime,
+        audit: AuditEvent,
+        not_found: str,
     ) -> Any:
         """Set revoked_at once and audit the call; a repeat changes nothing.
 
@@ -131,6 +136,23 @@ class StoreBase:
 
     def _insert_audit(self, event: AuditEvent) -> None:
         execute(self.db, self._sql.insert_audit, _audit_values(event))
+
+    def _record_device_event(self, kind: DeviceEventKind, device_id: str, now: datetime) -> int:
+        """Append the event of a change to device_id, made in this transaction; its sequence.
+
+        Called as the transaction's last statements: the UPDATE of event_head locks that
+        one row until COMMIT, so writers of events commit one after the other in
+        sequence order, on every replica, and a reader never sees sequence n+1 before n
+        (tests/store/test_events.py::test_replicas_commit_events_in_sequence_order).
+        The lock is held for the two statements and the commit, not for the change.
+        """
+        sequence = int(execute(self.db, self._sql.advance_event_head).fetchone()[0])
+        execute(
+            self.db,
+            self._sql.insert_device_event,
+            (sequence, to_micros(now), int(kind), device_id),
+        )
+        return sequence
 
 
 def _micros(value: datetime | None) -> int | None:

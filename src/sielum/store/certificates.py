@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -112,15 +112,18 @@ class CertificateStore(StoreBase):
 
     def _revoke_with_reason(
         self, model: Any, device_id: str, now: datetime, audit: AuditEvent, not_found: str,
-        reason: str,
+        reason: str, on_change: Callable[[], object] | None = None,
     ) -> Any:  # fmt: skip
-        """StoreBase._revoke for a device, recording the reason of its first revocation."""
+        """StoreBase._revoke for a device, recording the reason of its first revocation;
+        on_change runs last in the transaction when the device was revoked by this call."""
         reason = reason or UNSPECIFIED
         with write_transaction(self.db):
             row = self._revoke(model, device_id, now, audit, not_found)
             if execute(self.db, self._certificate_sql.set_reason, (reason, device_id)).rowcount:
                 execute(self.db, self._certificate_sql.bump_stamp)
                 row.revocation_reason = reason
+                if on_change is not None:
+                    on_change()  # last in the transaction: the device event log's rule
         return row
 
     # Read by the revocation port

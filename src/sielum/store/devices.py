@@ -11,7 +11,15 @@ from typing import Any
 import peewee
 
 from sielum.errors import AlreadyExistsError, NotFoundError, RenewalRefusedError, TokenUnusableError
-from sielum.model import AuditEvent, Device, DeviceStanding, DeviceState, Page, RenewalPace
+from sielum.model import (
+    AuditEvent,
+    Device,
+    DeviceEventKind,
+    DeviceStanding,
+    DeviceState,
+    Page,
+    RenewalPace,
+)
 from sielum.store.base import (
     DEFAULT_PAGE_SIZE,
     PageBudget,
@@ -25,6 +33,8 @@ from sielum.store.database import execute, is_sqlite, write_transaction
 from sielum.store.models import from_micros, to_micros
 
 _MICROSECOND = timedelta(microseconds=1)
+# Devices per UPDATE of touch_devices: well under SQLite's limit on parameters.
+TOUCH_CHUNK = 1000
 
 _DEVICE_NOT_FOUND = "device not found"
 _KEY_ENROLLED = "this public key is already enrolled"
@@ -59,6 +69,7 @@ class DeviceStore(CertificateStore):
                 execute(self.db, sql.insert_device, _device_values(device, facts))
                 self._record_certificates(device.id, now)
                 self._insert_audit(audit)
+                self._record_device_event(DeviceEventKind.ENROLLED, device.id, now)
         except peewee.IntegrityError as exc:
             # The transaction rolled back, so the use was not consumed.
             raise AlreadyExistsError(_KEY_ENROLLED) from exc
@@ -128,12 +139,27 @@ class DeviceStore(CertificateStore):
 
     @_guarded
     def revoke_device(
-        self, device_id: str, now: datetime, audit: AuditEvent, reason: str = ""
+        self,
+        device_id: str,
+        now: datetime,
+        audit: AuditEvent,
+        *,
+        kind: DeviceEventKind = DeviceEventKind.REVOKED,
+        reason: str = "",
     ) -> Device:
-        """Revoke for reason (RFC 5280's name, '' unspecified); again keeps the first revoked_at
-        and reason."""
+        """Revoke (kind REVOKED) or unenroll for reason (RFC 5280's name, '' unspecified);
+        again keeps the first revoked_at and reason, and logs no event."""
         D, gone = self._t.device, _DEVICE_NOT_FOUND
-        return _device(self._revoke_with_reason(D, device_id, now, audit, gone, reason))
+        row = self._revoke_with_reason(
+            D,
+            device_id,
+            now,
+            audit,
+            gone,
+            reason,
+            on_change=lambda: self._record_device_event(kind, device_id, now),
+        )
+        return _device(row)
 
     @_guarded
     def touch_device(self, device_id: str, now: datetime) -> None:
@@ -142,6 +168,34 @@ class DeviceStore(CertificateStore):
         with write_transaction(self.db):
             if D.update(last_seen_at=now).where(D.id == device_id).execute() == 0:
                 raise NotFoundError(_DEVICE_NOT_FOUND)
+
+    @_guarded
+    def touch_devices(self, seen: Mapping[str, datetime], at_most_every: timedelta) -> int:
+        """Record when each device was heard from, in one UPDATE per TOUCH_CHUNK devices.
+
+        A device's last_seen_at moves only forward, and only once it is at least
+        at_most_every old: so replicas that each flush the same device write it once
+        per at_most_every between them, and an older flush arriving late changes
+        nothing (tests/store/test_store.py::test_touch_devices_writes_once_per_minute).
+        Returns how many rows changed; unknown devices are skipped.
+        """
+        items = [(device_id, to_micros(at)) for device_id, at in seen.items()]
+        gap, p = at_most_every // _MICROSECOND, self.db.param
+        changed = 0
+        with write_transaction(self.db):
+            for start in range(0, len(items), TOUCH_CHUNK):
+                chunk = items[start : start + TOUCH_CHUNK]
+                rows = ", ".join([f"({p}, {p})"] * len(chunk))
+                params: list[object] = [value for item in chunk for value in item]
+                sql = (
+                    # Only placeholders are formatted in; the values are parameters.
+                    f"UPDATE device SET last_seen_at = v.column2 FROM (VALUES {rows}) AS v"  # noqa: S608
+                    " WHERE device.id = v.column1"
+                    " AND (device.last_seen_at IS NULL"
+                    f" OR device.last_seen_at <= v.column2 - {p})"
+                )
+                changed += execute(self.db, sql, (*params, gap)).rowcount
+        return changed
 
     @_guarded
     def renew_device(
@@ -192,6 +246,7 @@ class DeviceStore(CertificateStore):
                     raise RenewalRefusedError("device cannot renew now")
                 self._record_certificates(device_id, now)
                 self._insert_audit(audit)
+                self._record_device_event(DeviceEventKind.RENEWED, device_id, now)
                 row = D.get(D.id == device_id)
         except peewee.IntegrityError as exc:
             raise AlreadyExistsError(_KEY_ENROLLED) from exc
@@ -211,9 +266,11 @@ class DeviceStore(CertificateStore):
         """
         with write_transaction(self.db):
             cursor = execute(self.db, self._sql.retire_previous, (device_id, serial))
-            if cursor.rowcount:
-                self._record_certificates(device_id, now)
-            return bool(cursor.rowcount)
+            if not cursor.rowcount:
+                return False
+            self._record_certificates(device_id, now)
+            self._record_device_event(DeviceEventKind.RENEWED, device_id, now)
+            return True
 
     @_guarded
     def adopt_certificate(
@@ -254,6 +311,7 @@ class DeviceStore(CertificateStore):
                 if changed:
                     self._record_certificates(device_id, audit.at)
                     self._insert_audit(audit)
+                    self._record_device_event(DeviceEventKind.RENEWED, device_id, audit.at)
         except peewee.IntegrityError as exc:
             raise AlreadyExistsError(_KEY_ENROLLED) from exc
         return bool(changed)

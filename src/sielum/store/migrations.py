@@ -252,6 +252,36 @@ def _v8_services(d: Dialect) -> Sequence[str]:
     )
 
 
+def _v9_device_events(d: Dialect) -> Sequence[str]:
+    """The directory's event log: one row per change of a device's standing, for
+    DirectoryService/WatchDevices (sielum/devices/directory.py).
+
+    sequence comes from the one row of event_head, incremented by the last statements of
+    the transaction that makes the change (store/events.py): that row's lock orders the
+    writers, so events commit in sequence order, on every replica, and a reader that
+    has seen sequence n has seen every event below it. A rolled-back transaction takes
+    its increment back, so sequences are consecutive. tags is a JSON array.
+    """
+    return (
+        """CREATE TABLE device_event (
+            sequence BIGINT PRIMARY KEY,
+            at BIGINT NOT NULL,
+            kind SMALLINT NOT NULL,
+            device_id TEXT NOT NULL,
+            serial TEXT NOT NULL,
+            previous_serial TEXT NOT NULL,
+            previous_until BIGINT,
+            hostname TEXT NOT NULL,
+            tags TEXT NOT NULL
+        )""",
+        """CREATE TABLE event_head (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            sequence BIGINT NOT NULL
+        )""",
+        "INSERT INTO event_head (id, sequence) VALUES (1, 0)",
+    )
+
+
 def _v10_certificate_history(d: Dialect) -> Sequence[str]:
     """Every device certificate issued, for the CRL and OCSP (sielum/revocation/).
 
@@ -323,6 +353,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(6, "audit_event: no enrollments in the action index", _v6_action_without_enrollments),
     Migration(7, "admin: newest and previous certificate", _v7_admin_certificates),
     Migration(8, "service identities", _v8_services),
+    Migration(9, "the directory's device event log", _v9_device_events),
     Migration(10, "device certificate history and revocation reasons", _v10_certificate_history),
 )
 LATEST_VERSION = MIGRATIONS[-1].version

@@ -64,6 +64,23 @@ _RENEW_DEVICE = (
 )
 
 
+# The event a change of a device's standing appends, read from the device row as the
+# change left it: a revoked device carries no serial; previous_serial only while the
+# previous certificate is still honoured (devices/policy.py::is_honoured). Parameters:
+# sequence, at, kind, device id.
+_INSERT_DEVICE_EVENT = (
+    "INSERT INTO device_event"
+    " (sequence, at, kind, device_id, serial, previous_serial, previous_until, hostname, tags)"
+    " SELECT ?, ?, ?, id,"
+    " CASE WHEN revoked_at IS NULL THEN serial ELSE '' END,"
+    " CASE WHEN revoked_at IS NULL AND previous_until IS NOT NULL"
+    " THEN COALESCE(previous_serial, '') ELSE '' END,"
+    " CASE WHEN revoked_at IS NULL AND previous_serial IS NOT NULL THEN previous_until END,"
+    " hostname, '[]'"
+    " FROM device WHERE id = ?"
+)
+
+
 def _columns(names: Sequence[str]) -> str:
     return ", ".join(f'"{name}"' for name in names)
 
@@ -86,6 +103,8 @@ class _EnrollmentSql:
     consume_use_template: tuple[object, ...]
     insert_device: str
     insert_audit: str
+    advance_event_head: str
+    insert_device_event: str
 
     @classmethod
     def build(cls, db: peewee.Database, tables: Tables) -> _EnrollmentSql:
@@ -123,6 +142,10 @@ class _EnrollmentSql:
             insert_audit=(
                 f"INSERT INTO audit_event ({_columns(_AUDIT_COLUMNS)}) VALUES ({audit_values})"  # noqa: S608
             ),
+            advance_event_head=(
+                "UPDATE event_head SET sequence = sequence + 1 WHERE id = 1 RETURNING sequence"
+            ),
+            insert_device_event=_INSERT_DEVICE_EVENT.replace("?", p),
         )
 
     def consume_use_params(self, device: Device, now: datetime) -> list[object]:

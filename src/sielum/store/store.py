@@ -17,6 +17,7 @@ from sielum.store.certificates import CertificateStore
 from sielum.store.counts import CountStore
 from sielum.store.database import connect, execute, is_sqlite
 from sielum.store.devices import DeviceStore, device_state_condition
+from sielum.store.events import EventStore
 from sielum.store.identities import IdentityStore
 from sielum.store.sessions import SessionStore
 from sielum.store.statements import token_state_condition
@@ -26,6 +27,7 @@ from sielum.store.tokens import TokenStore
 class Store(
     TokenStore,
     DeviceStore,
+    EventStore,
     CertificateStore,
     IdentityStore,
     AuditStore,

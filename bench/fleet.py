@@ -1,0 +1,433 @@
+"""A fleet in miniature: N devices, each with its own key, certificate and connection.
+
+An enrollment burst, then heartbeats on jittered schedules (on a connection kept open, on
+a new connection per heartbeat with and without TLS session resumption, and the agent's
+own pattern), then renewals; each phase reports the server's CPU per call, read from
+/proc of every server process, beside grpc.health.v1.Health/Check on the same open
+connections (the ceiling). From those it projects the cores a fleet of 1,000,000 devices
+needs at the default settings.
+
+    .venv/bin/python bench/fleet.py [--devices 300] [--backend sqlite|postgresql]
+        [--replicas 1|2] [--workers N] [--rate 150] [--duration 12] [--json-out F]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import statistics
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from grpc.experimental import session_cache
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from procstat import tree, tree_cpu_seconds
+from sielum_proc import SielumProcess, start_sielum
+
+from sielum.agent.v1 import agent_pb2, agent_pb2_grpc
+from sielum.enroll.v1 import enroll_pb2, enroll_pb2_grpc
+
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+FLEET = 1_000_000
+DEFAULT_INTERVAL = timedelta(minutes=5)
+# A 90-day certificate renews between day 60 and day 70: once per 65 days on average.
+RENEWAL_PERIOD = timedelta(days=65)
+JITTER = 0.10  # as the agent's schedule (endpoint/schedule.py)
+CALL_TIMEOUT = 30.0
+LOCAL_POOL = ("grpc.use_local_subchannel_pool", 1)
+
+
+@dataclass
+class Device:
+    key_pem: bytes
+    csr_pem: str
+    api_target: str = ""
+    device_id: str = ""
+    certificate_pem: bytes = b""
+    channel: Any = None  # the open connection, for the open mode
+    cache: Any = None  # this device's TLS session cache, for the resume mode
+
+
+@dataclass
+class Phase:
+    name: str
+    calls: int = 0
+    errors: Counter[str] = field(default_factory=Counter)
+    seconds: float = 0.0
+    server_cpu: float = 0.0
+    client_cpu: float = 0.0
+    machine_load: float = 0.0
+
+    @property
+    def us_per_call(self) -> float:
+        return 1e6 * self.server_cpu / self.calls if self.calls else float("nan")
+
+    def line(self) -> str:
+        errors = f"  errors {dict(self.errors)}" if self.errors else ""
+        return (
+            f"{self.name:<34} {self.calls:>6} calls in {self.seconds:5.1f} s  "
+            f"server {self.us_per_call:7.0f} us/call  "
+            f"(server cores {self.server_cpu / self.seconds:.2f}, "
+            f"client cores {self.client_cpu / self.seconds:.2f}, "
+            f"load {self.machine_load:.2f}){errors}"
+        )
+
+
+def make_device() -> Device:
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fleet")]))
+        .sign(key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    return Device(key_pem, csr.public_bytes(serialization.Encoding.PEM).decode())
+
+
+def new_csr(device: Device) -> str:
+    device.key_pem = make_device().key_pem
+    key = serialization.load_pem_private_key(device.key_pem, None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fleet")]))
+        .sign(key, hashes.SHA256())
+    )
+    return csr.public_bytes(serialization.Encoding.PEM).decode()
+
+
+class Fleet:
+    def __init__(self, servers: list[SielumProcess], devices: list[Device]) -> None:
+        self.servers = servers
+        self.devices = devices
+        self.ca_pem = servers[0].ca_pem
+
+    def server_pids(self) -> list[int]:
+        return [pid for server in self.servers for pid in tree(server.pid)]
+
+    def credentials(self, device: Device) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(
+            root_certificates=self.ca_pem,
+            private_key=device.key_pem,
+            certificate_chain=device.certificate_pem,
+        )
+
+    def channel(self, device: Device, *options: tuple[str, Any]) -> Any:
+        return grpc.aio.secure_channel(
+            device.api_target, self.credentials(device), options=[LOCAL_POOL, *options]
+        )
+
+    async def measure(self, name: str, body: Any) -> Phase:
+        """Runs body (a coroutine function taking the Phase) and charges the server's CPU to it."""
+        phase = Phase(name)
+        pids = self.server_pids()
+        load0 = os.getloadavg()[0]
+        cpu0, client0, t0 = tree_cpu_seconds(pids), _own_cpu(), time.monotonic()
+        await body(phase)
+        phase.seconds = time.monotonic() - t0
+        phase.server_cpu = tree_cpu_seconds(pids) - cpu0
+        phase.client_cpu = _own_cpu() - client0
+        phase.machine_load = max(load0, os.getloadavg()[0])
+        print(phase.line(), flush=True)
+        return phase
+
+    # --- the phases -------------------------------------------------------------
+
+    async def enroll_burst(self, token: str, concurrency: int) -> Phase:
+        creds = grpc.ssl_channel_credentials(root_certificates=self.ca_pem)
+        channels = [
+            grpc.aio.secure_channel(
+                f"127.0.0.1:{self.servers[i % len(self.servers)].enroll_port}",
+                creds,
+                options=[LOCAL_POOL],
+            )
+            for i in range(2 * len(self.servers))
+        ]
+        for channel in channels:
+            await asyncio.wait_for(channel.channel_ready(), 30)
+        queue = list(enumerate(self.devices))
+
+        async def worker(phase: Phase) -> None:
+            while queue:
+                index, device = queue.pop()
+                channel = channels[index % len(channels)]
+                server = self.servers[index % len(self.servers)]
+                try:
+                    reply = await enroll_pb2_grpc.EnrollServiceStub(channel).Enroll(
+                        enroll_pb2.EnrollRequest(
+                            token=token,
+                            csr_pem=device.csr_pem,
+                            hostname=f"fleet-{index}",
+                            facts={"os": "linux"},
+                        ),
+                        timeout=CALL_TIMEOUT,
+                    )
+                except grpc.aio.AioRpcError as error:
+                    phase.errors[error.code().name] += 1
+                    continue
+                device.device_id = reply.device_id
+                device.certificate_pem = reply.certificate_pem.encode()
+                device.api_target = f"127.0.0.1:{server.api_port}"
+                phase.calls += 1
+
+        async def body(phase: Phase) -> None:
+            await asyncio.gather(*(worker(phase) for _ in range(concurrency)))
+
+        try:
+            return await self.measure(f"enrollment burst (x{concurrency})", body)
+        finally:
+            for channel in channels:
+                await channel.close()
+
+    async def open_channels(self) -> None:
+        for device in self.devices:
+            device.channel = self.channel(device)
+        await asyncio.gather(
+            *(asyncio.wait_for(d.channel.channel_ready(), 60) for d in self.devices)
+        )
+
+    async def close_channels(self) -> None:
+        for device in self.devices:
+            if device.channel is not None:
+                await device.channel.close()
+                device.channel = None
+
+    async def beats(self, name: str, kind: str, mode: str, rate: float, duration: float) -> Phase:
+        """Every device calls on its own jittered schedule so that the fleet makes rate calls/s.
+
+        mode: open (the device's open connection), new (a new connection and a full TLS
+        handshake per call), resume (a new connection per call, resuming the device's TLS
+        session).
+        """
+        period = len(self.devices) / rate
+        stop_at = time.monotonic() + duration
+
+        async def one(device: Device, phase: Phase) -> None:
+            if mode == "open":
+                await self._call(device.channel, kind)
+                return
+            options = [] if mode == "new" else [("grpc.ssl_session_cache", device.cache)]
+            channel = self.channel(device, *options)
+            try:
+                await self._call(channel, kind)
+            finally:
+                await channel.close()
+
+        async def device_loop(device: Device, phase: Phase) -> None:
+            await asyncio.sleep(random.uniform(0, period))
+            while time.monotonic() < stop_at:
+                try:
+                    await one(device, phase)
+                    phase.calls += 1
+                except grpc.aio.AioRpcError as error:
+                    phase.errors[error.code().name] += 1
+                await asyncio.sleep(period * (1 + JITTER * (2 * random.random() - 1)))
+
+        async def body(phase: Phase) -> None:
+            await asyncio.gather(*(device_loop(d, phase) for d in self.devices))
+
+        if mode == "resume":
+            for device in self.devices:
+                if device.cache is None:
+                    device.cache = session_cache.ssl_session_cache_lru(1)
+        return await self.measure(name, body)
+
+    async def _call(self, channel: Any, kind: str) -> None:
+        if kind == "health":
+            await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=CALL_TIMEOUT
+            )
+        else:
+            await agent_pb2_grpc.AgentServiceStub(channel).Heartbeat(
+                agent_pb2.HeartbeatRequest(), timeout=CALL_TIMEOUT
+            )
+
+    async def renewals(self, count: int, concurrency: int) -> Phase:
+        queue = list(self.devices[:count])
+
+        async def worker(phase: Phase) -> None:
+            while queue:
+                device = queue.pop()
+                old_channel = device.channel
+                csr = new_csr(device)  # the new key, before the clock of this call
+                try:
+                    reply = await agent_pb2_grpc.AgentServiceStub(old_channel).RenewCertificate(
+                        agent_pb2.RenewCertificateRequest(csr_pem=csr), timeout=CALL_TIMEOUT
+                    )
+                except grpc.aio.AioRpcError as error:
+                    phase.errors[error.code().name] += 1
+                    continue
+                device.certificate_pem = reply.certificate_pem.encode()
+                phase.calls += 1
+
+        async def body(phase: Phase) -> None:
+            await asyncio.gather(*(worker(phase) for _ in range(concurrency)))
+
+        return await self.measure(f"renewals (x{concurrency}, open connections)", body)
+
+
+def _own_cpu() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+def fresh_postgres(name: str) -> str:
+    import psycopg2
+
+    admin = psycopg2.connect(PG_ADMIN)
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        cur.execute(f"CREATE DATABASE {name}")
+    admin.close()
+    return f"postgresql://postgres@127.0.0.1:5432/{name}"
+
+
+def drop_postgres(name: str) -> None:
+    import psycopg2
+
+    admin = psycopg2.connect(PG_ADMIN)
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    admin.close()
+
+
+async def run_fleet(args: argparse.Namespace, servers: list[SielumProcess]) -> dict[str, Any]:
+    t0 = time.monotonic()
+    devices = [make_device() for _ in range(args.devices)]
+    print(f"{args.devices} keys and CSRs made in {time.monotonic() - t0:.1f} s", flush=True)
+    fleet = Fleet(servers, devices)
+    token = servers[0].create_token()
+    phases: dict[str, Phase] = {}
+
+    async def idle(phase: Phase) -> None:
+        await asyncio.sleep(3)
+
+    phases["idle"] = await fleet.measure("server idle, 3 s (no connection)", idle)
+    phases["enroll"] = await fleet.enroll_burst(token, args.concurrency)
+    await fleet.open_channels()
+    phases["idle_open"] = await fleet.measure(f"server idle, {args.devices} open, 3 s", idle)
+    rate, duration = args.rate, args.duration
+    # Twice each, in turn, so that whatever else the machine does falls on all alike.
+    plan = [
+        ("health_open", "Health/Check, open connection", "health", "open"),
+        ("heartbeat_open", "Heartbeat, open connection", "heartbeat", "open"),
+        ("heartbeat_resume", "Heartbeat, new conn., resumed TLS", "heartbeat", "resume"),
+        ("heartbeat_new", "Heartbeat, new conn., full TLS", "heartbeat", "new"),
+    ]
+    runs: dict[str, list[Phase]] = {key: [] for key, *_ in plan}
+    for _round in range(args.rounds):
+        for key, name, kind, mode in plan:
+            runs[key].append(await fleet.beats(name, kind, mode, rate, duration))
+    phases["renew"] = await fleet.renewals(min(args.renewals, len(devices)), 8)
+    await fleet.close_channels()
+
+    figures: dict[str, Any] = {k: _phase_json(p) for k, p in phases.items()}
+    for key, measured in runs.items():
+        figures[key] = {
+            "runs": [_phase_json(p) for p in measured],
+            "us_per_call": statistics.median(p.us_per_call for p in measured),
+        }
+    health = figures["health_open"]["us_per_call"]
+    print()
+    print("median server CPU per call, and the ratio to Health/Check on an open connection:")
+    for key, *_ in plan:
+        us = figures[key]["us_per_call"]
+        print(f"  {key:<18} {us:7.0f} us  {us / health:4.2f}x")
+    per_second = FLEET / DEFAULT_INTERVAL.total_seconds()
+    renewals_per_second = FLEET / RENEWAL_PERIOD.total_seconds()
+    renew_us = figures["renew"]["us_per_call"]
+    projection = {}
+    print(f"1,000,000 devices at the default 5-minute interval ({per_second:.0f} heartbeats/s,")
+    print(f"{renewals_per_second:.2f} renewals/s at {renew_us:.0f} us each):")
+    for key in ("heartbeat_open", "heartbeat_resume", "heartbeat_new"):
+        cores = per_second * figures[key]["us_per_call"] / 1e6
+        cores += renewals_per_second * renew_us / 1e6
+        projection[key] = cores
+        print(f"  every heartbeat as {key:<18} {cores:5.2f} cores")
+    figures["projection_cores"] = projection
+    return figures
+
+
+def _phase_json(phase: Phase) -> dict[str, Any]:
+    return {
+        "calls": phase.calls,
+        "errors": dict(phase.errors),
+        "seconds": round(phase.seconds, 2),
+        "server_cpu_seconds": round(phase.server_cpu, 3),
+        "client_cpu_seconds": round(phase.client_cpu, 3),
+        "us_per_call": round(phase.us_per_call, 1) if phase.calls else None,
+        "load": round(phase.machine_load, 2),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--devices", type=int, default=300)
+    parser.add_argument("--backend", choices=("sqlite", "postgresql"), default="sqlite")
+    parser.add_argument("--replicas", type=int, default=1, help="serve processes, one database")
+    parser.add_argument("--workers", type=int, default=2, help="workers per serve process")
+    parser.add_argument("--rate", type=float, default=150.0, help="fleet calls per second")
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per phase")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--renewals", type=int, default=100)
+    parser.add_argument("--concurrency", type=int, default=32, help="enrollments in flight")
+    parser.add_argument("--server-src", type=Path, help="another checkout's src/ to serve")
+    parser.add_argument("--json-out", type=Path)
+    args = parser.parse_args()
+    if args.backend == "sqlite" and args.replicas != 1:
+        parser.error("several replicas need --backend postgresql")
+
+    db_name = f"sielum_fleet_{os.getpid()}"
+    with tempfile.TemporaryDirectory(prefix="sielum-fleet-") as tmp:
+        data_dir = Path(tmp) / "data"
+        url = fresh_postgres(db_name) if args.backend == "postgresql" else ""
+        servers: list[SielumProcess] = []
+        try:
+            for _ in range(args.replicas):
+                servers.append(
+                    start_sielum(
+                        data_dir,
+                        database_url=url,
+                        workers=args.workers,
+                        server_src=args.server_src,
+                        metrics=False,
+                    )
+                )
+            print(
+                f"{args.backend}, {args.replicas} replica(s) x {args.workers} worker(s), "
+                f"{args.devices} devices, {args.rate:g} calls/s per phase, "
+                f"load {os.getloadavg()[0]:.2f}",
+                flush=True,
+            )
+            figures = asyncio.run(run_fleet(args, servers))
+        finally:
+            codes = [server.stop() for server in servers]
+            if args.backend == "postgresql":
+                drop_postgres(db_name)
+        print(f"server exit codes {codes}")
+    figures["settings"] = {k: str(v) for k, v in vars(args).items()}
+    if args.json_out:
+        args.json_out.write_text(json.dumps(figures, indent=2))
+
+
+if __name__ == "__main__":
+    main()
