@@ -137,3 +137,26 @@ def test_the_crl_is_rebuilt_on_a_change_or_when_due_and_kept_while_the_database_
         assert ages[-1] == pytest.approx(20 * 60)
     finally:
         store.close()
+
+
+def test_an_exited_workers_live_gauges_are_forgotten_and_its_counters_kept(
+    tmp_path: Path,
+) -> None:
+    """sielum_crl_age_seconds is a livemax gauge: a dead worker's last age must not stay in
+    the maximum, while its counters keep counting in the sums (server/multiproc.py)."""
+    from sielum.server.multiproc import forget_process
+
+    names = [
+        "gauge_livemax_41.db",
+        "gauge_livesum_41.db",
+        "counter_41.db",
+        "histogram_41.db",
+        "gauge_livemax_42.db",
+        "gauge_livemax_410.db",
+    ]
+    for name in names:
+        (tmp_path / name).write_bytes(b"")
+    forget_process(tmp_path, 41)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["counter_41.db", "histogram_41.db", "gauge_livemax_42.db", "gauge_livemax_410.db"]
+    )
