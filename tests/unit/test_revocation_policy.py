@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -160,3 +161,32 @@ def test_an_exited_workers_live_gauges_are_forgotten_and_its_counters_kept(
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         ["counter_41.db", "histogram_41.db", "gauge_livemax_42.db", "gauge_livemax_410.db"]
     )
+
+
+def test_a_crl_built_with_the_previous_entries_lists_the_same_and_drops_the_expired() -> None:
+    from sielum.ca.revocation import Revocation, build_crl
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.now(UTC)
+    ca = profile.self_signed_ca_certificate(key=key, now=now)
+    later = now + timedelta(days=1)
+    lasting = Revocation(0x10, now, now + timedelta(days=30), x509.ReasonFlags.key_compromise)
+    ending = Revocation(0x11, now, now + timedelta(hours=1), x509.ReasonFlags.superseded)
+    built: dict[Revocation, x509.RevokedCertificate] = {}
+    build_crl(ca, key, [lasting, ending], number=1, now=now, entries_built=built)
+    assert set(built) == {lasting, ending}
+    reused = built[lasting]
+    fresh = Revocation(0x12, later, now + timedelta(days=30))
+    der = build_crl(ca, key, [lasting, ending, fresh], number=2, now=later, entries_built=built)
+    assert set(built) == {lasting, fresh}  # the expired one left the cache too
+    assert built[lasting] is reused
+    plain = build_crl(ca, key, [lasting, ending, fresh], number=2, now=later)
+
+    def entries(crl_der: bytes) -> list[tuple[int, datetime, list[x509.Extension[Any]]]]:
+        crl = x509.load_der_x509_crl(crl_der)
+        assert crl.is_signature_valid(key.public_key())
+        listed = [(e.serial_number, e.revocation_date_utc, list(e.extensions)) for e in crl]
+        return sorted(listed, key=lambda item: item[0])
+
+    assert entries(der) == entries(plain)
+    assert [serial for serial, _, _ in entries(der)] == [0x10, 0x12]
