@@ -281,5 +281,5 @@ def test_fail_bad_input_to_the_revocation_port(
         )
         assert headers["X-Sielum-Error"]
     assert harness.server.store.revocation_stamp() == stamp
-    # The port still answers.
-    assert http(harness, "/crl")[0] == 200
+    # The port still answers (once the first CRL is built, a moment after start).
+    assert len(crl(harness).extensions) >= 1

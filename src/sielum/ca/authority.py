@@ -93,11 +93,21 @@ class CertificateAuthority:
         return _issued(certificate)
 
     def sign_crl(
-        self, revocations: Iterable[revocation.Revocation], number: int, now: datetime
+        self,
+        revocations: Iterable[revocation.Revocation],
+        number: int,
+        now: datetime,
+        entries_built: dict[revocation.Revocation, x509.RevokedCertificate] | None = None,
     ) -> bytes:
-        """The CRL, DER, listing revocations (those not yet expired at now)."""
+        """The CRL, DER, listing revocations (those not yet expired at now); entries_built
+        as for revocation.build_crl."""
         return revocation.build_crl(
-            self.certificate, self._key, revocations, number=number, now=now
+            self.certificate,
+            self._key,
+            revocations,
+            number=number,
+            now=now,
+            entries_built=entries_built,
         )
 
     def answer_ocsp(

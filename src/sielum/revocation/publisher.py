@@ -17,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from cryptography import x509
+
 from sielum.ca.authority import CertificateAuthority
 from sielum.ca.revocation import (
     CertificateStatus,
@@ -112,6 +114,8 @@ class CrlPublisher:
         self._stamp: int | None = None
         self._started_at = clock.now()
         self._last_number = 0
+        # The entries of the last CRL, reused by the next (ca/revocation.py::build_crl).
+        self._entries: dict[Revocation, x509.RevokedCertificate] = {}
 
     @property
     def current(self) -> Crl | None:
@@ -165,7 +169,7 @@ class CrlPublisher:
         now = self._clock.now()
         records = self._store.refused_certificates(now)
         revocations = [r for r in map(revocation_of, records) if r is not None]
-        der = self._ca.sign_crl(revocations, self._number(now), now)
+        der = self._ca.sign_crl(revocations, self._number(now), now, self._entries)
         log_event(
             log,
             "crl",

@@ -1,0 +1,181 @@
+"""The CRL at fleet scale, store query included: what it weighs and how long a rebuild takes.
+
+    .venv/bin/python bench/crl_store.py [--devices 1000000] [--revoked 0.1]
+        [--superseded 0.0] [--database URL] [--rounds 3]
+
+Fills a database (SQLite in a temporary directory unless --database says otherwise)
+with --devices devices, each with its certificate in the history (migration step 10);
+a share --revoked of them revoked (half with keyCompromise, half unspecified), and a
+share --superseded with a second, superseded certificate as a renewal leaves behind.
+Then times what sielum.revocation.publisher.CrlPublisher does on a rebuild: the store
+query (Store.refused_certificates), turning rows into revocations, signing
+(CertificateAuthority.sign_crl: cold, building every entry, as at start; warm,
+reusing the previous CRL's entries, as on a change); and what it does every second
+(revocation_stamp), and an OCSP lookup (certificate_status). Prints one JSON line;
+asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric import ec
+from psycopg2.extras import execute_values
+
+from sielum.ca import profile
+from sielum.ca.authority import CertificateAuthority
+from sielum.model import AuditEvent, Token
+from sielum.revocation.publisher import CrlPublisher, revocation_of
+from sielum.store import Store
+from sielum.store.database import is_sqlite, write_transaction
+from sielum.store.models import to_micros
+
+BATCH = 20_000
+
+
+def fill(store: Store, devices: int, revoked: float, superseded: float, now: datetime) -> None:
+    store.create_token(
+        Token(
+            id="tok", label="bench", secret_hash=b"h", max_uses=None, uses=0, expires_at=None,
+            created_at=now, created_by="bench",
+        ),
+        AuditEvent(at=now, actor="bench", action="token.create", resource="token/tok"),
+    )  # fmt: skip
+    rng = random.Random(7)
+    p = store.db.param
+    device_sql = (
+        "INSERT INTO device (id, hostname, token_id, public_key_sha256, serial,"
+        " certificate_pem, not_after, enrolled_at, peer, revoked_at, revocation_reason)"
+        f" VALUES ({', '.join([p] * 11)})"
+    )
+    certificate_sql = (
+        "INSERT INTO device_certificate (serial, device_id, not_after, superseded_at)"
+        f" VALUES ({', '.join([p] * 4)})"
+    )
+    enrolled = to_micros(now - timedelta(days=30))
+    not_after = to_micros(now + timedelta(days=60))
+    gone = to_micros(now - timedelta(days=1))
+    for start in range(0, devices, BATCH):
+        device_rows, certificate_rows = [], []
+        for i in range(start, min(devices, start + BATCH)):
+            device_id = f"d{i:08d}"
+            serial = format(profile.random_serial(), "x")
+            is_revoked = rng.random() < revoked
+            device_rows.append(
+                (
+                    device_id, "host", "tok", f"k{i}", serial, "PEM", not_after, enrolled, "",
+                    gone if is_revoked else None,
+                    ("keyCompromise" if i % 2 else "unspecified") if is_revoked else None,
+                )
+            )  # fmt: skip
+            certificate_rows.append((serial, device_id, not_after, None))
+            if rng.random() < superseded:
+                old = format(profile.random_serial(), "x")
+                certificate_rows.append((old, device_id, not_after - 30 * 86_400_000_000, gone))
+        with store.db.connection_context(), write_transaction(store.db):
+            if is_sqlite(store.db):
+                store.db.cursor().executemany(device_sql, device_rows)
+                store.db.cursor().executemany(certificate_sql, certificate_rows)
+            else:  # one statement per batch: a round trip per row would take many minutes
+                for sql, rows in ((device_sql, device_rows), (certificate_sql, certificate_rows)):
+                    head = sql[: sql.index(" VALUES ")]
+                    execute_values(store.db.cursor(), head + " VALUES %s", rows, page_size=5000)
+    with store.db.connection_context():
+        store.db.execute_sql("ANALYZE")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--devices", type=int, default=1_000_000)
+    parser.add_argument("--revoked", type=float, default=0.1)
+    parser.add_argument("--superseded", type=float, default=0.0)
+    parser.add_argument("--database", default="")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    now = datetime.now(UTC)
+    with tempfile.TemporaryDirectory() as tmp:
+        url = args.database or f"sqlite:///{Path(tmp) / 'sielum.db'}"
+        key = ec.generate_private_key(ec.SECP256R1())
+        ca = CertificateAuthority(profile.self_signed_ca_certificate(key=key, now=now), key)
+        store = Store.open(url)
+        started = time.perf_counter()
+        fill(store, args.devices, args.revoked, args.superseded, now)
+        fill_seconds = time.perf_counter() - started
+        query, convert, sign, total = [], [], [], []
+        der = b""
+        entries = 0
+        # As the publisher does: the entries of one CRL are reused by the next, so the
+        # first round is a cold build (a server starting) and the others a rebuild.
+        built: dict[Any, Any] = {}
+        for _ in range(args.rounds):
+            t0 = time.perf_counter()
+            records = store.refused_certificates(now)
+            t1 = time.perf_counter()
+            revocations = [r for r in map(revocation_of, records) if r is not None]
+            t2 = time.perf_counter()
+            der = ca.sign_crl(revocations, 1, now, built)
+            t3 = time.perf_counter()
+            query.append(t1 - t0)
+            convert.append(t2 - t1)
+            sign.append(t3 - t2)
+            total.append(t3 - t0)
+            entries = len(revocations)
+        publisher = CrlPublisher(store, ca, _Clock(now))
+        t0 = time.perf_counter()
+        publisher.update()
+        publisher_seconds = time.perf_counter() - t0
+        stamps = []
+        for _ in range(200):
+            t0 = time.perf_counter()
+            store.revocation_stamp()
+            stamps.append(time.perf_counter() - t0)
+        serials = [format(r.serial, "x") for r in revocations[:500]]
+        lookups = []
+        for serial in serials:
+            t0 = time.perf_counter()
+            store.certificate_status(serial)
+            lookups.append(time.perf_counter() - t0)
+        store.close()
+    print(
+        json.dumps(
+            {
+                "bench": "crl_store",
+                "database": url.split(":", 1)[0],
+                "devices": args.devices,
+                "revoked_share": args.revoked,
+                "superseded_share": args.superseded,
+                "crl_entries": entries,
+                "crl_bytes": len(der),
+                "fill_seconds": round(fill_seconds, 1),
+                "query_seconds_median": round(statistics.median(query), 3),
+                "convert_seconds_median": round(statistics.median(convert), 3),
+                "sign_seconds_cold": round(sign[0], 3),
+                "sign_seconds_warm_median": round(statistics.median(sign[1:] or sign), 3),
+                "build_seconds_cold": round(total[0], 3),
+                "rebuild_seconds_warm_median": round(statistics.median(total[1:] or total), 3),
+                "publisher_first_update_seconds": round(publisher_seconds, 3),
+                "stamp_poll_ms_median": round(statistics.median(stamps) * 1000, 3),
+                "ocsp_lookup_ms_median": round(statistics.median(lookups) * 1000, 3),
+            }
+        )
+    )
+
+
+class _Clock:
+    def __init__(self, now: datetime) -> None:
+        self._now = now
+
+    def now(self) -> datetime:
+        return self._now
+
+
+if __name__ == "__main__":
+    main()
