@@ -23,7 +23,7 @@ import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -362,8 +362,10 @@ async def run_fleet(args: argparse.Namespace, servers: list[SielumProcess]) -> d
             runs[key].append(await fleet.beats(name, kind, mode, rate, duration))
     phases["renew"] = await fleet.renewals(min(args.renewals, len(devices)), 8)
     await fleet.close_channels()
+    flush_us = flush_cost(args, servers[0], [d.device_id for d in devices if d.device_id])
 
     figures: dict[str, Any] = {k: _phase_json(p) for k, p in phases.items()}
+    figures["last_seen_flush_us_per_device"] = flush_us
     figures["kib_per_open_connection"] = round(per_connection, 1)
     for key, measured in runs.items():
         figures[key] = {
@@ -381,16 +383,62 @@ async def run_fleet(args: argparse.Namespace, servers: list[SielumProcess]) -> d
     renew_us = figures["renew"]["us_per_call"]
     projection = {}
     print(f"1,000,000 devices at the default 5-minute interval ({per_second:.0f} heartbeats/s,")
-    print(f"{renewals_per_second:.2f} renewals/s at {renew_us:.0f} us each):")
+    print(
+        f"{renewals_per_second:.2f} renewals/s at {renew_us:.0f} us each, "
+        f"every heartbeat's last_seen_at written in a batch at {flush_us:.0f} us each):"
+    )
     for key in ("heartbeat_open", "heartbeat_resume", "heartbeat_new"):
         if key not in figures:
             continue
         cores = per_second * figures[key]["us_per_call"] / 1e6
         cores += renewals_per_second * renew_us / 1e6
+        # At a 5-minute interval every heartbeat is over a minute after the device's
+        # last: each one is written, in a batch, once (0 for a server writing inline).
+        cores += per_second * flush_us / 1e6
         projection[key] = cores
         print(f"  every heartbeat as {key:<18} {cores:5.2f} cores")
     figures["projection_cores"] = projection
     return figures
+
+
+def flush_cost(args: argparse.Namespace, server: SielumProcess, device_ids: list[str]) -> float:
+    """CPU per device of the batched last_seen_at write (Store.touch_devices), in µs.
+
+    In this benchmark every device heartbeats every few seconds, so the servers write
+    each one once a minute and the write all but vanishes from the heartbeat phases;
+    at the default interval every heartbeat is written. So the write is timed here on
+    its own: every device in one batch (as one flush of a busy process), each round a
+    minute later than the last, counting this process's CPU and, on PostgreSQL, its
+    backends'. 0 for a server whose heartbeat writes inline (--server-src before).
+    """
+    if args.server_src is not None:
+        return 0.0
+    from sielum.devices.lastseen import WRITE_EVERY
+    from sielum.store.store import Store
+
+    postgres = args.backend == "postgresql"
+    url = (
+        f"postgresql://postgres@127.0.0.1:5432/{args.db_name}"
+        if postgres
+        else f"sqlite:///{server.data_dir / 'sielum.db'}"
+    )
+    store = Store.open(url)
+    try:
+        start = datetime.now(UTC) + timedelta(hours=1)  # after anything the servers wrote
+        store.touch_devices(dict.fromkeys(device_ids, start), WRITE_EVERY)  # warm-up
+        backends = database_backends(args.db_name) if postgres else []
+        cpu0 = time.process_time() + tree_cpu_seconds(backends)
+        rounds = 10
+        for i in range(1, rounds + 1):
+            at = start + i * 2 * WRITE_EVERY
+            written = store.touch_devices(dict.fromkeys(device_ids, at), WRITE_EVERY)
+            assert written == len(device_ids), (written, len(device_ids))
+        cpu = time.process_time() + tree_cpu_seconds(backends) - cpu0
+    finally:
+        store.close()
+    us = 1e6 * cpu / (rounds * len(device_ids))
+    print(f"last_seen_at, batches of {len(device_ids)}: {us:.0f} us per device written")
+    return round(us, 1)
 
 
 def _phase_json(phase: Phase) -> dict[str, Any]:
