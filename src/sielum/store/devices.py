@@ -192,7 +192,7 @@ class DeviceStore(CertificateStore):
         A device's last_seen_at moves only forward, and only once it is at least
         at_most_every old: so replicas that each flush the same device write it once
         per at_most_every between them, and an older flush arriving late changes
-        nothing (tests/store/test_store.py::test_touch_devices_writes_once_per_minute).
+        nothing (tests/store/test_last_seen.py::test_touch_devices_writes_once_per_minute).
         Returns how many rows changed; unknown devices are skipped.
         """
         items = [(device_id, to_micros(at)) for device_id, at in seen.items()]
