@@ -50,6 +50,14 @@ def test_ok_check_policy_puts_each_field_in_its_canonical_form() -> None:
         ({"tags": ["a/b"]}, "tag 'a/b' is invalid"),
         ({"tags": ["x" * 64]}, "is invalid"),
         ({"tags": [f"t{n}" for n in range(17)]}, "too many tags: 17 (at most 16)"),
+        (
+            {"allowed_networks": ["10.0.0.0/8"] * 30_000},
+            "too many allowed networks: 30000 (at most 64)",
+        ),
+        (
+            {"required_facts": {f"f{n}": "*" for n in range(33)}},
+            "too many required facts: 33 (at most 32)",
+        ),
         ({"allowed_networks": ["10.0.0.0/33"]}, "allowed network '10.0.0.0/33' is not a CIDR"),
         ({"allowed_networks": ["example.org"]}, "allowed network 'example.org' is not a CIDR"),
         ({"hostname_pattern": "web\n*"}, "hostname_pattern contains control characters"),
