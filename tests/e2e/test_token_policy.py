@@ -326,10 +326,11 @@ def test_denial_from_the_cli_stops_the_agent_with_exit_4(
     assert out == ""
     assert not (tmp_path / "agent" / "device.pem").exists()
     assert token_uses(server, token_id) == 0
-    # Run again with the same cert dir, it asks with the same key: still denied.
-    again = _enroll(server, secret, tmp_path / "agent", "--hostname", "denied-host")
-    assert again.returncode == 4, again.stderr
-    assert again.stderr.strip() == "sielum-agent: enrollment denied"
+    # The denied key is dropped: run again, the machine would ask anew with a new key.
+    assert not (tmp_path / "agent" / "enroll.key.pending").exists()
+    # Denied for good, whoever asks with that key: the request stays decided.
+    denied_list = admin_json(server, "requests", "list", "--state", "denied")["requests"]
+    assert request_id in [r["id"] for r in denied_list]  # type: ignore[index, union-attr]
 
 
 def test_metrics_count_refusals_by_rule_and_decisions(server: ServerProcess) -> None:
