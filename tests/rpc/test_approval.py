@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
 
 import grpc
 from cryptography import x509
@@ -11,8 +14,9 @@ from google.protobuf.duration_pb2 import Duration
 from sielum.admin.v1 import admin_pb2
 from sielum.agent.v1 import agent_pb2
 from sielum.enroll.v1 import enroll_pb2
+from sielum.server.app import ServerConfig, SielumServer
 
-from .conftest import Harness, make_csr, make_key, status_of
+from .conftest import Harness, make_csr, make_key, start_harness, status_of
 
 PENDING = admin_pb2.ENROLLMENT_REQUEST_STATE_PENDING
 
@@ -199,3 +203,104 @@ def test_fail_policy_refusals_over_grpc_consume_nothing(harness: Harness) -> Non
     assert token.token.uses == 0
     reply, _ = h.enroll(created.secret, hostname="web-1")
     assert reply.device_id
+
+
+def test_race_two_replicas_on_postgresql_decide_each_request_once(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """Two servers on one PostgreSQL and one CA, admins on both deciding at once: each
+    request is decided once, the token yields at most max_uses devices, and two sweeps
+    revoke an ephemeral device once."""
+    first = start_harness(tmp_path, postgres_url)
+    second_server = SielumServer(
+        ServerConfig(
+            data_dir=first.data_dir,
+            enroll_addr="127.0.0.1:0",
+            api_addr="127.0.0.1:0",
+            database_url=postgres_url,
+        ),
+        clock=first.clock,
+    ).start()
+    second = Harness(server=second_server, data_dir=first.data_dir, clock=first.clock)
+    try:
+        approve = admin_pb2.ApproveEnrollmentRequestRequest
+        deny = admin_pb2.DenyEnrollmentRequestRequest
+        # Two admins on the two replicas decide the same request at once: one decision.
+        unlimited = first.create_token(requires_approval=True)
+        both = [_pending_id(first, unlimited.secret, make_key()) for _ in range(2)]
+        outcomes = _at_once(
+            lambda: first.admin().ApproveEnrollmentRequest(approve(id=both[0]), timeout=30),
+            lambda: second.admin().ApproveEnrollmentRequest(approve(id=both[0]), timeout=30),
+            lambda: first.admin().DenyEnrollmentRequest(deny(id=both[1]), timeout=30),
+            lambda: second.admin().ApproveEnrollmentRequest(approve(id=both[1]), timeout=30),
+        )
+        one_decision = {grpc.StatusCode.OK, grpc.StatusCode.FAILED_PRECONDITION}
+        assert set(outcomes[0:2]) == one_decision, outcomes
+        assert set(outcomes[2:4]) == one_decision, outcomes
+        # Four requests for a token of two uses, approved on both replicas at once.
+        limited = first.create_token(requires_approval=True, max_uses=2)
+        ids = [_pending_id(first, limited.secret, make_key()) for _ in range(4)]
+        outcomes = _at_once(
+            *(
+                lambda h=h, i=i: h.admin().ApproveEnrollmentRequest(approve(id=i), timeout=30)
+                for h, i in zip((first, second, first, second), ids, strict=True)
+            )
+        )
+        assert outcomes.count(grpc.StatusCode.OK) == 2, outcomes
+        assert outcomes.count(grpc.StatusCode.FAILED_PRECONDITION) == 2, outcomes
+        for token in (unlimited, limited):
+            devices = first.admin().ListDevices(
+                admin_pb2.ListDevicesRequest(token_id=token.token.id), timeout=10
+            )
+            uses = first.admin().GetEnrollmentToken(
+                admin_pb2.GetEnrollmentTokenRequest(id=token.token.id), timeout=10
+            )
+            assert len(devices.devices) == uses.token.uses
+        assert first.server.store.check_integrity() == []
+
+        # Ephemeral devices, swept by both replicas at once: revoked once, audited once.
+        ephemeral = first.create_token(ephemeral_after=Duration(seconds=600))
+        enrolled = [first.enroll(ephemeral.secret)[0].device_id for _ in range(3)]
+        first.clock.advance(timedelta(minutes=11))
+        counts: list[int] = [0, 0]
+        sweepers = [
+            threading.Thread(
+                target=lambda i=i, h=h: counts.__setitem__(i, h.server.ephemeral.sweep())
+            )
+            for i, h in enumerate((first, second))
+        ]
+        for thread in sweepers:
+            thread.start()
+        for thread in sweepers:
+            thread.join(timeout=60)
+        assert sum(counts) == 3, counts
+        events = (
+            first.admin()
+            .ListAuditEvents(admin_pb2.ListAuditEventsRequest(action="device.expire"), timeout=10)
+            .events
+        )
+        assert sorted(e.resource for e in events) == sorted(f"device/{d}" for d in enrolled)
+    finally:
+        second_server.stop(grace=1)
+        first.server.stop(grace=1)
+
+
+def _at_once(*calls: Callable[[], object]) -> list[grpc.StatusCode]:
+    """Each call's status code, the calls made at once on threads."""
+    barrier = threading.Barrier(len(calls))
+    outcomes: list[grpc.StatusCode] = [grpc.StatusCode.UNKNOWN] * len(calls)
+
+    def run(i: int) -> None:
+        barrier.wait()
+        try:
+            calls[i]()
+            outcomes[i] = grpc.StatusCode.OK
+        except grpc.RpcError as error:
+            outcomes[i] = error.code()  # type: ignore[attr-defined]
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    return outcomes
