@@ -212,17 +212,18 @@ def test_race_two_replicas_on_postgresql_decide_each_request_once(
     request is decided once, the token yields at most max_uses devices, and two sweeps
     revoke an ephemeral device once."""
     first = start_harness(tmp_path, postgres_url)
-    second_server = SielumServer(
-        ServerConfig(
-            data_dir=first.data_dir,
-            enroll_addr="127.0.0.1:0",
-            api_addr="127.0.0.1:0",
-            database_url=postgres_url,
-        ),
-        clock=first.clock,
-    ).start()
-    second = Harness(server=second_server, data_dir=first.data_dir, clock=first.clock)
+    second_server: SielumServer | None = None
     try:
+        second_server = SielumServer(
+            ServerConfig(
+                data_dir=first.data_dir,
+                enroll_addr="127.0.0.1:0",
+                api_addr="127.0.0.1:0",
+                database_url=postgres_url,
+            ),
+            clock=first.clock,
+        ).start()
+        second = Harness(server=second_server, data_dir=first.data_dir, clock=first.clock)
         approve = admin_pb2.ApproveEnrollmentRequestRequest
         deny = admin_pb2.DenyEnrollmentRequestRequest
         # Two admins on the two replicas decide the same request at once: one decision.
@@ -281,7 +282,8 @@ def test_race_two_replicas_on_postgresql_decide_each_request_once(
         )
         assert sorted(e.resource for e in events) == sorted(f"device/{d}" for d in enrolled)
     finally:
-        second_server.stop(grace=1)
+        if second_server is not None:
+            second_server.stop(grace=1)
         first.server.stop(grace=1)
 
 
