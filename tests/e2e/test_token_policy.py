@@ -129,14 +129,20 @@ def test_fail_each_rule_refuses_with_its_name_and_spends_no_use(
     result = _enroll(server, secret, tmp_path / "agent", *agent_args, host=host)
     assert result.returncode == 4, result.stderr
     assert result.stderr.strip() == f"sielum-agent: token refused: {message}"
+    # No use spent (and so no device: check_integrity holds uses to devices).
     assert token_uses(server, token_id) == 0
-    listed = admin_json(server, "devices", "list", "--token", token_id)
-    assert listed["devices"] == []
-    # A caller without the secret learns nothing of the policy: the one generic answer.
+
+
+def test_fail_a_caller_without_the_secret_learns_nothing_of_the_policy(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    token_id, _ = create_token(server, "--hostname-pattern", "web-*", "--approval", "manual")
     wrong = make_secret(token_id).reveal()
-    result = _enroll(server, wrong, tmp_path / "guess", *agent_args, host=host)
+    result = _enroll(server, wrong, tmp_path / "guess", "--hostname", "db-1")
     assert result.returncode == 4, result.stderr
     assert result.stderr.strip() == "sielum-agent: token refused: enrollment token is invalid"
+    requests = admin_json(server, "requests", "list")["requests"]
+    assert token_id not in [r["tokenId"] for r in requests]  # type: ignore[index, union-attr]
 
 
 def test_ok_an_agent_within_every_rule_enrolls_with_the_tokens_tags(
@@ -320,10 +326,11 @@ def test_denial_from_the_cli_stops_the_agent_with_exit_4(
     assert out == ""
     assert not (tmp_path / "agent" / "device.pem").exists()
     assert token_uses(server, token_id) == 0
-    # Run again with the same cert dir, it asks with the same key: still denied.
-    again = _enroll(server, secret, tmp_path / "agent", "--hostname", "denied-host")
-    assert again.returncode == 4, again.stderr
-    assert again.stderr.strip() == "sielum-agent: enrollment denied"
+    # The denied key is dropped: run again, the machine would ask anew with a new key.
+    assert not (tmp_path / "agent" / "enroll.key.pending").exists()
+    # Denied for good, whoever asks with that key: the request stays decided.
+    denied_list = admin_json(server, "requests", "list", "--state", "denied")["requests"]
+    assert request_id in [r["id"] for r in denied_list]  # type: ignore[index, union-attr]
 
 
 def test_metrics_count_refusals_by_rule_and_decisions(server: ServerProcess) -> None:

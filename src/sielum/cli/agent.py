@@ -76,8 +76,8 @@ ignored; a token that fails its checksum is refused before the server is dialled
 With a token that requires approval, enroll prints the request id on stderr and
 waits, asking again with the same key (backing off to every 30 s), until an
 admin approves it (`sielum-admin requests approve ID`) or denies it (exit 4,
-"enrollment denied"). Stopped meanwhile, it resumes as the same request when run
-again with the same --cert-dir.
+"enrollment denied"; the denied key is dropped, so a later run asks anew). Stopped
+meanwhile, it resumes as the same request when run again with the same --cert-dir.
 
 --server accepts https://HOST, https://HOST:PORT (default port 443), HOST:PORT,
 and IPv6 in brackets: https://[2001:db8::1]:8443.

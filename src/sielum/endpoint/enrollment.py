@@ -25,7 +25,14 @@ from sielum.agent.v1 import agent_pb2, agent_pb2_grpc
 from sielum.ca.profile import fingerprint, role_of
 from sielum.endpoint import pinning, reach
 from sielum.endpoint.address import ServerAddress, parse_server, resolve_api_endpoint
-from sielum.endpoint.certdir import STATE_FILE, AgentState, CertDir, StoredEnrollment, same_key
+from sielum.endpoint.certdir import (
+    PENDING_KEY_FILE,
+    STATE_FILE,
+    AgentState,
+    CertDir,
+    StoredEnrollment,
+    same_key,
+)
 from sielum.endpoint.connection import AgentConnection
 from sielum.endpoint.errors import (
     AgentError,
@@ -213,6 +220,10 @@ def enroll(options: EnrollOptions) -> EnrollResult:
             cert_dir.write_pending_key(key)
         try:
             reply = _enroll_waiting(options, ca_pem, key)
+        except EnrollmentDeniedError:
+            # That key is refused for good; the next run asks anew with a new key.
+            cert_dir.discard(PENDING_KEY_FILE)
+            raise
         except _KeyTakenError:
             if not retried_key:
                 raise ServerAnswerError(
