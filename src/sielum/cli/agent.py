@@ -25,6 +25,7 @@ from sielum.endpoint.enrollment import (
     enroll,
     renew,
     status,
+    unenroll,
 )
 from sielum.endpoint.errors import AgentError, UsageError
 from sielum.errors import InvalidArgumentError
@@ -43,6 +44,7 @@ talks to the Sielum API over mutual TLS with it.
   status    heartbeat with the stored certificate; says when renewal is due
   renew     new key and certificate; the old ones stay if anything fails
   run       stay up as a service: heartbeat, renew when due, ride out outages
+  unenroll  end this device's enrollment on the server (decommissioning)
 """
 
 _EXIT_CODES = f"""\
@@ -57,7 +59,7 @@ exit codes:
      or the other Sielum port: enroll on the enroll port, status/renew on the API port
   {errors.EXIT_CERT_DIR}  cert dir cannot be created, written or read
   {errors.EXIT_ALREADY_ENROLLED}  already enrolled: the cert dir holds an enrollment (see --force)
-  {errors.EXIT_NOT_ENROLLED}  not enrolled: status/renew found no enrollment in the cert dir
+  {errors.EXIT_NOT_ENROLLED}  not enrolled: no enrollment in the cert dir (status, renew, unenroll)
   {errors.EXIT_DEVICE_REFUSED}  device refused: revoked, unknown, or its certificate expired
 
 Every failure prints one line on stderr. The token is never printed. With
@@ -266,6 +268,27 @@ def _cmd_renew(args: argparse.Namespace) -> int:
     return errors.EXIT_OK
 
 
+def _cmd_unenroll(args: argparse.Namespace) -> int:
+    result = unenroll(CertDir(Path(args.cert_dir)), timeout=args.timeout)
+    if args.json:
+        print_json({"deviceId": result.device_id, "alreadyRevoked": result.already_revoked})
+        return errors.EXIT_OK
+    if result.already_revoked:
+        print(f"device {result.device_id} was revoked already: nothing to end")
+    else:
+        print(f"unenrolled: the server revoked device {result.device_id}")
+    print(f"  the cert dir is left in place; remove it: rm -r {args.cert_dir}")
+    return errors.EXIT_OK
+
+
+_UNENROLL_DESCRIPTION = """\
+Decommissioning: end this device's enrollment with its own certificate
+(AgentService.Unenroll, audited as device.unenroll). The server revokes the device
+at once; a device revoked already counts as ended (exit 0). The cert dir is left as
+it is: remove it (and stop the service) once this has succeeded. Any failure (the
+server unreachable, exit 5) leaves the device active on the server.
+"""
+
 _STATUS_DESCRIPTION = """\
 Heartbeat over mTLS with the stored certificate; print the device id, the server,
 the certificate's expiry and when renewal is due (--json for check scripts).
@@ -400,6 +423,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     common(renew_cmd)
     renew_cmd.set_defaults(run=_cmd_renew)
+
+    unenroll_cmd = commands.add_parser(
+        "unenroll",
+        help="end this device's enrollment on the server (decommissioning)",
+        description=_UNENROLL_DESCRIPTION,
+        epilog=_EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    common(unenroll_cmd)
+    unenroll_cmd.set_defaults(run=_cmd_unenroll)
 
     run_cmd = commands.add_parser(
         "run",

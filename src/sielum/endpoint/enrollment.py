@@ -319,6 +319,38 @@ def end_enrollment(
     return PreviousEnrollment(device_id=device_id, ended=True)
 
 
+@dataclass(frozen=True)
+class Unenrolled:
+    """What `sielum-agent unenroll` did."""
+
+    device_id: str
+    already_revoked: bool  # an admin (or an earlier unenroll) revoked it first
+
+
+def unenroll(cert_dir: CertDir, timeout: float = DEFAULT_TIMEOUT) -> Unenrolled:
+    """End this device's enrollment with its own certificate (AgentService.Unenroll).
+
+    For decommissioning: the server revokes the device (audited as device.unenroll);
+    the cert dir is left as it is, for the caller to remove once this has succeeded.
+    A device that is already revoked counts as ended; any other failure raises, so
+    that nobody removes the key of a device the server still takes for active.
+    """
+    stored = cert_dir.read()
+    device_id = stored.state.device_id
+    try:
+        reply = _call_agent(
+            stored,
+            lambda stub: stub.Unenroll(agent_pb2.UnenrollRequest(), timeout=timeout),
+        )
+    except DeviceRefusedError as error:
+        if error.message.endswith("device has been revoked"):
+            return Unenrolled(device_id=device_id, already_revoked=True)
+        raise
+    if reply.device_id != device_id:
+        raise ServerAnswerError(f"the server ended device {reply.device_id}, not {device_id}")
+    return Unenrolled(device_id=device_id, already_revoked=False)
+
+
 class _KeyTakenError(Exception):
     """ALREADY_EXISTS: the key is enrolled as another device."""
 
