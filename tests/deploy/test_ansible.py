@@ -494,7 +494,7 @@ def test_the_fleet_s_lifecycle(
 
 
 @pytest.mark.parametrize(
-    "readme", [REPO / "README.md", EXAMPLES / "README.md"], ids=["README", "examples"]
+    "readme", [REPO / "docs" / "rollout.md", EXAMPLES / "README.md"], ids=["rollout", "examples"]
 )
 def test_hosts_not_enrolled_one_liner(tmp_path: Path, server: Serve, readme: Path) -> None:
     """The READMEs' one-liner: hosts of the inventory that the token's devices do not name."""

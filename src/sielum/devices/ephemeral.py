@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from datetime import datetime
 
 from sielum.clock import Clock
+from sielum.devices.lastseen import FLUSH_EVERY, WRITE_EVERY
 from sielum.logs import log_event
 from sielum.model import AuditEvent
 from sielum.store.store import Store
@@ -15,6 +18,11 @@ EXPIRE_ACTION = "device.expire"
 # The actor of what the server does by itself, in the audit trail.
 SERVER_ACTOR = "server"
 BATCH = 500
+# How much older last_seen_at may be than a device's last call (devices/lastseen.py): a
+# device written less than WRITE_EVERY ago is not written again, and notes wait up to
+# FLUSH_EVERY in another process. A device is revoked only once it has been silent for
+# its ephemeral_after plus this, so that no device that called in time is revoked.
+LAST_SEEN_LAG = WRITE_EVERY + FLUSH_EVERY
 
 
 class EphemeralSweep:
@@ -26,17 +34,29 @@ class EphemeralSweep:
     a device once and audit it once (tests/store/test_requests.py).
     """
 
-    def __init__(self, store: Store, clock: Clock, batch: int = BATCH) -> None:
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock,
+        batch: int = BATCH,
+        *,
+        flush: Callable[[datetime], object] | None = None,
+    ) -> None:
         self._store = store
         self._clock = clock
         self._batch = batch
+        # This process's heartbeats not yet written (LastSeen.flush), written first.
+        self._flush = flush
 
     def sweep(self) -> int:
         """Revoke the devices due now; how many this call revoked."""
         revoked = 0
+        if self._flush is not None:
+            self._flush(self._clock.now())
         while True:
             now = self._clock.now()
-            due = self._store.find_ephemeral_devices_due(now, self._batch)
+            cutoff = now - LAST_SEEN_LAG
+            due = self._store.find_ephemeral_devices_due(cutoff, self._batch)
             for device_id in due:
                 audit = AuditEvent(
                     at=now,
@@ -45,7 +65,7 @@ class EphemeralSweep:
                     resource=f"device/{device_id}",
                     detail="ephemeral: no call within its token's ephemeral_after",
                 )
-                if self._store.expire_device(device_id, now, audit):
+                if self._store.expire_device(device_id, now, audit, cutoff=cutoff):
                     revoked += 1
                     log_event(log, EXPIRE_ACTION, device=device_id, outcome="ok")
             # A full batch may hide more behind it; a shorter one was the last.

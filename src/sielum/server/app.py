@@ -227,7 +227,12 @@ class SielumServer:
         self.store = Store.open(config.resolved_database_url())
         # Ephemeral devices: one sweeping thread per server (worker 0); replicas may sweep
         # at once, each revocation being one conditional UPDATE (devices/ephemeral.py).
-        self.ephemeral = EphemeralSweep(self.store, self.clock)
+        self.ephemeral = EphemeralSweep(
+            self.store,
+            self.clock,
+            # Heartbeats this process has noted but not written yet go first (built below).
+            flush=lambda now: self.last_seen.flush(now),
+        )
         self._sweep = PeriodicTask(
             "ephemeral-sweep",
             EPHEMERAL_SWEEP_SECONDS,

@@ -193,8 +193,11 @@ class EnrollmentRequestStore(StoreBase):
         return [row[0] for row in cursor.fetchall()]
 
     @_guarded
-    def expire_device(self, device_id: str, now: datetime, audit: AuditEvent) -> bool:
-        """Revoke an ephemeral device if it is still due at now; True when this call did.
+    def expire_device(
+        self, device_id: str, now: datetime, audit: AuditEvent, *, cutoff: datetime | None = None
+    ) -> bool:
+        """Revoke an ephemeral device if it is still due at cutoff (default now), revoked at
+        now; True when this call did.
 
         One conditional UPDATE re-checks what find_ephemeral_devices_due read, so a
         device that called in between, or that another replica's sweep (or an admin)
@@ -216,7 +219,7 @@ class EnrollmentRequestStore(StoreBase):
                     " AND COALESCE(device.last_seen_at, device.enrolled_at) + t.ephemeral_after"
                     " <= ?)",
                 ),
-                (to_micros(now), device_id, to_micros(now)),
+                (to_micros(now), device_id, to_micros(now if cutoff is None else cutoff)),
             )
             if cursor.rowcount == 0:
                 return False
