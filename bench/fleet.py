@@ -66,6 +66,7 @@ class Phase:
     name: str
     calls: int = 0
     errors: Counter[str] = field(default_factory=Counter)
+    kinds: Counter[str] = field(default_factory=Counter)
     seconds: float = 0.0
     server_cpu: float = 0.0
     client_cpu: float = 0.0
@@ -156,6 +157,14 @@ class Fleet:
     # --- the phases -------------------------------------------------------------
 
     async def enroll_burst(self, token: str, concurrency: int) -> Phase:
+        body, close = await self.enroll_body(token, concurrency, self.devices)
+        try:
+            return await self.measure(f"enrollment burst (x{concurrency})", body)
+        finally:
+            await close()
+
+    async def enroll_body(self, token: str, concurrency: int, devices: list[Device]) -> Any:
+        """A coroutine function enrolling devices (concurrency in flight), and a closer."""
         creds = grpc.ssl_channel_credentials(root_certificates=self.ca_pem)
         channels = [
             grpc.aio.secure_channel(
@@ -167,7 +176,7 @@ class Fleet:
         ]
         for channel in channels:
             await asyncio.wait_for(channel.channel_ready(), 30)
-        queue = list(enumerate(self.devices))
+        queue = list(enumerate(devices))
 
         async def worker(phase: Phase) -> None:
             while queue:
@@ -185,21 +194,22 @@ class Fleet:
                         timeout=CALL_TIMEOUT,
                     )
                 except grpc.aio.AioRpcError as error:
-                    phase.errors[error.code().name] += 1
+                    phase.errors[f"Enroll {error.code().name}"] += 1
                     continue
                 device.device_id = reply.device_id
                 device.certificate_pem = reply.certificate_pem.encode()
                 device.api_target = f"127.0.0.1:{server.api_port}"
                 phase.calls += 1
+                phase.kinds["enroll"] += 1
 
         async def body(phase: Phase) -> None:
             await asyncio.gather(*(worker(phase) for _ in range(concurrency)))
 
-        try:
-            return await self.measure(f"enrollment burst (x{concurrency})", body)
-        finally:
+        async def close() -> None:
             for channel in channels:
                 await channel.close()
+
+        return body, close
 
     async def open_channels(self) -> None:
         for device in self.devices:
@@ -221,10 +231,23 @@ class Fleet:
         handshake per call), resume (a new connection per call, resuming the device's TLS
         session).
         """
-        period = len(self.devices) / rate
-        stop_at = time.monotonic() + duration
+        if mode == "resume":
+            for device in self.devices:
+                if device.cache is None:
+                    device.cache = session_cache.ssl_session_cache_lru(1)
+        return await self.measure(name, self.beat_body(kind, mode, rate, duration))
 
-        async def one(device: Device, phase: Phase) -> None:
+    def beat_body(
+        self,
+        kind: str,
+        mode: str,
+        rate: float,
+        duration: float,
+        latencies: list[tuple[float, float]] | None = None,
+    ) -> Any:
+        period = len(self.devices) / rate
+
+        async def one(device: Device) -> None:
             if mode == "open":
                 await self._call(device.channel, kind)
                 return
@@ -235,24 +258,25 @@ class Fleet:
             finally:
                 await channel.close()
 
-        async def device_loop(device: Device, phase: Phase) -> None:
+        async def device_loop(device: Device, phase: Phase, stop_at: float) -> None:
             await asyncio.sleep(random.uniform(0, period))
             while time.monotonic() < stop_at:
+                started = time.monotonic()
                 try:
-                    await one(device, phase)
+                    await one(device)
                     phase.calls += 1
+                    phase.kinds[kind] += 1
+                    if latencies is not None:
+                        latencies.append((started, time.monotonic() - started))
                 except grpc.aio.AioRpcError as error:
                     phase.errors[error.code().name] += 1
                 await asyncio.sleep(period * (1 + JITTER * (2 * random.random() - 1)))
 
         async def body(phase: Phase) -> None:
-            await asyncio.gather(*(device_loop(d, phase) for d in self.devices))
+            stop_at = time.monotonic() + duration
+            await asyncio.gather(*(device_loop(d, phase, stop_at) for d in self.devices))
 
-        if mode == "resume":
-            for device in self.devices:
-                if device.cache is None:
-                    device.cache = session_cache.ssl_session_cache_lru(1)
-        return await self.measure(name, body)
+        return body
 
     async def _call(self, channel: Any, kind: str) -> None:
         if kind == "health":
@@ -265,27 +289,87 @@ class Fleet:
             )
 
     async def renewals(self, count: int, concurrency: int) -> Phase:
-        queue = list(self.devices[:count])
+        body = self.renew_body(self.devices[:count], concurrency)
+        return await self.measure(f"renewals (x{concurrency}, open connections)", body)
+
+    def renew_body(self, devices: list[Device], concurrency: int) -> Any:
+        queue = list(devices)
 
         async def worker(phase: Phase) -> None:
             while queue:
                 device = queue.pop()
-                old_channel = device.channel
                 csr = new_csr(device)  # the new key, before the clock of this call
                 try:
-                    reply = await agent_pb2_grpc.AgentServiceStub(old_channel).RenewCertificate(
+                    reply = await agent_pb2_grpc.AgentServiceStub(device.channel).RenewCertificate(
                         agent_pb2.RenewCertificateRequest(csr_pem=csr), timeout=CALL_TIMEOUT
                     )
                 except grpc.aio.AioRpcError as error:
-                    phase.errors[error.code().name] += 1
+                    phase.errors[f"Renew {error.code().name}"] += 1
                     continue
                 device.certificate_pem = reply.certificate_pem.encode()
                 phase.calls += 1
+                phase.kinds["renew"] += 1
 
         async def body(phase: Phase) -> None:
             await asyncio.gather(*(worker(phase) for _ in range(concurrency)))
 
-        return await self.measure(f"renewals (x{concurrency}, open connections)", body)
+        return body
+
+    async def mixed(
+        self,
+        token: str,
+        newcomers: list[Device],
+        renewing: list[Device],
+        rate: float,
+        duration: float,
+    ) -> tuple[Phase, dict[str, float]]:
+        """Heartbeats as before, with an enrollment burst and renewals in their middle third.
+
+        Returns the phase (its calls by kind) and the heartbeats' latency percentiles
+        before the burst and while it runs.
+        """
+        latencies: list[tuple[float, float]] = []
+        beats = self.beat_body("heartbeat", "open", rate, duration, latencies)
+        enroll, close = await self.enroll_body(token, 32, newcomers)
+        renew = self.renew_body(renewing, 8)
+        window: dict[str, float] = {}
+
+        async def burst(phase: Phase) -> None:
+            await asyncio.sleep(duration / 3)
+            window["start"] = time.monotonic()
+            await asyncio.gather(enroll(phase), renew(phase))
+            window["end"] = time.monotonic()
+
+        async def body(phase: Phase) -> None:
+            await asyncio.gather(beats(phase), burst(phase))
+
+        try:
+            phase = await self.measure("mixed: heartbeats + burst + renewals", body)
+        finally:
+            await close()
+        quiet = [d for t, d in latencies if t < window["start"]]
+        during = [d for t, d in latencies if window["start"] <= t <= window["end"]]
+        figures = {
+            "burst_seconds": round(window["end"] - window["start"], 2),
+            "p50_ms_before": _percentile(quiet, 50),
+            "p99_ms_before": _percentile(quiet, 99),
+            "p50_ms_during": _percentile(during, 50),
+            "p99_ms_during": _percentile(during, 99),
+        }
+        print(
+            f"  {dict(phase.kinds)}; the burst took {figures['burst_seconds']} s; heartbeat "
+            f"latency p50/p99 before it {figures['p50_ms_before']}/{figures['p99_ms_before']} ms, "
+            f"during it {figures['p50_ms_during']}/{figures['p99_ms_during']} ms",
+            flush=True,
+        )
+        return phase, figures
+
+
+def _percentile(samples: list[float], q: int) -> float:
+    if not samples:
+        return float("nan")
+    ordered = sorted(samples)
+    return round(1000 * ordered[min(len(ordered) - 1, len(ordered) * q // 100)], 1)
 
 
 def _own_cpu() -> float:
@@ -361,11 +445,15 @@ async def run_fleet(args: argparse.Namespace, servers: list[SielumProcess]) -> d
         for key, name, kind, mode in plan:
             runs[key].append(await fleet.beats(name, kind, mode, rate, duration))
     phases["renew"] = await fleet.renewals(min(args.renewals, len(devices)), 8)
+    newcomers = [make_device() for _ in range(args.burst)]
+    renewing = devices[args.renewals : args.renewals + args.burst_renewals]
+    mixed, mixed_figures = await fleet.mixed(token, newcomers, renewing, rate, 2 * duration)
     await fleet.close_channels()
     flush_us = flush_cost(args, servers[0], [d.device_id for d in devices if d.device_id])
 
     figures: dict[str, Any] = {k: _phase_json(p) for k, p in phases.items()}
     figures["last_seen_flush_us_per_device"] = flush_us
+    figures["mixed"] = {**_phase_json(mixed), "kinds": dict(mixed.kinds), **mixed_figures}
     figures["kib_per_open_connection"] = round(per_connection, 1)
     for key, measured in runs.items():
         figures[key] = {
@@ -378,6 +466,17 @@ async def run_fleet(args: argparse.Namespace, servers: list[SielumProcess]) -> d
     for key, *_ in plan:
         us = figures[key]["us_per_call"]
         print(f"  {key:<18} {us:7.0f} us  {us / health:4.2f}x")
+    # The mixed phase against the sum of its calls at the costs measured alone.
+    alone = (
+        mixed.kinds["heartbeat"] * figures["heartbeat_open"]["us_per_call"]
+        + mixed.kinds["enroll"] * figures["enroll"]["us_per_call"]
+        + mixed.kinds["renew"] * figures["renew"]["us_per_call"]
+    ) / 1e6
+    figures["mixed"]["server_cpu_at_costs_alone"] = round(alone, 3)
+    print(
+        f"  mixed phase: server CPU {mixed.server_cpu:.2f} s, its calls at the costs "
+        f"measured alone {alone:.2f} s"
+    )
     per_second = FLEET / DEFAULT_INTERVAL.total_seconds()
     renewals_per_second = FLEET / RENEWAL_PERIOD.total_seconds()
     renew_us = figures["renew"]["us_per_call"]
@@ -463,6 +562,10 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per phase")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--renewals", type=int, default=100)
+    parser.add_argument("--burst", type=int, default=300, help="enrollments in the mixed phase")
+    parser.add_argument(
+        "--burst-renewals", type=int, default=50, help="renewals in the mixed phase"
+    )
     parser.add_argument(
         "--modes",
         type=lambda text: text.split(","),

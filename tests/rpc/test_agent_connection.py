@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import subprocess
 import time
@@ -92,18 +94,22 @@ def test_the_idle_limit_is_capped_for_long_intervals() -> None:
 
 
 def agent_connections(pid: int, port: int) -> set[int]:
-    """The local ports of pid's established TCP connections to port on this machine."""
-    listing = subprocess.run(
-        ["ss", "-Htnp", "state", "established", f"dport = :{port}"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    return {
-        int(line.split()[2].rsplit(":", 1)[1])
-        for line in listing.splitlines()
-        if f"pid={pid}," in line
-    }
+    """The local ports of pid's established TCP connections to port, read from /proc."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target[len("socket:[") : -1])
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            local, remote, state, inode = fields[1], fields[2], fields[3], fields[9]
+            established = state == "01"
+            if established and inode in inodes and int(remote.rsplit(":", 1)[1], 16) == port:
+                ports.add(int(local.rsplit(":", 1)[1], 16))
+    return ports
 
 
 def test_agent_run_heartbeats_over_one_tcp_connection(harness: Harness, tmp_path: Path) -> None:
