@@ -283,14 +283,14 @@ def test_a_wrong_checksum_stops_the_play_before_anything(
 ) -> None:
     token_id, secret = create_token(server, max_uses=5)
     env, _ = _setup(tmp_path, server, secret)
-    hosts: dict[str, dict[str, Any]] = {"deb1": {}, "deb2": {}, "deb3": {}}
-    inventory = _inventory(
-        tmp_path,
-        server,
-        hosts,
-        sielum_package_src=str(built.deb),
-        sielum_package_sha256=_flip(sha256(built.deb)),
-    )
+    # deb1 and deb2 have the right checksum; deb3, last, its own wrong one: the check
+    # on the controller covers every host's package, not the first host's alone.
+    hosts: dict[str, dict[str, Any]] = {
+        "deb1": {},
+        "deb2": {},
+        "deb3": {"sielum_package_sha256": _flip(sha256(built.deb))},
+    }
+    inventory = _inventory(tmp_path, server, hosts, **_deb_from_controller(built))
     before = {
         n: sorted(p.relative_to(tmp_path) for p in (tmp_path / "hosts" / n).rglob("*"))
         for n in hosts
@@ -300,10 +300,13 @@ def test_a_wrong_checksum_stops_the_play_before_anything(
     )
     output = result.stdout + result.stderr
     assert result.returncode == 2, output[-5000:]
-    # The check runs once, on the controller, for the batch's first host; its failure
-    # is fatal to the play (any_errors_fatal): no host gets a file or runs anything.
+    # The check runs once, on the controller (reported for the batch's first host);
+    # its failure is fatal to the play (any_errors_fatal): no host gets a file.
     assert _failed(result.stdout) == ["deb1"], output[-5000:]
-    assert f"{built.deb}: SHA-256 {sha256(built.deb)}, not sielum_package_sha256" in output
+    assert (
+        f"{built.deb}: SHA-256 {sha256(built.deb)}, "
+        f"not sielum_package_sha256 {_flip(sha256(built.deb))}"
+    ) in output
     assert "nothing was installed on any host" in output
     # deb1: the settings and the controller's stat; the others: the settings alone.
     assert {h: r["ok"] for h, r in _recap(result.stdout).items()} == {

@@ -129,3 +129,22 @@ def test_the_unit_template_renders_the_tested_unit() -> None:
 )
 def test_the_recipe_does_what_the_puppet_class_does(needle: str) -> None:
     assert needle in (COOKBOOK / "recipes" / "default.rb").read_text()
+
+
+def test_every_setting_of_the_examples_is_documented() -> None:
+    """The role's variables in examples/README.md, the class's parameters in its header,
+    the cookbook's own attributes in the guide's Chef part."""
+    import yaml
+
+    guide = (EXAMPLES / "README.md").read_text()
+    defaults = EXAMPLES / "ansible" / "roles" / "sielum_agent" / "defaults" / "main.yml"
+    variables = yaml.safe_load(defaults.read_text())
+    assert len(variables) > 10
+    assert [v for v in variables if f"`{v}`" not in guide] == []
+    header = PUPPET_CLASS.read_text().split("class sielum::agent (", 1)[0]
+    documented = set(re.findall(r"^# @param (\w+) ", header, re.MULTILINE))
+    assert documented == set(puppet_parameters())
+    # The cookbook's attributes are the class's parameters (tested above) but for
+    # the token's, which the guide's Chef part names.
+    chef_part = guide.split("## Chef", 1)[1].split("\n## ", 1)[0]
+    assert all(name in chef_part for name in CHEF_ONLY)

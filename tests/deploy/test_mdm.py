@@ -159,11 +159,13 @@ def test_mdm_script_failure_codes(
     assert leaks(given, output=result.stdout + result.stderr) == []
 
 
-@pytest.mark.parametrize("kind", ["deb", "file"])
+@pytest.mark.parametrize(("kind", "shell"), [("deb", "/bin/sh"), ("file", "/bin/bash")])
 def test_mdm_script_installs_the_agent_by_checksum(
-    tmp_path: Path, server: Serve, built: Artifacts, package_server: str, kind: str
+    tmp_path: Path, server: Serve, built: Artifacts, package_server: str, kind: str, shell: str
 ) -> None:
-    """SIELUM_PACKAGE_URL and _SHA256: downloaded, checked, installed, then enrolled."""
+    """SIELUM_PACKAGE_URL and _SHA256: downloaded, checked, installed, then enrolled.
+
+    Under dash (Debian's /bin/sh) and bash, the two shells MDM tools run it with."""
     token_id, secret = create_token(server, max_uses=5)
     root = host_root(tmp_path / "host")
     package = built.deb if kind == "deb" else built.executable
@@ -178,7 +180,7 @@ def test_mdm_script_installs_the_agent_by_checksum(
         SIELUM_ROOT=str(root),
         SIELUM_HOSTNAME="host",
     )
-    first, watch = watched_run(["/bin/sh", str(SCRIPT)], secret, env=env, timeout=120)
+    first, watch = watched_run([shell, str(SCRIPT)], secret, env=env, timeout=120)
     assert first.returncode == 0, first.stdout + first.stderr
     lines = first.stdout.splitlines()
     assert (
@@ -193,7 +195,7 @@ def test_mdm_script_installs_the_agent_by_checksum(
 
     # Again (every check-in): the agent is there, so nothing is downloaded.
     second = subprocess.run(
-        ["/bin/sh", str(SCRIPT)], env=env, capture_output=True, text=True, timeout=120
+        [shell, str(SCRIPT)], env=env, capture_output=True, text=True, timeout=120
     )
     assert second.returncode == 0, second.stdout + second.stderr
     assert "installed sielum-agent" not in second.stdout
