@@ -237,7 +237,9 @@ class WaitingAgent:
         )
         self.lines: queue.Queue[str] = queue.Queue()
         self.stderr: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
+        # stderr has this one reader: communicate() would read it too and take lines.
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
 
     def _read(self) -> None:
         assert self.process.stderr is not None
@@ -253,10 +255,13 @@ class WaitingAgent:
                 return match.group(1)
 
     def finish(self) -> tuple[int, str, str]:
-        out, _ = self.process.communicate(timeout=120)
+        code = self.process.wait(timeout=120)
+        assert self.process.stdout is not None
+        out = self.process.stdout.read()  # a few lines: they fit the pipe while it ran
+        self._reader.join(timeout=30)
         while not self.lines.empty():
             self.stderr.append(self.lines.get())
-        return self.process.returncode, out, "".join(self.stderr)
+        return code, out, "".join(self.stderr)
 
 
 def test_approval_from_the_cli_and_at_most_max_uses(server: ServerProcess, tmp_path: Path) -> None:
