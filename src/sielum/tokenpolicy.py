@@ -114,6 +114,18 @@ def check_policy(
     )
 
 
+def checked(policy: TokenPolicy) -> TokenPolicy:
+    """policy as given (by a servicer, from the wire), checked and made canonical."""
+    return check_policy(
+        tags=policy.tags,
+        allowed_networks=policy.allowed_networks,
+        hostname_pattern=policy.hostname_pattern,
+        required_facts=policy.required_facts,
+        ephemeral_after=policy.ephemeral_after,
+        requires_approval=policy.requires_approval,
+    )
+
+
 def _in_networks(peer: str, networks: Iterable[str]) -> bool:
     try:
         address = ipaddress.ip_address(peer)

@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from sielum.errors import TokenUnusableError
+from sielum.errors import ResourceExhaustedError, TokenUnusableError
 from sielum.model import (
     AuditEvent,
     AuditFilter,
@@ -290,3 +290,28 @@ def test_two_sweeps_expire_a_device_once(stores: tuple[Store, Store]) -> None:
     assert sorted(e.resource for e in expired.items) == sorted(f"device/{d}" for d in due)
     assert {e.actor for e in expired.items} == {"server"}
     assert first.find_ephemeral_devices_due(now, 100) == []
+
+
+def test_fail_a_token_holds_at_most_max_pending_requests(stores: tuple[Store, Store]) -> None:
+    store, _ = stores
+    token_id = _token(store)
+    audit = AuditEvent(at=T0, actor=f"token/{token_id}", action="request.create", resource="r")
+
+    def ask() -> EnrollmentRequest:
+        request = EnrollmentRequest(
+            id=str(uuid.uuid4()), token_id=token_id, hostname="h", facts={}, peer="p",
+            public_key_sha256=uuid.uuid4().hex, csr_pem="CSR", requested_at=T0,
+        )  # fmt: skip
+        return store.create_enrollment_request(request, audit, max_pending=2)
+
+    first, _ = ask(), ask()
+    with pytest.raises(ResourceExhaustedError) as raised:
+        ask()
+    assert raised.value.message == (
+        "2 enrollments with this token are waiting for approval already: an admin must decide "
+        "some first"
+    )
+    assert len(store.list_enrollment_requests(now=T0).items) == 2
+    _deny(store, first)  # a decision makes room
+    ask()
+    assert store.count_pending_requests(T0) == 2

@@ -161,7 +161,7 @@ class Administration:
         expires_at: datetime | None,
         policy: TokenPolicy | None = None,
     ) -> NewToken:
-        """policy: as tokenpolicy.check_policy made it (the servicer checks it)."""
+        """policy: its rules as given; checked here (InvalidArgumentError names the field)."""
         now = self._clock.now()
         label = _check_label(label)
         if max_uses is not None and not 1 <= max_uses <= MAX_USES_LIMIT:
@@ -170,6 +170,7 @@ class Administration:
             )
         if expires_at is not None and expires_at <= now:
             raise InvalidArgumentError("expires_at must be in the future")
+        policy = tokenpolicy.checked(policy or tokenpolicy.check_policy())
         token_id = tokens.new_token_id()
         secret = tokens.make_secret(token_id)
         token = Token(
@@ -181,7 +182,7 @@ class Administration:
             expires_at=expires_at,
             created_at=now,
             created_by=caller.name,
-            policy=policy or tokenpolicy.check_policy(),
+            policy=policy,
         )
         terms = " ".join(
             filter(None, (_token_terms(max_uses, expires_at), tokenpolicy.describe(token.policy)))

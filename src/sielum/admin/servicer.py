@@ -24,11 +24,11 @@ from sielum.model import (
     Service,
     ServiceState,
     Token,
+    TokenPolicy,
     TokenState,
 )
 from sielum.pb import from_timestamp, to_duration, to_timestamp
 from sielum.sessions import LoginLinks
-from sielum.tokenpolicy import check_policy
 
 # RevokeDeviceRequest.reason as stored: RFC 5280's name, spelled as cryptography does.
 _GIVEN_REASONS: dict[admin_pb2.RevocationReason.ValueType, str] = {
@@ -254,9 +254,9 @@ class AdminServicer:
             expires_at=from_timestamp(request.expires_at, "expires_at")
             if request.HasField("expires_at")
             else None,
-            policy=check_policy(
-                tags=request.tags,
-                allowed_networks=request.allowed_networks,
+            policy=TokenPolicy(
+                tags=tuple(request.tags),
+                allowed_networks=tuple(request.allowed_networks),
                 hostname_pattern=request.hostname_pattern,
                 required_facts=dict(request.required_facts),
                 ephemeral_after=_ephemeral_after(request),
