@@ -56,11 +56,14 @@ exit codes:
   {errors.EXIT_TOKEN_REFUSED}  token refused: invalid, expired, exhausted or revoked, refused by
      its policy ("token policy: ..."), or "enrollment denied" by an admin
   {errors.EXIT_UNREACHABLE}  server unreachable (refused, timed out, name not found, TLS failed),
-     or the other Sielum port: enroll on the enroll port, status/renew on the API port
+     or another Sielum port: enroll on the enroll port, status/renew on the API port
+     (the dashboard port is for a browser)
   {errors.EXIT_CERT_DIR}  cert dir cannot be created, written or read
   {errors.EXIT_ALREADY_ENROLLED}  already enrolled: the cert dir holds an enrollment (see --force)
   {errors.EXIT_NOT_ENROLLED}  not enrolled: no enrollment in the cert dir (status, renew, unenroll)
   {errors.EXIT_DEVICE_REFUSED}  device refused: revoked, unknown, or its certificate expired
+  {errors.EXIT_NAME_MISMATCH}  name mismatch: the server's certificate (from the pinned CA) does not
+     name the host in --server; fix with sielum-server renew-server-cert --san HOST
 
 Every failure prints one line on stderr. The token is never printed. With
 --json (before or after the command), enroll, status and renew print one JSON
