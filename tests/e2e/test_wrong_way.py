@@ -144,3 +144,43 @@ def test_admin_with_a_name_the_certificate_lacks_exits_7(
     assert "does not name 127.0.0.2" in line, line
     assert "renew-server-cert --data-dir DIR --san 127.0.0.2" in line
     assert "ERROR" not in result.stderr
+
+
+def test_diagnosed_calls_leave_one_plain_info_line_in_the_server_log(
+    server_factory: list[ServerProcess], tmp_path: Path
+) -> None:
+    server = start_server(init_data_dir(tmp_path), "--workers", "1")
+    server_factory.append(server)
+    _, secret = create_token(server)
+    # Three agents at the API port: each call is refused, and each agent looks again
+    # with a handshake that sends no client certificate.
+    for n in range(3):
+        result = run(
+            "sielum-agent",
+            "enroll",
+            "--server",
+            f"https://127.0.0.1:{server.api_port}",
+            "--ca-fingerprint",
+            ca_fingerprint(server.data_dir),
+            "--cert-dir",
+            str(tmp_path / f"agent{n}"),
+            env={"SIELUM_ENROLLMENT_TOKEN": secret},
+        )
+        assert result.returncode == 5, result.stderr
+        assert "is Sielum's API port" in _one_line(result.stderr)
+    # A client at a port that speaks no TLS: its own line only, none of gRPC's.
+    result = admin(server, "--server", f"127.0.0.1:{server.revocation_port}", "tokens", "list")
+    assert result.returncode == 5, result.stderr
+    assert _one_line(result.stderr).startswith("sielum-admin: TLS handshake with ")
+    deadline = time.monotonic() + 10
+    while "tls_handshake_failed" not in server.log and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert server.stop() == 0
+    lines = [line for line in server.log.splitlines() if "tls_handshake_failed" in line]
+    # Once a minute per reason, at info, in words, however many clients did it.
+    assert len(lines) == 1, server.log
+    assert " INFO tls_handshake_failed " in lines[0]
+    assert 'reason="a client sent no client certificate' in lines[0]
+    assert "tls_error=PEER_DID_NOT_RETURN_A_CERTIFICATE" in lines[0]
+    assert "Handshake failed" not in server.log
+    assert "WARNING" not in server.log, server.log
