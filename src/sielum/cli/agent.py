@@ -314,7 +314,9 @@ moment soon after the server's renew_after, exponential backoff (up to the
 interval) while the server is away; the stored key and certificate are only ever
 replaced by a complete new pair. The cert dir is read again before every call, so
 a renewal or re-enrollment done by hand is used without a restart. One log line
-per renewal and per change of state.
+at the start (device, server, interval), per renewal and per change of state, and
+once a day "alive" with the heartbeats answered since; --verbose adds one per
+heartbeat.
 """
 
 
@@ -332,7 +334,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         )
     configure_logging(args.log_format)
     options = DaemonOptions(
-        cert_dir=CertDir(Path(args.cert_dir)), interval=args.interval, timeout=args.timeout
+        cert_dir=CertDir(Path(args.cert_dir)),
+        interval=args.interval,
+        timeout=args.timeout,
+        verbose=args.verbose,
     )
     return serve(options)
 
@@ -464,6 +469,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("text", "json"),
         default="text",
         help="one line per event on stderr, as text or JSON (default %(default)s)",
+    )
+    run_cmd.add_argument(
+        "--verbose",
+        action="store_true",
+        help="log every heartbeat too (by default: the start, each renewal, each change of "
+        "state, and once a day how many heartbeats were answered)",
     )
     common(run_cmd, json=False)
     run_cmd.set_defaults(run=_cmd_run)
