@@ -259,3 +259,14 @@ def test_the_readme_commands_work_as_written(server: ServerProcess, tmp_path: Pa
     certificate = tmp_path / "device.pem"
     verify = openssl_verify(server.data_dir / "ca.pem", certificate)
     assert verify.returncode == 0, verify.stdout + verify.stderr
+    # Run from the repository's root, as the README says, what the block leaves there
+    # is ignored by git.
+    left = sorted(p.name for p in tmp_path.iterdir() if p.name != "buf-cache")
+    assert left == ["device.csr", "device.key", "device.pem"], left
+    ignored = subprocess.run(
+        ["git", "-C", str(REPO), "check-ignore", *left],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert ignored.stdout.split() == left, ignored.stdout + ignored.stderr
