@@ -7,12 +7,31 @@
 # Environment: SIELUM_DATA_DIR (default ./sielum-data), SIELUM_ENROLL_ADDR (default
 # 127.0.0.1:8443), SIELUM_API_ADDR (default 127.0.0.1:8444), SIELUM_METRICS_ADDR
 # (default 127.0.0.1:9464, or off), SIELUM_DASHBOARD_ADDR (default 127.0.0.1:8445, or
-# off), SIELUM_SKIP_INSTALL=1 to skip the install step when .venv is already there.
-# Other arguments go to `serve`.
+# off). Other arguments go to `serve`.
+#
+# The install step runs only when something changed since the last one: a stamp in
+# .venv records pyproject.toml, scripts/bootstrap.sh and the installed version (the
+# install is editable, so changes to src/ need none). SIELUM_INSTALL=1 installs anyway;
+# SIELUM_SKIP_INSTALL=1 skips it whenever .venv has sielum-server.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ "${SIELUM_SKIP_INSTALL:-}" != 1 ] || [ ! -x .venv/bin/sielum-server ]; then
+STAMP=.venv/.sielum-install-stamp
+install_stamp() {
+  # What an install depends on; empty output when nothing is installed yet.
+  [ -x .venv/bin/sielum-server ] && [ -x .venv/bin/python ] || return 0
+  local version
+  version="$(.venv/bin/python -c 'import importlib.metadata as m; print(m.version("sielum"))' 2>/dev/null)" || return 0
+  printf 'sielum %s\n' "$version"
+  sha256sum pyproject.toml scripts/bootstrap.sh
+}
+if [ "${SIELUM_SKIP_INSTALL:-}" = 1 ] && [ -x .venv/bin/sielum-server ]; then
+  :
+elif [ "${SIELUM_INSTALL:-}" != 1 ] && [ -f "$STAMP" ] && [ "$(install_stamp)" = "$(cat "$STAMP")" ]; then
+  echo "==> sielum is installed in .venv and nothing changed since (SIELUM_INSTALL=1 to install anyway)"
+else
   bash scripts/bootstrap.sh
+  stamp="$(install_stamp)"
+  [ -z "$stamp" ] || printf '%s\n' "$stamp" > "$STAMP"
 fi
 DATA="${SIELUM_DATA_DIR:-$PWD/sielum-data}"
 DATA="$(mkdir -p "$DATA" && cd "$DATA" && pwd)"

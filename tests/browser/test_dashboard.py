@@ -16,6 +16,7 @@ import re
 import shlex
 import shutil
 import ssl
+import subprocess
 import sys
 import threading
 from collections.abc import Iterator
@@ -51,17 +52,36 @@ def sign_in(page: Page, dashboard: Dashboard, link: str | None = None) -> None:
     expect(page.get_by_role("button", name="Sign out")).to_be_visible()
 
 
-def agent_command(page: Page) -> list[str]:
-    return shlex.split(page.locator("dialog pre.command").inner_text())
+def agent_command(page: Page) -> str:
+    return page.locator("dialog pre.command").inner_text()
 
 
-def run_agent_command(words: list[str], cert_dir: Path, hostname: str) -> Any:
-    """The page's agent command, as shown, with the cert dir of this test."""
-    assignment, program, *args = words
-    name, _, secret = assignment.partition("=")
-    assert (name, program) == ("SIELUM_ENROLLMENT_TOKEN", "sielum-agent")
-    args[args.index("--cert-dir") + 1] = str(cert_dir)
-    return run(program, *args, "--hostname", hostname, env={name: secret})
+def agent_words(command: str) -> list[str]:
+    """The words of the command's agent line (its last)."""
+    return shlex.split(command.strip().splitlines()[-1])
+
+
+def run_agent_command(command: str, secret: str, cert_dir: Path, hostname: str) -> Any:
+    """The page's agent command as shown, run by bash, the secret typed at its prompt.
+
+    Only the cert dir is this test's, and the host name.
+    """
+    read_line, agent_line = command.strip().splitlines()
+    assert secret not in command
+    agent_line = agent_line.replace(
+        " --cert-dir /etc/sielum", f" --cert-dir {shlex.quote(str(cert_dir))}"
+    )
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin"}
+    env.pop("SIELUM_ENROLLMENT_TOKEN", None)
+    return subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", f"{read_line}\n{agent_line} --hostname {hostname}"],
+        input=secret + "\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env=env,
+    )
 
 
 def row(page: Page, text: str) -> Any:
@@ -140,8 +160,13 @@ def test_the_documented_flow(
     created.get_by_role("button", name="Copy", exact=True).click()
     expect(created.get_by_text("Secret copied to the clipboard.")).to_be_visible()
     assert page.evaluate("navigator.clipboard.readText()") == secret
-    words = agent_command(page)
-    assert words[0] == f"SIELUM_ENROLLMENT_TOKEN={secret}"
+    command = agent_command(page)
+    assert command.splitlines()[0] == (
+        "read -rsp 'enrollment token: ' SIELUM_ENROLLMENT_TOKEN"
+        " && export SIELUM_ENROLLMENT_TOKEN && echo"
+    )
+    words = agent_words(command)
+    assert words[:2] == ["sielum-agent", "enroll"]
     fingerprint = run("sielum-server", "fingerprint", "--data-dir", str(dashboard.server.data_dir))
     assert words[words.index("--ca-fingerprint") + 1] == fingerprint.stdout.strip()
     assert words[words.index("--server") + 1] == (
@@ -150,7 +175,7 @@ def test_the_documented_flow(
 
     # The secret enrolls a real agent, with the command exactly as the page shows it.
     first = tmp_path / "agent-1"
-    enrolled = run_agent_command(words, first, "browser-agent-1")
+    enrolled = run_agent_command(command, secret, first, "browser-agent-1")
     assert enrolled.returncode == 0, enrolled.stderr
     device_id = json.loads((first / "agent.json").read_text())["device_id"]
 
@@ -176,7 +201,7 @@ def test_the_documented_flow(
     token_row.get_by_role("button", name="Revoke").click()
     confirm(page)
     expect(token_row.get_by_text("Revoked")).to_be_visible()
-    refused = run_agent_command(words, tmp_path / "agent-2", "browser-agent-2")
+    refused = run_agent_command(command, secret, tmp_path / "agent-2", "browser-agent-2")
     assert refused.returncode == 4, refused.stderr
     assert "revoked" in refused.stderr
 

@@ -88,13 +88,20 @@ class ServerProcess:
 
 
 def wait_ready(
-    port: int, ca_pem: bytes, process: subprocess.Popen[str], timeout: float = 30
+    port: int,
+    ca_pem: bytes,
+    process: subprocess.Popen[str],
+    timeout: float = 30,
+    host: str = "localhost",
 ) -> None:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     deadline = time.monotonic() + timeout
+    # A server on another loopback address (127.0.0.2) is checked under the name
+    # its certificate has.
+    options = [] if host == "localhost" else [("grpc.ssl_target_name_override", "localhost")]
     channel = grpc.secure_channel(
-        f"localhost:{port}", grpc.ssl_channel_credentials(root_certificates=ca_pem)
+        f"{host}:{port}", grpc.ssl_channel_credentials(root_certificates=ca_pem), options=options
     )
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -159,7 +166,9 @@ def start_server(
         revocation_port,
     )
     try:
-        wait_ready(enroll_port, (data_dir / "ca.pem").read_bytes(), process)
+        other_loopback = enroll_host.startswith("127.") and enroll_host != "127.0.0.1"
+        ready_host = enroll_host if other_loopback else "localhost"
+        wait_ready(enroll_port, (data_dir / "ca.pem").read_bytes(), process, host=ready_host)
     except AssertionError as error:
         server.stop(signal.SIGKILL)
         raise AssertionError(f"{error}\n--- server log ---\n{server.log}") from None

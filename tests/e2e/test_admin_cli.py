@@ -27,6 +27,7 @@ from .conftest import (
     free_port,
     init_data_dir,
     run,
+    script,
     start_server,
 )
 
@@ -45,20 +46,38 @@ def _one_line(stderr: str) -> str:
 
 
 def test_create_prints_the_secret_once_and_the_agent_command(server: ServerProcess) -> None:
+    # A PATH without this virtualenv, as in a shell where it is not active.
     result = admin(
-        server, "tokens", "create", "--label", "rollout", "--max-uses", "50", "--expires-in", "7d"
+        server,
+        *("tokens", "create", "--label", "rollout", "--max-uses", "50", "--expires-in", "7d"),
+        env={"PATH": "/usr/bin:/bin"},
     )
     assert result.returncode == 0, result.stderr
     secrets = re.findall(r"slm_[a-z2-7]{16}_[a-z2-7]{39}", result.stdout)
-    assert len(secrets) == 2  # once on its own line, once in the command
+    assert len(secrets) == 1  # once, on its own line: never in a command line
     secret = secrets[0]
     lines = result.stdout.splitlines()
     assert f"  {secret}" in lines
-    command = next(line.strip() for line in lines if "sielum-agent enroll" in line)
+    # The agent's command reads the secret at a prompt into the environment, and names
+    # sielum-agent as this machine can run it (this virtualenv is not on PATH here).
+    at = lines.index("enroll an agent with it, as root: paste the secret when asked")
+    read_line, command = (line.strip() for line in lines[at + 1 : at + 3])
+    assert read_line == (
+        "read -rsp 'enrollment token: ' SIELUM_ENROLLMENT_TOKEN"
+        " && export SIELUM_ENROLLMENT_TOKEN && echo"
+    )
     assert command == (
-        f"SIELUM_ENROLLMENT_TOKEN={secret} sielum-agent enroll --server https://127.0.0.1:8443"
+        f"{script('sielum-agent')} enroll --server https://127.0.0.1:8443"
         f" --ca-fingerprint {ca_fingerprint(server.data_dir)} --cert-dir /etc/sielum"
     )
+    # With the virtualenv on PATH (activated), the bare name works and is what it prints.
+    on_path = admin(
+        server,
+        *("tokens", "create", "--label", "rollout", "--max-uses", "1"),
+        env={"PATH": f"{Path(script('sielum-agent')).parent}:/usr/bin:/bin"},
+    )
+    assert on_path.returncode == 0, on_path.stderr
+    assert "\n  sielum-agent enroll --server " in on_path.stdout
     token_id = secret[4:20]
     assert lines[0].startswith(f"created token {token_id} (label 'rollout', uses 0/50, expires ")
 

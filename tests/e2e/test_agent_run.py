@@ -292,3 +292,33 @@ def test_run_refuses_a_bad_interval(tmp_path: Path, interval: str) -> None:
     result = agent("run", "--cert-dir", str(tmp_path), "--interval", interval)
     assert result.returncode == 2
     assert "--interval" in result.stderr
+
+
+def test_run_says_it_is_alive_at_start_and_with_verbose_at_every_heartbeat(
+    tmp_path: Path, serves: list[Serve], runs: list[AgentRun]
+) -> None:
+    serve = Serve(make_data_dir(tmp_path))
+    serves.append(serve)
+    serve.start()
+    cert_dir = tmp_path / "agent"
+    _, secret = create_token(serve)  # type: ignore[arg-type]
+    assert agent_enroll(serve, secret, cert_dir).returncode == 0  # type: ignore[arg-type]
+    device_id = json.loads((cert_dir / "agent.json").read_text())["device_id"]
+
+    # Two agents on one cert dir, side by side: one logs every heartbeat, one changes only.
+    verbose = start_run(runs, cert_dir, "--verbose")
+    quiet = start_run(runs, cert_dir)
+    verbose.wait_until(lambda: len(verbose.named("heartbeat")) >= 3, "three heartbeats")
+    quiet.wait_until(lambda: bool(quiet.named("connected")), "first heartbeat")
+    assert verbose.stop(signal.SIGTERM) == 0, verbose.log
+    assert quiet.stop(signal.SIGTERM) == 0, quiet.log
+
+    for run in (verbose, quiet):
+        (started,) = run.named("agent_started")
+        assert started["device"] == device_id
+        assert started["server"] == f"127.0.0.1:{serve.api_port}"
+        assert started["interval"] == "2s"
+    beat = verbose.named("heartbeat")[0]
+    assert beat["device"] == device_id
+    assert beat["server"] == f"127.0.0.1:{serve.api_port}"
+    assert [e["event"] for e in quiet.events()] == ["agent_started", "connected", "agent_stopped"]

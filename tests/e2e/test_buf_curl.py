@@ -52,30 +52,39 @@ def _tls(server: ServerProcess, *, admin: bool) -> list[str]:
     return args
 
 
-def test_reflection_lists_the_services_on_both_ports(server: ServerProcess, tmp_path: Path) -> None:
-    enroll = buf_curl(
-        tmp_path,
-        *_tls(server, admin=False),
-        "--list-services",
-        f"https://127.0.0.1:{server.enroll_port}",
-    )
+def test_reflection_lists_on_each_port_what_can_be_called_there(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    enroll_url = f"https://127.0.0.1:{server.enroll_port}"
+    api_url = f"https://127.0.0.1:{server.api_port}"
+    enroll = buf_curl(tmp_path, *_tls(server, admin=False), "--list-services", enroll_url)
     assert enroll.returncode == 0, enroll.stderr
     # The API port asks for a client certificate during the TLS handshake itself.
-    api = buf_curl(
-        tmp_path,
-        *_tls(server, admin=True),
-        "--list-services",
-        f"https://127.0.0.1:{server.api_port}",
-    )
+    api = buf_curl(tmp_path, *_tls(server, admin=True), "--list-services", api_url)
     assert api.returncode == 0, api.stderr
-    for listing in (enroll.stdout, api.stdout):
-        services = set(listing.split())
-        assert {
-            "sielum.enroll.v1.EnrollService",
-            "sielum.admin.v1.AdminService",
-            "sielum.agent.v1.AgentService",
-            "grpc.health.v1.Health",
-        } <= services, listing
+    reflection = {"grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"}
+    # The enroll port: no client certificate, so only what a caller without one may call.
+    assert set(enroll.stdout.split()) == {
+        "sielum.enroll.v1.EnrollService",
+        "grpc.health.v1.Health",
+        *reflection,
+    }, enroll.stdout
+    assert set(api.stdout.split()) == {
+        "sielum.enroll.v1.EnrollService",
+        "sielum.admin.v1.AdminService",
+        "sielum.agent.v1.AgentService",
+        "sielum.directory.v1.DirectoryService",
+        "grpc.health.v1.Health",
+        *reflection,
+    }, api.stdout
+    # Every listed service can be described, reflection v1 included.
+    for args, url in ((_tls(server, admin=False), enroll_url), (_tls(server, admin=True), api_url)):
+        methods = buf_curl(tmp_path, *args, "--list-methods", url)
+        assert methods.returncode == 0, methods.stderr
+        listed = set(methods.stdout.split())
+        assert "grpc.reflection.v1.ServerReflection/ServerReflectionInfo" in listed
+        assert "sielum.enroll.v1.EnrollService/Enroll" in listed
+        assert ("sielum.admin.v1.AdminService/ListDevices" in listed) is (url == api_url)
 
 
 def test_token_and_enrollment_with_buf_curl_and_openssl(
@@ -250,3 +259,14 @@ def test_the_readme_commands_work_as_written(server: ServerProcess, tmp_path: Pa
     certificate = tmp_path / "device.pem"
     verify = openssl_verify(server.data_dir / "ca.pem", certificate)
     assert verify.returncode == 0, verify.stdout + verify.stderr
+    # Run from the repository's root, as the README says, what the block leaves there
+    # is ignored by git.
+    left = sorted(p.name for p in tmp_path.iterdir() if p.name != "buf-cache")
+    assert left == ["device.csr", "device.key", "device.pem"], left
+    ignored = subprocess.run(
+        ["git", "-C", str(REPO), "check-ignore", *left],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert ignored.stdout.split() == left, ignored.stdout + ignored.stderr

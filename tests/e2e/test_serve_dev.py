@@ -109,3 +109,61 @@ def test_the_printed_commands_work_as_printed(tmp_path: Path) -> None:
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == 0
+
+
+_FAKE_BOOTSTRAP = """#!/usr/bin/env bash
+# Stands in for the real install: counts its runs, installs a fake .venv.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+echo run >> bootstrap-runs
+mkdir -p .venv/bin
+printf '#!/bin/sh\\ncat "%s/.venv/version"\\n' "$PWD" > .venv/bin/python
+printf '#!/bin/sh\\n[ "$1" = fingerprint ] && echo sha256:00 || true\\n' > .venv/bin/sielum-server
+chmod +x .venv/bin/python .venv/bin/sielum-server
+[ -f .venv/version ] || echo 0.1.0 > .venv/version
+"""
+
+
+def test_it_installs_only_when_something_changed(tmp_path: Path) -> None:
+    """The script itself, in a copy of the repository whose install step is a stand-in."""
+    repo = tmp_path / "repo"
+    (repo / "scripts").mkdir(parents=True)
+    (repo / "scripts" / "serve-dev.sh").write_text((REPO / "scripts" / "serve-dev.sh").read_text())
+    (repo / "scripts" / "bootstrap.sh").write_text(_FAKE_BOOTSTRAP)
+    (repo / "pyproject.toml").write_text('[project]\nname = "sielum"\n')
+    (repo / "sielum-data").mkdir()
+    (repo / "sielum-data" / "ca.pem").write_text("")  # no init: serve-dev.sh makes none
+
+    def serve_dev(**env: str) -> str:
+        environment = {k: v for k, v in os.environ.items() if not k.startswith("SIELUM_")}
+        result = subprocess.run(
+            ["bash", str(repo / "scripts" / "serve-dev.sh")],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            env={**environment, **env},
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        return result.stdout
+
+    def installs() -> int:
+        return len((repo / "bootstrap-runs").read_text().splitlines())
+
+    serve_dev()
+    assert installs() == 1  # the first run installs
+    again = serve_dev()
+    assert installs() == 1  # the second finds nothing changed
+    assert "==> sielum is installed in .venv and nothing changed since" in again
+    (repo / "pyproject.toml").write_text('[project]\nname = "sielum"\nversion = "2"\n')
+    serve_dev()
+    assert installs() == 2  # pyproject.toml changed
+    serve_dev()
+    assert installs() == 2
+    (repo / ".venv" / "version").write_text("0.2.0\n")
+    serve_dev()
+    assert installs() == 3  # another version is installed (a pip install by hand)
+    serve_dev(SIELUM_INSTALL="1")
+    assert installs() == 4  # asked for
+    serve_dev(SIELUM_SKIP_INSTALL="1")
+    assert installs() == 4

@@ -216,9 +216,54 @@ def test_renews_once_in_the_jittered_window_then_heartbeats(
     # Between those, a heartbeat every interval ±10 %, or the last stretch up to the plan.
     assert all(s <= 330 for s in time.sleeps)
     assert sum(1 for s in time.sleeps if 270 <= s) > 0.95 * len(time.sleeps)
-    # Thousands of heartbeats, and only the state changes and the renewal were logged.
+    # Thousands of heartbeats, and only the state changes, the renewal and one line a
+    # day were logged.
     assert server.heartbeats > 17_000
-    assert events(caplog) == ["agent_started", "connected", "renewed", "agent_stopped"]
+    logged = events(caplog)
+    assert [e for e in logged if e != "alive"] == [
+        "agent_started",
+        "connected",
+        "renewed",
+        "agent_stopped",
+    ]
+    days = (time.at - START) / timedelta(days=1)
+    assert days - 2 <= logged.count("alive") <= days  # a day and a heartbeat apart
+    alive = fields(caplog, "alive")
+    assert sum(int(str(a["heartbeats"])) for a in alive) <= server.heartbeats
+    assert alive[0]["since"] == START.strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert 260 <= int(str(alive[0]["heartbeats"])) <= 300  # a day of 5-minute heartbeats
+
+
+def test_the_start_line_names_device_server_and_interval(
+    time: FakeTime, server: FakeServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    time.stop_when = lambda: server.heartbeats >= 3
+    assert make_daemon(time, server).run() == EXIT_OK
+    (started,) = fields(caplog, "agent_started")
+    assert started["device"] == DEVICE
+    assert started["server"] == "localhost:8444"
+    assert started["interval"] == "300s"
+    (connected,) = fields(caplog, "connected")
+    assert connected["interval"] == "300s"
+    assert "heartbeat" not in events(caplog)
+
+
+def test_verbose_logs_every_heartbeat(
+    time: FakeTime, server: FakeServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    time.stop_when = lambda: server.heartbeats >= 3
+    daemon = Daemon(
+        DaemonOptions(CertDir(Path("/nonexistent")), interval=INTERVAL, timeout=5, verbose=True),
+        waiter=time,
+        clock=time,
+        rng=random.Random(1),
+        calls=server,
+        logger=logging.getLogger("test.agent"),
+    )
+    assert daemon.run() == EXIT_OK
+    beats = fields(caplog, "heartbeat")
+    assert len(beats) == server.heartbeats == 3
+    assert beats[0]["device"] == DEVICE
 
 
 def test_unreachable_backs_off_capped_at_the_interval_and_logs_once(

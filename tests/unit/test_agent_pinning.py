@@ -18,7 +18,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from sielum.ca import profile
 from sielum.endpoint.address import ServerAddress, parse_server, resolve_api_endpoint
-from sielum.endpoint.errors import PinMismatchError, ServerUnreachableError, UsageError
+from sielum.endpoint.errors import (
+    NameMismatchError,
+    PinMismatchError,
+    ServerUnreachableError,
+    UsageError,
+)
 from sielum.endpoint.pinning import check_chain, fetch_chain, find_pinned, names_host, probe
 
 NOW = datetime.now(UTC)
@@ -115,11 +120,14 @@ def test_fail_a_device_certificate_posing_as_the_server(pki: Pki) -> None:
 
 
 def test_fail_host_not_named(pki: Pki) -> None:
-    with pytest.raises(PinMismatchError) as caught:
+    # Its own error (exit 10), not a pin mismatch: the CA is the right one.
+    with pytest.raises(NameMismatchError) as caught:
         check_chain([pki.leaf, pki.ca], pki.pin, "other.example.test")
     assert caught.value.message.startswith(
         "the server's certificate does not name other.example.test"
     )
+    assert "renew-server-cert --data-dir DIR --san other.example.test" in caught.value.message
+    assert caught.value.exit_code == 10
 
 
 def test_fail_expired_leaf() -> None:

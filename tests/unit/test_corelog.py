@@ -6,6 +6,7 @@ import logging
 
 import pytest
 
+from sielum.server import corelog
 from sielum.server.corelog import relog
 
 
@@ -20,14 +21,12 @@ def _records(caplog: pytest.LogCaptureFixture, line: str) -> list[logging.LogRec
     ("line", "level", "severity", "source", "text"),
     [
         (
-            "I1201 20:06:42.848557   23918 ssl_transport_security.cc:2563] Handshake failed "
-            "with error SSL_ERROR_SSL: "
-            "error:10000070:SSL routines:OPENSSL_internal:BAD_PACKET_LENGTH\n",
+            "I1201 20:06:42.848557   23918 chttp2_transport.cc:2563] Something "
+            "the core says at info\n",
             logging.WARNING,
             "info",
-            "ssl_transport_security.cc:2563",
-            "Handshake failed with error SSL_ERROR_SSL: "
-            "error:10000070:SSL routines:OPENSSL_internal:BAD_PACKET_LENGTH",
+            "chttp2_transport.cc:2563",
+            "Something the core says at info",
         ),
         (
             "E0102 03:04:05.000000000 140001 chttp2_server.cc:1234] bind failed",
@@ -60,3 +59,62 @@ def test_other_lines_are_kept_whole_and_blank_ones_dropped(
     assert (record.levelno, record.getMessage()) == (logging.WARNING, notice)
     assert record.sielum_fields == {"source": "stderr"}  # type: ignore[attr-defined]
     assert _records(caplog, "  \n") == []
+
+
+_NO_CERT = (
+    "I1207 21:02:15.000000   11712 ssl_transport_security.cc:2563] Handshake failed with "
+    "error SSL_ERROR_SSL: error:100000c0:SSL routines:OPENSSL_internal:"
+    "PEER_DID_NOT_RETURN_A_CERTIFICATE: Invalid certificate verification context"
+)
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    now = [1000.0]
+    monkeypatch.setattr(corelog, "_throttle", corelog._Throttle(clock=lambda: now[0]))
+    return now
+
+
+def test_handshake_failures_in_plain_words_once_a_minute(
+    caplog: pytest.LogCaptureFixture, clock: list[float]
+) -> None:
+    [record] = _records(caplog, _NO_CERT)
+    assert (record.levelno, record.getMessage()) == (logging.INFO, "tls_handshake_failed")
+    fields = record.sielum_fields  # type: ignore[attr-defined]
+    assert fields["reason"].startswith("a client sent no client certificate")
+    assert fields["tls_error"] == "PEER_DID_NOT_RETURN_A_CERTIFICATE"
+    assert fields["held_back"] == 0
+    # Within the minute: held back, and counted into the next line.
+    assert _records(caplog, _NO_CERT) == []
+    assert _records(caplog, _NO_CERT) == []
+    # Another reason has its own minute.
+    other = _NO_CERT.replace("PEER_DID_NOT_RETURN_A_CERTIFICATE", "WRONG_VERSION_NUMBER")
+    [record] = _records(caplog, other)
+    assert record.sielum_fields["reason"].startswith("a client spoke plain HTTP")  # type: ignore[attr-defined]
+    clock[0] += corelog.WINDOW_SECONDS
+    [record] = _records(caplog, _NO_CERT)
+    assert record.sielum_fields["held_back"] == 2  # type: ignore[attr-defined]
+
+
+def test_an_unknown_reason_keeps_its_code(
+    caplog: pytest.LogCaptureFixture, clock: list[float]
+) -> None:
+    line = _NO_CERT.replace("PEER_DID_NOT_RETURN_A_CERTIFICATE", "SOMETHING_NEW")
+    [record] = _records(caplog, line)
+    assert record.sielum_fields["reason"] == "TLS handshake failed: something new"  # type: ignore[attr-defined]
+
+
+def test_an_unknown_server_name_is_a_warning_with_the_fix(
+    caplog: pytest.LogCaptureFixture, clock: list[float]
+) -> None:
+    line = (
+        "E1207 21:02:27.0 11712 ssl_transport_security.cc:3238] No match found for server name: vm"
+    )
+    [record] = _records(caplog, line)
+    assert (record.levelno, record.getMessage()) == (logging.WARNING, "unknown_server_name")
+    fields = record.sielum_fields  # type: ignore[attr-defined]
+    assert fields["name"] == "vm"
+    assert "sielum-server renew-server-cert --san vm" in fields["reason"]
+    assert _records(caplog, line) == []
+    [record] = _records(caplog, line.replace(": vm", ": other"))
+    assert record.sielum_fields["name"] == "other"  # type: ignore[attr-defined]

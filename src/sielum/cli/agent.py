@@ -10,6 +10,12 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+# gRPC's C core writes its own lines to stderr ("I1207 21:02:42 ... ssl_transport_security.cc]
+# Handshake failed ..."): this command prints its own one-line diagnosis instead. The core
+# reads the variable when grpc is first imported, hence here, before any import of it;
+# GRPC_VERBOSITY=info in the environment brings the lines back for debugging.
+os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+
 from sielum.ca.profile import parse_fingerprint
 from sielum.cli import conventions
 from sielum.cli.conventions import CommandError, print_json
@@ -56,11 +62,14 @@ exit codes:
   {errors.EXIT_TOKEN_REFUSED}  token refused: invalid, expired, exhausted or revoked, refused by
      its policy ("token policy: ..."), or "enrollment denied" by an admin
   {errors.EXIT_UNREACHABLE}  server unreachable (refused, timed out, name not found, TLS failed),
-     or the other Sielum port: enroll on the enroll port, status/renew on the API port
+     or another Sielum port: enroll on the enroll port, status/renew on the API port
+     (the dashboard port is for a browser)
   {errors.EXIT_CERT_DIR}  cert dir cannot be created, written or read
   {errors.EXIT_ALREADY_ENROLLED}  already enrolled: the cert dir holds an enrollment (see --force)
   {errors.EXIT_NOT_ENROLLED}  not enrolled: no enrollment in the cert dir (status, renew, unenroll)
   {errors.EXIT_DEVICE_REFUSED}  device refused: revoked, unknown, or its certificate expired
+  {errors.EXIT_NAME_MISMATCH}  name mismatch: the server's certificate (from the pinned CA) does not
+     name the host in --server; fix with sielum-server renew-server-cert --san HOST
 
 Every failure prints one line on stderr. The token is never printed. With
 --json (before or after the command), enroll, status and renew print one JSON
@@ -305,7 +314,9 @@ moment soon after the server's renew_after, exponential backoff (up to the
 interval) while the server is away; the stored key and certificate are only ever
 replaced by a complete new pair. The cert dir is read again before every call, so
 a renewal or re-enrollment done by hand is used without a restart. One log line
-per renewal and per change of state.
+at the start (device, server, interval), per renewal and per change of state, and
+once a day "alive" with the heartbeats answered since; --verbose adds one per
+heartbeat.
 """
 
 
@@ -323,7 +334,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         )
     configure_logging(args.log_format)
     options = DaemonOptions(
-        cert_dir=CertDir(Path(args.cert_dir)), interval=args.interval, timeout=args.timeout
+        cert_dir=CertDir(Path(args.cert_dir)),
+        interval=args.interval,
+        timeout=args.timeout,
+        verbose=args.verbose,
     )
     return serve(options)
 
@@ -455,6 +469,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("text", "json"),
         default="text",
         help="one line per event on stderr, as text or JSON (default %(default)s)",
+    )
+    run_cmd.add_argument(
+        "--verbose",
+        action="store_true",
+        help="log every heartbeat too (by default: the start, each renewal, each change of "
+        "state, and once a day how many heartbeats were answered)",
     )
     common(run_cmd, json=False)
     run_cmd.set_defaults(run=_cmd_run)

@@ -39,6 +39,8 @@ from sielum.endpoint.schedule import (
 )
 from sielum.logs import log_event
 
+# How often a running agent says it is alive, with the heartbeats since the last time.
+ALIVE_EVERY = timedelta(days=1)
 # A renewal this close to its moment is due now: waking up a hair early (the local
 # clock against the server's) must not cost a whole extra sleep.
 _DUE_SLACK = timedelta(seconds=1)
@@ -189,6 +191,7 @@ class DaemonOptions:
     # until the first answer, or from a server that advises none); set: this one, always.
     interval: timedelta | None = None
     timeout: float = DEFAULT_TIMEOUT
+    verbose: bool = False  # a line for every heartbeat, not only for changes
 
 
 class Daemon:
@@ -221,6 +224,8 @@ class Daemon:
         self._renewed_elsewhere = False  # seen, not yet reported with its plan
         self._plan: Plan | None = None
         self._interval = options.interval or DEFAULT_INTERVAL
+        self._beats = 0  # heartbeats answered since _alive_since
+        self._alive_since = self._clock.now()
 
     @property
     def state(self) -> State:
@@ -229,15 +234,21 @@ class Daemon:
     def run(self) -> int:
         """Until a stop request (exit 0) or the server refuses the device (exit 9)."""
         options = self._options
-        self._event(
-            "agent_started",
-            cert_dir=str(options.cert_dir.root),
-            interval=(
-                f"{options.interval.total_seconds():g}s"
-                if options.interval is not None
-                else "as the server advises"
-            ),
+        fields: dict[str, Any] = {"cert_dir": str(options.cert_dir.root)}
+        try:
+            stored = self._calls.load(options.cert_dir)
+        except AgentError:
+            pass  # said by the first attempt, which meets the same failure
+        else:
+            fields["device"] = stored.state.device_id
+            fields["server"] = stored.state.api_endpoint
+        fields["interval"] = (
+            f"{options.interval.total_seconds():g}s"
+            if options.interval is not None
+            else "as the server advises"
         )
+        self._alive_since = self._clock.now()
+        self._event("agent_started", **fields)
         while not self._waiter.stopped:
             try:
                 delay = self._attempt()
@@ -285,6 +296,7 @@ class Daemon:
 
         status = self._calls.status(options.cert_dir, options.timeout)
         self._follow(status)
+        self._beat(status)
         plan, new_plan = self._plan_for(status)
         due = plan.renew_at - status.server_time <= _DUE_SLACK
         if self._renewed_elsewhere:
@@ -321,6 +333,7 @@ class Daemon:
             self._event("renewed", **fields)
             raise
         self._follow(status)
+        self._beat(status)
         plan, _ = self._plan_for(status)
         self._succeeded(status, plan)
         self._event("renewed", **fields, next_renewal=_when(plan.renew_at))
@@ -359,6 +372,28 @@ class Daemon:
         self._plan = Plan(status.renew_after, status.not_after, renew_at)
         return self._plan, True
 
+    def _beat(self, status: Status) -> None:
+        """A heartbeat answered: a line with --verbose, and once a day in any case."""
+        self._beats += 1
+        if self._options.verbose:
+            self._event(
+                "heartbeat",
+                device=status.device_id,
+                server=status.api_endpoint,
+                not_after=_when(status.not_after),
+            )
+        now = self._clock.now()
+        if now - self._alive_since >= ALIVE_EVERY:
+            self._event(
+                "alive",
+                heartbeats=self._beats,
+                since=_when(self._alive_since),
+                device=status.device_id,
+                server=status.api_endpoint,
+            )
+            self._beats = 0
+            self._alive_since = now
+
     # --- state changes, one line each --------------------------------------------
 
     def _succeeded(self, status: Status, plan: Plan) -> None:
@@ -367,6 +402,7 @@ class Daemon:
         fields: dict[str, Any] = {
             "device": status.device_id,
             "server": status.api_endpoint,
+            "interval": f"{self._interval.total_seconds():g}s",
             "not_after": _when(status.not_after),
             "next_renewal": _when(plan.renew_at),
         }

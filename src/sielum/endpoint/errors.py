@@ -15,6 +15,7 @@ EXIT_CERT_DIR = 6
 EXIT_ALREADY_ENROLLED = 7
 EXIT_NOT_ENROLLED = 8
 EXIT_DEVICE_REFUSED = 9
+EXIT_NAME_MISMATCH = 10
 
 
 class AgentError(Exception):
@@ -41,6 +42,18 @@ class PinMismatchError(AgentError):
 
     exit_code = EXIT_PIN_MISMATCH
     code = "pin_mismatch"
+
+
+class NameMismatchError(AgentError):
+    """The server's certificate, from the right CA, does not name the host dialled.
+
+    Not a pin mismatch (exit 3): the server is the pinned one, but the name the
+    client used is missing from its certificate; the fix is on the server
+    (sielum-server renew-server-cert --san) or in --server.
+    """
+
+    exit_code = EXIT_NAME_MISMATCH
+    code = "name_mismatch"
 
 
 class TokenRefusedError(AgentError):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -16,7 +15,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from sielum.endpoint import reach
 from sielum.endpoint.address import ServerAddress
-from sielum.endpoint.errors import PinMismatchError
+from sielum.endpoint.errors import NameMismatchError, PinMismatchError
+from sielum.endpoint.reach import names_host
 
 # How far our clock may run behind or ahead of the server's before a freshly issued
 # certificate looks not-yet-valid or expired; the CA backdates by five minutes too.
@@ -85,10 +85,7 @@ def check_chain(
         )
     _check_server_use(leaf)
     if not names_host(leaf, host):
-        raise PinMismatchError(
-            f"the server's certificate does not name {host}: connect with a name it was "
-            "issued for (sielum-server init --san); the token was not sent"
-        )
+        raise NameMismatchError(f"{reach.name_mismatch_message(host)}; the token was not sent")
     return PinnedServer(ca=ca, leaf=leaf)
 
 
@@ -115,30 +112,6 @@ def _check_server_use(leaf: x509.Certificate) -> None:
         )
     if _is_ca(leaf):
         raise PinMismatchError("the server presented a CA certificate as its own")
-
-
-def names_host(certificate: x509.Certificate, host: str) -> bool:
-    """True if a DNS or IP SAN covers host (one left-most wildcard label allowed)."""
-    try:
-        san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return False
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        address = None
-    if address is not None:
-        return address in san.get_values_for_type(x509.IPAddress)
-    wanted = host.rstrip(".").lower()
-    for name in san.get_values_for_type(x509.DNSName):
-        pattern = name.rstrip(".").lower()
-        if pattern == wanted:
-            return True
-        if pattern.startswith("*.") and "." in wanted:
-            first, rest = wanted.split(".", 1)
-            if first and rest == pattern[2:]:
-                return True
-    return False
 
 
 def fetch_chain(server: ServerAddress, timeout: float) -> list[x509.Certificate]:

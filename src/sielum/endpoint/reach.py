@@ -4,13 +4,15 @@ A gRPC failure says "failed to connect to all addresses; last error: UNAVAILABLE
 ipv4:...: Socket closed", whatever went wrong. When a call fails, the clients
 look again with a plain TCP connection and a TLS handshake, and say what they
 found: "cannot reach HOST:PORT: connection refused", a failed handshake, or the
-wrong one of Sielum's two ports. The ports tell themselves apart in the handshake:
-the API port asks for a client certificate (mTLS), the enroll port does not.
+wrong one of Sielum's ports. The ports tell themselves apart in the handshake:
+the API port asks for a client certificate (mTLS), the enroll port does not, and
+the dashboard port speaks HTTP/1.1 for browsers, not the HTTP/2 gRPC needs (ALPN).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import socket
 import ssl
 from collections.abc import Iterator
@@ -21,7 +23,12 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
 from sielum.endpoint.address import ServerAddress
-from sielum.endpoint.errors import AgentError, ServerUnreachableError, WrongPortError
+from sielum.endpoint.errors import (
+    AgentError,
+    NameMismatchError,
+    ServerUnreachableError,
+    WrongPortError,
+)
 
 DEFAULT_ENROLL_PORT = 8443
 DEFAULT_API_PORT = 8444
@@ -30,7 +37,8 @@ PROBE_TIMEOUT = 5.0
 DER_ENCODING = 2  # _ssl.ENCODING_DER, not exported publicly before Python 3.13
 _CERTIFICATE_REQUEST = 13  # the TLS handshake message type
 
-Port = Literal["enroll", "api"]
+Port = Literal["enroll", "api", "dashboard"]
+_GRPC_ALPN = "h2"
 
 
 def cannot_reach(target: str, reason: str) -> str:
@@ -38,11 +46,27 @@ def cannot_reach(target: str, reason: str) -> str:
     return f"cannot reach {target}: {reason}"
 
 
-def wrong_port_message(target: str, found: Port, caller: str = "admin") -> str:
-    """What to say when the address is the other one of Sielum's two ports.
+def wrong_port_message(target: str, found: Port, caller: str = "admin", want: Port = "api") -> str:
+    """What to say when the address is another of Sielum's ports than the one wanted.
 
-    caller names who makes the calls the API port takes: "admin" or "device".
+    caller names who makes the calls the API port takes: "admin" or "device";
+    want is the port the call needed.
     """
+    if found == "dashboard":
+        if want == "enroll":
+            instead = (
+                f"enroll on the enroll port, {DEFAULT_ENROLL_PORT} unless the server was "
+                "started with another --enroll-addr"
+            )
+        else:
+            instead = (
+                f"{caller} calls go to the API port, {DEFAULT_API_PORT} unless the server "
+                "was started with another --api-addr"
+            )
+        return (
+            f"{target} is Sielum's dashboard port (web pages for a browser, not gRPC): "
+            f"open https://{target}/ in a browser, or {instead}"
+        )
     if found == "api":
         return (
             f"{target} is Sielum's API port (it asks for a client certificate); "
@@ -54,6 +78,30 @@ def wrong_port_message(target: str, found: Port, caller: str = "admin") -> str:
         f"{caller} calls go to the API port, {DEFAULT_API_PORT} unless the server was "
         "started with another --api-addr"
     )
+
+
+def names_host(certificate: x509.Certificate, host: str) -> bool:
+    """True if a DNS or IP SAN covers host (one left-most wildcard label allowed)."""
+    try:
+        san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return False
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        address = None
+    if address is not None:
+        return address in san.get_values_for_type(x509.IPAddress)
+    wanted = host.rstrip(".").lower()
+    for name in san.get_values_for_type(x509.DNSName):
+        pattern = name.rstrip(".").lower()
+        if pattern == wanted:
+            return True
+        if pattern.startswith("*.") and "." in wanted:
+            first, rest = wanted.split(".", 1)
+            if first and rest == pattern[2:]:
+                return True
+    return False
 
 
 def reason_of(error: BaseException) -> str:
@@ -125,6 +173,18 @@ class PortProbe:
     """What one TLS handshake told about a port."""
 
     port: Port | None  # None: not a port of the Sielum behind `ca`, or no way to tell
+    # The server's certificate, when the expected CA issued it.
+    leaf: x509.Certificate | None = None
+    # The server chose HTTP/2 (ALPN "h2"), which gRPC needs; False for a web server.
+    http2: bool = True
+
+
+def not_grpc_message(target: str) -> str:
+    """An HTTPS server that is not a gRPC one, and not known as Sielum's dashboard."""
+    return (
+        f"{target} answers HTTPS but not gRPC (it declined HTTP/2): it is a web server, "
+        "perhaps Sielum's dashboard (open it in a browser); use the enroll or API port"
+    )
 
 
 def probe_port(
@@ -155,14 +215,19 @@ def probe_port(
             seen.append(_CERTIFICATE_REQUEST)
 
     context._msg_callback = on_message
+    # Offer HTTP/1.1 too, so that a web server (the dashboard) says what it is.
+    context.set_alpn_protocols([_GRPC_ALPN, "http/1.1"])
     with tls_connection(server, timeout, context) as tls:
         chain = unverified_chain(tls)
+        http2 = tls.selected_alpn_protocol() == _GRPC_ALPN
     try:
         leaf = x509.load_der_x509_certificate(chain[0])
         leaf.verify_directly_issued_by(ca)
     except (IndexError, ValueError, TypeError, InvalidSignature):
-        return PortProbe(None)
-    return PortProbe("api" if seen else "enroll")
+        return PortProbe(None, http2=http2)
+    if not http2:
+        return PortProbe("dashboard", leaf, http2=False)
+    return PortProbe("api" if seen else "enroll", leaf)
 
 
 def explain_failure(
@@ -173,18 +238,33 @@ def explain_failure(
     timeout: float = PROBE_TIMEOUT,
     caller: str = "admin",
 ) -> AgentError | None:
-    """After a failed call: the server unreachable (and why), or the other port; else None.
+    """After a failed call: the server unreachable (and why), or the wrong port; else None.
 
     details is gRPC's text, used only when looking again finds nothing wrong with
     the connection (the server went away and came back, say).
     """
+    if ca is None:
+        return None
     try:
-        found = probe_port(server, ca, timeout).port if ca is not None else None
+        probe = probe_port(server, ca, timeout)
     except ServerUnreachableError as error:
         return error
-    if found is not None and found != want:
-        return WrongPortError(wrong_port_message(server.target, found, caller))
+    if probe.port is not None and probe.port != want:
+        return WrongPortError(wrong_port_message(server.target, probe.port, caller, want))
+    if not probe.http2:
+        return WrongPortError(not_grpc_message(server.target))
+    if probe.leaf is not None and not names_host(probe.leaf, server.host):
+        return NameMismatchError(name_mismatch_message(server.host))
     return None
+
+
+def name_mismatch_message(host: str) -> str:
+    """The server's certificate does not name the host the client dialled: the fix."""
+    return (
+        f"the server's certificate does not name {host}: add the name with "
+        f"`sielum-server renew-server-cert --data-dir DIR --san {host}` on the server "
+        "(a running server takes it within 10 seconds), or connect with a name it has"
+    )
 
 
 def unreachable(server: ServerAddress, details: str) -> ServerUnreachableError:

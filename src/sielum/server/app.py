@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2
 
 from sielum.admin.service import MAX_REPLY_BYTES, Administration
 from sielum.admin.servicer import AdminServicer
@@ -53,6 +53,7 @@ from sielum.logs import log_event
 from sielum.recorder import NoRecorder, Recorder
 from sielum.revocation.publisher import CrlPublisher
 from sielum.revocation.web import RevocationEndpoint
+from sielum.rpc import reflection as port_reflection
 from sielum.rpc.handlers import grpc_handler
 from sielum.rpc.interceptor import ServerInterceptor, StreamLimit
 from sielum.server.certificates import CertificateWatch, grpc_credentials
@@ -81,7 +82,6 @@ AGENT_SERVICE = agent_pb2.DESCRIPTOR.services_by_name["AgentService"]
 DIRECTORY_SERVICE = directory_pb2.DESCRIPTOR.services_by_name["DirectoryService"]
 SERVICES = (ENROLL_SERVICE, ADMIN_SERVICE, AGENT_SERVICE, DIRECTORY_SERVICE)
 SERVICE_NAMES = tuple(service.full_name for service in SERVICES)
-_REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
 T = TypeVar("T")
 
 
@@ -169,24 +169,6 @@ def advertised_api_endpoint(api_addr: str, advertise: str, bound_port: int) -> s
     if ":" in host:
         return f"[{host}]:{bound_port}"
     return f"{host}:{bound_port}"
-
-
-def _reflection_v1_handler(servicer: Any) -> grpc.GenericRpcHandler:
-    """Serves grpc.reflection.v1 with the v1alpha servicer: the two are wire-identical.
-
-    grpcio-reflection only registers v1alpha; clients try v1 first and fall back
-    on UNIMPLEMENTED, and serving both spares them the round trip.
-    """
-    return grpc.method_handlers_generic_handler(
-        _REFLECTION_V1,
-        {
-            "ServerReflectionInfo": grpc.stream_stream_rpc_method_handler(
-                servicer.ServerReflectionInfo,
-                request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
-                response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
-            )
-        },
-    )
 
 
 class SielumServer:
@@ -387,14 +369,13 @@ class SielumServer:
         )
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
-        # grpc.reflection.v1 is served (below) but not listed: its descriptor is not in
-        # the pool, and listing it would break `buf curl --list-methods`.
-        reflected = (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME)
-        reflection_servicer = reflection.aio.ReflectionServicer(reflected)
-        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
-            reflection_servicer, self.grpc_server
+        # Each port lists what can be called there: without a client certificate (the
+        # enroll port) the enroll service; with one (the API port) every service.
+        port_reflection.add_to_server(
+            self.grpc_server,
+            (ENROLL_SERVICE.full_name, health.SERVICE_NAME),
+            (*SERVICE_NAMES, health.SERVICE_NAME),
         )
-        self.grpc_server.add_generic_rpc_handlers((_reflection_v1_handler(reflection_servicer),))
         if self.metrics is not None:
             state = StateCollector(
                 self.store.state_counts,
@@ -598,7 +579,7 @@ def method_types() -> dict[str, str]:
             else:
                 kind = "server_stream" if method.server_streaming else "unary"
             types[f"/{service.full_name}/{method.name}"] = kind
-    types[f"/{_REFLECTION_V1}/ServerReflectionInfo"] = "bidi_stream"
+    types[f"/{port_reflection.V1}/ServerReflectionInfo"] = "bidi_stream"
     return types
 
 

@@ -20,7 +20,7 @@ from sielum.ca.profile import fingerprint
 from sielum.cli.conventions import CommandError
 from sielum.endpoint import reach
 from sielum.endpoint.address import ServerAddress
-from sielum.endpoint.errors import WrongPortError
+from sielum.endpoint.errors import NameMismatchError, WrongPortError
 
 PROG = "sielum-admin"
 CERT_DIR_ENV = "SIELUM_ADMIN_CERT_DIR"
@@ -36,6 +36,7 @@ EXIT_CREDENTIALS = 3
 EXIT_NOT_FOUND = 4
 EXIT_UNREACHABLE = 5
 EXIT_DENIED = 6
+EXIT_NAME_MISMATCH = 7
 # The word for each exit code in the --json error object (sielum/cli/conventions.py).
 _CODES = {
     EXIT_FAILED: "failed",
@@ -44,6 +45,7 @@ _CODES = {
     EXIT_NOT_FOUND: "not_found",
     EXIT_UNREACHABLE: "unreachable",
     EXIT_DENIED: "denied",
+    EXIT_NAME_MISMATCH: "name_mismatch",
 }
 
 _EPILOG = f"""\
@@ -53,9 +55,12 @@ exit codes:
   {EXIT_USAGE}  bad arguments (here or as judged by the server: INVALID_ARGUMENT)
   {EXIT_CREDENTIALS}  the admin certificate bundle is missing or unreadable
   {EXIT_NOT_FOUND}  no token, device, admin or service has that id or name
-  {EXIT_UNREACHABLE}  the server is unreachable, or --server is Sielum's enroll port (not the API)
+  {EXIT_UNREACHABLE}  the server is unreachable, or --server is another of Sielum's ports
+     (the enroll or dashboard port, not the API port)
   {EXIT_DENIED}  the server refused this certificate (not an admin, a revoked admin, or not
      from its CA)
+  {EXIT_NAME_MISMATCH}  the server's certificate does not name the host in --server (the fix:
+     sielum-server renew-server-cert --san HOST)
 
 Every failure prints one line on stderr. --json (before or after the command)
 prints the API's JSON (the field names buf curl and grpcurl show) for scripts,
@@ -285,6 +290,8 @@ def _rpc_error(error: grpc.RpcError, server: ServerAddress, ca_pem: bytes) -> Ad
         found = reach.explain_failure(server, ca, "api", details)
         if isinstance(found, WrongPortError):
             return AdminError(found.message, EXIT_UNREACHABLE, found.code)
+        if isinstance(found, NameMismatchError):
+            return AdminError(found.message, EXIT_NAME_MISMATCH)
         if code is grpc.StatusCode.UNAVAILABLE:
             message = (found or reach.unreachable(server, details)).message
             return AdminError(message, EXIT_UNREACHABLE)

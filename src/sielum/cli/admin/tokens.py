@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import shutil
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from sielum.admin.v1 import admin_pb2
 from sielum.cli import conventions
@@ -112,11 +114,32 @@ def _required_fact(text: str) -> tuple[str, str]:
 # --- commands -------------------------------------------------------------------
 
 
-def enroll_command(enroll_server: str, ca_fingerprint: str, secret: str) -> str:
-    """The exact agent command line; the token travels in the environment, not in argv."""
+# Asks for the secret without echoing it and hands it to the agent in the environment:
+# never on a command line, where shell history and process lists would keep it. The
+# same line as scripts/serve-dev.sh's banner and the dashboard's agent command.
+PROMPT_LINE = (
+    "read -rsp 'enrollment token: ' SIELUM_ENROLLMENT_TOKEN"
+    " && export SIELUM_ENROLLMENT_TOKEN && echo"
+)
+
+
+def agent_program() -> str:
+    """sielum-agent as this machine runs it: bare when on PATH, else the full path.
+
+    sielum-admin in a virtualenv that is not active has sielum-agent beside it, not on
+    PATH; a bare name there would fail with "command not found".
+    """
+    here = Path(sys.argv[0]).resolve().parent / "sielum-agent"
+    found = shutil.which("sielum-agent")
+    if not here.is_file() or (found is not None and Path(found).resolve() == here.resolve()):
+        return "sielum-agent"
+    return shlex.quote(str(here))
+
+
+def enroll_command(enroll_server: str, ca_fingerprint: str, program: str = "sielum-agent") -> str:
+    """The agent's command line; it reads the token from SIELUM_ENROLLMENT_TOKEN."""
     return (
-        f"SIELUM_ENROLLMENT_TOKEN={shlex.quote(secret)} sielum-agent enroll"
-        f" --server {shlex.quote(enroll_server)}"
+        f"{program} enroll --server {shlex.quote(enroll_server)}"
         f" --ca-fingerprint {ca_fingerprint} --cert-dir {AGENT_CERT_DIR}"
     )
 
@@ -159,7 +182,7 @@ def _cmd_tokens_create(args: argparse.Namespace, api: Api, bundle: AdminBundle) 
     reply: admin_pb2.CreateEnrollmentTokenResponse = api.call(
         api.stub.CreateEnrollmentToken, request
     )
-    command = enroll_command(enroll_server, ca_fingerprint, reply.secret)
+    command = enroll_command(enroll_server, ca_fingerprint, agent_program())
     if args.max_uses is None and expires_at is None:
         # Allowed, as the API allows it, but rarely meant: such a token is a standing
         # credential that enrolls any number of machines until someone revokes it.
@@ -185,7 +208,8 @@ def _cmd_tokens_create(args: argparse.Namespace, api: Api, bundle: AdminBundle) 
     for name, value in policy_fields(token):
         print(f"  {name}: {value}")
     print()
-    print("enroll an agent with it:")
+    print("enroll an agent with it, as root: paste the secret when asked")
+    print(f"  {PROMPT_LINE}")
     print(f"  {command}")
     if token.requires_approval:
         print()

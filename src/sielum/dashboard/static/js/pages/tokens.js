@@ -40,13 +40,12 @@ export function policySummary(token) {
   return parts.join(" · ");
 }
 
-function shellQuote(text) {
-  return `'${String(text).replaceAll("'", `'"'"'`)}'`;
-}
-
-export function agentCommand(secret) {
-  return `SIELUM_ENROLLMENT_TOKEN=${shellQuote(secret)} sielum-agent enroll`
-    + ` --server ${config("enroll-url")}`
+// The secret is pasted at a prompt that does not echo it and handed over in the
+// environment: never on a command line, where shell history would keep it.
+export function agentCommand() {
+  return "read -rsp 'enrollment token: ' SIELUM_ENROLLMENT_TOKEN"
+    + " && export SIELUM_ENROLLMENT_TOKEN && echo\n"
+    + `sielum-agent enroll --server ${config("enroll-url")}`
     + ` --ca-fingerprint ${config("ca-fingerprint")} --cert-dir ${AGENT_CERT_DIR}`;
 }
 
@@ -380,7 +379,7 @@ function openNewToken(onDone) {
 // The secret, once: it lives only in this dialog, which leaves the page when closed.
 function showSecret(dialog, answer) {
   const { token, secret } = answer;
-  const command = agentCommand(secret);
+  const command = agentCommand();
   const status = h("p", { class: "copy-status" });
   const copyButton = (text, value, what) => h("button", {
     type: "button",
