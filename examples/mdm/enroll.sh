@@ -167,6 +167,7 @@ case $code in
     4) reason="token refused (invalid, expired, exhausted or revoked); a new token is needed" ;;
     5) reason="server unreachable; retry later" ;;
     6) reason="the cert dir $SIELUM_CERT_DIR cannot be written" ;;
+    10) reason="the server's certificate does not name this server address; the token was not sent (sielum-server renew-server-cert --san)" ;;
     *) reason="sielum-agent enroll exited $code" ;;
 esac
 say "FAILED ($code): $reason"
