@@ -23,7 +23,7 @@ import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from grpc.experimental import session_cache
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from procstat import tree, tree_cpu_seconds
+from procstat import rss_kib, tree, tree_cpu_seconds
 from sielum_proc import SielumProcess, start_sielum
 
 from sielum.agent.v1 import agent_pb2, agent_pb2_grpc
@@ -114,13 +114,18 @@ def new_csr(device: Device) -> str:
 
 
 class Fleet:
-    def __init__(self, servers: list[SielumProcess], devices: list[Device]) -> None:
+    def __init__(
+        self, servers: list[SielumProcess], devices: list[Device], database: str = ""
+    ) -> None:
         self.servers = servers
+        # PostgreSQL: its backends serving this database count as server CPU too.
+        self.database = database
         self.devices = devices
         self.ca_pem = servers[0].ca_pem
 
     def server_pids(self) -> list[int]:
-        return [pid for server in self.servers for pid in tree(server.pid)]
+        pids = [pid for server in self.servers for pid in tree(server.pid)]
+        return pids + (database_backends(self.database) if self.database else [])
 
     def credentials(self, device: Device) -> grpc.ChannelCredentials:
         return grpc.ssl_channel_credentials(
@@ -300,6 +305,19 @@ def fresh_postgres(name: str) -> str:
     return f"postgresql://postgres@127.0.0.1:5432/{name}"
 
 
+def database_backends(name: str) -> list[int]:
+    """The PostgreSQL backend processes connected to database name (all on this machine)."""
+    import psycopg2
+
+    admin = psycopg2.connect(PG_ADMIN)
+    try:
+        with admin.cursor() as cur:
+            cur.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s", (name,))
+            return [int(row[0]) for row in cur.fetchall()]
+    finally:
+        admin.close()
+
+
 def drop_postgres(name: str) -> None:
     import psycopg2
 
@@ -314,7 +332,7 @@ async def run_fleet(args: argparse.Namespace, servers: list[SielumProcess]) -> d
     t0 = time.monotonic()
     devices = [make_device() for _ in range(args.devices)]
     print(f"{args.devices} keys and CSRs made in {time.monotonic() - t0:.1f} s", flush=True)
-    fleet = Fleet(servers, devices)
+    fleet = Fleet(servers, devices, args.db_name if args.backend == "postgresql" else "")
     token = servers[0].create_token()
     phases: dict[str, Phase] = {}
 
@@ -323,7 +341,11 @@ async def run_fleet(args: argparse.Namespace, servers: list[SielumProcess]) -> d
 
     phases["idle"] = await fleet.measure("server idle, 3 s (no connection)", idle)
     phases["enroll"] = await fleet.enroll_burst(token, args.concurrency)
+    rss0 = sum(rss_kib(pid) for pid in fleet.server_pids())
     await fleet.open_channels()
+    rss1 = sum(rss_kib(pid) for pid in fleet.server_pids())
+    per_connection = (rss1 - rss0) / len(devices)
+    print(f"server memory per open connection: {per_connection:.0f} KiB", flush=True)
     phases["idle_open"] = await fleet.measure(f"server idle, {args.devices} open, 3 s", idle)
     rate, duration = args.rate, args.duration
     # Twice each, in turn, so that whatever else the machine does falls on all alike.
@@ -333,14 +355,18 @@ async def run_fleet(args: argparse.Namespace, servers: list[SielumProcess]) -> d
         ("heartbeat_resume", "Heartbeat, new conn., resumed TLS", "heartbeat", "resume"),
         ("heartbeat_new", "Heartbeat, new conn., full TLS", "heartbeat", "new"),
     ]
+    plan = [step for step in plan if step[0] == "health_open" or step[3] in args.modes]
     runs: dict[str, list[Phase]] = {key: [] for key, *_ in plan}
     for _round in range(args.rounds):
         for key, name, kind, mode in plan:
             runs[key].append(await fleet.beats(name, kind, mode, rate, duration))
     phases["renew"] = await fleet.renewals(min(args.renewals, len(devices)), 8)
     await fleet.close_channels()
+    flush_us = flush_cost(args, servers[0], [d.device_id for d in devices if d.device_id])
 
     figures: dict[str, Any] = {k: _phase_json(p) for k, p in phases.items()}
+    figures["last_seen_flush_us_per_device"] = flush_us
+    figures["kib_per_open_connection"] = round(per_connection, 1)
     for key, measured in runs.items():
         figures[key] = {
             "runs": [_phase_json(p) for p in measured],
@@ -357,14 +383,62 @@ async def run_fleet(args: argparse.Namespace, servers: list[SielumProcess]) -> d
     renew_us = figures["renew"]["us_per_call"]
     projection = {}
     print(f"1,000,000 devices at the default 5-minute interval ({per_second:.0f} heartbeats/s,")
-    print(f"{renewals_per_second:.2f} renewals/s at {renew_us:.0f} us each):")
+    print(
+        f"{renewals_per_second:.2f} renewals/s at {renew_us:.0f} us each, "
+        f"every heartbeat's last_seen_at written in a batch at {flush_us:.0f} us each):"
+    )
     for key in ("heartbeat_open", "heartbeat_resume", "heartbeat_new"):
+        if key not in figures:
+            continue
         cores = per_second * figures[key]["us_per_call"] / 1e6
         cores += renewals_per_second * renew_us / 1e6
+        # At a 5-minute interval every heartbeat is over a minute after the device's
+        # last: each one is written, in a batch, once (0 for a server writing inline).
+        cores += per_second * flush_us / 1e6
         projection[key] = cores
         print(f"  every heartbeat as {key:<18} {cores:5.2f} cores")
     figures["projection_cores"] = projection
     return figures
+
+
+def flush_cost(args: argparse.Namespace, server: SielumProcess, device_ids: list[str]) -> float:
+    """CPU per device of the batched last_seen_at write (Store.touch_devices), in µs.
+
+    In this benchmark every device heartbeats every few seconds, so the servers write
+    each one once a minute and the write all but vanishes from the heartbeat phases;
+    at the default interval every heartbeat is written. So the write is timed here on
+    its own: every device in one batch (as one flush of a busy process), each round a
+    minute later than the last, counting this process's CPU and, on PostgreSQL, its
+    backends'. 0 for a server whose heartbeat writes inline (--server-src before).
+    """
+    if args.server_src is not None:
+        return 0.0
+    from sielum.devices.lastseen import WRITE_EVERY
+    from sielum.store.store import Store
+
+    postgres = args.backend == "postgresql"
+    url = (
+        f"postgresql://postgres@127.0.0.1:5432/{args.db_name}"
+        if postgres
+        else f"sqlite:///{server.data_dir / 'sielum.db'}"
+    )
+    store = Store.open(url)
+    try:
+        start = datetime.now(UTC) + timedelta(hours=1)  # after anything the servers wrote
+        store.touch_devices(dict.fromkeys(device_ids, start), WRITE_EVERY)  # warm-up
+        backends = database_backends(args.db_name) if postgres else []
+        cpu0 = time.process_time() + tree_cpu_seconds(backends)
+        rounds = 10
+        for i in range(1, rounds + 1):
+            at = start + i * 2 * WRITE_EVERY
+            written = store.touch_devices(dict.fromkeys(device_ids, at), WRITE_EVERY)
+            assert written == len(device_ids), (written, len(device_ids))
+        cpu = time.process_time() + tree_cpu_seconds(backends) - cpu0
+    finally:
+        store.close()
+    us = 1e6 * cpu / (rounds * len(device_ids))
+    print(f"last_seen_at, batches of {len(device_ids)}: {us:.0f} us per device written")
+    return round(us, 1)
 
 
 def _phase_json(phase: Phase) -> dict[str, Any]:
@@ -389,6 +463,12 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per phase")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--renewals", type=int, default=100)
+    parser.add_argument(
+        "--modes",
+        type=lambda text: text.split(","),
+        default=["open", "resume", "new"],
+        help="heartbeat connection modes to run, of open,resume,new (Health/Check always runs)",
+    )
     parser.add_argument("--concurrency", type=int, default=32, help="enrollments in flight")
     parser.add_argument("--server-src", type=Path, help="another checkout's src/ to serve")
     parser.add_argument("--json-out", type=Path)
@@ -396,7 +476,7 @@ def main() -> None:
     if args.backend == "sqlite" and args.replicas != 1:
         parser.error("several replicas need --backend postgresql")
 
-    db_name = f"sielum_fleet_{os.getpid()}"
+    db_name = args.db_name = f"sielum_fleet_{os.getpid()}"
     with tempfile.TemporaryDirectory(prefix="sielum-fleet-") as tmp:
         data_dir = Path(tmp) / "data"
         url = fresh_postgres(db_name) if args.backend == "postgresql" else ""
@@ -410,6 +490,10 @@ def main() -> None:
                         workers=args.workers,
                         server_src=args.server_src,
                         metrics=False,
+                        # Another checkout's server gets no flags by default: say them.
+                        extra=("--metrics-addr", "off", "--dashboard-addr", "off")
+                        if args.server_src
+                        else (),
                     )
                 )
             print(

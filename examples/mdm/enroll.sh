@@ -7,6 +7,14 @@
 # left alone and the script exits 0, so "run once" and "run at every check-in"
 # policies both work. After a successful enrollment the token file is deleted.
 #
+# The agent: your MDM's package, or, with SIELUM_PACKAGE_URL and
+# SIELUM_PACKAGE_SHA256 set, this script installs it when SIELUM_AGENT is missing:
+# the .deb (a URL ending in .deb: dpkg -i) or the single executable (installed at
+# SIELUM_AGENT), built by scripts/build-agent.sh, downloaded and checked against
+# its SHA-256 (its line in SHA256SUMS) before anything is installed. Never from a
+# package index. SIELUM_ROOT installs into another root (an image being built:
+# dpkg --root); SIELUM_AGENT and SIELUM_CERT_DIR are then paths under it.
+#
 # Settings: edit the defaults below, or set them in the environment. Jamf Pro
 # passes its script parameters 4 and 5 as the enroll server and the CA
 # fingerprint. The token never goes through a parameter (Jamf shows parameters in
@@ -26,13 +34,18 @@
 #   10  sielum-agent is not installed at SIELUM_AGENT
 #   11  no token: neither SIELUM_TOKEN_FILE nor SIELUM_ENROLLMENT_TOKEN
 #   12  enrolled, but the agent service could not be enabled
+#   13  the agent package could not be downloaded, failed its SHA-256 check, or
+#       could not be installed (nothing was installed)
 # Codes 1 to 6 are sielum-agent's own; the last line of output says what happened.
 
 set -u
 
 SIELUM_SERVER="${4:-${SIELUM_SERVER:-https://enroll.example.com:8443}}"
 SIELUM_CA_FINGERPRINT="${5:-${SIELUM_CA_FINGERPRINT:-sha256:0000000000000000000000000000000000000000000000000000000000000000}}"
-SIELUM_AGENT="${SIELUM_AGENT:-/opt/sielum/venv/bin/sielum-agent}"
+SIELUM_AGENT="${SIELUM_AGENT:-/usr/bin/sielum-agent}"
+SIELUM_PACKAGE_URL="${SIELUM_PACKAGE_URL:-}"
+SIELUM_PACKAGE_SHA256="${SIELUM_PACKAGE_SHA256:-}"
+SIELUM_ROOT="${SIELUM_ROOT:-}"
 SIELUM_CERT_DIR="${SIELUM_CERT_DIR:-/etc/sielum}"
 SIELUM_TOKEN_FILE="${SIELUM_TOKEN_FILE:-/etc/sielum/enroll.token}"
 SIELUM_HOSTNAME="${SIELUM_HOSTNAME:-$(hostname)}"
@@ -62,6 +75,57 @@ if [ -f "$SIELUM_CERT_DIR/agent.json" ]; then
     enable_service
     say "OK: already enrolled ($SIELUM_CERT_DIR/agent.json), nothing to do"
     exit 0
+fi
+
+# Downloads the package, checks its SHA-256, installs it; nothing is installed
+# unless the check passed.
+install_agent() {
+    case $SIELUM_PACKAGE_SHA256 in
+        *[!0-9a-f]* | "")
+            say "FAILED (2): SIELUM_PACKAGE_SHA256 must be the package's SHA-256, 64 hex digits"
+            exit 2
+            ;;
+    esac
+    if [ ${#SIELUM_PACKAGE_SHA256} -ne 64 ]; then
+        say "FAILED (2): SIELUM_PACKAGE_SHA256 must be the package's SHA-256, 64 hex digits"
+        exit 2
+    fi
+    work=$(mktemp -d) || { say "FAILED (13): no temporary directory"; exit 13; }
+    trap 'rm -rf "$work"' EXIT
+    file="$work/package"
+    if ! curl -fsS --retry 3 -o "$file" "$SIELUM_PACKAGE_URL"; then
+        say "FAILED (13): could not download $SIELUM_PACKAGE_URL; nothing installed"
+        exit 13
+    fi
+    got=$(sha256sum "$file" | cut -d' ' -f1)
+    if [ "$got" != "$SIELUM_PACKAGE_SHA256" ]; then
+        say "FAILED (13): $SIELUM_PACKAGE_URL has SHA-256 $got, not $SIELUM_PACKAGE_SHA256; nothing installed"
+        exit 13
+    fi
+    case $SIELUM_PACKAGE_URL in
+        *.deb)
+            # Another root: the package's maintainer scripts honour DPKG_ROOT.
+            set -- dpkg
+            [ -n "$SIELUM_ROOT" ] && set -- dpkg "--root=$SIELUM_ROOT" --force-script-chrootless
+            "$@" --install "$file" >/dev/null || {
+                say "FAILED (13): dpkg could not install the package"
+                exit 13
+            }
+            ;;
+        *)
+            install -D -m 0755 "$file" "$SIELUM_AGENT" || {
+                say "FAILED (13): could not install the executable at $SIELUM_AGENT"
+                exit 13
+            }
+            ;;
+    esac
+    rm -rf "$work"
+    trap - EXIT
+    say "installed sielum-agent from $SIELUM_PACKAGE_URL (SHA-256 checked)"
+}
+
+if [ ! -x "$SIELUM_AGENT" ] && [ -n "$SIELUM_PACKAGE_URL" ]; then
+    install_agent
 fi
 
 if [ ! -x "$SIELUM_AGENT" ]; then

@@ -107,3 +107,30 @@ class RenewalRefusedError(PermissionDeniedError):
 
     The device service re-reads the device to say which.
     """
+
+
+class TokenPolicyError(PermissionDeniedError):
+    """The enrollment breaks a rule of its token's policy; rule names which, for metrics.
+
+    Only ever raised once the secret has verified: a caller without it learns nothing
+    of the policy.
+    """
+
+    def __init__(self, rule: str, message: str) -> None:
+        super().__init__(f"token policy: {message}")
+        self.rule = rule
+
+
+class PendingApprovalError(FailedPreconditionError):
+    """The enrollment waits for an admin's approval; the agent asks again with the same key."""
+
+    def __init__(self, request_id: str) -> None:
+        super().__init__(f"pending approval: request {request_id}")
+        self.request_id = request_id
+
+
+class EnrollmentDeniedError(PermissionDeniedError):
+    """An admin denied the enrollment request of this key."""
+
+    def __init__(self) -> None:
+        super().__init__("enrollment denied")

@@ -65,6 +65,25 @@ class DeviceEvent:
 
 
 @dataclass(frozen=True)
+class TokenPolicy:
+    """Optional rules on a token, checked at each enrollment (tokenpolicy.judge).
+
+    Each empty field sets no rule. Values are as tokenpolicy.check_policy left them:
+    tags sorted and unique, networks in their canonical form, facts sorted.
+    """
+
+    tags: tuple[str, ...] = ()
+    allowed_networks: tuple[str, ...] = ()
+    hostname_pattern: str = ""
+    required_facts: Mapping[str, str] = field(default_factory=dict)
+    ephemeral_after: timedelta | None = None
+    requires_approval: bool = False
+
+
+NO_POLICY = TokenPolicy()
+
+
+@dataclass(frozen=True)
 class Token:
     """An enrollment token as stored: never the secret, only its hash."""
 
@@ -78,6 +97,7 @@ class Token:
     created_by: str
     revoked_at: datetime | None = None
     last_used_at: datetime | None = None
+    policy: TokenPolicy = NO_POLICY
 
 
 @dataclass(frozen=True)
@@ -96,6 +116,38 @@ class Device:
     facts: Mapping[str, str] = field(default_factory=dict)
     last_seen_at: datetime | None = None
     revoked_at: datetime | None = None
+    # The tags of its token's policy at enrollment, also in its certificate.
+    tags: tuple[str, ...] = ()
+
+
+class EnrollmentRequestState(enum.Enum):
+    PENDING = "pending"
+    APPROVED = "approved"
+    DENIED = "denied"
+    # Undecided, while its token can no longer be used: computed, never stored.
+    EXPIRED = "expired"
+
+
+@dataclass(frozen=True)
+class EnrollmentRequest:
+    """An enrollment with a token that requires approval, waiting for (or given) a decision.
+
+    The CSR is kept so that the approval can sign it; the agent keeps its key and
+    asks again until its device exists (or the request is denied).
+    """
+
+    id: str
+    token_id: str
+    hostname: str
+    facts: Mapping[str, str]
+    peer: str
+    public_key_sha256: str
+    csr_pem: str
+    requested_at: datetime
+    state: EnrollmentRequestState = EnrollmentRequestState.PENDING
+    decided_by: str = ""
+    decided_at: datetime | None = None
+    device_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -171,6 +223,7 @@ class DeviceStanding:
     # Read for the directory (Store.get_directory_entry), not by the gate.
     hostname: str = ""
     not_after: datetime | None = None
+    tags: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

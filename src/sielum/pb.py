@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import urllib.parse
 from datetime import UTC, datetime, timedelta
 
 from google.protobuf.duration_pb2 import Duration
@@ -34,11 +35,13 @@ def peer_host(peer: str) -> str:
     """The address part of grpc's peer string: 'ipv4:10.0.0.1:5000' -> '10.0.0.1'.
 
     'ipv6:[::1]:5000' -> '::1'; a unix socket or an unknown form is returned whole.
+    grpc percent-encodes the brackets of an IPv6 peer ('ipv6:%5B::1%5D:5000'), so the
+    address is decoded first (tests/unit/test_tokenpolicy.py::test_peer_host_decodes_ipv6).
     """
     kind, _, rest = peer.partition(":")
     if kind == "ipv4":
         return rest.rsplit(":", 1)[0]
     if kind == "ipv6":
-        host = rest.rsplit(":", 1)[0]
+        host = urllib.parse.unquote(rest.rsplit(":", 1)[0])
         return host.strip("[]")
     return peer

@@ -30,6 +30,9 @@ class EnrollmentResult(enum.Enum):
     BAD_REQUEST = "bad_request"  # hostname or facts out of bounds
     KEY_IN_USE = "key_in_use"  # the key is another device's (a cloned disk image)
     DEVICE_REVOKED = "device_revoked"  # a retry for a device revoked since
+    POLICY = "policy"  # a rule of the token's policy refused it (which: policy_refusal)
+    PENDING = "pending"  # waits for an admin's approval
+    DENIED = "denied"  # an admin denied this key's request
     RATE_LIMITED = "rate_limited"
     UNAVAILABLE = "unavailable"  # the database
     ERROR = "error"  # anything unexpected
@@ -42,6 +45,24 @@ class CertificateKind(enum.Enum):
     RENEWAL = "renewal"  # a device's new key
     ADMIN = "admin"  # AdminService/CreateAdmin
     SERVICE = "service"  # AdminService/CreateService
+
+
+class PolicyRule(enum.Enum):
+    """Which rule of a token's policy refused an enrollment, as sielum_policy_refusals_total{rule}.
+
+    The values are tokenpolicy.PolicyRule's (tests/unit/test_tokenpolicy.py checks they agree).
+    """
+
+    NETWORK = "network"
+    HOSTNAME = "hostname"
+    FACT = "fact"
+
+
+class Decision(enum.Enum):
+    """An admin's decision on an enrollment request, as sielum_enrollment_decisions_total."""
+
+    APPROVED = "approved"
+    DENIED = "denied"
 
 
 class DashboardLoginResult(enum.Enum):
@@ -66,6 +87,10 @@ class Recorder(Protocol):
     def directory_events(self, count: int) -> None:
         """Events sent on WatchDevices streams (snapshot entries and keepalives included)."""
 
+    def policy_refusal(self, rule: PolicyRule) -> None: ...
+
+    def decision(self, decision: Decision) -> None: ...
+
 
 class NoRecorder:
     """Records nothing: the default, and what `serve --metrics-addr off` runs with."""
@@ -83,4 +108,10 @@ class NoRecorder:
         pass
 
     def directory_events(self, count: int) -> None:
+        pass
+
+    def policy_refusal(self, rule: PolicyRule) -> None:
+        pass
+
+    def decision(self, decision: Decision) -> None:
         pass

@@ -1,14 +1,15 @@
-"""Deployment test helpers: a wheel, cheap per-host venvs, a server, a /proc watch."""
+"""Deployment test helpers: the agent's package, host roots, a server, a /proc watch."""
 
 from __future__ import annotations
 
 import contextlib
-import importlib.metadata
+import functools
+import hashlib
+import http.server
 import json
 import os
-import shutil
+import re
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -17,102 +18,89 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from packaging.requirements import Requirement
 
 from tests.e2e.conftest import ca_fingerprint, script
+from tests.package.conftest import Artifacts, built  # noqa: F401 - the fixture, built once per run
 from tests.robust.conftest import Serve, make_data_dir
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
-MAKE_VENV = Path(__file__).with_name("make_venv.py")
 UNIT = EXAMPLES / "systemd" / "sielum-agent.service"
 
 
-@pytest.fixture(scope="session")
-def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The sielum wheel, built once per session from a copy of the source (offline)."""
-    base = tmp_path_factory.mktemp("wheel")
-    source = base / "source"
-    source.mkdir()
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy2(REPO / name, source / name)
-    shutil.copytree(
-        REPO / "src",
-        source / "src",
-        ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"),
-    )
-    out = base / "dist"
+def host_root(root: Path) -> Path:
+    """An empty host's root file system, as far as dpkg and systemctl --root need one.
+
+    /etc, systemd's unit directory, /usr/local/bin, /var/cache, and a dpkg database
+    that holds what the agent's package depends on (the lines of libc6 and zlib1g from
+    this machine's own status file, as on any Debian host); dpkg installs into it with
+    --root.
+    """
+    (root / "etc" / "systemd" / "system").mkdir(parents=True)
+    (root / "usr" / "local" / "bin").mkdir(parents=True)
+    (root / "var" / "cache").mkdir(parents=True)
+    admin = root / "var" / "lib" / "dpkg"
+    for name in ("info", "updates", "triggers"):
+        (admin / name).mkdir(parents=True)
+    stanzas = Path("/var/lib/dpkg/status").read_text().split("\n\n")
+    kept = [s for s in stanzas if re.match(r"Package: (libc6|zlib1g)\n", s)]
+    assert len(kept) == 2, "this machine's dpkg knows no libc6 or zlib1g"
+    (admin / "status").write_text("\n\n".join(kept).strip() + "\n")
+    for stanza in kept:
+        package = re.match(r"Package: (\S+)", stanza)
+        arch = re.search(r"^Architecture: (\S+)", stanza, re.MULTILINE)
+        assert package and arch
+        (admin / "info" / f"{package[1]}:{arch[1]}.list").write_text("")
+    return root
+
+
+def installed_version(root: Path) -> str:
+    """dpkg's word on sielum-agent in a host root: "ii 0.1.0", or "" when it has none."""
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--quiet",
-            "--no-deps",
-            "--no-build-isolation",
-            "--disable-pip-version-check",
-            "-w",
-            str(out),
-            str(source),
-        ],
+        ["dpkg-query", f"--root={root}", "-W", "-f=${db:Status-Abbrev}${Version}", "sielum-agent"],
         capture_output=True,
         text=True,
         check=False,
-        timeout=300,
     )
-    assert result.returncode == 0, result.stderr
-    (built,) = out.glob("sielum-*.whl")
-    return built
+    return result.stdout.strip() if result.returncode == 0 else ""
 
 
-def _distributions(root: str) -> list[importlib.metadata.Distribution]:
-    """root and everything it needs (no extras), as installed in this interpreter."""
-    found: dict[str, importlib.metadata.Distribution] = {}
-    queue = [Requirement(root)]
-    while queue:
-        requirement = queue.pop()
-        if requirement.marker is not None and not requirement.marker.evaluate({"extra": ""}):
-            continue
-        name = requirement.name.lower().replace("_", "-")
-        if name in found:
-            continue
-        found[name] = importlib.metadata.distribution(requirement.name)
-        queue += [Requirement(text) for text in found[name].requires or []]
-    return list(found.values())
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 @pytest.fixture(scope="session")
-def shared_deps(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """sielum's dependencies and pip, linked from this interpreter's site-packages.
-
-    The test hosts' venvs read them through a .pth line (make_venv.py), so each host
-    installs only the sielum wheel itself. Hard links where the file system allows.
-    """
-    target = tmp_path_factory.mktemp("deps")
-    dists = _distributions("pip") + [
-        d for r in importlib.metadata.requires("sielum") or [] for d in _distributions(r)
-    ]
-    for dist in {d.metadata["Name"].lower(): d for d in dists}.values():
-        for file in dist.files or []:
-            if str(file).startswith(".."):  # console scripts in bin/: not needed
-                continue
-            src = Path(str(dist.locate_file(file)))
-            dst = target / str(file)
-            if not src.is_file() or dst.exists():
-                continue
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                os.link(src, dst)
-            except OSError:
-                shutil.copy2(src, dst)
-    assert not (target / "sielum").exists(), "sielum itself must come from the wheel"
-    return target
+def newer_deb(built: Artifacts, tmp_path_factory: pytest.TempPathFactory) -> Path:  # noqa: F811
+    """The built .deb again, as version <version>.1: an upgrade, without a second build."""
+    base = tmp_path_factory.mktemp("newer-deb")
+    tree = base / "tree"
+    subprocess.run(["dpkg-deb", "--raw-extract", str(built.deb), str(tree)], check=True)
+    control = tree / "DEBIAN" / "control"
+    version = f"{built.version}.1"
+    control.write_text(
+        re.sub(r"^Version: .*$", f"Version: {version}", control.read_text(), flags=re.MULTILINE)
+    )
+    out = base / f"sielum-agent_{version}_amd64.deb"
+    subprocess.run(
+        ["dpkg-deb", "--root-owner-group", "-Zgzip", "-z1", "--build", str(tree), str(out)],
+        check=True,
+        capture_output=True,
+    )
+    return out
 
 
-def venv_command(deps: Path) -> str:
-    """The examples' virtualenv command for a test host (see make_venv.py)."""
-    return f"{sys.executable} {MAKE_VENV} {deps}"
+@pytest.fixture
+def package_server(built: Artifacts) -> Iterator[str]:  # noqa: F811
+    """dist/ over HTTP on a loopback port, as a web server publishing the packages would."""
+    handler = functools.partial(
+        http.server.SimpleHTTPRequestHandler, directory=str(built.executable.parent)
+    )
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
 
 
 @pytest.fixture

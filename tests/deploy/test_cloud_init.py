@@ -1,9 +1,10 @@
 """examples/cloud-init: valid cloud-config, and its first boot's enrollment run for real.
 
-`cloud-init schema` checks both parts. The files user-data.yaml writes are the
-tested examples (examples/mdm/enroll.sh, the agent's unit), byte for byte, and the
-runcmd entry that enrolls is run here as cloud-init would run it on first boot,
-with this test's server, agent and paths in place of the example's.
+`cloud-init schema` checks both parts. The enroll script user-data.yaml writes is
+the tested examples/mdm/enroll.sh, byte for byte, and the runcmd entry that
+installs the .deb by checksum and enrolls is run here as cloud-init would run it on
+first boot, with this test's server, package URL and host root in place of the
+example's.
 """
 
 from __future__ import annotations
@@ -20,10 +21,13 @@ import yaml
 from sielum.cli.admin import build_parser as admin_parser
 from tests.deploy.conftest import (
     EXAMPLES,
-    UNIT,
+    Artifacts,
     create_token,
     devices,
+    host_root,
+    installed_version,
     leaks,
+    sha256,
     token_uses,
     watched_run,
 )
@@ -82,23 +86,30 @@ def test_user_data_writes_the_tested_files() -> None:
         "user-data.yaml must embed examples/mdm/enroll.sh unchanged"
     )
     assert written[ENROLL_SCRIPT]["permissions"] == "0755"
-    unit = written["/etc/systemd/system/sielum-agent.service"]
-    assert unit["content"] == UNIT.read_text(), "user-data.yaml must embed the agent's unit"
+    # The .deb brings the unit: user-data writes none.
+    assert not [path for path in written if path.endswith(".service")]
     # The token part writes the file the enroll entry reads, root-only, and is merged
     # by appending (so it does not replace user-data.yaml's write_files).
     (token_file,) = _written(token_part)
-    assert f"SIELUM_TOKEN_FILE={token_file}" in _enroll_entry(user_data)
+    entry = _enroll_entry(user_data)
+    assert f"SIELUM_TOKEN_FILE={token_file}" in entry
     assert _written(token_part)[token_file]["permissions"] == "0600"
     assert {"name": "list", "settings": ["append"]} in token_part["merge_how"]
-    # The agent is installed before the script runs, where the script looks for it.
-    runcmd = [" ".join(e) if isinstance(e, list) else e for e in user_data["runcmd"]]
-    install = next(i for i, e in enumerate(runcmd) if "/opt/sielum/venv/bin/pip" in e)
-    enroll = next(i for i, e in enumerate(runcmd) if ENROLL_SCRIPT in e)
-    assert install < enroll
+    # The package: a .deb by URL and its SHA-256, no package index, no Python.
+    settings = dict(item.split("=", 1) for item in entry[1:-1])
+    assert settings["SIELUM_PACKAGE_URL"].startswith("https://")
+    assert settings["SIELUM_PACKAGE_URL"].endswith("_amd64.deb")
+    assert len(settings["SIELUM_PACKAGE_SHA256"]) == 64
+    text = USER_DATA.read_text()
+    assert "pip" not in text.split("\nwrite_files:", 1)[1].replace(ENROLL_SCRIPT, "")
+    assert "packages:" not in text and "python3" not in text
 
 
-def test_first_boot_enrolls_once(tmp_path: Path, server: Serve) -> None:
-    """The enroll entry of runcmd, as on first boot, then again (a re-run changes nothing)."""
+def test_first_boot_enrolls_once(
+    tmp_path: Path, server: Serve, built: Artifacts, package_server: str
+) -> None:
+    """The enroll entry of runcmd, as on first boot (the .deb fetched, checked, installed,
+    then the enrollment), then again (a re-run changes nothing)."""
     user_data = _load(USER_DATA)
     token_id, secret = create_token(server, max_uses=3)
     script = tmp_path / "sielum-enroll"
@@ -109,18 +120,36 @@ def test_first_boot_enrolls_once(tmp_path: Path, server: Serve) -> None:
     content = _written(_load(TOKEN_PART))["/run/sielum/enroll.token"]["content"]
     token_file.write_text(content.replace("SLM_TOKEN_PLACEHOLDER", secret))
     token_file.chmod(0o600)
-    cert_dir = tmp_path / "vm1" / "sielum"
+    root = host_root(tmp_path / "vm1")
     # The entry is `env NAME=VALUE ... SCRIPT`; this test's values replace the example's.
     entry = _enroll_entry(user_data)
     assert entry[0] == "env" and entry[-1] == ENROLL_SCRIPT
     names = {item.split("=", 1)[0] for item in entry[1:-1]}
-    assert names == {"SIELUM_SERVER", "SIELUM_CA_FINGERPRINT", "SIELUM_TOKEN_FILE"}
-    env = script_env(server, cert_dir, token_file)
+    assert names == {
+        "SIELUM_PACKAGE_URL",
+        "SIELUM_PACKAGE_SHA256",
+        "SIELUM_SERVER",
+        "SIELUM_CA_FINGERPRINT",
+        "SIELUM_TOKEN_FILE",
+    }
+    env = script_env(
+        server,
+        root / "etc" / "sielum",
+        token_file,
+        SIELUM_PACKAGE_URL=f"{package_server}/{built.deb.name}",
+        SIELUM_PACKAGE_SHA256=sha256(built.deb),
+        # The VM's root is a directory here: dpkg --root, the agent and cert dir in it.
+        SIELUM_ROOT=str(root),
+        SIELUM_AGENT=str(root / "usr" / "bin" / "sielum-agent"),
+        SIELUM_HOSTNAME="vm1",
+    )
     argv = ["env", *(f"{name}={env[name]}" for name in sorted(names)), str(script)]
 
     first, watch = watched_run(argv, secret, env=env, timeout=120)
     assert first.returncode == 0, first.stdout + first.stderr
     assert first.stdout.splitlines()[-1] == "sielum-enroll: OK: enrolled"
+    assert installed_version(root) == f"ii {built.version}"
+    assert (root / "lib" / "systemd" / "system" / "sielum-agent.service").is_file()
     assert not token_file.exists()
     assert [d["hostname"] for d in devices(server, token_id)] == ["vm1"]
     assert token_uses(server, token_id) == 1

@@ -13,11 +13,15 @@ import pytest
 from sielum.tokens import make_secret
 from tests.deploy.conftest import (
     EXAMPLES,
+    Artifacts,
     create_token,
     devices,
     enroll_url,
     fingerprint,
+    host_root,
+    installed_version,
     leaks,
+    sha256,
     token_uses,
     watched_run,
 )
@@ -153,3 +157,82 @@ def test_mdm_script_failure_codes(
     assert token_file.exists() == (case != "no-token")
     assert leaks(secret, output=result.stdout + result.stderr) == []
     assert leaks(given, output=result.stdout + result.stderr) == []
+
+
+@pytest.mark.parametrize("kind", ["deb", "file"])
+def test_mdm_script_installs_the_agent_by_checksum(
+    tmp_path: Path, server: Serve, built: Artifacts, package_server: str, kind: str
+) -> None:
+    """SIELUM_PACKAGE_URL and _SHA256: downloaded, checked, installed, then enrolled."""
+    token_id, secret = create_token(server, max_uses=5)
+    root = host_root(tmp_path / "host")
+    package = built.deb if kind == "deb" else built.executable
+    agent = root / ("usr/bin" if kind == "deb" else "usr/local/bin") / "sielum-agent"
+    env = script_env(
+        server,
+        root / "etc" / "sielum",
+        write_token(root / "etc" / "enroll.token", secret),
+        SIELUM_AGENT=str(agent),
+        SIELUM_PACKAGE_URL=f"{package_server}/{package.name}",
+        SIELUM_PACKAGE_SHA256=sha256(package),
+        SIELUM_ROOT=str(root),
+        SIELUM_HOSTNAME="host",
+    )
+    first, watch = watched_run(["/bin/sh", str(SCRIPT)], secret, env=env, timeout=120)
+    assert first.returncode == 0, first.stdout + first.stderr
+    lines = first.stdout.splitlines()
+    assert (
+        f"sielum-enroll: installed sielum-agent from {package_server}/{package.name} "
+        "(SHA-256 checked)" in lines
+    )
+    assert lines[-1] == "sielum-enroll: OK: enrolled"
+    assert agent.read_bytes() == built.executable.read_bytes()
+    assert installed_version(root) == (f"ii {built.version}" if kind == "deb" else "")
+    assert [d["hostname"] for d in devices(server, token_id)] == ["host"]
+    assert watch.leaks() == []
+
+    # Again (every check-in): the agent is there, so nothing is downloaded.
+    second = subprocess.run(
+        ["/bin/sh", str(SCRIPT)], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "installed sielum-agent" not in second.stdout
+    assert "already enrolled" in second.stdout.splitlines()[-1]
+    assert token_uses(server, token_id) == 1
+
+
+def test_mdm_script_refuses_a_package_with_the_wrong_checksum(
+    tmp_path: Path, shared_server: Serve, built: Artifacts, package_server: str
+) -> None:
+    token_id, secret = create_token(shared_server, max_uses=5)
+    root = host_root(tmp_path / "host")
+    before = sorted(root.rglob("*"))
+    wrong = "0" * 64
+    url = f"{package_server}/{built.deb.name}"
+    env = script_env(
+        shared_server,
+        root / "etc" / "sielum",
+        write_token(tmp_path / "enroll.token", secret),
+        SIELUM_AGENT=str(root / "usr" / "bin" / "sielum-agent"),
+        SIELUM_PACKAGE_URL=url,
+        SIELUM_PACKAGE_SHA256=wrong,
+        SIELUM_ROOT=str(root),
+    )
+    result = subprocess.run(
+        ["/bin/sh", str(SCRIPT)], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 13, result.stdout + result.stderr
+    assert result.stdout.splitlines()[-1] == (
+        f"sielum-enroll: FAILED (13): {url} has SHA-256 {sha256(built.deb)}, "
+        f"not {wrong}; nothing installed"
+    )
+    assert sorted(root.rglob("*")) == before
+    assert installed_version(root) == ""
+    assert token_uses(shared_server, token_id) == 0
+    # Not a checksum at all: a settings error, before any download.
+    env["SIELUM_PACKAGE_SHA256"] = "sha256:" + sha256(built.deb)
+    result = subprocess.run(
+        ["/bin/sh", str(SCRIPT)], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "SIELUM_PACKAGE_SHA256 must be the package's SHA-256, 64 hex digits" in result.stdout

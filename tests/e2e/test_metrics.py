@@ -25,7 +25,13 @@ from prometheus_client.samples import Sample
 from sielum.admin.v1 import admin_pb2
 from sielum.enroll.v1 import enroll_pb2, enroll_pb2_grpc
 from sielum.model import DeviceState, TokenState
-from sielum.recorder import CertificateKind, DashboardLoginResult, EnrollmentResult
+from sielum.recorder import (
+    CertificateKind,
+    DashboardLoginResult,
+    Decision,
+    EnrollmentResult,
+    PolicyRule,
+)
 from sielum.server import multiproc
 from sielum.tokens import make_secret
 
@@ -58,6 +64,8 @@ CLOSED_LABELS = {
     "result": {r.value for r in EnrollmentResult} | {r.value for r in DashboardLoginResult},
     "kind": {k.value for k in CertificateKind},
     "state": {s.value for s in TokenState} | {s.value for s in DeviceState},
+    "rule": {r.value for r in PolicyRule},
+    "decision": {d.value for d in Decision},
 }
 
 

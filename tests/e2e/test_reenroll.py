@@ -15,6 +15,7 @@ from .conftest import (
     ServerProcess,
     admin,
     admin_json,
+    agent,
     agent_enroll,
     create_token,
     free_port,
@@ -152,3 +153,52 @@ def test_force_over_a_damaged_agent_json_says_how_to_find_the_device(
     )
     listed = admin_json(server, "devices", "list", "--hostname", "reenrolled-host")
     assert old in {d["id"] for d in listed["devices"]}  # type: ignore[attr-defined]
+
+
+def test_unenroll_ends_the_device_and_leaves_the_cert_dir(
+    server: ServerProcess, secret: str, tmp_path: Path
+) -> None:
+    """Decommissioning: the device ends its own enrollment; a second call is harmless."""
+    cert_dir = tmp_path / "agent"
+    device_id = _enrolled(server, secret, cert_dir)
+    before = sorted(p.name for p in cert_dir.iterdir())
+
+    ended = agent("unenroll", "--cert-dir", str(cert_dir))
+    assert ended.returncode == 0, ended.stderr
+    assert ended.stdout.splitlines() == [
+        f"unenrolled: the server revoked device {device_id}",
+        f"  the cert dir is left in place; remove it: rm -r {cert_dir}",
+    ]
+    assert _state(server, device_id) == "DEVICE_STATE_REVOKED"
+    assert sorted(p.name for p in cert_dir.iterdir()) == before
+    store = Store.open(f"sqlite:///{server.data_dir / 'sielum.db'}")
+    try:
+        events = store.list_audit(resource=f"device/{device_id}")
+    finally:
+        store.close()
+    assert (events[0].action, events[0].actor) == ("device.unenroll", f"device/{device_id}")
+
+    again = agent("--json", "unenroll", "--cert-dir", str(cert_dir))
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout) == {"deviceId": device_id, "alreadyRevoked": True}
+    # And the service's own check now says refused (9), as systemd's unit expects.
+    assert agent("status", "--cert-dir", str(cert_dir)).returncode == 9
+
+
+def test_unenroll_fails_while_the_server_is_away(
+    server: ServerProcess, secret: str, tmp_path: Path
+) -> None:
+    """Unreachable: exit 5 and the device stays active, so a play keeps its key for a retry."""
+    cert_dir = tmp_path / "agent"
+    device_id = _enrolled(server, secret, cert_dir)
+    state = json.loads((cert_dir / "agent.json").read_text())
+    state["api_endpoint"] = f"127.0.0.1:{free_port()}"  # nothing listens there
+    (cert_dir / "agent.json").write_text(json.dumps(state))
+
+    away = agent("unenroll", "--cert-dir", str(cert_dir), "--timeout", "5")
+    assert away.returncode == 5, away.stderr
+    assert away.stderr.startswith("sielum-agent: ") and away.stdout == ""
+    assert _state(server, device_id) == "DEVICE_STATE_ACTIVE"
+    # No enrollment at all: 8, as status and renew say.
+    missing = agent("unenroll", "--cert-dir", str(tmp_path / "empty"))
+    assert missing.returncode == 8, missing.stderr

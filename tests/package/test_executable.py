@@ -120,7 +120,7 @@ def test_version_and_help_without_python(built: Artifacts, tmp_path: Path) -> No
     )
     usage = bare(built.executable, "--help", cwd=empty)
     assert usage.returncode == 0, usage.stderr
-    for command in ("enroll", "status", "renew", "run"):
+    for command in ("enroll", "status", "renew", "run", "unenroll"):
         assert command in usage.stdout
     # onefile unpacks into a temporary directory and removes it at exit: nothing is left
     # in the working directory.
@@ -231,6 +231,10 @@ def test_enroll_status_renew_and_run_against_a_real_server(
     refused = bare(built.executable, "run", "--cert-dir", str(cert_dir), cwd=empty)
     assert refused.returncode == 9, refused.stderr
     assert "device_refused" in refused.stderr
+    # Decommissioning a device revoked already: ended, nothing to do.
+    ended = bare(built.executable, "unenroll", "--cert-dir", str(cert_dir), "--json", cwd=empty)
+    assert ended.returncode == 0, ended.stderr
+    assert json.loads(ended.stdout) == {"deviceId": device_id, "alreadyRevoked": True}
 
 
 def test_exit_codes_and_errors_come_through(built: Artifacts, tmp_path: Path) -> None:

@@ -89,6 +89,7 @@ class World:
     spare_device_id: str
     spare_admin: str
     spare_service: str
+    approval_secret: str
     browsers: dict[str, DashboardClient]  # Connect caller -> a client playing it
     device_certificate_pem: str
 
@@ -193,6 +194,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             spare_device_id=spare.device_id,
             spare_admin=spare_admin.admin.name,
             spare_service=spare_service.service.name,
+            approval_secret=h.create_token(label="approval", requires_approval=True).secret,
             browsers=_browsers(h),
             device_certificate_pem=device.certificate_pem,
         )
@@ -224,6 +226,12 @@ def _request(method: str, world: World) -> Any:
             name=f"matrix-{uuid.uuid4().hex[:8]}", csr_pem=make_csr(make_key())
         ),
         "RevokeService": lambda: admin_pb2.RevokeServiceRequest(name=world.spare_service),
+        "ApproveEnrollmentRequest": lambda: admin_pb2.ApproveEnrollmentRequestRequest(
+            id=_pending_request(world)
+        ),
+        "DenyEnrollmentRequest": lambda: admin_pb2.DenyEnrollmentRequestRequest(
+            id=_pending_request(world)
+        ),
         "Heartbeat": agent_pb2.HeartbeatRequest,
         "RenewCertificate": lambda: agent_pb2.RenewCertificateRequest(csr_pem=make_csr(make_key())),
         "CheckCertificate": lambda: directory_pb2.CheckCertificateRequest(
@@ -237,6 +245,19 @@ def _request(method: str, world: World) -> Any:
     if name == "ServerReflectionInfo":
         request.list_services = ""
     return request
+
+
+def _pending_request(world: World) -> str:
+    """A new enrollment request waiting for approval: one per call, so each allowed
+    Approve or Deny finds its own still undecided."""
+    try:
+        world.harness.enroll(world.approval_secret)
+    except grpc.RpcError as error:
+        assert error.code() is grpc.StatusCode.FAILED_PRECONDITION, error
+        details = error.details()
+        assert details is not None and details.startswith("pending approval: request ")
+        return details.removeprefix("pending approval: request ")
+    raise AssertionError("an enrollment with an approval token did not wait")
 
 
 def _call(channel: grpc.Channel, method: str, request: Any) -> None:

@@ -311,3 +311,31 @@ def test_a_stopping_server_ends_its_streams_at_once(tmp_path: Path) -> None:
     assert ended.value.details() == "the server is stopping: watch again after sequence 0"  # type: ignore[attr-defined]
     stopping.join(timeout=30)
     assert not stopping.is_alive()  # well within the 60 s grace
+
+
+def test_tags_of_the_token_ride_in_events_and_checks(on_both: Harness) -> None:
+    """A relying service can authorize by tag from the directory as from the certificate."""
+    harness = on_both
+    stub = directory(harness)
+    secret = harness.create_token(tags=["web", "prod"]).secret
+    enrolled, _ = harness.enroll(secret, hostname="tagged")
+    follower = Follower(stub)
+    try:
+        entry = follower.next()
+        assert (entry.kind, entry.device_id, list(entry.tags)) == (
+            Kind.DEVICE_EVENT_KIND_CURRENT,
+            enrolled.device_id,
+            ["prod", "web"],
+        )
+    finally:
+        follower.close()
+    resumed = Follower(stub, after=0)
+    try:
+        event = resumed.next()
+        assert (event.kind, list(event.tags)) == (Kind.DEVICE_EVENT_KIND_ENROLLED, ["prod", "web"])
+    finally:
+        resumed.close()
+    reply = stub.CheckCertificate(
+        directory_pb2.CheckCertificateRequest(certificate_pem=enrolled.certificate_pem), timeout=10
+    )
+    assert (reply.valid, list(reply.device.tags)) == (True, ["prod", "web"])

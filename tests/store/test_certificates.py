@@ -13,6 +13,7 @@ from sielum.store import Store, connect, migrations
 from sielum.store.database import is_sqlite
 from sielum.store.models import to_micros
 
+from .test_migrations import _old_token
 from .test_store import T0, add_token, audit, enroll, renew_in
 from .test_store import _plan as plan_of
 
@@ -218,7 +219,7 @@ def test_step_10_records_the_certificates_of_devices_enrolled_before_it(
         old = Store(connect(database_url))
         try:
             old.migrate()
-            add_token(old)
+            _old_token(old, "tok")
             far = T0 + 3650 * DAY  # honoured previous: previous_until ahead of the migration
             rows: list[tuple[Any, ...]] = [
                 ("plain", "k1", "a1", None, None, None),

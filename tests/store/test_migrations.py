@@ -13,15 +13,17 @@ from sielum.model import (
     Admin,
     AuditEvent,
     AuditFilter,
+    Device,
     RenewalPace,
     Service,
     Token,
+    TokenPolicy,
     TokenState,
 )
 from sielum.store import Store, connect, migrations
 from sielum.store.database import is_sqlite
 from sielum.store.migrations import LATEST_VERSION, MIGRATIONS, SchemaVersionError
-from sielum.store.models import bind_tables
+from sielum.store.models import bind_tables, to_micros
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
 
@@ -32,9 +34,35 @@ def _schema_version_rows(store: Store) -> list[tuple[int, int]]:
         return [tuple(row) for row in cursor.fetchall()]
 
 
+def _old_token(store: Store, token_id: str, *, max_uses: int | None = None) -> None:
+    """A token row as schema version 1 had it, written with that version's columns only
+    (the Store of today writes columns later steps added)."""
+    p = store.db.param
+    with store.db.connection_context():
+        store.db.execute_sql(
+            "INSERT INTO token (id, label, secret_hash, max_uses, uses, created_at, created_by)"
+            f" VALUES ({p}, 'before', {p}, {p}, 0, {p}, 'alice')",
+            (token_id, b"h", max_uses, to_micros(T0)),
+        )
+
+
+def _old_device(store: Store, device_id: str, *, key: str, serial: str, hostname: str) -> None:
+    """A device row as schema version 1 had it, with a use of its token (see _old_token)."""
+    p = store.db.param
+    with store.db.connection_context():
+        store.db.execute_sql(
+            "INSERT INTO device (id, hostname, token_id, public_key_sha256, serial,"
+            " certificate_pem, not_after, enrolled_at, peer)"
+            f" VALUES ({p}, {p}, 'tok', {p}, {p}, 'PEM', {p}, {p}, 'p')",
+            (device_id, hostname, key, serial, to_micros(T0), to_micros(T0)),
+        )
+        store.db.execute_sql("UPDATE token SET uses = uses + 1 WHERE id = 'tok'")
+
+
 def test_versions_are_numbered_from_one_without_gaps() -> None:
-    assert [m.version for m in MIGRATIONS] == list(range(1, len(MIGRATIONS) + 1))
-    assert LATEST_VERSION == len(MIGRATIONS)
+    versions = [m.version for m in MIGRATIONS]
+    assert versions == list(range(1, versions[-1] + 1))
+    assert LATEST_VERSION == versions[-1]
 
 
 def test_migrating_twice_is_a_noop(database_url: str) -> None:
@@ -224,14 +252,8 @@ def test_v2_indexes_a_version_1_database_keeping_its_rows(
         old = Store.open(database_url)
     try:
         assert _schema_version_rows(old) == [(1, 1)]
-        old.create_token(
-            Token(
-                id="tok", label="l", secret_hash=b"h", max_uses=None, uses=0, expires_at=None,
-                created_at=T0, created_by="alice",
-            ),
-            AuditEvent(at=T0, actor="a", action="x", resource="token/tok"),
-        )  # fmt: skip
-        _insert_device(old, "dev", hostname="web-1", key="k", serial="1")
+        _old_token(old, "tok")
+        _old_device(old, "dev", key="k", serial="1", hostname="web-1")
         assert not _indexes(old) & {"device_hostname_seq", "device_revoked_seq"}
     finally:
         old.close()
@@ -261,14 +283,8 @@ def test_v3_keeps_devices_enrolled_before_it(
         old = Store.open(database_url)
     try:
         assert _schema_version_rows(old) == [(1, 2)]
-        old.create_token(
-            Token(
-                id="tok", label="l", secret_hash=b"h", max_uses=None, uses=0, expires_at=None,
-                created_at=T0, created_by="alice",
-            ),
-            AuditEvent(at=T0, actor="a", action="x", resource="token/tok"),
-        )  # fmt: skip
-        _insert_device(old, "dev1", hostname="h", key="key1", serial="ab12")
+        _old_token(old, "tok")
+        _old_device(old, "dev1", key="key1", serial="ab12", hostname="h")
     finally:
         old.close()
 
@@ -320,7 +336,7 @@ def test_v5_adds_the_dashboard_to_a_version_4_database(
                 created_at=T0,
                 created_by="alice",
             )
-            old.create_token(token, AuditEvent(at=T0, actor="a", action="x", resource="token/tok"))
+            _old_token(old, "tok", max_uses=3)
         finally:
             old.close()
     store = Store.open(database_url)
@@ -415,6 +431,38 @@ def test_v8_adds_services_to_a_version_7_database(
             ),
         )
         assert store.find_service("billing") == service
+        assert store.check_integrity() == []
+    finally:
+        store.close()
+
+
+def test_v11_gives_tokens_and_devices_made_before_it_no_policy_and_no_tags(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tokens and devices of a version 8 database read back with an empty policy and no
+    tags, enroll as before, and the request queue starts empty."""
+    with monkeypatch.context() as patched:
+        patched.setattr(migrations, "MIGRATIONS", MIGRATIONS[:8])
+        patched.setattr(migrations, "LATEST_VERSION", 8)
+        old = Store.open(database_url)
+        try:
+            _old_token(old, "tok", max_uses=2)
+            _old_device(old, "dev1", key="key1", serial="ab", hostname="h1")
+        finally:
+            old.close()
+    store = Store.open(database_url)
+    try:
+        assert _schema_version_rows(store) == [(1, LATEST_VERSION)]
+        token = store.get_token("tok")
+        assert token.policy == TokenPolicy()
+        assert store.get_device("dev1").tags == ()
+        device = Device(
+            id="dev2", hostname="h2", token_id="tok", public_key_sha256="key2", serial="cd",
+            certificate_pem="PEM", not_after=T0, enrolled_at=T0, peer="p", tags=("web",),
+        )  # fmt: skip
+        store.enroll_device(device, T0, AuditEvent(at=T0, actor="a", action="y", resource="d"))
+        assert [d.id for d in store.list_devices(tag="web").items] == ["dev2"]
+        assert store.list_enrollment_requests(now=T0).items == ()
         assert store.check_integrity() == []
     finally:
         store.close()

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 
-from sielum import tokens
+from sielum import tokenpolicy, tokens
 from sielum.ca.profile import validate_name
 from sielum.ca.revocation import check_given_reason
 from sielum.clock import Clock
@@ -26,6 +26,7 @@ from sielum.model import (
     Page,
     StateCounts,
     Token,
+    TokenPolicy,
     TokenState,
 )
 from sielum.paging import check_page_size
@@ -49,7 +50,8 @@ _DEVICE_PAGE_BUDGET: PageBudget[Device] = PageBudget(DEVICE_PAGE_BYTES, devices.
 # device/<uuid>, server/init) and its actions (token.create); a filter that cannot
 # match is refused rather than answered with nothing, and nothing unchecked
 # reaches the database.
-_AUDIT_SUBJECT = re.compile(r"[a-z][a-z0-9-]{0,31}/[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+# "server" alone is the server acting by itself (device.expire).
+_AUDIT_SUBJECT = re.compile(r"server|[a-z][a-z0-9-]{0,31}/[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _AUDIT_ACTION = re.compile(r"[a-z][a-z0-9_-]{0,31}(\.[a-z][a-z0-9_-]{0,31}){1,3}")
 
 
@@ -157,7 +159,9 @@ class Administration:
         label: str,
         max_uses: int | None,
         expires_at: datetime | None,
+        policy: TokenPolicy | None = None,
     ) -> NewToken:
+        """policy: as tokenpolicy.check_policy made it (the servicer checks it)."""
         now = self._clock.now()
         label = _check_label(label)
         if max_uses is not None and not 1 <= max_uses <= MAX_USES_LIMIT:
@@ -177,15 +181,13 @@ class Administration:
             expires_at=expires_at,
             created_at=now,
             created_by=caller.name,
+            policy=policy or tokenpolicy.check_policy(),
+        )
+        terms = " ".join(
+            filter(None, (_token_terms(max_uses, expires_at), tokenpolicy.describe(token.policy)))
         )
         stored = self._store.create_token(
-            token,
-            caller.audit(
-                "token.create",
-                f"token/{token_id}",
-                now,
-                _token_terms(max_uses, expires_at),
-            ),
+            token, caller.audit("token.create", f"token/{token_id}", now, terms)
         )
         log_event(
             log, "token.create", admin=caller.name, token=token_id, peer=caller.peer, outcome="ok"
@@ -230,14 +232,19 @@ class Administration:
         cursor: str,
         hostname: str = "",
         state: DeviceState | None = None,
+        tag: str = "",
     ) -> Page[Device]:
         token_filter = token_id.strip()
         if token_filter and not tokens.is_token_id(token_filter):
             raise InvalidArgumentError(
                 f"token_id is not an enrollment token id ({tokens.ID_CHARS} characters of a-z, 2-7)"
             )
+        tag = tag.strip()
+        if tag:
+            tokenpolicy.check_tag(tag)
         return self._store.list_devices(
             token_id=token_filter,
+            tag=tag,
             # Stored as check_hostname left it at enrollment, so matched the same way.
             hostname=check_hostname(hostname),
             state=state,

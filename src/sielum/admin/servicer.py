@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from sielum import tokens
 from sielum.admin.service import Administration, check_audit_filter
 from sielum.admin.v1 import admin_pb2
 from sielum.devices import policy as devices
+from sielum.enroll.approval import Approvals
 from sielum.errors import FailedPreconditionError, InvalidArgumentError
 from sielum.identities.service import AdminRegistry
 from sielum.identities.services import ServiceRegistry
@@ -16,13 +19,16 @@ from sielum.model import (
     AuditEvent,
     Device,
     DeviceState,
+    EnrollmentRequest,
+    EnrollmentRequestState,
     Service,
     ServiceState,
     Token,
     TokenState,
 )
-from sielum.pb import from_timestamp, to_timestamp
+from sielum.pb import from_timestamp, to_duration, to_timestamp
 from sielum.sessions import LoginLinks
+from sielum.tokenpolicy import check_policy
 
 # RevokeDeviceRequest.reason as stored: RFC 5280's name, spelled as cryptography does.
 _GIVEN_REASONS: dict[admin_pb2.RevocationReason.ValueType, str] = {
@@ -47,6 +53,15 @@ _DEVICE_STATES = {
     DeviceState.REVOKED: admin_pb2.DEVICE_STATE_REVOKED,
 }
 _DEVICE_STATE_FILTERS = {number: state for state, number in _DEVICE_STATES.items()}
+
+_REQUEST_STATES = {
+    EnrollmentRequestState.PENDING: admin_pb2.ENROLLMENT_REQUEST_STATE_PENDING,
+    EnrollmentRequestState.APPROVED: admin_pb2.ENROLLMENT_REQUEST_STATE_APPROVED,
+    EnrollmentRequestState.DENIED: admin_pb2.ENROLLMENT_REQUEST_STATE_DENIED,
+    EnrollmentRequestState.EXPIRED: admin_pb2.ENROLLMENT_REQUEST_STATE_EXPIRED,
+}
+_REQUEST_STATE_FILTERS = {number: state for state, number in _REQUEST_STATES.items()}
+_NO_APPROVALS = "this server decides no enrollment requests"
 
 _ADMIN_STATES = {
     AdminState.ACTIVE: admin_pb2.ADMIN_STATE_ACTIVE,
@@ -80,6 +95,47 @@ def _device_state_filter(number: admin_pb2.DeviceState.ValueType) -> DeviceState
     return state
 
 
+def _request_state_filter(
+    number: admin_pb2.EnrollmentRequestState.ValueType,
+) -> EnrollmentRequestState | None:
+    """As _state_filter, for enrollment requests."""
+    if number == admin_pb2.ENROLLMENT_REQUEST_STATE_UNSPECIFIED:
+        return None
+    state = _REQUEST_STATE_FILTERS.get(number)
+    if state is None:
+        raise InvalidArgumentError(f"state {number} is not an enrollment request state")
+    return state
+
+
+def _ephemeral_after(request: admin_pb2.CreateEnrollmentTokenRequest) -> timedelta | None:
+    if not request.HasField("ephemeral_after"):
+        return None
+    value = request.ephemeral_after
+    if value.seconds < 0 or value.nanos < 0 or value.nanos >= 1_000_000_000:
+        raise InvalidArgumentError("ephemeral_after must be a positive duration")
+    if value.seconds > 10 * 365 * 86400:
+        raise InvalidArgumentError("ephemeral_after must be between 1 minute and 365 days")
+    return timedelta(seconds=value.seconds, microseconds=value.nanos // 1000)
+
+
+def request_to_proto(request: EnrollmentRequest) -> admin_pb2.EnrollmentRequest:
+    message = admin_pb2.EnrollmentRequest(
+        id=request.id,
+        token_id=request.token_id,
+        hostname=request.hostname,
+        facts=dict(request.facts),
+        peer=request.peer,
+        public_key_sha256=request.public_key_sha256,
+        requested_at=to_timestamp(request.requested_at),
+        state=_REQUEST_STATES[request.state],
+        decided_by=request.decided_by,
+        device_id=request.device_id,
+    )
+    if request.decided_at is not None:
+        message.decided_at.CopyFrom(to_timestamp(request.decided_at))
+    return message
+
+
 def token_to_proto(token: Token, state: TokenState) -> admin_pb2.EnrollmentToken:
     message = admin_pb2.EnrollmentToken(
         id=token.id,
@@ -88,7 +144,14 @@ def token_to_proto(token: Token, state: TokenState) -> admin_pb2.EnrollmentToken
         state=_TOKEN_STATES[state],
         created_at=to_timestamp(token.created_at),
         created_by=token.created_by,
+        tags=token.policy.tags,
+        allowed_networks=token.policy.allowed_networks,
+        hostname_pattern=token.policy.hostname_pattern,
+        required_facts=dict(token.policy.required_facts),
+        requires_approval=token.policy.requires_approval,
     )
+    if token.policy.ephemeral_after is not None:
+        message.ephemeral_after.CopyFrom(to_duration(token.policy.ephemeral_after))
     if token.max_uses is not None:
         message.max_uses = token.max_uses
     if token.expires_at is not None:
@@ -111,6 +174,7 @@ def device_to_proto(device: Device, state: DeviceState) -> admin_pb2.Device:
         state=_DEVICE_STATES[state],
         peer=device.peer,
         facts=dict(device.facts),
+        tags=device.tags,
     )
     if device.last_seen_at is not None:
         message.last_seen_at.CopyFrom(to_timestamp(device.last_seen_at))
@@ -163,11 +227,13 @@ class AdminServicer:
         admins: AdminRegistry,
         services: ServiceRegistry,
         links: LoginLinks | None = None,
+        approvals: Approvals | None = None,
     ) -> None:
         self._admin = administration
         self._admins = admins
         self._services = services
         self._links = links  # None: this server runs no dashboard
+        self._approvals = approvals
 
     def _caller(self, call: Call) -> Caller:
         return Caller(name=call.identity().name, peer=call.peer)
@@ -188,6 +254,14 @@ class AdminServicer:
             expires_at=from_timestamp(request.expires_at, "expires_at")
             if request.HasField("expires_at")
             else None,
+            policy=check_policy(
+                tags=request.tags,
+                allowed_networks=request.allowed_networks,
+                hostname_pattern=request.hostname_pattern,
+                required_facts=dict(request.required_facts),
+                ephemeral_after=_ephemeral_after(request),
+                requires_approval=request.requires_approval,
+            ),
         )
         return admin_pb2.CreateEnrollmentTokenResponse(
             token=self._token(created.token), secret=created.secret.reveal()
@@ -225,6 +299,7 @@ class AdminServicer:
         page = self._admin.list_devices(
             token_id=request.token_id,
             hostname=request.hostname,
+            tag=request.tag,
             state=_device_state_filter(request.state),
             page_size=request.page_size,
             cursor=request.page_token,
@@ -250,6 +325,37 @@ class AdminServicer:
             )
         device = self._admin.revoke_device(self._caller(call), request.id, reason)
         return admin_pb2.RevokeDeviceResponse(device=self._device(device))
+
+    def _decider(self) -> Approvals:
+        if self._approvals is None:
+            raise FailedPreconditionError(_NO_APPROVALS)
+        return self._approvals
+
+    def ListEnrollmentRequests(
+        self, request: admin_pb2.ListEnrollmentRequestsRequest, call: Call
+    ) -> admin_pb2.ListEnrollmentRequestsResponse:
+        page = self._decider().list_requests(
+            state=_request_state_filter(request.state),
+            page_size=request.page_size,
+            cursor=request.page_token,
+        )
+        return admin_pb2.ListEnrollmentRequestsResponse(
+            requests=[request_to_proto(r) for r in page.items], next_page_token=page.next_cursor
+        )
+
+    def ApproveEnrollmentRequest(
+        self, request: admin_pb2.ApproveEnrollmentRequestRequest, call: Call
+    ) -> admin_pb2.ApproveEnrollmentRequestResponse:
+        approved, device = self._decider().approve(self._caller(call), request.id)
+        return admin_pb2.ApproveEnrollmentRequestResponse(
+            request=request_to_proto(approved), device=self._device(device)
+        )
+
+    def DenyEnrollmentRequest(
+        self, request: admin_pb2.DenyEnrollmentRequestRequest, call: Call
+    ) -> admin_pb2.DenyEnrollmentRequestResponse:
+        denied = self._decider().deny(self._caller(call), request.id)
+        return admin_pb2.DenyEnrollmentRequestResponse(request=request_to_proto(denied))
 
     def CreateDashboardLogin(
         self, request: admin_pb2.CreateDashboardLoginRequest, call: Call

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -67,8 +67,9 @@ class CertificateAuthority:
         csr: x509.CertificateSigningRequest | profile.CheckedCsr,
         device_id: str,
         now: datetime,
+        tags: Sequence[str] = (),
     ) -> IssuedCertificate:
-        """A device certificate for the CSR's key.
+        """A device certificate for the CSR's key, carrying tags as sielum://tag/<tag> URIs.
 
         A plain CSR is checked again, whoever parsed it; a CheckedCsr from
         profile.load_checked_csr already was.
@@ -87,6 +88,7 @@ class CertificateAuthority:
             ttl=self.device_ttl,
             crl_url=self.crl_url,
             ocsp_url=self.ocsp_url,
+            tags=tags,
         )
         return _issued(certificate)
 

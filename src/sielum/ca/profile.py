@@ -39,6 +39,11 @@ URI_SCHEME = "sielum"
 ADMIN_ROLE = "admin"
 SERVICE_ROLE = "service"
 DEVICE_ROLE = "device"
+# A device's tags ride beside its role URI as sielum://tag/<tag>: a relying service can
+# authorize by tag from the certificate alone.
+TAG_KIND = "tag"
+_TAG_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
+MAX_TAGS = 16
 
 # Admin and service names and device ids land unescaped in a URI path and in the subject CN, so
 # they are limited to URI-unreserved characters and to the CN's 64-character bound.
@@ -245,11 +250,13 @@ def device_certificate(
     ttl: timedelta,
     crl_url: str = "",
     ocsp_url: str = "",
+    tags: Sequence[str] = (),
 ) -> x509.Certificate:
     """The device certificate: every field decided here; only the key comes from the agent.
 
     crl_url and ocsp_url (serve --crl-url, --ocsp-url) go into CRL Distribution Points
-    and Authority Information Access; without them, no such extension.
+    and Authority Information Access; without them, no such extension. Each tag (its
+    token's) becomes a URI SAN sielum://tag/<tag> after the role URI.
     """
     validate_name(device_id, what="device id")
     return _client_certificate(
@@ -262,6 +269,39 @@ def device_certificate(
         now=now,
         ttl=ttl,
         extensions=revocation_extensions(crl_url, ocsp_url),
+        extra_uris=tuple(tag_uri(t) for t in validate_tags(tags)),
+    )
+
+
+def validate_tags(tags: Sequence[str]) -> tuple[str, ...]:
+    """tags, if each may stand in a tag URI and they are few and distinct; else
+    InvalidArgumentError."""
+    if len(tags) > MAX_TAGS or len(set(tags)) != len(tags):
+        raise InvalidArgumentError(f"a certificate carries at most {MAX_TAGS} distinct tags")
+    for tag in tags:
+        if not isinstance(tag, str) or _TAG_PATTERN.fullmatch(tag) is None:
+            raise InvalidArgumentError(
+                f"tag {tag!r} is invalid: 1 to 63 characters of a-z 0-9 . _ - starting with "
+                "a letter or digit"
+            )
+    return tuple(tags)
+
+
+def tag_uri(tag: str) -> str:
+    return f"{URI_SCHEME}://{TAG_KIND}/{tag}"
+
+
+def tags_of(certificate: x509.Certificate) -> tuple[str, ...]:
+    """The tags in the certificate's sielum://tag/<tag> URI SANs, in their order."""
+    try:
+        san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    except x509.ExtensionNotFound:
+        return ()
+    prefix = f"{URI_SCHEME}://{TAG_KIND}/"
+    return tuple(
+        uri[len(prefix) :]
+        for uri in san.value.get_values_for_type(x509.UniformResourceIdentifier)
+        if uri.startswith(prefix)
     )
 
 
@@ -331,6 +371,7 @@ def _client_certificate(
     now: datetime,
     ttl: timedelta,
     extensions: tuple[x509.ExtensionType, ...] = (),
+    extra_uris: Sequence[str] = (),
 ) -> x509.Certificate:
     builder = _leaf_builder(
         common_name=name,
@@ -342,7 +383,9 @@ def _client_certificate(
         ttl=ttl,
     )
     builder = builder.add_extension(
-        x509.SubjectAlternativeName([x509.UniformResourceIdentifier(role_uri(role, name))]),
+        x509.SubjectAlternativeName(
+            [x509.UniformResourceIdentifier(u) for u in (role_uri(role, name), *extra_uris)]
+        ),
         critical=False,
     ).add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
     for extension in extensions:
@@ -519,14 +562,20 @@ def role_of(certificate: x509.Certificate) -> tuple[str, str] | None:
     """("admin", name), ("service", name) or ("device", id) from the certificate's one URI
     SAN, else None.
 
-    A certificate with several URI SANs is ambiguous and has no role: we never issue
-    one, so meeting one means something is wrong.
+    Tag URIs (sielum://tag/<tag>) may stand beside it; any other URI SAN, or a second
+    role URI, makes the certificate ambiguous and it has no role: we never issue one,
+    so meeting one means something is wrong.
     """
     try:
         san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
     except x509.ExtensionNotFound:
         return None
-    uris = san.value.get_values_for_type(x509.UniformResourceIdentifier)
+    tag_prefix = f"{URI_SCHEME}://{TAG_KIND}/"
+    uris = [
+        uri
+        for uri in san.value.get_values_for_type(x509.UniformResourceIdentifier)
+        if not (uri.startswith(tag_prefix) and _TAG_PATTERN.fullmatch(uri[len(tag_prefix) :]))
+    ]
     if len(uris) != 1:
         return None
     roles = "|".join((ADMIN_ROLE, SERVICE_ROLE, DEVICE_ROLE))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import platform
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -17,7 +18,15 @@ from sielum.endpoint import errors
 from sielum.endpoint.address import parse_server
 from sielum.endpoint.certdir import CertDir
 from sielum.endpoint.daemon import DaemonOptions, serve
-from sielum.endpoint.enrollment import DEFAULT_TIMEOUT, EnrollOptions, enroll, renew, status
+from sielum.endpoint.enrollment import (
+    DEFAULT_TIMEOUT,
+    EnrollOptions,
+    default_facts,
+    enroll,
+    renew,
+    status,
+    unenroll,
+)
 from sielum.endpoint.errors import AgentError, UsageError
 from sielum.errors import InvalidArgumentError
 from sielum.logs import configure_logging
@@ -35,6 +44,7 @@ talks to the Sielum API over mutual TLS with it.
   status    heartbeat with the stored certificate; says when renewal is due
   renew     new key and certificate; the old ones stay if anything fails
   run       stay up as a service: heartbeat, renew when due, ride out outages
+  unenroll  end this device's enrollment on the server (decommissioning)
 """
 
 _EXIT_CODES = f"""\
@@ -43,12 +53,13 @@ exit codes:
   {errors.EXIT_FAILED}  the server failed the request or sent an answer that fails our checks
   {errors.EXIT_USAGE}  bad arguments: --server, --ca-fingerprint, or a malformed/mistyped token
   {errors.EXIT_PIN_MISMATCH}  CA fingerprint mismatch: the server is not the pinned one
-  {errors.EXIT_TOKEN_REFUSED}  token refused: invalid, expired, exhausted or revoked
+  {errors.EXIT_TOKEN_REFUSED}  token refused: invalid, expired, exhausted or revoked, refused by
+     its policy ("token policy: ..."), or "enrollment denied" by an admin
   {errors.EXIT_UNREACHABLE}  server unreachable (refused, timed out, name not found, TLS failed),
      or the other Sielum port: enroll on the enroll port, status/renew on the API port
   {errors.EXIT_CERT_DIR}  cert dir cannot be created, written or read
   {errors.EXIT_ALREADY_ENROLLED}  already enrolled: the cert dir holds an enrollment (see --force)
-  {errors.EXIT_NOT_ENROLLED}  not enrolled: status/renew found no enrollment in the cert dir
+  {errors.EXIT_NOT_ENROLLED}  not enrolled: no enrollment in the cert dir (status, renew, unenroll)
   {errors.EXIT_DEVICE_REFUSED}  device refused: revoked, unknown, or its certificate expired
 
 Every failure prints one line on stderr. The token is never printed. With
@@ -63,6 +74,12 @@ The token is read from --token, --token-file PATH ('-' for stdin) or the
 {TOKEN_ENV} environment variable, in that order. Prefer the last two: a
 command line is visible to every user of the machine. Surrounding whitespace is
 ignored; a token that fails its checksum is refused before the server is dialled.
+
+With a token that requires approval, enroll prints the request id on stderr and
+waits, asking again with the same key (backing off to every 30 s), until an
+admin approves it (`sielum-admin requests approve ID`) or denies it (exit 4,
+"enrollment denied"; the denied key is dropped, so a later run asks anew). Stopped
+meanwhile, it resumes as the same request when run again with the same --cert-dir.
 
 --server accepts https://HOST, https://HOST:PORT (default port 443), HOST:PORT,
 and IPv6 in brackets: https://[2001:db8::1]:8443.
@@ -113,6 +130,25 @@ def _when(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _announce_pending(request_id: str) -> None:
+    """The enrollment waits for an admin: say which request, and how to decide it."""
+    print(
+        f"{PROG}: enrollment is waiting for approval: request {request_id}\n"
+        f"  an admin approves it with: sielum-admin requests approve {request_id}\n"
+        "  (or in the dashboard: Devices -> Pending); this agent keeps its key and asks "
+        "again until then",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def _fact(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, like role=web, got {text!r}")
+    return name, value
+
+
 def _cmd_enroll(args: argparse.Namespace) -> int:
     server = parse_server(args.server)
     try:
@@ -127,7 +163,9 @@ def _cmd_enroll(args: argparse.Namespace) -> int:
         cert_dir=CertDir(Path(args.cert_dir)),
         force=args.force,
         timeout=args.timeout,
-        **({"hostname": args.hostname} if args.hostname else {}),
+        on_pending=_announce_pending,
+        hostname=args.hostname or platform.node(),
+        facts={**default_facts(), **dict(args.fact)},
     )
     result = enroll(options)
     previous = result.previous
@@ -230,6 +268,27 @@ def _cmd_renew(args: argparse.Namespace) -> int:
     return errors.EXIT_OK
 
 
+def _cmd_unenroll(args: argparse.Namespace) -> int:
+    result = unenroll(CertDir(Path(args.cert_dir)), timeout=args.timeout)
+    if args.json:
+        print_json({"deviceId": result.device_id, "alreadyRevoked": result.already_revoked})
+        return errors.EXIT_OK
+    if result.already_revoked:
+        print(f"device {result.device_id} was revoked already: nothing to end")
+    else:
+        print(f"unenrolled: the server revoked device {result.device_id}")
+    print(f"  the cert dir is left in place; remove it: rm -r {args.cert_dir}")
+    return errors.EXIT_OK
+
+
+_UNENROLL_DESCRIPTION = """\
+Decommissioning: end this device's enrollment with its own certificate
+(AgentService.Unenroll, audited as device.unenroll). The server revokes the device
+at once; a device revoked already counts as ended (exit 0). The cert dir is left as
+it is: remove it (and stop the service) once this has succeeded. Any failure (the
+server unreachable, exit 5) leaves the device active on the server.
+"""
+
 _STATUS_DESCRIPTION = """\
 Heartbeat over mTLS with the stored certificate; print the device id, the server,
 the certificate's expiry and when renewal is due (--json for check scripts).
@@ -329,6 +388,15 @@ def build_parser() -> argparse.ArgumentParser:
     enroll_cmd.add_argument(
         "--hostname", default="", metavar="NAME", help="name shown to admins (default: this host)"
     )
+    enroll_cmd.add_argument(
+        "--fact",
+        action="append",
+        default=[],
+        type=_fact,
+        metavar="NAME=VALUE",
+        help="a fact to report besides os, os.release, arch and agent.version (which it may "
+        "override); a token may require facts; repeat for more",
+    )
     common(enroll_cmd)
     enroll_cmd.set_defaults(run=_cmd_enroll)
 
@@ -355,6 +423,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     common(renew_cmd)
     renew_cmd.set_defaults(run=_cmd_renew)
+
+    unenroll_cmd = commands.add_parser(
+        "unenroll",
+        help="end this device's enrollment on the server (decommissioning)",
+        description=_UNENROLL_DESCRIPTION,
+        epilog=_EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    common(unenroll_cmd)
+    unenroll_cmd.set_defaults(run=_cmd_unenroll)
 
     run_cmd = commands.add_parser(
         "run",

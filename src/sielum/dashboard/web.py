@@ -62,7 +62,7 @@ SERVICE = "sielum.admin.v1.AdminService"
 MAX_BODY_BYTES = 256 * 1024  # as gRPC's message limit
 STOP_GRACE = 5.0  # seconds a dashboard request in flight gets at stop
 REQUEST_TIMEOUT = 408  # the HTTP status of a body that did not arrive in time
-PAGES = ("/", "/settings", "/settings/enrollment-tokens", "/devices", "/audit")
+PAGES = ("/", "/settings", "/settings/enrollment-tokens", "/devices", "/devices/pending", "/audit")
 
 # No inline script or style, nothing from elsewhere, never framed, never a form
 # submitted anywhere (the pages submit their forms with fetch).

@@ -76,7 +76,9 @@ def _event(event: DeviceEvent) -> directory_pb2.WatchDevicesResponse:
 
 
 def _device(standing: DeviceStanding) -> directory_pb2.Device:
-    reply = directory_pb2.Device(id=standing.id, hostname=standing.hostname, serial=standing.serial)
+    reply = directory_pb2.Device(
+        id=standing.id, hostname=standing.hostname, serial=standing.serial, tags=standing.tags
+    )
     if standing.not_after is not None:
         reply.not_after.CopyFrom(to_timestamp(standing.not_after))
     if standing.previous_serial and standing.previous_until is not None:

@@ -209,7 +209,9 @@ class DeviceService:
         standing = self._standing(device_id)
         devices.check_may_call(standing, caller.serial, now)
         devices.check_renewal_pace(standing, self._pace, now)
-        issued = self._ca.sign_device(csr, device_id, now)
+        # A renewed certificate carries the tags the device enrolled with, as the first did.
+        tags = self._store.get_device(device_id).tags
+        issued = self._ca.sign_device(csr, device_id, now, tags)
         try:
             self._store.renew_device(
                 device_id,

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hmac
 import platform
+import random
 import re
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -23,16 +25,25 @@ from sielum.agent.v1 import agent_pb2, agent_pb2_grpc
 from sielum.ca.profile import fingerprint, role_of
 from sielum.endpoint import pinning, reach
 from sielum.endpoint.address import ServerAddress, parse_server, resolve_api_endpoint
-from sielum.endpoint.certdir import STATE_FILE, AgentState, CertDir, StoredEnrollment, same_key
+from sielum.endpoint.certdir import (
+    PENDING_KEY_FILE,
+    STATE_FILE,
+    AgentState,
+    CertDir,
+    StoredEnrollment,
+    same_key,
+)
 from sielum.endpoint.connection import AgentConnection
 from sielum.endpoint.errors import (
     AgentError,
     AlreadyEnrolledError,
     DeviceRefusedError,
+    EnrollmentDeniedError,
     NotEnrolledError,
     RenewedElsewhereError,
     ServerAnswerError,
     ServerBusyError,
+    ServerUnreachableError,
     TokenRefusedError,
     WrongPortError,
 )
@@ -53,6 +64,12 @@ class EnrollOptions:
     hostname: str = field(default_factory=platform.node)
     facts: Mapping[str, str] = field(default_factory=lambda: default_facts())
     timeout: float = DEFAULT_TIMEOUT
+    # A token that requires approval: called once with the request id when the server
+    # first says the enrollment waits, then the agent asks again with the same key,
+    # every approval_backoff[0] seconds at first, doubling up to approval_backoff[1].
+    on_pending: Callable[[str], None] | None = None
+    approval_backoff: tuple[float, float] = (2.0, 30.0)
+    sleep: Callable[[float], None] = time.sleep
 
 
 @dataclass(frozen=True)
@@ -202,7 +219,11 @@ def enroll(options: EnrollOptions) -> EnrollResult:
             key = make_key()
             cert_dir.write_pending_key(key)
         try:
-            reply = _call_enroll(options, ca_pem, key)
+            reply = _enroll_waiting(options, ca_pem, key)
+        except EnrollmentDeniedError:
+            # That key is refused for good; the next run asks anew with a new key.
+            cert_dir.discard(PENDING_KEY_FILE)
+            raise
         except _KeyTakenError:
             if not retried_key:
                 raise ServerAnswerError(
@@ -212,7 +233,7 @@ def enroll(options: EnrollOptions) -> EnrollResult:
             # of no use to this one, so start over with a fresh key.
             key = make_key()
             cert_dir.write_pending_key(key)
-            reply = _call_enroll(options, ca_pem, key)
+            reply = _enroll_waiting(options, ca_pem, key)
 
         certificate, _ = check_issued(
             reply.certificate_pem,
@@ -298,8 +319,79 @@ def end_enrollment(
     return PreviousEnrollment(device_id=device_id, ended=True)
 
 
+@dataclass(frozen=True)
+class Unenrolled:
+    """What `sielum-agent unenroll` did."""
+
+    device_id: str
+    already_revoked: bool  # an admin (or an earlier unenroll) revoked it first
+
+
+def unenroll(cert_dir: CertDir, timeout: float = DEFAULT_TIMEOUT) -> Unenrolled:
+    """End this device's enrollment with its own certificate (AgentService.Unenroll).
+
+    For decommissioning: the server revokes the device (audited as device.unenroll);
+    the cert dir is left as it is, for the caller to remove once this has succeeded.
+    A device that is already revoked counts as ended; any other failure raises, so
+    that nobody removes the key of a device the server still takes for active.
+    """
+    stored = cert_dir.read()
+    device_id = stored.state.device_id
+    try:
+        reply = _call_agent(
+            stored,
+            lambda stub: stub.Unenroll(agent_pb2.UnenrollRequest(), timeout=timeout),
+        )
+    except DeviceRefusedError as error:
+        if error.message.endswith("device has been revoked"):
+            return Unenrolled(device_id=device_id, already_revoked=True)
+        raise
+    if reply.device_id != device_id:
+        raise ServerAnswerError(f"the server ended device {reply.device_id}, not {device_id}")
+    return Unenrolled(device_id=device_id, already_revoked=False)
+
+
 class _KeyTakenError(Exception):
     """ALREADY_EXISTS: the key is enrolled as another device."""
+
+
+class _PendingError(Exception):
+    """FAILED_PRECONDITION "pending approval: request <id>": an admin has yet to decide."""
+
+    def __init__(self, request_id: str) -> None:
+        super().__init__(request_id)
+        self.request_id = request_id
+
+
+_PENDING = re.compile(r"pending approval: request ([0-9a-f-]{36})")
+
+
+def _enroll_waiting(
+    options: EnrollOptions, ca_pem: bytes, key: ec.EllipticCurvePrivateKey
+) -> enroll_pb2.EnrollResponse:
+    """Enroll, and while the enrollment waits for an admin, ask again with the same key.
+
+    The key stays in the cert dir as the pending key meanwhile, so an agent stopped
+    while it waits asks as the same request when run again. Once waiting, an
+    unreachable or busy server is asked again too; a denial, or a token revoked or
+    expired meanwhile, ends the wait with its error.
+    """
+    delay, longest = options.approval_backoff
+    waiting = ""
+    while True:
+        try:
+            return _call_enroll(options, ca_pem, key)
+        except _PendingError as pending:
+            if pending.request_id != waiting:
+                waiting = pending.request_id
+                if options.on_pending is not None:
+                    options.on_pending(waiting)
+        except (ServerUnreachableError, ServerBusyError):
+            if not waiting:
+                raise
+        # Jittered, so that a fleet started together does not ask in step.
+        options.sleep(delay * random.uniform(0.8, 1.2))  # noqa: S311 - not a secret
+        delay = min(delay * 2, longest)
 
 
 def _call_enroll(
@@ -326,6 +418,12 @@ def _call_enroll(
                 raise TokenRefusedError(
                     f"token refused: {details or 'enrollment token is invalid'}"
                 ) from None
+            if code is grpc.StatusCode.FAILED_PRECONDITION:
+                pending = _PENDING.fullmatch(details)
+                if pending is not None:
+                    raise _PendingError(pending.group(1)) from None
+            if code is grpc.StatusCode.PERMISSION_DENIED and details == "enrollment denied":
+                raise EnrollmentDeniedError("enrollment denied") from None
             if code is grpc.StatusCode.PERMISSION_DENIED:
                 raise TokenRefusedError(f"token refused: {details}") from None
             ca = x509.load_pem_x509_certificate(ca_pem)

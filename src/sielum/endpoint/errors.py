@@ -50,6 +50,12 @@ class TokenRefusedError(AgentError):
     code = "token_refused"
 
 
+class EnrollmentDeniedError(TokenRefusedError):
+    """An admin denied this machine's enrollment request (a token that requires approval)."""
+
+    code = "denied"
+
+
 class ServerUnreachableError(AgentError):
     """No connection (refused, timed out, name not found, TLS handshake failed)."""
 

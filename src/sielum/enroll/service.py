@@ -8,9 +8,10 @@ import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from types import MappingProxyType
 
-from sielum import tokens
+from sielum import tokenpolicy, tokens
 from sielum.ca.authority import CertificateAuthority
 from sielum.ca.profile import load_checked_csr, public_key_sha256
 from sielum.clock import Clock
@@ -18,23 +19,33 @@ from sielum.devices.policy import check_hostname
 from sielum.enroll.ratelimit import FailureLimiter
 from sielum.errors import (
     AlreadyExistsError,
+    EnrollmentDeniedError,
     InvalidArgumentError,
     InvalidCsrError,
     MalformedTokenError,
     NotFoundError,
+    PendingApprovalError,
     PermissionDeniedError,
     ResourceExhaustedError,
     SielumError,
     TokenExhaustedError,
     TokenExpiredError,
+    TokenPolicyError,
     TokenRevokedError,
     TokenUnusableError,
     UnauthenticatedError,
     UnavailableError,
 )
 from sielum.logs import log_event
-from sielum.model import ENROLL_ACTION, AuditEvent, Device, Token
-from sielum.recorder import CertificateKind, EnrollmentResult, NoRecorder, Recorder
+from sielum.model import (
+    ENROLL_ACTION,
+    AuditEvent,
+    Device,
+    EnrollmentRequestState,
+    Token,
+)
+from sielum.model import EnrollmentRequest as PendingRequest
+from sielum.recorder import CertificateKind, EnrollmentResult, NoRecorder, PolicyRule, Recorder
 from sielum.store.store import Store
 
 log = logging.getLogger("sielum.enroll")
@@ -50,6 +61,9 @@ _INVALID_TOKEN = "enrollment token is invalid"  # noqa: S105 - a message, not a 
 # Compared against when the token id is unknown, so that an unknown id and a
 # wrong secret take the same time and give the same answer.
 _DUMMY_HASH = bytes(32)
+# Requests one token may have waiting for an admin: someone holding the secret of a
+# token that requires approval cannot fill the queue (or the database) without bound.
+MAX_PENDING_PER_TOKEN = 1000
 
 # Failures charged to a peer's limit while the secret has not verified: guesses and
 # garbage, not outages. A caller that holds a valid secret is not guessing, so it is
@@ -72,6 +86,9 @@ _RESULTS: tuple[tuple[type[SielumError], EnrollmentResult], ...] = (
     (TokenExpiredError, EnrollmentResult.EXPIRED),
     (TokenExhaustedError, EnrollmentResult.EXHAUSTED),
     (TokenUnusableError, EnrollmentResult.TOKEN_UNUSABLE),
+    (TokenPolicyError, EnrollmentResult.POLICY),
+    (EnrollmentDeniedError, EnrollmentResult.DENIED),
+    (PendingApprovalError, EnrollmentResult.PENDING),
     (PermissionDeniedError, EnrollmentResult.DEVICE_REVOKED),
     (AlreadyExistsError, EnrollmentResult.KEY_IN_USE),
     (ResourceExhaustedError, EnrollmentResult.RATE_LIMITED),
@@ -160,6 +177,8 @@ class Enroller:
         except SielumError as error:
             answer = self._limit(request.peer, progress, error)
             self._recorder.enrollment(enrollment_result(answer))
+            if isinstance(answer, TokenPolicyError):
+                self._recorder.policy_refusal(PolicyRule(answer.rule))
             log_event(
                 log,
                 "enroll",
@@ -250,10 +269,15 @@ class Enroller:
 
         now = self._clock.now()
         tokens.check_usable(token, now)
+        # The policy is judged only now that the secret has verified, and before any
+        # use is consumed (tests/e2e/test_token_policy.py).
+        tokenpolicy.judge(token.policy, hostname=hostname, facts=facts, peer=request.peer)
+        if token.policy.requires_approval:
+            return self._await_approval(token, request, hostname, facts, key_hash, now)
         device_id = str(uuid.uuid4())
         # Signing happens before the transaction, so the database write lock is
         # never held while the CPU does elliptic-curve work.
-        issued = self._ca.sign_device(csr, device_id, now)
+        issued = self._ca.sign_device(csr, device_id, now, token.policy.tags)
         device = Device(
             id=device_id,
             hostname=hostname,
@@ -265,6 +289,7 @@ class Enroller:
             enrolled_at=now,
             peer=request.peer,
             facts=facts,
+            tags=token.policy.tags,
         )
         audit = AuditEvent(
             at=now,
@@ -294,6 +319,63 @@ class Enroller:
                 raise
             return self._retry(winner, token)
         return Enrollment(stored, self._ca.certificate_pem, retried=False)
+
+    def _await_approval(
+        self,
+        token: Token,
+        request: EnrollmentRequest,
+        hostname: str,
+        facts: Mapping[str, str],
+        key_hash: str,
+        now: datetime,
+    ) -> Enrollment:
+        """The enrollment of a token that requires approval: record the request once, then
+        answer each try with where it stands.
+
+        The agent asks again with the same key: a pending request answers
+        PendingApprovalError (no use consumed), a denied one EnrollmentDeniedError;
+        an approved one has its device, which the caller's lookup by key found, unless
+        the approval committed between that lookup and this one.
+        """
+        pending = self._store.find_enrollment_request_by_key(key_hash)
+        if pending is None:
+            new = PendingRequest(
+                id=str(uuid.uuid4()),
+                token_id=token.id,
+                hostname=hostname,
+                facts=facts,
+                peer=request.peer,
+                public_key_sha256=key_hash,
+                csr_pem=request.csr_pem,
+                requested_at=now,
+            )
+            audit = AuditEvent(
+                at=now,
+                actor=f"token/{token.id}",
+                action="request.create",
+                resource=f"request/{new.id}",
+                peer=request.peer,
+                detail=f"token={token.id} hostname={hostname}",
+            )
+            try:
+                pending = self._store.create_enrollment_request(
+                    new, audit, max_pending=MAX_PENDING_PER_TOKEN
+                )
+            except AlreadyExistsError:
+                # The same agent asked twice at once: the other call recorded it.
+                pending = self._store.find_enrollment_request_by_key(key_hash)
+                if pending is None:
+                    raise
+        if pending.token_id != token.id:
+            raise AlreadyExistsError("this public key has asked to enroll with another token")
+        if pending.state is EnrollmentRequestState.DENIED:
+            raise EnrollmentDeniedError()
+        if pending.state is EnrollmentRequestState.APPROVED:
+            device = self._store.find_device_by_key(key_hash)
+            if device is None:
+                raise EnrollmentDeniedError()  # approved, then its device removed: not ours
+            return self._retry(device, token)
+        raise PendingApprovalError(pending.id)
 
     def _retry(self, existing: Device, token: Token) -> Enrollment:
         """The agent lost our answer and asks again with the same key: same device, no new use."""

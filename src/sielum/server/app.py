@@ -33,6 +33,7 @@ from sielum.core.runner import InlineRunner, Runner, ThreadRunner
 from sielum.dashboard.web import Dashboard, Listener, PageConfig, own_certificate
 from sielum.devices.directory import Directory
 from sielum.devices.directory_servicer import DirectoryServicer
+from sielum.devices.ephemeral import EphemeralSweep
 from sielum.devices.feed import EventFeed, Watch
 from sielum.devices.lastseen import FLUSH_EVERY, LastSeen
 from sielum.devices.policy import DEFAULT_HEARTBEAT_INTERVAL, connection_idle_limit
@@ -40,6 +41,7 @@ from sielum.devices.ratelimit import HeartbeatLimit
 from sielum.devices.service import DeviceService
 from sielum.devices.servicer import AgentServicer
 from sielum.directory.v1 import directory_pb2
+from sielum.enroll.approval import Approvals
 from sielum.enroll.ratelimit import FailureLimit, FailureLimiter
 from sielum.enroll.service import Enroller
 from sielum.enroll.servicer import EnrollServicer
@@ -55,6 +57,7 @@ from sielum.rpc.handlers import grpc_handler
 from sielum.rpc.interceptor import ServerInterceptor, StreamLimit
 from sielum.server.certificates import CertificateWatch, grpc_credentials
 from sielum.server.metrics import Metrics, MetricsEndpoint, StateCollector
+from sielum.server.periodic import PeriodicTask
 from sielum.server.workers import listen_socket
 from sielum.sessions import DashboardSessions, LoginLinks
 from sielum.store.database import is_on_this_host, redact_url
@@ -69,6 +72,9 @@ MAX_MESSAGE_BYTES = 256 * 1024
 HANDSHAKE_TIMEOUT = timedelta(seconds=10)
 MAX_CONCURRENT_STREAMS = 128  # HTTP/2 streams per connection, calls in flight included
 DATABASE_THREADS = 16  # handler threads when the database is across a network
+# How often a server looks for ephemeral devices to revoke: their ephemeral_after is at
+# least a minute, and last_seen_at is written at most once a minute.
+EPHEMERAL_SWEEP_SECONDS = 60.0
 ENROLL_SERVICE = enroll_pb2.DESCRIPTOR.services_by_name["EnrollService"]
 ADMIN_SERVICE = admin_pb2.DESCRIPTOR.services_by_name["AdminService"]
 AGENT_SERVICE = agent_pb2.DESCRIPTOR.services_by_name["AgentService"]
@@ -219,6 +225,15 @@ class SielumServer:
             warn=config.worker_index in (None, 0),
         )
         self.store = Store.open(config.resolved_database_url())
+        # Ephemeral devices: one sweeping thread per server (worker 0); replicas may sweep
+        # at once, each revocation being one conditional UPDATE (devices/ephemeral.py).
+        self.ephemeral = EphemeralSweep(self.store, self.clock)
+        self._sweep = PeriodicTask(
+            "ephemeral-sweep",
+            EPHEMERAL_SWEEP_SECONDS,
+            self.ephemeral.sweep,
+            finish=self.store.db.close,  # this thread's connection
+        )
         threads = config.threads
         if threads is None:
             local = is_on_this_host(config.resolved_database_url())
@@ -326,6 +341,7 @@ class SielumServer:
                 self.admins,
                 self.service_registry,
                 links,
+                Approvals(self.store, self.ca, self.clock, recorder),
             ),
         )
         # Each service's methods, by full name; the dashboard serves AdminService's too.
@@ -380,6 +396,7 @@ class SielumServer:
                 self.ca.certificate.not_valid_after_utc,
                 self.clock,
                 sessions=None if self.dashboard is None else sessions.count_open,
+                pending=self.store.count_pending_requests,
             )
             self._metrics_endpoint = MetricsEndpoint(
                 self.metrics.registry(state),
@@ -456,6 +473,8 @@ class SielumServer:
         except BaseException:
             self.certificate_watch.stop()
             raise
+        if self.config.worker_index in (None, 0):
+            self._sweep.start()
         log_event(
             log,
             "serving",
@@ -514,6 +533,7 @@ class SielumServer:
         if self._stopped.is_set():
             return
         self.certificate_watch.stop()
+        self._sweep.stop()
         try:
             self._on_loop(self._stop(grace))
         finally:

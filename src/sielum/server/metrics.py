@@ -42,7 +42,13 @@ from sielum.core.listeners import BoundedSite, HttpLimits
 from sielum.errors import SielumError
 from sielum.logs import log_event
 from sielum.model import DeviceState, StateCounts, TokenState
-from sielum.recorder import CertificateKind, DashboardLoginResult, EnrollmentResult
+from sielum.recorder import (
+    CertificateKind,
+    DashboardLoginResult,
+    Decision,
+    EnrollmentResult,
+    PolicyRule,
+)
 
 log = logging.getLogger("sielum.server")
 
@@ -139,11 +145,25 @@ class Metrics:
                 multiprocess_mode="livemax",
                 registry=None,
             )
+        self._refusals = Counter(
+            "sielum_policy_refusals_total",
+            "Enrollments a rule of their token's policy refused, by rule.",
+            ["rule"],
+            registry=None,
+        )
+        self._decisions = Counter(
+            "sielum_enrollment_decisions_total",
+            "Enrollment requests approved or denied by an admin.",
+            ["decision"],
+            registry=None,
+        )
         # Every value of the small label sets starts at 0, so that rate() and alert
         # rules see a series before its first event.
         self._by_result = {r: self._enrollments.labels(r.value) for r in EnrollmentResult}
         self._by_kind = {k: self._certificates.labels(k.value) for k in CertificateKind}
         self._by_login = {r: self._logins.labels(r.value) for r in DashboardLoginResult}
+        self._by_rule = {r: self._refusals.labels(r.value) for r in PolicyRule}
+        self._by_decision = {d: self._decisions.labels(d.value) for d in Decision}
         # (transport, method, code) -> its counter and histogram; made on first use.
         self._calls: dict[tuple[str, str, grpc.StatusCode], tuple[Counter, Histogram]] = {}
 
@@ -197,6 +217,12 @@ class Metrics:
         if self._crl_age is not None:
             self._crl_age.set(seconds)
 
+    def policy_refusal(self, rule: PolicyRule) -> None:
+        self._by_rule[rule].inc()
+
+    def decision(self, decision: Decision) -> None:
+        self._by_decision[decision].inc()
+
     def registry(self, *collectors: StateCollector) -> CollectorRegistry:
         """What /metrics shows: every process's values (or this one's), then the collectors'."""
         registry = CollectorRegistry()
@@ -212,6 +238,8 @@ class Metrics:
                 self._subscribers,
                 self._events,
                 *([] if self._crl_age is None else [self._crl_age]),
+                self._refusals,
+                self._decisions,
             ):
                 registry.register(metric)
         for collector in collectors:
@@ -229,7 +257,8 @@ class StateCollector:
     showing stale figures as current.
 
     sessions, when given, counts the dashboard sessions open at a moment
-    (sielum_dashboard_sessions); the dashboard wires it.
+    (sielum_dashboard_sessions); the dashboard wires it. pending counts the
+    enrollment requests waiting for an admin (sielum_enrollment_requests_pending).
     """
 
     def __init__(
@@ -239,6 +268,7 @@ class StateCollector:
         clock: Clock,
         *,
         sessions: Callable[[datetime], int] | None = None,
+        pending: Callable[[datetime], int] | None = None,
         ttl: float = STATE_TTL,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -246,13 +276,14 @@ class StateCollector:
         self._ca_expiry = ca_not_after.timestamp()
         self._clock = clock
         self._sessions = sessions
+        self._pending = pending
         self._ttl = ttl
         self._monotonic = monotonic
         self._lock = threading.Lock()
         self._read_at: float | None = None
-        self._cached: tuple[StateCounts, int | None] | None = None
+        self._cached: tuple[StateCounts, int | None, int | None] | None = None
 
-    def _current(self) -> tuple[StateCounts, int | None] | None:
+    def _current(self) -> tuple[StateCounts, int | None, int | None] | None:
         with self._lock:
             now = self._monotonic()
             if self._read_at is None or now - self._read_at >= self._ttl:
@@ -260,7 +291,8 @@ class StateCollector:
                 try:
                     at = self._clock.now()
                     sessions = None if self._sessions is None else self._sessions(at)
-                    self._cached = (self._counts(at), sessions)
+                    pending = None if self._pending is None else self._pending(at)
+                    self._cached = (self._counts(at), sessions, pending)
                 except SielumError as error:  # the database is unavailable
                     log_event(log, "metrics", level=logging.WARNING, reason=error.message)
                     self._cached = None
@@ -275,7 +307,7 @@ class StateCollector:
         current = self._current()
         if current is None:
             return
-        counts, sessions = current
+        counts, sessions, pending = current
         tokens = GaugeMetricFamily(
             "sielum_tokens", "Enrollment tokens, by state.", labels=["state"]
         )
@@ -291,6 +323,12 @@ class StateCollector:
         if sessions is not None:
             yield GaugeMetricFamily(
                 "sielum_dashboard_sessions", "Dashboard sessions open now.", value=sessions
+            )
+        if pending is not None:
+            yield GaugeMetricFamily(
+                "sielum_enrollment_requests_pending",
+                "Enrollment requests waiting for an admin's approval (their token still usable).",
+                value=pending,
             )
 
 

@@ -33,7 +33,7 @@ MAX_PAGE_SIZE = 1000
 ALREADY_REVOKED = "already revoked"
 _MAX_SEQ = 2**63 - 1
 
-_CURSOR = re.compile(r"^(tokens|devices|admins|services):([1-9][0-9]{0,18})$")
+_CURSOR = re.compile(r"^(tokens|devices|admins|services|requests):([1-9][0-9]{0,18})$")
 
 P = ParamSpec("P")
 R = TypeVar("R")

@@ -103,6 +103,10 @@ class CertificateStore(StoreBase):
 
     # Written inside DeviceStore's transactions
 
+    def _record_first_certificate(self, device_id: str) -> None:
+        """A new device's certificate: its only one, so nothing to supersede."""
+        execute(self.db, self._certificate_sql.insert_current, (device_id,))
+
     def _record_certificates(self, device_id: str, now: datetime) -> None:
         """After a change of the device's certificates: record its current one, and mark
         superseded at now every other one it no longer holds."""

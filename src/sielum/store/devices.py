@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -51,8 +51,19 @@ class DeviceStore(CertificateStore):
         return None if row is None else _device_from_tuple(row)
 
     @_guarded
-    def enroll_device(self, device: Device, now: datetime, audit: AuditEvent) -> Device:
+    def enroll_device(
+        self,
+        device: Device,
+        now: datetime,
+        audit: AuditEvent,
+        *,
+        before: Callable[[], None] | None = None,
+    ) -> Device:
         """Consume one use of device.token_id and record the device, in one transaction.
+
+        before, when given, runs first in that transaction, and whatever it raises
+        rolls the whole back: an approval decides its request there
+        (store/requests.py::approve_enrollment_request).
 
         The conditional UPDATE is the whole guarantee that a token with max_uses N
         yields at most N devices: PostgreSQL re-checks its WHERE against the row
@@ -63,11 +74,13 @@ class DeviceStore(CertificateStore):
         facts = _facts_json(device.facts)
         try:
             with write_transaction(self.db):
+                if before is not None:
+                    before()
                 consumed = execute(self.db, sql.consume_use, sql.consume_use_params(device, now))
                 if consumed.rowcount == 0:
                     raise TokenUnusableError("enrollment token cannot be used")
                 execute(self.db, sql.insert_device, _device_values(device, facts))
-                self._record_certificates(device.id, now)
+                self._record_first_certificate(device.id)
                 self._insert_audit(audit)
                 self._record_device_event(DeviceEventKind.ENROLLED, device.id, now)
         except peewee.IntegrityError as exc:
@@ -75,7 +88,7 @@ class DeviceStore(CertificateStore):
             raise AlreadyExistsError(_KEY_ENROLLED) from exc
         # Every column was written from device, so reading the row back would
         # only return it again; facts as the store gives them everywhere else.
-        return dataclasses.replace(device, facts=_facts(facts))
+        return dataclasses.replace(device, facts=_facts(facts), tags=tuple(device.tags))
 
     # Devices
 
@@ -110,6 +123,7 @@ class DeviceStore(CertificateStore):
         hostname: str = "",
         state: DeviceState | None = None,
         now: datetime | None = None,
+        tag: str = "",
         page_size: int = DEFAULT_PAGE_SIZE,
         cursor: str = "",
         budget: PageBudget[Device] | None = None,
@@ -131,6 +145,8 @@ class DeviceStore(CertificateStore):
             query = query.where(D.token_id == token_id)
         if hostname:
             query = query.where(D.hostname == hostname)
+        if tag:
+            query = query.where(device_tag_condition(D, tag))
         if state is not None:
             if now is None:
                 raise ValueError("a state filter needs now")
@@ -176,7 +192,7 @@ class DeviceStore(CertificateStore):
         A device's last_seen_at moves only forward, and only once it is at least
         at_most_every old: so replicas that each flush the same device write it once
         per at_most_every between them, and an older flush arriving late changes
-        nothing (tests/store/test_store.py::test_touch_devices_writes_once_per_minute).
+        nothing (tests/store/test_last_seen.py::test_touch_devices_writes_once_per_minute).
         Returns how many rows changed; unknown devices are skipped.
         """
         items = [(device_id, to_micros(at)) for device_id, at in seen.items()]
@@ -342,6 +358,17 @@ def device_state_condition(
     return D.revoked_at.is_null() & (D.not_after > now)
 
 
+def device_tag_condition(D: Any, tag: str) -> Any:
+    """SQL that holds when the device carries tag: its JSON array holds the string "tag".
+
+    A tag is [a-z0-9._-] (tokenpolicy.check_tag), so no quote can break out of the
+    pattern; '_' is a LIKE wildcard and is escaped.
+    """
+    escaped = tag.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    pattern = peewee.Value(f'%"{escaped}"%')
+    return peewee.NodeList((D.tags, peewee.SQL("LIKE"), pattern, peewee.SQL("ESCAPE '\\'")))
+
+
 def _device_values(device: Device, facts_json: str) -> tuple[object, ...]:
     return (
         device.id,
@@ -356,6 +383,7 @@ def _device_values(device: Device, facts_json: str) -> tuple[object, ...]:
         _micros(device.revoked_at),
         device.peer,
         facts_json,
+        _tags_json(device.tags),
     )
 
 
@@ -374,6 +402,7 @@ def _device_from_tuple(row: Sequence[Any]) -> Device:
         revoked_at=_time(row[9]),
         peer=row[10],
         facts=_facts(row[11]),
+        tags=_tags(row[12]),
     )
 
 
@@ -400,4 +429,13 @@ def _device(row: Any) -> Device:
         facts=_facts(row.facts),
         last_seen_at=row.last_seen_at,
         revoked_at=row.revoked_at,
+        tags=_tags(row.tags),
     )
+
+
+def _tags_json(tags: Sequence[str]) -> str:
+    return json.dumps(list(tags), separators=(",", ":"))
+
+
+def _tags(text: str | None) -> tuple[str, ...]:
+    return tuple(str(t) for t in json.loads(text or "[]"))

@@ -48,8 +48,8 @@ class EventStore(StoreBase):
         p = self.db.param
         row = execute(
             self.db,
-            "SELECT id, serial, previous_serial, previous_until, revoked_at, hostname, not_after"  # noqa: S608 - only the placeholder is formatted in
-            f" FROM device WHERE id = {p}",
+            "SELECT id, serial, previous_serial, previous_until, revoked_at, hostname,"  # noqa: S608 - only the placeholder is formatted in
+            f" not_after, tags FROM device WHERE id = {p}",
             (device_id,),
         ).fetchone()
         if row is None:
@@ -62,6 +62,7 @@ class EventStore(StoreBase):
             revoked_at=_time(row[4]),
             hostname=row[5],
             not_after=from_micros(int(row[6])),
+            tags=_tags(row[7]),
         )
 
     @_guarded
@@ -77,7 +78,7 @@ class EventStore(StoreBase):
             "SELECT seq, id, serial,"  # noqa: S608 - only the placeholder is formatted in
             " CASE WHEN previous_until IS NOT NULL THEN COALESCE(previous_serial, '') ELSE '' END,"
             " CASE WHEN previous_serial IS NOT NULL THEN previous_until END,"
-            " hostname"
+            " hostname, tags"
             f" FROM device WHERE revoked_at IS NULL AND seq > {p} ORDER BY seq LIMIT {p}",
             (after, limit),
         ).fetchall()
@@ -91,6 +92,7 @@ class EventStore(StoreBase):
                 previous_serial=row[3],
                 previous_until=_time(row[4]) if row[3] else None,
                 hostname=row[5],
+                tags=_tags(row[6]),
             )
             for row in rows
         ]
@@ -107,5 +109,9 @@ def _event(row: Sequence[Any]) -> DeviceEvent:
         previous_serial=row[5],
         previous_until=_time(row[6]) if row[5] else None,
         hostname=row[7],
-        tags=tuple(str(tag) for tag in json.loads(row[8] or "[]")),
+        tags=_tags(row[8]),
     )
+
+
+def _tags(text: str | None) -> tuple[str, ...]:
+    return tuple(str(tag) for tag in json.loads(text or "[]"))

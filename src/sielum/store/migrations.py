@@ -344,6 +344,43 @@ def _v10_certificate_history(d: Dialect) -> Sequence[str]:
     )
 
 
+def _v11_token_policy(d: Dialect) -> Sequence[str]:
+    """Token policy and approval (tokenpolicy.py, enroll/approval.py).
+
+    token.policy is the policy as JSON (tags, networks, hostname and fact patterns,
+    approval); token.ephemeral_after (microseconds) is apart from it because the
+    sweep of ephemeral devices compares it in SQL. device.tags is a JSON array of
+    the tags its token gave it. An enrollment_request row is one key waiting for an
+    admin (state 'pending') or decided ('approved', 'denied'); a key asks once, so
+    public_key_sha256 is unique, and the pending ones are indexed for the queue.
+    """
+    return (
+        "ALTER TABLE token ADD COLUMN policy TEXT NOT NULL DEFAULT '{}'",
+        "ALTER TABLE token ADD COLUMN ephemeral_after BIGINT",
+        "ALTER TABLE device ADD COLUMN tags TEXT NOT NULL DEFAULT '[]'",
+        f"""CREATE TABLE enrollment_request (
+            seq {d.serial_primary_key},
+            id TEXT NOT NULL UNIQUE,
+            token_id TEXT NOT NULL REFERENCES token (id),
+            hostname TEXT NOT NULL,
+            facts TEXT NOT NULL DEFAULT '{{}}',
+            peer TEXT NOT NULL,
+            public_key_sha256 TEXT NOT NULL UNIQUE,
+            csr_pem TEXT NOT NULL,
+            requested_at BIGINT NOT NULL,
+            state TEXT NOT NULL,
+            decided_by TEXT NOT NULL DEFAULT '',
+            decided_at BIGINT,
+            device_id TEXT NOT NULL DEFAULT '',
+            CONSTRAINT enrollment_request_state
+                CHECK (state IN ('pending', 'approved', 'denied'))
+        )""",
+        "CREATE INDEX enrollment_request_pending ON enrollment_request (token_id, seq)"
+        " WHERE state = 'pending'",
+        "CREATE INDEX token_ephemeral ON token (id) WHERE ephemeral_after IS NOT NULL",
+    )
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema: token, device, audit_event", _v1_initial_schema),
     Migration(2, "indexes for listing devices by hostname and state", _v2_device_filters),
@@ -355,6 +392,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(8, "service identities", _v8_services),
     Migration(9, "the directory's device event log", _v9_device_events),
     Migration(10, "device certificate history and revocation reasons", _v10_certificate_history),
+    Migration(11, "token policy, device tags, enrollment requests", _v11_token_policy),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 

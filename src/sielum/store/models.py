@@ -55,6 +55,7 @@ class Tables:
     schema_version: Any
     dashboard_login: Any
     dashboard_session: Any
+    enrollment_request: Any
 
     def all(self) -> tuple[Any, ...]:
         return (
@@ -67,6 +68,7 @@ class Tables:
             self.schema_version,
             self.dashboard_login,
             self.dashboard_session,
+            self.enrollment_request,
         )
 
 
@@ -93,6 +95,8 @@ def bind_tables(db: peewee.Database) -> Tables:
         created_by = peewee.TextField()
         revoked_at = UtcMicrosField(null=True)
         last_used_at = UtcMicrosField(null=True)
+        policy = peewee.TextField(default="{}")  # JSON (store/tokens.py)
+        ephemeral_after = peewee.BigIntegerField(null=True)  # microseconds
 
         class Meta:
             table_name = "token"
@@ -115,6 +119,7 @@ def bind_tables(db: peewee.Database) -> Tables:
         previous_until = UtcMicrosField(null=True)
         renewal_tat = UtcMicrosField(null=True)
         revocation_reason = peewee.TextField(null=True)  # store/certificates.py
+        tags = peewee.TextField(default="[]")  # JSON array of strings
 
         class Meta:
             table_name = "device"
@@ -195,6 +200,24 @@ def bind_tables(db: peewee.Database) -> Tables:
         class Meta:
             table_name = "dashboard_session"
 
+    class EnrollmentRequestRow(_Base):
+        seq = peewee.BigAutoField()
+        id = peewee.TextField(unique=True)
+        token_id = peewee.TextField()  # REFERENCES token(id) in the DDL
+        hostname = peewee.TextField()
+        facts = peewee.TextField(default="{}")
+        peer = peewee.TextField()
+        public_key_sha256 = peewee.TextField(unique=True)
+        csr_pem = peewee.TextField()
+        requested_at = UtcMicrosField()
+        state = peewee.TextField()
+        decided_by = peewee.TextField(default="")
+        decided_at = UtcMicrosField(null=True)
+        device_id = peewee.TextField(default="")
+
+        class Meta:
+            table_name = "enrollment_request"
+
     return Tables(
         token=TokenRow,
         device=DeviceRow,
@@ -205,4 +228,5 @@ def bind_tables(db: peewee.Database) -> Tables:
         schema_version=SchemaVersionRow,
         dashboard_login=DashboardLoginRow,
         dashboard_session=DashboardSessionRow,
+        enrollment_request=EnrollmentRequestRow,
     )

@@ -37,11 +37,11 @@ def token_state_condition(T: Any, state: TokenState, now: datetime) -> Any:
 
 _TOKEN_COLUMNS = (
     "id", "label", "secret_hash", "max_uses", "uses", "expires_at", "created_at", "created_by",
-    "revoked_at", "last_used_at",
+    "revoked_at", "last_used_at", "policy", "ephemeral_after",
 )  # fmt: skip
 _DEVICE_COLUMNS = (
     "id", "hostname", "token_id", "public_key_sha256", "serial", "certificate_pem", "not_after",
-    "enrolled_at", "last_seen_at", "revoked_at", "peer", "facts",
+    "enrolled_at", "last_seen_at", "revoked_at", "peer", "facts", "tags",
 )  # fmt: skip
 _AUDIT_COLUMNS = ("at", "actor", "action", "resource", "peer", "detail")
 # Stand-ins compiled into the consume-use UPDATE, replaced by real values per call.
@@ -76,7 +76,7 @@ _INSERT_DEVICE_EVENT = (
     " CASE WHEN revoked_at IS NULL AND previous_until IS NOT NULL"
     " THEN COALESCE(previous_serial, '') ELSE '' END,"
     " CASE WHEN revoked_at IS NULL AND previous_serial IS NOT NULL THEN previous_until END,"
-    " hostname, '[]'"
+    " hostname, tags"
     " FROM device WHERE id = ?"
 )
 

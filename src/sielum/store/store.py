@@ -19,6 +19,7 @@ from sielum.store.database import connect, execute, is_sqlite
 from sielum.store.devices import DeviceStore, device_state_condition
 from sielum.store.events import EventStore
 from sielum.store.identities import IdentityStore
+from sielum.store.requests import EnrollmentRequestStore, RequestDecidedError
 from sielum.store.sessions import SessionStore
 from sielum.store.statements import token_state_condition
 from sielum.store.tokens import TokenStore
@@ -33,6 +34,7 @@ class Store(
     AuditStore,
     SessionStore,
     CountStore,
+    EnrollmentRequestStore,
 ):
     """All storage of Sielum. Safe to call from many threads at once.
 
@@ -118,6 +120,7 @@ __all__ = [
     "DEFAULT_PAGE_SIZE",
     "MAX_PAGE_SIZE",
     "PageBudget",
+    "RequestDecidedError",
     "Store",
     "device_state_condition",
     "token_state_condition",

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
+from types import MappingProxyType
 from typing import Any
 
 import peewee
 
 from sielum.errors import AlreadyExistsError, InvalidArgumentError, NotFoundError
-from sielum.model import AuditEvent, Page, Token, TokenState
+from sielum.model import NO_POLICY, AuditEvent, Page, Token, TokenPolicy, TokenState
 from sielum.store.base import DEFAULT_PAGE_SIZE, StoreBase, _guarded, _keyset_page, _time
 from sielum.store.database import execute, write_transaction
 from sielum.store.models import from_micros
@@ -79,6 +81,7 @@ def _token_from_tuple(row: Sequence[Any]) -> Token:
         created_by=row[7],
         revoked_at=_time(row[8]),
         last_used_at=_time(row[9]),
+        policy=_policy(row[10], row[11]),
     )
 
 
@@ -94,6 +97,10 @@ def _token_row(token: Token) -> dict[str, Any]:
         "created_by": token.created_by,
         "revoked_at": token.revoked_at,
         "last_used_at": token.last_used_at,
+        "policy": _policy_json(token.policy),
+        "ephemeral_after": None
+        if token.policy.ephemeral_after is None
+        else token.policy.ephemeral_after // _MICROSECOND,
     }
 
 
@@ -109,4 +116,42 @@ def _token(row: Any) -> Token:
         created_by=row.created_by,
         revoked_at=row.revoked_at,
         last_used_at=row.last_used_at,
+        policy=_policy(row.policy, row.ephemeral_after),
+    )
+
+
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def _policy_json(policy: TokenPolicy) -> str:
+    """The policy's rules but ephemeral_after (a column of its own) as compact JSON."""
+    value: dict[str, Any] = {}
+    if policy.tags:
+        value["tags"] = list(policy.tags)
+    if policy.allowed_networks:
+        value["allowed_networks"] = list(policy.allowed_networks)
+    if policy.hostname_pattern:
+        value["hostname_pattern"] = policy.hostname_pattern
+    if policy.required_facts:
+        value["required_facts"] = dict(policy.required_facts)
+    if policy.requires_approval:
+        value["requires_approval"] = True
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def _policy(text: str | None, ephemeral_micros: int | None) -> TokenPolicy:
+    value = json.loads(text or "{}")
+    if not value and ephemeral_micros is None:
+        return NO_POLICY
+    return TokenPolicy(
+        tags=tuple(str(t) for t in value.get("tags", ())),
+        allowed_networks=tuple(str(n) for n in value.get("allowed_networks", ())),
+        hostname_pattern=str(value.get("hostname_pattern", "")),
+        required_facts=MappingProxyType(
+            {str(k): str(v) for k, v in value.get("required_facts", {}).items()}
+        ),
+        ephemeral_after=None
+        if ephemeral_micros is None
+        else timedelta(microseconds=int(ephemeral_micros)),
+        requires_approval=bool(value.get("requires_approval", False)),
     )

@@ -5,6 +5,7 @@ isort:skip_file
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
@@ -124,9 +125,54 @@ SERVICE_STATE_ACTIVE: ServiceState.ValueType  # 1
 SERVICE_STATE_REVOKED: ServiceState.ValueType  # 2
 Global___ServiceState: _TypeAlias = ServiceState  # noqa: Y015
 
+class _EnrollmentRequestState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _EnrollmentRequestStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EnrollmentRequestState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ENROLLMENT_REQUEST_STATE_UNSPECIFIED: _EnrollmentRequestState.ValueType  # 0
+    ENROLLMENT_REQUEST_STATE_PENDING: _EnrollmentRequestState.ValueType  # 1
+    """Waiting for an admin."""
+    ENROLLMENT_REQUEST_STATE_APPROVED: _EnrollmentRequestState.ValueType  # 2
+    ENROLLMENT_REQUEST_STATE_DENIED: _EnrollmentRequestState.ValueType  # 3
+    ENROLLMENT_REQUEST_STATE_EXPIRED: _EnrollmentRequestState.ValueType  # 4
+    """Undecided, and its token can no longer be used (revoked, expired or exhausted)."""
+
+class EnrollmentRequestState(_EnrollmentRequestState, metaclass=_EnrollmentRequestStateEnumTypeWrapper): ...
+
+ENROLLMENT_REQUEST_STATE_UNSPECIFIED: EnrollmentRequestState.ValueType  # 0
+ENROLLMENT_REQUEST_STATE_PENDING: EnrollmentRequestState.ValueType  # 1
+"""Waiting for an admin."""
+ENROLLMENT_REQUEST_STATE_APPROVED: EnrollmentRequestState.ValueType  # 2
+ENROLLMENT_REQUEST_STATE_DENIED: EnrollmentRequestState.ValueType  # 3
+ENROLLMENT_REQUEST_STATE_EXPIRED: EnrollmentRequestState.ValueType  # 4
+"""Undecided, and its token can no longer be used (revoked, expired or exhausted)."""
+Global___EnrollmentRequestState: _TypeAlias = EnrollmentRequestState  # noqa: Y015
+
 @_typing.final
 class EnrollmentToken(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class RequiredFactsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
 
     ID_FIELD_NUMBER: _builtins.int
     LABEL_FIELD_NUMBER: _builtins.int
@@ -138,6 +184,12 @@ class EnrollmentToken(_message.Message):
     CREATED_BY_FIELD_NUMBER: _builtins.int
     REVOKED_AT_FIELD_NUMBER: _builtins.int
     LAST_USED_AT_FIELD_NUMBER: _builtins.int
+    TAGS_FIELD_NUMBER: _builtins.int
+    ALLOWED_NETWORKS_FIELD_NUMBER: _builtins.int
+    HOSTNAME_PATTERN_FIELD_NUMBER: _builtins.int
+    REQUIRED_FACTS_FIELD_NUMBER: _builtins.int
+    EPHEMERAL_AFTER_FIELD_NUMBER: _builtins.int
+    REQUIRES_APPROVAL_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     label: _builtins.str
     max_uses: _builtins.int
@@ -145,6 +197,10 @@ class EnrollmentToken(_message.Message):
     uses: _builtins.int
     state: Global___TokenState.ValueType
     created_by: _builtins.str
+    hostname_pattern: _builtins.str
+    """A shell glob (fnmatch, case-sensitive) the host name must match."""
+    requires_approval: _builtins.bool
+    """Each enrollment waits for an admin's approval (ApproveEnrollmentRequest)."""
     @_builtins.property
     def expires_at(self) -> _timestamp_pb2.Timestamp:
         """Unset means the token never expires."""
@@ -155,6 +211,26 @@ class EnrollmentToken(_message.Message):
     def revoked_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def last_used_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The token's policy: rules checked at every enrollment with it. An empty field
+        sets no rule.
+        Carried by every device enrolled with the token: in Device.tags and in its
+        certificate as URI SANs sielum://tag/<tag>.
+        """
+
+    @_builtins.property
+    def allowed_networks(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """CIDRs (IPv4 or IPv6) the enrolling peer's address must lie in, one at least."""
+
+    @_builtins.property
+    def required_facts(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Fact name -> shell glob: each fact must be present and match."""
+
+    @_builtins.property
+    def ephemeral_after(self) -> _duration_pb2.Duration:
+        """A device of this token that has not called for this long is revoked by the server."""
+
     def __init__(
         self,
         *,
@@ -168,10 +244,16 @@ class EnrollmentToken(_message.Message):
         created_by: _builtins.str = ...,
         revoked_at: _timestamp_pb2.Timestamp | None = ...,
         last_used_at: _timestamp_pb2.Timestamp | None = ...,
+        tags: _abc.Iterable[_builtins.str] | None = ...,
+        allowed_networks: _abc.Iterable[_builtins.str] | None = ...,
+        hostname_pattern: _builtins.str = ...,
+        required_facts: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        ephemeral_after: _duration_pb2.Duration | None = ...,
+        requires_approval: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_uses", b"_max_uses", "created_at", b"created_at", "expires_at", b"expires_at", "last_used_at", b"last_used_at", "max_uses", b"max_uses", "revoked_at", b"revoked_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_uses", b"_max_uses", "created_at", b"created_at", "ephemeral_after", b"ephemeral_after", "expires_at", b"expires_at", "last_used_at", b"last_used_at", "max_uses", b"max_uses", "revoked_at", b"revoked_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_uses", b"_max_uses", "created_at", b"created_at", "created_by", b"created_by", "expires_at", b"expires_at", "id", b"id", "label", b"label", "last_used_at", b"last_used_at", "max_uses", b"max_uses", "revoked_at", b"revoked_at", "state", b"state", "uses", b"uses"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_uses", b"_max_uses", "allowed_networks", b"allowed_networks", "created_at", b"created_at", "created_by", b"created_by", "ephemeral_after", b"ephemeral_after", "expires_at", b"expires_at", "hostname_pattern", b"hostname_pattern", "id", b"id", "label", b"label", "last_used_at", b"last_used_at", "max_uses", b"max_uses", "required_facts", b"required_facts", "requires_approval", b"requires_approval", "revoked_at", b"revoked_at", "state", b"state", "tags", b"tags", "uses", b"uses"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_uses: _TypeAlias = _typing.Literal["max_uses"]  # noqa: Y015
     _WhichOneofArgType__max_uses: _TypeAlias = _typing.Literal["_max_uses", b"_max_uses"]  # noqa: Y015
@@ -183,15 +265,58 @@ Global___EnrollmentToken: _TypeAlias = EnrollmentToken  # noqa: Y015
 class CreateEnrollmentTokenRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class RequiredFactsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     LABEL_FIELD_NUMBER: _builtins.int
     MAX_USES_FIELD_NUMBER: _builtins.int
     EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    TAGS_FIELD_NUMBER: _builtins.int
+    ALLOWED_NETWORKS_FIELD_NUMBER: _builtins.int
+    HOSTNAME_PATTERN_FIELD_NUMBER: _builtins.int
+    REQUIRED_FACTS_FIELD_NUMBER: _builtins.int
+    EPHEMERAL_AFTER_FIELD_NUMBER: _builtins.int
+    REQUIRES_APPROVAL_FIELD_NUMBER: _builtins.int
     label: _builtins.str
     max_uses: _builtins.int
     """Unset means unlimited; otherwise at least 1."""
+    hostname_pattern: _builtins.str
+    requires_approval: _builtins.bool
     @_builtins.property
     def expires_at(self) -> _timestamp_pb2.Timestamp:
         """Unset means never; otherwise in the future."""
+
+    @_builtins.property
+    def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The token's policy (see EnrollmentToken); every field optional.
+        Tags: lowercase letters, digits, '.', '_' and '-', starting with a letter or
+        digit, at most 63 characters; at most 16 of them.
+        """
+
+    @_builtins.property
+    def allowed_networks(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def required_facts(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    @_builtins.property
+    def ephemeral_after(self) -> _duration_pb2.Duration:
+        """At least one minute, at most one year."""
 
     def __init__(
         self,
@@ -199,10 +324,16 @@ class CreateEnrollmentTokenRequest(_message.Message):
         label: _builtins.str = ...,
         max_uses: _builtins.int | None = ...,
         expires_at: _timestamp_pb2.Timestamp | None = ...,
+        tags: _abc.Iterable[_builtins.str] | None = ...,
+        allowed_networks: _abc.Iterable[_builtins.str] | None = ...,
+        hostname_pattern: _builtins.str = ...,
+        required_facts: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        ephemeral_after: _duration_pb2.Duration | None = ...,
+        requires_approval: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_uses", b"_max_uses", "expires_at", b"expires_at", "max_uses", b"max_uses"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_uses", b"_max_uses", "ephemeral_after", b"ephemeral_after", "expires_at", b"expires_at", "max_uses", b"max_uses"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_uses", b"_max_uses", "expires_at", b"expires_at", "label", b"label", "max_uses", b"max_uses"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_uses", b"_max_uses", "allowed_networks", b"allowed_networks", "ephemeral_after", b"ephemeral_after", "expires_at", b"expires_at", "hostname_pattern", b"hostname_pattern", "label", b"label", "max_uses", b"max_uses", "required_facts", b"required_facts", "requires_approval", b"requires_approval", "tags", b"tags"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_uses: _TypeAlias = _typing.Literal["max_uses"]  # noqa: Y015
     _WhichOneofArgType__max_uses: _TypeAlias = _typing.Literal["_max_uses", b"_max_uses"]  # noqa: Y015
@@ -399,6 +530,7 @@ class Device(_message.Message):
     STATE_FIELD_NUMBER: _builtins.int
     PEER_FIELD_NUMBER: _builtins.int
     FACTS_FIELD_NUMBER: _builtins.int
+    TAGS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     hostname: _builtins.str
     token_id: _builtins.str
@@ -417,6 +549,10 @@ class Device(_message.Message):
     def revoked_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def facts(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    @_builtins.property
+    def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The tags of the token it enrolled with (also in its certificate)."""
+
     def __init__(
         self,
         *,
@@ -431,10 +567,11 @@ class Device(_message.Message):
         state: Global___DeviceState.ValueType = ...,
         peer: _builtins.str = ...,
         facts: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        tags: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["enrolled_at", b"enrolled_at", "last_seen_at", b"last_seen_at", "not_after", b"not_after", "revoked_at", b"revoked_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["enrolled_at", b"enrolled_at", "facts", b"facts", "hostname", b"hostname", "id", b"id", "last_seen_at", b"last_seen_at", "not_after", b"not_after", "peer", b"peer", "revoked_at", b"revoked_at", "serial", b"serial", "state", b"state", "token_id", b"token_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["enrolled_at", b"enrolled_at", "facts", b"facts", "hostname", b"hostname", "id", b"id", "last_seen_at", b"last_seen_at", "not_after", b"not_after", "peer", b"peer", "revoked_at", b"revoked_at", "serial", b"serial", "state", b"state", "tags", b"tags", "token_id", b"token_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -449,6 +586,7 @@ class ListDevicesRequest(_message.Message):
     TOKEN_ID_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
     HOSTNAME_FIELD_NUMBER: _builtins.int
+    TAG_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     """At most this many devices (default 100, capped at 1000)."""
     page_token: _builtins.str
@@ -458,6 +596,8 @@ class ListDevicesRequest(_message.Message):
     """Only devices in this state; unspecified means all."""
     hostname: _builtins.str
     """Only devices with exactly this host name."""
+    tag: _builtins.str
+    """Only devices carrying this tag."""
     def __init__(
         self,
         *,
@@ -466,10 +606,11 @@ class ListDevicesRequest(_message.Message):
         token_id: _builtins.str = ...,
         state: Global___DeviceState.ValueType = ...,
         hostname: _builtins.str = ...,
+        tag: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["hostname", b"hostname", "page_size", b"page_size", "page_token", b"page_token", "state", b"state", "token_id", b"token_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hostname", b"hostname", "page_size", b"page_size", "page_token", b"page_token", "state", b"state", "tag", b"tag", "token_id", b"token_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1186,3 +1327,213 @@ class GetOverviewResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetOverviewResponse: _TypeAlias = GetOverviewResponse  # noqa: Y015
+
+@_typing.final
+class EnrollmentRequest(_message.Message):
+    """EnrollmentRequest is an enrollment with a token that requires approval."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class FactsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    ID_FIELD_NUMBER: _builtins.int
+    TOKEN_ID_FIELD_NUMBER: _builtins.int
+    HOSTNAME_FIELD_NUMBER: _builtins.int
+    FACTS_FIELD_NUMBER: _builtins.int
+    PEER_FIELD_NUMBER: _builtins.int
+    PUBLIC_KEY_SHA256_FIELD_NUMBER: _builtins.int
+    REQUESTED_AT_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    DECIDED_BY_FIELD_NUMBER: _builtins.int
+    DECIDED_AT_FIELD_NUMBER: _builtins.int
+    DEVICE_ID_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    token_id: _builtins.str
+    hostname: _builtins.str
+    peer: _builtins.str
+    """The address the agent asked from."""
+    public_key_sha256: _builtins.str
+    """SHA-256 of the agent's public key (SubjectPublicKeyInfo DER), lowercase hex."""
+    state: Global___EnrollmentRequestState.ValueType
+    decided_by: _builtins.str
+    """admin/<name> who approved or denied it."""
+    device_id: _builtins.str
+    """The device the approval enrolled."""
+    @_builtins.property
+    def facts(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    @_builtins.property
+    def requested_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def decided_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        token_id: _builtins.str = ...,
+        hostname: _builtins.str = ...,
+        facts: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        peer: _builtins.str = ...,
+        public_key_sha256: _builtins.str = ...,
+        requested_at: _timestamp_pb2.Timestamp | None = ...,
+        state: Global___EnrollmentRequestState.ValueType = ...,
+        decided_by: _builtins.str = ...,
+        decided_at: _timestamp_pb2.Timestamp | None = ...,
+        device_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["decided_at", b"decided_at", "requested_at", b"requested_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decided_at", b"decided_at", "decided_by", b"decided_by", "device_id", b"device_id", "facts", b"facts", "hostname", b"hostname", "id", b"id", "peer", b"peer", "public_key_sha256", b"public_key_sha256", "requested_at", b"requested_at", "state", b"state", "token_id", b"token_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EnrollmentRequest: _TypeAlias = EnrollmentRequest  # noqa: Y015
+
+@_typing.final
+class ListEnrollmentRequestsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """At most this many requests (default 100, capped at 1000)."""
+    page_token: _builtins.str
+    state: Global___EnrollmentRequestState.ValueType
+    """Only requests in this state; unspecified means all."""
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+        state: Global___EnrollmentRequestState.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListEnrollmentRequestsRequest: _TypeAlias = ListEnrollmentRequestsRequest  # noqa: Y015
+
+@_typing.final
+class ListEnrollmentRequestsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUESTS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def requests(self) -> _containers.RepeatedCompositeFieldContainer[Global___EnrollmentRequest]: ...
+    def __init__(
+        self,
+        *,
+        requests: _abc.Iterable[Global___EnrollmentRequest] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "requests", b"requests"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListEnrollmentRequestsResponse: _TypeAlias = ListEnrollmentRequestsResponse  # noqa: Y015
+
+@_typing.final
+class ApproveEnrollmentRequestRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApproveEnrollmentRequestRequest: _TypeAlias = ApproveEnrollmentRequestRequest  # noqa: Y015
+
+@_typing.final
+class ApproveEnrollmentRequestResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_FIELD_NUMBER: _builtins.int
+    DEVICE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def request(self) -> Global___EnrollmentRequest: ...
+    @_builtins.property
+    def device(self) -> Global___Device: ...
+    def __init__(
+        self,
+        *,
+        request: Global___EnrollmentRequest | None = ...,
+        device: Global___Device | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["device", b"device", "request", b"request"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device", b"device", "request", b"request"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApproveEnrollmentRequestResponse: _TypeAlias = ApproveEnrollmentRequestResponse  # noqa: Y015
+
+@_typing.final
+class DenyEnrollmentRequestRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DenyEnrollmentRequestRequest: _TypeAlias = DenyEnrollmentRequestRequest  # noqa: Y015
+
+@_typing.final
+class DenyEnrollmentRequestResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def request(self) -> Global___EnrollmentRequest: ...
+    def __init__(
+        self,
+        *,
+        request: Global___EnrollmentRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DenyEnrollmentRequestResponse: _TypeAlias = DenyEnrollmentRequestResponse  # noqa: Y015

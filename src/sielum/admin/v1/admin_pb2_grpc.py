@@ -119,6 +119,21 @@ class AdminServiceStub:
                 request_serializer=sielum_dot_admin_dot_v1_dot_admin__pb2.GetOverviewRequest.SerializeToString,
                 response_deserializer=sielum_dot_admin_dot_v1_dot_admin__pb2.GetOverviewResponse.FromString,
                 _registered_method=True)
+        self.ListEnrollmentRequests = channel.unary_unary(
+                '/sielum.admin.v1.AdminService/ListEnrollmentRequests',
+                request_serializer=sielum_dot_admin_dot_v1_dot_admin__pb2.ListEnrollmentRequestsRequest.SerializeToString,
+                response_deserializer=sielum_dot_admin_dot_v1_dot_admin__pb2.ListEnrollmentRequestsResponse.FromString,
+                _registered_method=True)
+        self.ApproveEnrollmentRequest = channel.unary_unary(
+                '/sielum.admin.v1.AdminService/ApproveEnrollmentRequest',
+                request_serializer=sielum_dot_admin_dot_v1_dot_admin__pb2.ApproveEnrollmentRequestRequest.SerializeToString,
+                response_deserializer=sielum_dot_admin_dot_v1_dot_admin__pb2.ApproveEnrollmentRequestResponse.FromString,
+                _registered_method=True)
+        self.DenyEnrollmentRequest = channel.unary_unary(
+                '/sielum.admin.v1.AdminService/DenyEnrollmentRequest',
+                request_serializer=sielum_dot_admin_dot_v1_dot_admin__pb2.DenyEnrollmentRequestRequest.SerializeToString,
+                response_deserializer=sielum_dot_admin_dot_v1_dot_admin__pb2.DenyEnrollmentRequestResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -245,6 +260,31 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListEnrollmentRequests(self, request, context):
+        """ListEnrollmentRequests lists enrollments waiting for (or given) an admin's
+        decision, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ApproveEnrollmentRequest(self, request, context):
+        """ApproveEnrollmentRequest consumes a use of the request's token and enrolls the
+        device; the waiting agent receives its certificate on its next try.
+        FAILED_PRECONDITION when the request was decided already or its token
+        cannot be used any more.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DenyEnrollmentRequest(self, request, context):
+        """DenyEnrollmentRequest refuses the request; its agent stops with "enrollment denied".
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -327,6 +367,21 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.GetOverview,
                     request_deserializer=sielum_dot_admin_dot_v1_dot_admin__pb2.GetOverviewRequest.FromString,
                     response_serializer=sielum_dot_admin_dot_v1_dot_admin__pb2.GetOverviewResponse.SerializeToString,
+            ),
+            'ListEnrollmentRequests': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListEnrollmentRequests,
+                    request_deserializer=sielum_dot_admin_dot_v1_dot_admin__pb2.ListEnrollmentRequestsRequest.FromString,
+                    response_serializer=sielum_dot_admin_dot_v1_dot_admin__pb2.ListEnrollmentRequestsResponse.SerializeToString,
+            ),
+            'ApproveEnrollmentRequest': grpc.unary_unary_rpc_method_handler(
+                    servicer.ApproveEnrollmentRequest,
+                    request_deserializer=sielum_dot_admin_dot_v1_dot_admin__pb2.ApproveEnrollmentRequestRequest.FromString,
+                    response_serializer=sielum_dot_admin_dot_v1_dot_admin__pb2.ApproveEnrollmentRequestResponse.SerializeToString,
+            ),
+            'DenyEnrollmentRequest': grpc.unary_unary_rpc_method_handler(
+                    servicer.DenyEnrollmentRequest,
+                    request_deserializer=sielum_dot_admin_dot_v1_dot_admin__pb2.DenyEnrollmentRequestRequest.FromString,
+                    response_serializer=sielum_dot_admin_dot_v1_dot_admin__pb2.DenyEnrollmentRequestResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -766,6 +821,87 @@ class AdminService:
             '/sielum.admin.v1.AdminService/GetOverview',
             sielum_dot_admin_dot_v1_dot_admin__pb2.GetOverviewRequest.SerializeToString,
             sielum_dot_admin_dot_v1_dot_admin__pb2.GetOverviewResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListEnrollmentRequests(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sielum.admin.v1.AdminService/ListEnrollmentRequests',
+            sielum_dot_admin_dot_v1_dot_admin__pb2.ListEnrollmentRequestsRequest.SerializeToString,
+            sielum_dot_admin_dot_v1_dot_admin__pb2.ListEnrollmentRequestsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ApproveEnrollmentRequest(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sielum.admin.v1.AdminService/ApproveEnrollmentRequest',
+            sielum_dot_admin_dot_v1_dot_admin__pb2.ApproveEnrollmentRequestRequest.SerializeToString,
+            sielum_dot_admin_dot_v1_dot_admin__pb2.ApproveEnrollmentRequestResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DenyEnrollmentRequest(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sielum.admin.v1.AdminService/DenyEnrollmentRequest',
+            sielum_dot_admin_dot_v1_dot_admin__pb2.DenyEnrollmentRequestRequest.SerializeToString,
+            sielum_dot_admin_dot_v1_dot_admin__pb2.DenyEnrollmentRequestResponse.FromString,
             options,
             channel_credentials,
             insecure,

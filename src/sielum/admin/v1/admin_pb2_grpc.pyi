@@ -80,6 +80,18 @@ class AdminServiceStub:
     """
     GetOverview: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetOverviewRequest, _admin_pb2.GetOverviewResponse]
     """GetOverview counts tokens and devices by state and enrollments per day."""
+    ListEnrollmentRequests: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListEnrollmentRequestsRequest, _admin_pb2.ListEnrollmentRequestsResponse]
+    """ListEnrollmentRequests lists enrollments waiting for (or given) an admin's
+    decision, newest first.
+    """
+    ApproveEnrollmentRequest: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ApproveEnrollmentRequestRequest, _admin_pb2.ApproveEnrollmentRequestResponse]
+    """ApproveEnrollmentRequest consumes a use of the request's token and enrolls the
+    device; the waiting agent receives its certificate on its next try.
+    FAILED_PRECONDITION when the request was decided already or its token
+    cannot be used any more.
+    """
+    DenyEnrollmentRequest: _grpc.UnaryUnaryMultiCallable[_admin_pb2.DenyEnrollmentRequestRequest, _admin_pb2.DenyEnrollmentRequestResponse]
+    """DenyEnrollmentRequest refuses the request; its agent stops with "enrollment denied"."""
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -133,6 +145,18 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """
     GetOverview: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetOverviewRequest, _admin_pb2.GetOverviewResponse]  # type: ignore[assignment]
     """GetOverview counts tokens and devices by state and enrollments per day."""
+    ListEnrollmentRequests: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListEnrollmentRequestsRequest, _admin_pb2.ListEnrollmentRequestsResponse]  # type: ignore[assignment]
+    """ListEnrollmentRequests lists enrollments waiting for (or given) an admin's
+    decision, newest first.
+    """
+    ApproveEnrollmentRequest: _aio.UnaryUnaryMultiCallable[_admin_pb2.ApproveEnrollmentRequestRequest, _admin_pb2.ApproveEnrollmentRequestResponse]  # type: ignore[assignment]
+    """ApproveEnrollmentRequest consumes a use of the request's token and enrolls the
+    device; the waiting agent receives its certificate on its next try.
+    FAILED_PRECONDITION when the request was decided already or its token
+    cannot be used any more.
+    """
+    DenyEnrollmentRequest: _aio.UnaryUnaryMultiCallable[_admin_pb2.DenyEnrollmentRequestRequest, _admin_pb2.DenyEnrollmentRequestResponse]  # type: ignore[assignment]
+    """DenyEnrollmentRequest refuses the request; its agent stops with "enrollment denied"."""
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     """AdminService manages enrollment tokens, enrolled devices, admins and service
@@ -279,5 +303,35 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.GetOverviewResponse, _abc.Awaitable[_admin_pb2.GetOverviewResponse]]:
         """GetOverview counts tokens and devices by state and enrollments per day."""
+
+    @_abc_1.abstractmethod
+    def ListEnrollmentRequests(
+        self,
+        request: _admin_pb2.ListEnrollmentRequestsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListEnrollmentRequestsResponse, _abc.Awaitable[_admin_pb2.ListEnrollmentRequestsResponse]]:
+        """ListEnrollmentRequests lists enrollments waiting for (or given) an admin's
+        decision, newest first.
+        """
+
+    @_abc_1.abstractmethod
+    def ApproveEnrollmentRequest(
+        self,
+        request: _admin_pb2.ApproveEnrollmentRequestRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ApproveEnrollmentRequestResponse, _abc.Awaitable[_admin_pb2.ApproveEnrollmentRequestResponse]]:
+        """ApproveEnrollmentRequest consumes a use of the request's token and enrolls the
+        device; the waiting agent receives its certificate on its next try.
+        FAILED_PRECONDITION when the request was decided already or its token
+        cannot be used any more.
+        """
+
+    @_abc_1.abstractmethod
+    def DenyEnrollmentRequest(
+        self,
+        request: _admin_pb2.DenyEnrollmentRequestRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.DenyEnrollmentRequestResponse, _abc.Awaitable[_admin_pb2.DenyEnrollmentRequestResponse]]:
+        """DenyEnrollmentRequest refuses the request; its agent stops with "enrollment denied"."""
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from sielum.cli import conventions
-from sielum.cli.admin import admins, audit, dashboard, devices, services, tokens
+from sielum.cli.admin import admins, audit, dashboard, devices, requests, services, tokens
 from sielum.cli.admin.arguments import _global_options
 from sielum.cli.admin.client import _EPILOG, CERT_DIR_ENV, DEFAULT_CERT_DIR, PROG, AdminBundle, Api
 
@@ -21,10 +21,14 @@ _DESCRIPTION = """\
 Sielum administration over mutual TLS with an admin certificate.
 
   tokens create --label L [--max-uses N] [--expires-in 7d | --expires-at RFC3339]
+      [--tag T]... [--allow-network CIDR]... [--hostname-pattern GLOB]
+      [--require-fact NAME=GLOB]... [--approval manual] [--ephemeral-after 1h]
   tokens list [--state active|expired|exhausted|revoked] [--limit N]
   tokens get ID | tokens revoke ID          (ID: the token id, or its whole secret)
-  devices list [--state active|expired|revoked] [--hostname NAME] [--token ID] [--limit N]
+  devices list [--state active|expired|revoked] [--hostname NAME] [--token ID] [--tag T]
+      [--limit N]
   devices get ID | devices revoke ID
+  requests list [--state pending|approved|denied|expired] | requests approve ID | requests deny ID
   admins create NAME --out DIR | admins list | admins revoke NAME
   services create NAME --out DIR [--csr FILE] | services list | services revoke NAME
   audit list [--since 1h] [--actor admin/NAME] [--resource token/ID] [--action A] [--limit N]
@@ -54,11 +58,14 @@ def build_parser() -> argparse.ArgumentParser:
     conventions.add_version_option(parser)
     _global_options(parser, top=True)
     groups = parser.add_subparsers(
-        dest="group", required=True, metavar="{tokens,devices,admins,services,audit,dashboard}"
+        dest="group",
+        required=True,
+        metavar="{tokens,devices,requests,admins,services,audit,dashboard}",
     )
 
     tokens.register(groups)
     devices.register(groups)
+    requests.register(groups)
     admins.register(groups)
     services.register(groups)
     audit.register(groups)

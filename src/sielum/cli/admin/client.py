@@ -197,6 +197,7 @@ class Api:
         *,
         state: admin_pb2.DeviceState.ValueType = admin_pb2.DEVICE_STATE_UNSPECIFIED,
         hostname: str = "",
+        tag: str = "",
     ) -> Iterator[admin_pb2.Device]:
         def fetch(size: int, page_token: str) -> tuple[Sequence[admin_pb2.Device], str]:
             while True:
@@ -206,6 +207,7 @@ class Api:
                     token_id=token_id,
                     state=state,
                     hostname=hostname,
+                    tag=tag,
                 )
                 try:
                     reply = self.stub.ListDevices(request, timeout=self.timeout)
@@ -218,6 +220,18 @@ class Api:
                         continue
                     raise self.error(error) from None
                 return reply.devices, reply.next_page_token
+
+        return self.pages(fetch, limit, page_size)
+
+    def requests(
+        self, state: admin_pb2.EnrollmentRequestState.ValueType, limit: int | None, page_size: int
+    ) -> Iterator[admin_pb2.EnrollmentRequest]:
+        def fetch(size: int, page_token: str) -> tuple[Sequence[admin_pb2.EnrollmentRequest], str]:
+            request = admin_pb2.ListEnrollmentRequestsRequest(
+                page_size=size, page_token=page_token, state=state
+            )
+            reply = self.call(self.stub.ListEnrollmentRequests, request)
+            return reply.requests, reply.next_page_token
 
         return self.pages(fetch, limit, page_size)
 

@@ -65,6 +65,7 @@ def _device_details(device: admin_pb2.Device) -> str:
         ("last seen", _when(device.last_seen_at, "never")),
         ("revoked", _when(device.revoked_at, "no")),
         ("peer", device.peer or "-"),
+        ("tags", ", ".join(device.tags) or "-"),
     ]
     fields += [(f"fact {key}", value) for key, value in sorted(device.facts.items())]
     return _table(("", ""), fields).split("\n", 1)[1]
@@ -77,7 +78,12 @@ def _cmd_devices_list(args: argparse.Namespace, api: Api, bundle: AdminBundle) -
     state = _DEVICE_STATES[args.state] if args.state else admin_pb2.DEVICE_STATE_UNSPECIFIED
     devices = list(
         api.devices(
-            args.token or "", args.limit, args.page_size, state=state, hostname=args.hostname
+            args.token or "",
+            args.limit,
+            args.page_size,
+            state=state,
+            hostname=args.hostname,
+            tag=args.tag,
         )
     )
     if args.json:
@@ -131,6 +137,7 @@ def register(groups: argparse._SubParsersAction[conventions.Parser]) -> None:
         "--hostname", default="", metavar="NAME", help="only devices with exactly this host name"
     )
     dlist.add_argument("--token", metavar="ID", help="only devices enrolled with this token")
+    dlist.add_argument("--tag", default="", metavar="T", help="only devices carrying this tag")
     dlist.add_argument("--limit", type=_positive_int, metavar="N", help="at most N devices")
     _page_size_option(dlist)
     dget = leaf(device_commands, "get", "show one device", _cmd_devices_get)

@@ -81,7 +81,32 @@ def _token_details(token: admin_pb2.EnrollmentToken) -> str:
         ("created", f"{_when(token.created_at, '-')} by {token.created_by or '-'}"),
         ("revoked", _when(token.revoked_at, "no")),
     ]
+    fields += policy_fields(token)
     return _table(("", ""), fields).split("\n", 1)[1]
+
+
+def policy_fields(token: admin_pb2.EnrollmentToken) -> list[tuple[str, str]]:
+    """The token's policy, one line per rule it sets."""
+    fields = []
+    if token.tags:
+        fields.append(("tags", ", ".join(token.tags)))
+    if token.allowed_networks:
+        fields.append(("allowed networks", ", ".join(token.allowed_networks)))
+    if token.hostname_pattern:
+        fields.append(("hostname pattern", token.hostname_pattern))
+    fields += [(f"required fact {k}", v) for k, v in sorted(token.required_facts.items())]
+    if token.HasField("ephemeral_after"):
+        fields.append(("ephemeral after", f"{token.ephemeral_after.seconds}s without a call"))
+    if token.requires_approval:
+        fields.append(("approval", "manual: each enrollment waits for an admin"))
+    return fields
+
+
+def _required_fact(text: str) -> tuple[str, str]:
+    name, sep, pattern = text.partition("=")
+    if not sep or not name.strip() or not pattern:
+        raise argparse.ArgumentTypeError(f"expected NAME=GLOB, like os=linux*, got {text!r}")
+    return name.strip(), pattern
 
 
 # --- commands -------------------------------------------------------------------
@@ -119,6 +144,16 @@ def _cmd_tokens_create(args: argparse.Namespace, api: Api, bundle: AdminBundle) 
         expires_at = datetime.now(UTC) + expires_in
     if expires_at is not None:
         request.expires_at.FromDatetime(expires_at)
+    request.tags.extend(args.tag)
+    request.allowed_networks.extend(args.allow_network)
+    request.hostname_pattern = args.hostname_pattern
+    facts = dict(args.require_fact)
+    if len(facts) != len(args.require_fact):
+        raise AdminError("--require-fact names one fact at most once", EXIT_USAGE)
+    request.required_facts.update(facts)
+    if args.ephemeral_after is not None:
+        request.ephemeral_after.FromTimedelta(args.ephemeral_after)
+    request.requires_approval = args.approval == "manual"
     enroll_server = _enroll_server(args)
     ca_fingerprint = bundle.ca_fingerprint()
     reply: admin_pb2.CreateEnrollmentTokenResponse = api.call(
@@ -147,9 +182,15 @@ def _cmd_tokens_create(args: argparse.Namespace, api: Api, bundle: AdminBundle) 
     print()
     print("secret (shown this once: store it now, e.g. in a vault):")
     print(f"  {reply.secret}")
+    for name, value in policy_fields(token):
+        print(f"  {name}: {value}")
     print()
     print("enroll an agent with it:")
     print(f"  {command}")
+    if token.requires_approval:
+        print()
+        print(f"each enrollment then waits: {PROG} requests list --state pending, ")
+        print(f"  {PROG} requests approve ID  (or deny ID)")
     return EXIT_OK
 
 
@@ -243,6 +284,51 @@ def register(groups: argparse._SubParsersAction[conventions.Parser]) -> None:
     )
     expiry.add_argument(
         "--expires-at", type=parse_rfc3339, metavar="RFC3339", help="like 2026-12-31T23:59:59Z"
+    )
+    policy = create.add_argument_group(
+        "policy", "rules checked at every enrollment with the token (each optional)"
+    )
+    policy.add_argument(
+        "--tag",
+        action="append",
+        default=[],
+        metavar="T",
+        help="a tag every device of the token carries (Device.tags, and sielum://tag/T in its "
+        "certificate); a-z 0-9 . _ -; repeat for more",
+    )
+    policy.add_argument(
+        "--allow-network",
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="enroll only from this network (IPv4 or IPv6, like 10.0.0.0/8); repeat for more",
+    )
+    policy.add_argument(
+        "--hostname-pattern",
+        default="",
+        metavar="GLOB",
+        help="the host name must match this shell glob (like 'web-*')",
+    )
+    policy.add_argument(
+        "--require-fact",
+        action="append",
+        default=[],
+        type=_required_fact,
+        metavar="NAME=GLOB",
+        help="the agent's fact NAME must be present and match GLOB; repeat for more",
+    )
+    policy.add_argument(
+        "--approval",
+        choices=("auto", "manual"),
+        default="auto",
+        help="manual: each enrollment waits until an admin approves it (`requests approve`)",
+    )
+    policy.add_argument(
+        "--ephemeral-after",
+        type=parse_duration,
+        metavar="DURATION",
+        help="revoke a device of this token once it has not called for this long (like 1h); "
+        "make it longer than the agents' heartbeat interval",
     )
     create.add_argument(
         "--enroll-server",

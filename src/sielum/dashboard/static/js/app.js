@@ -4,6 +4,7 @@ import { ApiError, session } from "./api.js";
 import { announce, h, sentence } from "./ui.js";
 import * as overview from "./pages/overview.js";
 import * as devices from "./pages/devices.js";
+import * as pending from "./pages/pending.js";
 import * as audit from "./pages/audit.js";
 import * as settings from "./pages/settings.js";
 import * as tokens from "./pages/tokens.js";
@@ -11,6 +12,7 @@ import * as tokens from "./pages/tokens.js";
 const PAGES = {
   "/": overview,
   "/devices": devices,
+  "/devices/pending": pending,
   "/audit": audit,
   "/settings": settings,
   "/settings/enrollment-tokens": tokens,

@@ -1,4 +1,4 @@
-// Devices: every enrolled machine, filtered by the token it enrolled with; revoke one.
+// Devices: every enrolled machine, filtered by the token it enrolled with or a tag; revoke one.
 
 import { call, listAll } from "../api.js";
 import { announce, badge, confirmAction, emptyState, h, pageHeader, spinner, stateName, table, when } from "../ui.js";
@@ -14,24 +14,42 @@ export async function render(main) {
   setTitle("Devices");
   const params = new URLSearchParams(location.search);
   let tokenId = params.get("token") ?? "";
+  let tag = params.get("tag") ?? "";
   let pageToken = "";
   const rows = [];
   const labels = new Map();
   const list = h("section", { class: "panel", "aria-label": "Devices" });
   const more = h("div", { class: "more" });
   const filter = h("select", { id: "token-filter" }, h("option", { value: "" }, "All tokens"));
+  const tagFilter = h("input", { id: "tag-filter", type: "search", value: tag, autocomplete: "off", size: 16 });
+  function address() {
+    const query = new URLSearchParams();
+    if (tokenId) query.set("token", tokenId);
+    if (tag) query.set("tag", tag);
+    const text = query.toString();
+    history.replaceState(null, "", text ? `/devices?${text}` : "/devices");
+  }
   filter.addEventListener("change", () => {
     tokenId = filter.value;
-    history.replaceState(null, "", tokenId ? `/devices?token=${encodeURIComponent(tokenId)}` : "/devices");
+    address();
     load(false);
   });
+  tagFilter.addEventListener("change", () => {
+    tag = tagFilter.value.trim();
+    address();
+    load(false);
+  });
+  const pending = h("a", { class: "button button-quiet", href: "/devices/pending" }, "Pending");
 
   main.replaceChildren(
     pageHeader({
       title: "Devices",
       intro: "Machines that enrolled with a token. A revoked device is refused from its very next call.",
+      actions: [pending],
     }),
-    h("div", { class: "toolbar" }, h("label", { for: "token-filter" }, "Token"), filter),
+    h("div", { class: "toolbar" },
+      h("label", { for: "token-filter" }, "Token"), filter,
+      h("label", { for: "tag-filter" }, "Tag"), tagFilter),
     list,
     more);
 
@@ -63,7 +81,9 @@ export async function render(main) {
     more.replaceChildren();
     let answer;
     try {
-      answer = await call("ListDevices", { pageSize: PAGE_SIZE, pageToken, tokenId: tokenId || undefined });
+      answer = await call("ListDevices", {
+        pageSize: PAGE_SIZE, pageToken, tokenId: tokenId || undefined, tag: tag || undefined,
+      });
     } catch (error) {
       if (mine === generation) report(list, error, () => load(false));
       return;
@@ -72,6 +92,13 @@ export async function render(main) {
     rows.push(...(answer.devices ?? []));
     pageToken = answer.nextPageToken ?? "";
     if (!rows.length) {
+      if (tag) {
+        list.replaceChildren(emptyState({
+          title: "No devices with this tag",
+          text: "No device carries this tag. Tags come from the token a device enrolled with.",
+        }));
+        return;
+      }
       list.replaceChildren(emptyState({
         title: tokenId ? "No devices enrolled with this token" : "No devices yet",
         text: tokenId
@@ -93,6 +120,12 @@ export async function render(main) {
           title: "Token",
           cell: (d) => h("a", { class: "nowrap", href: `/devices?token=${encodeURIComponent(d.tokenId)}`, title: d.tokenId },
             labels.get(d.tokenId) ?? d.tokenId),
+        },
+        {
+          title: "Tags",
+          cell: (d) => (d.tags?.length
+            ? h("span", { class: "tags" }, d.tags.map((t) => h("span", { class: "tag" }, t)))
+            : h("span", { class: "muted" }, "—")),
         },
         { title: "Enrolled", cell: (d) => when(d.enrolledAt) },
         { title: "Last seen", cell: (d) => when(d.lastSeenAt, "Never") },

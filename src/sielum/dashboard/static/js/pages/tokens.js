@@ -27,6 +27,19 @@ function uses(token) {
   return `${token.uses ?? 0}/${token.maxUses === undefined ? "∞" : token.maxUses}`;
 }
 
+// The token's policy in a few words, for its row and its created dialog.
+export function policySummary(token) {
+  const parts = [];
+  if (token.requiresApproval) parts.push("Approval required");
+  if (token.tags?.length) parts.push(`Tags: ${token.tags.join(", ")}`);
+  if (token.allowedNetworks?.length) parts.push(`Networks: ${token.allowedNetworks.join(", ")}`);
+  if (token.hostnamePattern) parts.push(`Hostname: ${token.hostnamePattern}`);
+  const facts = Object.entries(token.requiredFacts ?? {});
+  if (facts.length) parts.push(`Facts: ${facts.map(([k, v]) => `${k}=${v}`).join(", ")}`);
+  if (token.ephemeralAfter) parts.push(`Ephemeral after ${token.ephemeralAfter}`);
+  return parts.join(" · ");
+}
+
 function shellQuote(text) {
   return `'${String(text).replaceAll("'", `'"'"'`)}'`;
 }
@@ -114,7 +127,8 @@ export async function render(main) {
         {
           title: "Label",
           class: "col-main",
-          cell: (t) => h("div", {}, h("div", { class: "strong" }, t.label), h("div", { class: "mono small muted" }, t.id)),
+          cell: (t) => h("div", {}, h("div", { class: "strong" }, t.label), h("div", { class: "mono small muted" }, t.id),
+            policySummary(t) ? h("div", { class: "small policy" }, policySummary(t)) : null),
         },
         { title: "State", cell: (t) => badge(tokenState(t)) },
         {
@@ -206,7 +220,92 @@ function readForm(form) {
     else if (date <= new Date()) errors["token-expires-at"] = "Choose a time in the future, or leave it blank.";
     else expiresAt = date.toISOString();
   }
-  return { errors, request: { label, maxUses, expiresAt } };
+  const advanced = readAdvanced(form, errors);
+  return { errors, request: { label, maxUses, expiresAt, ...advanced } };
+}
+
+const DURATION = /^(\d+)\s*(s|m|h|d)$/;
+const SECONDS = { s: 1, m: 60, h: 3600, d: 86400 };
+const TAG = /^[a-z0-9][a-z0-9._-]{0,62}$/;
+
+function words(text) {
+  return text.split(/[\s,]+/).filter(Boolean);
+}
+
+// The Advanced section: the token's policy. The server checks it again, in the same words.
+function readAdvanced(form, errors) {
+  const tags = words(form.querySelector("#token-tags").value);
+  const badTag = tags.find((tag) => !TAG.test(tag));
+  if (badTag) errors["token-tags"] = `“${badTag}” is not a tag: a-z, 0-9, . _ - starting with a letter or digit.`;
+  const allowedNetworks = words(form.querySelector("#token-networks").value);
+  const hostnamePattern = form.querySelector("#token-hostname-pattern").value.trim();
+  const requiredFacts = {};
+  for (const line of form.querySelector("#token-facts").value.split("\n")) {
+    if (!line.trim()) continue;
+    const at = line.indexOf("=");
+    if (at < 1 || at === line.length - 1) {
+      errors["token-facts"] = `“${line.trim()}” is not NAME=GLOB.`;
+      break;
+    }
+    requiredFacts[line.slice(0, at).trim()] = line.slice(at + 1).trim();
+  }
+  const ephemeralText = form.querySelector("#token-ephemeral").value.trim();
+  let ephemeralAfter;
+  if (ephemeralText) {
+    const match = DURATION.exec(ephemeralText);
+    if (!match) errors["token-ephemeral"] = "A duration like 30m, 12h or 7d, or blank.";
+    else ephemeralAfter = `${Number(match[1]) * SECONDS[match[2]]}s`;
+  }
+  const requiresApproval = form.querySelector("#token-approval").checked;
+  return {
+    tags: tags.length ? tags : undefined,
+    allowedNetworks: allowedNetworks.length ? allowedNetworks : undefined,
+    hostnamePattern: hostnamePattern || undefined,
+    requiredFacts: Object.keys(requiredFacts).length ? requiredFacts : undefined,
+    ephemeralAfter,
+    requiresApproval: requiresApproval || undefined,
+  };
+}
+
+function advancedSection() {
+  return h("details", { class: "advanced" },
+    h("summary", {}, "Advanced"),
+    h("div", { class: "advanced-fields" },
+      field({
+        id: "token-tags",
+        label: "Tags",
+        hint: "Every device of this token carries them, also in its certificate. Separate with spaces or commas.",
+        input: h("input", { type: "text", name: "tags", autocomplete: "off" }),
+      }),
+      field({
+        id: "token-networks",
+        label: "Allowed networks",
+        hint: "Enroll only from these CIDRs (IPv4 or IPv6), e.g. 10.0.0.0/8. Blank for anywhere.",
+        input: h("input", { type: "text", name: "allowedNetworks", autocomplete: "off" }),
+      }),
+      field({
+        id: "token-hostname-pattern",
+        label: "Hostname pattern",
+        hint: "A shell glob the machine's host name must match, e.g. web-*.",
+        input: h("input", { type: "text", name: "hostnamePattern", autocomplete: "off" }),
+      }),
+      field({
+        id: "token-facts",
+        label: "Required facts",
+        hint: "One NAME=GLOB per line, e.g. os=linux: each fact must be reported and match.",
+        input: h("textarea", { name: "requiredFacts", rows: 2, spellcheck: "false" }),
+      }),
+      field({
+        id: "token-ephemeral",
+        label: "Ephemeral after",
+        hint: "Revoke a device once it has not called for this long, e.g. 1h. Blank for never.",
+        input: h("input", { type: "text", name: "ephemeralAfter", autocomplete: "off" }),
+      }),
+      h("div", { class: "field field-check" },
+        h("label", { for: "token-approval" },
+          h("input", { type: "checkbox", id: "token-approval", name: "requiresApproval" }),
+          " Require approval"),
+        h("p", { class: "hint" }, "Each enrollment waits until an admin approves it under Devices → Pending."))));
 }
 
 function openNewToken(onDone) {
@@ -233,6 +332,7 @@ function openNewToken(onDone) {
       hint: `Optional; your local time (${utcOffset()}). Leave blank for a token that never expires.`,
       input: h("input", { type: "datetime-local", name: "expiresAt" }),
     }),
+    advancedSection(),
     h("div", { class: "dialog-actions" },
       h("button", { type: "button", class: "button button-quiet", onclick: () => dialog.close() }, "Cancel"),
       submit));
@@ -245,9 +345,14 @@ function openNewToken(onDone) {
     event.preventDefault();
     serverError.replaceChildren();
     const { errors, request } = readForm(form);
-    for (const id of ["token-label", "token-max-uses", "token-expires-at"]) setFieldError(form, id, errors[id]);
+    for (const id of ["token-label", "token-max-uses", "token-expires-at", "token-tags", "token-facts", "token-ephemeral"]) {
+      setFieldError(form, id, errors[id]);
+    }
     const first = Object.keys(errors)[0];
     if (first) {
+      if (first.startsWith("token-") && form.querySelector(`#${first}`).closest("details")) {
+        form.querySelector("details.advanced").open = true;
+      }
       form.querySelector(`#${first}`).focus();
       return;
     }
@@ -291,6 +396,11 @@ function showSecret(dialog, answer) {
     h("p", {},
       "Token ", h("strong", {}, token.label), ` (${uses(token)} uses, expires `,
       token.expiresAt ? when(token.expiresAt) : "never", ")."),
+    policySummary(token) ? h("p", { class: "policy" }, policySummary(token)) : null,
+    token.requiresApproval
+      ? h("p", { class: "alert alert-info" },
+        "Each enrollment with it waits for approval: approve it under Devices → Pending.")
+      : null,
     h("div", { class: "alert alert-warning" },
       h("strong", {}, "Copy the secret now. "),
       "It is shown this once: Sielum keeps only a hash of it."),

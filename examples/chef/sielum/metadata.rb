@@ -1,0 +1,8 @@
+name 'sielum'
+maintainer 'Sielum'
+license 'Apache-2.0'
+description 'Installs the Sielum agent by checksum, enrolls the node once, enables the agent service'
+version '0.1.0'
+chef_version '>= 16'
+supports 'debian'
+supports 'ubuntu'
