@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import resource
 import statistics
 import tempfile
 import time
@@ -164,6 +165,9 @@ def main() -> None:
                 "rebuild_seconds_median": round(statistics.median(warm), 3),
                 "rebuild_seconds_max": round(max(warm), 3),
                 "stamp_poll_ms_median": round(statistics.median(stamps) * 1000, 3),
+                # Peak of the whole run (filling included): an upper bound of what a
+                # worker holds for the CRL and its entries.
+                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024,
                 "ocsp_lookup_ms_median": round(statistics.median(lookups) * 1000, 3),
             }
         )
