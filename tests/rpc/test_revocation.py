@@ -10,6 +10,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -283,3 +284,55 @@ def test_fail_bad_input_to_the_revocation_port(
     assert harness.server.store.revocation_stamp() == stamp
     # The port still answers (once the first CRL is built, a moment after start).
     assert len(crl(harness).extensions) >= 1
+
+
+def closed_by_server(connection: Any) -> bool:
+    """Whether the server closed the connection (an end of stream, or a reset) within the
+    socket's timeout; a timeout raises."""
+    try:
+        return bool(connection.recv(1) == b"")
+    except ConnectionResetError:
+        return True
+
+
+@pytest.mark.parametrize("bound", ["cap", "idle"])
+def test_fail_idle_and_surplus_connections_hold_nothing_on_the_revocation_port(
+    tmp_path: Path, bound: str
+) -> None:
+    """Bounded like the dashboard and metrics listeners: a connection beyond the cap is
+    closed at once (the idle timeout, 60 s, is longer than the client waits), and one that
+    sends no request is closed after the idle timeout; the port goes on answering."""
+    import socket
+    from datetime import timedelta
+
+    h = start_harness(
+        tmp_path,
+        revocation_addr="127.0.0.1:0",
+        idle_timeout=timedelta(seconds=60 if bound == "cap" else 1),
+        max_http_connections=2 if bound == "cap" else 100,
+    )
+    try:
+        port = h.server.revocation_port
+        held = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(2)]
+        if bound == "cap":
+            surplus = socket.create_connection(("127.0.0.1", port), timeout=10)
+            assert closed_by_server(surplus)  # well before the idle timeout
+            surplus.close()
+            for connection in held:
+                connection.close()
+        else:
+            for idle in held:
+                assert closed_by_server(idle)
+                idle.close()
+        # The slots come back as the server sees the connections go (the cap case: we
+        # closed them), and the port answers again.
+        deadline = time.monotonic() + CRL_BOUND
+        while True:
+            try:
+                assert len(crl(h).extensions) >= 1
+                break
+            except (ConnectionResetError, urllib.error.URLError):
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+    finally:
+        h.server.stop(grace=1)

@@ -140,6 +140,18 @@ def test_revoking_lists_every_certificate_of_the_device_with_the_first_reason(
         assert (listed[serial].revoked_at, listed[serial].reason) == (revoked_at, "keyCompromise")
         assert status(store, serial).reason == "keyCompromise"
     assert status(store, "serial-dev2").revoked_at is None
+    # The rows the CRL is rebuilt from say the same, times in microseconds.
+    rows = {row[0]: row for row in store.refused_certificate_rows(revoked_at)}
+    assert rows == {
+        serial: (
+            serial,
+            to_micros(record.not_after),
+            None if record.superseded_at is None else to_micros(record.superseded_at),
+            None if record.revoked_at is None else to_micros(record.revoked_at),
+            record.reason,
+        )
+        for serial, record in listed.items()
+    }
 
     # Revoking again keeps the first time and reason, and moves nothing.
     stamp = store.revocation_stamp()

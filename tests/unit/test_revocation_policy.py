@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 from cryptography import x509
@@ -163,30 +162,37 @@ def test_an_exited_workers_live_gauges_are_forgotten_and_its_counters_kept(
     )
 
 
-def test_a_crl_built_with_the_previous_entries_lists_the_same_and_drops_the_expired() -> None:
-    from sielum.ca.revocation import Revocation, build_crl
+def test_entries_encoded_here_make_the_crl_cryptography_would_byte_for_byte() -> None:
+    """The CrlPublisher's CRL (crl_entry_der, sign_crl_entries) against build_crl's: the same
+    signed content, for every reason, serials with and without a leading zero octet, times
+    before and after 2050, and no entries at all."""
+    from sielum.ca.revocation import Revocation, build_crl, crl_entry_der, sign_crl_entries
 
     key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.now(UTC)
+    now = datetime.now(UTC).replace(microsecond=654321)
     ca = profile.self_signed_ca_certificate(key=key, now=now)
-    later = now + timedelta(days=1)
-    lasting = Revocation(0x10, now, now + timedelta(days=30), x509.ReasonFlags.key_compromise)
-    ending = Revocation(0x11, now, now + timedelta(hours=1), x509.ReasonFlags.superseded)
-    built: dict[Revocation, x509.RevokedCertificate] = {}
-    build_crl(ca, key, [lasting, ending], number=1, now=now, entries_built=built)
-    assert set(built) == {lasting, ending}
-    reused = built[lasting]
-    fresh = Revocation(0x12, later, now + timedelta(days=30))
-    der = build_crl(ca, key, [lasting, ending, fresh], number=2, now=later, entries_built=built)
-    assert set(built) == {lasting, fresh}  # the expired one left the cache too
-    assert built[lasting] is reused
-    plain = build_crl(ca, key, [lasting, ending, fresh], number=2, now=later)
-
-    def entries(crl_der: bytes) -> list[tuple[int, datetime, list[x509.Extension[Any]]]]:
-        crl = x509.load_der_x509_crl(crl_der)
-        assert crl.is_signature_valid(key.public_key())
-        listed = [(e.serial_number, e.revocation_date_utc, list(e.extensions)) for e in crl]
-        return sorted(listed, key=lambda item: item[0])
-
-    assert entries(der) == entries(plain)
-    assert [serial for serial, _, _ in entries(der)] == [0x10, 0x12]
+    reasons: list[x509.ReasonFlags | None] = [None, *x509.ReasonFlags]
+    revocations = [
+        Revocation(profile.random_serial(), now - timedelta(days=i), now + timedelta(30), r)
+        for i, r in enumerate(reasons)
+    ]
+    revocations += [
+        Revocation(0x7F, now, now + timedelta(days=1)),
+        Revocation(0x80, now, now + timedelta(days=1)),
+        Revocation(2**159 - 1, now, now + timedelta(days=1)),
+        Revocation(1, datetime(2051, 6, 1, 12, tzinfo=UTC), now + timedelta(days=1)),
+    ]
+    for listed in (revocations, []):
+        reference = x509.load_der_x509_crl(build_crl(ca, key, listed, number=9, now=now))
+        ours = x509.load_der_x509_crl(
+            sign_crl_entries(
+                ca,
+                key,
+                [crl_entry_der(r.serial, r.revoked_at, r.reason) for r in listed],
+                number=9,
+                now=now,
+            )
+        )
+        assert ours.tbs_certlist_bytes == reference.tbs_certlist_bytes
+        assert ours.is_signature_valid(key.public_key())
+        assert len(ours) == len(listed)

@@ -93,21 +93,17 @@ class CertificateAuthority:
         return _issued(certificate)
 
     def sign_crl(
-        self,
-        revocations: Iterable[revocation.Revocation],
-        number: int,
-        now: datetime,
-        entries_built: dict[revocation.Revocation, x509.RevokedCertificate] | None = None,
+        self, revocations: Iterable[revocation.Revocation], number: int, now: datetime
     ) -> bytes:
-        """The CRL, DER, listing revocations (those not yet expired at now); entries_built
-        as for revocation.build_crl."""
+        """The CRL, DER, listing revocations (those not yet expired at now)."""
         return revocation.build_crl(
-            self.certificate,
-            self._key,
-            revocations,
-            number=number,
-            now=now,
-            entries_built=entries_built,
+            self.certificate, self._key, revocations, number=number, now=now
+        )
+
+    def sign_crl_entries(self, entries: list[bytes], number: int, now: datetime) -> bytes:
+        """The CRL, DER, listing entries made by revocation.crl_entry_der."""
+        return revocation.sign_crl_entries(
+            self.certificate, self._key, entries, number=number, now=now
         )
 
     def answer_ocsp(

@@ -15,21 +15,21 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-
-from cryptography import x509
+from datetime import UTC, datetime, timedelta
 
 from sielum.ca.authority import CertificateAuthority
 from sielum.ca.revocation import (
     CertificateStatus,
     Revocation,
     Standing,
+    crl_entry_der,
     reason_flag,
 )
 from sielum.clock import Clock
 from sielum.errors import SielumError
 from sielum.logs import log_event
 from sielum.model import CertificateRecord
+from sielum.store.certificates import RefusedRow
 from sielum.store.store import Store
 
 log = logging.getLogger("sielum.revocation")
@@ -38,6 +38,7 @@ POLL_SECONDS = 1.0
 # Rebuilt at least this often: a CRL fetched at any moment is valid for 45 minutes more.
 REFRESH = timedelta(minutes=15)
 _SUPERSEDED = "superseded"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def revocation_of(record: CertificateRecord) -> Revocation | None:
@@ -61,6 +62,25 @@ def revocation_of(record: CertificateRecord) -> Revocation | None:
             reason=reason_flag(record.reason),
         )
     return None
+
+
+def _entry(row: RefusedRow) -> bytes:
+    """The CRL entry of one refused row, as revocation_of lists it."""
+    serial, not_after, superseded_at, revoked_at, reason = row
+    record = CertificateRecord(
+        serial=serial,
+        device_id="",
+        not_after=_EPOCH + timedelta(microseconds=not_after),
+        superseded_at=None
+        if superseded_at is None
+        else _EPOCH + timedelta(microseconds=superseded_at),
+        revoked_at=None if revoked_at is None else _EPOCH + timedelta(microseconds=revoked_at),
+        reason=reason,
+    )
+    revocation = revocation_of(record)
+    if revocation is None:  # the query returns refused certificates only
+        raise ValueError(f"certificate {serial} is not refused")
+    return crl_entry_der(revocation.serial, revocation.revoked_at, revocation.reason)
 
 
 def standing_of(record: CertificateRecord | None) -> Standing:
@@ -114,8 +134,8 @@ class CrlPublisher:
         self._stamp: int | None = None
         self._started_at = clock.now()
         self._last_number = 0
-        # The entries of the last CRL, reused by the next (ca/revocation.py::build_crl).
-        self._entries: dict[Revocation, x509.RevokedCertificate] = {}
+        # The entries of the last CRL, DER by stored row, reused by the next.
+        self._entries: dict[RefusedRow, bytes] = {}
 
     @property
     def current(self) -> Crl | None:
@@ -167,18 +187,25 @@ class CrlPublisher:
     def _build(self) -> Crl:
         started = time.perf_counter()
         now = self._clock.now()
-        records = self._store.refused_certificates(now)
-        revocations = [r for r in map(revocation_of, records) if r is not None]
-        der = self._ca.sign_crl(revocations, self._number(now), now, self._entries)
+        rows = self._store.refused_certificate_rows(now)
+        # Each entry's DER is kept by its row from one CRL to the next: a rebuild encodes
+        # only the certificates refused since, and signs the list (bench/crl_store.py).
+        previous, kept = self._entries, {}
+        for row in rows:
+            entry = previous.get(row)
+            kept[row] = entry if entry is not None else _entry(row)
+        self._entries = kept
+        entries = list(kept.values())
+        der = self._ca.sign_crl_entries(entries, self._number(now), now)
         log_event(
             log,
             "crl",
             outcome="ok",
-            entries=len(revocations),
+            entries=len(entries),
             bytes=len(der),
             seconds=round(time.perf_counter() - started, 3),
         )
-        return Crl(der=der, built_at=now, entries=len(revocations))
+        return Crl(der=der, built_at=now, entries=len(entries))
 
     def _number(self, now: datetime) -> int:
         """The CRL number: microseconds since the epoch, so that it grows across the workers
