@@ -51,8 +51,13 @@ def sign_in(page: Page, dashboard: Dashboard, link: str | None = None) -> None:
     expect(page.get_by_role("button", name="Sign out")).to_be_visible()
 
 
+def shell_words(command: str) -> list[str]:
+    """The words a POSIX shell reads: a backslash before a newline joins the two lines."""
+    return shlex.split(command.replace("\\\n", ""))
+
+
 def agent_command(page: Page) -> list[str]:
-    return shlex.split(page.locator("dialog pre.command").inner_text())
+    return shell_words(page.locator("dialog pre.command").inner_text())
 
 
 def run_agent_command(words: list[str], cert_dir: Path, hostname: str) -> Any:
