@@ -245,6 +245,10 @@ def test_devices_search_tags_facts_and_not_heard_from(
     facts = web01.get_by_role("list", name="Facts").get_by_role("listitem")
     expect(facts).to_have_text(["arch=amd64", "os=linux"])
     expect(row(page, fleet["lab-build"]).locator("td[data-label='Tags']")).to_have_text("—")
+    wrap = page.locator("main .table-wrap")
+    assert wrap.evaluate("e => e.scrollWidth <= e.clientWidth"), wrap.evaluate(
+        "e => [e.scrollWidth, e.clientWidth, [...e.querySelectorAll('th')].map(t => t.offsetWidth)]"
+    )
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=SCREENSHOTS / "1280-devices-silent.png", full_page=True)
 
@@ -305,6 +309,11 @@ def test_audit_filters_as_the_cli_and_serials_on_one_line(
     for detail in rows.locator("td[data-label='Detail']").all():
         cell = detail.bounding_box()
         assert cell is not None and cell["height"] < 4 * line_height, cell
+    # The whole table fits the page at 1280 px: nothing hides behind a sideways scroll.
+    wrap = page.locator("main .table-wrap")
+    assert wrap.evaluate("e => e.scrollWidth <= e.clientWidth"), wrap.evaluate(
+        "e => [e.scrollWidth, e.clientWidth]"
+    )
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=SCREENSHOTS / "1280-audit-filtered.png", full_page=True)
 
@@ -323,6 +332,8 @@ def test_audit_filters_as_the_cli_and_serials_on_one_line(
     page.get_by_role("button", name="Apply filters").click()
     expect(rows.first).to_be_visible()
     assert set(rows.locator("td[data-label='Actor']").all_inner_texts()) == {"admin/admin"}
+    assert wrap.evaluate("e => e.scrollWidth <= e.clientWidth")
+    page.screenshot(path=SCREENSHOTS / "1280-audit-by-actor.png", full_page=True)
     tomorrow = datetime.now() + timedelta(days=1)
     page.get_by_label("Since").fill(tomorrow.strftime("%Y-%m-%dT%H:%M"))
     page.get_by_role("button", name="Apply filters").click()

@@ -57,8 +57,13 @@ export function detailText(text) {
   return h("span", { class: "small detail-text" }, parts);
 }
 
+// An actor or resource as a link to its events alone; it may break after the kind
+// ("device/" then the id), never inside the id.
 function filterLink(name, value) {
-  return h("a", { class: "mono nowrap", href: `/audit?${new URLSearchParams({ [name]: value })}`, title: `Only events with ${name} ${value}` }, value);
+  const text = String(value ?? "");
+  const at = text.indexOf("/") + 1;
+  return h("a", { class: "mono", href: `/audit?${new URLSearchParams({ [name]: text })}`, title: `Only events with ${name} ${text}` },
+    text.slice(0, at), at ? h("wbr", {}) : null, h("span", { class: "nowrap" }, text.slice(at)));
 }
 
 function filterField({ name, label, hint, input }) {
