@@ -56,9 +56,15 @@ def agent_command(page: Page) -> str:
     return page.locator("dialog pre.command").inner_text()
 
 
+def shell_words(command: str) -> list[str]:
+    """The words a POSIX shell reads: a backslash before a newline joins the two lines."""
+    return shlex.split(command.replace("\\\n", ""))
+
+
 def agent_words(command: str) -> list[str]:
-    """The words of the command's agent line (its last)."""
-    return shlex.split(command.strip().splitlines()[-1])
+    """The words of the agent's command (after the prompt's line), as a shell reads them:
+    a backslash before a newline joins the two lines."""
+    return shell_words(command.strip().split("\n", 1)[1])
 
 
 def run_agent_command(command: str, secret: str, cert_dir: Path, hostname: str) -> Any:
@@ -66,7 +72,7 @@ def run_agent_command(command: str, secret: str, cert_dir: Path, hostname: str) 
 
     Only the cert dir is this test's, and the host name.
     """
-    read_line, agent_line = command.strip().splitlines()
+    read_line, agent_line = command.strip().split("\n", 1)
     assert secret not in command
     agent_line = agent_line.replace(
         " --cert-dir /etc/sielum", f" --cert-dir {shlex.quote(str(cert_dir))}"

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import urllib.parse
 import urllib.request
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,8 @@ CLOSED_LABELS = {
     "state": {s.value for s in TokenState} | {s.value for s in DeviceState},
     "rule": {r.value for r in PolicyRule},
     "decision": {d.value for d in Decision},
+    "for": {"1h", "24h", "7d"},
+    "version": {metadata.version("sielum")},
 }
 
 
@@ -98,6 +101,26 @@ def figures(samples: list[Sample]) -> dict[str, float]:
         if s.name == "sielum_certificates_issued_total" and s.value:
             out[f"issued {s.labels['kind']}"] = s.value
     return out
+
+
+def cpu_and_memory(pid: int) -> tuple[float, int]:
+    """(CPU seconds, resident bytes) of a process, from /proc as the server reads them."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return cpu, int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is pid."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return sorted(found)
 
 
 def promtool_accepts(text: str) -> None:
@@ -226,9 +249,25 @@ def test_two_workers_count_every_call_once_even_across_kill_9(
     }
     assert_no_identifying_label(samples, forbidden)
 
+    # Memory and CPU are the workers' summed (the multiprocess mode leaves them out).
+    read = [cpu_and_memory(pid) for pid in workers]
+    _, samples = scrape(server.metrics_port)
+    resident = value(samples, "process_resident_memory_bytes")
+    assert 0.7 * sum(m for _, m in read) < resident < 1.3 * sum(m for _, m in read), read
+    cpu_before = value(samples, "process_cpu_seconds_total")
+    assert cpu_before >= sum(c for c, _ in read) > 0, read
+
     # A worker killed outright loses none of its counts, and its successor adds to them.
     os.kill(workers[0], signal.SIGKILL)
     _wait_for(lambda: len(_log_events(server, "serving")) == 3)
+    # The dead worker's CPU stays in the sum (as noted at the last scrape before it went).
+    [successor] = [pid for pid in children(server.process.pid) if pid not in workers]
+    successor_cpu, _ = cpu_and_memory(successor)
+    _, samples = scrape(server.metrics_port)
+    assert value(samples, "process_cpu_seconds_total") >= cpu_before + successor_cpu
+    live = [cpu_and_memory(pid)[1] for pid in (workers[1], successor)]
+    resident = value(samples, "process_resident_memory_bytes")
+    assert 0.7 * sum(live) < resident < 1.3 * sum(live), (resident, live)
     for _ in range(4):
         assert figures(scrape(server.metrics_port)[1]) == expected
     codes = collections.Counter(agents.enroll(fleet.secret) for _ in range(6))

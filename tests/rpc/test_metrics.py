@@ -7,6 +7,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from datetime import timedelta
+from importlib import metadata
 from pathlib import Path
 
 import grpc
@@ -171,6 +172,43 @@ def test_each_enrollment_outcome_and_call_is_counted_once(metered: Harness) -> N
     assert devices == {"active": 2, "expired": 0, "revoked": 1}
     not_after = h.server.ca.certificate.not_valid_after_utc.timestamp()
     assert scrape.value("sielum_ca_certificate_expiry_timestamp_seconds") == not_after
+
+
+def test_started_build_certificates_silent_devices_and_process(metered: Harness) -> None:
+    """The operator's daily figures: calls started, the version, the server certificate's
+    expiry, the devices gone silent, and the process's memory and CPU."""
+    h = metered
+    fleet = h.create_token(label="fleet")
+    quiet, _ = h.enroll(fleet.secret, hostname="quiet-host")
+    h.enroll(fleet.secret, hostname="other-host")
+    gone, _ = h.enroll(fleet.secret, hostname="gone-host")
+    h.admin().RevokeDevice(admin_pb2.RevokeDeviceRequest(id=gone.device_id), timeout=10)
+    h.clock.advance(timedelta(hours=2))
+    scrape = Exposition(h.server.metrics_port)
+
+    # Started and handled agree once every call has ended: one each.
+    assert scrape.value("grpc_server_started_total", **ENROLL, grpc_type="unary") == 3
+    assert scrape.value("grpc_server_handled_total", **ENROLL) == 3
+    revoke = {"grpc_method": "RevokeDevice", "transport": "grpc"}
+    assert scrape.value("grpc_server_started_total", **revoke) == 1
+    assert scrape.value("grpc_server_started_total", grpc_service="unknown") == 0
+
+    [info] = [s for s in scrape.samples if s.name == "sielum_build_info"]
+    assert info.value == 1 and info.labels == {"version": metadata.version("sielum")}
+    served = h.server.server_certificate.current.not_after.timestamp()
+    assert scrape.value("sielum_server_certificate_expiry_timestamp_seconds") == served
+    assert served != scrape.value("sielum_ca_certificate_expiry_timestamp_seconds")
+
+    # Two devices not revoked, never heard from since they enrolled two hours ago.
+    silent = {s.labels["for"]: s.value for s in scrape.samples if s.name == "sielum_devices_silent"}
+    assert silent == {"1h": 2, "24h": 0, "7d": 0}
+    assert quiet.device_id  # the revoked one is not among them
+
+    # This process alone (no workers): its own figures, as /proc gives them.
+    rss = scrape.value("process_resident_memory_bytes")
+    cpu = scrape.value("process_cpu_seconds_total")
+    assert 10_000_000 < rss < 4_000_000_000, rss
+    assert 0 < cpu <= time.process_time() + 1, cpu
 
 
 def test_health_checks_and_library_streams_are_counted(metered: Harness) -> None:

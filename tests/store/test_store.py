@@ -1340,6 +1340,62 @@ def test_state_counts_of_an_empty_database_are_zeros(store: Store) -> None:
     assert counts.devices == dict.fromkeys(DeviceState, 0)
 
 
+def test_silent_devices_count_by_last_call(store: Store) -> None:
+    """Not revoked, last heartbeat (else enrollment) before the cutoff: sielum_devices_silent."""
+    add_token(store, "tok")
+    ages = {  # device -> (enrolled this long before T0, last heartbeat this long before T0)
+        "fresh": (timedelta(days=30), timedelta(minutes=5)),
+        "two-hours": (timedelta(days=30), timedelta(hours=2)),
+        "two-days": (timedelta(days=30), timedelta(days=2)),
+        "never-new": (timedelta(minutes=10), None),
+        "never-old": (timedelta(days=9), None),
+        "revoked-old": (timedelta(days=30), timedelta(days=20)),
+    }
+    for device_id, (enrolled, seen) in ages.items():
+        enroll(store, device_id)
+        run_sql(
+            store,
+            "UPDATE device SET enrolled_at = ?, last_seen_at = ? WHERE id = ?",
+            (to_micros(T0 - enrolled), None if seen is None else to_micros(T0 - seen), device_id),
+        )
+    store.revoke_device("revoked-old", T0, audit("device.revoke", "revoked-old"))
+    cutoffs = {
+        "1h": T0 - timedelta(hours=1),
+        "24h": T0 - timedelta(hours=24),
+        "7d": T0 - timedelta(days=7),
+    }
+    assert store.count_silent_devices(cutoffs) == {"1h": 3, "24h": 2, "7d": 1}
+    # A heartbeat at the cutoff itself is not older than it.
+    assert store.count_silent_devices({"at": T0 - timedelta(hours=2)}) == {"at": 2}
+
+
+def test_silent_devices_are_counted_on_their_index(sqlite_url: str) -> None:
+    """Each scrape reads the partial index of migration 12, never the device table."""
+    store = Store.open(sqlite_url)
+    try:
+        with store.db.connection_context():
+            plan = [
+                str(row[-1])
+                for row in store.db.execute_sql(
+                    "EXPLAIN QUERY PLAN SELECT COUNT(*) FROM device"
+                    " WHERE revoked_at IS NULL AND last_seen_at < ?",
+                    (0,),
+                ).fetchall()
+            ]
+            plan += [
+                str(row[-1])
+                for row in store.db.execute_sql(
+                    "EXPLAIN QUERY PLAN SELECT COUNT(*) FROM device"
+                    " WHERE revoked_at IS NULL AND last_seen_at IS NULL AND enrolled_at < ?",
+                    (0,),
+                ).fetchall()
+            ]
+    finally:
+        store.close()
+    assert sum("device_unrevoked_last_seen" in step for step in plan) == 2, plan
+    assert not any(step.startswith("SCAN device") and "INDEX" not in step for step in plan), plan
+
+
 def test_state_counts_read_indexes_not_the_device_table(sqlite_url: str) -> None:
     """A scrape of a million-device database reads no device row but those revoked or expired."""
     store = Store.open(sqlite_url)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import grpc
@@ -97,6 +97,59 @@ def test_calls_are_counted_by_method_and_unknown_names_fold_into_one_series() ->
     assert samples[count] == 2
     assert not any("evil" in value for _, labels in samples for _, value in labels)
     assert len(metrics._calls) == 3  # nor do made-up names grow what the process keeps
+
+
+def test_calls_started_are_counted_by_method_and_unknown_names_fold_into_one_series() -> None:
+    metrics = Metrics({ENROLL: "unary"})
+    for _ in range(3):
+        metrics.start_call("grpc", ENROLL)
+    for n in range(20):
+        metrics.start_call("connect", f"/evil.Service/Method{n}")
+    samples = _samples(generate_latest(metrics.registry()).decode())
+
+    def started(**labels: str) -> float:
+        return samples.get(("grpc_server_started_total", tuple(sorted(labels.items()))), 0.0)
+
+    enroll = {"grpc_service": "sielum.enroll.v1.EnrollService", "grpc_method": "Enroll"}
+    assert started(**enroll, grpc_type="unary", transport="grpc") == 3
+    unknown = {"grpc_service": "unknown", "grpc_method": "unknown", "grpc_type": "unknown"}
+    assert started(**unknown, transport="connect") == 20
+    assert len(metrics._starts) == 2
+
+
+def test_silent_devices_are_read_with_the_state_counts() -> None:
+    asked: list[dict[str, datetime]] = []
+
+    def silent(cutoffs: dict[str, datetime]) -> dict[str, int]:
+        asked.append(dict(cutoffs))
+        return {"1h": 7, "24h": 3, "7d": 1}
+
+    clock_s = [0.0]
+    collector = StateCollector(
+        _Counts(),
+        datetime(2036, 1, 1, tzinfo=UTC),
+        FixedClock(NOW),
+        silent=silent,
+        server_not_after=lambda: datetime(2027, 1, 1, tzinfo=UTC),
+        version="1.2.3",
+        monotonic=lambda: clock_s[0],
+    )
+    registry = Metrics({}).registry(collector)
+    samples = _samples(generate_latest(registry).decode())
+    assert samples[("sielum_devices_silent", (("for", "1h"),))] == 7
+    assert samples[("sielum_devices_silent", (("for", "7d"),))] == 1
+    assert samples[("sielum_build_info", (("version", "1.2.3"),))] == 1
+    expiry = datetime(2027, 1, 1, tzinfo=UTC).timestamp()
+    assert samples[("sielum_server_certificate_expiry_timestamp_seconds", ())] == expiry
+    assert asked == [
+        {
+            "1h": NOW - timedelta(hours=1),
+            "24h": NOW - timedelta(days=1),
+            "7d": NOW - timedelta(days=7),
+        }
+    ]
+    generate_latest(registry)  # within the TTL: not asked again
+    assert len(asked) == 1
 
 
 def test_recorded_outcomes_start_at_zero_and_count() -> None:

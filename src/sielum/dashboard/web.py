@@ -35,7 +35,7 @@ from sielum.core.addresses import split_address
 from sielum.core.authorization import Authorizer
 from sielum.core.listeners import BoundedSite, HttpLimits
 from sielum.core.methods import UnaryMethod
-from sielum.core.observer import CallObserver
+from sielum.core.observer import CallObserver, CallStarted
 from sielum.core.runner import Runner
 from sielum.dashboard.connect import (
     ConnectError,
@@ -279,10 +279,12 @@ class Dashboard:
         pages: PageConfig,
         limits: HttpLimits | None = None,
         observe: CallObserver | None = None,
+        started: CallStarted | None = None,
     ) -> None:
         self.listener = listener
         self._limits = limits or HttpLimits()
         self._observe = observe
+        self._started = started
         self._sessions = sessions
         self._authorizer = authorizer
         self._run = run
@@ -515,6 +517,8 @@ class Dashboard:
         if self._observe is None:
             return await self._answer(request, full_name)
         # Counted with the gRPC calls, transport="connect", refusals included.
+        if self._started is not None:
+            self._started(full_name)
         started = time.perf_counter()
         code = grpc.StatusCode.OK
         try:

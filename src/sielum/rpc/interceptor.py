@@ -15,7 +15,7 @@ import grpc
 
 from sielum.core.addresses import peer_group
 from sielum.core.authorization import Authorizer, identity_from_certificate
-from sielum.core.observer import CallObserver, observe_nothing
+from sielum.core.observer import CallObserver, CallStarted, observe_nothing, start_nothing
 from sielum.core.runner import Runner
 from sielum.errors import (
     InternalError,
@@ -135,12 +135,14 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         ours: Collection[str],
         streams: StreamLimit,
         observe: CallObserver | None = None,
+        started: CallStarted | None = None,
     ) -> None:
         self._authorizer = authorizer
         self._run = run
         self._ours = frozenset(ours)
         self._streams = streams
         self._observe: CallObserver = observe or observe_nothing
+        self._started: CallStarted = started or start_nothing
         # Registrations are fixed before the server starts, so each method's
         # wrapped handler is built once, not per call.
         self._wrapped: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
@@ -154,13 +156,14 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
         method: str = handler_call_details.method
         wrapped = self._wrapped.get(method)
-        if wrapped is not None:
-            return wrapped
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return None
-        wrapped = self._wrap(handler, method)
-        self._wrapped[method] = wrapped
+        if wrapped is None:
+            handler = await continuation(handler_call_details)
+            if handler is None:
+                return None  # grpc answers UNIMPLEMENTED; counted by neither metric
+            wrapped = self._wrap(handler, method)
+            self._wrapped[method] = wrapped
+        # grpc.aio asks the interceptor once per call: every call served starts here.
+        self._started(method)
         return wrapped
 
     def _admit(self, method: str, context: GrpcContext) -> Call:

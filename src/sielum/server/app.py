@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
 import socket
 import threading
 from collections.abc import Coroutine, Iterator
@@ -57,7 +58,7 @@ from sielum.rpc import reflection as port_reflection
 from sielum.rpc.handlers import grpc_handler
 from sielum.rpc.interceptor import ServerInterceptor, StreamLimit
 from sielum.server.certificates import CertificateWatch, grpc_credentials
-from sielum.server.metrics import Metrics, MetricsEndpoint, StateCollector
+from sielum.server.metrics import Metrics, MetricsEndpoint, StateCollector, WorkerProcesses
 from sielum.server.periodic import PeriodicTask
 from sielum.server.workers import listen_socket
 from sielum.sessions import DashboardSessions, LoginLinks
@@ -287,7 +288,16 @@ class SielumServer:
         self.streams = StreamLimit(
             config.max_streams_per_connection, config.max_streams, config.max_streams_per_address
         )
-        interceptor = ServerInterceptor(self.authorizer, self._runner, ours, self.streams, observe)
+        interceptor = ServerInterceptor(
+            self.authorizer,
+            self._runner,
+            ours,
+            self.streams,
+            observe,
+            started=None
+            if self.metrics is None
+            else functools.partial(self.metrics.start_call, "grpc"),
+        )
         self.grpc_server = grpc.aio.server(
             interceptors=[interceptor],
             options=[
@@ -358,6 +368,9 @@ class SielumServer:
                 observe=None
                 if self.metrics is None
                 else functools.partial(self.metrics.observe_call, "connect"),
+                started=None
+                if self.metrics is None
+                else functools.partial(self.metrics.start_call, "connect"),
                 pages=PageConfig(
                     ca_fingerprint=self.ca.fingerprint,
                     enroll_port=self.enroll_port,
@@ -383,9 +396,15 @@ class SielumServer:
                 self.clock,
                 sessions=None if self.dashboard is None else sessions.count_open,
                 pending=self.store.count_pending_requests,
+                silent=self.store.count_silent_devices,
+                server_not_after=lambda: self.server_certificate.current.not_after,
+            )
+            processes = WorkerProcesses(
+                config.metrics_dir,
+                supervisor=None if config.worker_index is None else os.getppid(),
             )
             self._metrics_endpoint = MetricsEndpoint(
-                self.metrics.registry(state),
+                self.metrics.registry(state, processes),
                 self.store.close,
                 hosts=config.metrics_hosts,
                 limits=config.http_limits(),

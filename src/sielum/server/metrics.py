@@ -5,8 +5,10 @@ dashboard's Connect transport call observe_call(); Enroller, DeviceService and
 Administration see it as a sielum.recorder.Recorder. Under `serve` the values
 live in the run's multiprocess directory (server/multiproc.py), one file per
 process, and /metrics sums them, so whichever worker answers a scrape gives
-the figures of all of them. Tokens, devices and the CA's expiry are not
-counted but read at scrape time (StateCollector), the same in every worker.
+the figures of all of them. Tokens, devices, the devices gone silent and the
+certificates' expiry are not counted but read at scrape time (StateCollector),
+the same in every worker; so are the workers' memory and CPU (WorkerProcesses),
+which prometheus_client's multiprocess mode does not collect.
 
 Label values come from closed sets only: the methods the server registers,
 status codes, the recorder's enums. A method name nobody registered (a
@@ -17,25 +19,28 @@ can grow the number of series.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
+import os
 import socket
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping
 from concurrent import futures
-from datetime import datetime
+from datetime import datetime, timedelta
+from importlib import metadata
 from pathlib import Path
 from typing import Literal
 
 import grpc
 from aiohttp import web
 from prometheus_client import Counter, Gauge, Histogram, values
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
-from prometheus_client.registry import CollectorRegistry
+from prometheus_client.registry import Collector, CollectorRegistry
 
 from sielum.clock import Clock
 from sielum.core.listeners import BoundedSite, HttpLimits
@@ -58,6 +63,12 @@ UNKNOWN = "unknown"
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 # A scrape reads the database at most once per this many seconds (per worker).
 STATE_TTL = 5.0
+# sielum_devices_silent{for}: devices not heard from for at least this long.
+SILENT_FOR: Mapping[str, timedelta] = {
+    "1h": timedelta(hours=1),
+    "24h": timedelta(hours=24),
+    "7d": timedelta(days=7),
+}
 
 # grpc_code as the Go gRPC libraries spell it (go-grpc-prometheus, grpc-ecosystem),
 # so that dashboards and alert rules written for those work unchanged.
@@ -94,6 +105,12 @@ class Metrics:
             "grpc_server_handled_total",
             "Calls completed on the server, by method and status code.",
             ["grpc_service", "grpc_method", "grpc_type", "grpc_code", "transport"],
+            registry=None,
+        )
+        self._started = Counter(
+            "grpc_server_started_total",
+            "Calls started on the server, by method.",
+            ["grpc_service", "grpc_method", "grpc_type", "transport"],
             registry=None,
         )
         self._seconds = Histogram(
@@ -166,6 +183,27 @@ class Metrics:
         self._by_decision = {d: self._decisions.labels(d.value) for d in Decision}
         # (transport, method, code) -> its counter and histogram; made on first use.
         self._calls: dict[tuple[str, str, grpc.StatusCode], tuple[Counter, Histogram]] = {}
+        # (transport, method) -> its started counter; made on first use.
+        self._starts: dict[tuple[str, str], Counter] = {}
+
+    def start_call(self, transport: Transport, method: str) -> None:
+        """A call arrived: its full method name (counted before it is authorized)."""
+        child = self._starts.get((transport, method))
+        if child is None:
+            service, name, kind = self._method_labels(method)
+            key = (transport, method if kind != UNKNOWN else UNKNOWN)
+            child = self._starts.get(key)
+            if child is None:
+                child = self._starts[key] = self._started.labels(service, name, kind, transport)
+        child.inc()
+
+    def _method_labels(self, method: str) -> tuple[str, str, str]:
+        """(grpc_service, grpc_method, grpc_type) of a full method name; made-up ones "unknown"."""
+        kind = self._methods.get(method)
+        if kind is None:
+            return UNKNOWN, UNKNOWN, UNKNOWN
+        service, _, name = method.lstrip("/").rpartition("/")
+        return service, name, kind
 
     def observe_call(
         self, transport: Transport, method: str, code: grpc.StatusCode, seconds: float
@@ -181,11 +219,9 @@ class Metrics:
         self, transport: str, method: str, code: grpc.StatusCode
     ) -> tuple[Counter, Histogram]:
         """The series of a call, made once; made-up method names all share one key."""
-        kind = self._methods.get(method)
-        if kind is None:
-            method = service = name = kind = UNKNOWN
-        else:
-            service, _, name = method.lstrip("/").rpartition("/")
+        service, name, kind = self._method_labels(method)
+        if kind == UNKNOWN:
+            method = UNKNOWN
         key = (transport, method, code)
         children = self._calls.get(key)
         if children is None:
@@ -223,7 +259,7 @@ class Metrics:
     def decision(self, decision: Decision) -> None:
         self._by_decision[decision].inc()
 
-    def registry(self, *collectors: StateCollector) -> CollectorRegistry:
+    def registry(self, *collectors: Collector) -> CollectorRegistry:
         """What /metrics shows: every process's values (or this one's), then the collectors'."""
         registry = CollectorRegistry()
         if self.directory is not None:
@@ -231,6 +267,7 @@ class Metrics:
         else:
             for metric in (
                 self._handled,
+                self._started,
                 self._seconds,
                 self._enrollments,
                 self._certificates,
@@ -248,7 +285,7 @@ class Metrics:
 
 
 class StateCollector:
-    """Gauges read at scrape time: tokens and devices by state, the CA's expiry.
+    """Gauges read at scrape time: tokens and devices by state, the certificates' expiry.
 
     counts is Store.state_counts, which reads indexes rather than every device
     row; its answer is kept for ttl seconds, so that several scrapers (or a
@@ -259,6 +296,10 @@ class StateCollector:
     sessions, when given, counts the dashboard sessions open at a moment
     (sielum_dashboard_sessions); the dashboard wires it. pending counts the
     enrollment requests waiting for an admin (sielum_enrollment_requests_pending).
+    silent(cutoffs) counts the devices not revoked whose last call (heartbeat,
+    else enrollment) is older than each cutoff (sielum_devices_silent{for}), read
+    with the same ttl. server_not_after is the server certificate's expiry as served
+    now: a renewal reloads it without a restart.
     """
 
     def __init__(
@@ -269,6 +310,9 @@ class StateCollector:
         *,
         sessions: Callable[[datetime], int] | None = None,
         pending: Callable[[datetime], int] | None = None,
+        silent: Callable[[Mapping[str, datetime]], Mapping[str, int]] | None = None,
+        server_not_after: Callable[[], datetime] | None = None,
+        version: str | None = None,
         ttl: float = STATE_TTL,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -277,13 +321,16 @@ class StateCollector:
         self._clock = clock
         self._sessions = sessions
         self._pending = pending
+        self._silent = silent
+        self._server_not_after = server_not_after
+        self._version = version or build_version()
         self._ttl = ttl
         self._monotonic = monotonic
         self._lock = threading.Lock()
         self._read_at: float | None = None
-        self._cached: tuple[StateCounts, int | None, int | None] | None = None
+        self._cached: _State | None = None
 
-    def _current(self) -> tuple[StateCounts, int | None, int | None] | None:
+    def _current(self) -> _State | None:
         with self._lock:
             now = self._monotonic()
             if self._read_at is None or now - self._read_at >= self._ttl:
@@ -292,22 +339,40 @@ class StateCollector:
                     at = self._clock.now()
                     sessions = None if self._sessions is None else self._sessions(at)
                     pending = None if self._pending is None else self._pending(at)
-                    self._cached = (self._counts(at), sessions, pending)
+                    silent = (
+                        None
+                        if self._silent is None
+                        else self._silent({k: at - age for k, age in SILENT_FOR.items()})
+                    )
+                    self._cached = (self._counts(at), sessions, pending, silent)
                 except SielumError as error:  # the database is unavailable
                     log_event(log, "metrics", level=logging.WARNING, reason=error.message)
                     self._cached = None
             return self._cached
 
     def collect(self) -> Iterable[Metric]:
+        info = GaugeMetricFamily(
+            "sielum_build_info",
+            "The Sielum version serving, as a label; always 1.",
+            labels=["version"],
+        )
+        info.add_metric([self._version], 1)
+        yield info
         yield GaugeMetricFamily(
             "sielum_ca_certificate_expiry_timestamp_seconds",
             "When the CA certificate expires, in seconds since the Unix epoch.",
             value=self._ca_expiry,
         )
+        if self._server_not_after is not None:
+            yield GaugeMetricFamily(
+                "sielum_server_certificate_expiry_timestamp_seconds",
+                "When the server certificate served now expires, in seconds since the Unix epoch.",
+                value=self._server_not_after().timestamp(),
+            )
         current = self._current()
         if current is None:
             return
-        counts, sessions, pending = current
+        counts, sessions, pending, silent = current
         tokens = GaugeMetricFamily(
             "sielum_tokens", "Enrollment tokens, by state.", labels=["state"]
         )
@@ -330,6 +395,107 @@ class StateCollector:
                 "Enrollment requests waiting for an admin's approval (their token still usable).",
                 value=pending,
             )
+        if silent is not None:
+            family = GaugeMetricFamily(
+                "sielum_devices_silent",
+                "Devices not revoked whose last call (heartbeat, else enrollment) is at least "
+                "this old.",
+                labels=["for"],
+            )
+            for name in SILENT_FOR:
+                family.add_metric([name], silent[name])
+            yield family
+
+
+_State = tuple[StateCounts, int | None, int | None, Mapping[str, int] | None]
+
+
+def build_version() -> str:
+    """The installed package's version, as pip knows it."""
+    try:
+        return metadata.version("sielum")
+    except metadata.PackageNotFoundError:  # pragma: no cover - running from a bare checkout
+        return "unknown"
+
+
+class WorkerProcesses:
+    """process_resident_memory_bytes and process_cpu_seconds_total, summed over the workers.
+
+    prometheus_client's process collector reads the one process that answers the
+    scrape, and its multiprocess mode leaves it out altogether; Sielum's figures are
+    those of every worker. The workers are the processes whose metric files are in
+    the run's directory (each has one from its start) and whose parent is the
+    supervisor: each is read from /proc at scrape time. A worker's CPU seconds are
+    noted in the directory at each scrape (cpu_<pid>.txt, which the multiprocess
+    collector does not read), so a worker that exited keeps counting with what it
+    had used by the last scrape before it went, and the sum does not drop when the
+    supervisor replaces it (tests/e2e/test_metrics.py::
+    test_process_figures_are_summed_over_the_workers). Without /proc (not Linux),
+    the two metrics are left out.
+    """
+
+    def __init__(self, directory: Path | None, supervisor: int | None) -> None:
+        self._directory = directory
+        self._supervisor = supervisor
+        self._ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        self._page = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+    def _read(self, pid: int) -> tuple[float, int] | None:
+        """(CPU seconds, resident bytes) of one of our workers, None if it is not one (now)."""
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return None
+        # The command name may hold spaces and parentheses: the fields follow the last ')'.
+        fields = stat.rpartition(")")[2].split()
+        ppid = int(fields[1])
+        if pid != os.getpid() and ppid != self._supervisor:
+            return None  # a pid reused by another program
+        cpu = (int(fields[11]) + int(fields[12])) / self._ticks
+        return cpu, int(fields[21]) * self._page
+
+    def _pids(self) -> set[int]:
+        pids = {os.getpid()}
+        if self._directory is None or self._supervisor is None:
+            return pids
+        for path in self._directory.iterdir():
+            tail = path.stem.rpartition("_")[2]
+            if tail.isdigit() and path.suffix in (".db", ".txt"):
+                pids.add(int(tail))
+        return pids
+
+    def collect(self) -> Iterable[Metric]:
+        if not Path("/proc/self/stat").exists():
+            return
+        cpu_total = 0.0
+        resident = 0
+        for pid in sorted(self._pids()):
+            noted = None if self._directory is None else self._directory / f"cpu_{pid}.txt"
+            figures = self._read(pid)
+            if figures is None:
+                if noted is not None:
+                    with contextlib.suppress(OSError, ValueError):
+                        cpu_total += float(noted.read_text())
+                continue
+            cpu, rss = figures
+            cpu_total += cpu
+            resident += rss
+            if noted is not None:
+                with contextlib.suppress(OSError):
+                    partial = noted.with_name(f".{noted.name}.{os.getpid()}")
+                    partial.write_text(repr(cpu))
+                    partial.replace(noted)
+        yield CounterMetricFamily(
+            "process_cpu_seconds_total",
+            "User and system CPU time spent by the server's workers, in seconds "
+            "(including workers that have exited).",
+            value=cpu_total,
+        )
+        yield GaugeMetricFamily(
+            "process_resident_memory_bytes",
+            "Resident memory of the server's workers, summed, in bytes.",
+            value=resident,
+        )
 
 
 MISDIRECTED = 421

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, date, datetime, timedelta
 
 from sielum.model import DeviceState, StateCounts, TokenState
@@ -54,3 +55,24 @@ class CountStore(StoreBase):
         ).fetchall()
         epoch = datetime(1970, 1, 1, tzinfo=UTC).date()
         return {epoch + timedelta(days=int(day)): int(count) for day, count in rows}
+
+    @_guarded
+    def count_silent_devices(self, cutoffs: Mapping[str, datetime]) -> dict[str, int]:
+        """For each name, the devices not revoked that have not called since its cutoff.
+
+        A device's last call is its last heartbeat, or its enrollment when it has sent
+        none. Both counts read the partial index of migration 12 alone, so a scrape
+        costs the silent devices, not the fleet
+        (tests/store/test_store.py::test_silent_devices_are_counted_on_their_index).
+        """
+        p = self.db.param
+        # p is the driver's placeholder: the cutoffs are parameters.
+        seen = f"SELECT COUNT(*) FROM device WHERE revoked_at IS NULL AND last_seen_at < {p}"  # noqa: S608
+        never = f"SELECT COUNT(*) FROM device WHERE revoked_at IS NULL AND last_seen_at IS NULL AND enrolled_at < {p}"  # noqa: S608, E501
+        sql = f"SELECT ({seen}), ({never})"
+        counts = {}
+        for name, cutoff in cutoffs.items():
+            micros = to_micros(cutoff)
+            seen, never = execute(self.db, sql, (micros, micros)).fetchone()
+            counts[name] = int(seen) + int(never)
+        return counts

@@ -381,6 +381,17 @@ def _v11_token_policy(d: Dialect) -> Sequence[str]:
     )
 
 
+def _v12_silent_devices(d: Dialect) -> Sequence[str]:
+    """sielum_devices_silent{for}, counted at each scrape: the devices not revoked whose
+    last heartbeat (or, never heard from, whose enrollment) is older than a cutoff,
+    read from this partial index rather than from every device row
+    (tests/store/test_store.py::test_silent_devices_are_counted_on_their_index)."""
+    return (
+        "CREATE INDEX device_unrevoked_last_seen ON device (last_seen_at, enrolled_at)"
+        " WHERE revoked_at IS NULL",
+    )
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema: token, device, audit_event", _v1_initial_schema),
     Migration(2, "indexes for listing devices by hostname and state", _v2_device_filters),
@@ -393,6 +404,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(9, "the directory's device event log", _v9_device_events),
     Migration(10, "device certificate history and revocation reasons", _v10_certificate_history),
     Migration(11, "token policy, device tags, enrollment requests", _v11_token_policy),
+    Migration(12, "device index by last call, for the silent devices", _v12_silent_devices),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 

@@ -1,10 +1,38 @@
-// Devices: every enrolled machine, filtered by the token it enrolled with or a tag; revoke one.
+// Devices: every enrolled machine, filtered by the token it enrolled with, a tag or its host
+// name; its tags and facts; the ones not heard from lately marked; revoke one.
 
 import { call, listAll } from "../api.js";
 import { announce, badge, confirmAction, emptyState, h, pageHeader, spinner, stateName, table, when } from "../ui.js";
 import { report, setTitle } from "./common.js";
 
 const PAGE_SIZE = 50;
+// A device that has not called for this long is marked "Not heard from": a dozen missed
+// heartbeats at the default 5-minute interval, and the shortest of the
+// sielum_devices_silent{for} figures on /metrics.
+export const SILENT_AFTER_MS = 3600 * 1000;
+
+// When the device last called: its last heartbeat, else its enrollment.
+function heardAt(device) {
+  return new Date(device.lastSeenAt ?? device.enrolledAt);
+}
+
+export function isSilent(device, now = new Date()) {
+  if (deviceState(device) === "Revoked") return false;
+  return now.getTime() - heardAt(device).getTime() > SILENT_AFTER_MS;
+}
+
+function lastSeen(device, now) {
+  const seen = when(device.lastSeenAt, "Never");
+  if (!isSilent(device, now)) return seen;
+  return h("div", { class: "last-seen" }, seen,
+    h("span", { class: "badge badge-silent", title: "No call from this device for over an hour" }, "Not heard from"));
+}
+
+function facts(device) {
+  const entries = Object.entries(device.facts ?? {}).sort(([a], [b]) => a.localeCompare(b));
+  if (!entries.length) return null;
+  return h("ul", { class: "facts", "aria-label": "Facts" }, entries.map(([name, value]) => h("li", {}, `${name}=${value}`)));
+}
 
 function deviceState(device) {
   return stateName(device.state, "DEVICE_STATE_");
@@ -15,17 +43,24 @@ export async function render(main) {
   const params = new URLSearchParams(location.search);
   let tokenId = params.get("token") ?? "";
   let tag = params.get("tag") ?? "";
+  let hostname = params.get("hostname") ?? "";
   let pageToken = "";
   const rows = [];
   const labels = new Map();
   const list = h("section", { class: "panel", "aria-label": "Devices" });
   const more = h("div", { class: "more" });
   const filter = h("select", { id: "token-filter" }, h("option", { value: "" }, "All tokens"));
-  const tagFilter = h("input", { id: "tag-filter", type: "search", value: tag, autocomplete: "off", size: 16 });
+  const tagFilter = h("input", { id: "tag-filter", type: "search", value: tag, autocomplete: "off", size: 14, "aria-describedby": "tag-filter-hint" });
+  const hostnameFilter = h("input", {
+    id: "hostname-filter", type: "search", value: hostname, autocomplete: "off", spellcheck: "false", size: 22,
+    "aria-describedby": "hostname-filter-hint",
+  });
+  const summary = h("p", { class: "filter-summary", role: "status" });
   function address() {
     const query = new URLSearchParams();
     if (tokenId) query.set("token", tokenId);
     if (tag) query.set("tag", tag);
+    if (hostname) query.set("hostname", hostname);
     const text = query.toString();
     history.replaceState(null, "", text ? `/devices?${text}` : "/devices");
   }
@@ -34,10 +69,30 @@ export async function render(main) {
     address();
     load(false);
   });
-  tagFilter.addEventListener("change", () => {
-    tag = tagFilter.value.trim();
+  // Enter in a field, or leaving it changed, searches.
+  function search() {
+    const nextTag = tagFilter.value.trim();
+    const nextHostname = hostnameFilter.value.trim();
+    if (nextTag === tag && nextHostname === hostname) return;
+    tag = nextTag;
+    hostname = nextHostname;
     address();
     load(false);
+  }
+  tagFilter.addEventListener("change", search);
+  hostnameFilter.addEventListener("change", search);
+  const form = h("form", { class: "filters", role: "search", "aria-label": "Filter devices" },
+    h("div", { class: "filter" }, h("label", { for: "token-filter" }, "Token"), filter),
+    h("div", { class: "filter" },
+      h("label", { for: "hostname-filter" }, "Hostname"), hostnameFilter,
+      h("p", { class: "hint", id: "hostname-filter-hint" }, "The exact host name, e.g. web-01.example.com")),
+    h("div", { class: "filter" },
+      h("label", { for: "tag-filter" }, "Tag"), tagFilter,
+      h("p", { class: "hint", id: "tag-filter-hint" }, "One tag, e.g. web")),
+    h("div", { class: "filter filter-buttons" }, h("button", { type: "submit", class: "button button-quiet" }, "Search")));
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    search();
   });
   const pending = h("a", { class: "button button-quiet", href: "/devices/pending" }, "Pending");
 
@@ -47,9 +102,8 @@ export async function render(main) {
       intro: "Machines that enrolled with a token. A revoked device is refused from its very next call.",
       actions: [pending],
     }),
-    h("div", { class: "toolbar" },
-      h("label", { for: "token-filter" }, "Token"), filter,
-      h("label", { for: "tag-filter" }, "Tag"), tagFilter),
+    form,
+    summary,
     list,
     more);
 
@@ -83,6 +137,7 @@ export async function render(main) {
     try {
       answer = await call("ListDevices", {
         pageSize: PAGE_SIZE, pageToken, tokenId: tokenId || undefined, tag: tag || undefined,
+        hostname: hostname || undefined,
       });
     } catch (error) {
       if (mine === generation) report(list, error, () => load(false));
@@ -91,7 +146,20 @@ export async function render(main) {
     if (mine !== generation) return;
     rows.push(...(answer.devices ?? []));
     pageToken = answer.nextPageToken ?? "";
+    const now = new Date();
+    const silent = rows.filter((device) => isSilent(device, now)).length;
+    summary.textContent = silent
+      ? `${silent} of the ${rows.length} devices shown ${silent === 1 ? "has" : "have"} not been heard from for over an hour.`
+      : "";
     if (!rows.length) {
+      if (hostname) {
+        list.replaceChildren(emptyState({
+          title: "No device with this host name",
+          text: "No device has exactly this host name (the search is for the whole name, not a part of it). "
+            + "Check the spelling, or clear the field to see every device.",
+        }));
+        return;
+      }
       if (tag) {
         list.replaceChildren(emptyState({
           title: "No devices with this tag",
@@ -114,7 +182,8 @@ export async function render(main) {
         {
           title: "Hostname",
           class: "col-main",
-          cell: (d) => h("div", {}, h("div", { class: "strong" }, d.hostname || "—"), h("div", { class: "mono small muted" }, d.id)),
+          cell: (d) => h("div", {}, h("div", { class: "strong nowrap" }, d.hostname || "—"),
+            h("div", { class: "mono small muted" }, d.id), facts(d)),
         },
         {
           title: "Token",
@@ -128,7 +197,7 @@ export async function render(main) {
             : h("span", { class: "muted" }, "—")),
         },
         { title: "Enrolled", cell: (d) => when(d.enrolledAt) },
-        { title: "Last seen", cell: (d) => when(d.lastSeenAt, "Never") },
+        { title: "Last seen", cell: (d) => lastSeen(d, now) },
         { title: "State", cell: (d) => badge(deviceState(d)) },
         { title: "Certificate expires", cell: (d) => when(d.notAfter) },
         {
@@ -139,7 +208,10 @@ export async function render(main) {
             : h("button", { type: "button", class: "button button-danger-quiet", onclick: () => revoke(d) }, "Revoke")),
         },
       ],
-      rows: rows.map((device) => ({ item: device, props: { "data-device-id": device.id } })),
+      rows: rows.map((device) => ({
+        item: device,
+        props: { "data-device-id": device.id, class: isSilent(device, now) ? "silent" : undefined },
+      })),
     }));
     if (pageToken) {
       more.replaceChildren(h("button", { type: "button", class: "button button-quiet", onclick: () => load(true) },

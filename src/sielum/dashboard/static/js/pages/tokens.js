@@ -41,12 +41,19 @@ export function policySummary(token) {
 }
 
 // The secret is pasted at a prompt that does not echo it and handed over in the
-// environment: never on a command line, where shell history would keep it.
+// environment: never on a command line, where shell history would keep it. Then one
+// argument (a flag and its value) per line, joined by backslash-newline as a shell reads
+// it: the box wraps only between arguments, never inside one, and Copy copies these
+// very lines, which any POSIX shell runs as shown.
 export function agentCommand() {
   return "read -rsp 'enrollment token: ' SIELUM_ENROLLMENT_TOKEN"
     + " && export SIELUM_ENROLLMENT_TOKEN && echo\n"
-    + `sielum-agent enroll --server ${config("enroll-url")}`
-    + ` --ca-fingerprint ${config("ca-fingerprint")} --cert-dir ${AGENT_CERT_DIR}`;
+    + [
+      "sielum-agent enroll",
+      `  --server ${config("enroll-url")}`,
+      `  --ca-fingerprint ${config("ca-fingerprint")}`,
+      `  --cert-dir ${AGENT_CERT_DIR}`,
+    ].join(" \\\n");
 }
 
 export async function render(main) {
@@ -307,6 +314,48 @@ function advancedSection() {
         h("p", { class: "hint" }, "Each enrollment waits until an admin approves it under Devices → Pending."))));
 }
 
+// A token's secret is worth something to whoever finds it until it expires: the form
+// starts at 24 hours from now, with shorter and longer choices one click away, and
+// "Never" still there for a token meant to stay (issue: no nudge towards a short life).
+export const DEFAULT_EXPIRY_HOURS = 24;
+const EXPIRY_CHOICES = [["1 hour", 1], ["24 hours", 24], ["7 days", 24 * 7], ["30 days", 24 * 30], ["Never", null]];
+
+// The value a datetime-local input takes for a moment: the browser's local time, to the minute.
+function localInputValue(date) {
+  const pad = (n) => String(n).padStart(2, "0");
+  return `${date.getFullYear()}-${pad(date.getMonth() + 1)}-${pad(date.getDate())}`
+    + `T${pad(date.getHours())}:${pad(date.getMinutes())}`;
+}
+
+function hoursFromNow(hours) {
+  const date = new Date(Date.now() + hours * 3600 * 1000);
+  date.setSeconds(0, 0);
+  return localInputValue(date);
+}
+
+function expiresField() {
+  const input = h("input", { type: "datetime-local", name: "expiresAt", value: hoursFromNow(DEFAULT_EXPIRY_HOURS) });
+  const choices = h("div", { class: "choices", role: "group", "aria-label": "Expires in" },
+    h("span", { class: "choices-label", "aria-hidden": "true" }, "Expires in:"),
+    EXPIRY_CHOICES.map(([text, hours]) => h("button", {
+      type: "button",
+      class: "chip",
+      onclick: () => {
+        input.value = hours === null ? "" : hoursFromNow(hours);
+        announce(hours === null ? "The token will never expire" : `The token will expire in ${text}`);
+      },
+    }, text)));
+  const element = field({
+    id: "token-expires-at",
+    label: "Expires at",
+    hint: `Your local time (${utcOffset()}). Set to ${DEFAULT_EXPIRY_HOURS} hours from now: a short life limits `
+      + "what a leaked secret can do. Clear it, or choose Never, for a token that never expires.",
+    input,
+  });
+  element.querySelector(".hint").before(choices);
+  return element;
+}
+
 function openNewToken(onDone) {
   let created = false;
   const serverError = h("div", { class: "form-error", role: "alert" });
@@ -325,12 +374,7 @@ function openNewToken(onDone) {
       hint: "How many machines may enroll with it. Leave blank for unlimited.",
       input: h("input", { type: "number", name: "maxUses", min: 1, max: MAX_USES, step: 1, inputmode: "numeric" }),
     }),
-    field({
-      id: "token-expires-at",
-      label: "Expires at",
-      hint: `Optional; your local time (${utcOffset()}). Leave blank for a token that never expires.`,
-      input: h("input", { type: "datetime-local", name: "expiresAt" }),
-    }),
+    expiresField(),
     advancedSection(),
     h("div", { class: "dialog-actions" },
       h("button", { type: "button", class: "button button-quiet", onclick: () => dialog.close() }, "Cancel"),
@@ -391,6 +435,8 @@ function showSecret(dialog, answer) {
     },
   }, text);
   dialog.querySelector("h2").textContent = "Token created";
+  // Wide enough for the command's longest line (the fingerprint) on a desktop.
+  dialog.classList.add("modal-wide");
   dialog.querySelector("form").replaceWith(h("div", { class: "created" },
     h("p", {},
       "Token ", h("strong", {}, token.label), ` (${uses(token)} uses, expires `,
