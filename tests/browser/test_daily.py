@@ -68,7 +68,9 @@ def _shell_arguments(command: str, tmp_path: Path, typed: str) -> list[str]:
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    return result.stdout.split("\0")[:-1]
+    # The prompt's line ends with `echo`: one newline before what the agent was handed.
+    assert result.stdout.startswith("\n"), result.stdout
+    return result.stdout[1:].split("\0")[:-1]
 
 
 @pytest.mark.parametrize("viewport", [DESKTOP, PHONE], ids=["1280", "phone"])
