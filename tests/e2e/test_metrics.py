@@ -315,8 +315,10 @@ def test_a_new_run_starts_from_zero(tmp_path: Path, server_factory: list[ServerP
 
 def test_a_metrics_address_in_use_or_malformed_is_refused(tmp_path: Path) -> None:
     data_dir = init_data_dir(tmp_path)
+    # Every other listener off: a default port (8445, 8446) may be another test's now.
     common = ["serve", "--data-dir", str(data_dir), "--enroll-addr", "127.0.0.1:0",
-              "--api-addr", "127.0.0.1:0"]  # fmt: skip
+              "--api-addr", "127.0.0.1:0", "--dashboard-addr", "off",
+              "--revocation-addr", "off"]  # fmt: skip
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
