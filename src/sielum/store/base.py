@@ -146,6 +146,11 @@ class StoreBase:
         (tests/store/test_events.py::test_replicas_commit_events_in_sequence_order).
         The lock is held for the two statements and the commit, not for the change.
         """
+        if not self._sql.advance_event_head:  # SQLite: the row id is the sequence
+            cursor = execute(
+                self.db, self._sql.insert_device_event, (None, to_micros(now), int(kind), device_id)
+            )
+            return int(cursor.lastrowid)
         sequence = int(execute(self.db, self._sql.advance_event_head).fetchone()[0])
         execute(
             self.db,

@@ -10,7 +10,7 @@ from typing import Any
 from sielum.errors import NotFoundError
 from sielum.model import DeviceEvent, DeviceEventKind, DeviceStanding
 from sielum.store.base import StoreBase, _guarded, _time
-from sielum.store.database import execute
+from sielum.store.database import execute, is_sqlite
 from sielum.store.models import from_micros
 
 _EVENT_COLUMNS = (
@@ -27,7 +27,11 @@ class EventStore(StoreBase):
     @_guarded
     def event_head(self) -> int:
         """The sequence of the newest committed event (0 before the first)."""
-        return int(execute(self.db, "SELECT sequence FROM event_head WHERE id = 1").fetchone()[0])
+        if is_sqlite(self.db):  # the row id is the sequence (migrations._v9_device_events)
+            sql = "SELECT COALESCE(MAX(sequence), 0) FROM device_event"
+        else:
+            sql = "SELECT sequence FROM event_head WHERE id = 1"
+        return int(execute(self.db, sql).fetchone()[0])
 
     @_guarded
     def device_events_after(self, sequence: int, limit: int) -> list[DeviceEvent]:

@@ -261,10 +261,15 @@ def _v9_device_events(d: Dialect) -> Sequence[str]:
     writers, so events commit in sequence order, on every replica, and a reader that
     has seen sequence n has seen every event below it. A rolled-back transaction takes
     its increment back, so sequences are consecutive. tags is a JSON array.
+
+    On SQLite, where one writer at a time holds the database, the sequence is the row id
+    itself (INTEGER PRIMARY KEY: the next is the largest plus one, and a rollback takes
+    it back), and event_head stays unused: an enrollment then writes one page fewer.
     """
+    sequence = "INTEGER PRIMARY KEY" if d.name == "sqlite" else "BIGINT PRIMARY KEY"
     return (
-        """CREATE TABLE device_event (
-            sequence BIGINT PRIMARY KEY,
+        f"""CREATE TABLE device_event (
+            sequence {sequence},
             at BIGINT NOT NULL,
             kind SMALLINT NOT NULL,
             device_id TEXT NOT NULL,
@@ -303,12 +308,14 @@ def _v10_certificate_history(d: Dialect) -> Sequence[str]:
     # The lifetime a certificate had by default: 90 days, in microseconds.
     default_ttl = 90 * 24 * 3600 * 1_000_000
     return (
-        """CREATE TABLE device_certificate (
+        # On SQLite WITHOUT ROWID: the rows live in the primary key's tree, one tree
+        # fewer to write per certificate.
+        f"""CREATE TABLE device_certificate (
             serial TEXT NOT NULL PRIMARY KEY,
             device_id TEXT NOT NULL REFERENCES device (id),
             not_after BIGINT NOT NULL,
             superseded_at BIGINT
-        )""",
+        ){" WITHOUT ROWID" if d.name == "sqlite" else ""}""",
         # A device's certificates: superseding the ones it no longer holds, and the
         # certificates of a revoked device for the CRL (Store.refused_certificates).
         "CREATE INDEX device_certificate_device_id ON device_certificate (device_id)",

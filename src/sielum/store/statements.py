@@ -10,6 +10,7 @@ from typing import Any
 import peewee
 
 from sielum.model import Device, TokenState
+from sielum.store.database import is_sqlite
 from sielum.store.models import Tables, to_micros
 
 
@@ -142,8 +143,11 @@ class _EnrollmentSql:
             insert_audit=(
                 f"INSERT INTO audit_event ({_columns(_AUDIT_COLUMNS)}) VALUES ({audit_values})"  # noqa: S608
             ),
+            # SQLite takes the row id as the sequence (migrations._v9_device_events).
             advance_event_head=(
-                "UPDATE event_head SET sequence = sequence + 1 WHERE id = 1 RETURNING sequence"
+                ""
+                if is_sqlite(db)
+                else "UPDATE event_head SET sequence = sequence + 1 WHERE id = 1 RETURNING sequence"
             ),
             insert_device_event=_INSERT_DEVICE_EVENT.replace("?", p),
         )
