@@ -117,15 +117,16 @@ def test_snapshot_pages_list_devices_not_revoked(store: Store) -> None:
     cursor = 0
     pages = 0
     while True:
-        page, cursor = store.current_devices(cursor, 2, T0)
+        page, cursor = store.current_devices(cursor, 2, T0, 7)
         pages += 1
         seen += [e.device_id for e in page]
-        assert all(e.kind is Kind.CURRENT and e.serial for e in page)
+        assert all(e.kind is Kind.CURRENT and e.serial and e.sequence == 7 for e in page)
+        assert all(e.at == T0 for e in page)
         if not cursor:
             break
     assert seen == ["dev0", "dev1", "dev3", "dev4"]
     assert pages == 3  # a full last page is followed by an empty one
-    dev4 = store.current_devices(0, 10, T0)[0][-1]
+    dev4 = store.current_devices(0, 10, T0, 7)[0][-1]
     assert (dev4.serial, dev4.previous_serial) == ("serial-key4b", "serial-dev4")
 
 

@@ -185,20 +185,10 @@ class Watch:
         while True:
             now = self._clock.now()
             page, cursor = await self._feed.read(
-                functools.partial(self._store.current_devices, cursor, PAGE, now)
+                functools.partial(self._store.current_devices, cursor, PAGE, now, head)
             )
             for entry in page:
-                yield DeviceEvent(
-                    sequence=head,
-                    at=entry.at,
-                    kind=entry.kind,
-                    device_id=entry.device_id,
-                    serial=entry.serial,
-                    previous_serial=entry.previous_serial,
-                    previous_until=entry.previous_until,
-                    hostname=entry.hostname,
-                    tags=entry.tags,
-                )
+                yield entry
             if not cursor:
                 return
 

@@ -11,7 +11,7 @@ from sielum.errors import NotFoundError
 from sielum.model import DeviceEvent, DeviceEventKind, DeviceStanding
 from sielum.store.base import StoreBase, _guarded, _time
 from sielum.store.database import execute, is_sqlite
-from sielum.store.models import from_micros
+from sielum.store.models import from_micros, to_micros
 
 _EVENT_COLUMNS = (
     "sequence, at, kind, device_id, serial, previous_serial, previous_until, hostname, tags"
@@ -71,36 +71,23 @@ class EventStore(StoreBase):
 
     @_guarded
     def current_devices(
-        self, after: int, limit: int, now: datetime
+        self, after: int, limit: int, now: datetime, sequence: int
     ) -> tuple[list[DeviceEvent], int]:
-        """One page of the snapshot: CURRENT entries of devices not revoked, after the
-        cursor after (a device's seq, 0 for the first page); and the cursor of the next
-        page, 0 when this one is the last."""
+        """One page of the snapshot at sequence: CURRENT entries of devices not revoked,
+        after the cursor after (a device's seq, 0 for the first page); and the cursor of
+        the next page, 0 when this one is the last. The rows have the log's own columns,
+        read by the same _event."""
         p = self.db.param
         rows = execute(
             self.db,
-            "SELECT seq, id, serial,"  # noqa: S608 - only the placeholder is formatted in
+            f"SELECT {p}, {p}, {p}, id, serial,"  # noqa: S608 - only placeholders formatted in
             " CASE WHEN previous_until IS NOT NULL THEN COALESCE(previous_serial, '') ELSE '' END,"
             " CASE WHEN previous_serial IS NOT NULL THEN previous_until END,"
-            " hostname, tags"
+            " hostname, tags, seq"
             f" FROM device WHERE revoked_at IS NULL AND seq > {p} ORDER BY seq LIMIT {p}",
-            (after, limit),
+            (sequence, to_micros(now), int(DeviceEventKind.CURRENT), after, limit),
         ).fetchall()
-        events = [
-            DeviceEvent(
-                sequence=0,
-                at=now,
-                kind=DeviceEventKind.CURRENT,
-                device_id=row[1],
-                serial=row[2],
-                previous_serial=row[3],
-                previous_until=_time(row[4]) if row[3] else None,
-                hostname=row[5],
-                tags=_tags(row[6]),
-            )
-            for row in rows
-        ]
-        return events, (int(rows[-1][0]) if len(rows) == limit else 0)
+        return [_event(row) for row in rows], (int(rows[-1][9]) if len(rows) == limit else 0)
 
 
 def _event(row: Sequence[Any]) -> DeviceEvent:
