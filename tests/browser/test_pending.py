@@ -13,7 +13,7 @@ from playwright.sync_api import expect
 
 from tests.e2e.test_token_policy import WaitingAgent
 
-from .conftest import Dashboard
+from .conftest import SCREENSHOTS, Dashboard
 from .test_dashboard import confirm, row, sign_in
 
 pytestmark = pytest.mark.e2e
@@ -73,6 +73,8 @@ def test_approve_and_deny_from_devices_pending(
     first_row = row(page, first_id)
     expect(first_row.get_by_text("pending-first", exact=True)).to_be_visible()
     expect(row(page, second_id)).to_have_count(1)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=SCREENSHOTS / "1280-devices-pending.png")
     first_row.get_by_role("button", name="Approve").click()
     expect(row(page, first_id)).to_have_count(0)
     code, out, err = first.finish()
