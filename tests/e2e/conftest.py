@@ -48,17 +48,6 @@ def free_port() -> int:
             return port
 
 
-def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment of a process a test starts: this one's, without GRPC_VERBOSITY.
-
-    Importing sielum.cli.agent or sielum.cli.admin (as some tests do) sets it to NONE in
-    this process, so that the CLIs print no gRPC internals; a server started from here
-    must not inherit that and lose the core's lines it turns into its own log.
-    """
-    env = {key: value for key, value in os.environ.items() if key != "GRPC_VERBOSITY"}
-    return {**env, **(extra or {})}
-
-
 def run(
     *args: str, env: dict[str, str] | None = None, timeout: float = 60, **kw: object
 ) -> subprocess.CompletedProcess[str]:
@@ -67,7 +56,7 @@ def run(
         capture_output=True,
         text=True,
         timeout=timeout,
-        env=child_env(env),
+        env={**os.environ, **(env or {})},
         check=False,
         **kw,  # type: ignore[arg-type]
     )
@@ -164,7 +153,7 @@ def start_server(
         stdout=log_file,
         stderr=subprocess.STDOUT,
         text=True,
-        env=child_env(env),
+        env={**os.environ, **(env or {})},
     )
     server = ServerProcess(
         process,

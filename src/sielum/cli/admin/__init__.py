@@ -12,11 +12,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-# gRPC's C core writes its own lines to stderr ("I1207 21:02:42 ... ssl_transport_security.cc]
-# Handshake failed ..."): this command prints its own one-line diagnosis instead. The core
-# reads the variable when grpc is first imported, hence here, before any import of it;
-# GRPC_VERBOSITY=info in the environment brings the lines back for debugging.
-os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+from sielum.cli import quietgrpc  # noqa: F401  (first: before anything imports grpc)
+
+# isort: split
 
 from sielum.cli import conventions
 from sielum.cli.admin import admins, audit, dashboard, devices, requests, services, tokens
