@@ -10,7 +10,7 @@ from sielum.admin.v1 import admin_pb2
 from sielum.devices import policy as devices
 from sielum.enroll.approval import Approvals
 from sielum.errors import FailedPreconditionError, InvalidArgumentError
-from sielum.identities.service import AdminRegistry
+from sielum.identities.admins import AdminRegistry
 from sielum.identities.services import ServiceRegistry
 from sielum.identity import Call, Caller
 from sielum.model import (

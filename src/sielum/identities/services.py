@@ -8,7 +8,7 @@ from sielum.ca.authority import CertificateAuthority
 from sielum.ca.profile import issuer_key_id
 from sielum.clock import Clock
 from sielum.identities import policy
-from sielum.identities.service import certify_new_identity, log_revoked, record_created
+from sielum.identities.admins import certify_new_identity, log_revoked, record_created
 from sielum.identity import Caller, Identity
 from sielum.model import Page, Service
 from sielum.paging import check_page_size

@@ -47,7 +47,7 @@ from sielum.enroll.ratelimit import FailureLimit, FailureLimiter
 from sielum.enroll.service import Enroller
 from sielum.enroll.servicer import EnrollServicer
 from sielum.enroll.v1 import enroll_pb2
-from sielum.identities.service import AdminRegistry
+from sielum.identities.admins import AdminRegistry
 from sielum.identities.services import ServiceRegistry
 from sielum.identity import Role
 from sielum.logs import log_event

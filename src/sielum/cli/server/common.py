@@ -14,7 +14,7 @@ from sielum.errors import SielumError
 from sielum.logs import configure_logging
 
 if TYPE_CHECKING:
-    from sielum.identities.service import AdminRegistry
+    from sielum.identities.admins import AdminRegistry
     from sielum.store.store import Store
 
 
@@ -49,7 +49,7 @@ def open_store(args: argparse.Namespace) -> Store:
 
 def admin_registry(store: Store, ca: CertificateAuthority) -> AdminRegistry:
     from sielum.clock import SystemClock
-    from sielum.identities.service import AdminRegistry
+    from sielum.identities.admins import AdminRegistry
 
     return AdminRegistry(store, ca, SystemClock())
 

@@ -1,4 +1,5 @@
-"""The admin registry: the ADMIN gate, and creating, listing and revoking admins."""
+"""The admin registry: the ADMIN gate, and creating, listing and revoking admins (and the
+steps creating and revoking a service share with it)."""
 
 from __future__ import annotations
 
