@@ -9,9 +9,11 @@ a share --revoked of them revoked (half with keyCompromise, half unspecified), a
 share --superseded with a second, superseded certificate as a renewal leaves behind.
 Then times what sielum.revocation.publisher.CrlPublisher does: its steps (the store
 query, Store.refused_certificate_rows; encoding every entry; signing the list), its
-first build (every entry encoded, as at start) and a rebuild after a change (the
-entries of the previous CRL reused), the stamp it reads every second, and an OCSP
-lookup (certificate_status). Prints one JSON line; asserts nothing.
+first build (every entry encoded, as at start), a rebuild after a revocation (only the
+certificates refused since the last CRL read: Store.refused_certificate_changes), the
+refresh every 15 minutes (every refused certificate read again, entries reused), the
+stamp it reads every second, and an OCSP lookup (certificate_status). Prints one JSON
+line; asserts nothing.
 """
 
 from __future__ import annotations
@@ -56,8 +58,8 @@ def fill(store: Store, devices: int, revoked: float, superseded: float, now: dat
         f" VALUES ({', '.join([p] * 11)})"
     )
     certificate_sql = (
-        "INSERT INTO device_certificate (serial, device_id, not_after, superseded_at)"
-        f" VALUES ({', '.join([p] * 4)})"
+        "INSERT INTO device_certificate (serial, device_id, not_after, superseded_at,"
+        f" refused_change) VALUES ({', '.join([p] * 5)})"
     )
     enrolled = to_micros(now - timedelta(days=30))
     not_after = to_micros(now + timedelta(days=60))
@@ -75,10 +77,11 @@ def fill(store: Store, devices: int, revoked: float, superseded: float, now: dat
                     ("keyCompromise" if i % 2 else "unspecified") if is_revoked else None,
                 )
             )  # fmt: skip
-            certificate_rows.append((serial, device_id, not_after, None))
+            # refused_change: the stamp of the change that refused it (migration step 13).
+            certificate_rows.append((serial, device_id, not_after, None, 1 if is_revoked else None))
             if rng.random() < superseded:
                 old = format(profile.random_serial(), "x")
-                certificate_rows.append((old, device_id, not_after - 30 * 86_400_000_000, gone))
+                certificate_rows.append((old, device_id, not_after - 30 * 86_400_000_000, gone, 1))
         with store.db.connection_context(), write_transaction(store.db):
             if is_sqlite(store.db):
                 store.db.cursor().executemany(device_sql, device_rows)
@@ -126,13 +129,28 @@ def main() -> None:
         t0 = time.perf_counter()
         publisher.update()
         cold = time.perf_counter() - t0
+        with store.db.connection_context():
+            active = [
+                row[0]
+                for row in store.db.execute_sql(
+                    f"SELECT id FROM device WHERE revoked_at IS NULL LIMIT {args.rounds}"
+                ).fetchall()
+            ]
         warm = []
-        for _ in range(args.rounds):
-            with store.db.connection_context():  # as a revocation does: the stamp moves
-                store.db.execute_sql("UPDATE revocation_change SET stamp = stamp + 1")
+        for device_id in active:  # a revocation: the stamp moves, one certificate changes
+            store.revoke_device(
+                device_id,
+                now,
+                AuditEvent(at=now, actor="bench", action="device.revoke", resource=device_id),
+            )
             t0 = time.perf_counter()
             publisher.update()
             warm.append(time.perf_counter() - t0)
+        refresh = []
+        for _ in range(args.rounds):  # every 15 minutes: every refused certificate read
+            t0 = time.perf_counter()
+            publisher._build(after=None)
+            refresh.append(time.perf_counter() - t0)
         current = publisher.current
         assert current is not None
         stamps = []
@@ -164,6 +182,7 @@ def main() -> None:
                 "first_build_seconds": round(cold, 3),
                 "rebuild_seconds_median": round(statistics.median(warm), 3),
                 "rebuild_seconds_max": round(max(warm), 3),
+                "refresh_seconds_median": round(statistics.median(refresh), 3),
                 "stamp_poll_ms_median": round(statistics.median(stamps) * 1000, 3),
                 # Peak of the whole run (filling included): an upper bound of what a
                 # worker holds for the CRL and its entries.

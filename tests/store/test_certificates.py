@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
 
-from sielum.model import CertificateRecord
+from sielum.model import CertificateRecord, Token, TokenPolicy
 from sielum.store import Store, connect, migrations
 from sielum.store.database import is_sqlite
 from sielum.store.models import to_micros
@@ -193,6 +194,8 @@ def test_the_crl_and_ocsp_queries_use_their_indexes(store: Store) -> None:
     assert "device_certificate_superseded" in plan, plan
     assert "device_revoked_seq" in plan, plan
     assert "device_certificate_device_id" in plan, plan
+    changes_plan = plan_of(store, store._certificate_sql.refused_after, (1, 0))
+    assert "device_certificate_refused_change" in changes_plan, changes_plan
     status_plan = plan_of(store, store._certificate_sql.status, ("serial-dev1",))
     # SQLite keeps the table WITHOUT ROWID: its rows are its primary key's tree.
     key = (
@@ -201,6 +204,126 @@ def test_the_crl_and_ocsp_queries_use_their_indexes(store: Store) -> None:
         else "device_certificate_pkey"
     )
     assert key in status_plan, status_plan
+
+
+class ChangesReader:
+    """What the CRL publisher keeps: rows by serial, read whole once, then as changes."""
+
+    def __init__(self, store: Store, now: datetime) -> None:
+        self.store = store
+        self.stamp = store.revocation_stamp()
+        self.rows = {row[0]: row for row in store.refused_certificate_rows(now)}
+
+    def catch_up(self, now: datetime) -> list[Any]:
+        stamp = self.store.revocation_stamp()  # first, as the publisher reads it
+        changes = self.store.refused_certificate_changes(self.stamp, now)
+        self.rows.update((row[0], row) for row in changes)
+        self.stamp = stamp
+        return changes
+
+    def listed(self, now: datetime) -> dict[str, Any]:
+        return {serial: row for serial, row in self.rows.items() if row[1] > to_micros(now)}
+
+
+def whole(store: Store, now: datetime) -> dict[str, Any]:
+    return {row[0]: row for row in store.refused_certificate_rows(now)}
+
+
+def test_the_changes_since_a_stamp_add_up_to_the_whole_list(store: Store) -> None:
+    """Each way a certificate becomes refused marks it with the change that did it, so a
+    reader that read the list once and then only the changes holds the whole list."""
+    add_token(store)
+    store.create_token(
+        Token("eph", "l", b"h", None, 0, None, T0, "alice",
+              policy=TokenPolicy(ephemeral_after=timedelta(hours=1))),
+        audit("token.create", "token/eph"),
+    )  # fmt: skip
+    for i in range(6):
+        enroll(store, f"dev{i}", key=f"key{i}")
+    enroll(store, "eph1", token_id="eph", key="key-eph")
+    reader = ChangesReader(store, T0)
+    assert reader.rows == {}
+
+    def step(now: datetime) -> list[Any]:
+        changes = reader.catch_up(now)
+        assert reader.listed(now) == whole(store, now)
+        return changes
+
+    renew_in(store, "dev1", "key-1b", T0 + 60 * DAY)
+    assert step(T0 + 60 * DAY) == []  # the previous is honoured: nothing refused
+    assert store.retire_previous_certificate("dev1", "serial-key-1b", T0 + 61 * DAY)
+    assert [row[0] for row in step(T0 + 61 * DAY)] == ["serial-dev1"]
+    renew_in(store, "dev2", "key-2b", T0 + 60 * DAY)
+    renew_in(store, "dev2", "key-2c", T0 + 62 * DAY, caller="serial-dev2")  # a lost answer
+    assert [row[0] for row in step(T0 + 62 * DAY)] == ["serial-key-2b"]
+    assert adopt(store, "dev3", "serial-dev3", "key-3lost", T0 + 62 * DAY)
+    step(T0 + 62 * DAY)
+    store.revoke_device(
+        "dev4", T0 + 63 * DAY, audit("device.revoke", "device/dev4"), reason="keyCompromise"
+    )
+    # dev1 revoked after its renewal: its current certificate is listed as revoked, the
+    # one it retired stays listed as superseded.
+    store.revoke_device("dev1", T0 + 63 * DAY, audit("device.revoke", "device/dev1"))
+    changes = {row[0]: row for row in step(T0 + 63 * DAY)}
+    assert set(changes) == {"serial-dev4", "serial-key-1b"}
+    assert changes["serial-dev4"][4] == "keyCompromise"
+    assert reader.rows["serial-dev1"][2] is not None  # superseded_at, as before
+    # Revoked again: nothing new.
+    store.revoke_device("dev4", T0 + 64 * DAY, audit("device.revoke", "device/dev4"))
+    assert step(T0 + 64 * DAY) == []
+    now = T0 + 65 * DAY
+    assert store.expire_device("eph1", now, audit("device.expire", "device/eph1", now))
+    assert [row[0] for row in step(now)] == ["serial-eph1"]
+    # Past not_after, entries leave the list; the reader drops them by their time.
+    assert step(T0 + 91 * DAY) == []
+    assert "serial-dev4" not in reader.listed(T0 + 91 * DAY)
+
+
+def test_every_change_is_read_while_writers_race_on_two_connections(database_url: str) -> None:
+    """Eight writers on two stores (two replicas) revoke and retire certificates while a
+    reader reads the changes as fast as it can: the changes it read add up to the whole
+    list, so no change committed out of stamp order was skipped."""
+    first, second = Store.open(database_url), Store.open(database_url)
+    try:
+        add_token(first)
+        for i in range(120):
+            enroll(first, f"d{i}", key=f"k{i}")
+            if i % 2:
+                renew_in(first, f"d{i}", f"k{i}b", T0 + 60 * DAY)
+        now = T0 + 61 * DAY
+        reader = ChangesReader(first, now)
+        done = threading.Event()
+
+        def write(store: Store, ids: range) -> None:
+            for i in ids:
+                if i % 2:
+                    store.retire_previous_certificate(f"d{i}", f"serial-k{i}b", now)
+                else:
+                    store.revoke_device(f"d{i}", now, audit("device.revoke", f"device/d{i}", now))
+
+        def read() -> None:
+            while not done.is_set():
+                reader.catch_up(now)
+
+        reading = threading.Thread(target=read)
+        reading.start()
+        writers = [
+            threading.Thread(target=write, args=(first if n % 2 else second, range(n, 120, 8)))
+            for n in range(8)
+        ]
+        for thread in writers:
+            thread.start()
+        for thread in writers:
+            thread.join()
+        done.set()
+        reading.join()
+        reader.catch_up(now)
+        listed = whole(first, now)
+        assert len(listed) == 120
+        assert reader.listed(now) == listed
+    finally:
+        first.close()
+        second.close()
 
 
 def _version_before_history() -> tuple[migrations.Migration, ...]:
@@ -253,6 +376,9 @@ def test_step_10_records_the_certificates_of_devices_enrolled_before_it(
         assert status(store, "c2").superseded_at is None
         assert (status(store, "d1").revoked_at, status(store, "d1").reason) == (T0, "unspecified")
         assert set(refused(store, T0)) == {"c1", "d1"}
+        # Step 13 marks the certificates refused before it, so changes read from any
+        # earlier stamp find them too.
+        assert {row[0] for row in store.refused_certificate_changes(0, T0)} == {"c1", "d1"}
     finally:
         store.close()
 

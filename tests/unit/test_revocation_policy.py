@@ -139,6 +139,59 @@ def test_the_crl_is_rebuilt_on_a_change_or_when_due_and_kept_while_the_database_
         store.close()
 
 
+def _serials(crl: object) -> set[int]:
+    der = getattr(crl, "der")
+    return {entry.serial_number for entry in x509.load_der_x509_crl(der)}
+
+
+def test_a_rebuild_reads_only_the_changes_and_lists_what_a_full_build_lists(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = Store.open(f"sqlite:///{tmp_path / 'sielum.db'}")
+    clock = _Clock()
+    key = ec.generate_private_key(ec.SECP256R1())
+    ca = CertificateAuthority(profile.self_signed_ca_certificate(key=key, now=clock.at), key)
+    store.create_token(
+        Token("tok", "l", b"h", None, 0, None, clock.at, "a"),
+        AuditEvent(at=clock.at, actor="a", action="token.create", resource="token/tok"),
+    )
+    for i in range(1, 5):
+        store.enroll_device(
+            Device(
+                id=f"dev{i}", hostname="h", token_id="tok", public_key_sha256=f"k{i}",
+                serial=f"{i:x}0", certificate_pem="PEM", not_after=clock.at + timedelta(days=90),
+                enrolled_at=clock.at, peer="p",
+            ),
+            clock.at,
+            AuditEvent(at=clock.at, actor="a", action="device.enroll", resource=f"device/dev{i}"),
+        )  # fmt: skip
+    publisher = CrlPublisher(store, ca, clock)
+    try:
+        assert publisher.update() is True
+        for i in (1, 3):
+            store.revoke_device(
+                f"dev{i}", clock.at, AuditEvent(at=clock.at, actor="a", action="x", resource="d")
+            )
+        caplog.clear()
+        with caplog.at_level("INFO", logger="sielum.revocation"):
+            assert publisher.update() is True
+        [built] = [r.sielum_fields for r in caplog.records if r.getMessage() == "crl"]  # type: ignore[attr-defined]
+        assert (built["read"], built["rows"], built["entries"]) == ("changes", 2, 2)
+        incremental = publisher.current
+        fresh = CrlPublisher(store, ca, clock)
+        assert fresh.update() is True
+        assert _serials(incremental) == _serials(fresh.current) == {0x10, 0x30}
+        # Past the certificates' not_after, the changes read nothing and the list empties.
+        clock.at += timedelta(days=91)
+        store.revoke_device(
+            "dev2", clock.at, AuditEvent(at=clock.at, actor="a", action="x", resource="d")
+        )
+        assert publisher.update() is True
+        assert publisher.current is not None and publisher.current.entries == 0
+    finally:
+        store.close()
+
+
 def test_an_exited_workers_live_gauges_are_forgotten_and_its_counters_kept(
     tmp_path: Path,
 ) -> None:

@@ -3,9 +3,10 @@
 Building the CRL reads every refused certificate and signs a list of them: at a million
 devices that is seconds of CPU (bench/RESULTS.md), so it never happens on a request.
 CrlPublisher's thread reads the store's revocation stamp every `poll` seconds (one row)
-and rebuilds when it changed, and in any case every `refresh`, well before the CRL's
-nextUpdate (one hour ahead): a revocation is in /crl within poll plus one build, which
-DESIGN bounds at 5 seconds. GET /crl hands out the bytes built last.
+and, when it moved, reads the certificates refused since and signs the list again; every
+`refresh`, well before the CRL's nextUpdate (one hour ahead), it reads them all. A
+revocation is in /crl within poll plus one rebuild, which DESIGN bounds at 5 seconds.
+GET /crl hands out the bytes built last.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from sielum.errors import SielumError
 from sielum.logs import log_event
 from sielum.model import CertificateRecord
 from sielum.store.certificates import RefusedRow
+from sielum.store.models import to_micros
 from sielum.store.store import Store
 
 log = logging.getLogger("sielum.revocation")
@@ -83,6 +85,10 @@ def _entry(row: RefusedRow) -> bytes:
     return crl_entry_der(revocation.serial, revocation.revoked_at, revocation.reason)
 
 
+def _kept(row: RefusedRow) -> tuple[RefusedRow, bytes]:
+    return row, _entry(row)
+
+
 def standing_of(record: CertificateRecord | None) -> Standing:
     """What OCSP says of a serial: unknown when no device certificate has it."""
     if record is None:
@@ -134,8 +140,8 @@ class CrlPublisher:
         self._stamp: int | None = None
         self._started_at = clock.now()
         self._last_number = 0
-        # The entries of the last CRL, DER by stored row, reused by the next.
-        self._entries: dict[RefusedRow, bytes] = {}
+        # The entries of the last CRL by serial: the stored row and its DER.
+        self._entries: dict[str, tuple[RefusedRow, bytes]] = {}
 
     @property
     def current(self) -> Crl | None:
@@ -163,16 +169,24 @@ class CrlPublisher:
             self._close()
 
     def update(self) -> bool:
-        """Rebuild if the stamp moved or the CRL is due; True when a new CRL was built."""
+        """Rebuild if the stamp moved or the CRL is due; True when a new CRL was built.
+
+        A moved stamp reads only the certificates refused since the last build; a due CRL
+        (every refresh), the first one, and a stamp gone back (a database restored from
+        a backup) read every refused certificate.
+        """
         built = False
         try:
             stamp = self._store.revocation_stamp()
-            current = self._current
+            current, last = self._current, self._stamp
             due = current is None or self._clock.now() - current.built_at >= self._refresh
-            if due or stamp != self._stamp:
-                # The stamp is read before the list: a change committed in between is in
-                # the list, and moves the stamp again, so it costs one more build at worst.
-                self._current = self._build()
+            if due or last is None or stamp < last:
+                self._current = self._build(after=None)
+            elif stamp != last:
+                self._current = self._build(after=last)
+            # The stamp is read before the rows: a change committed in between is read
+            # now and again next time (entries are kept by serial, so that costs nothing).
+            if self._current is not current:
                 self._stamp = stamp
                 built = True
         except SielumError as error:  # the database is unavailable: keep the last CRL
@@ -184,28 +198,39 @@ class CrlPublisher:
             self._on_age(max(0.0, (self._clock.now() - since).total_seconds()))
         return built
 
-    def _build(self) -> Crl:
+    def _build(self, after: int | None) -> Crl:
+        """The CRL from every refused certificate (after None), or from the last one's
+        entries and the certificates refused after stamp `after`."""
         started = time.perf_counter()
         now = self._clock.now()
-        rows = self._store.refused_certificate_rows(now)
-        # Each entry's DER is kept by its row from one CRL to the next: a rebuild encodes
-        # only the certificates refused since, and signs the list (bench/crl_store.py).
-        previous, kept = self._entries, {}
+        if after is None:
+            rows = self._store.refused_certificate_rows(now)
+            previous, entries = self._entries, {}
+        else:
+            rows = self._store.refused_certificate_changes(after, now)
+            previous = entries = self._entries
+        # Each entry's DER is kept by serial, with the row it was made from, from one CRL
+        # to the next: a rebuild encodes only new or changed rows, and signs the list.
         for row in rows:
-            entry = previous.get(row)
-            kept[row] = entry if entry is not None else _entry(row)
-        self._entries = kept
-        entries = list(kept.values())
-        der = self._ca.sign_crl_entries(entries, self._number(now), now)
+            known = previous.get(row[0])
+            entries[row[0]] = known if known is not None and known[0] == row else _kept(row)
+        self._entries = entries
+        # An expired certificate leaves the list; its entry leaves memory at the next
+        # full read, which does not return it.
+        at = to_micros(now)
+        listed = [der for (row, der) in entries.values() if row[1] > at]
+        der = self._ca.sign_crl_entries(listed, self._number(now), now)
         log_event(
             log,
             "crl",
             outcome="ok",
-            entries=len(entries),
+            read="all" if after is None else "changes",
+            rows=len(rows),
+            entries=len(listed),
             bytes=len(der),
             seconds=round(time.perf_counter() - started, 3),
         )
-        return Crl(der=der, built_at=now, entries=len(entries))
+        return Crl(der=der, built_at=now, entries=len(listed))
 
     def _number(self, now: datetime) -> int:
         """The CRL number: microseconds since the epoch, so that it grows across the workers

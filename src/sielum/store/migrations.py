@@ -399,6 +399,26 @@ def _v12_silent_devices(d: Dialect) -> Sequence[str]:
     )
 
 
+def _v13_crl_changes(d: Dialect) -> Sequence[str]:
+    """The CRL rebuilt from what changed: device_certificate.refused_change is the
+    revocation stamp (revocation_change) of the change that made the certificate refused
+    (superseded, or its device revoked); NULL while it is honoured. Each such change
+    moves the stamp FIRST in its transaction and then marks its rows with it, so the
+    stamp's row lock makes the changes commit in stamp order: a CRL built at stamp S
+    reads only the rows marked after S (Store.refused_certificate_changes) and misses
+    none (tests/store/test_certificates.py). Certificates refused before this step are
+    marked with the stamp it found: a full build reads them all anyway.
+    """
+    return (
+        "ALTER TABLE device_certificate ADD COLUMN refused_change BIGINT",
+        "UPDATE device_certificate SET refused_change = (SELECT stamp FROM revocation_change)"
+        " WHERE superseded_at IS NOT NULL"
+        " OR device_id IN (SELECT id FROM device WHERE revoked_at IS NOT NULL)",
+        "CREATE INDEX device_certificate_refused_change ON device_certificate (refused_change)"
+        " WHERE refused_change IS NOT NULL",
+    )
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema: token, device, audit_event", _v1_initial_schema),
     Migration(2, "indexes for listing devices by hostname and state", _v2_device_filters),
@@ -412,6 +432,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(10, "device certificate history and revocation reasons", _v10_certificate_history),
     Migration(11, "token policy, device tags, enrollment requests", _v11_token_policy),
     Migration(12, "device index by last call, for the silent devices", _v12_silent_devices),
+    Migration(13, "device certificates marked with the change that refused them", _v13_crl_changes),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 

@@ -24,7 +24,8 @@ from sielum.model import (
     Page,
     TokenState,
 )
-from sielum.store.base import DEFAULT_PAGE_SIZE, StoreBase, _guarded, _keyset_page, _micros
+from sielum.store.base import DEFAULT_PAGE_SIZE, _guarded, _keyset_page, _micros
+from sielum.store.certificates import CertificateStore
 from sielum.store.database import execute, write_transaction
 from sielum.store.models import to_micros
 from sielum.store.statements import token_state_condition
@@ -37,7 +38,7 @@ class RequestDecidedError(FailedPreconditionError):
     """The request was approved or denied already (by another admin, or a moment ago)."""
 
 
-class EnrollmentRequestStore(StoreBase):
+class EnrollmentRequestStore(CertificateStore):
     """Enrollment requests (tokens with requires_approval) and the sweep of ephemeral devices."""
 
     @_guarded
@@ -225,7 +226,7 @@ class EnrollmentRequestStore(StoreBase):
                 return False
             self._insert_audit(audit)
             # The CRL and OCSP list its certificates from now on, and the directory says so.
-            execute(self.db, "UPDATE revocation_change SET stamp = stamp + 1 WHERE id = 1")
+            self._refuse_device_certificates(device_id)
             self._record_device_event(DeviceEventKind.REVOKED, device_id, now)
         return True
 

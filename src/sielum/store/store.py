@@ -28,13 +28,13 @@ from sielum.store.tokens import TokenStore
 class Store(
     TokenStore,
     DeviceStore,
+    EnrollmentRequestStore,
     EventStore,
     CertificateStore,
     IdentityStore,
     AuditStore,
     SessionStore,
     CountStore,
-    EnrollmentRequestStore,
 ):
     """All storage of Sielum. Safe to call from many threads at once.
 
