@@ -352,6 +352,14 @@ def test_devices_search_by_hostname_beginning_and_by_fact(
     search.press("Enter")
     expect(page.get_by_role("heading", name="No host name starts with this")).to_be_visible()
     page.screenshot(path=SCREENSHOTS / "1280-devices-prefix-none.png", full_page=True)
+    # On a phone the four filters stack, each with its hint, and nothing runs off the side.
+    page.set_viewport_size(PHONE)
+    search.fill("web-*")
+    fact.fill("os=linux")
+    fact.press("Enter")
+    expect(shown).to_have_count(2)
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+    page.screenshot(path=SCREENSHOTS / "phone-devices-prefix-and-fact.png", full_page=True)
     assert errors == []
 
 
