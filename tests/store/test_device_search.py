@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import uuid
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -196,3 +197,52 @@ def test_every_fact_given_must_hold(store: Store) -> None:
     assert _listed(store, facts={"os": "linux", "arch": "x86_64"}) == [devices[21].id]
     # With the other filters: a prefix of host names and a fact together.
     assert _listed(store, hostname_prefix="h1", facts={"os": "linux"}) == [devices[16].id]
+
+
+@pytest.fixture
+def icu_postgres_url() -> Iterator[str]:
+    """A fresh PostgreSQL database that sorts text by ICU's Slovak rules, not by code point:
+    there "ch" is one letter, after "h"."""
+    from tests.conftest import PG_HOST, PG_PORT, PG_USER, _pg_admin, _require_postgres
+
+    _require_postgres()
+    name = f"sielum_test_icu_{uuid.uuid4().hex[:12]}"
+    conn = _pg_admin()
+    cur = conn.cursor()  # type: ignore[attr-defined]
+    cur.execute(
+        f"CREATE DATABASE \"{name}\" TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'sk'"
+    )
+    try:
+        yield f"postgresql://{PG_USER}@{PG_HOST}:{PG_PORT}/{name}"
+    finally:
+        cur.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,)
+        )
+        cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        conn.close()  # type: ignore[attr-defined]
+
+
+def test_a_database_in_a_language_collation_is_searched_without_the_range(
+    icu_postgres_url: str, postgres_url: str
+) -> None:
+    """In Slovak "chata-1" sorts after "c" + U+10FFFF: a range would miss it under the
+    prefix "c". The store sees the database does not sort by code point and reads the
+    prefix exactly there, listing the same names as anywhere else."""
+    plain = Store.open(postgres_url)
+    try:
+        assert plain._text_sorts_by_code_point()
+    finally:
+        plain.close()
+    store = Store.open(icu_postgres_url)
+    try:
+        assert not store._text_sorts_by_code_point()
+        add_token(store)
+        names = [*HOSTNAMES, "chata-1", "cesta-2", "hora-3"]
+        devices = [_enroll(store, n, name, {}) for n, name in enumerate(names)]
+        newest_first = list(reversed(devices))
+        for prefix in [*PREFIXES, "c", "ch", "h"]:
+            want = [d.id for d in newest_first if d.hostname.startswith(prefix)]
+            assert _listed(store, hostname_prefix=prefix) == want, prefix
+        assert len(_listed(store, hostname_prefix="c")) == 2
+    finally:
+        store.close()

@@ -171,8 +171,10 @@ class DeviceStore(CertificateStore):
         """Whether the database compares text by code point, as SQLite's BINARY does.
 
         PostgreSQL compares in the database's collation: with C or C.UTF-8 (as the
-        tests run) that is code point order; with a language's (en_US.UTF-8), a range of
-        host names is not the set of names with a prefix, so none is used there.
+        tests run) that is code point order; with a language's (en_US.UTF-8, or any ICU
+        locale), a range of host names is not the set of names with a prefix, so none is
+        used there. The name alone could mislead (an ICU database keeps a datcollate),
+        so three comparisons a language orders otherwise must come out by code point.
         """
         if is_sqlite(self.db):
             return True
@@ -180,10 +182,13 @@ class DeviceStore(CertificateStore):
         if known is None:
             with self._connection():
                 row = execute(
-                    self.db, "SELECT datcollate FROM pg_database WHERE datname = current_database()"
+                    self.db,
+                    "SELECT datcollate, 'B' < 'a' AND 'a-z' < 'aa' AND 'z' < 'é'"
+                    " FROM pg_database WHERE datname = current_database()",
                 ).fetchone()
-            collation = str(row[0]) if row else ""
-            known = collation in ("C", "POSIX") or collation.startswith("C.")
+            collation, ordered = (str(row[0]), bool(row[1])) if row else ("", False)
+            named = collation in ("C", "POSIX") or collation.startswith("C.")
+            known = named and ordered
             self._code_point_order = known
         return bool(known)
 
