@@ -134,7 +134,8 @@ class DeviceStore(CertificateStore):
 
         hostname_prefix keeps the host names that start with it, and facts the devices
         whose facts hold every one of these names with exactly that value; every
-        filter given must hold.
+        filter given must hold. A prefix walks the hostname index where text sorts by
+        code point; facts have no index, and narrow what the other filters find.
 
         Each filter has an index (migrations v1 and v2): token_id and hostname walk
         theirs newest first; revoked ones are a partial index of their own; expired
