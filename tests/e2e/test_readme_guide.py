@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -85,9 +86,8 @@ def _run(block: str, env: dict[str, str], **kw: object) -> subprocess.CompletedP
 
 
 def _served_names(port: int, ca_pem: Path) -> list[str]:
+    """The DNS names of the certificate the server serves on port now."""
     context = ssl.create_default_context(cafile=str(ca_pem))
-    import socket
-
     with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
         with context.wrap_socket(raw, server_hostname="localhost") as tls:
             der = tls.getpeercert(binary_form=True)
