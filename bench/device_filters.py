@@ -1,15 +1,19 @@
-"""`devices list --state/--hostname` on a large fleet: first-page time with and without the indexes.
+"""`devices list` filters on a large fleet: first-page time with and without the indexes.
 
 Loads N devices (default 200,000) into a fresh SQLite file and a fresh PostgreSQL
 database, then times Store.list_devices' first page (100 devices) for each filter,
 once with the indexes of migration 2 and once with them dropped. The fleet: 97 %
 active, 2 % revoked, 1 % expired; the expired and revoked ones are the oldest
 devices, as in a fleet where machines that stopped renewing were enrolled long ago.
+Each device reports facts os=linux and one of 100 racks (rack=r00..r99, 1 % each):
+a fact has no index, so --fact rack=r07 reads about 100 devices per device it lists,
+and --hostname-prefix (100 names) walks the hostname index as --hostname does.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import tempfile
@@ -47,7 +51,7 @@ def load(store: Store, devices: int) -> None:
             (
                 str(uuid.UUID(int=i)), f"host-{i:07}", "tok", f"key-{i}", f"{i:x}", "PEM",
                 to_micros(not_after), to_micros(NOW - 300 * day + i * timedelta(seconds=60)),
-                None, revoked, "10.0.0.1", "{}",
+                None, revoked, "10.0.0.1", facts_json(i),
             )
         )  # fmt: skip
     p = store.db.param
@@ -73,6 +77,12 @@ def load(store: Store, devices: int) -> None:
         execute(store.db, "ANALYZE")
 
 
+def facts_json(i: int) -> str:
+    """Device i's facts as the store writes them (store/devices.py _facts_json)."""
+    facts = {"os": "linux", "rack": f"r{i % 100:02}"}
+    return json.dumps(facts, sort_keys=True, separators=(",", ":"))
+
+
 def timed(call: Callable[[], object], repeat: int = 7) -> float:
     """Median milliseconds of repeat calls."""
     times = []
@@ -88,6 +98,13 @@ def measure(store: Store, devices: int) -> dict[str, float]:
     cases: dict[str, Callable[[], object]] = {
         "all": lambda: store.list_devices(page_size=100),
         "--hostname": lambda: store.list_devices(hostname=host, page_size=100),
+        # host-00NNN__: the 100 names around the middle of the fleet.
+        "--hostname-prefix": lambda: store.list_devices(hostname_prefix=host[:-2], page_size=100),
+        "--fact os=linux": lambda: store.list_devices(facts={"os": "linux"}, page_size=100),
+        "--fact rack=r07": lambda: store.list_devices(facts={"rack": "r07"}, page_size=100),
+        "--hostname-prefix --fact": lambda: store.list_devices(
+            hostname_prefix=host[:-2], facts={"rack": "r07"}, page_size=100
+        ),
         **{
             f"--state {state.value}": (
                 lambda state=state: store.list_devices(state=state, now=NOW, page_size=100)

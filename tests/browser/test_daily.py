@@ -1,6 +1,7 @@
 """The dashboard's daily questions in a real browser: the agent command as a shell reads it,
-New Token's short expiry, Devices searched by host name and tag with their facts and the
-machines not heard from, Audit filtered as the CLI filters it, serials kept on one line.
+New Token's short expiry, Devices searched by host name (whole or its beginning), tag and
+fact with their facts and the machines not heard from, Audit filtered as the CLI filters it,
+serials kept on one line.
 
 Each page is also left as a screenshot in tests/browser/screenshots/ for people to look at.
 """
@@ -272,7 +273,7 @@ def test_devices_search_tags_facts_and_not_heard_from(
     search.fill("web-02")
     search.press("Enter")
     expect(page.get_by_role("heading", name="No device with this host name")).to_be_visible()
-    expect(page.get_by_text("the search is for the whole name")).to_be_visible()
+    expect(page.get_by_text("To search by its beginning, end it with *")).to_be_visible()
 
     # Filter by tag: the web machines only; the address keeps the filter for a reload.
     search.fill("")
@@ -284,6 +285,81 @@ def test_devices_search_tags_facts_and_not_heard_from(
     expect(page.get_by_label("Tag", exact=True)).to_have_value("web")
     expect(page.locator("main table tbody tr")).to_have_count(3)
     page.screenshot(path=SCREENSHOTS / "1280-devices-tag.png", full_page=True)
+    assert errors == []
+
+
+def test_devices_search_by_hostname_beginning_and_by_fact(
+    context: Any, dashboard: Dashboard, fleet: dict[str, str]
+) -> None:
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    sign_in(page, dashboard)
+    page.get_by_role("link", name="Devices", exact=True).click()
+    shown = page.locator("main table tbody tr")
+    expect(shown).to_have_count(4)
+    hint = page.locator("#hostname-filter-hint")
+    expect(hint).to_have_text("The exact name, or its beginning and *, e.g. web-*")
+    expect(page.locator("#fact-filter-hint")).to_have_text("name=value, exactly, e.g. os=linux")
+
+    # A beginning and *: every web machine, newest first, and the address keeps it.
+    search = page.get_by_label("Hostname")
+    search.fill("web-*")
+    search.press("Enter")
+    expect(shown).to_have_count(3)
+    ids = [fleet[f"web-0{n}.example.com"] for n in (3, 2, 1)]
+    expect(shown.first).to_have_attribute("data-device-id", ids[0])
+    assert shown.evaluate_all("rows => rows.map((r) => r.dataset.deviceId)") == ids
+    expect(page).to_have_url(f"{dashboard.url}/devices?hostname=web-*")
+
+    # And a fact, exactly: web machines on arm64, then any machine on linux.
+    fact = page.get_by_label("Fact", exact=True)
+    fact.fill("arch=arm64")
+    fact.press("Enter")
+    expect(shown).to_have_count(1)
+    expect(row(page, fleet["web-02.example.com"])).to_have_count(1)
+    expect(page).to_have_url(f"{dashboard.url}/devices?hostname=web-*&fact=arch%3Darm64")
+    page.reload()
+    expect(page.get_by_label("Hostname")).to_have_value("web-*")
+    expect(page.get_by_label("Fact", exact=True)).to_have_value("arch=arm64")
+    expect(shown).to_have_count(1)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=SCREENSHOTS / "1280-devices-prefix-and-fact.png", full_page=True)
+
+    search = page.get_by_label("Hostname")
+    fact = page.get_by_label("Fact", exact=True)
+    search.fill("")
+    fact.fill("os=linux")
+    page.get_by_role("button", name="Search").click()
+    expect(shown).to_have_count(2)
+    linux = [fleet["web-02.example.com"], fleet["web-01.example.com"]]
+    expect(shown.first).to_have_attribute("data-device-id", linux[0])
+    assert shown.evaluate_all("rows => rows.map((r) => r.dataset.deviceId)") == linux
+
+    # Case counts, and a value that is only a part of one finds nothing; each says why.
+    fact.fill("os=Linux")
+    fact.press("Enter")
+    expect(page.get_by_role("heading", name="No device with this fact")).to_be_visible()
+    fact.fill("os")
+    fact.press("Enter")
+    expect(page.get_by_role("heading", name="Write the fact as name=value")).to_be_visible()
+    fact.fill("")
+    search.fill("lab-*")
+    search.press("Enter")
+    expect(shown).to_have_count(1)
+    expect(row(page, fleet["lab-build"])).to_have_count(1)
+    search.fill("db-*")
+    search.press("Enter")
+    expect(page.get_by_role("heading", name="No host name starts with this")).to_be_visible()
+    page.screenshot(path=SCREENSHOTS / "1280-devices-prefix-none.png", full_page=True)
+    # On a phone the four filters stack, each with its hint, and nothing runs off the side.
+    page.set_viewport_size(PHONE)
+    search.fill("web-*")
+    fact.fill("os=linux")
+    fact.press("Enter")
+    expect(shown).to_have_count(2)
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+    page.screenshot(path=SCREENSHOTS / "phone-devices-prefix-and-fact.png", full_page=True)
     assert errors == []
 
 

@@ -93,13 +93,14 @@ def wait_ready(
     process: subprocess.Popen[str],
     timeout: float = 30,
     host: str = "localhost",
+    name: str = "localhost",
 ) -> None:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     deadline = time.monotonic() + timeout
     # A server on another loopback address (127.0.0.2) is checked under the name
-    # its certificate has.
-    options = [] if host == "localhost" else [("grpc.ssl_target_name_override", "localhost")]
+    # its certificate has (name).
+    options = [] if host == name else [("grpc.ssl_target_name_override", name)]
     channel = grpc.secure_channel(
         f"{host}:{port}", grpc.ssl_channel_credentials(root_certificates=ca_pem), options=options
     )
@@ -118,7 +119,11 @@ def wait_ready(
 
 
 def start_server(
-    data_dir: Path, *extra: str, env: dict[str, str] | None = None, enroll_host: str = "127.0.0.1"
+    data_dir: Path,
+    *extra: str,
+    env: dict[str, str] | None = None,
+    enroll_host: str = "127.0.0.1",
+    certificate_name: str = "localhost",
 ) -> ServerProcess:
     enroll_port, api_port, metrics_port = free_port(), free_port(), free_port()
     # Never the default port 8445: another test or server may hold it.
@@ -168,7 +173,13 @@ def start_server(
     try:
         other_loopback = enroll_host.startswith("127.") and enroll_host != "127.0.0.1"
         ready_host = enroll_host if other_loopback else "localhost"
-        wait_ready(enroll_port, (data_dir / "ca.pem").read_bytes(), process, host=ready_host)
+        wait_ready(
+            enroll_port,
+            (data_dir / "ca.pem").read_bytes(),
+            process,
+            host=ready_host,
+            name=certificate_name,
+        )
     except AssertionError as error:
         server.stop(signal.SIGKILL)
         raise AssertionError(f"{error}\n--- server log ---\n{server.log}") from None

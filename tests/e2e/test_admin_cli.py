@@ -160,8 +160,10 @@ def test_state_filter_get_and_revoke(server: ServerProcess) -> None:
 
 def test_devices_list_get_and_revoke(server: ServerProcess, tmp_path: Path) -> None:
     token_id, secret = create_token(server, "--label", "devices")
-    for name in ("web-1", "web-2"):
-        result = agent_enroll(server, secret, tmp_path / name, "--hostname", name)
+    for name, dc in (("web-1", "fra"), ("web-2", "ber")):
+        result = agent_enroll(
+            server, secret, tmp_path / name, "--hostname", name, "--fact", f"dc={dc}"
+        )
         assert result.returncode == 0, result.stderr
     devices = admin_json(server, "devices", "list", "--token", token_id, "--page-size", "1")[
         "devices"
@@ -173,6 +175,24 @@ def test_devices_list_get_and_revoke(server: ServerProcess, tmp_path: Path) -> N
     table = admin(server, "devices", "list", "--token", token_id).stdout.splitlines()
     assert table[0].split()[:4] == ["ID", "HOSTNAME", "STATE", "TOKEN"]
     assert len(table) == 3 and all(" active " in row for row in table[1:])
+
+    def hostnames(*filters: str) -> list[str]:
+        found = admin_json(server, "devices", "list", "--token", token_id, *filters)["devices"]
+        return sorted(d["hostname"] for d in found)  # type: ignore[union-attr, index]
+
+    assert hostnames("--hostname-prefix", "web-") == ["web-1", "web-2"]
+    assert hostnames("--hostname-prefix", "web-2") == ["web-2"]
+    assert hostnames("--hostname-prefix", "web-*") == []  # a prefix, not a pattern
+    assert hostnames("--fact", "dc=fra") == ["web-1"]
+    assert hostnames("--fact", "dc=fra", "--fact", f"os={web1['facts']['os']}") == ["web-1"]  # type: ignore[index]
+    assert hostnames("--fact", "dc=ber", "--hostname-prefix", "web-1") == []
+    malformed = admin(server, "devices", "list", "--fact", "dc")
+    assert malformed.returncode == 2
+    assert "expected NAME=VALUE, like os=linux, got 'dc'" in malformed.stderr
+    refused = admin(server, "devices", "list", "--fact", "d c=x")
+    assert refused.returncode == 2
+    assert "INVALID_ARGUMENT" in refused.stderr
+    assert "fact names are 1-64 characters of letters, digits, '._/-'" in refused.stderr
 
     human = admin(server, "devices", "get", web1["id"]).stdout  # type: ignore[index]
     assert re.search(r"^hostname\s+web-1$", human, re.MULTILINE)

@@ -184,3 +184,87 @@ def test_diagnosed_calls_leave_one_plain_info_line_in_the_server_log(
     assert "tls_error=PEER_DID_NOT_RETURN_A_CERTIFICATE" in lines[0]
     assert "Handshake failed" not in server.log
     assert "WARNING" not in server.log, server.log
+
+
+def _certificate_for_127_0_0_1_only(data_dir: Path) -> None:
+    """Replace the server certificate `init` made with one naming only 127.0.0.1 (same key)."""
+    from datetime import UTC, datetime
+    from ipaddress import ip_address
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    from sielum.ca.authority import CertificateAuthority
+
+    key = serialization.load_pem_private_key((data_dir / "server.key").read_bytes(), None)
+    ca = CertificateAuthority.load(data_dir, passphrase=None)
+    certificate = ca.sign_server(
+        key.public_key(),  # type: ignore[arg-type]
+        (x509.IPAddress(ip_address("127.0.0.1")),),
+        datetime.now(UTC),
+    )
+    chain = (
+        certificate.public_bytes(serialization.Encoding.PEM) + (data_dir / "ca.pem").read_bytes()
+    )
+    (data_dir / "server.pem").write_bytes(chain)
+
+
+def test_a_name_the_certificate_lacks_is_one_warning_in_the_server_log_with_the_fix(
+    server_factory: list[ServerProcess], tmp_path: Path
+) -> None:
+    """Clients that dial localhost when the certificate names only 127.0.0.1: each exits
+    with the name-mismatch code; the server logs one warning naming the fix for all of
+    them, and the fix as the log prints it (DIR filled in) lets the next call through."""
+    data_dir = init_data_dir(tmp_path)
+    _certificate_for_127_0_0_1_only(data_dir)
+    server = start_server(data_dir, "--workers", "1", certificate_name="127.0.0.1")
+    server_factory.append(server)
+    _, secret = create_token(server)  # over 127.0.0.1, a name the certificate has
+
+    agent = run(
+        "sielum-agent",
+        "enroll",
+        "--server",
+        f"https://localhost:{server.enroll_port}",
+        "--ca-fingerprint",
+        ca_fingerprint(data_dir),
+        "--cert-dir",
+        str(tmp_path / "agent"),
+        env={"SIELUM_ENROLLMENT_TOKEN": secret},
+    )
+    assert agent.returncode == 10, agent.stderr
+    assert "does not name localhost" in _one_line(agent.stderr)
+    assert not (tmp_path / "agent" / "device.pem").exists()
+    listed = admin(server, "--server", f"localhost:{server.api_port}", "tokens", "list")
+    assert listed.returncode == 7, listed.stderr
+    line = _one_line(listed.stderr)
+    assert line.startswith("sielum-admin: the server's certificate does not name localhost"), line
+
+    deadline = time.monotonic() + 10
+    while "unknown_server_name" not in server.log and time.monotonic() < deadline:
+        time.sleep(0.1)
+    warnings = [line for line in server.log.splitlines() if "unknown_server_name" in line]
+    # One line for the name, however many handshakes asked for it within the minute.
+    assert len(warnings) == 1, server.log
+    [warning] = warnings
+    assert " WARNING unknown_server_name " in warning, warning
+    assert "name=localhost " in warning, warning
+    fix = "sielum-server renew-server-cert --data-dir DIR --san localhost"
+    assert (
+        'reason="a client dialled a name the server certificate lacks;'
+        f' if clients should use it: {fix}"' in warning
+    )
+    assert "held_back=0" in warning
+    assert "No match found" not in server.log  # the core's own line is not repeated
+
+    # The fix as the server printed it, with its data dir: the admin gets through.
+    renewed = run(*fix.replace("DIR", str(data_dir)).split())
+    assert renewed.returncode == 0, renewed.stderr
+    server.process.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 20
+    while True:
+        listed = admin(server, "--server", f"localhost:{server.api_port}", "tokens", "list")
+        if listed.returncode == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    assert listed.returncode == 0, listed.stderr

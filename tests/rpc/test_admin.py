@@ -247,12 +247,42 @@ def test_ok_list_devices_by_state_and_hostname(harness: Harness) -> None:
     assert listed(state=admin_pb2.DEVICE_STATE_REVOKED) == [gone.device_id]
 
 
+def test_ok_list_devices_by_hostname_prefix_and_facts(harness: Harness) -> None:
+    token = harness.create_token()
+    web1, _ = harness.enroll(token.secret, hostname="web-1", facts={"os": "linux", "dc": "a"})
+    web2, _ = harness.enroll(token.secret, hostname="web-2", facts={"os": "bsd", "dc": "a"})
+    db, _ = harness.enroll(token.secret, hostname="db-1", facts={"os": "linux", "dc": "b"})
+    weber, _ = harness.enroll(token.secret, hostname="Web-3", facts={"note": 'x","os":"linux'})
+    admin = harness.admin()
+
+    def listed(**fields: object) -> list[str]:
+        reply = admin.ListDevices(admin_pb2.ListDevicesRequest(**fields), timeout=10)  # type: ignore[arg-type]
+        return [d.id for d in reply.devices]
+
+    assert listed(hostname_prefix="web-") == [web2.device_id, web1.device_id]
+    assert listed(hostname_prefix=" web-2 ") == [web2.device_id]
+    assert listed(hostname_prefix="Web") == [weber.device_id]
+    assert listed(hostname_prefix="web-%") == []
+    assert listed(facts={"os": "linux"}) == [db.device_id, web1.device_id]
+    assert listed(facts={"os": "linux", "dc": "a"}) == [web1.device_id]
+    assert listed(facts={"os": "Linux"}) == []
+    assert listed(facts={"dc": "a"}, hostname_prefix="web-1") == [web1.device_id]
+    assert listed(facts={"note": 'x","os":"linux'}) == [weber.device_id]
+
+
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
         ({"state": 9}, "state 9 is not a device state"),
         ({"hostname": "a\x00b"}, "hostname contains control characters"),
         ({"hostname": "h" * 254}, "hostname is longer than 253 characters"),
+        ({"hostname_prefix": "a\x1bb"}, "hostname_prefix contains control characters"),
+        ({"hostname_prefix": "h" * 254}, "hostname_prefix is longer than 253 characters"),
+        ({"facts": {"": "x"}}, "fact names are 1-64 characters of letters, digits, '._/-'"),
+        ({"facts": {"a b": "x"}}, "fact names are 1-64 characters of letters, digits, '._/-'"),
+        ({"facts": {"os": "x" * 1025}}, "fact 'os' is longer than 1024 characters"),
+        ({"facts": {"os": "a\nb"}}, "fact 'os' contains control characters"),
+        ({"facts": {f"f{n}": "" for n in range(65)}}, "too many facts: 65 (at most 64)"),
     ],
 )
 def test_fail_list_devices_with_bad_filters(

@@ -42,7 +42,7 @@ from sielum.model import (
 from sielum.store import Store, connect
 from sielum.store.database import is_on_this_host, is_sqlite, redact_url
 from sielum.store.models import to_micros
-from sielum.store.store import PageBudget, device_state_condition
+from sielum.store.store import PageBudget, device_hostname_prefix_condition, device_state_condition
 from sielum.tokens import token_state
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -527,6 +527,7 @@ def _plan(store: Store, sql: str, params: tuple[Any, ...]) -> str:
     ("filters", "index"),
     [
         ({"hostname": "web-1"}, "device_hostname_seq"),
+        ({"hostname_prefix": "web-"}, "device_hostname_seq"),
         ({"state": DeviceState.REVOKED}, "device_revoked_seq"),
         ({"state": DeviceState.EXPIRED}, "device_unrevoked_not_after"),
         ({"token_id": "a"}, "device_token_id_seq"),
@@ -554,6 +555,13 @@ def test_device_filters_use_their_indexes(
     query = D.select()
     if "hostname" in filters:
         query = query.where(D.hostname == filters["hostname"])
+    if "hostname_prefix" in filters:
+        # As list_devices asks: with a range, as the test database sorts text by code point.
+        ranged = store._text_sorts_by_code_point()
+        assert ranged
+        query = query.where(
+            device_hostname_prefix_condition(D, filters["hostname_prefix"], ranged=ranged)
+        )
     if "token_id" in filters:
         query = query.where(D.token_id == filters["token_id"])
     if "state" in filters:

@@ -114,7 +114,8 @@ def test_an_unknown_server_name_is_a_warning_with_the_fix(
     assert (record.levelno, record.getMessage()) == (logging.WARNING, "unknown_server_name")
     fields = record.sielum_fields  # type: ignore[attr-defined]
     assert fields["name"] == "vm"
-    assert "sielum-server renew-server-cert --san vm" in fields["reason"]
+    # As the client says it: renew-server-cert needs --data-dir.
+    assert "sielum-server renew-server-cert --data-dir DIR --san vm" in fields["reason"]
     assert _records(caplog, line) == []
     [record] = _records(caplog, line.replace(": vm", ": other"))
     assert record.sielum_fields["name"] == "other"  # type: ignore[attr-defined]

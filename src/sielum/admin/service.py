@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 
@@ -14,7 +14,7 @@ from sielum.ca.profile import validate_name
 from sielum.ca.revocation import check_given_reason
 from sielum.clock import Clock
 from sielum.devices import policy as devices
-from sielum.devices.policy import check_hostname
+from sielum.devices.policy import check_facts, check_hostname
 from sielum.errors import InvalidArgumentError, NotFoundError
 from sielum.identity import Caller
 from sielum.logs import log_event
@@ -234,6 +234,8 @@ class Administration:
         hostname: str = "",
         state: DeviceState | None = None,
         tag: str = "",
+        hostname_prefix: str = "",
+        facts: Mapping[str, str] | None = None,
     ) -> Page[Device]:
         token_filter = token_id.strip()
         if token_filter and not tokens.is_token_id(token_filter):
@@ -248,6 +250,9 @@ class Administration:
             tag=tag,
             # Stored as check_hostname left it at enrollment, so matched the same way.
             hostname=check_hostname(hostname),
+            hostname_prefix=check_hostname(hostname_prefix, "hostname_prefix"),
+            # Named and sized as an enrollment's facts are: any other pair matches nothing.
+            facts=check_facts(facts or {}),
             state=state,
             now=self._clock.now(),
             page_size=check_page_size(page_size),

@@ -300,6 +300,8 @@ class AdminServicer:
             token_id=request.token_id,
             hostname=request.hostname,
             tag=request.tag,
+            hostname_prefix=request.hostname_prefix,
+            facts=dict(request.facts),
             state=_device_state_filter(request.state),
             page_size=request.page_size,
             cursor=request.page_token,

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from datetime import datetime, timedelta
+from types import MappingProxyType
 
 from sielum.errors import InvalidArgumentError, PermissionDeniedError, ResourceExhaustedError
 from sielum.model import Device, DeviceStanding, DeviceState, RenewalPace
@@ -39,20 +42,52 @@ SUPERSEDED = "this certificate has been superseded by a renewal; use the device'
 REVOKED = "device has been revoked"
 
 MAX_HOSTNAME = 253
+MAX_FACTS = 64
+MAX_FACT_KEY = 64
+MAX_FACT_VALUE = 1024
+# All names and values of one device together, in UTF-8 bytes: a device listing then
+# stays small, and a page of them in one reply (admin/service.py cuts pages by size).
+MAX_FACTS_BYTES = 16 * 1024
+_FACT_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")
 
 
-def check_hostname(hostname: str) -> str:
+def check_hostname(hostname: str, what: str = "hostname") -> str:
     """The host name as stored and searched: stripped, at most 253 printable characters.
+
+    what names the field in the error (a prefix of host names is checked the same way).
 
     Control characters are refused: an admin reads host names in a terminal, where
     they could rewrite what is shown (and PostgreSQL refuses a NUL byte).
     """
     name = hostname.strip()
     if len(name) > MAX_HOSTNAME:
-        raise InvalidArgumentError(f"hostname is longer than {MAX_HOSTNAME} characters")
+        raise InvalidArgumentError(f"{what} is longer than {MAX_HOSTNAME} characters")
     if any(not c.isprintable() for c in name):
-        raise InvalidArgumentError("hostname contains control characters")
+        raise InvalidArgumentError(f"{what} contains control characters")
     return name
+
+
+def check_facts(facts: Mapping[str, str]) -> Mapping[str, str]:
+    """Facts as stored and searched: at most MAX_FACTS pairs, named and sized as below."""
+    if len(facts) > MAX_FACTS:
+        raise InvalidArgumentError(f"too many facts: {len(facts)} (at most {MAX_FACTS})")
+    for key, value in facts.items():
+        if len(key) > MAX_FACT_KEY or not _FACT_KEY.match(key):
+            raise InvalidArgumentError(
+                f"fact names are 1-{MAX_FACT_KEY} characters of letters, digits, '._/-'"
+            )
+        if len(value) > MAX_FACT_VALUE:
+            raise InvalidArgumentError(f"fact {key!r} is longer than {MAX_FACT_VALUE} characters")
+        # As for the hostname: an admin reads facts in a terminal, where control
+        # characters could rewrite what is shown.
+        if any(not c.isprintable() for c in value):
+            raise InvalidArgumentError(f"fact {key!r} contains control characters")
+    size = sum(len(key.encode()) + len(value.encode()) for key, value in facts.items())
+    if size > MAX_FACTS_BYTES:
+        raise InvalidArgumentError(
+            f"facts are too large: {size} bytes of names and values (at most {MAX_FACTS_BYTES})"
+        )
+    return MappingProxyType(dict(sorted(facts.items())))
 
 
 def device_state(device: Device, now: datetime) -> DeviceState:

@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from types import MappingProxyType
 
 from sielum import tokenpolicy, tokens
 from sielum.ca.authority import CertificateAuthority
 from sielum.ca.profile import load_checked_csr, public_key_sha256
 from sielum.clock import Clock
-from sielum.devices.policy import check_hostname
+from sielum.devices.policy import check_facts, check_hostname
 from sielum.enroll.ratelimit import FailureLimiter
 from sielum.errors import (
     AlreadyExistsError,
@@ -50,13 +48,6 @@ from sielum.store.store import Store
 
 log = logging.getLogger("sielum.enroll")
 
-MAX_FACTS = 64
-MAX_FACT_KEY = 64
-MAX_FACT_VALUE = 1024
-# All names and values of one device together, in UTF-8 bytes: a device listing then
-# stays small, and a page of them in one reply (admin/service.py cuts pages by size).
-MAX_FACTS_BYTES = 16 * 1024
-_FACT_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")
 _INVALID_TOKEN = "enrollment token is invalid"  # noqa: S105 - a message, not a secret
 # Compared against when the token id is unknown, so that an unknown id and a
 # wrong secret take the same time and give the same answer.
@@ -125,28 +116,6 @@ class _Progress:
     """How far one enrollment got: the token id once its secret has been verified."""
 
     token_id: str = ""
-
-
-def _check_facts(facts: Mapping[str, str]) -> Mapping[str, str]:
-    if len(facts) > MAX_FACTS:
-        raise InvalidArgumentError(f"too many facts: {len(facts)} (at most {MAX_FACTS})")
-    for key, value in facts.items():
-        if len(key) > MAX_FACT_KEY or not _FACT_KEY.match(key):
-            raise InvalidArgumentError(
-                f"fact names are 1-{MAX_FACT_KEY} characters of letters, digits, '._/-'"
-            )
-        if len(value) > MAX_FACT_VALUE:
-            raise InvalidArgumentError(f"fact {key!r} is longer than {MAX_FACT_VALUE} characters")
-        # As for the hostname: an admin reads facts in a terminal, where control
-        # characters could rewrite what is shown.
-        if any(not c.isprintable() for c in value):
-            raise InvalidArgumentError(f"fact {key!r} contains control characters")
-    size = sum(len(key.encode()) + len(value.encode()) for key, value in facts.items())
-    if size > MAX_FACTS_BYTES:
-        raise InvalidArgumentError(
-            f"facts are too large: {size} bytes of names and values (at most {MAX_FACTS_BYTES})"
-        )
-    return MappingProxyType(dict(sorted(facts.items())))
 
 
 class Enroller:
@@ -246,7 +215,7 @@ class Enroller:
     def _enroll(self, request: EnrollmentRequest, progress: _Progress) -> Enrollment:
         try:
             hostname = check_hostname(request.hostname)
-            facts = _check_facts(request.facts)
+            facts = check_facts(request.facts)
         except InvalidArgumentError:
             # The answer is about the hostname or the facts (checked before the token,
             # so a wrong secret does not hide them); whether the secret verifies still

@@ -134,7 +134,7 @@ def _plain(text: str, source: str) -> bool:
                 "name": name,
                 "reason": (
                     "a client dialled a name the server certificate lacks; if clients "
-                    f"should use it: sielum-server renew-server-cert --san {name}"
+                    f"should use it: sielum-server renew-server-cert --data-dir DIR --san {name}"
                 ),
                 "held_back": held,
                 "source": source,

@@ -124,11 +124,18 @@ class DeviceStore(CertificateStore):
         state: DeviceState | None = None,
         now: datetime | None = None,
         tag: str = "",
+        hostname_prefix: str = "",
+        facts: Mapping[str, str] | None = None,
         page_size: int = DEFAULT_PAGE_SIZE,
         cursor: str = "",
         budget: PageBudget[Device] | None = None,
     ) -> Page[Device]:
         """Devices newest first: all, or those of token_id, with hostname, in state at now.
+
+        hostname_prefix keeps the host names that start with it, and facts the devices
+        whose facts hold every one of these names with exactly that value; every
+        filter given must hold. A prefix walks the hostname index where text sorts by
+        code point; facts have no index, and narrow what the other filters find.
 
         Each filter has an index (migrations v1 and v2): token_id and hostname walk
         theirs newest first; revoked ones are a partial index of their own; expired
@@ -145,13 +152,46 @@ class DeviceStore(CertificateStore):
             query = query.where(D.token_id == token_id)
         if hostname:
             query = query.where(D.hostname == hostname)
+        if hostname_prefix:
+            query = query.where(
+                device_hostname_prefix_condition(
+                    D, hostname_prefix, ranged=self._text_sorts_by_code_point()
+                )
+            )
         if tag:
             query = query.where(device_tag_condition(D, tag))
+        for name, value in sorted((facts or {}).items()):
+            query = query.where(device_fact_condition(D, name, value, sqlite=is_sqlite(self.db)))
         if state is not None:
             if now is None:
                 raise ValueError("a state filter needs now")
             query = query.where(device_state_condition(D, state, now, sqlite=is_sqlite(self.db)))
         return _keyset_page(D, query, "devices", page_size, cursor, _device, budget)
+
+    def _text_sorts_by_code_point(self) -> bool:
+        """Whether the database compares text by code point, as SQLite's BINARY does.
+
+        PostgreSQL compares in the database's collation: with C or C.UTF-8 (as the
+        tests run) that is code point order; with a language's (en_US.UTF-8, or any ICU
+        locale), a range of host names is not the set of names with a prefix, so none is
+        used there. The name alone could mislead (an ICU database keeps a datcollate),
+        so three comparisons a language orders otherwise must come out by code point.
+        """
+        if is_sqlite(self.db):
+            return True
+        known = getattr(self, "_code_point_order", None)
+        if known is None:
+            with self._connection():
+                row = execute(
+                    self.db,
+                    "SELECT datcollate, 'B' < 'a' AND 'a-z' < 'aa' AND 'z' < 'é'"
+                    " FROM pg_database WHERE datname = current_database()",
+                ).fetchone()
+            collation, ordered = (str(row[0]), bool(row[1])) if row else ("", False)
+            named = collation in ("C", "POSIX") or collation.startswith("C.")
+            known = named and ordered
+            self._code_point_order = known
+        return bool(known)
 
     @_guarded
     def revoke_device(
@@ -367,6 +407,49 @@ def device_tag_condition(D: Any, tag: str) -> Any:
     escaped = tag.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     pattern = peewee.Value(f'%"{escaped}"%')
     return peewee.NodeList((D.tags, peewee.SQL("LIKE"), pattern, peewee.SQL("ESCAPE '\\'")))
+
+
+# Above every character a host name can hold (check_hostname refuses it: U+10FFFF is
+# not printable), so p + this is above every name that starts with p.
+_ABOVE_HOSTNAMES = "\U0010ffff"
+
+
+def device_hostname_prefix_condition(D: Any, prefix: str, *, ranged: bool) -> Any:
+    """SQL that holds when the device's host name starts with prefix, case and all.
+
+    The first len(prefix) characters equal prefix: exact in any collation. Where text
+    sorts by code point (ranged), the same names are also those from prefix up to
+    prefix + U+10FFFF, a range the hostname index walks
+    (tests/store/test_store.py::test_device_filters_use_their_indexes); LIKE would not
+    do: SQLite's ignores case, and PostgreSQL's uses a plain index only in the C locale.
+    """
+    exact = peewee.fn.substr(D.hostname, 1, len(prefix)) == prefix
+    if not ranged:
+        return exact
+    return (D.hostname >= prefix) & (D.hostname < prefix + _ABOVE_HOSTNAMES) & exact
+
+
+def device_fact_condition(D: Any, name: str, value: str, *, sqlite: bool) -> Any:
+    """SQL that holds when the device's facts hold name with exactly value.
+
+    Facts are stored as _facts_json writes them: one JSON object of strings, no spaces,
+    ASCII only. The pair, encoded the same way, is looked for between the object's "{"
+    or a "," and a "," or "}". Inside a JSON string every quote is escaped, so no '{"'
+    or ',"' occurs there: a match starts at a name, and since a JSON string reads the
+    same wherever it stands, it ends at that name's value. So no value with quotes,
+    commas or backslashes can fake a pair (tests/store/test_device_search.py).
+
+    The text is found with instr (strpos), not LIKE: SQLite's LIKE ignores case, and
+    a plain substring needs no escaping of wildcards.
+    """
+    pair = json.dumps(name) + ":" + json.dumps(value)
+    find = peewee.fn.instr if sqlite else peewee.fn.strpos
+    return (
+        (find(D.facts, "{" + pair + ",") > 0)
+        | (find(D.facts, "{" + pair + "}") > 0)
+        | (find(D.facts, "," + pair + ",") > 0)
+        | (find(D.facts, "," + pair + "}") > 0)
+    )
 
 
 def _device_values(device: Device, facts_json: str) -> tuple[object, ...]:

@@ -16,7 +16,12 @@ from sielum.store.base import (
 from sielum.store.certificates import CertificateStore
 from sielum.store.counts import CountStore
 from sielum.store.database import connect, execute, is_sqlite
-from sielum.store.devices import DeviceStore, device_state_condition
+from sielum.store.devices import (
+    DeviceStore,
+    device_fact_condition,
+    device_hostname_prefix_condition,
+    device_state_condition,
+)
 from sielum.store.events import EventStore
 from sielum.store.identities import IdentityStore
 from sielum.store.requests import EnrollmentRequestStore, RequestDecidedError
@@ -122,6 +127,8 @@ __all__ = [
     "PageBudget",
     "RequestDecidedError",
     "Store",
+    "device_fact_condition",
+    "device_hostname_prefix_condition",
     "device_state_condition",
     "token_state_condition",
 ]

@@ -581,12 +581,34 @@ Global___Device: _TypeAlias = Device  # noqa: Y015
 class ListDevicesRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class FactsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     TOKEN_ID_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
     HOSTNAME_FIELD_NUMBER: _builtins.int
     TAG_FIELD_NUMBER: _builtins.int
+    HOSTNAME_PREFIX_FIELD_NUMBER: _builtins.int
+    FACTS_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     """At most this many devices (default 100, capped at 1000)."""
     page_token: _builtins.str
@@ -598,6 +620,14 @@ class ListDevicesRequest(_message.Message):
     """Only devices with exactly this host name."""
     tag: _builtins.str
     """Only devices carrying this tag."""
+    hostname_prefix: _builtins.str
+    """Only devices whose host name starts with this (exactly, case and all)."""
+    @_builtins.property
+    def facts(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Only devices whose facts include every one of these names with exactly
+        this value (at most 64 pairs; names as the agent's facts are named).
+        """
+
     def __init__(
         self,
         *,
@@ -607,10 +637,12 @@ class ListDevicesRequest(_message.Message):
         state: Global___DeviceState.ValueType = ...,
         hostname: _builtins.str = ...,
         tag: _builtins.str = ...,
+        hostname_prefix: _builtins.str = ...,
+        facts: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["hostname", b"hostname", "page_size", b"page_size", "page_token", b"page_token", "state", b"state", "tag", b"tag", "token_id", b"token_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["facts", b"facts", "hostname", b"hostname", "hostname_prefix", b"hostname_prefix", "page_size", b"page_size", "page_token", b"page_token", "state", b"state", "tag", b"tag", "token_id", b"token_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -29,8 +29,8 @@ Sielum administration over mutual TLS with an admin certificate.
       [--require-fact NAME=GLOB]... [--approval manual] [--ephemeral-after 1h]
   tokens list [--state active|expired|exhausted|revoked] [--limit N]
   tokens get ID | tokens revoke ID          (ID: the token id, or its whole secret)
-  devices list [--state active|expired|revoked] [--hostname NAME] [--token ID] [--tag T]
-      [--limit N]
+  devices list [--state active|expired|revoked] [--hostname NAME] [--hostname-prefix P]
+      [--token ID] [--tag T] [--fact NAME=VALUE]... [--limit N]
   devices get ID | devices revoke ID
   requests list [--state pending|approved|denied|expired] | requests approve ID | requests deny ID
   admins create NAME --out DIR | admins list | admins revoke NAME

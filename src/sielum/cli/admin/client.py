@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC
 from pathlib import Path
@@ -203,6 +203,8 @@ class Api:
         state: admin_pb2.DeviceState.ValueType = admin_pb2.DEVICE_STATE_UNSPECIFIED,
         hostname: str = "",
         tag: str = "",
+        hostname_prefix: str = "",
+        facts: Mapping[str, str] | None = None,
     ) -> Iterator[admin_pb2.Device]:
         def fetch(size: int, page_token: str) -> tuple[Sequence[admin_pb2.Device], str]:
             while True:
@@ -213,6 +215,8 @@ class Api:
                     state=state,
                     hostname=hostname,
                     tag=tag,
+                    hostname_prefix=hostname_prefix,
+                    facts=facts or {},
                 )
                 try:
                     reply = self.stub.ListDevices(request, timeout=self.timeout)

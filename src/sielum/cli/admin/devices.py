@@ -27,6 +27,13 @@ _REASONS = {
 }
 
 
+def _fact(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, like os=linux, got {text!r}")
+    return name.strip(), value
+
+
 # --- output ---------------------------------------------------------------------
 
 
@@ -84,6 +91,8 @@ def _cmd_devices_list(args: argparse.Namespace, api: Api, bundle: AdminBundle) -
             state=state,
             hostname=args.hostname,
             tag=args.tag,
+            hostname_prefix=args.hostname_prefix,
+            facts=dict(args.fact),
         )
     )
     if args.json:
@@ -136,8 +145,23 @@ def register(groups: argparse._SubParsersAction[conventions.Parser]) -> None:
     dlist.add_argument(
         "--hostname", default="", metavar="NAME", help="only devices with exactly this host name"
     )
+    dlist.add_argument(
+        "--hostname-prefix",
+        default="",
+        metavar="P",
+        help="only devices whose host name starts with P (case counts; no wildcards)",
+    )
     dlist.add_argument("--token", metavar="ID", help="only devices enrolled with this token")
     dlist.add_argument("--tag", default="", metavar="T", help="only devices carrying this tag")
+    dlist.add_argument(
+        "--fact",
+        action="append",
+        default=[],
+        type=_fact,
+        metavar="NAME=VALUE",
+        help="only devices whose agent reported fact NAME with exactly VALUE;"
+        " repeat for more (all must hold)",
+    )
     dlist.add_argument("--limit", type=_positive_int, metavar="N", help="at most N devices")
     _page_size_option(dlist)
     dget = leaf(device_commands, "get", "show one device", _cmd_devices_get)

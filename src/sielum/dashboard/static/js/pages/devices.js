@@ -1,5 +1,6 @@
-// Devices: every enrolled machine, filtered by the token it enrolled with, a tag or its host
-// name; its tags and facts; the ones not heard from lately marked; revoke one.
+// Devices: every enrolled machine, filtered by the token it enrolled with, a tag, its host
+// name (exact, or its beginning with a trailing *) or a fact; its tags and facts; the ones
+// not heard from lately marked; revoke one.
 
 import { call, listAll } from "../api.js";
 import { announce, badge, confirmAction, emptyState, h, pageHeader, spinner, stateName, table, when } from "../ui.js";
@@ -34,6 +35,20 @@ function facts(device) {
   return h("ul", { class: "facts", "aria-label": "Facts" }, entries.map(([name, value]) => h("li", {}, `${name}=${value}`)));
 }
 
+// What the Hostname box asks for: "web-*" is every name that starts with "web-", anything
+// else the exact name (a * elsewhere is part of the name).
+export function hostnameQuery(text) {
+  if (text.length > 1 && text.endsWith("*")) return { hostnamePrefix: text.slice(0, -1) };
+  return text ? { hostname: text } : {};
+}
+
+// The Fact box's "name=value" as the facts map ListDevices takes; null when it is not that.
+export function factQuery(text) {
+  const at = text.indexOf("=");
+  if (at < 1) return null;
+  return { [text.slice(0, at).trim()]: text.slice(at + 1) };
+}
+
 function deviceState(device) {
   return stateName(device.state, "DEVICE_STATE_");
 }
@@ -44,6 +59,7 @@ export async function render(main) {
   let tokenId = params.get("token") ?? "";
   let tag = params.get("tag") ?? "";
   let hostname = params.get("hostname") ?? "";
+  let fact = params.get("fact") ?? "";
   let pageToken = "";
   const rows = [];
   const labels = new Map();
@@ -55,12 +71,17 @@ export async function render(main) {
     id: "hostname-filter", type: "search", value: hostname, autocomplete: "off", spellcheck: "false", size: 22,
     "aria-describedby": "hostname-filter-hint",
   });
+  const factFilter = h("input", {
+    id: "fact-filter", type: "search", value: fact, autocomplete: "off", spellcheck: "false", size: 18,
+    "aria-describedby": "fact-filter-hint",
+  });
   const summary = h("p", { class: "filter-summary", role: "status" });
   function address() {
     const query = new URLSearchParams();
     if (tokenId) query.set("token", tokenId);
     if (tag) query.set("tag", tag);
     if (hostname) query.set("hostname", hostname);
+    if (fact) query.set("fact", fact);
     const text = query.toString();
     history.replaceState(null, "", text ? `/devices?${text}` : "/devices");
   }
@@ -73,22 +94,28 @@ export async function render(main) {
   function search() {
     const nextTag = tagFilter.value.trim();
     const nextHostname = hostnameFilter.value.trim();
-    if (nextTag === tag && nextHostname === hostname) return;
+    const nextFact = factFilter.value.trim();
+    if (nextTag === tag && nextHostname === hostname && nextFact === fact) return;
     tag = nextTag;
     hostname = nextHostname;
+    fact = nextFact;
     address();
     load(false);
   }
   tagFilter.addEventListener("change", search);
   hostnameFilter.addEventListener("change", search);
+  factFilter.addEventListener("change", search);
   const form = h("form", { class: "filters", role: "search", "aria-label": "Filter devices" },
     h("div", { class: "filter" }, h("label", { for: "token-filter" }, "Token"), filter),
     h("div", { class: "filter" },
       h("label", { for: "hostname-filter" }, "Hostname"), hostnameFilter,
-      h("p", { class: "hint", id: "hostname-filter-hint" }, "The exact host name, e.g. web-01.example.com")),
+      h("p", { class: "hint", id: "hostname-filter-hint" }, "The exact name, or its beginning and *, e.g. web-*")),
     h("div", { class: "filter" },
       h("label", { for: "tag-filter" }, "Tag"), tagFilter,
       h("p", { class: "hint", id: "tag-filter-hint" }, "One tag, e.g. web")),
+    h("div", { class: "filter" },
+      h("label", { for: "fact-filter" }, "Fact"), factFilter,
+      h("p", { class: "hint", id: "fact-filter-hint" }, "name=value, exactly, e.g. os=linux")),
     h("div", { class: "filter filter-buttons" }, h("button", { type: "submit", class: "button button-quiet" }, "Search")));
   form.addEventListener("submit", (event) => {
     event.preventDefault();
@@ -133,11 +160,20 @@ export async function render(main) {
       list.replaceChildren(spinner());
     }
     more.replaceChildren();
+    const wanted = fact ? factQuery(fact) : {};
+    if (!wanted) {
+      summary.textContent = "";
+      list.replaceChildren(emptyState({
+        title: "Write the fact as name=value",
+        text: "The name of a fact the agent reported, an equals sign, then the exact value, e.g. os=linux.",
+      }));
+      return;
+    }
     let answer;
     try {
       answer = await call("ListDevices", {
         pageSize: PAGE_SIZE, pageToken, tokenId: tokenId || undefined, tag: tag || undefined,
-        hostname: hostname || undefined,
+        ...hostnameQuery(hostname), facts: fact ? wanted : undefined,
       });
     } catch (error) {
       if (mine === generation) report(list, error, () => load(false));
@@ -152,11 +188,34 @@ export async function render(main) {
       ? `${silent} of the ${rows.length} devices shown ${silent === 1 ? "has" : "have"} not been heard from for over an hour.`
       : "";
     if (!rows.length) {
+      if ([hostname, tag, fact].filter(Boolean).length > 1) {
+        list.replaceChildren(emptyState({
+          title: "No device matches all of these",
+          text: "Every filter must hold at once. Clear one of them to see more devices.",
+        }));
+        return;
+      }
+      if (hostname && hostnameQuery(hostname).hostnamePrefix !== undefined) {
+        list.replaceChildren(emptyState({
+          title: "No host name starts with this",
+          text: "No device's host name begins with the text before the * (upper and lower case differ). "
+            + "Check the spelling, or clear the field to see every device.",
+        }));
+        return;
+      }
       if (hostname) {
         list.replaceChildren(emptyState({
           title: "No device with this host name",
-          text: "No device has exactly this host name (the search is for the whole name, not a part of it). "
+          text: "No device has exactly this host name. To search by its beginning, end it with *, e.g. web-*. "
             + "Check the spelling, or clear the field to see every device.",
+        }));
+        return;
+      }
+      if (fact) {
+        list.replaceChildren(emptyState({
+          title: "No device with this fact",
+          text: "No device reported this fact with exactly this value (upper and lower case differ). "
+            + "Each device's facts are listed under its host name.",
         }));
         return;
       }
