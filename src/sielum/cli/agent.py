@@ -67,7 +67,8 @@ exit codes:
   {errors.EXIT_NOT_ENROLLED}  not enrolled: no enrollment in the cert dir (status, renew, unenroll)
   {errors.EXIT_DEVICE_REFUSED}  device refused: revoked, unknown, or its certificate expired
   {errors.EXIT_NAME_MISMATCH}  name mismatch: the server's certificate (from the pinned CA) does not
-     name the host in --server; fix with sielum-server renew-server-cert --san HOST
+     name the host in --server; fix with sielum-server renew-server-cert --data-dir DIR
+     --san HOST
 
 Every failure prints one line on stderr. The token is never printed. With
 --json (before or after the command), enroll, status and renew print one JSON

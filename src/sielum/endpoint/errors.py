@@ -49,7 +49,7 @@ class NameMismatchError(AgentError):
 
     Not a pin mismatch (exit 3): the server is the pinned one, but the name the
     client used is missing from its certificate; the fix is on the server
-    (sielum-server renew-server-cert --san) or in --server.
+    (sielum-server renew-server-cert --data-dir DIR --san NAME) or in --server.
     """
 
     exit_code = EXIT_NAME_MISMATCH

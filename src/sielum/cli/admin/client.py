@@ -60,7 +60,7 @@ exit codes:
   {EXIT_DENIED}  the server refused this certificate (not an admin, a revoked admin, or not
      from its CA)
   {EXIT_NAME_MISMATCH}  the server's certificate does not name the host in --server (the fix:
-     sielum-server renew-server-cert --san HOST)
+     sielum-server renew-server-cert --data-dir DIR --san HOST)
 
 Every failure prints one line on stderr. --json (before or after the command)
 prints the API's JSON (the field names buf curl and grpcurl show) for scripts,
