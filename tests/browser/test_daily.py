@@ -323,6 +323,9 @@ def test_devices_search_by_hostname_beginning_and_by_fact(
     expect(page.get_by_label("Hostname")).to_have_value("web-*")
     expect(page.get_by_label("Fact", exact=True)).to_have_value("arch=arm64")
     expect(shown).to_have_count(1)
+    expect(page.get_by_role("status").filter(has_text="not been heard from")).to_have_text(
+        "The device shown has not been heard from for over an hour."
+    )
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=SCREENSHOTS / "1280-devices-prefix-and-fact.png", full_page=True)
 

@@ -184,9 +184,7 @@ export async function render(main) {
     pageToken = answer.nextPageToken ?? "";
     const now = new Date();
     const silent = rows.filter((device) => isSilent(device, now)).length;
-    summary.textContent = silent
-      ? `${silent} of the ${rows.length} devices shown ${silent === 1 ? "has" : "have"} not been heard from for over an hour.`
-      : "";
+    summary.textContent = silentSummary(silent, rows.length);
     if (!rows.length) {
       if ([hostname, tag, fact].filter(Boolean).length > 1) {
         list.replaceChildren(emptyState({
@@ -297,4 +295,14 @@ export async function render(main) {
   }
 
   await load(false);
+}
+
+// "2 of the 4 devices shown have not been heard from ...", in words that fit the counts.
+function silentSummary(silent, shown) {
+  if (!silent) return "";
+  const verb = silent === 1 ? "has" : "have";
+  const which = silent === shown
+    ? (shown === 1 ? "The device shown" : `All ${shown} devices shown`)
+    : `${silent} of the ${shown} devices shown`;
+  return `${which} ${verb} not been heard from for over an hour.`;
 }
