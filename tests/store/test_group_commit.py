@@ -1,8 +1,10 @@
-"""Enrollments written together (Store.enroll_devices) on SQLite and PostgreSQL: one COMMIT,
-each enrollment its own outcome, max_uses and the event log as if each committed alone."""
+"""Enrollments written together (Store.enroll_devices, the Committer) on SQLite and PostgreSQL:
+one COMMIT, each enrollment its own outcome, max_uses and the event log as if each committed
+alone."""
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import threading
 from collections.abc import Iterator
@@ -10,6 +12,8 @@ from collections.abc import Iterator
 import peewee
 import pytest
 
+from sielum.core.runner import InlineRunner, Runner, ThreadRunner
+from sielum.enroll.committer import Committer
 from sielum.errors import AlreadyExistsError, TokenUnusableError
 from sielum.model import Device, DeviceEventKind
 from sielum.store import Store, connect
@@ -255,3 +259,74 @@ def test_replicas_enrolling_in_batches_never_exceed_max_uses_and_keep_events_in_
     finally:
         for s in (*replicas, reader):
             s.close()
+
+
+# The committer: enrollments handed over in one turn of the loop share one batch
+
+
+@pytest.fixture(params=["loop", "threads"])
+def runner(request: pytest.FixtureRequest) -> Iterator[Runner]:
+    run: Runner = InlineRunner() if request.param == "loop" else ThreadRunner(2)
+    yield run
+    run.close()
+
+
+def commit_all(committer: Committer, batch: list[NewDevice]) -> list[Device | BaseException]:
+    async def main() -> list[Device | BaseException]:
+        return await asyncio.gather(
+            *(committer.commit(new) for new in batch), return_exceptions=True
+        )
+
+    return asyncio.run(main())
+
+
+def test_ok_enrollments_of_one_turn_commit_in_one_batch_each_with_its_outcome(
+    store: Store, runner: Runner
+) -> None:
+    add_token(store, "tok", max_uses=3)
+    add_token(store, "other")
+    enroll(store, "old", key="taken")
+    committer = Committer(store.enroll_devices, runner)
+    batch = [member(f"d{i}") for i in range(4)] + [member("dup", "other", key="taken")]
+    outcomes = commit_all(committer, batch)
+    assert committer.batches == 1
+    assert [type(o).__name__ for o in outcomes[:4]].count("Device") == 2
+    assert [type(o).__name__ for o in outcomes[:4]].count("TokenUnusableError") == 2
+    assert isinstance(outcomes[4], AlreadyExistsError)
+    assert store.get_token("tok").uses == 3
+    assert [s for s, _ in events(store)] == [1, 2, 3]
+
+
+def test_ok_a_lone_enrollment_commits_alone(store: Store, runner: Runner) -> None:
+    add_token(store, "tok")
+    committer = Committer(store.enroll_devices, runner)
+    (outcome,) = commit_all(committer, [member("alone")])
+    assert isinstance(outcome, Device)
+    assert committer.batches == 1
+    assert store.get_device("alone").serial == "serial-alone"
+
+
+def test_ok_more_than_a_batch_at_once_commits_in_several(store: Store, runner: Runner) -> None:
+    add_token(store, "tok")
+    committer = Committer(store.enroll_devices, runner, max_batch=4)
+    outcomes = commit_all(committer, [member(f"d{i}") for i in range(10)])
+    assert all(isinstance(o, Device) for o in outcomes)
+    assert committer.batches == 3
+    assert [s for s, _ in events(store)] == list(range(1, 11))
+
+
+def test_fail_a_failed_commit_fails_every_enrollment_of_its_batch(
+    store: Store, runner: Runner
+) -> None:
+    add_token(store, "tok")
+    refuse_hostname(store, "late.example.org", when="AT COMMIT")
+    late = NewDevice(new_device("late"), T0, audit("device.enroll", "device/late"))
+    committer = Committer(store.enroll_devices, runner)
+    outcomes = commit_all(committer, [member("a"), late, member("b")])
+    assert all(isinstance(o, peewee.DatabaseError) for o in outcomes)
+    assert store.get_token("tok").uses == 0
+    assert enrolled_ids(store) == set()
+    assert events(store) == []
+    # The committer goes on with the next batch.
+    assert all(isinstance(o, Device) for o in commit_all(committer, [member("c"), member("d")]))
+    assert [s for s, _ in events(store)] == [1, 2]
