@@ -34,6 +34,9 @@ T = TypeVar("T")
 # a batch of 32 already shares one COMMIT among 32 enrollments.
 MAX_BATCH = 32
 
+# Turns of the event loop a batch waits for company at most, while the loop is busy.
+MAX_WAIT_TURNS = 16
+
 WriteBatch = Callable[[Sequence[NewDevice]], list[Device | Exception]]
 
 
@@ -73,7 +76,21 @@ class Committer:
         return await future
 
     async def _write_batches(self) -> None:
+        loop = asyncio.get_running_loop()
         try:
+            # While the loop has other work due, that work may be the next enrollments:
+            # with calls run on the loop, grpc takes in one new call per turn or so, and
+            # each takes a few turns to reach here. So the batch waits while the loop is
+            # busy, for at most MAX_WAIT_TURNS turns, and never once the loop is idle:
+            # a lone enrollment waits one turn, and no timer is involved.
+            turns = 0
+            while (
+                turns < MAX_WAIT_TURNS
+                and len(self._waiting) < self._max_batch
+                and _has_work_due(loop)
+            ):
+                await asyncio.sleep(0)
+                turns += 1
             while self._waiting:
                 batch = self._waiting[: self._max_batch]
                 del self._waiting[: self._max_batch]
@@ -102,3 +119,12 @@ class Committer:
                 if not future.done():
                     future.cancel()
             self._waiting.clear()
+
+
+def _has_work_due(loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether callbacks other than the caller's are due on loop now.
+
+    asyncio has no public way to ask; its event loops keep them in _ready (a loop
+    without one is taken as idle, and a batch then waits one turn only).
+    """
+    return bool(getattr(loop, "_ready", ()))
