@@ -154,8 +154,12 @@ class DeviceStore(CertificateStore):
                         execute(self.db, _RELEASE)
                         outcomes[i] = TokenUnusableError(_TOKEN_UNUSABLE)
                         continue
-                    execute(self.db, sql.insert_device, _device_values(device, facts))
-                    execute(self.db, _RELEASE)
+                    values = _device_values(device, facts)
+                    if sqlite:
+                        execute(self.db, sql.insert_device, values)
+                        execute(self.db, _RELEASE)
+                    else:  # one round trip: a failing INSERT raises before the RELEASE
+                        execute(self.db, f"{sql.insert_device}; {_RELEASE}", values)
                 except peewee.DatabaseError as error:
                     if is_unavailable(error):
                         raise  # the transaction is lost, not this enrollment
