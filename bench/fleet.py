@@ -594,9 +594,14 @@ def main() -> None:
                         server_src=args.server_src,
                         metrics=False,
                         # Another checkout's server gets no flags by default: say them.
-                        extra=("--metrics-addr", "off", "--dashboard-addr", "off")
-                        if args.server_src
-                        else (),
+                        # Each replica's revocation port is its own (the default is one
+                        # fixed port, which the second replica would find taken).
+                        extra=("--revocation-addr", "127.0.0.1:0")
+                        + (
+                            ("--metrics-addr", "off", "--dashboard-addr", "off")
+                            if args.server_src
+                            else ()
+                        ),
                     )
                 )
             print(

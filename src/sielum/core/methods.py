@@ -8,7 +8,7 @@ A server-streaming method (DirectoryService/WatchDevices) is an async generator 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +18,9 @@ from google.protobuf.message import Message
 
 from sielum.identity import Call
 
-Handler = Callable[[Any, Call], Message]
+# A unary handler's reply, or an awaitable of it when the rest of its work waits on the
+# event loop (an enrollment waiting for its batch's COMMIT: enroll/committer.py).
+Handler = Callable[[Any, Call], Message | Awaitable[Message]]
 StreamHandler = Callable[[Any, Call], AsyncIterator[Message]]
 
 

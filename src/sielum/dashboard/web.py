@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import html
+import inspect
 import ipaddress
 import logging
 import re
@@ -543,7 +544,7 @@ class Dashboard:
         key = request.cookies.get(COOKIE)
         peer = request.remote or ""
 
-        def call() -> Message:
+        def call() -> Message | Awaitable[Message]:
             # The session stands in for a client certificate; no session is no
             # credential at all, and the Authorizer refuses it like a call
             # without a certificate.
@@ -557,6 +558,8 @@ class Dashboard:
 
         try:
             reply = await self._run(call)
+            if inspect.isawaitable(reply):  # as the gRPC transport does (core/methods.py)
+                reply = await reply
         except ConnectError:
             raise
         except SielumError as error:

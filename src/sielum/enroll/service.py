@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -14,6 +15,7 @@ from sielum.ca.authority import CertificateAuthority
 from sielum.ca.profile import load_checked_csr, public_key_sha256
 from sielum.clock import Clock
 from sielum.devices.policy import check_facts, check_hostname
+from sielum.enroll.committer import Committer
 from sielum.enroll.ratelimit import FailureLimiter
 from sielum.errors import (
     AlreadyExistsError,
@@ -44,6 +46,7 @@ from sielum.model import (
 )
 from sielum.model import EnrollmentRequest as PendingRequest
 from sielum.recorder import CertificateKind, EnrollmentResult, NoRecorder, PolicyRule, Recorder
+from sielum.store.devices import NewDevice
 from sielum.store.store import Store
 
 log = logging.getLogger("sielum.enroll")
@@ -111,6 +114,14 @@ class Enrollment:
     retried: bool
 
 
+@dataclass(frozen=True)
+class _Draft:
+    """An enrollment decided and signed, waiting for its write."""
+
+    new: NewDevice
+    token: Token
+
+
 @dataclass
 class _Progress:
     """How far one enrollment got: the token id once its secret has been verified."""
@@ -122,7 +133,8 @@ class Enroller:
     """Decides one enrollment. Store and CA are the only I/O, both handed in.
 
     Every call's outcome goes to the recorder, once: its result, and a device
-    certificate when one was signed.
+    certificate when one was signed. With a committer, begin() hands each write to it,
+    to be committed together with those of the enrollments that arrive with it.
     """
 
     def __init__(
@@ -132,37 +144,89 @@ class Enroller:
         clock: Clock,
         limiter: FailureLimiter,
         recorder: Recorder | None = None,
+        committer: Committer | None = None,
     ) -> None:
         self._store = store
+        self._committer = committer
         self._ca = ca
         self._clock = clock
         self._limiter = limiter
         self._recorder: Recorder = recorder or NoRecorder()
 
     def enroll(self, request: EnrollmentRequest) -> Enrollment:
+        """One enrollment, its write committed on its own."""
         progress = _Progress()
         try:
-            result = self._enroll(request, progress)
-        except SielumError as error:
-            answer = self._limit(request.peer, progress, error)
-            self._recorder.enrollment(enrollment_result(answer))
-            if isinstance(answer, TokenPolicyError):
-                self._recorder.policy_refusal(PolicyRule(answer.rule))
-            log_event(
-                log,
-                "enroll",
-                level=logging.WARNING,
-                outcome=answer.code.name.lower(),
-                reason=answer.message,
-                token=progress.token_id,
-                peer=request.peer,
-            )
+            step = self._prepare(request, progress)
+            result = step if isinstance(step, Enrollment) else self._write_alone(step)
+        except Exception as error:
+            answer = self._failed(request, progress, error)
             if answer is error:
                 raise
             raise answer from None
-        except Exception:
+        self._succeeded(request, result)
+        return result
+
+    def begin(self, request: EnrollmentRequest) -> Enrollment | Awaitable[Enrollment]:
+        """enroll(), with the write handed to the committer: the CPU work now, then either
+        the answer (nothing to write: a retry, a refusal) or, to await on the event loop,
+        the enrollment once its batch committed. Without a committer, enroll()."""
+        if self._committer is None:
+            return self.enroll(request)
+        progress = _Progress()
+        try:
+            step = self._prepare(request, progress)
+        except Exception as error:
+            answer = self._failed(request, progress, error)
+            if answer is error:
+                raise
+            raise answer from None
+        if isinstance(step, Enrollment):
+            self._succeeded(request, step)
+            return step
+        return self._write_together(self._committer, request, progress, step)
+
+    async def _write_together(
+        self, committer: Committer, request: EnrollmentRequest, progress: _Progress, draft: _Draft
+    ) -> Enrollment:
+        try:
+            try:
+                stored = await committer.commit(draft.new)
+            except (TokenUnusableError, AlreadyExistsError) as error:
+                result = await committer.run(functools.partial(self._after_refusal, draft, error))
+            else:
+                result = Enrollment(stored, self._ca.certificate_pem, retried=False)
+        except Exception as error:
+            answer = self._failed(request, progress, error)
+            if answer is error:
+                raise
+            raise answer from None
+        self._succeeded(request, result)
+        return result
+
+    def _failed(
+        self, request: EnrollmentRequest, progress: _Progress, error: Exception
+    ) -> Exception:
+        """Counts and logs a failed enrollment; the error to answer with."""
+        if not isinstance(error, SielumError):
             self._recorder.enrollment(EnrollmentResult.ERROR)
-            raise
+            return error
+        answer = self._limit(request.peer, progress, error)
+        self._recorder.enrollment(enrollment_result(answer))
+        if isinstance(answer, TokenPolicyError):
+            self._recorder.policy_refusal(PolicyRule(answer.rule))
+        log_event(
+            log,
+            "enroll",
+            level=logging.WARNING,
+            outcome=answer.code.name.lower(),
+            reason=answer.message,
+            token=progress.token_id,
+            peer=request.peer,
+        )
+        return answer
+
+    def _succeeded(self, request: EnrollmentRequest, result: Enrollment) -> None:
         if result.retried:
             self._recorder.enrollment(EnrollmentResult.RETRIED)
         else:
@@ -177,7 +241,6 @@ class Enroller:
             peer=request.peer,
             hostname=result.device.hostname,
         )
-        return result
 
     def _limit(self, peer: str, progress: _Progress, error: SielumError) -> SielumError:
         """The answer to a failed enrollment, after the failure limit had its say.
@@ -212,7 +275,8 @@ class Enroller:
             raise UnauthenticatedError(_INVALID_TOKEN)
         return token
 
-    def _enroll(self, request: EnrollmentRequest, progress: _Progress) -> Enrollment:
+    def _prepare(self, request: EnrollmentRequest, progress: _Progress) -> Enrollment | _Draft:
+        """Everything but the write: the answer, when there is nothing to write, or the write."""
         try:
             hostname = check_hostname(request.hostname)
             facts = check_facts(request.facts)
@@ -268,26 +332,33 @@ class Enroller:
             peer=request.peer,
             detail=f"token={token.id} serial={issued.serial}",
         )
+        return _Draft(NewDevice(device, now, audit), token)
+
+    def _write_alone(self, draft: _Draft) -> Enrollment:
+        new = draft.new
         try:
-            stored = self._store.enroll_device(device, now, audit)
-        except TokenUnusableError:
-            # The same agent may have won with this very key in a parallel call
-            # that took the token's last use: that is its device, not a refusal
-            # (tests/robust/test_concurrency.py::test_ok_same_agent_retrying_in_parallel).
-            winner = self._store.find_device_by_key(key_hash)
-            if winner is not None:
-                return self._retry(winner, token)
-            # Otherwise another enrollment took the last use (or an admin revoked)
-            # between our check and the UPDATE: say which, from the token as it is now.
-            tokens.check_usable(self._store.get_token(token.id), now)
-            raise
-        except AlreadyExistsError:
-            # The same key enrolled concurrently (an agent retrying in parallel).
-            winner = self._store.find_device_by_key(key_hash)
-            if winner is None:
-                raise
-            return self._retry(winner, token)
+            stored = self._store.enroll_device(new.device, new.now, new.audit)
+        except (TokenUnusableError, AlreadyExistsError) as error:
+            return self._after_refusal(draft, error)
         return Enrollment(stored, self._ca.certificate_pem, retried=False)
+
+    def _after_refusal(
+        self, draft: _Draft, error: TokenUnusableError | AlreadyExistsError
+    ) -> Enrollment:
+        """The answer to a write the store refused: the token had no use left, or the key
+        was enrolled meanwhile."""
+        key_hash, token = draft.new.device.public_key_sha256, draft.token
+        # The same agent may have won with this very key in a parallel call (that took
+        # the token's last use, or enrolled the key): that is its device, not a refusal
+        # (tests/robust/test_concurrency.py::test_ok_same_agent_retrying_in_parallel).
+        winner = self._store.find_device_by_key(key_hash)
+        if winner is not None:
+            return self._retry(winner, token)
+        if isinstance(error, TokenUnusableError):
+            # Another enrollment took the last use (or an admin revoked) between our
+            # check and the UPDATE: say which, from the token as it is now.
+            tokens.check_usable(self._store.get_token(token.id), draft.new.now)
+        raise error
 
     def _await_approval(
         self,

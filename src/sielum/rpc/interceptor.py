@@ -210,7 +210,11 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         behavior: Callable[[Any, Any], Any],
         serializer: Callable[[Any], bytes] | None,
     ) -> grpc.RpcMethodHandler[Any, Any]:
-        """Authorization, parsing and the handler run as one blocking call."""
+        """Authorization, parsing and the handler run as one blocking call.
+
+        A handler may return an awaitable for the rest of its work, awaited here on
+        the loop: an enrollment waiting for its batch's COMMIT (enroll/committer.py).
+        """
 
         ours = method in self._ours
         observe = self._observe
@@ -223,6 +227,8 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             started = time.perf_counter()
             try:
                 reply = await self._run(functools.partial(call, raw, context))
+                if inspect.isawaitable(reply):  # the rest of its work waits on the loop
+                    reply = await reply
             except asyncio.CancelledError:
                 observe(method, grpc.StatusCode.CANCELLED, time.perf_counter() - started)
                 raise

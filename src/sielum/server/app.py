@@ -43,6 +43,7 @@ from sielum.devices.service import DeviceService
 from sielum.devices.servicer import AgentServicer
 from sielum.directory.v1 import directory_pb2
 from sielum.enroll.approval import Approvals
+from sielum.enroll.committer import Committer
 from sielum.enroll.ratelimit import FailureLimit, FailureLimiter
 from sielum.enroll.service import Enroller
 from sielum.enroll.servicer import EnrollServicer
@@ -326,7 +327,11 @@ class SielumServer:
         )
 
         limiter = FailureLimiter(config.failure_limit)
-        enroller = Enroller(self.store, self.ca, self.clock, limiter, recorder)
+        # Enrollments that arrive together share a transaction and its COMMIT.
+        self.committer = Committer(self.store.enroll_devices, self._runner)
+        enroller = Enroller(
+            self.store, self.ca, self.clock, limiter, recorder, committer=self.committer
+        )
         sessions = DashboardSessions(self.store, self.clock, recorder)
         listener = self._dashboard_listener()
         links = None if listener is None else LoginLinks(sessions, listener.base_url)
@@ -544,7 +549,13 @@ class SielumServer:
         finally:
             self._close_loop()
             self._stopped.set()
-        log_event(log, "stopped")
+        log_event(
+            log,
+            "stopped",
+            # How well enrollments shared their commits, for whoever tunes the server.
+            enrollments_written=self.committer.enrollments,
+            write_batches=self.committer.batches,
+        )
 
     async def _stop(self, grace: float) -> None:
         await self.health.enter_graceful_shutdown()

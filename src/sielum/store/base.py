@@ -10,7 +10,7 @@ import functools
 import logging
 import re
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, Concatenate, Generic, ParamSpec, TypeVar
 
@@ -158,6 +158,33 @@ class StoreBase:
             (sequence, to_micros(now), int(kind), device_id),
         )
         return sequence
+
+    def _record_device_events(
+        self, kind: DeviceEventKind, changes: Sequence[tuple[str, datetime]]
+    ) -> None:
+        """_record_device_event for several devices changed in this transaction, in one INSERT.
+
+        Called as the transaction's last statements, as that one is: on PostgreSQL one
+        UPDATE of event_head takes a run of len(changes) sequences, so the events stay
+        consecutive and commit in sequence order
+        (tests/store/test_group_commit.py::test_replicas_enrolling_in_batches_keep_events_in_order).
+        """
+        statements = self._sql.batch(len(changes))
+        params: list[object] = []
+        if not self._sql.advance_event_head_by:  # SQLite: the row ids are the sequences
+            for device_id, at in changes:
+                params += (None, to_micros(at), int(kind), device_id)
+        else:
+            last = execute(self.db, self._sql.advance_event_head_by, (len(changes),)).fetchone()[0]
+            first = int(last) - len(changes) + 1
+            for offset, (device_id, at) in enumerate(changes):
+                params += (first + offset, to_micros(at), int(kind), device_id)
+        execute(self.db, statements.insert_events, params)
+
+    def _insert_audits(self, events: Sequence[AuditEvent]) -> None:
+        """_insert_audit for several events, in one INSERT."""
+        params = [value for event in events for value in _audit_values(event)]
+        execute(self.db, self._sql.batch(len(events)).insert_audits, params)
 
 
 def _micros(value: datetime | None) -> int | None:

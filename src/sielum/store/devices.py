@@ -29,7 +29,7 @@ from sielum.store.base import (
     _time,
 )
 from sielum.store.certificates import CertificateStore
-from sielum.store.database import execute, is_sqlite, write_transaction
+from sielum.store.database import execute, is_sqlite, is_unavailable, write_transaction
 from sielum.store.models import from_micros, to_micros
 
 _MICROSECOND = timedelta(microseconds=1)
@@ -38,6 +38,21 @@ TOUCH_CHUNK = 1000
 
 _DEVICE_NOT_FOUND = "device not found"
 _KEY_ENROLLED = "this public key is already enrolled"
+_TOKEN_UNUSABLE = "enrollment token cannot be used"  # noqa: S105 - a message, not a secret
+# One enrollment of a batch at a time is inside it: the name is reused, one after another.
+_SAVEPOINT = "SAVEPOINT enrollment"
+_RELEASE = "RELEASE SAVEPOINT enrollment"
+_ROLLBACK_TO = "ROLLBACK TO SAVEPOINT enrollment"
+_NOT_WRITTEN = RuntimeError("not written")  # a placeholder every enrollment replaces
+
+
+@dataclasses.dataclass(frozen=True)
+class NewDevice:
+    """One enrollment's write: the device, when it enrolled, and its audit event."""
+
+    device: Device
+    now: datetime
+    audit: AuditEvent
 
 
 class DeviceStore(CertificateStore):
@@ -70,25 +85,102 @@ class DeviceStore(CertificateStore):
         as the previous writer committed it, SQLite runs writers one at a time
         (tests/store/test_store.py::test_concurrent_enrollment_respects_max_uses).
         """
-        sql = self._sql
+        return self._enroll_alone(NewDevice(device, now, audit), before)
+
+    def _enroll_alone(self, new: NewDevice, before: Callable[[], None] | None = None) -> Device:
+        sql, device = self._sql, new.device
         facts = _facts_json(device.facts)
         try:
             with write_transaction(self.db):
                 if before is not None:
                     before()
-                consumed = execute(self.db, sql.consume_use, sql.consume_use_params(device, now))
+                consume = sql.consume_use_params(device, new.now)
+                consumed = execute(self.db, sql.consume_use, consume)
                 if consumed.rowcount == 0:
-                    raise TokenUnusableError("enrollment token cannot be used")
+                    raise TokenUnusableError(_TOKEN_UNUSABLE)
                 execute(self.db, sql.insert_device, _device_values(device, facts))
                 self._record_first_certificate(device.id)
-                self._insert_audit(audit)
-                self._record_device_event(DeviceEventKind.ENROLLED, device.id, now)
+                self._insert_audit(new.audit)
+                self._record_device_event(DeviceEventKind.ENROLLED, device.id, new.now)
         except peewee.IntegrityError as exc:
             # The transaction rolled back, so the use was not consumed.
             raise AlreadyExistsError(_KEY_ENROLLED) from exc
-        # Every column was written from device, so reading the row back would
-        # only return it again; facts as the store gives them everywhere else.
-        return dataclasses.replace(device, facts=_facts(facts), tags=tuple(device.tags))
+        return _as_stored(device, facts)
+
+    @_guarded
+    def enroll_devices(self, batch: Sequence[NewDevice]) -> list[Device | Exception]:
+        """enroll_device for each of batch, all in one transaction with one COMMIT.
+
+        Each enrollment's outcome is its own: its device, or the error enroll_device
+        would have raised (TokenUnusableError, AlreadyExistsError, or what went wrong
+        in its statements). Each one's UPDATE and INSERT run inside a SAVEPOINT, so a
+        refused or failing one rolls back only itself; the others' certificates,
+        audit events and device events are then written one INSERT per table. The
+        token's conditional UPDATE stays the whole guarantee of max_uses: each one's
+        UPDATE sees the uses the enrollments before it in the batch consumed
+        (tests/store/test_group_commit.py).
+
+        An error of the transaction itself (the connection lost, the COMMIT refused)
+        raises, and then none of batch was recorded.
+
+        The enrollments take their tokens' rows in the order of (token, key), so two
+        replicas' batches lock rows in the same order and never deadlock.
+        """
+        if len(batch) == 1:
+            try:
+                return [self._enroll_alone(batch[0])]
+            except (TokenUnusableError, AlreadyExistsError) as error:
+                return [error]
+        sql = self._sql
+        sqlite = is_sqlite(self.db)
+        outcomes: list[Device | Exception] = [_NOT_WRITTEN] * len(batch)
+        order = sorted(
+            range(len(batch)),
+            key=lambda i: (batch[i].device.token_id, batch[i].device.public_key_sha256),
+        )
+        written: list[int] = []
+        with write_transaction(self.db):
+            for i in order:
+                new = batch[i]
+                device, facts = new.device, _facts_json(new.device.facts)
+                consume = sql.consume_use_params(device, new.now)
+                try:
+                    if sqlite:
+                        execute(self.db, _SAVEPOINT)
+                        consumed = execute(self.db, sql.consume_use, consume)
+                    else:  # one round trip for both: its count is the UPDATE's
+                        consumed = execute(self.db, f"{_SAVEPOINT}; {sql.consume_use}", consume)
+                    if consumed.rowcount == 0:
+                        execute(self.db, _RELEASE)
+                        outcomes[i] = TokenUnusableError(_TOKEN_UNUSABLE)
+                        continue
+                    values = _device_values(device, facts)
+                    if sqlite:
+                        execute(self.db, sql.insert_device, values)
+                        execute(self.db, _RELEASE)
+                    else:  # one round trip: a failing INSERT raises before the RELEASE
+                        execute(self.db, f"{sql.insert_device}; {_RELEASE}", values)
+                except peewee.DatabaseError as error:
+                    if is_unavailable(error):
+                        raise  # the transaction is lost, not this enrollment
+                    execute(self.db, _ROLLBACK_TO)
+                    execute(self.db, _RELEASE)
+                    outcomes[i] = (
+                        AlreadyExistsError(_KEY_ENROLLED)
+                        if isinstance(error, peewee.IntegrityError)
+                        else error
+                    )
+                    continue
+                outcomes[i] = _as_stored(device, facts)
+                written.append(i)
+            if written:
+                ids = [batch[i].device.id for i in written]
+                execute(self.db, sql.batch(len(written)).insert_certificates, ids)
+                self._insert_audits([batch[i].audit for i in written])
+                self._record_device_events(
+                    DeviceEventKind.ENROLLED, [(batch[i].device.id, batch[i].now) for i in written]
+                )
+        return outcomes
 
     # Devices
 
@@ -487,6 +579,15 @@ def _device_from_tuple(row: Sequence[Any]) -> Device:
         facts=_facts(row[11]),
         tags=_tags(row[12]),
     )
+
+
+def _as_stored(device: Device, facts: str) -> Device:
+    """A device just inserted, as the store would read it back.
+
+    Every column was written from device, so reading the row back would only return
+    it again; facts as the store gives them everywhere else.
+    """
+    return dataclasses.replace(device, facts=_facts(facts), tags=tuple(device.tags))
 
 
 def _facts_json(facts: Mapping[str, str]) -> str:

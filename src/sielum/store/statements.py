@@ -69,16 +69,19 @@ _RENEW_DEVICE = (
 # change left it: a revoked device carries no serial; previous_serial only while the
 # previous certificate is still honoured (devices/policy.py::is_honoured). Parameters:
 # sequence, at, kind, device id.
-_INSERT_DEVICE_EVENT = (
+_EVENT_COLUMNS = (
     "INSERT INTO device_event"
     " (sequence, at, kind, device_id, serial, previous_serial, previous_until, hostname, tags)"
-    " SELECT ?, ?, ?, id,"
+)
+_EVENT_STANDING = (
     " CASE WHEN revoked_at IS NULL THEN serial ELSE '' END,"
     " CASE WHEN revoked_at IS NULL AND previous_until IS NOT NULL"
     " THEN COALESCE(previous_serial, '') ELSE '' END,"
     " CASE WHEN revoked_at IS NULL AND previous_serial IS NOT NULL THEN previous_until END,"
     " hostname, tags"
-    " FROM device WHERE id = ?"
+)
+_INSERT_DEVICE_EVENT = (
+    f"{_EVENT_COLUMNS} SELECT ?, ?, ?, id,{_EVENT_STANDING} FROM device WHERE id = ?"  # noqa: S608
 )
 
 
@@ -106,6 +109,17 @@ class _EnrollmentSql:
     insert_audit: str
     advance_event_head: str
     insert_device_event: str
+    advance_event_head_by: str
+    param: str
+    # A batch's statements (store/devices.py::enroll_devices), by the batch's size.
+    batches: dict[int, _BatchSql] = dataclasses.field(default_factory=dict, compare=False)
+
+    def batch(self, size: int) -> _BatchSql:
+        """The statements that write the rows of size enrollments at once (made once per size)."""
+        statements = self.batches.get(size)
+        if statements is None:
+            statements = self.batches[size] = _BatchSql.build(self.param, size)
+        return statements
 
     @classmethod
     def build(cls, db: peewee.Database, tables: Tables) -> _EnrollmentSql:
@@ -150,6 +164,13 @@ class _EnrollmentSql:
                 else "UPDATE event_head SET sequence = sequence + 1 WHERE id = 1 RETURNING sequence"
             ),
             insert_device_event=_INSERT_DEVICE_EVENT.replace("?", p),
+            advance_event_head_by=(
+                ""
+                if is_sqlite(db)
+                else f"UPDATE event_head SET sequence = sequence + {p} WHERE id = 1"  # noqa: S608
+                " RETURNING sequence"
+            ),
+            param=p,
         )
 
     def consume_use_params(self, device: Device, now: datetime) -> list[object]:
@@ -162,6 +183,44 @@ class _EnrollmentSql:
             else value
             for value in self.consume_use_template
         ]
+
+
+@dataclasses.dataclass(frozen=True)
+class _BatchSql:
+    """One statement per table for the rows of a batch of enrollments, after their devices.
+
+    The enrollments' certificates, audit events and device events, each table in one
+    multi-row INSERT rather than one INSERT per enrollment.
+    """
+
+    insert_certificates: str
+    insert_audits: str
+    insert_events: str
+
+    @classmethod
+    def build(cls, p: str, size: int) -> _BatchSql:
+        ids = ", ".join([p] * size)
+        audit_row = "(" + ", ".join([p] * len(_AUDIT_COLUMNS)) + ")"
+        event_rows = ", ".join([f"({p}, {p}, {p}, {p})"] * size)
+        # Only placeholders and constant names are formatted in; values are parameters.
+        return cls(
+            insert_certificates=(
+                "INSERT INTO device_certificate (serial, device_id, not_after)"  # noqa: S608
+                f" SELECT serial, id, not_after FROM device WHERE id IN ({ids})"
+                " ON CONFLICT (serial) DO NOTHING"
+            ),
+            insert_audits=(
+                f"INSERT INTO audit_event ({_columns(_AUDIT_COLUMNS)})"  # noqa: S608
+                f" VALUES {', '.join([audit_row] * size)}"
+            ),
+            # The event of each device as its own INSERT would read it; the CTE's column
+            # names are none of device's, so the standing's columns stay unambiguous.
+            insert_events=(
+                f"WITH e (e_sequence, e_at, e_kind, e_device) AS (VALUES {event_rows})"  # noqa: S608
+                f" {_EVENT_COLUMNS} SELECT e_sequence, e_at, e_kind, id,{_EVENT_STANDING}"
+                " FROM e JOIN device ON device.id = e_device"
+            ),
+        )
 
 
 @dataclasses.dataclass(frozen=True)
