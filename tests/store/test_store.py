@@ -1425,3 +1425,56 @@ def test_state_counts_read_indexes_not_the_device_table(sqlite_url: str) -> None
     assert any("device_revoked_seq" in step for step in plan), plan
     assert any("device_unrevoked_not_after" in step for step in plan), plan
     assert not any(step.startswith("SCAN device") and "INDEX" not in step for step in plan), plan
+
+
+def test_standing_read_is_prepared_once_and_survives_dropped_connections(
+    postgres_url: str,
+) -> None:
+    """The device gate's read is a prepared statement on PostgreSQL (store/database.py
+    execute_prepared): it still sees every change at once, comes back after PostgreSQL
+    dropped its connections, and prepares itself again where the statement was lost."""
+    store = Store.open(postgres_url)
+    try:
+        add_token(store)
+        enroll(store, "dev1")
+        assert store.get_device_standing("dev1").revoked_at is None
+
+        def prepared() -> list[tuple[Any, ...]]:
+            with store.db.connection_context():
+                return list(
+                    store.db.execute_sql(
+                        "SELECT name FROM pg_prepared_statements WHERE name = 'sielum_standing'"
+                    ).fetchall()
+                )
+
+        assert prepared() == [("sielum_standing",)]
+        # Another replica revokes it: the very next read says so.
+        other = Store.open(postgres_url)
+        try:
+            other.revoke_device("dev1", T0, audit("device.revoke", "device/dev1"))
+        finally:
+            other.close()
+        assert store.get_device_standing("dev1").revoked_at == T0
+
+        _fill_pool(store, 3)
+        _terminate_backends(postgres_url, wait=True)
+        # Every pooled connection is dead: the read reconnects and prepares anew.
+        assert store.get_device_standing("dev1").revoked_at == T0
+        assert prepared() == [("sielum_standing",)]
+
+        run_sql(store, "DEALLOCATE ALL")  # on the one idle connection the pool holds
+        assert prepared() == []
+        assert store.get_device_standing("dev1").id == "dev1"
+        assert prepared() == [("sielum_standing",)]
+        # Inside a transaction, a lost statement fails the transaction as UNAVAILABLE, for
+        # its caller to retry whole, and the retry prepares it again.
+        run_sql(store, "DEALLOCATE ALL")
+        with store.db.connection_context():
+            with pytest.raises(UnavailableError), store.db.atomic():
+                store.get_device_standing("dev1")
+            with store.db.atomic():
+                assert store.get_device_standing("dev1").id == "dev1"
+        with pytest.raises(NotFoundError, match=r"^device not found$"):
+            store.get_device_standing("nope")
+    finally:
+        store.close()

@@ -10,6 +10,7 @@ import socket
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Iterator, Sequence
 from typing import Any, cast
 from urllib.parse import parse_qs, unquote, unquote_plus, urlsplit, urlunsplit
@@ -87,6 +88,13 @@ class ReconnectingPostgresqlDatabase(PooledPostgresqlDatabase):  # type: ignore[
     statement is always a read or a BEGIN.
     """
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # The statements each open connection has prepared (execute_prepared), by name.
+        self._prepared: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictionary()
+        # Each name's PREPARE and EXECUTE, made once.
+        self._statements: dict[str, tuple[str, str]] = {}
+
     def _is_closed(self, conn: Any) -> bool:
         # peewee's default pings the server on every checkout while it holds the
         # pool lock; a dropped connection is found on first use instead.
@@ -97,6 +105,46 @@ class ReconnectingPostgresqlDatabase(PooledPostgresqlDatabase):  # type: ignore[
 
     def begin(self, *args: Any, **kwargs: Any) -> Any:
         return self._retry_if_gone(super().begin, *args, **kwargs)
+
+    def execute_prepared(self, name: str, sql: str, params: Sequence[object]) -> Any:
+        """sql, with %s placeholders, as the connection's prepared statement name.
+
+        PostgreSQL parses and plans a prepared statement once per connection rather
+        than on every call, and the call skips peewee's wrapper (its query hooks and
+        log): for the device gate's lookup, on every device call, about half of its
+        CPU in the client and the backend alike (bench/RESULTS.md, "Heartbeats on
+        PostgreSQL, two replicas"). A connection that lost the statement (a DISCARD)
+        prepares it again. Retried on a fresh connection like execute_sql.
+        """
+        return self._retry_if_gone(self._execute_prepared, name, sql, params)
+
+    def _execute_prepared(self, name: str, sql: str, params: Sequence[object]) -> Any:
+        statements = self._statements.get(name)
+        if statements is None:
+            statements = self._statements[name] = (
+                f"PREPARE {name} AS {_numbered(sql)}",
+                f"EXECUTE {name} ({', '.join(['%s'] * len(params))})" if params else f"EXECUTE {name}",
+            )
+        prepare, call = statements
+        with peewee.__exception_wrapper__:
+            conn = self.connection()
+            prepared = self._prepared.get(conn)
+            if prepared is None:
+                prepared = self._prepared[conn] = set()
+            cursor = conn.cursor()
+            if name not in prepared:
+                cursor.execute(prepare)
+                prepared.add(name)
+            try:
+                cursor.execute(call, params)
+            except psycopg2.errors.InvalidSqlStatementName:
+                prepared.discard(name)
+                if self.in_transaction():
+                    raise  # the transaction is aborted now: its caller retries it whole
+                cursor.execute(prepare)
+                prepared.add(name)
+                cursor.execute(call, params)
+        return cursor
 
     def _retry_if_gone(self, statement: Any, *args: Any, **kwargs: Any) -> Any:
         had_connection = not self.is_closed()
@@ -118,6 +166,12 @@ class ReconnectingPostgresqlDatabase(PooledPostgresqlDatabase):  # type: ignore[
             finally:
                 self._state.ctx[:] = contexts
             return statement(*args, **kwargs)
+
+
+def _numbered(sql: str) -> str:
+    """A statement's %s placeholders as PREPARE wants them: $1, $2, ... in order."""
+    parts = sql.split("%s")
+    return "".join(part + (f"${n}" if n < len(parts) else "") for n, part in enumerate(parts, 1))
 
 
 def _pg_txn_unknown() -> int:
@@ -375,6 +429,17 @@ def redact_url(url: str) -> str:
 def execute(db: peewee.Database, sql: str, params: Sequence[object] = ()) -> Any:
     """db.execute_sql, typed (peewee's stubs leave it untyped); returns the cursor."""
     return cast(Any, db).execute_sql(sql, params)
+
+
+def execute_prepared(db: peewee.Database, name: str, sql: str, params: Sequence[object]) -> Any:
+    """execute, as a prepared statement on PostgreSQL (ReconnectingPostgresqlDatabase).
+
+    name is constant SQL identifier text and sql a constant statement: the caller's,
+    never a value. SQLite's driver keeps its own cache of prepared statements.
+    """
+    if isinstance(db, ReconnectingPostgresqlDatabase):
+        return db.execute_prepared(name, sql, params)
+    return execute(db, sql, params)
 
 
 def is_sqlite(db: peewee.Database) -> bool:

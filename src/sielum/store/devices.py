@@ -29,7 +29,7 @@ from sielum.store.base import (
     _time,
 )
 from sielum.store.certificates import CertificateStore
-from sielum.store.database import execute, is_sqlite, write_transaction
+from sielum.store.database import execute, execute_prepared, is_sqlite, write_transaction
 from sielum.store.models import from_micros, to_micros
 
 _MICROSECOND = timedelta(microseconds=1)
@@ -103,7 +103,9 @@ class DeviceStore(CertificateStore):
     @_guarded
     def get_device_standing(self, device_id: str) -> DeviceStanding:
         """What the device gate needs, in one indexed lookup of a few short columns."""
-        row = execute(self.db, self._sql.select_standing, (device_id,)).fetchone()
+        row = execute_prepared(
+            self.db, "sielum_standing", self._sql.select_standing, (device_id,)
+        ).fetchone()
         if row is None:
             raise NotFoundError(_DEVICE_NOT_FOUND)
         return DeviceStanding(
