@@ -69,6 +69,7 @@ class Phase:
     kinds: Counter[str] = field(default_factory=Counter)
     seconds: float = 0.0
     server_cpu: float = 0.0
+    database_cpu: float = 0.0  # of server_cpu, PostgreSQL's backends
     client_cpu: float = 0.0
     machine_load: float = 0.0
 
@@ -81,7 +82,12 @@ class Phase:
         return (
             f"{self.name:<34} {self.calls:>6} calls in {self.seconds:5.1f} s  "
             f"server {self.us_per_call:7.0f} us/call  "
-            f"(server cores {self.server_cpu / self.seconds:.2f}, "
+            + (
+                f"(of which PostgreSQL {1e6 * self.database_cpu / self.calls:5.0f})  "
+                if self.database_cpu and self.calls
+                else ""
+            )
+            + f"(server cores {self.server_cpu / self.seconds:.2f}, "
             f"client cores {self.client_cpu / self.seconds:.2f}, "
             f"load {self.machine_load:.2f}){errors}"
         )
@@ -144,11 +150,14 @@ class Fleet:
         """Runs body (a coroutine function taking the Phase) and charges the server's CPU to it."""
         phase = Phase(name)
         pids = self.server_pids()
+        backends = database_backends(self.database) if self.database else []
         load0 = os.getloadavg()[0]
         cpu0, client0, t0 = tree_cpu_seconds(pids), _own_cpu(), time.monotonic()
+        db0 = tree_cpu_seconds(backends)
         await body(phase)
         phase.seconds = time.monotonic() - t0
         phase.server_cpu = tree_cpu_seconds(pids) - cpu0
+        phase.database_cpu = tree_cpu_seconds(backends) - db0
         phase.client_cpu = _own_cpu() - client0
         phase.machine_load = max(load0, os.getloadavg()[0])
         print(phase.line(), flush=True)
@@ -548,6 +557,7 @@ def _phase_json(phase: Phase) -> dict[str, Any]:
         "server_cpu_seconds": round(phase.server_cpu, 3),
         "client_cpu_seconds": round(phase.client_cpu, 3),
         "us_per_call": round(phase.us_per_call, 1) if phase.calls else None,
+        "database_cpu_seconds": round(phase.database_cpu, 3),
         "load": round(phase.machine_load, 2),
     }
 
@@ -594,9 +604,14 @@ def main() -> None:
                         server_src=args.server_src,
                         metrics=False,
                         # Another checkout's server gets no flags by default: say them.
-                        extra=("--metrics-addr", "off", "--dashboard-addr", "off")
-                        if args.server_src
-                        else (),
+                        # No revocation port: its fixed default would let only one
+                        # replica (of this run or another on the machine) listen.
+                        extra=("--revocation-addr", "off")
+                        + (
+                            ("--metrics-addr", "off", "--dashboard-addr", "off")
+                            if args.server_src
+                            else ()
+                        ),
                     )
                 )
             print(
