@@ -149,15 +149,18 @@ class Fleet:
     async def measure(self, name: str, body: Any) -> Phase:
         """Runs body (a coroutine function taking the Phase) and charges the server's CPU to it."""
         phase = Phase(name)
-        pids = self.server_pids()
-        backends = database_backends(self.database) if self.database else []
+        backends = set(database_backends(self.database) if self.database else [])
+        pids = set(self.server_pids()) | backends
         load0 = os.getloadavg()[0]
-        cpu0, client0, t0 = tree_cpu_seconds(pids), _own_cpu(), time.monotonic()
-        db0 = tree_cpu_seconds(backends)
+        cpu0, client0, t0 = _cpu_by_pid(pids), _own_cpu(), time.monotonic()
         await body(phase)
         phase.seconds = time.monotonic() - t0
-        phase.server_cpu = tree_cpu_seconds(pids) - cpu0
-        phase.database_cpu = tree_cpu_seconds(backends) - db0
+        # Processes started during the phase (a backend for a new connection) count
+        # from zero; those that ended during it lose what they used.
+        backends |= set(database_backends(self.database) if self.database else [])
+        cpu1 = _cpu_by_pid(pids | set(self.server_pids()) | backends)
+        phase.server_cpu = sum(cpu1.values()) - sum(cpu0.values())
+        phase.database_cpu = sum(cpu1.get(p, 0.0) - cpu0.get(p, 0.0) for p in backends)
         phase.client_cpu = _own_cpu() - client0
         phase.machine_load = max(load0, os.getloadavg()[0])
         print(phase.line(), flush=True)
@@ -379,6 +382,10 @@ def _percentile(samples: list[float], q: int) -> float:
         return float("nan")
     ordered = sorted(samples)
     return round(1000 * ordered[min(len(ordered) - 1, len(ordered) * q // 100)], 1)
+
+
+def _cpu_by_pid(pids: set[int]) -> dict[int, float]:
+    return {pid: tree_cpu_seconds([pid]) for pid in pids}
 
 
 def _own_cpu() -> float:

@@ -1427,54 +1427,41 @@ def test_state_counts_read_indexes_not_the_device_table(sqlite_url: str) -> None
     assert not any(step.startswith("SCAN device") and "INDEX" not in step for step in plan), plan
 
 
-def test_standing_read_is_prepared_once_and_survives_dropped_connections(
-    postgres_url: str,
+def test_standing_read_sees_every_commit_and_survives_dropped_connections(
+    postgres_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The device gate's read is a prepared statement on PostgreSQL (store/database.py
-    execute_prepared): it still sees every change at once, comes back after PostgreSQL
-    dropped its connections, and prepares itself again where the statement was lost."""
+    """The device gate's read runs on PostgreSQL as a prepared statement on connections of
+    its own (store/database.py PreparedRead): it still sees another replica's revocation
+    at once, comes back after PostgreSQL dropped its connections, and answers UNAVAILABLE
+    while PostgreSQL refuses them."""
+    dbname = postgres_url.rsplit("/", 1)[1]
     store = Store.open(postgres_url)
+    other = Store.open(postgres_url)  # another replica
     try:
         add_token(store)
         enroll(store, "dev1")
         assert store.get_device_standing("dev1").revoked_at is None
-
-        def prepared() -> list[tuple[Any, ...]]:
-            with store.db.connection_context():
-                return list(
-                    store.db.execute_sql(
-                        "SELECT name FROM pg_prepared_statements WHERE name = 'sielum_standing'"
-                    ).fetchall()
-                )
-
-        assert prepared() == [("sielum_standing",)]
-        # Another replica revokes it: the very next read says so.
-        other = Store.open(postgres_url)
-        try:
-            other.revoke_device("dev1", T0, audit("device.revoke", "device/dev1"))
-        finally:
-            other.close()
+        assert _psql(
+            postgres_url,
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND query LIKE %s",
+            (dbname, "EXECUTE sielum_standing%"),
+        ) == [(1,)]
+        other.revoke_device("dev1", T0, audit("device.revoke", "device/dev1"))
         assert store.get_device_standing("dev1").revoked_at == T0
 
-        _fill_pool(store, 3)
         _terminate_backends(postgres_url, wait=True)
-        # Every pooled connection is dead: the read reconnects and prepares anew.
+        # Its kept connection is dead: the read reconnects and prepares anew.
         assert store.get_device_standing("dev1").revoked_at == T0
-        assert prepared() == [("sielum_standing",)]
-
-        run_sql(store, "DEALLOCATE ALL")  # on the one idle connection the pool holds
-        assert prepared() == []
-        assert store.get_device_standing("dev1").id == "dev1"
-        assert prepared() == [("sielum_standing",)]
-        # Inside a transaction, a lost statement fails the transaction as UNAVAILABLE, for
-        # its caller to retry whole, and the retry prepares it again.
-        run_sql(store, "DEALLOCATE ALL")
-        with store.db.connection_context():
-            with pytest.raises(UnavailableError), store.db.atomic():
-                store.get_device_standing("dev1")
-            with store.db.atomic():
-                assert store.get_device_standing("dev1").id == "dev1"
+        assert "lost the PostgreSQL connection" in caplog.text
         with pytest.raises(NotFoundError, match=r"^device not found$"):
             store.get_device_standing("nope")
+
+        _psql(postgres_url, f'ALTER DATABASE "{dbname}" ALLOW_CONNECTIONS false')
+        _terminate_backends(postgres_url, wait=True)
+        with pytest.raises(UnavailableError, match=r"^database unavailable, try again$"):
+            store.get_device_standing("dev1")
+        _psql(postgres_url, f'ALTER DATABASE "{dbname}" ALLOW_CONNECTIONS true')
+        assert store.get_device_standing("dev1").revoked_at == T0
     finally:
+        other.close()
         store.close()

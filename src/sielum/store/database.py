@@ -10,7 +10,6 @@ import socket
 import sqlite3
 import threading
 import time
-import weakref
 from collections.abc import Iterator, Sequence
 from typing import Any, cast
 from urllib.parse import parse_qs, unquote, unquote_plus, urlsplit, urlunsplit
@@ -88,13 +87,6 @@ class ReconnectingPostgresqlDatabase(PooledPostgresqlDatabase):  # type: ignore[
     statement is always a read or a BEGIN.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        # The statements each open connection has prepared (execute_prepared), by name.
-        self._prepared: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictionary()
-        # Each name's PREPARE and EXECUTE, made once.
-        self._statements: dict[str, tuple[str, str]] = {}
-
     def _is_closed(self, conn: Any) -> bool:
         # peewee's default pings the server on every checkout while it holds the
         # pool lock; a dropped connection is found on first use instead.
@@ -106,45 +98,11 @@ class ReconnectingPostgresqlDatabase(PooledPostgresqlDatabase):  # type: ignore[
     def begin(self, *args: Any, **kwargs: Any) -> Any:
         return self._retry_if_gone(super().begin, *args, **kwargs)
 
-    def execute_prepared(self, name: str, sql: str, params: Sequence[object]) -> Any:
-        """sql, with %s placeholders, as the connection's prepared statement name.
-
-        PostgreSQL parses and plans a prepared statement once per connection rather
-        than on every call, and the call skips peewee's wrapper (its query hooks and
-        log): for the device gate's lookup, on every device call, about half of its
-        CPU in the client and the backend alike (bench/RESULTS.md, "Heartbeats on
-        PostgreSQL, two replicas"). A connection that lost the statement (a DISCARD)
-        prepares it again. Retried on a fresh connection like execute_sql.
-        """
-        return self._retry_if_gone(self._execute_prepared, name, sql, params)
-
-    def _execute_prepared(self, name: str, sql: str, params: Sequence[object]) -> Any:
-        statements = self._statements.get(name)
-        if statements is None:
-            statements = self._statements[name] = (
-                f"PREPARE {name} AS {_numbered(sql)}",
-                f"EXECUTE {name} ({', '.join(['%s'] * len(params))})" if params else f"EXECUTE {name}",
-            )
-        prepare, call = statements
-        with peewee.__exception_wrapper__:
-            conn = self.connection()
-            prepared = self._prepared.get(conn)
-            if prepared is None:
-                prepared = self._prepared[conn] = set()
-            cursor = conn.cursor()
-            if name not in prepared:
-                cursor.execute(prepare)
-                prepared.add(name)
-            try:
-                cursor.execute(call, params)
-            except psycopg2.errors.InvalidSqlStatementName:
-                prepared.discard(name)
-                if self.in_transaction():
-                    raise  # the transaction is aborted now: its caller retries it whole
-                cursor.execute(prepare)
-                prepared.add(name)
-                cursor.execute(call, params)
-        return cursor
+    def unpooled_connection(self) -> Any:
+        """A new psycopg2 connection made as the pool makes its own, but not the pool's."""
+        conn = peewee.PostgresqlDatabase._connect(self)
+        self._initialize_connection(conn)
+        return conn
 
     def _retry_if_gone(self, statement: Any, *args: Any, **kwargs: Any) -> Any:
         had_connection = not self.is_closed()
@@ -166,6 +124,82 @@ class ReconnectingPostgresqlDatabase(PooledPostgresqlDatabase):  # type: ignore[
             finally:
                 self._state.ctx[:] = contexts
             return statement(*args, **kwargs)
+
+
+class PreparedRead:
+    """One hot read, run as a prepared statement on PostgreSQL connections of its own.
+
+    Made for the device gate's lookup, which every device call makes (a heartbeat
+    makes nothing else): PostgreSQL parses and plans it once per connection, and
+    the call goes from the caller to psycopg2 with nothing in between (no pool
+    checkout and check-in, no peewee wrapper). Where calls come one by one, each
+    one finds the code it runs out of the CPU's caches, and the shorter path
+    counted for most of what this saved (bench/RESULTS.md, "Heartbeats on
+    PostgreSQL, two replicas").
+
+    The connections are kept in a list, one taken per call (as many as calls
+    reading at once: one on the event loop, or one per thread of a ThreadRunner),
+    in autocommit: every read sees every commit made before it, by any replica.
+    Each is replaced after PG_POOL_RECYCLE_SECONDS, as the pool's are. A read
+    that fails on a kept connection, which PostgreSQL may have dropped (a restart,
+    a failover), drops the kept ones and runs once more on a new one; the wait
+    for an answer is bounded as every statement's is (_wait_bounded).
+    """
+
+    def __init__(self, db: ReconnectingPostgresqlDatabase, name: str, sql: str) -> None:
+        self._db = db
+        self._prepare = f"PREPARE {name} AS {_numbered(sql)}"
+        placeholders = ", ".join(["%s"] * sql.count("%s"))
+        self._execute = f"EXECUTE {name} ({placeholders})" if placeholders else f"EXECUTE {name}"
+        self._idle: list[tuple[Any, float]] = []  # (connection, opened at); list ops are atomic
+
+    def fetchone(self, params: Sequence[object]) -> Any:
+        """The first row, or None; peewee's OperationalError or InterfaceError if PostgreSQL
+        cannot be reached, as from execute_sql."""
+        try:
+            conn, opened = self._idle.pop()
+        except IndexError:
+            return self._fetch_fresh(params)
+        try:
+            cursor = conn.cursor()
+            cursor.execute(self._execute, params)
+            row = cursor.fetchone()
+        except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
+            log.warning("lost the PostgreSQL connection (%s); reconnecting", describe_error(exc))
+            conn.close()
+            self.close()  # the others went to the same server
+            return self._fetch_fresh(params)
+        except BaseException:
+            conn.close()
+            raise
+        if time.monotonic() - opened < PG_POOL_RECYCLE_SECONDS:
+            self._idle.append((conn, opened))
+        else:
+            conn.close()
+        return row
+
+    def _fetch_fresh(self, params: Sequence[object]) -> Any:
+        with peewee.__exception_wrapper__:
+            conn = self._db.unpooled_connection()
+            try:
+                cursor = conn.cursor()
+                cursor.execute(self._prepare)
+                cursor.execute(self._execute, params)
+                row = cursor.fetchone()
+            except BaseException:
+                conn.close()
+                raise
+        self._idle.append((conn, time.monotonic()))
+        return row
+
+    def close(self) -> None:
+        """Closes the kept connections (those in use are closed when they come back)."""
+        while self._idle:
+            try:
+                conn, _ = self._idle.pop()
+            except IndexError:
+                return
+            conn.close()
 
 
 def _numbered(sql: str) -> str:
@@ -429,17 +463,6 @@ def redact_url(url: str) -> str:
 def execute(db: peewee.Database, sql: str, params: Sequence[object] = ()) -> Any:
     """db.execute_sql, typed (peewee's stubs leave it untyped); returns the cursor."""
     return cast(Any, db).execute_sql(sql, params)
-
-
-def execute_prepared(db: peewee.Database, name: str, sql: str, params: Sequence[object]) -> Any:
-    """execute, as a prepared statement on PostgreSQL (ReconnectingPostgresqlDatabase).
-
-    name is constant SQL identifier text and sql a constant statement: the caller's,
-    never a value. SQLite's driver keeps its own cache of prepared statements.
-    """
-    if isinstance(db, ReconnectingPostgresqlDatabase):
-        return db.execute_prepared(name, sql, params)
-    return execute(db, sql, params)
 
 
 def is_sqlite(db: peewee.Database) -> bool:
