@@ -100,7 +100,8 @@ class ReconnectingPostgresqlDatabase(PooledPostgresqlDatabase):  # type: ignore[
 
     def unpooled_connection(self) -> Any:
         """A new psycopg2 connection made as the pool makes its own, but not the pool's."""
-        conn = peewee.PostgresqlDatabase._connect(self)
+        # The pool's own _connect hands out pooled ones; its parent's makes a new one.
+        conn = cast(Any, peewee.PostgresqlDatabase)._connect(self)
         self._initialize_connection(conn)
         return conn
 
@@ -179,7 +180,8 @@ class PreparedRead:
         return row
 
     def _fetch_fresh(self, params: Sequence[object]) -> Any:
-        with peewee.__exception_wrapper__:
+        # As execute_sql: psycopg2's errors as peewee's, for the Store to judge.
+        with _PEEWEE_ERRORS:
             conn = self._db.unpooled_connection()
             try:
                 cursor = conn.cursor()
@@ -200,6 +202,9 @@ class PreparedRead:
             except IndexError:
                 return
             conn.close()
+
+
+_PEEWEE_ERRORS = cast(Any, peewee).__exception_wrapper__
 
 
 def _numbered(sql: str) -> str:
