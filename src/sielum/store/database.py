@@ -195,7 +195,7 @@ class PreparedRead:
         return row
 
     def close(self) -> None:
-        """Closes the kept connections (those in use are closed when they come back)."""
+        """Closes the kept connections; one in use meanwhile is kept when its read ends."""
         while self._idle:
             try:
                 conn, _ = self._idle.pop()
