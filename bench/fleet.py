@@ -69,6 +69,7 @@ class Phase:
     kinds: Counter[str] = field(default_factory=Counter)
     seconds: float = 0.0
     server_cpu: float = 0.0
+    database_cpu: float = 0.0  # of server_cpu, PostgreSQL's backends
     client_cpu: float = 0.0
     machine_load: float = 0.0
 
@@ -81,7 +82,12 @@ class Phase:
         return (
             f"{self.name:<34} {self.calls:>6} calls in {self.seconds:5.1f} s  "
             f"server {self.us_per_call:7.0f} us/call  "
-            f"(server cores {self.server_cpu / self.seconds:.2f}, "
+            + (
+                f"(of which PostgreSQL {1e6 * self.database_cpu / self.calls:5.0f})  "
+                if self.database_cpu and self.calls
+                else ""
+            )
+            + f"(server cores {self.server_cpu / self.seconds:.2f}, "
             f"client cores {self.client_cpu / self.seconds:.2f}, "
             f"load {self.machine_load:.2f}){errors}"
         )
@@ -143,12 +149,18 @@ class Fleet:
     async def measure(self, name: str, body: Any) -> Phase:
         """Runs body (a coroutine function taking the Phase) and charges the server's CPU to it."""
         phase = Phase(name)
-        pids = self.server_pids()
+        backends = set(database_backends(self.database) if self.database else [])
+        pids = set(self.server_pids()) | backends
         load0 = os.getloadavg()[0]
-        cpu0, client0, t0 = tree_cpu_seconds(pids), _own_cpu(), time.monotonic()
+        cpu0, client0, t0 = _cpu_by_pid(pids), _own_cpu(), time.monotonic()
         await body(phase)
         phase.seconds = time.monotonic() - t0
-        phase.server_cpu = tree_cpu_seconds(pids) - cpu0
+        # Processes started during the phase (a backend for a new connection) count
+        # from zero; those that ended during it lose what they used.
+        backends |= set(database_backends(self.database) if self.database else [])
+        cpu1 = _cpu_by_pid(pids | set(self.server_pids()) | backends)
+        phase.server_cpu = sum(cpu1.values()) - sum(cpu0.values())
+        phase.database_cpu = sum(cpu1.get(p, 0.0) - cpu0.get(p, 0.0) for p in backends)
         phase.client_cpu = _own_cpu() - client0
         phase.machine_load = max(load0, os.getloadavg()[0])
         print(phase.line(), flush=True)
@@ -372,6 +384,10 @@ def _percentile(samples: list[float], q: int) -> float:
     return round(1000 * ordered[min(len(ordered) - 1, len(ordered) * q // 100)], 1)
 
 
+def _cpu_by_pid(pids: set[int]) -> dict[int, float]:
+    return {pid: tree_cpu_seconds([pid]) for pid in pids}
+
+
 def _own_cpu() -> float:
     t = os.times()
     return t.user + t.system
@@ -548,6 +564,7 @@ def _phase_json(phase: Phase) -> dict[str, Any]:
         "server_cpu_seconds": round(phase.server_cpu, 3),
         "client_cpu_seconds": round(phase.client_cpu, 3),
         "us_per_call": round(phase.us_per_call, 1) if phase.calls else None,
+        "database_cpu_seconds": round(phase.database_cpu, 3),
         "load": round(phase.machine_load, 2),
     }
 

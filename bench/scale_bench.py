@@ -1,8 +1,15 @@
-"""Scale run: Enroll, list-page and audit-page latency, empty vs bulk-loaded with a fleet."""
+"""Scale run: Enroll, list-page and audit-page latency, empty vs bulk-loaded with a fleet.
+
+With --fleet-reads (PostgreSQL only): the dashboard overview's reads, ListDevices' first
+page and a deep page for every filter, and CheckCertificate, each timed at every size of
+--sizes (default 10,000 and 1,000,000 devices, each in a fresh database), with the plans
+of the store's queries at the largest size (--explain).
+"""
 
 from __future__ import annotations
 
 import argparse
+import base64
 import hashlib
 import io
 import json
@@ -29,7 +36,9 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from sielum_proc import SielumProcess, init_data_dir, start_sielum
 
 from sielum.admin.v1 import admin_pb2
+from sielum.directory.v1 import directory_pb2, directory_pb2_grpc
 from sielum.enroll.v1 import enroll_pb2, enroll_pb2_grpc
+from sielum.model import DeviceState
 from sielum.store.models import to_micros
 from sielum.store.store import Store
 
@@ -489,6 +498,262 @@ def print_table(report: dict[str, Any]) -> None:
         )
 
 
+# --- --fleet-reads: what the dashboard and the directory read, at two fleet sizes -----
+
+FLEET_SPAN_DAYS = 730  # the fleet enrolled evenly over two years
+FLEET_DEVICE_COLUMNS = DEVICE_COLUMNS + ", tags"
+RARE_TAG_EVERY = 10_000
+
+
+def fleet_device_rows(devices: int, tokens: int, now_us: int) -> Iterator[tuple[Any, ...]]:
+    """Devices enrolled evenly over FLEET_SPAN_DAYS, oldest first (seq order): one in 50
+    revoked and one in 100 expired, spread evenly; one in 10 tagged prod, one in
+    RARE_TAG_EVERY tagged rare; host-<i> each, 10 devices to a token (as token_rows)."""
+    day = 86_400_000_000
+    span = FLEET_SPAN_DAYS * day
+    for i in range(devices):
+        revoked = now_us - 30 * day if i % 50 == 7 else None
+        not_after = now_us - 10 * day if i % 100 == 3 else now_us + 60 * day
+        if i % RARE_TAG_EVERY == 5:
+            tags = '["rare"]'
+        else:
+            tags = '["prod"]' if i % 10 == 0 else "[]"
+        yield (
+            _device_id(i), f"host-{i}", _token_id(i % tokens),
+            hashlib.sha256(f"key-{i}".encode()).hexdigest(), format(i + 1, "x"), _CERT_PEM,
+            not_after, now_us - span + span * i // devices, None, revoked,
+            f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}", '{"os":"linux"}', tags,
+        )  # fmt: skip
+
+
+def load_fleet(url: str, devices: int, tokens: int, now: datetime) -> None:
+    """COPY tokens and devices into a migrated, empty database, then VACUUM ANALYZE."""
+    import psycopg2
+    import psycopg2.extensions
+
+    token_rows, _, _ = _rows(tokens, devices, 0, now)
+    device_rows = fleet_device_rows(devices, tokens, to_micros(now))
+    psycopg2.extensions.set_wait_callback(None)  # COPY refuses one (see load_postgres)
+    conn = psycopg2.connect(url)
+    with conn, conn.cursor() as cur:
+        for table, columns, rows in (
+            ("token", TOKEN_COLUMNS, token_rows),
+            ("device", FLEET_DEVICE_COLUMNS, device_rows),
+        ):
+            while (chunk := _copy_text(rows, 100_000)) is not None:
+                cur.copy_expert(f"COPY {table} ({columns}) FROM STDIN", chunk)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute("VACUUM ANALYZE")
+    conn.close()
+
+
+def device_cursor(seq: int) -> str:
+    """The page_token of the page after the device with this seq (store/base.py's cursor):
+    the deep pages start in the middle of the fleet, as after following page tokens there."""
+    return base64.urlsafe_b64encode(f"devices:{seq}".encode()).decode().rstrip("=")
+
+
+def list_device_cases(devices: int) -> list[tuple[str, dict[str, Any]]]:
+    """ListDevices' filters as timed at every size: (name, ListDevicesRequest fields).
+
+    Each is timed on its first page and on a deep page (device_cursor). Filters that
+    ListDevices gains go in this list, with values fleet_device_rows gives them.
+    """
+    return [
+        ("no filter", {}),
+        ("token_id (10 devices)", {"token_id": _token_id(7)}),
+        ("state=active", {"state": admin_pb2.DEVICE_STATE_ACTIVE}),
+        ("state=expired (1 %)", {"state": admin_pb2.DEVICE_STATE_EXPIRED}),
+        ("state=revoked (2 %)", {"state": admin_pb2.DEVICE_STATE_REVOKED}),
+        ("hostname (1 device)", {"hostname": f"host-{devices // 2}"}),
+        ("tag=prod (1 in 10)", {"tag": "prod"}),
+        (f"tag=rare (1 in {RARE_TAG_EVERY:,})", {"tag": "rare"}),
+        # --- hostname_prefix and facts filters: add their cases here ---
+    ]
+
+
+_STATES = {
+    admin_pb2.DEVICE_STATE_ACTIVE: DeviceState.ACTIVE,
+    admin_pb2.DEVICE_STATE_EXPIRED: DeviceState.EXPIRED,
+    admin_pb2.DEVICE_STATE_REVOKED: DeviceState.REVOKED,
+}
+
+
+def _store_filters(fields: dict[str, Any], now: datetime) -> dict[str, Any]:
+    """A case's request fields as Store.list_devices' keyword arguments (for --explain)."""
+    kwargs = dict(fields)
+    if "state" in kwargs:
+        kwargs["state"], kwargs["now"] = _STATES[kwargs["state"]], now
+    return kwargs
+
+
+def _timed_for(calls: int, seconds: float, call: Callable[[int], object]) -> dict[str, float]:
+    """As _timed, but stops after `seconds` (at least 5 calls): a slow case takes its time once."""
+    samples = []
+    deadline = time.perf_counter() + seconds
+    for i in range(calls):
+        t0 = time.perf_counter()
+        call(i)
+        samples.append(time.perf_counter() - t0)
+        if i >= 4 and t0 > deadline:
+            break
+    return _percentiles(samples)
+
+
+def measure_fleet_reads(
+    server: SielumProcess, devices: int, calls: int, seconds: float
+) -> dict[str, Any]:
+    admin = server.admin()
+    creds = grpc.ssl_channel_credentials(
+        root_certificates=server.ca_pem,
+        private_key=(server.data_dir / "admin" / "admin.key").read_bytes(),
+        certificate_chain=(server.data_dir / "admin" / "admin.pem").read_bytes(),
+    )
+    directory_channel = grpc.secure_channel(f"127.0.0.1:{server.api_port}", creds)
+    directory = directory_pb2_grpc.DirectoryServiceStub(directory_channel)
+    enroll_channel = grpc.secure_channel(
+        server.enroll_target, grpc.ssl_channel_credentials(root_certificates=server.ca_pem)
+    )
+    enrolled = enroll_pb2_grpc.EnrollServiceStub(enroll_channel).Enroll(
+        enroll_pb2.EnrollRequest(
+            token=server.create_token(), csr_pem=csr_pool(1)[0], hostname="fleet-reads"
+        ),
+        timeout=30,
+    )
+    middle = device_cursor(devices // 2)
+    results: dict[str, Any] = {}
+    # The dashboard's overview page makes this one call (static/js/pages/overview.js).
+    results["GetOverview (days=30)"] = _timed_for(
+        calls,
+        seconds,
+        lambda _: admin.GetOverview(admin_pb2.GetOverviewRequest(days=30), timeout=60),
+    )
+    for name, fields in list_device_cases(devices):
+        for page, token in (("first page", ""), ("deep page", middle)):
+            results[f"ListDevices {name}, {page}"] = _timed_for(
+                calls,
+                seconds,
+                lambda _, fields=fields, token=token: admin.ListDevices(
+                    admin_pb2.ListDevicesRequest(page_size=100, page_token=token, **fields),
+                    timeout=60,
+                ),
+            )
+    check = directory_pb2.CheckCertificateRequest(certificate_pem=enrolled.certificate_pem)
+    assert directory.CheckCertificate(check, timeout=30).valid
+    results["CheckCertificate (current)"] = _timed_for(
+        calls, seconds, lambda _: directory.CheckCertificate(check, timeout=30)
+    )
+    directory_channel.close()
+    enroll_channel.close()
+    return results
+
+
+def explain_fleet_reads(url: str, devices: int) -> dict[str, str]:
+    """EXPLAIN (ANALYZE, BUFFERS) of the statements each read makes, as the Store makes them."""
+    import logging
+
+    import psycopg2
+
+    statements: list[tuple[str, Any]] = []
+
+    class Capture(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if isinstance(record.msg, tuple):
+                statements.append(record.msg)
+
+    peewee_log = logging.getLogger("peewee")
+    handler, level = Capture(), peewee_log.level
+    peewee_log.addHandler(handler)
+    peewee_log.setLevel(logging.DEBUG)
+    store = Store.open(url)
+    now = datetime.now(UTC)
+    reads: dict[str, Callable[[], object]] = {
+        "GetOverview (days=30)": lambda: (
+            store.state_counts(now),
+            store.enrollments_per_day(now - timedelta(days=29)),
+        ),
+    }
+    for name, fields in list_device_cases(devices):
+        for page, token in (("first page", ""), ("deep page", device_cursor(devices // 2))):
+            reads[f"ListDevices {name}, {page}"] = lambda fields=fields, token=token: (
+                store.list_devices(page_size=100, cursor=token, **_store_filters(fields, now))
+            )
+    plans: dict[str, str] = {}
+    conn = psycopg2.connect(url)
+    conn.autocommit = True
+    try:
+        for name, read in reads.items():
+            statements.clear()
+            read()
+            text = []
+            for sql, params in list(statements):
+                with conn.cursor() as cur:
+                    cur.execute(f"EXPLAIN (ANALYZE, BUFFERS) {sql}", params)
+                    text += [sql, *(row[0] for row in cur.fetchall()), ""]
+            plans[name] = "\n".join(text)
+    finally:
+        conn.close()
+        store.close()
+        peewee_log.removeHandler(handler)
+        peewee_log.setLevel(level)
+    return plans
+
+
+def run_fleet_reads(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    sizes = [int(n) for n in args.sizes.split(",")]
+    report: dict[str, Any] = {"sizes": {}, "plans": {}}
+    for devices in sizes:
+        data_dir = work / f"fleet-{devices}" / "data"
+        data_dir.parent.mkdir(parents=True)
+        init_data_dir(data_dir)
+        url = fresh_postgres()
+        try:
+            Store.open(url).close()  # migrate
+            started = time.monotonic()
+            load_fleet(url, devices, max(devices // 10, 1), datetime.now(UTC))
+            print(f"  {devices} devices loaded in {time.monotonic() - started:.0f} s", flush=True)
+            server = start_sielum(data_dir, database_url=url, workers=args.workers)
+            try:
+                load0 = os.getloadavg()
+                figures = measure_fleet_reads(server, devices, args.pages, args.case_seconds)
+                figures["load average"] = [os.getloadavg(), load0]
+            finally:
+                server.stop()
+            for name, f in figures.items():
+                if isinstance(f, dict):
+                    print(
+                        f"  {devices:>9,} {name:58} p50 {f['p50_ms']:8.2f} "
+                        f"p99 {f['p99_ms']:8.2f} ms  (n={f['n']})",
+                        flush=True,
+                    )
+            report["sizes"][str(devices)] = figures
+            if args.explain and devices == max(sizes):
+                report["plans"] = explain_fleet_reads(url, devices)
+        finally:
+            drop_postgres()
+    return report
+
+
+def print_fleet_table(report: dict[str, Any]) -> None:
+    sizes = list(report["sizes"])
+    print()
+    header = " | ".join(f"{int(n):,} p50 ms | {int(n):,} p99 ms" for n in sizes)
+    print(f"| call | {header} | p99 {int(sizes[-1]):,} ÷ {int(sizes[0]):,} |")
+    print("|---|" + "---|---|" * len(sizes) + "---|")
+    first, last = report["sizes"][sizes[0]], report["sizes"][sizes[-1]]
+    for name, f in first.items():
+        if not isinstance(f, dict):
+            continue
+        cells = " | ".join(
+            f"{report['sizes'][n][name]['p50_ms']:.2f} | {report['sizes'][n][name]['p99_ms']:.2f}"
+            for n in sizes
+        )
+        print(f"| {name} | {cells} | {last[name]['p99_ms'] / f['p99_ms']:.1f} |")
+    for n in sizes:
+        print(f"load average during {int(n):,}: {report['sizes'][n]['load average']}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--devices", type=int, default=1_000_000)
@@ -506,8 +771,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--quick", action="store_true", help="20,000 devices and audit events, 2,000 tokens"
     )
+    parser.add_argument(
+        "--fleet-reads",
+        action="store_true",
+        help="PostgreSQL only: the overview, ListDevices' filters (first and deep page) and "
+        "CheckCertificate at each of --sizes devices",
+    )
+    parser.add_argument("--sizes", default="10000,1000000", help="with --fleet-reads")
+    parser.add_argument(
+        "--case-seconds", type=float, default=20.0, help="with --fleet-reads: at most per case"
+    )
+    parser.add_argument(
+        "--explain", action="store_true", help="with --fleet-reads: plans at the largest size"
+    )
     parser.add_argument("--json-out", type=Path)
     args = parser.parse_args(argv)
+    if args.fleet_reads:
+        work = Path(tempfile.mkdtemp(prefix="sielum-scale-"))
+        try:
+            fleet = run_fleet_reads(args, work)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        print_fleet_table(fleet)
+        for name, plan in fleet["plans"].items():
+            print(f"\n--- {name}\n{plan}")
+        if args.json_out:
+            args.json_out.write_text(json.dumps(fleet, indent=1))
+        return 0
     if args.quick:
         args.devices, args.tokens = min(args.devices, 20_000), min(args.tokens, 2_000)
         args.audit_events = min(args.audit_events, 20_000)

@@ -10,11 +10,23 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from sielum.errors import InvalidArgumentError
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
 
 def to_timestamp(value: datetime) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromDatetime(value.astimezone(UTC))
-    return stamp
+    """The instant as a Timestamp; a naive value is taken as local time, as astimezone does.
+
+    An aware value is counted from the epoch in whole microseconds, what
+    Timestamp.FromDatetime gives, at a third of its cost: every heartbeat's answer
+    carries three (tests/unit/test_pb.py::test_to_timestamp_agrees_with_from_datetime).
+    """
+    if value.tzinfo is None:
+        stamp = Timestamp()
+        stamp.FromDatetime(value.astimezone(UTC))
+        return stamp
+    seconds, micros = divmod((value - _EPOCH) // _MICROSECOND, 1_000_000)
+    return Timestamp(seconds=seconds, nanos=micros * 1000)
 
 
 def to_duration(value: timedelta) -> Duration:

@@ -1433,3 +1433,43 @@ def test_state_counts_read_indexes_not_the_device_table(sqlite_url: str) -> None
     assert any("device_revoked_seq" in step for step in plan), plan
     assert any("device_unrevoked_not_after" in step for step in plan), plan
     assert not any(step.startswith("SCAN device") and "INDEX" not in step for step in plan), plan
+
+
+def test_standing_read_sees_every_commit_and_survives_dropped_connections(
+    postgres_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The device gate's read runs on PostgreSQL as a prepared statement on connections of
+    its own (store/database.py PreparedRead): it still sees another replica's revocation
+    at once, comes back after PostgreSQL dropped its connections, and answers UNAVAILABLE
+    while PostgreSQL refuses them."""
+    dbname = postgres_url.rsplit("/", 1)[1]
+    store = Store.open(postgres_url)
+    other = Store.open(postgres_url)  # another replica
+    try:
+        add_token(store)
+        enroll(store, "dev1")
+        assert store.get_device_standing("dev1").revoked_at is None
+        assert _psql(
+            postgres_url,
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND query LIKE %s",
+            (dbname, "EXECUTE sielum_standing%"),
+        ) == [(1,)]
+        other.revoke_device("dev1", T0, audit("device.revoke", "device/dev1"))
+        assert store.get_device_standing("dev1").revoked_at == T0
+
+        _terminate_backends(postgres_url, wait=True)
+        # Its kept connection is dead: the read reconnects and prepares anew.
+        assert store.get_device_standing("dev1").revoked_at == T0
+        assert "lost the PostgreSQL connection" in caplog.text
+        with pytest.raises(NotFoundError, match=r"^device not found$"):
+            store.get_device_standing("nope")
+
+        _psql(postgres_url, f'ALTER DATABASE "{dbname}" ALLOW_CONNECTIONS false')
+        _terminate_backends(postgres_url, wait=True)
+        with pytest.raises(UnavailableError, match=r"^database unavailable, try again$"):
+            store.get_device_standing("dev1")
+        _psql(postgres_url, f'ALTER DATABASE "{dbname}" ALLOW_CONNECTIONS true')
+        assert store.get_device_standing("dev1").revoked_at == T0
+    finally:
+        other.close()
+        store.close()

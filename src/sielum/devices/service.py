@@ -66,6 +66,11 @@ class DeviceService:
         self._pace = devices.renewal_pace(ca.device_ttl)
         self._heartbeat_interval = devices.check_heartbeat_interval(heartbeat_interval)
 
+    @property
+    def heartbeat_interval(self) -> timedelta:
+        """The interval every heartbeat's answer advises."""
+        return self._heartbeat_interval
+
     def _standing(self, device_id: str) -> DeviceStanding:
         try:
             return self._store.get_device_standing(device_id)

@@ -13,6 +13,8 @@ class AgentServicer:
 
     def __init__(self, service: DeviceService) -> None:
         self._service = service
+        # The advised interval is the server's setting: made once, copied into each answer.
+        self._interval = to_duration(service.heartbeat_interval)
 
     def Heartbeat(
         self, request: agent_pb2.HeartbeatRequest, call: Call
@@ -26,7 +28,7 @@ class AgentServicer:
             server_time=to_timestamp(beat.server_time),
             not_after=to_timestamp(beat.not_after),
             renew_after=to_timestamp(beat.renew_after),
-            heartbeat_interval=to_duration(beat.heartbeat_interval),
+            heartbeat_interval=self._interval,
         )
 
     def RenewCertificate(

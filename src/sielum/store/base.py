@@ -20,7 +20,14 @@ from playhouse.pool import MaxConnectionsExceeded, PooledDatabase
 
 from sielum.errors import InvalidArgumentError, NotFoundError, UnavailableError
 from sielum.model import AuditEvent, DeviceEventKind, Page
-from sielum.store.database import describe_error, execute, is_unavailable, write_transaction
+from sielum.store.database import (
+    PreparedRead,
+    ReconnectingPostgresqlDatabase,
+    describe_error,
+    execute,
+    is_unavailable,
+    write_transaction,
+)
 from sielum.store.models import Tables, bind_tables, from_micros, to_micros
 from sielum.store.statements import _CountSql, _EnrollmentSql
 
@@ -48,35 +55,50 @@ _RAW_DRIVER_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+_CONNECTION_ERRORS = (
+    peewee.OperationalError,
+    peewee.InterfaceError,
+    MaxConnectionsExceeded,
+    *_RAW_DRIVER_ERRORS,
+)
+
+
+def as_unavailable(exc: BaseException, where: str) -> UnavailableError | None:
+    """UnavailableError, logged, for an error that means "database unreachable"; None for a bug.
+
+    peewee wraps the driver's errors only while a statement executes; reading the
+    rows afterwards raises the driver's own, e.g. psycopg2's "cursor already
+    closed" when the connection died in between (seen with PostgreSQL
+    unreachable). Those are judged as if peewee had wrapped them
+    (tests/robust/test_crashes.py::test_ok_connection_lost_while_reading_rows).
+    The cause is logged (the driver's message never holds a password); the
+    client gets only the generic message.
+    """
+    if isinstance(exc, _RAW_DRIVER_ERRORS):
+        wrapped = peewee.OperationalError(exc)
+        wrapped.__context__ = exc  # where peewee's own wrapping leaves the cause
+        exc = wrapped
+    if not is_unavailable(exc):
+        return None
+    log.warning("database unavailable in %s: %s", where, describe_error(exc))
+    return UnavailableError("database unavailable, try again")
+
+
 def _guarded(method: Callable[Concatenate[S, P], R]) -> Callable[Concatenate[S, P], R]:
     """Run a Store method on a connection and turn "database unreachable" into UnavailableError.
 
-    Other database errors are bugs and propagate as they are. The cause is
-    logged (the driver's message never holds a password); the client gets only
-    the generic message.
+    Other database errors are bugs and propagate as they are (as_unavailable).
     """
 
     def wrapper(store: S, /, *args: P.args, **kwargs: P.kwargs) -> R:
         try:
             with store._connection():
                 return method(store, *args, **kwargs)
-        except (peewee.OperationalError, peewee.InterfaceError, MaxConnectionsExceeded) as exc:
-            if not is_unavailable(exc):
+        except _CONNECTION_ERRORS as exc:
+            unavailable = as_unavailable(exc, method.__name__)
+            if unavailable is None:
                 raise
-            log.warning("database unavailable in %s: %s", method.__name__, describe_error(exc))
-            raise UnavailableError("database unavailable, try again") from exc
-        except _RAW_DRIVER_ERRORS as exc:
-            # peewee wraps the driver's errors only while a statement executes; reading
-            # the rows afterwards raises the driver's own, e.g. psycopg2's "cursor
-            # already closed" when the connection died in between (seen with
-            # PostgreSQL unreachable). Judged as if peewee had wrapped them
-            # (tests/robust/test_crashes.py::test_ok_connection_lost_while_reading_rows).
-            wrapped = peewee.OperationalError(exc)
-            wrapped.__context__ = exc  # where peewee's own wrapping leaves the cause
-            if not is_unavailable(wrapped):
-                raise
-            log.warning("database unavailable in %s: %s", method.__name__, describe_error(wrapped))
-            raise UnavailableError("database unavailable, try again") from exc
+            raise unavailable from exc
 
     functools.update_wrapper(wrapper, method)
     return wrapper
@@ -97,6 +119,12 @@ class StoreBase:
         self._pooled = isinstance(db, PooledDatabase)
         self._sql = _EnrollmentSql.build(db, self._t)
         self._count_sql = _CountSql.build(db, self._t)
+        # PostgreSQL: the device gate's lookup, on connections of its own (PreparedRead).
+        self._standing_read = (
+            PreparedRead(db, "sielum_standing", self._sql.select_standing)
+            if isinstance(db, ReconnectingPostgresqlDatabase)
+            else None
+        )
 
     def _connection(self) -> contextlib.AbstractContextManager[Any]:
         if self._pooled:

@@ -98,6 +98,13 @@ class ReconnectingPostgresqlDatabase(PooledPostgresqlDatabase):  # type: ignore[
     def begin(self, *args: Any, **kwargs: Any) -> Any:
         return self._retry_if_gone(super().begin, *args, **kwargs)
 
+    def unpooled_connection(self) -> Any:
+        """A new psycopg2 connection made as the pool makes its own, but not the pool's."""
+        # The pool's own _connect hands out pooled ones; its parent's makes a new one.
+        conn = cast(Any, peewee.PostgresqlDatabase)._connect(self)
+        self._initialize_connection(conn)
+        return conn
+
     def _retry_if_gone(self, statement: Any, *args: Any, **kwargs: Any) -> Any:
         had_connection = not self.is_closed()
         try:
@@ -118,6 +125,92 @@ class ReconnectingPostgresqlDatabase(PooledPostgresqlDatabase):  # type: ignore[
             finally:
                 self._state.ctx[:] = contexts
             return statement(*args, **kwargs)
+
+
+class PreparedRead:
+    """One hot read, run as a prepared statement on PostgreSQL connections of its own.
+
+    Made for the device gate's lookup, which every device call makes (a heartbeat
+    makes nothing else): PostgreSQL parses and plans it once per connection, and
+    the call goes from the caller to psycopg2 with nothing in between (no pool
+    checkout and check-in, no peewee wrapper). Where calls come one by one, each
+    one finds the code it runs out of the CPU's caches, and the shorter path
+    counted for most of what this saved (bench/RESULTS.md, "Heartbeats on
+    PostgreSQL, two replicas").
+
+    The connections are kept in a list, one taken per call (as many as calls
+    reading at once: one on the event loop, or one per thread of a ThreadRunner),
+    in autocommit: every read sees every commit made before it, by any replica.
+    Each is replaced after PG_POOL_RECYCLE_SECONDS, as the pool's are. A read
+    that fails on a kept connection, which PostgreSQL may have dropped (a restart,
+    a failover), drops the kept ones and runs once more on a new one; the wait
+    for an answer is bounded as every statement's is (_wait_bounded).
+    """
+
+    def __init__(self, db: ReconnectingPostgresqlDatabase, name: str, sql: str) -> None:
+        self._db = db
+        self._prepare = f"PREPARE {name} AS {_numbered(sql)}"
+        placeholders = ", ".join(["%s"] * sql.count("%s"))
+        self._execute = f"EXECUTE {name} ({placeholders})" if placeholders else f"EXECUTE {name}"
+        self._idle: list[tuple[Any, float]] = []  # (connection, opened at); list ops are atomic
+
+    def fetchone(self, params: Sequence[object]) -> Any:
+        """The first row, or None; peewee's OperationalError or InterfaceError if PostgreSQL
+        cannot be reached, as from execute_sql."""
+        try:
+            conn, opened = self._idle.pop()
+        except IndexError:
+            return self._fetch_fresh(params)
+        try:
+            cursor = conn.cursor()
+            cursor.execute(self._execute, params)
+            row = cursor.fetchone()
+        except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
+            log.warning("lost the PostgreSQL connection (%s); reconnecting", describe_error(exc))
+            conn.close()
+            self.close()  # the others went to the same server
+            return self._fetch_fresh(params)
+        except BaseException:
+            conn.close()
+            raise
+        if time.monotonic() - opened < PG_POOL_RECYCLE_SECONDS:
+            self._idle.append((conn, opened))
+        else:
+            conn.close()
+        return row
+
+    def _fetch_fresh(self, params: Sequence[object]) -> Any:
+        # As execute_sql: psycopg2's errors as peewee's, for the Store to judge.
+        with _PEEWEE_ERRORS:
+            conn = self._db.unpooled_connection()
+            try:
+                cursor = conn.cursor()
+                cursor.execute(self._prepare)
+                cursor.execute(self._execute, params)
+                row = cursor.fetchone()
+            except BaseException:
+                conn.close()
+                raise
+        self._idle.append((conn, time.monotonic()))
+        return row
+
+    def close(self) -> None:
+        """Closes the kept connections; one in use meanwhile is kept when its read ends."""
+        while self._idle:
+            try:
+                conn, _ = self._idle.pop()
+            except IndexError:
+                return
+            conn.close()
+
+
+_PEEWEE_ERRORS = cast(Any, peewee).__exception_wrapper__
+
+
+def _numbered(sql: str) -> str:
+    """A statement's %s placeholders as PREPARE wants them: $1, $2, ... in order."""
+    parts = sql.split("%s")
+    return "".join(part + (f"${n}" if n < len(parts) else "") for n, part in enumerate(parts, 1))
 
 
 def _pg_txn_unknown() -> int:

@@ -21,12 +21,14 @@ from sielum.model import (
     RenewalPace,
 )
 from sielum.store.base import (
+    _CONNECTION_ERRORS,
     DEFAULT_PAGE_SIZE,
     PageBudget,
     _guarded,
     _keyset_page,
     _micros,
     _time,
+    as_unavailable,
 )
 from sielum.store.certificates import CertificateStore
 from sielum.store.database import execute, is_sqlite, is_unavailable, write_transaction
@@ -192,10 +194,22 @@ class DeviceStore(CertificateStore):
             raise NotFoundError(_DEVICE_NOT_FOUND)
         return _device(row)
 
-    @_guarded
     def get_device_standing(self, device_id: str) -> DeviceStanding:
-        """What the device gate needs, in one indexed lookup of a few short columns."""
-        row = execute(self.db, self._sql.select_standing, (device_id,)).fetchone()
+        """What the device gate needs, in one indexed lookup of a few short columns.
+
+        On PostgreSQL a prepared statement on connections of its own, outside the
+        pool (store/database.py PreparedRead): every device call makes it.
+        """
+        if self._standing_read is None:
+            row = self._standing_row(device_id)
+        else:
+            try:
+                row = self._standing_read.fetchone((device_id,))
+            except _CONNECTION_ERRORS as exc:
+                unavailable = as_unavailable(exc, "get_device_standing")
+                if unavailable is None:
+                    raise
+                raise unavailable from exc
         if row is None:
             raise NotFoundError(_DEVICE_NOT_FOUND)
         return DeviceStanding(
@@ -206,6 +220,10 @@ class DeviceStore(CertificateStore):
             revoked_at=_time(row[4]),
             renewal_tat=_time(row[5]),
         )
+
+    @_guarded
+    def _standing_row(self, device_id: str) -> Any:
+        return execute(self.db, self._sql.select_standing, (device_id,)).fetchone()
 
     @_guarded
     def list_devices(

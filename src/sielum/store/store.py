@@ -72,6 +72,8 @@ class Store(
 
     def close(self) -> None:
         """Close the connections: all of a pool's, or the calling thread's SQLite connection."""
+        if self._standing_read is not None:
+            self._standing_read.close()
         if isinstance(self.db, PooledDatabase):
             self.db.close_all()
         else:
