@@ -201,6 +201,16 @@ def load_postgres(
         ):
             while (chunk := _copy_text(rows, 100_000)) is not None:
                 cur.copy_expert(f"COPY {table} ({columns}) FROM STDIN", chunk)
+        # The devices' tags and facts as labels, as enrollments write them (migration 14).
+        cur.execute(
+            "INSERT INTO device_label (label, device_seq) SELECT 't:' || j, d.seq"
+            " FROM device d, json_array_elements_text(d.tags::json) j"
+        )
+        cur.execute(
+            "INSERT INTO device_label (label, device_seq)"
+            " SELECT 'f:' || j.key || '=' || j.value, d.seq"
+            " FROM device d, json_each_text(d.facts::json) j"
+        )
     conn.autocommit = True
     with conn.cursor() as cur:
         cur.execute("VACUUM ANALYZE")
@@ -542,6 +552,16 @@ def load_fleet(url: str, devices: int, tokens: int, now: datetime) -> None:
         ):
             while (chunk := _copy_text(rows, 100_000)) is not None:
                 cur.copy_expert(f"COPY {table} ({columns}) FROM STDIN", chunk)
+        # The devices' tags and facts as labels, as enrollments write them (migration 14).
+        cur.execute(
+            "INSERT INTO device_label (label, device_seq) SELECT 't:' || j, d.seq"
+            " FROM device d, json_array_elements_text(d.tags::json) j"
+        )
+        cur.execute(
+            "INSERT INTO device_label (label, device_seq)"
+            " SELECT 'f:' || j.key || '=' || j.value, d.seq"
+            " FROM device d, json_each_text(d.facts::json) j"
+        )
     conn.autocommit = True
     with conn.cursor() as cur:
         cur.execute("VACUUM ANALYZE")
@@ -569,7 +589,13 @@ def list_device_cases(devices: int) -> list[tuple[str, dict[str, Any]]]:
         ("hostname (1 device)", {"hostname": f"host-{devices // 2}"}),
         ("tag=prod (1 in 10)", {"tag": "prod"}),
         (f"tag=rare (1 in {RARE_TAG_EVERY:,})", {"tag": "rare"}),
-        # --- hostname_prefix and facts filters: add their cases here ---
+        (
+            f"hostname_prefix host-{devices // 20} (11 devices)",
+            {"hostname_prefix": f"host-{devices // 20}"},
+        ),
+        ("fact os=linux (every device)", {"facts": {"os": "linux"}}),
+        ("fact os=bsd (none)", {"facts": {"os": "bsd"}}),
+        ("tag=rare and fact os=linux", {"tag": "rare", "facts": {"os": "linux"}}),
     ]
 
 

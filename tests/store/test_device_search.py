@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import uuid
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -10,9 +11,10 @@ from typing import Any
 import pytest
 
 from sielum.model import Device
+from sielum.store.database import is_sqlite
 from sielum.store.store import Store
 
-from .test_store import T0, add_token, audit, new_device
+from .test_store import T0, _plan, add_token, audit, new_device
 
 HOSTNAMES = [
     "web-1",
@@ -244,5 +246,91 @@ def test_a_database_in_a_language_collation_is_searched_without_the_range(
             want = [d.id for d in newest_first if d.hostname.startswith(prefix)]
             assert _listed(store, hostname_prefix=prefix) == want, prefix
         assert len(_listed(store, hostname_prefix="c")) == 2
+    finally:
+        store.close()
+
+
+def test_tags_and_facts_walk_their_labels(store: Store) -> None:
+    """A tag or a fact is found from its labels, newest first, not by reading every
+    device: the first label's key orders the page, the others are looked up."""
+    add_token(store)
+    for n in range(30):
+        device = dataclasses.replace(
+            new_device(f"lab{n:03}"), tags=("web",) if n % 3 else ("db",), facts={"os": "linux"}
+        )
+        store.enroll_device(device, T0, audit("device.enroll", f"device/{device.id}"))
+    if not is_sqlite(store.db):
+        with store.db.connection_context():
+            store.db.execute_sql("ANALYZE")
+    label_index = "PRIMARY KEY (label=?" if is_sqlite(store.db) else "device_label_pkey"
+    for filters in (
+        {"tag": "db"},
+        {"facts": {"os": "linux"}},
+        {"tag": "db", "facts": {"os": "linux"}},
+    ):
+        query, key = store._devices_query(**filters)  # type: ignore[arg-type]
+        sql, params = query.order_by(key.desc()).limit(101).sql()
+        plan = _plan(store, sql, tuple(params))
+        assert label_index in plan, plan
+        # No walk of every device, and no sort of what the labels found.
+        assert not re.search(r"^SCAN \w+$", plan, re.MULTILINE), plan
+        assert "TEMP B-TREE" not in plan and "Sort" not in plan, plan
+    db = _listed(store, tag="db")
+    assert db == [f"lab{n:03}" for n in reversed(range(0, 30, 3))]
+    assert _listed(store, tag="db", facts={"os": "linux"}) == db
+    assert _listed(store, tag="db", facts={"os": "bsd"}) == []
+    assert _listed(store, tag="nobody") == []
+
+
+def test_a_fact_name_with_an_equals_sign_is_refused_before_any_query() -> None:
+    from sielum.store.devices import fact_label
+
+    assert fact_label("os", "a=b") == "f:os=a=b"
+    with pytest.raises(ValueError, match="no '='"):
+        fact_label("a=b", "c")
+
+
+def test_step_14_labels_the_devices_enrolled_before_it(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Devices written before device_label existed are found by their tags and facts."""
+    from sielum.store import connect, migrations
+
+    earlier = tuple(m for m in migrations.MIGRATIONS if m.version < 14)
+    with monkeypatch.context() as patched:
+        patched.setattr(migrations, "MIGRATIONS", earlier)
+        patched.setattr(migrations, "LATEST_VERSION", earlier[-1].version)
+        old = Store(connect(database_url))
+        try:
+            old.migrate()
+            add_token(old)
+            rows = [
+                ("old1", '["web","eu"]', '{"arch":"arm64","os":"linux"}'),
+                ("old2", '["web"]', '{"note":"a=b, c","os":"linux"}'),
+                ("old3", "[]", "{}"),
+                ("old4", '["db","db"]', '{"uni":"ünï 😀"}'),
+            ]
+            with old.db.connection_context():
+                p = old.db.param
+                for n, (device_id, tags, facts) in enumerate(rows):
+                    old.db.execute_sql(
+                        "INSERT INTO device (id, hostname, token_id, public_key_sha256, serial,"
+                        " certificate_pem, not_after, enrolled_at, peer, tags, facts)"
+                        f" VALUES ({', '.join([p] * 11)})",
+                        (
+                            device_id, "h", "tok", f"k{n}", f"s{n}", "PEM", 1, 1, "p", tags,
+                            facts,
+                        ),
+                    )  # fmt: skip
+        finally:
+            old.close()
+    store = Store.open(database_url)
+    try:
+        assert _listed(store, tag="web") == ["old2", "old1"]
+        assert _listed(store, tag="db") == ["old4"]
+        assert _listed(store, facts={"os": "linux"}) == ["old2", "old1"]
+        assert _listed(store, facts={"note": "a=b, c"}) == ["old2"]
+        assert _listed(store, facts={"uni": "ünï 😀"}) == ["old4"]
+        assert _listed(store, tag="web", facts={"arch": "arm64"}) == ["old1"]
     finally:
         store.close()

@@ -276,13 +276,19 @@ def _keyset_page(
     cursor: str,
     convert: Callable[[Any], R],
     budget: PageBudget[R] | None = None,
+    *,
+    key: Any = None,
 ) -> Page[R]:
-    """One page of query, newest first, after the cursor's seq; one row more says "more"."""
+    """One page of query, newest first, after the cursor's seq; one row more says "more".
+
+    key is the column that orders the page, model.seq or a column the query joined equal
+    to it (an index the query walks in that order)."""
     size = _page_size(page_size)
+    key = model.seq if key is None else key
     after = _decode_cursor(cursor, kind)
     if after is not None:
-        query = query.where(model.seq < after)
-    rows = list(query.order_by(model.seq.desc()).limit(size + 1))
+        query = query.where(key < after)
+    rows = list(query.order_by(key.desc()).limit(size + 1))
     items = [convert(r) for r in rows[:size]]
     if budget is not None:
         spent = 0

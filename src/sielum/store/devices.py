@@ -101,6 +101,7 @@ class DeviceStore(CertificateStore):
                 if consumed.rowcount == 0:
                     raise TokenUnusableError(_TOKEN_UNUSABLE)
                 execute(self.db, sql.insert_device, _device_values(device, facts))
+                self._record_labels([device])
                 self._record_first_certificate(device.id)
                 self._insert_audit(new.audit)
                 self._record_device_event(DeviceEventKind.ENROLLED, device.id, new.now)
@@ -178,11 +179,28 @@ class DeviceStore(CertificateStore):
             if written:
                 ids = [batch[i].device.id for i in written]
                 execute(self.db, sql.batch(len(written)).insert_certificates, ids)
+                self._record_labels([batch[i].device for i in written])
                 self._insert_audits([batch[i].audit for i in written])
                 self._record_device_events(
                     DeviceEventKind.ENROLLED, [(batch[i].device.id, batch[i].now) for i in written]
                 )
         return outcomes
+
+    def _record_labels(self, devices: Sequence[Device]) -> None:
+        """The tags and facts of devices just inserted, as device_label rows: one INSERT
+        per 500 labels (an enrollment has about five)."""
+        pairs = [(label, device.id) for device in devices for label in device_labels(device)]
+        p = self.db.param
+        for start in range(0, len(pairs), _LABELS_PER_INSERT):
+            chunk = pairs[start : start + _LABELS_PER_INSERT]
+            values = ", ".join([f"({p}, {p})"] * len(chunk))
+            execute(
+                self.db,
+                # VALUES' columns are column1 and column2 on SQLite and PostgreSQL alike.
+                "INSERT INTO device_label (label, device_seq) SELECT v.column1, d.seq"  # noqa: S608
+                f" FROM (VALUES {values}) AS v JOIN device d ON d.id = v.column2",
+                [item for pair in chunk for item in pair],
+            )
 
     # Devices
 
@@ -245,7 +263,9 @@ class DeviceStore(CertificateStore):
         hostname_prefix keeps the host names that start with it, and facts the devices
         whose facts hold every one of these names with exactly that value; every
         filter given must hold. A prefix walks the hostname index where text sorts by
-        code point; facts have no index, and narrow what the other filters find.
+        code point. A tag or a fact walks its labels (migration 14), newest first, and
+        more of them are each one lookup per device
+        (tests/store/test_device_search.py::test_tags_and_facts_walk_their_labels).
 
         Each filter has an index (migrations v1 and v2): token_id and hostname walk
         theirs newest first; revoked ones are a partial index of their own; expired
@@ -256,6 +276,25 @@ class DeviceStore(CertificateStore):
         With a budget, the page also ends before the device that would take it over
         budget.max_bytes (never before the first), and the cursor resumes there.
         """
+        query, key = self._devices_query(
+            token_id=token_id, hostname=hostname, state=state, now=now, tag=tag,
+            hostname_prefix=hostname_prefix, facts=facts,
+        )  # fmt: skip
+        D = self._t.device
+        return _keyset_page(D, query, "devices", page_size, cursor, _device, budget, key=key)
+
+    def _devices_query(
+        self,
+        *,
+        token_id: str = "",
+        hostname: str = "",
+        state: DeviceState | None = None,
+        now: datetime | None = None,
+        tag: str = "",
+        hostname_prefix: str = "",
+        facts: Mapping[str, str] | None = None,
+    ) -> tuple[Any, Any]:
+        """list_devices' query, and the column its pages are ordered by."""
         D = self._t.device
         query = D.select()
         if token_id:
@@ -268,15 +307,30 @@ class DeviceStore(CertificateStore):
                     D, hostname_prefix, ranged=self._text_sorts_by_code_point()
                 )
             )
-        if tag:
-            query = query.where(device_tag_condition(D, tag))
-        for name, value in sorted((facts or {}).items()):
-            query = query.where(device_fact_condition(D, name, value, sqlite=is_sqlite(self.db)))
+        # Tags and facts are labels (migration 14): the first walks its labels' key
+        # newest first and orders the page, the others are looked up by key.
+        labels = ([tag_label(tag)] if tag else []) + [
+            fact_label(name, value) for name, value in sorted((facts or {}).items())
+        ]
+        key = D.seq
+        if labels:
+            L = self._t.device_label
+            query = query.join(L, on=(L.device_seq == D.seq)).where(L.label == labels[0])
+            key = L.device_seq
+            for label in labels[1:]:
+                other = L.alias()
+                query = query.where(
+                    peewee.fn.EXISTS(
+                        other.select(peewee.SQL("1")).where(
+                            (other.label == label) & (other.device_seq == D.seq)
+                        )
+                    )
+                )
         if state is not None:
             if now is None:
                 raise ValueError("a state filter needs now")
             query = query.where(device_state_condition(D, state, now, sqlite=is_sqlite(self.db)))
-        return _keyset_page(D, query, "devices", page_size, cursor, _device, budget)
+        return query, key
 
     def _text_sorts_by_code_point(self) -> bool:
         """Whether the database compares text by code point, as SQLite's BINARY does.
@@ -508,17 +562,6 @@ def device_state_condition(
     return D.revoked_at.is_null() & (D.not_after > now)
 
 
-def device_tag_condition(D: Any, tag: str) -> Any:
-    """SQL that holds when the device carries tag: its JSON array holds the string "tag".
-
-    A tag is [a-z0-9._-] (tokenpolicy.check_tag), so no quote can break out of the
-    pattern; '_' is a LIKE wildcard and is escaped.
-    """
-    escaped = tag.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    pattern = peewee.Value(f'%"{escaped}"%')
-    return peewee.NodeList((D.tags, peewee.SQL("LIKE"), pattern, peewee.SQL("ESCAPE '\\'")))
-
-
 # Above every character a host name can hold (check_hostname refuses it: U+10FFFF is
 # not printable), so p + this is above every name that starts with p.
 _ABOVE_HOSTNAMES = "\U0010ffff"
@@ -539,27 +582,27 @@ def device_hostname_prefix_condition(D: Any, prefix: str, *, ranged: bool) -> An
     return (D.hostname >= prefix) & (D.hostname < prefix + _ABOVE_HOSTNAMES) & exact
 
 
-def device_fact_condition(D: Any, name: str, value: str, *, sqlite: bool) -> Any:
-    """SQL that holds when the device's facts hold name with exactly value.
+_LABELS_PER_INSERT = 500
 
-    Facts are stored as _facts_json writes them: one JSON object of strings, no spaces,
-    ASCII only. The pair, encoded the same way, is looked for between the object's "{"
-    or a "," and a "," or "}". Inside a JSON string every quote is escaped, so no '{"'
-    or ',"' occurs there: a match starts at a name, and since a JSON string reads the
-    same wherever it stands, it ends at that name's value. So no value with quotes,
-    commas or backslashes can fake a pair (tests/store/test_device_search.py).
 
-    The text is found with instr (strpos), not LIKE: SQLite's LIKE ignores case, and
-    a plain substring needs no escaping of wildcards.
-    """
-    pair = json.dumps(name) + ":" + json.dumps(value)
-    find = peewee.fn.instr if sqlite else peewee.fn.strpos
-    return (
-        (find(D.facts, "{" + pair + ",") > 0)
-        | (find(D.facts, "{" + pair + "}") > 0)
-        | (find(D.facts, "," + pair + ",") > 0)
-        | (find(D.facts, "," + pair + "}") > 0)
-    )
+def tag_label(tag: str) -> str:
+    """The label of a tag in device_label."""
+    return "t:" + tag
+
+
+def fact_label(name: str, value: str) -> str:
+    """The label of a fact in device_label. A fact name holds no '=' (check_facts), so
+    the first one ends it."""
+    if "=" in name:
+        raise ValueError(f"a fact name holds no '=': {name!r}")
+    return f"f:{name}={value}"
+
+
+def device_labels(device: Device) -> list[str]:
+    """Every label of device: its tags and its facts, once each."""
+    labels = [tag_label(tag) for tag in device.tags]
+    labels += [fact_label(name, value) for name, value in device.facts.items()]
+    return list(dict.fromkeys(labels))
 
 
 def _device_values(device: Device, facts_json: str) -> tuple[object, ...]:

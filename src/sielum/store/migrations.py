@@ -419,6 +419,37 @@ def _v13_crl_changes(d: Dialect) -> Sequence[str]:
     )
 
 
+def _v14_device_labels(d: Dialect) -> Sequence[str]:
+    """device_label: one row per tag ('t:<tag>') and per fact ('f:<name>=<value>': a fact
+    name holds no '=') of each device, keyed (label, device_seq), so that ListDevices
+    by a tag or a fact walks the devices that carry it, newest first, instead of every
+    device's JSON (store/devices.py::list_devices). Tags and facts are written once, at
+    enrollment. The backfill reads each device's JSON: about five rows a device.
+    """
+    # A device's facts are an object (one value per name); its tags, read DISTINCT.
+    if d.name == "sqlite":
+        tags = "SELECT DISTINCT 't:' || j.value, d.seq FROM device d, json_each(d.tags) j"
+        facts = "SELECT 'f:' || j.key || '=' || j.value, d.seq FROM device d, json_each(d.facts) j"
+    else:
+        tags = (
+            "SELECT DISTINCT 't:' || j, d.seq"
+            " FROM device d, json_array_elements_text(d.tags::json) j"
+        )
+        facts = (
+            "SELECT 'f:' || j.key || '=' || j.value, d.seq"
+            " FROM device d, json_each_text(d.facts::json) j"
+        )
+    return (
+        f"""CREATE TABLE device_label (
+            label TEXT NOT NULL,
+            device_seq BIGINT NOT NULL,
+            PRIMARY KEY (label, device_seq)
+        ){" WITHOUT ROWID" if d.name == "sqlite" else ""}""",
+        f"INSERT INTO device_label (label, device_seq) {tags}",
+        f"INSERT INTO device_label (label, device_seq) {facts}",
+    )
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema: token, device, audit_event", _v1_initial_schema),
     Migration(2, "indexes for listing devices by hostname and state", _v2_device_filters),
@@ -433,6 +464,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(11, "token policy, device tags, enrollment requests", _v11_token_policy),
     Migration(12, "device index by last call, for the silent devices", _v12_silent_devices),
     Migration(13, "device certificates marked with the change that refused them", _v13_crl_changes),
+    Migration(14, "device tags and facts as labels, for ListDevices", _v14_device_labels),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 

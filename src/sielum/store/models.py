@@ -56,6 +56,7 @@ class Tables:
     dashboard_login: Any
     dashboard_session: Any
     enrollment_request: Any
+    device_label: Any
 
     def all(self) -> tuple[Any, ...]:
         return (
@@ -69,6 +70,7 @@ class Tables:
             self.dashboard_login,
             self.dashboard_session,
             self.enrollment_request,
+            self.device_label,
         )
 
 
@@ -123,6 +125,16 @@ def bind_tables(db: peewee.Database) -> Tables:
 
         class Meta:
             table_name = "device"
+
+    class DeviceLabelRow(_Base):
+        """One tag or fact of a device, by which ListDevices finds it (store/devices.py)."""
+
+        label = peewee.TextField()
+        device_seq = peewee.BigIntegerField()
+
+        class Meta:
+            table_name = "device_label"
+            primary_key = peewee.CompositeKey("label", "device_seq")
 
     class AuditEventRow(_Base):
         seq = peewee.BigAutoField()
@@ -229,4 +241,5 @@ def bind_tables(db: peewee.Database) -> Tables:
         dashboard_login=DashboardLoginRow,
         dashboard_session=DashboardSessionRow,
         enrollment_request=EnrollmentRequestRow,
+        device_label=DeviceLabelRow,
     )

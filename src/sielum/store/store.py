@@ -18,7 +18,6 @@ from sielum.store.counts import CountStore
 from sielum.store.database import connect, execute, is_sqlite
 from sielum.store.devices import (
     DeviceStore,
-    device_fact_condition,
     device_hostname_prefix_condition,
     device_state_condition,
 )
@@ -129,7 +128,6 @@ __all__ = [
     "PageBudget",
     "RequestDecidedError",
     "Store",
-    "device_fact_condition",
     "device_hostname_prefix_condition",
     "device_state_condition",
     "token_state_condition",
