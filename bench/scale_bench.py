@@ -590,7 +590,7 @@ def list_device_cases(devices: int) -> list[tuple[str, dict[str, Any]]]:
         ("tag=prod (1 in 10)", {"tag": "prod"}),
         (f"tag=rare (1 in {RARE_TAG_EVERY:,})", {"tag": "rare"}),
         (
-            f"hostname_prefix host-{devices // 20} (11 devices)",
+            "hostname_prefix (11 devices)",
             {"hostname_prefix": f"host-{devices // 20}"},
         ),
         ("fact os=linux (every device)", {"facts": {"os": "linux"}}),

@@ -275,11 +275,44 @@ def test_tags_and_facts_walk_their_labels(store: Store) -> None:
         # No walk of every device, and no sort of what the labels found.
         assert not re.search(r"^SCAN \w+$", plan, re.MULTILINE), plan
         assert "TEMP B-TREE" not in plan and "Sort" not in plan, plan
+    # A deep page bounds the devices' own key too: PostgreSQL would otherwise merge-join
+    # from the newest device down to the cursor, reading half the fleet for a page.
+    middle = store.list_devices(tag="web", page_size=5)
+    statements = _statements(lambda: store.list_devices(tag="web", cursor=middle.next_cursor))
+    [(sql, params)] = [st for st in statements if "device_label" in st[0]]
+    plan = _plan(store, sql, tuple(params))
+    if is_sqlite(store.db):
+        assert re.search(r"PRIMARY KEY \(label=\? AND device_seq<\?\)", plan), plan
+    else:  # the label's key and the device's, each bounded by the cursor
+        assert plan.count("seq < ") == 2, plan
     db = _listed(store, tag="db")
     assert db == [f"lab{n:03}" for n in reversed(range(0, 30, 3))]
     assert _listed(store, tag="db", facts={"os": "linux"}) == db
     assert _listed(store, tag="db", facts={"os": "bsd"}) == []
     assert _listed(store, tag="nobody") == []
+
+
+def _statements(call: Any) -> list[tuple[str, Any]]:
+    """The SQL statements call makes, as peewee logs them."""
+    import logging
+
+    seen: list[tuple[str, Any]] = []
+
+    class Capture(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if isinstance(record.msg, tuple):
+                seen.append(record.msg)
+
+    logger, handler = logging.getLogger("peewee"), Capture()
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        call()
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    return seen
 
 
 def test_a_fact_name_with_an_equals_sign_is_refused_before_any_query() -> None:

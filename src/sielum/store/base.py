@@ -288,6 +288,10 @@ def _keyset_page(
     after = _decode_cursor(cursor, kind)
     if after is not None:
         query = query.where(key < after)
+        if key is not model.seq:
+            # Said of model.seq too: PostgreSQL carries an equality across a join, not a
+            # bound, and would merge-join from the newest row instead of the cursor.
+            query = query.where(model.seq < after)
     rows = list(query.order_by(key.desc()).limit(size + 1))
     items = [convert(r) for r in rows[:size]]
     if budget is not None:
