@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from typing import NoReturn
 
 from sielum import tokenpolicy, tokens
 from sielum.ca.authority import CertificateAuthority
@@ -160,10 +161,7 @@ class Enroller:
             step = self._prepare(request, progress)
             result = step if isinstance(step, Enrollment) else self._write_alone(step)
         except Exception as error:
-            answer = self._failed(request, progress, error)
-            if answer is error:
-                raise
-            raise answer from None
+            self._fail(request, progress, error)
         self._succeeded(request, result)
         return result
 
@@ -177,10 +175,7 @@ class Enroller:
         try:
             step = self._prepare(request, progress)
         except Exception as error:
-            answer = self._failed(request, progress, error)
-            if answer is error:
-                raise
-            raise answer from None
+            self._fail(request, progress, error)
         if isinstance(step, Enrollment):
             self._succeeded(request, step)
             return step
@@ -197,20 +192,16 @@ class Enroller:
             else:
                 result = Enrollment(stored, self._ca.certificate_pem, retried=False)
         except Exception as error:
-            answer = self._failed(request, progress, error)
-            if answer is error:
-                raise
-            raise answer from None
+            self._fail(request, progress, error)
         self._succeeded(request, result)
         return result
 
-    def _failed(
-        self, request: EnrollmentRequest, progress: _Progress, error: Exception
-    ) -> Exception:
-        """Counts and logs a failed enrollment; the error to answer with."""
+    def _fail(self, request: EnrollmentRequest, progress: _Progress, error: Exception) -> NoReturn:
+        """Counts and logs a failed enrollment, then raises the error to answer with: error
+        itself, or what the failure limiter makes of it. Called in an except block."""
         if not isinstance(error, SielumError):
             self._recorder.enrollment(EnrollmentResult.ERROR)
-            return error
+            raise error
         answer = self._limit(request.peer, progress, error)
         self._recorder.enrollment(enrollment_result(answer))
         if isinstance(answer, TokenPolicyError):
@@ -224,7 +215,9 @@ class Enroller:
             token=progress.token_id,
             peer=request.peer,
         )
-        return answer
+        if answer is error:
+            raise error
+        raise answer from None
 
     def _succeeded(self, request: EnrollmentRequest, result: Enrollment) -> None:
         if result.retried:
