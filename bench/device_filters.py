@@ -27,6 +27,7 @@ import psycopg2
 import psycopg2.extras
 
 from sielum.model import DeviceState
+from sielum.store import migrations
 from sielum.store.database import execute, is_sqlite, write_transaction
 from sielum.store.models import to_micros
 from sielum.store.store import Store
@@ -74,15 +75,8 @@ def load(store: Store, devices: int) -> None:
             # psycopg2's executemany is one round trip per row.
             psycopg2.extras.execute_values(cursor, insert + "%s", rows, page_size=2000)
         # Their facts as labels, as an enrollment writes them (migration 14).
-        execute(
-            store.db,
-            "INSERT INTO device_label (label, device_seq) SELECT 'f:' || j.key || '=' || j.value,"
-            + (
-                " d.seq FROM device d, json_each(d.facts) j"
-                if is_sqlite(store.db)
-                else " d.seq FROM device d, json_each_text(d.facts::json) j"
-            ),
-        )
+        for statement in migrations.label_rows(migrations.dialect_of(store.db)):
+            execute(store.db, statement)
     with store.db.connection_context():
         execute(store.db, "ANALYZE")
 

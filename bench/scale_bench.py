@@ -22,7 +22,7 @@ import tempfile
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,7 @@ from sielum.admin.v1 import admin_pb2
 from sielum.directory.v1 import directory_pb2, directory_pb2_grpc
 from sielum.enroll.v1 import enroll_pb2, enroll_pb2_grpc
 from sielum.model import DeviceState
+from sielum.store import migrations
 from sielum.store.models import to_micros
 from sielum.store.store import Store
 
@@ -185,32 +186,33 @@ def _copy_text(rows: Iterator[tuple[Any, ...]], limit: int) -> io.StringIO | Non
 def load_postgres(
     url: str, tokens: int, devices: int, events: int, audit_only: bool = False
 ) -> None:
+    token_rows, device_rows, audit_rows = _rows(tokens, devices, events, datetime.now(UTC))
+    copy_into(
+        url,
+        (
+            ("token", TOKEN_COLUMNS, iter(()) if audit_only else token_rows),
+            ("device", DEVICE_COLUMNS, iter(()) if audit_only else device_rows),
+            ("audit_event", AUDIT_COLUMNS, audit_rows),
+        ),
+    )
+
+
+def copy_into(url: str, tables: Iterable[tuple[str, str, Iterator[tuple[Any, ...]]]]) -> None:
+    """COPY each (table, columns, rows) into a migrated database, label the devices as
+    enrollments would (migration 14), then VACUUM ANALYZE."""
     import psycopg2
     import psycopg2.extensions
 
-    token_rows, device_rows, audit_rows = _rows(tokens, devices, events, datetime.now(UTC))
     # Sielum's store sets a process-wide wait callback (store/database.py), and
     # psycopg2 refuses COPY with one; this bulk load is not Sielum's, so it goes without.
     psycopg2.extensions.set_wait_callback(None)
     conn = psycopg2.connect(url)
     with conn, conn.cursor() as cur:
-        for table, columns, rows in (
-            ("token", TOKEN_COLUMNS, iter(()) if audit_only else token_rows),
-            ("device", DEVICE_COLUMNS, iter(()) if audit_only else device_rows),
-            ("audit_event", AUDIT_COLUMNS, audit_rows),
-        ):
+        for table, columns, rows in tables:
             while (chunk := _copy_text(rows, 100_000)) is not None:
                 cur.copy_expert(f"COPY {table} ({columns}) FROM STDIN", chunk)
-        # The devices' tags and facts as labels, as enrollments write them (migration 14).
-        cur.execute(
-            "INSERT INTO device_label (label, device_seq) SELECT 't:' || j, d.seq"
-            " FROM device d, json_array_elements_text(d.tags::json) j"
-        )
-        cur.execute(
-            "INSERT INTO device_label (label, device_seq)"
-            " SELECT 'f:' || j.key || '=' || j.value, d.seq"
-            " FROM device d, json_each_text(d.facts::json) j"
-        )
+        for statement in migrations.label_rows(migrations.POSTGRESQL):
+            cur.execute(statement)
     conn.autocommit = True
     with conn.cursor() as cur:
         cur.execute("VACUUM ANALYZE")
@@ -538,34 +540,12 @@ def fleet_device_rows(devices: int, tokens: int, now_us: int) -> Iterator[tuple[
 
 def load_fleet(url: str, devices: int, tokens: int, now: datetime) -> None:
     """COPY tokens and devices into a migrated, empty database, then VACUUM ANALYZE."""
-    import psycopg2
-    import psycopg2.extensions
-
     token_rows, _, _ = _rows(tokens, devices, 0, now)
     device_rows = fleet_device_rows(devices, tokens, to_micros(now))
-    psycopg2.extensions.set_wait_callback(None)  # COPY refuses one (see load_postgres)
-    conn = psycopg2.connect(url)
-    with conn, conn.cursor() as cur:
-        for table, columns, rows in (
-            ("token", TOKEN_COLUMNS, token_rows),
-            ("device", FLEET_DEVICE_COLUMNS, device_rows),
-        ):
-            while (chunk := _copy_text(rows, 100_000)) is not None:
-                cur.copy_expert(f"COPY {table} ({columns}) FROM STDIN", chunk)
-        # The devices' tags and facts as labels, as enrollments write them (migration 14).
-        cur.execute(
-            "INSERT INTO device_label (label, device_seq) SELECT 't:' || j, d.seq"
-            " FROM device d, json_array_elements_text(d.tags::json) j"
-        )
-        cur.execute(
-            "INSERT INTO device_label (label, device_seq)"
-            " SELECT 'f:' || j.key || '=' || j.value, d.seq"
-            " FROM device d, json_each_text(d.facts::json) j"
-        )
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        cur.execute("VACUUM ANALYZE")
-    conn.close()
+    copy_into(
+        url,
+        (("token", TOKEN_COLUMNS, token_rows), ("device", FLEET_DEVICE_COLUMNS, device_rows)),
+    )
 
 
 def device_cursor(seq: int) -> str:

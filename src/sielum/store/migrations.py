@@ -426,6 +426,22 @@ def _v14_device_labels(d: Dialect) -> Sequence[str]:
     device's JSON (store/devices.py::list_devices). Tags and facts are written once, at
     enrollment. The backfill reads each device's JSON: about five rows a device.
     """
+    tags, facts = label_rows(d)
+    return (
+        f"""CREATE TABLE device_label (
+            label TEXT NOT NULL,
+            device_seq BIGINT NOT NULL,
+            PRIMARY KEY (label, device_seq)
+        ){" WITHOUT ROWID" if d.name == "sqlite" else ""}""",
+        tags,
+        facts,
+    )
+
+
+def label_rows(d: Dialect) -> tuple[str, str]:
+    """The INSERTs that write device_label from every device's tags and facts (JSON): step
+    14's backfill (so it is that step's history: change it as a migration would), and the
+    benches' bulk loads, which write devices without their labels."""
     # A device's facts are an object (one value per name); its tags, read DISTINCT.
     if d.name == "sqlite":
         tags = "SELECT DISTINCT 't:' || j.value, d.seq FROM device d, json_each(d.tags) j"
@@ -439,15 +455,8 @@ def _v14_device_labels(d: Dialect) -> Sequence[str]:
             "SELECT 'f:' || j.key || '=' || j.value, d.seq"
             " FROM device d, json_each_text(d.facts::json) j"
         )
-    return (
-        f"""CREATE TABLE device_label (
-            label TEXT NOT NULL,
-            device_seq BIGINT NOT NULL,
-            PRIMARY KEY (label, device_seq)
-        ){" WITHOUT ROWID" if d.name == "sqlite" else ""}""",
-        f"INSERT INTO device_label (label, device_seq) {tags}",
-        f"INSERT INTO device_label (label, device_seq) {facts}",
-    )
+    insert = "INSERT INTO device_label (label, device_seq) "
+    return insert + tags, insert + facts
 
 
 MIGRATIONS: tuple[Migration, ...] = (
