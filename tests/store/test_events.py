@@ -160,21 +160,8 @@ def test_replicas_commit_events_in_sequence_order(postgres_url: str) -> None:
             except BaseException as exc:  # surfaced below
                 errors.append(exc)
 
-        def read() -> None:
-            position = 0
-            while True:
-                finished = done.is_set()
-                for event in reader.device_events_after(position, 1000):
-                    if event.sequence != position + 1:
-                        errors.append(AssertionError(f"saw {event.sequence} after {position}"))
-                        return
-                    position = event.sequence
-                    seen.append(position)
-                if finished:
-                    return
-
         threads = [threading.Thread(target=write, args=(w,)) for w in range(writers)]
-        poller = threading.Thread(target=read)
+        poller = threading.Thread(target=read_in_order, args=(reader, done, seen, errors))
         poller.start()
         for t in threads:
             t.start()
@@ -189,3 +176,21 @@ def test_replicas_commit_events_in_sequence_order(postgres_url: str) -> None:
     finally:
         for s in (*replicas, reader):
             s.close()
+
+
+def read_in_order(
+    reader: Store, done: threading.Event, seen: list[int], errors: list[BaseException]
+) -> None:
+    """Poll the event log until done is set, appending each sequence read to seen; an
+    event out of order (a gap, or one seen twice) is appended to errors, and ends it."""
+    position = 0
+    while True:
+        finished = done.is_set()
+        for event in reader.device_events_after(position, 1000):
+            if event.sequence != position + 1:
+                errors.append(AssertionError(f"saw {event.sequence} after {position}"))
+                return
+            position = event.sequence
+            seen.append(position)
+        if finished:
+            return

@@ -19,6 +19,7 @@ from sielum.model import Device, DeviceEventKind
 from sielum.store import Store, connect
 from sielum.store.database import is_sqlite
 from sielum.store.devices import NewDevice
+from tests.store.test_events import read_in_order
 from tests.store.test_store import T0, add_token, all_devices, audit, enroll, new_device, run_sql
 
 
@@ -225,21 +226,8 @@ def test_replicas_enrolling_in_batches_never_exceed_max_uses_and_keep_events_in_
             except BaseException as exc:  # surfaced below
                 errors.append(exc)
 
-        def read() -> None:
-            position = 0
-            while True:
-                finished = done.is_set()
-                for event in reader.device_events_after(position, 1000):
-                    if event.sequence != position + 1:
-                        errors.append(AssertionError(f"saw {event.sequence} after {position}"))
-                        return
-                    position = event.sequence
-                    seen.append(position)
-                if finished:
-                    return
-
         threads = [threading.Thread(target=write, args=(w,)) for w in range(writers)]
-        poller = threading.Thread(target=read)
+        poller = threading.Thread(target=read_in_order, args=(reader, done, seen, errors))
         poller.start()
         for t in threads:
             t.start()
